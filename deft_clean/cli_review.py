@@ -1,0 +1,105 @@
+"""``deft-clean report`` and ``deft-clean export``: look at what detect flagged, and write a cleaned dataset.
+
+``register(app)`` adds both commands to the main Typer app in :mod:`deft_clean.cli`. Errors go through
+``cli._run``, imported inside the commands because ``cli`` imports this module.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.text import Text
+
+Results = Annotated[Path, typer.Argument(help="Parquet written by detect.")]
+Dataset = Annotated[
+    Path | None, typer.Option(help="Where the dataset is now, if it moved since detect (folder or table).")
+]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")]
+Debug = Annotated[bool, typer.Option(help="Show tracebacks instead of one-line errors.")]
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``report`` and ``export`` commands to ``app``."""
+    app.command("report")(report)
+    app.command("export")(export)
+
+
+def report(
+    results: Results,
+    html: Annotated[
+        Path | None,
+        typer.Option("--html", "--out", "-o", help="Also write a self-contained HTML report to this file."),
+    ] = None,
+    top: Annotated[
+        int | None,
+        typer.Option(
+            help="Most suspicious samples to show: terminal table (default 20), HTML gallery (default 200)."
+        ),
+    ] = None,
+    dataset: Dataset = None,
+    quiet: Quiet = False,
+    debug: Debug = False,
+) -> None:
+    """Show what detect flagged: totals, per-class noise, label pairs, the most suspicious samples."""
+    from .cli import _run
+    from .report import report as run_report
+
+    console = None if quiet else Console(highlight=False)
+    _run(debug, quiet, lambda: run_report(results, html=html, top=top, dataset=dataset, console=console))
+    if console is not None and html is not None:
+        console.print(Text(f"HTML report: {html}"))
+
+
+def export(
+    results: Results,
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Output folder, or a .csv/.parquet file with --mode csv.")
+    ],
+    mode: Annotated[
+        str, typer.Option(help="symlink | copy: an image folder OUT/<label>/...; csv: a table of kept rows.")
+    ] = "symlink",
+    relabel: Annotated[
+        float | None,
+        typer.Option(
+            metavar="MIN_P", help="Export flagged samples with p_predicted >= MIN_P under predicted_label."
+        ),
+    ] = None,
+    keep_flagged: Annotated[
+        bool, typer.Option("--keep-flagged", help="Put the other flagged samples in OUT/_flagged/<label>/.")
+    ] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace a non-empty --out folder or an existing file.")
+    ] = False,
+    dataset: Dataset = None,
+    quiet: Quiet = False,
+    debug: Debug = False,
+) -> None:
+    """Write the cleaned dataset (never touching the source): clean rows, plus confident relabels."""
+    from .cli import _run
+    from .export import export_dataset
+
+    summary = _run(
+        debug,
+        quiet,
+        lambda: export_dataset(
+            results,
+            out=out,
+            mode=mode,
+            relabel=relabel,
+            keep_flagged=keep_flagged,
+            overwrite=overwrite,
+            dataset=dataset,
+        ),
+    )
+    if quiet:
+        return
+    line = f"exported {summary.exported} samples ({summary.kept} clean, {summary.relabelled} relabelled)"
+    if keep_flagged:
+        line += f", {summary.flagged} flagged in _flagged/ for review"
+    line += f"; {summary.dropped} flagged dropped, {summary.unusable} unusable skipped"
+    console = Console(highlight=False)
+    console.print(Text(line))
+    console.print(Text(f"{summary.mode}: {summary.out}"))

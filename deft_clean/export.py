@@ -1,0 +1,292 @@
+"""``export_dataset()``: write the cleaned dataset that a results Parquet describes.
+
+Three shapes: an image folder of symlinks (default) or copies, ``OUT/<label>/<file>``, or one CSV/Parquet
+table of the kept rows. The source dataset is only ever read. Unusable rows are never exported.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+
+from .errors import DataError, UsageError
+from .results import load_results, write_atomic
+
+if TYPE_CHECKING:
+    from .pipeline import DetectResult
+
+MODES = ("symlink", "copy", "csv")
+FLAGGED_DIR = "_flagged"  # --keep-flagged puts flagged rows under OUT/_flagged/<given label>/
+STATUS_OK = "ok"  # results.SCHEMA's status of a usable row
+
+
+@dataclass(frozen=True)
+class ExportSummary:
+    """What :func:`export_dataset` wrote."""
+
+    out: Path  # the folder or table written
+    mode: str  # symlink, copy or csv
+    kept: int  # clean rows, exported under their given label
+    relabelled: int  # flagged rows exported under predicted_label (--relabel)
+    flagged: int  # flagged rows placed in _flagged/<given label>/ for review (--keep-flagged)
+    dropped: int  # flagged rows not exported at all
+    unusable: int  # unreadable rows, never exported
+
+    @property
+    def exported(self) -> int:
+        """Rows in the cleaned dataset (kept + relabelled), not counting _flagged/."""
+        return self.kept + self.relabelled
+
+
+def dataset_root(metadata: dict[str, Any], dataset: str | os.PathLike[str] | None = None) -> Path:
+    """The folder that the results' ``path`` column is relative to.
+
+    ``dataset`` overrides the location recorded by detect (for a dataset that moved): an image folder,
+    or a table file whose folder is the root.
+
+    Raises:
+        UsageError: ``dataset`` is given but does not exist.
+        DataError: the recorded dataset is unknown or no longer exists.
+    """
+    if dataset is not None:
+        path = Path(dataset)
+        if not path.exists():
+            raise UsageError(f"--dataset not found: {path}")
+        return (path if path.is_dir() else path.parent).resolve()
+    recorded = metadata.get("dataset")
+    if not recorded:
+        raise DataError("the results do not record where the dataset is; pass --dataset")
+    path = Path(recorded)
+    is_table = metadata.get("source") == "table" or (
+        metadata.get("source") is None and path.suffix.lower() in (".csv", ".parquet")
+    )
+    root = path.parent if is_table else path
+    if not root.is_dir():
+        raise DataError(f"dataset {path} (recorded by detect) no longer exists; pass --dataset to locate it")
+    return root.resolve()
+
+
+def apply_umask(path: Path) -> None:
+    """Give a file or folder made by mkstemp/mkdtemp (private, 0600/0700) the usual umask permissions."""
+    mask = os.umask(0)
+    os.umask(mask)
+    path.chmod((0o777 if path.is_dir() else 0o666) & ~mask)
+
+
+def export_dataset(
+    results: str | os.PathLike[str] | DetectResult,
+    *,
+    out: str | os.PathLike[str],
+    mode: str = "symlink",
+    relabel: float | None = None,
+    keep_flagged: bool = False,
+    overwrite: bool = False,
+    dataset: str | os.PathLike[str] | None = None,
+) -> ExportSummary:
+    """Write the cleaned dataset: the is_clean rows, optionally plus confident relabels and flagged rows.
+
+    Args:
+        results: a detect Parquet path, or a :class:`DetectResult`.
+        out: ``symlink``/``copy``: a folder, written as ``OUT/<label>/<path below the class folder>``;
+            ``csv``: a ``.csv`` or ``.parquet`` file with columns path (absolute), label, original_label,
+            p_clean, relabelled.
+        mode: ``symlink`` (absolute links to the source files), ``copy`` or ``csv``.
+        relabel: a flagged usable row with ``p_predicted >= relabel`` is exported under its
+            ``predicted_label`` instead of being dropped.
+        keep_flagged: folder modes: the remaining flagged rows go to ``OUT/_flagged/<given label>/``.
+        overwrite: replace a non-empty ``out`` folder (or an existing file) instead of refusing.
+        dataset: where the images are now, if not where detect recorded them.
+
+    Raises:
+        UsageError: a bad option, or an ``out`` that exists (without ``overwrite``) or overlaps the dataset.
+        DataError: image files are missing, or a label or path cannot be written as a folder layout.
+    """
+    if mode not in MODES:
+        raise UsageError(f"--mode must be one of {', '.join(MODES)}, got {mode!r}")
+    if relabel is not None and not 0.0 <= relabel <= 1.0:
+        raise UsageError(f"--relabel is a probability between 0 and 1, got {relabel}")
+    if keep_flagged and mode == "csv":
+        raise UsageError("--keep-flagged writes a _flagged/ folder; it does not apply to --mode csv")
+    if isinstance(results, (str, os.PathLike)):
+        frame, metadata = load_results(results)
+    else:
+        frame, metadata = results.frame, results.metadata
+    root = dataset_root(metadata, dataset)
+    target = Path(out)
+    _check_out(target, mode=mode, overwrite=overwrite, table=metadata.get("dataset"))
+
+    plan = plan_export(frame, relabel=relabel, keep_flagged=keep_flagged)
+    sources = [_source(root, path) for path in plan["path"]]
+    if mode != "csv":
+        _check_no_overlap(target, root, sources, folder_source=metadata.get("source", "folder") == "folder")
+    missing = [p for p, s in zip(plan["path"], sources, strict=True) if not s.is_file()]
+    if missing:
+        raise DataError(
+            f"{len(missing)} image file(s) from the results are missing under {root}, e.g. {missing[:3]}; "
+            "pass --dataset if the dataset moved"
+        )
+    if mode == "csv":
+        _write_table(plan, sources, target)
+    else:
+        _write_folder(plan, sources, target, copy=mode == "copy")
+    counts = Counter(plan["role"])
+    flagged_total = int(((frame["status"] == STATUS_OK) & ~frame["is_clean"]).sum())
+    return ExportSummary(
+        out=target,
+        mode=mode,
+        kept=counts["kept"],
+        relabelled=counts["relabelled"],
+        flagged=counts["flagged"],
+        dropped=flagged_total - counts["relabelled"] - counts["flagged"],
+        unusable=int((frame["status"] != STATUS_OK).sum()),
+    )
+
+
+def plan_export(
+    frame: pd.DataFrame, *, relabel: float | None = None, keep_flagged: bool = False
+) -> pd.DataFrame:
+    """The rows to export, in listing order: path, label (new), original_label, p_clean, role.
+
+    role is ``kept`` (is_clean), ``relabelled`` (flagged, ``p_predicted >= relabel``) or ``flagged``
+    (the other flagged rows, with ``keep_flagged``). Unusable rows never appear.
+    """
+    usable = frame["status"] == STATUS_OK
+    clean = usable & frame["is_clean"]
+    flagged = usable & ~frame["is_clean"]
+    p_predicted = frame["p_predicted"].astype("Float64").fillna(-1.0).to_numpy(dtype=float)
+    moved = flagged & frame["predicted_label"].notna() & (relabel is not None and p_predicted >= relabel)
+    role = pd.Series(None, index=frame.index, dtype=object)
+    role[clean] = "kept"
+    role[moved] = "relabelled"
+    if keep_flagged:
+        role[flagged & ~moved] = "flagged"
+    chosen = role.notna()
+    rows = frame.loc[chosen]
+    return pd.DataFrame(
+        {
+            "path": rows["path"].astype(str).to_numpy(),
+            "label": rows["predicted_label"].where(moved[chosen], rows["label"]).astype(str).to_numpy(),
+            "original_label": rows["label"].astype(str).to_numpy(),
+            "p_clean": rows["p_clean"].reset_index(drop=True),
+            "role": role[chosen].to_numpy(),
+        }
+    )
+
+
+def _source(root: Path, path: str) -> Path:
+    parts = PurePosixPath(path).parts
+    if not parts or PurePosixPath(path).is_absolute() or ".." in parts:
+        raise DataError(f"results path {path!r} is not a plain path below the dataset root {root}")
+    return root.joinpath(*parts)
+
+
+def _check_out(target: Path, *, mode: str, overwrite: bool, table: str | None) -> None:
+    if target.is_symlink():
+        raise UsageError(f"--out {target} is a symlink; give the real path")
+    if mode == "csv":
+        if target.suffix.lower() not in (".csv", ".parquet"):
+            raise UsageError(f"--mode csv writes a table: give --out a .csv or .parquet path, not {target}")
+        if target.is_dir():
+            raise UsageError(f"--out {target} is a folder; --mode csv needs a .csv or .parquet file path")
+        if table is not None and target.resolve() == Path(table).resolve():
+            raise UsageError(f"--out {target} is the source dataset's table; the source is never modified")
+        if target.exists() and not overwrite:
+            raise UsageError(f"--out {target} exists; pass --overwrite to replace it")
+        return
+    if target.exists() and not target.is_dir():
+        raise UsageError(f"--out {target} is a file; --mode {mode} writes a folder")
+    if target.is_dir() and any(target.iterdir()) and not overwrite:
+        raise UsageError(f"--out {target} is not empty; pass --overwrite to replace its contents")
+
+
+def _check_no_overlap(target: Path, root: Path, sources: list[Path], *, folder_source: bool) -> None:
+    """Refuse an ``out`` whose writing (or replacing) would change the source dataset."""
+    resolved = target.resolve()
+    inside_root = root in resolved.parents
+    # A new folder inside an image-folder dataset would become one more class; a table's listing is unaffected
+    # unless the replaced folder holds some of its images.
+    prefix = f"{resolved}{os.sep}"
+    if (
+        resolved == root
+        or resolved in root.parents
+        or (inside_root and folder_source)
+        or (inside_root and any(str(s).startswith(prefix) for s in sources))
+    ):
+        raise UsageError(f"--out {target} overlaps the dataset {root}, which export never modifies")
+
+
+def _write_table(plan: pd.DataFrame, sources: list[Path], target: Path) -> None:
+    table = pd.DataFrame(
+        {
+            "path": [str(s.absolute()) for s in sources],
+            "label": plan["label"],
+            "original_label": plan["original_label"],
+            "p_clean": plan["p_clean"],
+            "relabelled": (plan["role"] == "relabelled").to_numpy(),
+        }
+    )
+    def write(tmp: Path) -> None:
+        if target.suffix.lower() == ".parquet":
+            table.to_parquet(tmp, index=False)
+        else:
+            table.to_csv(tmp, index=False)
+        apply_umask(tmp)
+
+    write_atomic(target, write)
+
+
+def _destinations(plan: pd.DataFrame) -> list[PurePosixPath]:
+    """OUT-relative file paths: <label>/<path below its class folder>, made unique where two collide."""
+    dests = []
+    columns = (plan["path"], plan["label"], plan["original_label"], plan["role"])
+    for path, label, original, role in zip(*columns, strict=True):
+        parts = PurePosixPath(path).parts
+        rest = parts[1:] if len(parts) > 1 and parts[0] == original else parts
+        folder = (FLAGGED_DIR, _folder_name(original)) if role == "flagged" else (_folder_name(label),)
+        dests.append(PurePosixPath(*folder, *rest))
+    # A relabelled cat/001.jpg meets dog's own dog/001.jpg: both get a suffix from their source path.
+    counts = Counter(dests)
+    return [
+        d.with_stem(f"{d.stem}-{hashlib.sha1(p.encode()).hexdigest()[:8]}") if counts[d] > 1 else d
+        for d, p in zip(dests, plan["path"], strict=True)
+    ]
+
+
+def _folder_name(label: str) -> str:
+    if label in ("", ".", "..") or label.startswith(".") or "/" in label or "\\" in label or "\0" in label:
+        raise DataError(f"label {label!r} cannot be a folder name; export with --mode csv instead")
+    return label
+
+
+def _write_folder(plan: pd.DataFrame, sources: list[Path], target: Path, *, copy: bool) -> None:
+    """Build the folder next to ``target``, then swap it in: a failure leaves any old ``target`` as it was."""
+    dests = _destinations(plan)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    try:
+        apply_umask(staging)
+        for source, dest in zip(sources, dests, strict=True):
+            file = staging.joinpath(*dest.parts)
+            file.parent.mkdir(parents=True, exist_ok=True)
+            if copy:
+                shutil.copy2(source, file)
+            else:
+                os.symlink(source.absolute(), file)
+        old = None
+        if target.exists():
+            old = target.with_name(f"{staging.name}.old")
+            os.replace(target, old)
+        os.replace(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if old is not None:
+        shutil.rmtree(old)

@@ -1,0 +1,170 @@
+"""Reports on a detect Parquet: the counts and tables (:func:`summarize`), printed as rich tables.
+
+Flagged means usable and not is_clean. A class's estimated noise rate is its flagged share of its
+usable samples. The HTML page is built from the same summary in :mod:`deft_clean.report_html`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from .errors import UsageError
+from .export import STATUS_OK, dataset_root
+from .results import load_results
+
+if TYPE_CHECKING:
+    from .pipeline import DetectResult
+
+TERMINAL_TOP = 20  # default rows of the most-suspicious table in the terminal
+HTML_TOP = 200  # default gallery size
+
+
+@dataclass(frozen=True)
+class ReportData:
+    """Counts and tables of a report, computed once from the results frame."""
+
+    samples: int  # rows in the results
+    usable: int  # rows with status "ok"
+    flagged: int  # usable rows that are not is_clean
+    unusable: int  # rows whose image could not be used
+    per_class: pd.DataFrame  # class, samples, usable, flagged, noise_rate; most flagged first
+    pairs: pd.DataFrame  # given, suggested, count over flagged rows; most frequent first
+    suspicious: pd.DataFrame  # `top` usable rows, lowest p_clean first: path, label, predicted_label, ...
+
+    @property
+    def flagged_pct(self) -> float:
+        """Flagged share of usable rows, in percent."""
+        return 100.0 * self.flagged / self.usable if self.usable else 0.0
+
+
+def summarize(frame: pd.DataFrame, metadata: dict[str, Any], *, top: int = TERMINAL_TOP) -> ReportData:
+    """Counts per dataset, per class and per (given, suggested) pair, plus the `top` most suspicious rows."""
+    if top < 0:
+        raise UsageError(f"--top must be 0 or more, got {top}")
+    usable = frame["status"] == STATUS_OK
+    flagged = usable & ~frame["is_clean"]
+    classes = list(metadata.get("classes") or [])
+    classes += sorted(set(frame["label"]) - set(classes))
+    per_class = pd.DataFrame(
+        {
+            "samples": frame.groupby("label").size(),
+            "usable": usable.groupby(frame["label"]).sum(),
+            "flagged": flagged.groupby(frame["label"]).sum(),
+        }
+    ).reindex(classes, fill_value=0)
+    per_class = per_class.astype("int64").rename_axis("class").reset_index()
+    per_class["noise_rate"] = per_class["flagged"] / per_class["usable"].where(per_class["usable"] > 0)
+    per_class = per_class.sort_values("flagged", ascending=False, kind="stable").reset_index(drop=True)
+
+    given, suggested = frame.loc[flagged, "label"], frame.loc[flagged, "predicted_label"].fillna("?")
+    pairs = (
+        pd.DataFrame({"given": given, "suggested": suggested})
+        .value_counts(sort=False)
+        .rename("count")
+        .reset_index()
+        .sort_values(["count", "given", "suggested"], ascending=[False, True, True], kind="stable")
+        .reset_index(drop=True)
+    )
+    scored = frame[usable].assign(flagged=flagged[usable])
+    suspicious = scored.sort_values("p_clean", kind="stable").head(top).reset_index(drop=True)
+    return ReportData(
+        samples=int(len(frame)),
+        usable=int(usable.sum()),
+        flagged=int(flagged.sum()),
+        unusable=int((~usable).sum()),
+        per_class=per_class,
+        pairs=pairs,
+        suspicious=suspicious[["path", "label", "predicted_label", "p_clean", "p_predicted", "flagged"]],
+    )
+
+
+def report(
+    results: str | os.PathLike[str] | DetectResult,
+    *,
+    html: str | os.PathLike[str] | None = None,
+    top: int | None = None,
+    dataset: str | os.PathLike[str] | None = None,
+    console: Console | None = None,
+) -> ReportData:
+    """Print the terminal report (unless ``console`` is None) and write the HTML page if ``html`` is given.
+
+    ``top`` caps the most-suspicious table (default 20) and the HTML gallery (default 200).
+    """
+    if isinstance(results, (str, os.PathLike)):
+        frame, metadata = load_results(results)
+    else:
+        frame, metadata = results.frame, results.metadata
+    data = summarize(frame, metadata, top=TERMINAL_TOP if top is None else top)
+    root = dataset_root(metadata, dataset) if dataset is not None else None
+    if html is not None:
+        from .report_html import write_html
+
+        write_html(frame, metadata, html, top=HTML_TOP if top is None else top, dataset_root=root)
+    if console is not None:
+        print_report(data, console)
+    return data
+
+
+# ----------------------------------------------------------------------------------------------------
+# Terminal
+
+
+def print_report(data: ReportData, console: Console, *, max_rows: int = 30) -> None:
+    """Print the totals, per-class, pairs and most-suspicious tables; long tables stop at ``max_rows``."""
+    totals = Table(title="totals")
+    for column in ("samples", "usable", "flagged", "flagged %", "unusable"):
+        totals.add_column(column, justify="right")
+    totals.add_row(
+        str(data.samples), str(data.usable), str(data.flagged), f"{data.flagged_pct:.1f}", str(data.unusable)
+    )
+    console.print(totals)
+
+    title = "per class (estimated noise rate = flagged / usable)"
+    classes = Table(title=_title(title, data.per_class, max_rows))
+    classes.add_column("class")
+    for column in ("samples", "flagged", "noise rate"):
+        classes.add_column(column, justify="right")
+    for row in data.per_class.head(max_rows).itertuples(index=False):
+        classes.add_row(Text(str(row[0])), str(row.samples), str(row.flagged), rate(row.noise_rate))
+    console.print(classes)
+
+    if len(data.pairs):
+        pairs = Table(title=_title("flagged: given -> suggested label", data.pairs, max_rows))
+        pairs.add_column("given")
+        pairs.add_column("suggested")
+        pairs.add_column("flagged", justify="right")
+        for row in data.pairs.head(max_rows).itertuples(index=False):
+            pairs.add_row(Text(str(row.given)), Text(str(row.suggested)), str(row[2]))
+        console.print(pairs)
+
+    if len(data.suspicious):
+        suspicious = Table(title=f"{len(data.suspicious)} most suspicious samples (lowest p_clean)")
+        suspicious.add_column("path", overflow="fold")
+        suspicious.add_column("given")
+        suspicious.add_column("suggested")
+        suspicious.add_column("p_clean", justify="right")
+        for row in data.suspicious.itertuples(index=False):
+            mark = "" if row.flagged else " (kept)"
+            suspicious.add_row(
+                Text(str(row.path)),
+                Text(str(row.label)),
+                Text(str(row.predicted_label)),
+                f"{row.p_clean:.3f}{mark}",
+            )
+        console.print(suspicious)
+
+
+def _title(title: str, table: pd.DataFrame, max_rows: int) -> str:
+    return title if len(table) <= max_rows else f"{title}, first {max_rows} of {len(table)}"
+
+
+def rate(value: float) -> str:
+    """A noise rate as a percentage; "-" for a class without usable samples."""
+    return "-" if pd.isna(value) else f"{100 * value:.1f}%"

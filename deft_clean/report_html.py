@@ -1,0 +1,317 @@
+"""The HTML report: one self-contained page with the summary, a p_clean histogram, a given-vs-suggested
+heatmap and a gallery of flagged samples, filterable by class.
+
+The page loads nothing from the network: thumbnails are JPEG data URIs, the histogram and heatmap are
+inline SVG and tables, and its content security policy allows nothing else (not even an inline event
+handler, should a label ever slip through unescaped). Every label and path goes through html.escape.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import logging
+import os
+from datetime import datetime, timezone
+from html import escape
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .errors import DeftCleanError
+from .export import STATUS_OK, apply_umask
+from .export import dataset_root as recorded_dataset_root
+from .report import HTML_TOP, ReportData, rate, summarize
+from .results import write_atomic
+
+log = logging.getLogger(__name__)
+
+THUMBNAIL_PX = 96  # longest side of a gallery thumbnail
+HISTOGRAM_BINS = 20  # p_clean bins over [0, 1]
+HEATMAP_CLASSES = 20  # heatmap axes: the classes most involved in flagged pairs; the rest become "(other)"
+
+
+def write_html(
+    frame: pd.DataFrame,
+    metadata: dict[str, Any],
+    path: str | os.PathLike[str],
+    *,
+    top: int = HTML_TOP,
+    dataset_root: Path | None = None,
+) -> Path:
+    """Write the HTML report atomically: summary, p_clean histogram, heatmap, gallery of flagged samples.
+
+    The gallery shows the ``top`` flagged samples with the lowest p_clean; the rest appear as counts.
+    ``dataset_root`` is where the images are; by default the dataset recorded in ``metadata``. When
+    the images cannot be found the page still renders, with placeholders instead of thumbnails.
+    """
+    data = summarize(frame, metadata, top=0)
+    root = dataset_root if dataset_root is not None else _recorded_root(metadata)
+    page = _page(frame, metadata, data, top=top, root=root)
+
+    def write(tmp: Path) -> None:
+        tmp.write_text(page, encoding="utf-8", errors="replace")
+        apply_umask(tmp)
+
+    return write_atomic(path, write)
+
+
+def _recorded_root(metadata: dict[str, Any]) -> Path | None:
+    try:
+        return recorded_dataset_root(metadata)
+    except DeftCleanError as exc:
+        log.warning("no thumbnails in the HTML report: %s", exc)
+        return None
+
+
+CSS = """
+body{font:14px/1.4 system-ui,sans-serif;margin:24px;color:#222;max-width:1200px}
+h1{font-size:22px}h2{font-size:17px;margin-top:28px}
+table{border-collapse:collapse}td,th{padding:3px 8px;border-bottom:1px solid #ddd;text-align:left}
+td.n,th.n{text-align:right;font-variant-numeric:tabular-nums}
+.meta{color:#666;word-break:break-all}.totals span{font-weight:600}
+.scroll{max-height:420px;overflow:auto;display:inline-block}
+.heat td{text-align:center;min-width:28px}.heat th.col{writing-mode:vertical-rl;transform:rotate(180deg)}
+#cards{display:flex;flex-wrap:wrap;gap:10px}
+.card{margin:0;width:150px;border:1px solid #ddd;padding:6px;font-size:12px;word-break:break-all}
+.card img,.card .ph{display:block;width:96px;height:96px;object-fit:contain;margin:0 auto 4px;background:#eee}
+.card .ph{line-height:96px;text-align:center;color:#999}
+.card .given{color:#b00}.card .suggested{color:#070}
+"""
+
+SCRIPT = """
+(function () {
+  var select = document.getElementById('class-filter');
+  var cards = document.querySelectorAll('#cards .card');
+  var shown = document.getElementById('n-shown');
+  function apply(value) {
+    var n = 0;
+    cards.forEach(function (card) {
+      var show = value === '' || card.dataset.given === value || card.dataset.suggested === value;
+      card.hidden = !show;
+      if (show) { n += 1; }
+    });
+    shown.textContent = String(n);
+  }
+  select.addEventListener('change', function () {
+    apply(select.value);
+    history.replaceState(null, '', select.value ? '#class=' + encodeURIComponent(select.value) : '#');
+  });
+  if (location.hash.indexOf('#class=') === 0) {
+    select.value = decodeURIComponent(location.hash.slice(7));
+    if (select.selectedIndex < 0) { select.value = ''; }
+  }
+  apply(select.value);
+  document.documentElement.dataset.ready = '1';
+})();
+"""
+
+
+def _page(
+    frame: pd.DataFrame, metadata: dict[str, Any], data: ReportData, *, top: int, root: Path | None
+) -> str:
+    script_hash = base64.b64encode(hashlib.sha256(SCRIPT.encode()).digest()).decode()
+    # Only data: images, inline styles and this exact script may load: no network, no injected handlers.
+    csp = f"default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'sha256-{script_hash}'"
+    dataset = str(metadata.get("dataset", "?"))
+    created = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    parts = [
+        "<!doctype html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f'<meta http-equiv="Content-Security-Policy" content="{csp}">',
+        f"<title>deft-clean report: {escape(Path(dataset).name)}</title>",
+        f"<style>{CSS}</style></head><body>",
+        "<h1>deft-clean report</h1>",
+        f'<p class="meta">dataset {escape(dataset)} &middot; model {escape(str(metadata.get("model", "?")))} '
+        f"&middot; detect run {escape(str(metadata.get('created', '?')))} &middot; report {created}</p>",
+        _summary_html(data),
+        _classes_html(data),
+        _pairs_html(data),
+        _histogram_html(frame),
+        _heatmap_html(frame),
+        _gallery_html(frame, data, top=top, root=root),
+        _unusable_html(frame),
+        f"<script>{SCRIPT}</script>",
+        "</body></html>",
+    ]
+    return "\n".join(parts)
+
+
+def _summary_html(data: ReportData) -> str:
+    return (
+        '<h2>Summary</h2><p class="totals">'
+        f'<span id="n-samples">{data.samples}</span> samples, '
+        f'<span id="n-usable">{data.usable}</span> usable, '
+        f'<span id="n-flagged">{data.flagged}</span> flagged '
+        f'(<span id="flagged-pct">{data.flagged_pct:.1f}</span>% of usable), '
+        f'<span id="n-unusable">{data.unusable}</span> unusable</p>'
+    )
+
+
+def _classes_html(data: ReportData) -> str:
+    rows = "".join(
+        f'<tr data-class="{escape(str(row[0]))}"><td>{escape(str(row[0]))}</td>'
+        f'<td class="n samples">{row.samples}</td><td class="n flagged">{row.flagged}</td>'
+        f'<td class="n">{rate(row.noise_rate)}</td></tr>'
+        for row in data.per_class.itertuples(index=False)
+    )
+    return (
+        "<h2>Per class</h2><p>Estimated noise rate: flagged share of the class's usable samples.</p>"
+        '<div class="scroll"><table id="classes"><tr><th>class</th><th class="n">samples</th>'
+        f'<th class="n">flagged</th><th class="n">noise rate</th></tr>{rows}</table></div>'
+    )
+
+
+def _pairs_html(data: ReportData, max_rows: int = 50) -> str:
+    rows = "".join(
+        f"<tr><td>{escape(str(row.given))}</td><td>{escape(str(row.suggested))}</td>"
+        f'<td class="n">{row[2]}</td></tr>'
+        for row in data.pairs.head(max_rows).itertuples(index=False)
+    )
+    more = f"<p>{len(data.pairs) - max_rows} more pairs not shown.</p>" if len(data.pairs) > max_rows else ""
+    return (
+        "<h2>Flagged: given &rarr; suggested label</h2>"
+        '<div class="scroll"><table id="pairs"><tr><th>given</th><th>suggested</th>'
+        f'<th class="n">flagged</th></tr>{rows}</table></div>{more}'
+    )
+
+
+def _histogram_html(frame: pd.DataFrame) -> str:
+    usable = frame["status"] == STATUS_OK
+    p = frame.loc[usable, "p_clean"].to_numpy(dtype=float, na_value=np.nan)
+    is_flagged = ~frame.loc[usable, "is_clean"].to_numpy(dtype=bool)
+    edges = np.linspace(0.0, 1.0, HISTOGRAM_BINS + 1)
+    flagged_counts, _ = np.histogram(p[is_flagged], bins=edges)
+    kept_counts, _ = np.histogram(p[~is_flagged], bins=edges)
+    width, height, bar = 600, 160, 600 / HISTOGRAM_BINS
+    peak = max(int((flagged_counts + kept_counts).max()), 1)
+    bars = []
+    for i, (f, k) in enumerate(zip(flagged_counts, kept_counts, strict=True)):
+        x = i * bar
+        h_kept, h_flagged = height * k / peak, height * f / peak
+        tip = f"p_clean {edges[i]:.2f}-{edges[i + 1]:.2f}: {k} kept, {f} flagged"
+        bars.append(
+            f'<g class="bin" data-count="{int(f + k)}"><title>{tip}</title>'
+            f'<rect x="{x + 1:.1f}" y="{height - h_kept:.1f}" width="{bar - 2:.1f}" height="{h_kept:.1f}" '
+            'fill="#4a7bd0"/>'
+            f'<rect x="{x + 1:.1f}" y="{height - h_kept - h_flagged:.1f}" width="{bar - 2:.1f}" '
+            f'height="{h_flagged:.1f}" fill="#d04a4a"/></g>'
+        )
+    return (
+        '<h2>p_clean</h2><p>Usable samples by p_clean; <span style="color:#d04a4a">flagged</span> and '
+        f'<span style="color:#4a7bd0">kept</span>; tallest bar {peak}.</p>'
+        f'<svg id="histogram" xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height + 18}" '
+        f'viewBox="0 0 {width} {height + 18}" role="img">{"".join(bars)}'
+        f'<line x1="0" y1="{height}" x2="{width}" y2="{height}" stroke="#444"/>'
+        f'<text x="0" y="{height + 14}" font-size="11">0</text>'
+        f'<text x="{width / 2 - 8}" y="{height + 14}" font-size="11">0.5</text>'
+        f'<text x="{width - 8}" y="{height + 14}" font-size="11">1</text></svg>'
+    )
+
+
+def _heatmap_html(frame: pd.DataFrame) -> str:
+    flagged = (frame["status"] == STATUS_OK) & ~frame["is_clean"]
+    given = frame.loc[flagged, "label"].astype(str)
+    suggested = frame.loc[flagged, "predicted_label"].fillna("?").astype(str)
+    if not len(given):
+        return "<h2>Given vs suggested</h2><p>No flagged samples.</p>"
+    involvement = pd.concat([given, suggested]).value_counts(sort=False)
+    involvement = involvement.sort_values(ascending=False, kind="stable")
+    axis = list(involvement.index[:HEATMAP_CLASSES])
+    other = "(other)"
+
+    def bucket(values: pd.Series) -> pd.Series:
+        return values.where(values.isin(axis), other)
+
+    counts = pd.crosstab(bucket(given), bucket(suggested))
+    labels = axis + ([other] if len(involvement) > len(axis) else [])
+    counts = counts.reindex(index=labels, columns=labels, fill_value=0)
+    peak = max(int(counts.to_numpy().max()), 1)
+    head = "".join(f'<th class="col">{escape(c)}</th>' for c in labels)
+    rows = []
+    for g in labels:
+        cells = []
+        for s in labels:
+            n = int(counts.at[g, s])
+            shade = f"rgba(208,74,74,{0.1 + 0.9 * n / peak:.2f})" if n else "transparent"
+            cells.append(
+                f'<td data-given="{escape(g)}" data-suggested="{escape(s)}" style="background:{shade}">'
+                f"{n or ''}</td>"
+            )
+        rows.append(f"<tr><th>{escape(g)}</th>{''.join(cells)}</tr>")
+    note = ""
+    if len(axis) < len(labels):
+        note = f" Classes beyond the {HEATMAP_CLASSES} most involved are pooled as {other}."
+    return (
+        "<h2>Given vs suggested</h2>"
+        f"<p>Flagged samples: rows are given labels, columns suggested labels.{note}</p>"
+        f'<div class="scroll"><table class="heat" id="heatmap"><tr><th></th>{head}</tr>'
+        f'{"".join(rows)}</table></div>'
+    )
+
+
+def _gallery_html(frame: pd.DataFrame, data: ReportData, *, top: int, root: Path | None) -> str:
+    flagged = frame[(frame["status"] == STATUS_OK) & ~frame["is_clean"]]
+    shown = flagged.sort_values("p_clean", kind="stable").head(top)
+    cards, failures = [], 0
+    for row in shown.itertuples(index=False):
+        uri = _thumbnail(root / row.path) if root is not None else None
+        failures += uri is None
+        given, suggested = str(row.label), "?" if pd.isna(row.predicted_label) else str(row.predicted_label)
+        image = f'<img alt="" src="{uri}">' if uri else '<div class="ph">no image</div>'
+        cards.append(
+            f'<figure class="card" data-given="{escape(given)}" data-suggested="{escape(suggested)}" '
+            f'data-p-clean="{float(row.p_clean):.4f}">{image}<figcaption>'
+            f'<div class="path">{escape(str(row.path))}</div>'
+            f'<div class="given">given: {escape(given)}</div>'
+            f'<div class="suggested">suggested: {escape(suggested)}</div>'
+            f"<div>p_clean {float(row.p_clean):.3f}</div></figcaption></figure>"
+        )
+    if root is not None and failures:
+        log.warning("%d of %d gallery images could not be read; shown as placeholders", failures, len(shown))
+    per_class = data.per_class[data.per_class["flagged"] > 0]
+    in_gallery = set(shown["label"]) | set(shown["predicted_label"].dropna())
+    options = "".join(
+        f'<option value="{escape(str(row[0]))}">{escape(str(row[0]))} ({row.flagged} flagged)</option>'
+        for row in per_class.itertuples(index=False)
+        if row[0] in in_gallery
+    )
+    return (
+        "<h2>Flagged samples, lowest p_clean first</h2>"
+        f'<p>Showing <span id="n-shown">{len(shown)}</span> of <span id="n-gallery">{len(shown)}</span> '
+        f"in the gallery; {data.flagged} flagged in all (per-class counts above). "
+        '<label>Class (given or suggested): <select id="class-filter"><option value="">all</option>'
+        f'{options}</select></label></p><div id="cards">{"".join(cards)}</div>'
+    )
+
+
+def _unusable_html(frame: pd.DataFrame, max_rows: int = 50) -> str:
+    bad = frame[frame["status"] != STATUS_OK]
+    if not len(bad):
+        return ""
+    rows = "".join(
+        f"<tr><td>{escape(str(r.path))}</td><td>{escape(str(r.status))}</td></tr>"
+        for r in bad.head(max_rows).itertuples(index=False)
+    )
+    more = f"<p>{len(bad) - max_rows} more not shown.</p>" if len(bad) > max_rows else ""
+    return (
+        '<h2>Unusable files</h2><table id="unusable"><tr><th>path</th><th>status</th></tr>'
+        f"{rows}</table>{more}"
+    )
+
+
+def _thumbnail(file: Path) -> str | None:
+    """A small JPEG data URI of an image, or None when it cannot be read."""
+    from .data import load_image
+
+    try:
+        image = load_image(file, draft_size=2 * THUMBNAIL_PX)
+        image.thumbnail((THUMBNAIL_PX, THUMBNAIL_PX))
+        buffer = io.BytesIO()
+        image.save(buffer, format="JPEG", quality=75)
+    except Exception:  # a missing or corrupt file is a placeholder, never a failed report
+        return None
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
