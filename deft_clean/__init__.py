@@ -4,8 +4,11 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from .config import DetectConfig  # noqa: E402
+from .config import DetectConfig, TrainConfig  # noqa: E402
 from .errors import DataError, DeftCleanError, UsageError, WeightsError  # noqa: E402
+from .finetune import TrainResult, train  # noqa: E402
+from .inference import PredictResult, predict  # noqa: E402
+from .models import LoadedModel, load_model  # noqa: E402
 from .pipeline import DetectResult, detect  # noqa: E402
 from .results import load_results  # noqa: E402
 
@@ -14,9 +17,16 @@ __all__ = [
     "DeftCleanError",
     "DetectConfig",
     "DetectResult",
+    "LoadedModel",
+    "PredictResult",
+    "TrainResult",
+    "TrainConfig",
     "UsageError",
     "WeightsError",
     "__version__",
     "detect",
+    "load_model",
     "load_results",
+    "predict",
+    "train",
 ]

@@ -16,7 +16,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from .config import CLEAN_RULES, DetectConfig
+from . import cli_review
+from .config import CLEAN_RULES, DetectConfig, TrainConfig
 from .errors import DeftCleanError
 
 app = typer.Typer(
@@ -154,7 +155,7 @@ def detect(
 
 
 def _print_detect_summary(summary: dict[str, Any], out: Path) -> None:
-    console = Console()
+    console = Console(soft_wrap=True)
     samples, flagged, unusable = summary["samples"], summary["flagged"], summary["unusable"]
     usable = max(samples - unusable, 1)
     console.print(
@@ -169,6 +170,132 @@ def _print_detect_summary(summary: dict[str, Any], out: Path) -> None:
             table.add_row(Text(name), str(count))
         console.print(table)
     console.print(Text(f"results: {out}"))
+
+
+TD = TrainConfig()
+
+
+@app.command()
+def train(
+    dataset: Annotated[Path, typer.Argument(help="The image folder or table that detect ran on.")],
+    results: Annotated[Path, typer.Option("--results", "-r", help="Parquet written by detect.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output model folder.")] = Path("model"),
+    clean_only: Annotated[bool, typer.Option("--clean-only", help="Train on is_clean rows only.")] = False,
+    threshold: Annotated[float | None, typer.Option(help="With --clean-only: keep p_clean > T instead.")] = None,
+    relabel: Annotated[
+        float | None, typer.Option(help="With --clean-only: keep flagged rows with p_predicted >= MIN_P, relabelled.")
+    ] = None,
+    backbone: Annotated[str, typer.Option(help="clip (the detect model's image tower) or timm:NAME.")] = TD.backbone,
+    backbone_weights: Annotated[
+        str | None, typer.Option(help="timm: local weights file, or 'none' for random init.")
+    ] = None,
+    image_size: Annotated[int | None, typer.Option(help="Input size (default: the backbone's).")] = None,
+    epochs: Annotated[int, typer.Option(help="Training epochs.")] = TD.epochs,
+    warmup_epochs: Annotated[int, typer.Option(help="Linear learning-rate warm-up epochs.")] = TD.warmup_epochs,
+    lr: Annotated[float, typer.Option(help="Peak learning rate (cosine schedule).")] = TD.lr,
+    weight_decay: Annotated[float, typer.Option(help="Weight decay.")] = TD.weight_decay,
+    batch_size: Annotated[int, typer.Option(help="Batch size.")] = TD.batch_size,
+    optimizer: Annotated[str, typer.Option(help="sgd or adamw.")] = TD.optimizer,
+    label_smoothing: Annotated[float, typer.Option(help="Cross-entropy label smoothing.")] = TD.label_smoothing,
+    balanced: Annotated[bool, typer.Option("--balanced", help="Class-balanced sampling.")] = False,
+    hflip: Annotated[bool, typer.Option(help="Random horizontal flips.")] = TD.hflip,
+    val: Annotated[Path | None, typer.Option(help="Held-out folder or table: accuracy per epoch, best kept.")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from checkpoint.pt in --out.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Allow a non-empty --out.")] = False,
+    num_workers: Annotated[int | None, typer.Option(help="DataLoader workers (default: min(8, CPUs)).")] = None,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = TD.seed,
+    device: Device = TD.device,
+    quiet: Quiet = False,
+    debug: Debug = False,
+) -> None:
+    """Phase 2: fine-tune a backbone + linear head on the kept rows and export it."""
+    from .finetune import train as run_train
+
+    options: dict[str, Any] = {
+        "clean_only": clean_only,
+        "threshold": threshold,
+        "relabel": relabel,
+        "backbone": backbone,
+        "backbone_weights": backbone_weights,
+        "image_size": image_size,
+        "epochs": epochs,
+        "warmup_epochs": warmup_epochs,
+        "lr": lr,
+        "weight_decay": weight_decay,
+        "batch_size": batch_size,
+        "optimizer": optimizer,
+        "label_smoothing": label_smoothing,
+        "balanced": balanced,
+        "hflip": hflip,
+        "resume": resume,
+        "overwrite": overwrite,
+        "num_workers": num_workers,
+        "seed": seed,
+        "device": device,
+    }
+    result = _run(debug, quiet, lambda: run_train(dataset, results=results, out=out, val=val, quiet=quiet, **options))
+    if not quiet:
+        console = Console(soft_wrap=True)
+        last = result.history[-1] if result.history else {}
+        line = (
+            f"trained on {result.n_train} rows ({result.n_relabelled} relabelled), final loss {last.get('loss', 0):.4f}"
+        )
+        if result.best_val_accuracy is not None:
+            line += f", best val accuracy {result.best_val_accuracy:.4f}"
+        console.print(Text(line))
+        console.print(Text(f"model: {result.out}"))
+
+
+@app.command()
+def predict(
+    model_dir: Annotated[Path, typer.Argument(help="Model folder written by train.")],
+    inputs: Annotated[list[Path], typer.Argument(help="A folder, a .csv/.parquet table, or image files.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output Parquet file.")] = Path("predictions.parquet"),
+    top_k: Annotated[int, typer.Option(help="How many top labels to keep per image.")] = 5,
+    batch_size: Annotated[int, typer.Option(help="Batch size.")] = 64,
+    path_col: Annotated[str, typer.Option(help="Path column of a table.")] = "path",
+    label_col: Annotated[str, typer.Option(help="Label column of a table (optional).")] = "label",
+    num_workers: Annotated[int | None, typer.Option(help="DataLoader workers (default: min(8, CPUs)).")] = None,
+    device: Device = "auto",
+    quiet: Quiet = False,
+    debug: Debug = False,
+) -> None:
+    """Predict classes with an exported model; prints accuracy when the input has labels."""
+    from .inference import predict as run_predict
+
+    result = _run(
+        debug,
+        quiet,
+        lambda: run_predict(
+            model_dir,
+            inputs,
+            out=out,
+            top_k=top_k,
+            batch_size=batch_size,
+            device=device,
+            num_workers=num_workers,
+            path_col=path_col,
+            label_col=label_col,
+            quiet=quiet,
+        ),
+    )
+    if quiet:
+        return
+    console = Console(soft_wrap=True)
+    unusable = int((result.frame["status"] != "ok").sum())
+    console.print(Text(f"{len(result.frame)} images, {unusable} unusable"))
+    if result.accuracy is not None and result.per_class is not None:
+        console.print(Text(f"accuracy {result.accuracy:.4f}"))
+        table = Table(title="per class")
+        for column in ("class", "samples", "accuracy"):
+            table.add_column(column, justify="left" if column == "class" else "right")
+        for row in result.per_class.itertuples(index=False):
+            table.add_row(Text(str(row[0])), str(row[1]), f"{row[2]:.4f}")
+        console.print(table)
+    console.print(Text(f"predictions: {out}"))
+
+
+cli_review.register(app)
 
 
 def main() -> None:

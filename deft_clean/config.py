@@ -57,3 +57,52 @@ class DetectConfig:
 def field_names(cls: type) -> set[str]:
     """Names of a config dataclass's fields (used to validate keyword options)."""
     return {f.name for f in fields(cls)}
+
+
+OPTIMIZERS = ("sgd", "adamw")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Phase 2 (fine-tuning on the kept rows). Defaults follow DeFT's phase 2."""
+
+    clean_only: bool = False  # train on is_clean rows only (else on every usable row: the noisy baseline)
+    threshold: float | None = None  # with clean_only: keep p_clean > threshold instead of is_clean
+    relabel: float | None = None  # with clean_only: keep flagged rows with p_predicted >= this, relabelled
+    backbone: str = "clip"  # "clip" (the detect run's CLIP image tower) or "timm:NAME"
+    backbone_weights: str | None = None  # timm: local weights file, or "none" for random init
+    image_size: int | None = None  # input size; None = the backbone's own
+    epochs: int = 10  # training epochs
+    warmup_epochs: int = 1  # linear learning-rate warm-up before the cosine decay
+    lr: float = 5e-4  # peak learning rate
+    weight_decay: float = 5e-4  # weight decay
+    batch_size: int = 64  # batch size
+    optimizer: str = "sgd"  # "sgd" (momentum 0.9) or "adamw"
+    label_smoothing: float = 0.0  # cross-entropy label smoothing
+    balanced: bool = False  # class-balanced sampling (with replacement)
+    hflip: bool = True  # random horizontal flips
+    seed: int = 0  # seeds init of the head, order, augmentation
+    device: str = "auto"  # "auto", "cpu", "cuda" or "cuda:N"
+    num_workers: int | None = None  # DataLoader workers; None = min(8, CPU count)
+    resume: bool = False  # continue from checkpoint.pt in the output folder
+    overwrite: bool = False  # allow writing into a non-empty output folder
+
+    def __post_init__(self) -> None:
+        from .errors import UsageError
+
+        if self.epochs < 1 or self.batch_size < 1:
+            raise UsageError(f"--epochs and --batch-size must be at least 1, got {self.epochs}, {self.batch_size}")
+        if not 0 <= self.warmup_epochs <= self.epochs:
+            raise UsageError(f"--warmup-epochs must be between 0 and --epochs, got {self.warmup_epochs}")
+        if self.optimizer not in OPTIMIZERS:
+            raise UsageError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+        if self.lr <= 0:
+            raise UsageError(f"--lr must be positive, got {self.lr}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise UsageError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
+        for name in ("threshold", "relabel"):
+            value = getattr(self, name)
+            if value is not None and not 0.0 <= value <= 1.0:
+                raise UsageError(f"--{name} must be between 0 and 1, got {value}")
+        if (self.threshold is not None or self.relabel is not None) and not self.clean_only:
+            raise UsageError("--threshold and --relabel only apply with --clean-only")

@@ -162,7 +162,7 @@ def _list_folder(root: Path) -> tuple[Path, list[str], list[str]]:
     return root, paths, labels
 
 
-def _read_table(table: Path) -> pd.DataFrame:
+def read_table(table: Path) -> pd.DataFrame:
     try:
         if table.suffix.lower() == ".csv":
             return pd.read_csv(table, dtype=str, keep_default_na=False)
@@ -172,7 +172,7 @@ def _read_table(table: Path) -> pd.DataFrame:
 
 
 def _list_table(table: Path, *, path_col: str, label_col: str) -> tuple[Path, list[str], list[str]]:
-    frame = _read_table(table)
+    frame = read_table(table)
     missing = [c for c in (path_col, label_col) if c not in frame.columns]
     if missing:
         raise DataError(

@@ -269,9 +269,7 @@ def train_prompts(
             if progress is not None:
                 progress.advance(len(status), loss=loss_sum / seen, clean=clean_sum / seen)
         elapsed = max(time.perf_counter() - started, 1e-9)
-        history.append(
-            EpochStats(epoch + 1, loss_sum / max(seen, 1), clean_sum / max(seen, 1), len(dataset) / elapsed)
-        )
+        history.append(EpochStats(epoch + 1, loss_sum / max(seen, 1), clean_sum / max(seen, 1), len(dataset) / elapsed))
     return history
 
 
@@ -350,4 +348,3 @@ class Progressish:
     def start_scoring(self, total: int) -> None: ...
 
     def advance(self, n: int, **metrics: float) -> None: ...
-

@@ -8,7 +8,7 @@ import platform
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -18,6 +18,8 @@ from .config import DetectConfig, field_names
 from .data import STATUS_OK, Listing, list_dataset
 from .errors import UsageError
 from .results import normalize_frame, write_results
+
+C = TypeVar("C")
 
 
 @dataclass
@@ -51,12 +53,12 @@ class DetectResult:
         }
 
 
-def build_config(config: DetectConfig | None, options: dict[str, Any]) -> DetectConfig:
-    """Merge keyword options into a config, naming any unknown option."""
-    unknown = set(options) - field_names(DetectConfig)
+def merge_options(cls: type[C], config: C | None, options: dict[str, Any]) -> C:
+    """Merge keyword options into a config dataclass, naming any unknown option."""
+    unknown = set(options) - field_names(cls)
     if unknown:
-        raise UsageError(f"unknown detect option(s): {', '.join(sorted(unknown))}")
-    return dataclasses.replace(config or DetectConfig(), **options)
+        raise UsageError(f"unknown option(s): {', '.join(sorted(unknown))}")
+    return dataclasses.replace(config or cls(), **options)
 
 
 def detect(
@@ -83,7 +85,7 @@ def detect(
     Returns:
         A :class:`DetectResult`; ``result.frame`` has one row per listed sample.
     """
-    cfg = build_config(config, options)
+    cfg = merge_options(DetectConfig, config, options)
     listing = list_dataset(dataset, path_col=path_col, label_col=label_col, class_names=class_names)
     if out is not None and Path(out).is_dir():
         raise UsageError(f"--out {out} is a folder; pass a file path such as results.parquet")
@@ -128,7 +130,13 @@ def detect(
             **image,
         )
         scores = score_samples(
-            model, listing, batch_size=cfg.batch_size * 2, device=device, num_workers=workers, progress=progress, **image
+            model,
+            listing,
+            batch_size=cfg.batch_size * 2,
+            device=device,
+            num_workers=workers,
+            progress=progress,
+            **image,
         )
     frame = results_frame(listing, scores, clean_rule=cfg.clean_rule)
     metadata = {

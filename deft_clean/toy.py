@@ -90,7 +90,12 @@ def digit_images(source: str = "mnist", *, seed: int = 0) -> tuple[list, np.ndar
 
 
 def plant_noise(
-    labels: np.ndarray, n_classes: int, rate: float, *, kind: str = "symmetric", seed: int = 0,
+    labels: np.ndarray,
+    n_classes: int,
+    rate: float,
+    *,
+    kind: str = "symmetric",
+    seed: int = 0,
     features: np.ndarray | None = None,
 ) -> np.ndarray:
     """Noisy copy of ``labels``. Every flipped label differs from the true one, so the noise rate is exact.

@@ -41,8 +41,23 @@ class TinyClip:
         return base
 
     def cli_args(self) -> list[str]:
-        return ["--model", str(self.config), "--pretrained", str(self.checkpoint), "--device", "cpu",
-                "--num-workers", "0", "--batch-size", "32", "--epochs", "2", "--vpt-tokens", "2", "--quiet"]
+        return [
+            "--model",
+            str(self.config),
+            "--pretrained",
+            str(self.checkpoint),
+            "--device",
+            "cpu",
+            "--num-workers",
+            "0",
+            "--batch-size",
+            "32",
+            "--epochs",
+            "2",
+            "--vpt-tokens",
+            "2",
+            "--quiet",
+        ]
 
 
 @dataclass(frozen=True)

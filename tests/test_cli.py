@@ -35,9 +35,7 @@ def assert_clean_failure(result, out: Path, code: int, *fragments: str) -> None:
 
 def test_detect_cli_writes_parquet_and_summary(tiny_clip, small_folder, tmp_path):
     out = tmp_path / "out" / "results.parquet"
-    result = runner.invoke(
-        app, ["detect", str(small_folder), "--out", str(out), *tiny_clip.cli_args()[:-1]]
-    )
+    result = runner.invoke(app, ["detect", str(small_folder), "--out", str(out), *tiny_clip.cli_args()[:-1]])
     assert result.exit_code == 0, result.output
     frame, metadata = deft_clean.load_results(out)
     assert len(frame) == 12
@@ -124,8 +122,19 @@ def test_label_missing_from_class_names(tiny_clip, small_folder, tmp_path):
 
 def test_missing_weights_file(small_folder, tmp_path, tiny_clip):
     out = tmp_path / "r.parquet"
-    args = ["detect", str(small_folder), "--out", str(out), "--model", str(tiny_clip.config),
-            "--pretrained", str(tmp_path / "nope.pt"), "--device", "cpu", "--quiet"]
+    args = [
+        "detect",
+        str(small_folder),
+        "--out",
+        str(out),
+        "--model",
+        str(tiny_clip.config),
+        "--pretrained",
+        str(tmp_path / "nope.pt"),
+        "--device",
+        "cpu",
+        "--quiet",
+    ]
     assert_clean_failure(runner.invoke(app, args), out, 1, "weights file not found")
 
 

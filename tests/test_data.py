@@ -28,8 +28,9 @@ def test_folder_listing_nested_and_filtered(small_folder):
 
 
 def test_table_listing_and_class_names(small_folder, tmp_path):
-    rows = ["path,label"] + [f"{p.relative_to(small_folder).as_posix()},{p.parent.name}"
-                             for p in sorted(small_folder.rglob("*.png"))]
+    rows = ["path,label"] + [
+        f"{p.relative_to(small_folder).as_posix()},{p.parent.name}" for p in sorted(small_folder.rglob("*.png"))
+    ]
     table = small_folder / "list.csv"
     table.write_text("\n".join(rows))
     names = tmp_path / "names.csv"
@@ -63,8 +64,20 @@ def save(image: Image.Image, fmt: str, **kw) -> io.BytesIO:
 
 @pytest.mark.parametrize(
     "mode,fmt",
-    [("L", "PNG"), ("LA", "PNG"), ("P", "PNG"), ("RGBA", "PNG"), ("CMYK", "JPEG"), ("I;16", "PNG"),
-     ("RGB", "WEBP"), ("RGB", "BMP"), ("RGB", "TIFF"), ("P", "GIF"), ("1", "PNG"), ("F", "TIFF")],
+    [
+        ("L", "PNG"),
+        ("LA", "PNG"),
+        ("P", "PNG"),
+        ("RGBA", "PNG"),
+        ("CMYK", "JPEG"),
+        ("I;16", "PNG"),
+        ("RGB", "WEBP"),
+        ("RGB", "BMP"),
+        ("RGB", "TIFF"),
+        ("P", "GIF"),
+        ("1", "PNG"),
+        ("F", "TIFF"),
+    ],
 )
 def test_every_mode_becomes_rgb(mode, fmt, tmp_path):
     base = Image.linear_gradient("L").resize((16, 12))

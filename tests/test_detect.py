@@ -74,7 +74,11 @@ def test_same_seed_same_scores(tiny_clip, noisy_folder, detected):
 
 
 def test_threshold_rule_is_pure_p_clean(tiny_clip, noisy_folder):
-    result = deft_clean.detect(noisy_folder.root, clean_rule="threshold", epochs=2, **{
-        k: v for k, v in tiny_clip.options().items() if k != "epochs"})
+    result = deft_clean.detect(
+        noisy_folder.root,
+        clean_rule="threshold",
+        epochs=2,
+        **{k: v for k, v in tiny_clip.options().items() if k != "epochs"},
+    )
     frame = result.frame
     assert (frame["is_clean"] == (frame["p_clean"] > 0.5)).all()

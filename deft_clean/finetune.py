@@ -1,0 +1,345 @@
+"""Phase 2: fully fine-tune a backbone + linear head on the rows that detect kept, and export it.
+
+The output folder is the contract with ``predict``/``load_model``:
+``model.safetensors`` (weights), ``config.json`` (backbone, classes, input size, mean, std and what is
+needed to rebuild the network offline), ``metrics.json`` (per-epoch loss, validation accuracy, the rows
+trained on) and ``checkpoint.pt`` (the last epoch's full training state, for ``--resume``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, WeightedRandomSampler
+
+from . import __version__
+from .config import TrainConfig
+from .data import STATUS_OK, ImageDataset, Listing, list_dataset
+from .errors import DataError, UsageError
+from .models import build_classifier, data_config, model_spec
+from .results import load_results, write_atomic
+from .transforms import eval_transform, train_transform
+
+CHECKPOINT = "checkpoint.pt"
+WEIGHTS = "model.safetensors"
+BEST_WEIGHTS = "best.safetensors"
+
+
+@dataclass
+class TrainResult:
+    out: Path  # the exported model folder
+    history: list[dict[str, Any]]  # per epoch: epoch, loss, lr, val_accuracy (None without --val)
+    n_train: int  # rows trained on
+    n_relabelled: int  # flagged rows kept under their suggested label
+    best_val_accuracy: float | None
+
+
+def select_rows(
+    frame: Any, *, clean_only: bool, threshold: float | None, relabel: float | None
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """Which rows to train on and with which label index.
+
+    Returns (row indices, label indices, number relabelled). Unusable rows are never used.
+    """
+    usable = (frame["status"] == STATUS_OK).to_numpy()
+    labels = frame["label_index"].to_numpy().astype(np.int64)
+    if not clean_only:
+        keep = usable
+        relabelled = np.zeros_like(usable)
+    else:
+        p_clean = frame["p_clean"].to_numpy(dtype=float, na_value=np.nan)
+        clean = (p_clean > threshold) if threshold is not None else frame["is_clean"].to_numpy(dtype=bool)
+        clean = clean & usable
+        relabelled = np.zeros_like(usable)
+        if relabel is not None:
+            p_pred = frame["p_predicted"].to_numpy(dtype=float, na_value=np.nan)
+            relabelled = usable & ~clean & (p_pred >= relabel)
+            labels = np.where(relabelled, frame["predicted_index"].to_numpy(), labels)
+        keep = clean | relabelled
+    rows = np.flatnonzero(keep)
+    return rows, labels[rows], int(relabelled.sum())
+
+
+def check_match(listing: Listing, frame: Any, metadata: dict[str, Any], results: Path) -> None:
+    """Refuse a results file made for another dataset."""
+    if list(metadata.get("classes", [])) != listing.classes:
+        raise DataError(
+            f"{results} was made for classes {metadata.get('classes')[:5]}..., the dataset has "
+            f"{listing.classes[:5]}...; run detect on this dataset first"
+        )
+    if len(frame) != len(listing) or frame["path"].tolist() != listing.paths:
+        raise DataError(
+            f"{results} lists {len(frame)} samples, the dataset {len(listing)}, or their paths differ; "
+            "run detect on this dataset first"
+        )
+
+
+def _lr_factor(step: int, *, warmup_steps: int, total_steps: int) -> float:
+    """Linear warm-up, then cosine decay to zero (per step)."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def _signature(cfg: TrainConfig, rows: np.ndarray, labels: np.ndarray, spec: dict[str, Any]) -> dict[str, Any]:
+    """What must be equal for a checkpoint to be resumed."""
+    options = dataclasses.asdict(cfg)
+    for volatile in ("resume", "device", "num_workers", "quiet"):
+        options.pop(volatile, None)
+    digest = int(np.bitwise_xor.reduce(rows * 1_000_003 + labels)) if len(rows) else 0
+    return {"options": options, "n_rows": int(len(rows)), "rows_digest": digest, "backbone": spec["backbone"]}
+
+
+def train(
+    dataset: str | os.PathLike[str],
+    *,
+    results: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    config: TrainConfig | None = None,
+    val: str | os.PathLike[str] | None = None,
+    quiet: bool = False,
+    **options: Any,
+) -> TrainResult:
+    """Fine-tune a classifier on the rows of ``dataset`` that the detect ``results`` keep (phase 2).
+
+    Args:
+        dataset: the image folder or table that detect ran on.
+        results: the detect Parquet; it must list exactly this dataset's samples and classes.
+        out: output folder (model.safetensors, config.json, metrics.json, checkpoint.pt).
+        config / options: a :class:`TrainConfig` and keyword overrides of its fields.
+        val: optional held-out folder or table with the same classes: accuracy every epoch, best kept.
+    """
+    from .backbone import resolve_device
+    from .detector import autocast_for, resolve_workers, seed_everything
+    from .pipeline import merge_options
+    from .progress import RichProgress
+
+    cfg = merge_options(TrainConfig, config, options)
+    results = Path(results)
+    frame, metadata = load_results(results)
+    listing = list_dataset(
+        dataset, path_col=metadata.get("path_col", "path"), label_col=metadata.get("label_col", "label")
+    )
+    check_match(listing, frame, metadata, results)
+    rows, labels, n_relabelled = select_rows(
+        frame, clean_only=cfg.clean_only, threshold=cfg.threshold, relabel=cfg.relabel
+    )
+    if len(rows) == 0:
+        raise DataError("no rows left to train on (every row is flagged or unusable); lower --threshold")
+    val_listing = None
+    if val is not None:
+        val_listing = list_dataset(val)
+        unknown = sorted(set(val_listing.classes) - set(listing.classes))
+        if unknown:
+            raise DataError(f"--val has classes the training set lacks: {unknown[:5]}")
+        remap = {c: i for i, c in enumerate(listing.classes)}
+        val_listing = dataclasses.replace(
+            val_listing, label_indices=np.array([remap[x] for x in val_listing.labels], dtype=np.int64)
+        )
+
+    out_dir = Path(out)
+    checkpoint_path = out_dir / CHECKPOINT
+    if out_dir.exists() and any(out_dir.iterdir()) and not cfg.resume and not cfg.overwrite:
+        raise UsageError(f"--out {out_dir} is not empty; pass --resume to continue or --overwrite to replace it")
+
+    device = resolve_device(cfg.device)
+    generator = seed_everything(cfg.seed)
+    spec = model_spec(cfg.backbone, metadata=metadata, backbone_weights=cfg.backbone_weights)
+    model = build_classifier(spec, n_classes=len(listing.classes), device=device, load_pretrained=True, quiet=quiet)
+    size, mean, std = data_config(spec, model, image_size=cfg.image_size)
+    spec.update({"image_size": size, "mean": list(mean), "std": list(std)})
+
+    train_set = ImageDataset(
+        listing.root,
+        listing.paths,
+        _labels_for(listing, rows, labels),
+        train_transform(size, mean, std, hflip=cfg.hflip),
+        image_size=size,
+        indices=rows.tolist(),
+    )
+    sampler = None
+    if cfg.balanced:
+        counts = np.bincount(labels, minlength=len(listing.classes)).astype(np.float64)
+        weights = 1.0 / counts[labels]
+        sampler = WeightedRandomSampler(torch.as_tensor(weights), len(rows), replacement=True, generator=generator)
+    workers = resolve_workers(cfg.num_workers)
+    loader = DataLoader(
+        train_set,
+        batch_size=cfg.batch_size,
+        shuffle=sampler is None,
+        sampler=sampler,
+        generator=generator,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=False,  # iterator state must restart cleanly after --resume
+        drop_last=False,
+    )
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if cfg.optimizer == "sgd":
+        optimizer = torch.optim.SGD(trainable, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
+    else:
+        optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    total_steps = cfg.epochs * len(loader)
+    warmup_steps = min(cfg.warmup_epochs * len(loader), max(total_steps - 1, 0))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: _lr_factor(step, warmup_steps=warmup_steps, total_steps=total_steps)
+    )
+    autocast, needs_scaler = autocast_for(device)
+    scaler = torch.amp.GradScaler("cuda", enabled=needs_scaler)
+    signature = _signature(cfg, rows, labels, spec)
+
+    history: list[dict[str, Any]] = []
+    start_epoch = 0
+    best = None
+    if cfg.resume:
+        if not checkpoint_path.is_file():
+            raise UsageError(f"--resume: no {CHECKPOINT} in {out_dir}")
+        state = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+        saved = json.loads(state["signature"])
+        if saved != json.loads(json.dumps(signature)):
+            raise UsageError(f"--resume: {checkpoint_path} was made with other options or data; start a new --out")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["torch_rng"])
+        generator.set_state(state["generator_rng"])
+        history = json.loads(state["history"])
+        best = state["best"].item() if state["best"].numel() else None
+        start_epoch = int(state["epoch"])
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    with RichProgress(quiet=quiet) as progress:
+        for epoch in range(start_epoch, cfg.epochs):
+            model.train()
+            progress.start_epoch(epoch + 1, cfg.epochs, len(train_set))
+            loss_sum, seen, started = 0.0, 0, time.perf_counter()
+            for images, targets, _, status in loader:
+                usable = torch.tensor([s == STATUS_OK for s in status])
+                if not usable.any():
+                    continue
+                images = images[usable].to(device, non_blocking=True)
+                targets = targets[usable].to(device, non_blocking=True)
+                with autocast():
+                    logits = model(images)
+                loss = F.cross_entropy(logits.float(), targets, label_smoothing=cfg.label_smoothing)
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                scheduler.step()
+                loss_sum += float(loss.detach()) * len(targets)
+                seen += len(targets)
+                progress.advance(len(status), loss=loss_sum / seen)
+            record: dict[str, Any] = {
+                "epoch": epoch + 1,
+                "loss": loss_sum / max(seen, 1),
+                "lr": optimizer.param_groups[0]["lr"],
+                "seconds": time.perf_counter() - started,
+                "val_accuracy": None,
+            }
+            if val_listing is not None:
+                record["val_accuracy"] = evaluate(model, val_listing, size, mean, std, device=device, workers=workers)
+                if best is None or record["val_accuracy"] > best:
+                    best = record["val_accuracy"]
+                    save_weights(model, out_dir / BEST_WEIGHTS)
+            history.append(record)
+            _save_checkpoint(
+                checkpoint_path,
+                {
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "scaler": scaler.state_dict(),
+                    "torch_rng": torch.get_rng_state(),
+                    "generator_rng": generator.get_state(),
+                    "epoch": epoch + 1,
+                    "history": json.dumps(history),
+                    "best": torch.tensor([best] if best is not None else []),
+                    "signature": json.dumps(signature),
+                },
+            )
+
+    save_weights(model, out_dir / WEIGHTS)
+    export_config = {
+        "format": "deft-clean-model",
+        "deft_clean_version": __version__,
+        **spec,
+        "classes": listing.classes,
+        "trained_from": str(results.resolve()),
+    }
+    write_atomic(out_dir / "config.json", lambda tmp: tmp.write_text(json.dumps(export_config, indent=2)))
+    metrics = {
+        "history": history,
+        "best_val_accuracy": best,
+        "n_train": int(len(rows)),
+        "n_relabelled": n_relabelled,
+        "options": dataclasses.asdict(cfg),
+        "trained_on": {"path": [listing.paths[i] for i in rows], "label_index": labels.tolist()},
+    }
+    write_atomic(out_dir / "metrics.json", lambda tmp: tmp.write_text(json.dumps(metrics)))
+    return TrainResult(out_dir, history, int(len(rows)), n_relabelled, best)
+
+
+def _labels_for(listing: Listing, rows: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Full-length label array with the (possibly relabelled) training labels filled in."""
+    full = listing.label_indices.copy()
+    full[rows] = labels
+    return full
+
+
+def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    write_atomic(path, lambda tmp: torch.save(state, tmp))
+
+
+def save_weights(model: nn.Module, path: Path) -> None:
+    from safetensors.torch import save_file
+
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    write_atomic(path, lambda tmp: save_file(tensors, str(tmp)))
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    listing: Listing,
+    size: int,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    *,
+    device: torch.device,
+    workers: int,
+    batch_size: int = 128,
+) -> float:
+    """Top-1 accuracy on a labelled listing (unusable files skipped)."""
+    from .detector import autocast_for
+
+    model.eval()
+    dataset = ImageDataset(
+        listing.root, listing.paths, listing.label_indices, eval_transform(size, mean, std), image_size=size
+    )
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers)
+    autocast, _ = autocast_for(device)
+    correct = total = 0
+    for images, targets, _, status in loader:
+        usable = torch.tensor([s == STATUS_OK for s in status])
+        if not usable.any():
+            continue
+        with autocast():
+            logits = model(images[usable].to(device))
+        correct += int((logits.argmax(1).cpu() == targets[usable]).sum())
+        total += int(usable.sum())
+    model.train()
+    return correct / max(total, 1)
