@@ -109,6 +109,13 @@ def detect(
     hflip: Annotated[bool, typer.Option(help="Random horizontal flips while training.")] = D.hflip,
     num_workers: Annotated[int | None, typer.Option(help="DataLoader workers (default: min(8, CPUs)).")] = None,
     seed: Annotated[int, typer.Option(help="Random seed.")] = D.seed,
+    run_dir: Annotated[
+        Path | None, typer.Option(help="Checkpoint folder (default: <out>.run/ next to the output).")
+    ] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the interrupted run in --run-dir.")] = False,
+    checkpoint_every: Annotated[
+        int, typer.Option(metavar="STEPS", help="Also checkpoint every STEPS steps (0: at epoch ends only).")
+    ] = 0,
     device: Device = D.device,
     quiet: Quiet = False,
     debug: Debug = False,
@@ -137,21 +144,37 @@ def detect(
         "seed": seed,
         "device": device,
     }
-    result = _run(
-        debug,
-        quiet,
-        lambda: run_detect(
-            dataset,
-            path_col=path_col,
-            label_col=label_col,
-            class_names=class_names,
-            out=out,
-            quiet=quiet,
-            **options,
-        ),
+    result = _interruptible(
+        lambda: _run(
+            debug,
+            quiet,
+            lambda: run_detect(
+                dataset,
+                path_col=path_col,
+                label_col=label_col,
+                class_names=class_names,
+                out=out,
+                quiet=quiet,
+                run_dir=run_dir,
+                resume=resume,
+                checkpoint_every=checkpoint_every,
+                **options,
+            ),
+        )
     )
     if not quiet:
         _print_detect_summary(result.summary(), out)
+
+
+def _interruptible(call: Callable[[], T]) -> T:
+    """Turn a run stopped by SIGINT/SIGTERM (checkpoint saved) into one stderr line and exit 130/143."""
+    from .runstate import Interrupted
+
+    try:
+        return call()
+    except Interrupted as exc:
+        Console(stderr=True, highlight=False, soft_wrap=True).print(str(exc), markup=False)
+        raise typer.Exit(exc.exit_code) from None
 
 
 def _print_detect_summary(summary: dict[str, Any], out: Path) -> None:

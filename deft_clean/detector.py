@@ -10,10 +10,14 @@ context (positive logits and image features are detached on that path).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import json
+import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -24,6 +28,7 @@ from torch.utils.data import DataLoader
 from .backbone import LoadedClip, TextEncoder, encode_image, freeze, logit_scale
 from .data import STATUS_OK, ImageDataset, Listing
 from .prompts import DualPromptLearner, PromptFeatures
+from .runstate import StopOnSignal
 from .transforms import eval_transform, train_transform
 from .vpt import add_visual_prompts
 
@@ -86,6 +91,13 @@ class DeftModel(nn.Module):
         names = {id(p): n for n, p in self.named_parameters()}
         return {names[id(p)]: p.detach().cpu().clone() for p in self.trainable_parameters()}
 
+    @torch.no_grad()
+    def load_trainable_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Copy tensors saved by :meth:`trainable_state` back into the parameters."""
+        parameters = dict(self.named_parameters())
+        for name, value in state.items():
+            parameters[name].copy_(value)
+
     def text_features(self) -> PromptFeatures:
         return self.prompts()
 
@@ -120,19 +132,19 @@ def make_loader(
     dataset: ImageDataset,
     *,
     batch_size: int,
-    shuffle: bool,
+    sampler: Sequence[int] | None,
     generator: torch.Generator | None,
     num_workers: int,
     device: torch.device,
 ) -> DataLoader:
+    """A loader over ``sampler`` (indices into the dataset, in order; None = all, in order)."""
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        shuffle=shuffle,
+        sampler=sampler,
         generator=generator,
         num_workers=num_workers,
         pin_memory=device.type == "cuda",
-        persistent_workers=num_workers > 0,
         drop_last=False,
     )
 
@@ -189,6 +201,21 @@ def deft_loss(
     return loss_sim + loss_dp, clean
 
 
+@dataclass
+class TrainControl:
+    """How :func:`train_prompts` checkpoints, resumes and stops; every field is optional."""
+
+    save: Callable[[dict[str, Any]], None] | None = None  # persists a state dict (see train_prompts)
+    resume: dict[str, Any] | None = None  # a state dict given to ``save`` by an earlier run
+    every_steps: int = 0  # also save every this many steps inside an epoch; 0 = at epoch ends only
+    stop: StopOnSignal | None = None  # checked after each step: save, then raise Interrupted
+
+
+def epoch_order(n: int, generator: torch.Generator) -> list[int]:
+    """This epoch's sample order, drawn from ``generator`` (so that a resume can redraw it exactly)."""
+    return torch.randperm(n, generator=generator).tolist()
+
+
 def train_prompts(
     model: DeftModel,
     listing: Listing,
@@ -209,8 +236,16 @@ def train_prompts(
     num_workers: int,
     progress: Progressish | None = None,
     grad_clip: float | None = None,
+    control: TrainControl | None = None,
 ) -> list[EpochStats]:
-    """Train the prompts in place; return per-epoch statistics."""
+    """Train the prompts in place; return per-epoch statistics.
+
+    With ``control``, the training state (prompts, optimiser, scheduler, scaler, RNG states, position in
+    the epoch) is handed to ``control.save`` at the end of every epoch, every ``control.every_steps``
+    steps and when ``control.stop`` was signalled; ``control.resume`` continues from such a state and,
+    on CPU with ``num_workers=0``, ends with exactly the prompts of an uninterrupted run.
+    """
+    control = control or TrainControl()
     dataset = ImageDataset(
         listing.root,
         listing.paths,
@@ -218,58 +253,118 @@ def train_prompts(
         train_transform(image_size, mean, std, hflip=hflip),
         image_size=image_size,
     )
-    loader = make_loader(
-        dataset, batch_size=batch_size, shuffle=True, generator=generator, num_workers=num_workers, device=device
-    )
+    steps_per_epoch = max(1, math.ceil(len(dataset) / batch_size))
     parameters = model.trainable_parameters()
     optimizer = torch.optim.SGD(parameters, lr=lr, momentum=momentum, weight_decay=weight_decay)
-    total_steps = max(1, epochs * len(loader))
+    total_steps = max(1, epochs * steps_per_epoch)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
     autocast, needs_scaler = autocast_for(device)
     scaler = torch.amp.GradScaler("cuda", enabled=needs_scaler)
     scale = model.scale().to(device)
 
-    history = []
-    for epoch in range(epochs):
+    history: list[EpochStats] = []
+    start_epoch, skip_steps, sums = 0, 0, {"loss": 0.0, "clean": 0, "seen": 0}
+    if control.resume is not None:
+        state = control.resume
+        model.load_trainable_state(state["trainable"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        generator.set_state(state["generator_epoch_start"])
+        torch.set_rng_state(state["torch_rng"])
+        if device.type == "cuda" and "cuda_rng" in state:
+            torch.cuda.set_rng_state(state["cuda_rng"], device)
+        history = [EpochStats(**h) for h in json.loads(state["history"])]
+        start_epoch, skip_steps = int(state["epoch"]), int(state["step"])
+        sums = json.loads(state["sums"])
+
+    def snapshot(epoch: int, step: int, epoch_start: torch.Tensor) -> dict[str, Any]:
+        """Everything needed to continue after ``step`` batches of ``epoch`` (0-based)."""
+        state = {
+            "trainable": model.trainable_state(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict(),
+            "generator_epoch_start": epoch_start,
+            "torch_rng": torch.get_rng_state(),
+            "epoch": epoch,
+            "step": step,
+            "history": json.dumps([dataclasses.asdict(h) for h in history]),
+            "sums": json.dumps(sums),
+        }
+        if device.type == "cuda":
+            state["cuda_rng"] = torch.cuda.get_rng_state(device)
+        return state
+
+    for epoch in range(start_epoch, epochs):
         warmup = epoch < warmup_epochs
         model.train()
         model.clip.eval()  # frozen backbone: keep dropout / norm statistics in inference mode
-        loss_sum, clean_sum, seen, started = 0.0, 0, 0, time.perf_counter()
+        epoch_start = generator.get_state()
+        order = epoch_order(len(dataset), generator)
+        # A resumed epoch skips the batches already done without loading them; the loader draws its
+        # worker seed from the generator right after the order, as in the uninterrupted run.
+        loader = make_loader(
+            dataset,
+            batch_size=batch_size,
+            sampler=order[skip_steps * batch_size :],
+            generator=generator,
+            num_workers=num_workers,
+            device=device,
+        )
+        step, started = skip_steps, time.perf_counter()
+        if skip_steps == 0:
+            sums = {"loss": 0.0, "clean": 0, "seen": 0}
         if progress is not None:
             progress.start_epoch(epoch + 1, epochs, len(dataset))
+            if skip_steps:
+                progress.advance(min(skip_steps * batch_size, len(dataset)))
         for images, labels, _, status in loader:
+            step += 1
             usable = torch.tensor([s == STATUS_OK for s in status])
-            if not usable.any():
-                continue
-            images = images[usable].to(device, non_blocking=True)
-            labels = labels[usable].to(device, non_blocking=True)
-            with autocast():
-                text = model.text_features()
-                features = model.image_features(images)
-                loss, clean = deft_loss(
-                    features.float(),
-                    PromptFeatures(text.positive.float(), text.negative.float()),
-                    scale,
-                    labels,
-                    warmup=warmup,
-                    clean_rule=clean_rule,
-                )
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if grad_clip:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(parameters, grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            n = int(labels.shape[0])
-            loss_sum += float(loss.detach()) * n
-            clean_sum += int(clean.sum())
-            seen += n
+            if usable.any():
+                images = images[usable].to(device, non_blocking=True)
+                labels = labels[usable].to(device, non_blocking=True)
+                with autocast():
+                    text = model.text_features()
+                    features = model.image_features(images)
+                    loss, clean = deft_loss(
+                        features.float(),
+                        PromptFeatures(text.positive.float(), text.negative.float()),
+                        scale,
+                        labels,
+                        warmup=warmup,
+                        clean_rule=clean_rule,
+                    )
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                if grad_clip:
+                    scaler.unscale_(optimizer)
+                    torch.nn.utils.clip_grad_norm_(parameters, grad_clip)
+                scaler.step(optimizer)
+                scaler.update()
+                scheduler.step()
+                n = int(labels.shape[0])
+                sums["loss"] += float(loss.detach()) * n
+                sums["clean"] += int(clean.sum())
+                sums["seen"] += n
             if progress is not None:
-                progress.advance(len(status), loss=loss_sum / seen, clean=clean_sum / seen)
+                seen = max(sums["seen"], 1)
+                progress.advance(len(status), loss=sums["loss"] / seen, clean=sums["clean"] / seen)
+            stopping = control.stop is not None and control.stop.requested
+            periodic = control.every_steps > 0 and step % control.every_steps == 0 and step < steps_per_epoch
+            if control.save is not None and (stopping or periodic):
+                control.save(snapshot(epoch, step, epoch_start))
+            if control.stop is not None:
+                control.stop.check()
+        skip_steps = 0
         elapsed = max(time.perf_counter() - started, 1e-9)
-        history.append(EpochStats(epoch + 1, loss_sum / max(seen, 1), clean_sum / max(seen, 1), len(dataset) / elapsed))
+        seen = max(sums["seen"], 1)
+        history.append(EpochStats(epoch + 1, sums["loss"] / seen, sums["clean"] / seen, len(dataset) / elapsed))
+        if control.save is not None:
+            control.save(snapshot(epoch + 1, 0, generator.get_state()))
+        if control.stop is not None:
+            control.stop.check()
     return history
 
 
@@ -285,14 +380,18 @@ def score_samples(
     device: torch.device,
     num_workers: int,
     progress: Progressish | None = None,
+    stop: StopOnSignal | None = None,
 ) -> Scores:
-    """Eval-mode pass without augmentation over every sample: p_clean, similarities, prediction."""
+    """Eval-mode pass without augmentation over every sample: p_clean, similarities, prediction.
+
+    ``stop`` is checked after each batch (it raises :class:`~deft_clean.runstate.Interrupted`).
+    """
     model.eval()
     dataset = ImageDataset(
         listing.root, listing.paths, listing.label_indices, eval_transform(image_size, mean, std), image_size=image_size
     )
     loader = make_loader(
-        dataset, batch_size=batch_size, shuffle=False, generator=None, num_workers=num_workers, device=device
+        dataset, batch_size=batch_size, sampler=None, generator=None, num_workers=num_workers, device=device
     )
     n = len(listing)
     sim_pos = np.full(n, np.nan, dtype=np.float32)
@@ -329,6 +428,8 @@ def score_samples(
             p_predicted[keep] = top_p.cpu().numpy()
         if progress is not None:
             progress.advance(len(batch_status))
+        if stop is not None:
+            stop.check()
     p_clean = 1.0 / (1.0 + np.exp(-scale * (sim_pos.astype(np.float64) - sim_neg)))
     return Scores(
         p_clean=p_clean.astype(np.float32),

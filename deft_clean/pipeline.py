@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import json
 import os
 import platform
 from dataclasses import dataclass, field
@@ -18,8 +20,10 @@ from .config import DetectConfig, field_names
 from .data import STATUS_OK, Listing, list_dataset
 from .errors import UsageError
 from .results import normalize_frame, write_results
+from .runstate import StopOnSignal, config_signature, listing_signature, load_checkpoint, save_checkpoint
 
 C = TypeVar("C")
+CHECKPOINT = "detect_checkpoint.pt"  # inside the run folder
 
 
 @dataclass
@@ -70,6 +74,9 @@ def detect(
     class_names: str | os.PathLike[str] | dict[str, str] | None = None,
     out: str | os.PathLike[str] | None = None,
     quiet: bool = False,
+    run_dir: str | os.PathLike[str] | None = None,
+    resume: bool = False,
+    checkpoint_every: int = 0,
     **options: Any,
 ) -> DetectResult:
     """Find wrong labels in a dataset with DeFT (phase 1).
@@ -81,6 +88,15 @@ def detect(
         path_col, label_col, class_names: how to read the dataset.
         out: if given, the Parquet is written there atomically.
         quiet: no progress bars or warnings.
+        run_dir: folder for the training checkpoint (default ``<out>.run`` when ``out`` is given; without
+            either, nothing is saved). The checkpoint is removed once the Parquet is written.
+        resume: continue from the checkpoint in ``run_dir``; it must come from the same options (but
+            ``device``/``num_workers``), model and listing.
+        checkpoint_every: also checkpoint every this many steps inside an epoch (0: at epoch ends).
+
+    Raises:
+        Interrupted: SIGINT/SIGTERM arrived (in the main thread); the checkpoint is saved and no
+            Parquet is written. Its ``exit_code`` is 130 or 143.
 
     Returns:
         A :class:`DetectResult`; ``result.frame`` has one row per listed sample.
@@ -89,11 +105,27 @@ def detect(
     listing = list_dataset(dataset, path_col=path_col, label_col=label_col, class_names=class_names)
     if out is not None and Path(out).is_dir():
         raise UsageError(f"--out {out} is a folder; pass a file path such as results.parquet")
+    if checkpoint_every < 0:
+        raise UsageError(f"--checkpoint-every must be 0 or more, got {checkpoint_every}")
+    if run_dir is None and out is not None:
+        run_dir = Path(out).with_name(Path(out).name + ".run")
+    checkpoint = Path(run_dir) / CHECKPOINT if run_dir is not None else None
+    if resume and checkpoint is None:
+        raise UsageError("--resume needs --run-dir or --out (the checkpoint lives in <out>.run/)")
+    if not resume and checkpoint is not None and checkpoint.exists():
+        raise UsageError(
+            f"{checkpoint} holds an unfinished run; pass --resume to continue it, or delete {checkpoint.parent}"
+        )
+    signature = {
+        "options": config_signature(cfg),
+        **listing_signature(listing.paths, listing.labels, listing.classes),
+    }
+    resume_state = load_checkpoint(checkpoint, signature) if resume and checkpoint is not None else None
 
     import torch
 
     from .backbone import load_clip, resolve_device
-    from .detector import DeftModel, resolve_workers, score_samples, seed_everything, train_prompts
+    from .detector import DeftModel, TrainControl, resolve_workers, score_samples, seed_everything, train_prompts
     from .progress import RichProgress
 
     device = resolve_device(cfg.device)
@@ -110,7 +142,20 @@ def detect(
     ).to(device)
     workers = resolve_workers(cfg.num_workers)
     image = {"image_size": loaded.image_size, "mean": loaded.mean, "std": loaded.std}
-    with RichProgress(quiet=quiet) as progress:
+    hint = (
+        f"checkpoint saved in {checkpoint.parent}; rerun the same command with --resume to continue"
+        if checkpoint is not None
+        else "nothing was saved (pass run_dir to make the run resumable)"
+    )
+    save = None
+    if checkpoint is not None:
+        encoded = json.dumps(signature)
+
+        def save(state: dict[str, Any]) -> None:
+            save_checkpoint(checkpoint, {**state, "signature": encoded})
+
+    with StopOnSignal(hint) as stop, RichProgress(quiet=quiet) as progress:
+        control = TrainControl(save=save, resume=resume_state, every_steps=checkpoint_every, stop=stop)
         history = train_prompts(
             model,
             listing,
@@ -127,6 +172,7 @@ def detect(
             generator=generator,
             num_workers=workers,
             progress=progress,
+            control=control,
             **image,
         )
         scores = score_samples(
@@ -136,6 +182,7 @@ def detect(
             device=device,
             num_workers=workers,
             progress=progress,
+            stop=stop,
             **image,
         )
     frame = results_frame(listing, scores, clean_rule=cfg.clean_rule)
@@ -166,6 +213,10 @@ def detect(
     result = DetectResult(frame, metadata, [dataclasses.asdict(h) for h in history])
     if out is not None:
         result.save(out)
+    if checkpoint is not None:
+        checkpoint.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            checkpoint.parent.rmdir()  # only if empty: the user may have put other things there
     return result
 
 

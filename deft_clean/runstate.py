@@ -1,0 +1,126 @@
+"""Resumable runs: checkpoint files, what must match to resume, and stopping cleanly on SIGINT/SIGTERM.
+
+A checkpoint is a ``torch.save`` dict of tensors and JSON strings (so that ``torch.load(weights_only=True)``
+reads it), written atomically. Its ``signature`` (a JSON string) says which options and data made it;
+resuming with anything else is refused.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import signal
+import threading
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from .errors import UsageError
+from .results import write_atomic
+
+VOLATILE_OPTIONS = ("device", "num_workers")  # may change between an interrupted run and its resume
+
+
+class Interrupted(BaseException):
+    """SIGINT/SIGTERM stopped a run after its checkpoint was saved.
+
+    A BaseException (like KeyboardInterrupt), so that ``except Exception`` blocks let it through.
+    ``exit_code`` is 128 + the signal number (130 for SIGINT, 143 for SIGTERM).
+    """
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.exit_code = 128 + signum
+
+
+class StopOnSignal:
+    """Context manager: SIGINT/SIGTERM set a flag instead of killing the process.
+
+    Loops call :meth:`check` after each step; it raises :class:`Interrupted` once a signal arrived.
+    Handlers are only installed in the main thread (Python allows no other) and are restored on exit.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, resume_hint: str) -> None:
+        self.resume_hint = resume_hint  # appended to the message, e.g. "rerun with --resume"
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopOnSignal:
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        self.signum = signum
+
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None
+
+    def check(self) -> None:
+        if self.signum is not None:
+            name = signal.Signals(self.signum).name
+            raise Interrupted(f"interrupted by {name}; {self.resume_hint}", self.signum)
+
+
+def listing_signature(paths: list[str], labels: list[str], classes: list[str]) -> dict[str, Any]:
+    """Class list, sample count and a hash of every (path, label): what identifies the data of a run."""
+    digest = hashlib.sha256()
+    for path, label in zip(paths, labels, strict=True):
+        for text in (path, label):
+            digest.update(text.encode("utf-8", "surrogateescape") + b"\0")
+    return {"classes": list(classes), "n_samples": len(paths), "listing_sha256": digest.hexdigest()}
+
+
+def config_signature(config: Any) -> dict[str, Any]:
+    """A config dataclass as a dict, minus the options that may change on resume."""
+    options = dataclasses.asdict(config)
+    for name in VOLATILE_OPTIONS:
+        options.pop(name, None)
+    return options
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    import torch
+
+    write_atomic(path, lambda tmp: torch.save(state, tmp))
+
+
+def load_checkpoint(path: Path, signature: dict[str, Any]) -> dict[str, Any]:
+    """Load a checkpoint made with the same signature; a missing or mismatching one is a UsageError."""
+    import torch
+
+    if not path.is_file():
+        raise UsageError(f"--resume: no checkpoint at {path}; run without --resume to start")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    saved = json.loads(state["signature"])
+    wanted = json.loads(json.dumps(signature))
+    if saved != wanted:
+        differs = describe_difference(saved, wanted)
+        raise UsageError(
+            f"--resume: {path} was made with other options or data ({differs}); "
+            "rerun with the original options, or without --resume and another --run-dir"
+        )
+    return state
+
+
+def describe_difference(saved: dict[str, Any], wanted: dict[str, Any]) -> str:
+    """A short 'what changed' for the refusal message, e.g. ``epochs 3 -> 4, listing``."""
+    parts = []
+    saved_options, wanted_options = saved.get("options", {}), wanted.get("options", {})
+    for key in sorted(set(saved_options) | set(wanted_options)):
+        if saved_options.get(key) != wanted_options.get(key):
+            parts.append(f"{key} {saved_options.get(key)!r} -> {wanted_options.get(key)!r}")
+    for key in sorted(set(saved) | set(wanted)):
+        if key != "options" and saved.get(key) != wanted.get(key):
+            parts.append("the dataset listing" if key in ("classes", "n_samples", "listing_sha256") else key)
+    return ", ".join(dict.fromkeys(parts)) or "unknown difference"

@@ -1,0 +1,121 @@
+"""Long runs: resumable detect, clean interruption, memory-bounded scoring, distributed, decoded cache."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+import deft_clean
+from deft_clean.errors import UsageError
+from deft_clean.progress import RichProgress
+from deft_clean.runstate import Interrupted
+
+from .conftest import NoisyFolder, make_noisy_folder
+
+EPOCHS = 3
+
+
+def options(tiny_clip, **extra):
+    """3 short epochs of 5 steps (10 images per class, batch 12)."""
+    return tiny_clip.options(epochs=EPOCHS, warmup_epochs=1, seed=0, batch_size=12, **extra)
+
+
+@pytest.fixture(scope="module")
+def noisy_folder(tmp_path_factory) -> NoisyFolder:
+    return make_noisy_folder(tmp_path_factory.mktemp("small") / "data", per_class=10)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tiny_clip, noisy_folder, tmp_path_factory):
+    out = tmp_path_factory.mktemp("straight") / "results.parquet"
+    result = deft_clean.detect(noisy_folder.root, out=out, **options(tiny_clip))
+    assert not out.with_name("results.parquet.run").exists()  # the checkpoint goes once the Parquet is written
+    return result
+
+
+def interrupt_at(monkeypatch, method: str, number: int | None, signum: int) -> None:
+    """Send ourselves ``signum`` when the progress display starts epoch ``number`` (or scoring)."""
+    original = getattr(RichProgress, method)
+
+    def hook(self, *args, **kwargs):
+        if number is None or args[0] == number:
+            os.kill(os.getpid(), signum)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(RichProgress, method, hook)
+
+
+@pytest.mark.parametrize(
+    "method,number,signum,every",
+    [
+        ("start_epoch", 2, signal.SIGINT, 3),  # stops after step 1 of epoch 2: a mid-epoch resume
+        ("start_epoch", 3, signal.SIGTERM, 0),  # stops after step 1 of epoch 3; resumes from epoch 2's end
+        ("start_scoring", None, signal.SIGINT, 0),  # prompts trained, scoring interrupted
+    ],
+)
+def test_interrupted_detect_resumes_to_identical_results(
+    tiny_clip, noisy_folder, uninterrupted, tmp_path, monkeypatch, method, number, signum, every
+):
+    out = tmp_path / "results.parquet"
+    with monkeypatch.context() as patch:
+        interrupt_at(patch, method, number, signum)
+        with pytest.raises(Interrupted) as stopped:
+            deft_clean.detect(noisy_folder.root, out=out, checkpoint_every=every, **options(tiny_clip))
+    assert stopped.value.exit_code == 128 + signum
+    assert "--resume" in str(stopped.value)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results.parquet.run"]  # no Parquet, no temp file
+    assert [p.name for p in (tmp_path / "results.parquet.run").iterdir()] == ["detect_checkpoint.pt"]
+
+    resumed = deft_clean.detect(noisy_folder.root, out=out, resume=True, checkpoint_every=every, **options(tiny_clip))
+    np.testing.assert_array_equal(
+        resumed.frame["p_clean"].to_numpy(dtype=float), uninterrupted.frame["p_clean"].to_numpy(dtype=float)
+    )
+    assert [h["loss"] for h in resumed.history] == pytest.approx([h["loss"] for h in uninterrupted.history])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results.parquet"]
+
+
+def test_resume_with_other_options_or_data_is_refused(tiny_clip, noisy_folder, tmp_path, monkeypatch):
+    out = tmp_path / "results.parquet"
+    with monkeypatch.context() as patch:
+        interrupt_at(patch, "start_epoch", 2, signal.SIGINT)
+        with pytest.raises(Interrupted):
+            deft_clean.detect(noisy_folder.root, out=out, **options(tiny_clip))
+    with pytest.raises(UsageError, match=r"other options or data \(lr 0.01 -> 0.02\)"):
+        deft_clean.detect(noisy_folder.root, out=out, resume=True, **options(tiny_clip, lr=0.02))
+    subset = tmp_path / "subset"
+    shutil.copytree(noisy_folder.root, subset)
+    next(p for p in sorted(subset.rglob("*.png"))).unlink()
+    with pytest.raises(UsageError, match="the dataset listing"):
+        deft_clean.detect(subset, out=out, resume=True, **options(tiny_clip))
+    # a fresh run does not silently throw the unfinished one away
+    with pytest.raises(UsageError, match="pass --resume"):
+        deft_clean.detect(noisy_folder.root, out=out, **options(tiny_clip))
+    # device and workers may change
+    deft_clean.detect(noisy_folder.root, out=out, resume=True, **options(tiny_clip, num_workers=1))
+    assert out.is_file()
+
+
+def test_sigint_to_cli_exits_130_with_one_line_and_no_output(tiny_clip, noisy_folder, tmp_path):
+    out = tmp_path / "results.parquet"
+    command = [sys.executable, "-m", "deft_clean", "detect", str(noisy_folder.root), "--out", str(out)]
+    command += tiny_clip.cli_args() + ["--epochs", "500", "--checkpoint-every", "1"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    checkpoint = tmp_path / "results.parquet.run" / "detect_checkpoint.pt"
+    deadline = time.monotonic() + 60
+    while not checkpoint.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and "SIGINT" in lines[0] and "--resume" in lines[0], stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results.parquet.run"]
+    assert [p.name for p in checkpoint.parent.iterdir()] == [checkpoint.name]
