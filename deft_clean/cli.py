@@ -256,7 +256,8 @@ def train(
         "seed": seed,
         "device": device,
     }
-    result = _run(debug, quiet, lambda: run_train(dataset, results=results, out=out, val=val, quiet=quiet, **options))
+    call = lambda: run_train(dataset, results=results, out=out, val=val, quiet=quiet, **options)  # noqa: E731
+    result = _interruptible(lambda: _run(debug, quiet, call))
     if not quiet:
         console = Console(soft_wrap=True)
         last = result.history[-1] if result.history else {}

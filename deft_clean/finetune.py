@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, WeightedRandomSampler
+from torch.utils.data import DataLoader, RandomSampler, Sampler, WeightedRandomSampler
 
 from . import __version__
 from .config import TrainConfig
@@ -29,6 +29,7 @@ from .data import STATUS_OK, ImageDataset, Listing, list_dataset
 from .errors import DataError, UsageError
 from .models import build_classifier, data_config, model_spec
 from .results import load_results, write_atomic
+from .runstate import StopOnSignal
 from .transforms import eval_transform, train_transform
 
 CHECKPOINT = "checkpoint.pt"
@@ -120,6 +121,10 @@ def train(
         out: output folder (model.safetensors, config.json, metrics.json, checkpoint.pt).
         config / options: a :class:`TrainConfig` and keyword overrides of its fields.
         val: optional held-out folder or table with the same classes: accuracy every epoch, best kept.
+
+    Raises:
+        Interrupted: SIGINT/SIGTERM arrived; ``checkpoint.pt`` holds the state after the last finished
+            step (``resume=True`` continues it exactly, on CPU); no model file is written.
     """
     from .backbone import resolve_device
     from .detector import autocast_for, resolve_workers, seed_everything
@@ -169,30 +174,34 @@ def train(
         image_size=size,
         indices=rows.tolist(),
     )
-    sampler = None
+    # The epoch's order is drawn explicitly from `generator` so that a resume can redraw it and skip
+    # the batches already done (see the loop).
+    sampler: Sampler[int] = RandomSampler(train_set, generator=generator)
     if cfg.balanced:
         counts = np.bincount(labels, minlength=len(listing.classes)).astype(np.float64)
         weights = 1.0 / counts[labels]
         sampler = WeightedRandomSampler(torch.as_tensor(weights), len(rows), replacement=True, generator=generator)
     workers = resolve_workers(cfg.num_workers)
-    loader = DataLoader(
-        train_set,
-        batch_size=cfg.batch_size,
-        shuffle=sampler is None,
-        sampler=sampler,
-        generator=generator,
-        num_workers=workers,
-        pin_memory=device.type == "cuda",
-        persistent_workers=False,  # iterator state must restart cleanly after --resume
-        drop_last=False,
-    )
+
+    def epoch_loader(order: list[int]) -> DataLoader:
+        return DataLoader(
+            train_set,
+            batch_size=cfg.batch_size,
+            sampler=order,
+            generator=generator,
+            num_workers=workers,
+            pin_memory=device.type == "cuda",
+            drop_last=False,
+        )
+
+    steps_per_epoch = max(1, math.ceil(len(rows) / cfg.batch_size))
     trainable = [p for p in model.parameters() if p.requires_grad]
     if cfg.optimizer == "sgd":
         optimizer = torch.optim.SGD(trainable, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
     else:
         optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    total_steps = cfg.epochs * len(loader)
-    warmup_steps = min(cfg.warmup_epochs * len(loader), max(total_steps - 1, 0))
+    total_steps = cfg.epochs * steps_per_epoch
+    warmup_steps = min(cfg.warmup_epochs * steps_per_epoch, max(total_steps - 1, 0))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: _lr_factor(step, warmup_steps=warmup_steps, total_steps=total_steps)
     )
@@ -201,7 +210,7 @@ def train(
     signature = _signature(cfg, rows, labels, spec)
 
     history: list[dict[str, Any]] = []
-    start_epoch = 0
+    start_epoch, skip_steps, sums = 0, 0, {"loss": 0.0, "seen": 0}
     best = None
     if cfg.resume:
         if not checkpoint_path.is_file():
@@ -215,37 +224,67 @@ def train(
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
         torch.set_rng_state(state["torch_rng"])
-        generator.set_state(state["generator_rng"])
+        generator.set_state(state["generator_epoch_start"])
         history = json.loads(state["history"])
         best = state["best"].item() if state["best"].numel() else None
-        start_epoch = int(state["epoch"])
+        start_epoch, skip_steps = int(state["epoch"]), int(state["step"])
+        sums = json.loads(state["sums"])
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    with RichProgress(quiet=quiet) as progress:
+    def snapshot(epoch: int, step: int, epoch_start: torch.Tensor) -> dict[str, Any]:
+        """The state after ``step`` batches of ``epoch`` (0-based); step 0 = the epoch has not begun."""
+        return {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "generator_epoch_start": epoch_start,
+            "epoch": epoch,
+            "step": step,
+            "sums": json.dumps(sums),
+            "history": json.dumps(history),
+            "best": torch.tensor([best] if best is not None else []),
+            "signature": json.dumps(signature),
+        }
+
+    hint = f"checkpoint saved in {checkpoint_path}; rerun the same command with --resume to continue"
+    with StopOnSignal(hint) as stop, RichProgress(quiet=quiet) as progress:
         for epoch in range(start_epoch, cfg.epochs):
             model.train()
             progress.start_epoch(epoch + 1, cfg.epochs, len(train_set))
-            loss_sum, seen, started = 0.0, 0, time.perf_counter()
+            epoch_start = generator.get_state()
+            order = list(sampler)
+            loader = epoch_loader(order[skip_steps * cfg.batch_size :])
+            step, started = skip_steps, time.perf_counter()
+            if skip_steps == 0:
+                sums = {"loss": 0.0, "seen": 0}
+            else:
+                progress.advance(min(skip_steps * cfg.batch_size, len(order)))
             for images, targets, _, status in loader:
+                step += 1
                 usable = torch.tensor([s == STATUS_OK for s in status])
-                if not usable.any():
-                    continue
-                images = images[usable].to(device, non_blocking=True)
-                targets = targets[usable].to(device, non_blocking=True)
-                with autocast():
-                    logits = model(images)
-                loss = F.cross_entropy(logits.float(), targets, label_smoothing=cfg.label_smoothing)
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-                scheduler.step()
-                loss_sum += float(loss.detach()) * len(targets)
-                seen += len(targets)
-                progress.advance(len(status), loss=loss_sum / seen)
+                if usable.any():
+                    images = images[usable].to(device, non_blocking=True)
+                    targets = targets[usable].to(device, non_blocking=True)
+                    with autocast():
+                        logits = model(images)
+                    loss = F.cross_entropy(logits.float(), targets, label_smoothing=cfg.label_smoothing)
+                    optimizer.zero_grad(set_to_none=True)
+                    scaler.scale(loss).backward()
+                    scaler.step(optimizer)
+                    scaler.update()
+                    scheduler.step()
+                    sums["loss"] += float(loss.detach()) * len(targets)
+                    sums["seen"] += len(targets)
+                progress.advance(len(status), loss=sums["loss"] / max(sums["seen"], 1))
+                if stop.requested:
+                    _save_checkpoint(checkpoint_path, snapshot(epoch, step, epoch_start))
+                    stop.check()
+            skip_steps = 0
             record: dict[str, Any] = {
                 "epoch": epoch + 1,
-                "loss": loss_sum / max(seen, 1),
+                "loss": sums["loss"] / max(sums["seen"], 1),
                 "lr": optimizer.param_groups[0]["lr"],
                 "seconds": time.perf_counter() - started,
                 "val_accuracy": None,
@@ -256,21 +295,8 @@ def train(
                     best = record["val_accuracy"]
                     save_weights(model, out_dir / BEST_WEIGHTS)
             history.append(record)
-            _save_checkpoint(
-                checkpoint_path,
-                {
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "scaler": scaler.state_dict(),
-                    "torch_rng": torch.get_rng_state(),
-                    "generator_rng": generator.get_state(),
-                    "epoch": epoch + 1,
-                    "history": json.dumps(history),
-                    "best": torch.tensor([best] if best is not None else []),
-                    "signature": json.dumps(signature),
-                },
-            )
+            _save_checkpoint(checkpoint_path, snapshot(epoch + 1, 0, generator.get_state()))
+            stop.check()
 
     save_weights(model, out_dir / WEIGHTS)
     export_config = {

@@ -119,3 +119,22 @@ def test_sigint_to_cli_exits_130_with_one_line_and_no_output(tiny_clip, noisy_fo
     assert len(lines) == 1 and "SIGINT" in lines[0] and "--resume" in lines[0], stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["results.parquet.run"]
     assert [p.name for p in checkpoint.parent.iterdir()] == [checkpoint.name]
+
+
+def test_interrupted_train_resumes_to_identical_weights(tiny_clip, noisy_folder, uninterrupted, tmp_path, monkeypatch):
+    from safetensors.torch import load_file
+
+    options = {"epochs": 2, "batch_size": 12, "device": "cpu", "num_workers": 0, "quiet": True, "balanced": True}
+    deft_clean.train(noisy_folder.root, results=uninterrupted.path, out=tmp_path / "full", **options)
+    with monkeypatch.context() as patch:
+        interrupt_at(patch, "start_epoch", 2, signal.SIGTERM)
+        with pytest.raises(Interrupted) as stopped:
+            deft_clean.train(noisy_folder.root, results=uninterrupted.path, out=tmp_path / "cut", **options)
+    assert stopped.value.exit_code == 143
+    assert sorted(p.name for p in (tmp_path / "cut").iterdir()) == ["checkpoint.pt"]
+    deft_clean.train(noisy_folder.root, results=uninterrupted.path, out=tmp_path / "cut", resume=True, **options)
+    full = load_file(str(tmp_path / "full" / "model.safetensors"))
+    resumed = load_file(str(tmp_path / "cut" / "model.safetensors"))
+    assert full.keys() == resumed.keys()
+    for key in full:
+        np.testing.assert_array_equal(full[key].numpy(), resumed[key].numpy(), err_msg=key)
