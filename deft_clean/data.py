@@ -262,6 +262,23 @@ def describe_failure(exc: BaseException) -> str:
     return f"unreadable: {type(exc).__name__}: {message}"[:200]
 
 
+class PackedStrings:
+    """An immutable sequence of strings stored as one bytes buffer + int64 offsets (compact, fork-friendly)."""
+
+    def __init__(self, values: Sequence[str]) -> None:
+        encoded = [v.encode("utf-8", "surrogateescape") for v in values]
+        self._offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
+        np.cumsum([len(e) for e in encoded], out=self._offsets[1:])
+        self._buffer = np.frombuffer(b"".join(encoded), dtype=np.uint8)
+
+    def __len__(self) -> int:
+        return len(self._offsets) - 1
+
+    def __getitem__(self, index: int) -> str:
+        start, end = self._offsets[index], self._offsets[index + 1]
+        return self._buffer[start:end].tobytes().decode("utf-8", "surrogateescape")
+
+
 class ImageDataset(Dataset):
     """Images of a listing, transformed; unusable files come back as zeros with a status string.
 
@@ -280,17 +297,19 @@ class ImageDataset(Dataset):
         indices: Sequence[int] | None = None,
     ) -> None:
         self.root = root
-        self.paths = paths
-        self.label_indices = label_indices
+        # Paths as one UTF-8 buffer + offsets, indices as an array: no per-sample Python objects, so
+        # DataLoader workers do not copy a list of N strings page by page (fork copy-on-write + refcounts).
+        self.paths = PackedStrings(paths)
+        self.label_indices = np.asarray(label_indices)
         self.transform = transform
         self.image_size = image_size
-        self.indices = list(range(len(paths))) if indices is None else list(indices)
+        self.indices = np.arange(len(paths)) if indices is None else np.asarray(indices, dtype=np.int64)
 
     def __len__(self) -> int:
         return len(self.indices)
 
     def __getitem__(self, item: int) -> tuple[torch.Tensor, int, int, str]:
-        index = self.indices[item]
+        index = int(self.indices[item])
         label = int(self.label_indices[index])
         try:
             image = load_image(self.root / self.paths[index], draft_size=self.image_size)

@@ -52,7 +52,21 @@ class Scores:
     sim_neg: np.ndarray  # float32 [N] cosine(image, negative prompt of the given label)
     predicted_index: np.ndarray  # int64 [N], -1 for unusable files
     p_predicted: np.ndarray  # float32 [N] softmax over positive prompts at the prediction
-    status: list[str]  # "ok" or why the file could not be used
+    failures: dict[int, str]  # sample index -> why its file could not be used; usable files are absent
+
+    @property
+    def usable(self) -> np.ndarray:
+        """bool [N]: the file could be read."""
+        usable = np.ones(len(self.p_clean), dtype=bool)
+        usable[list(self.failures)] = False
+        return usable
+
+    def status(self) -> list[str]:
+        """Per-sample status strings ("ok" or the failure), built only when the output needs them."""
+        status = [STATUS_OK] * len(self.p_clean)
+        for index, reason in self.failures.items():
+            status[index] = reason
+        return status
 
 
 class DeftModel(nn.Module):
@@ -398,7 +412,7 @@ def score_samples(
     sim_neg = np.full(n, np.nan, dtype=np.float32)
     predicted = np.full(n, -1, dtype=np.int64)
     p_predicted = np.full(n, np.nan, dtype=np.float32)
-    status = [STATUS_OK] * n
+    failures: dict[int, str] = {}  # only failures are kept: memory stays O(N) numbers, not N objects
     autocast, _ = autocast_for(device)
     scale = float(model.scale())
     with autocast():
@@ -409,7 +423,8 @@ def score_samples(
     for images, labels, indices, batch_status in loader:
         idx = indices.numpy()
         for i, s in zip(idx, batch_status, strict=True):
-            status[i] = s
+            if s != STATUS_OK:
+                failures[int(i)] = s
         usable = torch.tensor([s == STATUS_OK for s in batch_status])
         if usable.any():
             with autocast():
@@ -437,7 +452,7 @@ def score_samples(
         sim_neg=sim_neg,
         predicted_index=predicted,
         p_predicted=p_predicted,
-        status=status,
+        failures=failures,
     )
 
 

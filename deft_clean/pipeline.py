@@ -222,7 +222,7 @@ def detect(
 
 def results_frame(listing: Listing, scores: Any, *, clean_rule: str) -> pd.DataFrame:
     """Assemble the per-sample DataFrame of the Parquet contract from listing + scores."""
-    usable = np.array([s == STATUS_OK for s in scores.status])
+    usable = scores.usable
     is_clean = usable & (scores.p_clean > 0.5)
     if clean_rule == "threshold+argmax":
         is_clean &= scores.predicted_index == listing.label_indices
@@ -240,7 +240,7 @@ def results_frame(listing: Listing, scores: Any, *, clean_rule: str) -> pd.DataF
             "p_predicted": pd.array(np.where(usable, scores.p_predicted, np.nan), dtype="Float32"),
             "sim_pos": pd.array(np.where(usable, scores.sim_pos, np.nan), dtype="Float32"),
             "sim_neg": pd.array(np.where(usable, scores.sim_neg, np.nan), dtype="Float32"),
-            "status": scores.status,
+            "status": scores.status(),
         }
     )
     # Nullable Float32 turns NaN into <NA> only via the mask; do it explicitly for unusable rows.

@@ -10,6 +10,7 @@ import sys
 import time
 
 import numpy as np
+import pandas as pd
 import pytest
 
 import deft_clean
@@ -24,7 +25,7 @@ EPOCHS = 3
 
 def options(tiny_clip, **extra):
     """3 short epochs of 5 steps (10 images per class, batch 12)."""
-    return tiny_clip.options(epochs=EPOCHS, warmup_epochs=1, seed=0, batch_size=12, **extra)
+    return tiny_clip.options(**{"epochs": EPOCHS, "warmup_epochs": 1, "seed": 0, "batch_size": 12, **extra})
 
 
 @pytest.fixture(scope="module")
@@ -138,3 +139,41 @@ def test_interrupted_train_resumes_to_identical_weights(tiny_clip, noisy_folder,
     assert full.keys() == resumed.keys()
     for key in full:
         np.testing.assert_array_equal(full[key].numpy(), resumed[key].numpy(), err_msg=key)
+
+
+def bomb_png(path) -> None:
+    """A valid 1x1 PNG whose header claims 30000 x 30000 pixels: Pillow refuses it as a decompression bomb."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", 30000, 30000, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 4)))
+
+
+def test_decompression_bomb_is_a_status_row_and_scores_keep_failures_only(tiny_clip, noisy_folder, tmp_path):
+    from PIL import Image
+
+    data = tmp_path / "data"
+    shutil.copytree(noisy_folder.root, data)
+    bomb = data / "red" / "zz_bomb.png"
+    bomb_png(bomb)
+    with pytest.raises(Image.DecompressionBombError):
+        Image.open(bomb)
+    result = deft_clean.detect(data, **options(tiny_clip, epochs=1))
+    frame = result.frame.set_index("path")
+    assert frame.loc["red/zz_bomb.png", "status"].startswith("unreadable: DecompressionBombError")
+    assert pd.isna(frame.loc["red/zz_bomb.png", "p_clean"]) and not frame.loc["red/zz_bomb.png", "is_clean"]
+    assert (frame.drop(index="red/zz_bomb.png")["status"] == "ok").all()
+
+
+def test_scores_store_failures_compactly():
+    from deft_clean.detector import Scores
+
+    n = 5
+    scores = Scores(*(np.zeros(n, dtype=np.float32) for _ in range(3)), np.zeros(n, np.int64), np.zeros(n), {3: "bad"})
+    assert scores.usable.tolist() == [True, True, True, False, True]
+    assert scores.status() == ["ok", "ok", "ok", "bad", "ok"]
+
