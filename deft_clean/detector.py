@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader
 
 from .backbone import LoadedClip, TextEncoder, encode_image, freeze, logit_scale
 from .data import STATUS_OK, ImageDataset, Listing
+from .distributed import Dist
 from .prompts import DualPromptLearner, PromptFeatures
 from .runstate import StopOnSignal
 from .transforms import eval_transform, train_transform
@@ -223,6 +224,7 @@ class TrainControl:
     resume: dict[str, Any] | None = None  # a state dict given to ``save`` by an earlier run
     every_steps: int = 0  # also save every this many steps inside an epoch; 0 = at epoch ends only
     stop: StopOnSignal | None = None  # checked after each step: save, then raise Interrupted
+    ranks: Dist = Dist()  # torchrun processes: epoch order sharded, gradients averaged
 
 
 def epoch_order(n: int, generator: torch.Generator) -> list[int]:
@@ -267,7 +269,8 @@ def train_prompts(
         train_transform(image_size, mean, std, hflip=hflip),
         image_size=image_size,
     )
-    steps_per_epoch = max(1, math.ceil(len(dataset) / batch_size))
+    ranks = control.ranks
+    steps_per_epoch = max(1, math.ceil(math.ceil(len(dataset) / ranks.world) / batch_size))
     parameters = model.trainable_parameters()
     optimizer = torch.optim.SGD(parameters, lr=lr, momentum=momentum, weight_decay=weight_decay)
     total_steps = max(1, epochs * steps_per_epoch)
@@ -291,6 +294,7 @@ def train_prompts(
         history = [EpochStats(**h) for h in json.loads(state["history"])]
         start_epoch, skip_steps = int(state["epoch"]), int(state["step"])
         sums = json.loads(state["sums"])
+    ranks.broadcast_parameters(parameters)
 
     def snapshot(epoch: int, step: int, epoch_start: torch.Tensor) -> dict[str, Any]:
         """Everything needed to continue after ``step`` batches of ``epoch`` (0-based)."""
@@ -315,7 +319,7 @@ def train_prompts(
         model.train()
         model.clip.eval()  # frozen backbone: keep dropout / norm statistics in inference mode
         epoch_start = generator.get_state()
-        order = epoch_order(len(dataset), generator)
+        order = ranks.shard(epoch_order(len(dataset), generator))  # same order on every rank, then sharded
         # A resumed epoch skips the batches already done without loading them; the loader draws its
         # worker seed from the generator right after the order, as in the uninterrupted run.
         loader = make_loader(
@@ -336,7 +340,9 @@ def train_prompts(
         for images, labels, _, status in loader:
             step += 1
             usable = torch.tensor([s == STATUS_OK for s in status])
-            if usable.any():
+            if not usable.any():
+                optimizer.zero_grad(set_to_none=True)  # other ranks may have data: average zeros in
+            else:
                 images = images[usable].to(device, non_blocking=True)
                 labels = labels[usable].to(device, non_blocking=True)
                 with autocast():
@@ -352,20 +358,24 @@ def train_prompts(
                     )
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
+                n = int(labels.shape[0])
+                sums["loss"] += float(loss.detach()) * n
+                sums["clean"] += int(clean.sum())
+                sums["seen"] += n
+            if usable.any() or ranks.active:
+                ranks.all_reduce_gradients(parameters)  # before unscaling: every rank sees the same inf/nan
                 if grad_clip:
                     scaler.unscale_(optimizer)
                     torch.nn.utils.clip_grad_norm_(parameters, grad_clip)
                 scaler.step(optimizer)
                 scaler.update()
                 scheduler.step()
-                n = int(labels.shape[0])
-                sums["loss"] += float(loss.detach()) * n
-                sums["clean"] += int(clean.sum())
-                sums["seen"] += n
             if progress is not None:
                 seen = max(sums["seen"], 1)
                 progress.advance(len(status), loss=sums["loss"] / seen, clean=sums["clean"] / seen)
-            stopping = control.stop is not None and control.stop.requested
+            stopping = ranks.any(control.stop is not None and control.stop.requested, device)
+            if stopping and control.stop is not None:
+                control.stop.follow()  # a signal that reached another rank stops this one too
             periodic = control.every_steps > 0 and step % control.every_steps == 0 and step < steps_per_epoch
             if control.save is not None and (stopping or periodic):
                 control.save(snapshot(epoch, step, epoch_start))
@@ -373,8 +383,9 @@ def train_prompts(
                 control.stop.check()
         skip_steps = 0
         elapsed = max(time.perf_counter() - started, 1e-9)
-        seen = max(sums["seen"], 1)
-        history.append(EpochStats(epoch + 1, sums["loss"] / seen, sums["clean"] / seen, len(dataset) / elapsed))
+        loss_sum, clean_sum, seen = ranks.sum([sums["loss"], sums["clean"], sums["seen"]], device)
+        seen = max(seen, 1)
+        history.append(EpochStats(epoch + 1, loss_sum / seen, clean_sum / seen, len(dataset) / elapsed))
         if control.save is not None:
             control.save(snapshot(epoch + 1, 0, generator.get_state()))
         if control.stop is not None:
@@ -395,14 +406,21 @@ def score_samples(
     num_workers: int,
     progress: Progressish | None = None,
     stop: StopOnSignal | None = None,
+    ranks: Dist = Dist(),
 ) -> Scores:
     """Eval-mode pass without augmentation over every sample: p_clean, similarities, prediction.
 
-    ``stop`` is checked after each batch (it raises :class:`~deft_clean.runstate.Interrupted`).
+    ``stop`` is checked after each batch (it raises :class:`~deft_clean.runstate.Interrupted`). With
+    several ``ranks`` each scores samples ``rank::world`` and every rank gets the merged arrays.
     """
     model.eval()
     dataset = ImageDataset(
-        listing.root, listing.paths, listing.label_indices, eval_transform(image_size, mean, std), image_size=image_size
+        listing.root,
+        listing.paths,
+        listing.label_indices,
+        eval_transform(image_size, mean, std),
+        image_size=image_size,
+        indices=np.arange(ranks.rank, len(listing), ranks.world) if ranks.active else None,
     )
     loader = make_loader(
         dataset, batch_size=batch_size, sampler=None, generator=None, num_workers=num_workers, device=device
@@ -443,7 +461,17 @@ def score_samples(
             p_predicted[keep] = top_p.cpu().numpy()
         if progress is not None:
             progress.advance(len(batch_status))
-        if stop is not None:
+        if stop is not None and not ranks.active:  # with ranks, all check together below
+            stop.check()
+    if ranks.active:
+        mine = dataset.indices
+        parts = ranks.all_gather((mine, sim_pos[mine], sim_neg[mine], predicted[mine], p_predicted[mine], failures))
+        for index, *arrays, part_failures in parts:  # type: ignore[misc]
+            for target, values in zip((sim_pos, sim_neg, predicted, p_predicted), arrays, strict=True):
+                target[index] = values
+            failures.update(part_failures)
+        if stop is not None and ranks.any(stop.requested, device):
+            stop.follow()
             stop.check()
     p_clean = 1.0 / (1.0 + np.exp(-scale * (sim_pos.astype(np.float64) - sim_neg)))
     return Scores(

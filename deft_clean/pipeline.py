@@ -122,102 +122,109 @@ def detect(
     }
     resume_state = load_checkpoint(checkpoint, signature) if resume and checkpoint is not None else None
 
-    import torch
+    from .distributed import device_for, process_group
 
-    from .backbone import load_clip, resolve_device
-    from .detector import DeftModel, TrainControl, resolve_workers, score_samples, seed_everything, train_prompts
-    from .progress import RichProgress
+    with process_group(cfg.device) as ranks:
+        import torch
 
-    device = resolve_device(cfg.device)
-    generator = seed_everything(cfg.seed)
-    loaded = load_clip(cfg.model, cfg.pretrained, device=device, quiet=quiet)
-    model = DeftModel(
-        loaded,
-        listing.prompt_names,
-        n_ctx=cfg.n_ctx,
-        ctx_init=cfg.ctx_init,
-        class_specific=cfg.class_specific,
-        vpt_tokens=cfg.vpt_tokens,
-        vpt_depth=cfg.vpt_depth,
-    ).to(device)
-    workers = resolve_workers(cfg.num_workers)
-    image = {"image_size": loaded.image_size, "mean": loaded.mean, "std": loaded.std}
-    hint = (
-        f"checkpoint saved in {checkpoint.parent}; rerun the same command with --resume to continue"
-        if checkpoint is not None
-        else "nothing was saved (pass run_dir to make the run resumable)"
-    )
-    save = None
-    if checkpoint is not None:
-        encoded = json.dumps(signature)
+        from .backbone import load_clip, resolve_device
+        from .detector import DeftModel, TrainControl, resolve_workers, score_samples, seed_everything, train_prompts
+        from .progress import RichProgress
 
-        def save(state: dict[str, Any]) -> None:
-            save_checkpoint(checkpoint, {**state, "signature": encoded})
-
-    with StopOnSignal(hint) as stop, RichProgress(quiet=quiet) as progress:
-        control = TrainControl(save=save, resume=resume_state, every_steps=checkpoint_every, stop=stop)
-        history = train_prompts(
-            model,
-            listing,
-            epochs=cfg.epochs,
-            warmup_epochs=cfg.warmup_epochs,
-            batch_size=cfg.batch_size,
-            lr=cfg.lr,
-            momentum=cfg.momentum,
-            weight_decay=cfg.weight_decay,
-            clean_rule=cfg.clean_rule,
-            hflip=cfg.hflip,
-            grad_clip=cfg.grad_clip,
-            device=device,
-            generator=generator,
-            num_workers=workers,
-            progress=progress,
-            control=control,
-            **image,
+        device = device_for(ranks, resolve_device(cfg.device))
+        quiet = quiet or not ranks.is_main  # one progress display and one set of warnings
+        generator = seed_everything(cfg.seed)
+        loaded = load_clip(cfg.model, cfg.pretrained, device=device, quiet=quiet)
+        model = DeftModel(
+            loaded,
+            listing.prompt_names,
+            n_ctx=cfg.n_ctx,
+            ctx_init=cfg.ctx_init,
+            class_specific=cfg.class_specific,
+            vpt_tokens=cfg.vpt_tokens,
+            vpt_depth=cfg.vpt_depth,
+        ).to(device)
+        workers = resolve_workers(cfg.num_workers)
+        image = {"image_size": loaded.image_size, "mean": loaded.mean, "std": loaded.std}
+        hint = (
+            f"checkpoint saved in {checkpoint.parent}; rerun the same command with --resume to continue"
+            if checkpoint is not None
+            else "nothing was saved (pass run_dir to make the run resumable)"
         )
-        scores = score_samples(
-            model,
-            listing,
-            batch_size=cfg.batch_size * 2,
-            device=device,
-            num_workers=workers,
-            progress=progress,
-            stop=stop,
-            **image,
-        )
-    frame = results_frame(listing, scores, clean_rule=cfg.clean_rule)
-    metadata = {
-        "deft_clean_version": __version__,
-        "kind": "detect",
-        "model": cfg.model,
-        "model_name": loaded.model_name,
-        "pretrained": cfg.pretrained,
-        "classes": listing.classes,
-        "prompt_names": listing.prompt_names,
-        "dataset": str(Path(dataset).resolve()),
-        "source": listing.source,
-        "path_col": path_col,
-        "label_col": label_col,
-        "image_size": loaded.image_size,
-        "mean": list(loaded.mean),
-        "std": list(loaded.std),
-        "options": dataclasses.asdict(cfg),
-        "seed": cfg.seed,
-        "device": str(device),
-        "torch_version": torch.__version__,
-        "python_version": platform.python_version(),
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "history": [dataclasses.asdict(h) for h in history],
-    }
-    frame = normalize_frame(frame, metadata)
-    result = DetectResult(frame, metadata, [dataclasses.asdict(h) for h in history])
-    if out is not None:
-        result.save(out)
-    if checkpoint is not None:
-        checkpoint.unlink(missing_ok=True)
-        with contextlib.suppress(OSError):
-            checkpoint.parent.rmdir()  # only if empty: the user may have put other things there
-    return result
+        save = None
+        if checkpoint is not None:
+            encoded = json.dumps(signature)
+
+            def save(state: dict[str, Any]) -> None:
+                if ranks.is_main:
+                    save_checkpoint(checkpoint, {**state, "signature": encoded})
+
+        with StopOnSignal(hint) as stop, RichProgress(quiet=quiet) as progress:
+            control = TrainControl(save=save, resume=resume_state, every_steps=checkpoint_every, stop=stop, ranks=ranks)
+            history = train_prompts(
+                model,
+                listing,
+                epochs=cfg.epochs,
+                warmup_epochs=cfg.warmup_epochs,
+                batch_size=cfg.batch_size,
+                lr=cfg.lr,
+                momentum=cfg.momentum,
+                weight_decay=cfg.weight_decay,
+                clean_rule=cfg.clean_rule,
+                hflip=cfg.hflip,
+                grad_clip=cfg.grad_clip,
+                device=device,
+                generator=generator,
+                num_workers=workers,
+                progress=progress,
+                control=control,
+                **image,
+            )
+            scores = score_samples(
+                model,
+                listing,
+                batch_size=cfg.batch_size * 2,
+                device=device,
+                num_workers=workers,
+                progress=progress,
+                stop=stop,
+                ranks=ranks,
+                **image,
+            )
+        frame = results_frame(listing, scores, clean_rule=cfg.clean_rule)
+        metadata = {
+            "deft_clean_version": __version__,
+            "kind": "detect",
+            "model": cfg.model,
+            "model_name": loaded.model_name,
+            "pretrained": cfg.pretrained,
+            "classes": listing.classes,
+            "prompt_names": listing.prompt_names,
+            "dataset": str(Path(dataset).resolve()),
+            "source": listing.source,
+            "path_col": path_col,
+            "label_col": label_col,
+            "image_size": loaded.image_size,
+            "mean": list(loaded.mean),
+            "std": list(loaded.std),
+            "options": dataclasses.asdict(cfg),
+            "seed": cfg.seed,
+            "device": str(device),
+            "world_size": ranks.world,
+            "torch_version": torch.__version__,
+            "python_version": platform.python_version(),
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "history": [dataclasses.asdict(h) for h in history],
+        }
+        frame = normalize_frame(frame, metadata)
+        result = DetectResult(frame, metadata, [dataclasses.asdict(h) for h in history])
+        if out is not None and ranks.is_main:
+            result.save(out)
+        if checkpoint is not None and ranks.is_main:
+            checkpoint.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                checkpoint.parent.rmdir()  # only if empty: the user may have put other things there
+        return result
 
 
 def results_frame(listing: Listing, scores: Any, *, clean_rule: str) -> pd.DataFrame:

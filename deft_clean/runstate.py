@@ -62,6 +62,11 @@ class StopOnSignal:
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         self.signum = signum
 
+    def follow(self) -> None:
+        """Stop as if signalled: another process of the same run received a signal."""
+        if self.signum is None:
+            self.signum = signal.SIGTERM
+
     @property
     def requested(self) -> bool:
         return self.signum is not None
