@@ -21,11 +21,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, RandomSampler, Sampler, WeightedRandomSampler
 
 from . import __version__
 from .config import TrainConfig
 from .data import STATUS_OK, ImageDataset, Listing, list_dataset
+from .distributed import Dist
 from .errors import DataError, UsageError
 from .models import build_classifier, data_config, model_spec
 from .results import load_results, write_atomic
@@ -125,14 +127,33 @@ def train(
     Raises:
         Interrupted: SIGINT/SIGTERM arrived; ``checkpoint.pt`` holds the state after the last finished
             step (``resume=True`` continues it exactly, on CPU); no model file is written.
+
+    Under ``torchrun`` (WORLD_SIZE > 1) the model is wrapped in DistributedDataParallel, each epoch's
+    order is sharded by rank, and only rank 0 shows progress and writes files.
     """
-    from .backbone import resolve_device
-    from .detector import autocast_for, resolve_workers, seed_everything
+    from .distributed import process_group
     from .pipeline import merge_options
-    from .progress import RichProgress
 
     cfg = merge_options(TrainConfig, config, options)
-    results = Path(results)
+    with process_group(cfg.device) as ranks:
+        return _train(dataset, results=Path(results), out=out, cfg=cfg, val=val, quiet=quiet, ranks=ranks)
+
+
+def _train(
+    dataset: str | os.PathLike[str],
+    *,
+    results: Path,
+    out: str | os.PathLike[str],
+    cfg: TrainConfig,
+    val: str | os.PathLike[str] | None,
+    quiet: bool,
+    ranks: Dist,
+) -> TrainResult:
+    from .backbone import resolve_device
+    from .detector import autocast_for, resolve_workers, seed_everything
+    from .distributed import device_for
+    from .progress import RichProgress
+
     frame, metadata = load_results(results)
     listing = list_dataset(
         dataset, path_col=metadata.get("path_col", "path"), label_col=metadata.get("label_col", "label")
@@ -159,7 +180,8 @@ def train(
     if out_dir.exists() and any(out_dir.iterdir()) and not cfg.resume and not cfg.overwrite:
         raise UsageError(f"--out {out_dir} is not empty; pass --resume to continue or --overwrite to replace it")
 
-    device = resolve_device(cfg.device)
+    device = device_for(ranks, resolve_device(cfg.device))
+    quiet = quiet or not ranks.is_main
     generator = seed_everything(cfg.seed)
     spec = model_spec(cfg.backbone, metadata=metadata, backbone_weights=cfg.backbone_weights)
     model = build_classifier(spec, n_classes=len(listing.classes), device=device, load_pretrained=True, quiet=quiet)
@@ -194,7 +216,13 @@ def train(
             drop_last=False,
         )
 
-    steps_per_epoch = max(1, math.ceil(len(rows) / cfg.batch_size))
+    steps_per_epoch = max(1, math.ceil(math.ceil(len(rows) / ranks.world) / cfg.batch_size))
+    # DDP averages the gradients; the wrapped module is only used for the forward pass.
+    forward = (
+        DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+        if ranks.active
+        else model
+    )
     trainable = [p for p in model.parameters() if p.requires_grad]
     if cfg.optimizer == "sgd":
         optimizer = torch.optim.SGD(trainable, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
@@ -229,7 +257,8 @@ def train(
         best = state["best"].item() if state["best"].numel() else None
         start_epoch, skip_steps = int(state["epoch"]), int(state["step"])
         sums = json.loads(state["sums"])
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if ranks.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
 
     def snapshot(epoch: int, step: int, epoch_start: torch.Tensor) -> dict[str, Any]:
         """The state after ``step`` batches of ``epoch`` (0-based); step 0 = the epoch has not begun."""
@@ -254,7 +283,7 @@ def train(
             model.train()
             progress.start_epoch(epoch + 1, cfg.epochs, len(train_set))
             epoch_start = generator.get_state()
-            order = list(sampler)
+            order = ranks.shard(list(sampler))  # the same order on every rank, then this rank's part
             loader = epoch_loader(order[skip_steps * cfg.batch_size :])
             step, started = skip_steps, time.perf_counter()
             if skip_steps == 0:
@@ -264,12 +293,16 @@ def train(
             for images, targets, _, status in loader:
                 step += 1
                 usable = torch.tensor([s == STATUS_OK for s in status])
-                if usable.any():
-                    images = images[usable].to(device, non_blocking=True)
-                    targets = targets[usable].to(device, non_blocking=True)
+                empty = not usable.any()
+                if not empty or ranks.active:  # under DDP every rank must run backward every step
+                    keep = torch.ones_like(usable) if empty else usable
+                    images = images[keep].to(device, non_blocking=True)
+                    targets = targets[keep].to(device, non_blocking=True)
                     with autocast():
-                        logits = model(images)
+                        logits = forward(images)
                     loss = F.cross_entropy(logits.float(), targets, label_smoothing=cfg.label_smoothing)
+                    if empty:
+                        loss, targets = loss * 0.0, targets[:0]  # joins the gradient average with zeros
                     optimizer.zero_grad(set_to_none=True)
                     scaler.scale(loss).backward()
                     scaler.step(optimizer)
@@ -278,13 +311,16 @@ def train(
                     sums["loss"] += float(loss.detach()) * len(targets)
                     sums["seen"] += len(targets)
                 progress.advance(len(status), loss=sums["loss"] / max(sums["seen"], 1))
-                if stop.requested:
-                    _save_checkpoint(checkpoint_path, snapshot(epoch, step, epoch_start))
+                if ranks.any(stop.requested, device):
+                    stop.follow()  # a signal at any rank stops every rank
+                    if ranks.is_main:
+                        _save_checkpoint(checkpoint_path, snapshot(epoch, step, epoch_start))
                     stop.check()
             skip_steps = 0
+            loss_sum, seen = ranks.sum([sums["loss"], sums["seen"]], device)
             record: dict[str, Any] = {
                 "epoch": epoch + 1,
-                "loss": sums["loss"] / max(sums["seen"], 1),
+                "loss": loss_sum / max(seen, 1),
                 "lr": optimizer.param_groups[0]["lr"],
                 "seconds": time.perf_counter() - started,
                 "val_accuracy": None,
@@ -293,10 +329,19 @@ def train(
                 record["val_accuracy"] = evaluate(model, val_listing, size, mean, std, device=device, workers=workers)
                 if best is None or record["val_accuracy"] > best:
                     best = record["val_accuracy"]
-                    save_weights(model, out_dir / BEST_WEIGHTS)
+                    if ranks.is_main:
+                        save_weights(model, out_dir / BEST_WEIGHTS)
             history.append(record)
-            _save_checkpoint(checkpoint_path, snapshot(epoch + 1, 0, generator.get_state()))
-            stop.check()
+            if ranks.is_main:
+                _save_checkpoint(checkpoint_path, snapshot(epoch + 1, 0, generator.get_state()))
+            if ranks.any(stop.requested, device):
+                stop.follow()
+                stop.check()
+
+    result = TrainResult(out_dir, history, int(len(rows)), n_relabelled, best)
+    if not ranks.is_main:
+        ranks.barrier()  # wait until rank 0 has written the model folder
+        return result
 
     save_weights(model, out_dir / WEIGHTS)
     export_config = {
@@ -316,7 +361,8 @@ def train(
         "trained_on": {"path": [listing.paths[i] for i in rows], "label_index": labels.tolist()},
     }
     write_atomic(out_dir / "metrics.json", lambda tmp: tmp.write_text(json.dumps(metrics)))
-    return TrainResult(out_dir, history, int(len(rows)), n_relabelled, best)
+    ranks.barrier()
+    return result
 
 
 def _labels_for(listing: Listing, rows: np.ndarray, labels: np.ndarray) -> np.ndarray:

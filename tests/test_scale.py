@@ -199,3 +199,30 @@ def test_torchrun_two_cpu_processes_score_every_sample_once(tiny_clip, noisy_fol
     correlation, mean_abs = np.corrcoef(p1, p2)[0, 1], np.abs(p1 - p2).mean()
     assert correlation > 0.85 and mean_abs < 0.1, (correlation, mean_abs)  # measured vs batch 12: 0.886, 0.071
     assert sorted(p.name for p in tmp_path.iterdir()) == ["results.parquet"]
+
+
+def test_torchrun_two_cpu_processes_train(noisy_folder, uninterrupted, tmp_path):
+    out = tmp_path / "model"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    command += ["-m", "deft_clean", "train", str(noisy_folder.root), "--results", str(uninterrupted.path)]
+    command += ["--out", str(out), "--clean-only", "--epochs", "2", "--batch-size", "12", "--lr", "1e-3"]
+    command += ["--optimizer", "adamw", "--device", "cpu", "--num-workers", "0", "--quiet"]
+    done = subprocess.run(
+        command, capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "checkpoint.pt",
+        "config.json",
+        "metrics.json",
+        "model.safetensors",
+    ]
+    import json
+
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["n_train"] == int(uninterrupted.frame["is_clean"].sum())
+    assert [h["epoch"] for h in metrics["history"]] == [1, 2] and all(
+        np.isfinite(h["loss"]) for h in metrics["history"]
+    )
+    predicted = deft_clean.predict(out, [noisy_folder.root], device="cpu", num_workers=0, quiet=True)
+    assert len(predicted.frame) == len(uninterrupted.frame)
