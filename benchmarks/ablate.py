@@ -11,7 +11,7 @@ scoring pass:
 AUCs are reported for p_clean, for the positive-prompt softmax at the given label (``p_pos``), and
 for their product.
 
-    .venv/bin/python benchmarks/ablate.py                       # all variants, 4 settings, ~15 min
+    .venv/bin/python benchmarks/ablate.py                       # all 12 variants, 4 settings, ~25 min
     .venv/bin/python benchmarks/ablate.py --variants base,epochs20 --only symmetric-0.4-s0
 
 Writes benchmarks/results/ablations.md and ablations.json.
@@ -123,6 +123,7 @@ def train_and_score(folder: Path, foundation: q.Foundation, *, seed: int, option
     positive_aug, negative_aug = logits(augmented)
     return {
         "paths": listing.paths,
+        "classes": listing.classes,  # folder names in natural order: the index space of the logits
         "labels": listing.label_indices,
         "positive": positive,
         "negative": negative,
@@ -189,7 +190,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             out = train_and_score(folder, foundation, seed=setting.seed, options=VARIANTS[variant],
                                   device=args.device, num_workers=args.num_workers)
             truth = np.array([truly_clean_by_path[p] for p in out["paths"]])
-            true_label = np.array([true_by_path[p] for p in out["paths"]])
+            index = {name: i for i, name in enumerate(out["classes"])}
+            true_label = np.array([index[q.CLASSES[true_by_path[p]]] for p in out["paths"]])
             accuracy = float(np.mean(out["positive"].argmax(1) == true_label))
             for rule, (kept, score) in decisions(out).items():
                 metrics = q.evaluate(q.MethodRun(kept, score, out["seconds"]), truth)

