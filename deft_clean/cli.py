@@ -6,7 +6,6 @@ shows the traceback instead.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -17,8 +16,8 @@ from rich.table import Table
 from rich.text import Text
 
 from . import cli_review
+from .cli_common import Debug, Device, Quiet, _run
 from .config import CLEAN_RULES, DetectConfig, TrainConfig
-from .errors import DeftCleanError
 
 app = typer.Typer(
     name="deft-clean",
@@ -30,31 +29,6 @@ app = typer.Typer(
 
 T = TypeVar("T")
 D = DetectConfig()
-
-Device = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")]
-Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or summary.")]
-Debug = Annotated[bool, typer.Option(help="Show tracebacks instead of one-line errors.")]
-
-
-def _run(debug: bool, quiet: bool, call: Callable[[], T]) -> T:
-    """Run a library call; map DeftCleanError (and anything unexpected) to one stderr line + exit code."""
-    logging.basicConfig(level=logging.ERROR if quiet else logging.WARNING, format="warning: %(message)s")
-    err = Console(stderr=True, highlight=False, soft_wrap=True)
-    try:
-        return call()
-    except DeftCleanError as exc:
-        if debug:
-            raise
-        err.print(f"error: {exc}", markup=False)
-        raise typer.Exit(exc.exit_code) from None
-    except KeyboardInterrupt:
-        err.print("interrupted", markup=False)
-        raise typer.Exit(130) from None
-    except Exception as exc:  # a bug or an environment problem: still one line unless --debug
-        if debug:
-            raise
-        err.print(f"error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)", markup=False)
-        raise typer.Exit(1) from None
 
 
 def _version(value: bool) -> None:

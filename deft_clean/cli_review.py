@@ -1,7 +1,7 @@
 """``deft-clean report`` and ``deft-clean export``: look at what detect flagged, and write a cleaned dataset.
 
 ``register(app)`` adds both commands to the main Typer app in :mod:`deft_clean.cli`. Errors go through
-``cli._run``, imported inside the commands because ``cli`` imports this module.
+``cli_common._run`` like every other command.
 """
 
 from __future__ import annotations
@@ -13,12 +13,12 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
+from .cli_common import Debug, Quiet, _run
+
 Results = Annotated[Path, typer.Argument(help="Parquet written by detect.")]
 Dataset = Annotated[
     Path | None, typer.Option(help="Where the dataset is now, if it moved since detect (folder or table).")
 ]
-Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")]
-Debug = Annotated[bool, typer.Option(help="Show tracebacks instead of one-line errors.")]
 
 
 def register(app: typer.Typer) -> None:
@@ -44,7 +44,6 @@ def report(
     debug: Debug = False,
 ) -> None:
     """Show what detect flagged: totals, per-class noise, label pairs, the most suspicious samples."""
-    from .cli import _run
     from .report import report as run_report
 
     console = None if quiet else Console(highlight=False)
@@ -78,7 +77,6 @@ def export(
     debug: Debug = False,
 ) -> None:
     """Write the cleaned dataset (never touching the source): clean rows, plus confident relabels."""
-    from .cli import _run
     from .export import export_dataset
 
     summary = _run(

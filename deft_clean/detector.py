@@ -29,7 +29,7 @@ from .backbone import LoadedClip, TextEncoder, encode_image, freeze, logit_scale
 from .data import STATUS_OK, ImageDataset, Listing
 from .distributed import Dist
 from .prompts import DualPromptLearner, PromptFeatures
-from .runstate import StopOnSignal
+from .runstate import StopOnSignal, optimizer_state, restore_optimizer_state
 from .transforms import eval_transform, train_transform
 from .vpt import add_visual_prompts
 
@@ -300,13 +300,7 @@ def train_prompts(
     if control.resume is not None:
         state = control.resume
         model.load_trainable_state(state["trainable"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        generator.set_state(state["generator_epoch_start"])
-        torch.set_rng_state(state["torch_rng"])
-        if device.type == "cuda" and "cuda_rng" in state:
-            torch.cuda.set_rng_state(state["cuda_rng"], device)
+        restore_optimizer_state(state, optimizer, scheduler, scaler, generator, device)
         history = [EpochStats(**h) for h in json.loads(state["history"])]
         start_epoch, skip_steps = int(state["epoch"]), int(state["step"])
         sums = json.loads(state["sums"])
@@ -314,21 +308,14 @@ def train_prompts(
 
     def snapshot(epoch: int, step: int, epoch_start: torch.Tensor) -> dict[str, Any]:
         """Everything needed to continue after ``step`` batches of ``epoch`` (0-based)."""
-        state = {
+        return {
             "trainable": model.trainable_state(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict(),
-            "generator_epoch_start": epoch_start,
-            "torch_rng": torch.get_rng_state(),
+            **optimizer_state(optimizer, scheduler, scaler, epoch_start, device),
             "epoch": epoch,
             "step": step,
             "history": json.dumps([dataclasses.asdict(h) for h in history]),
             "sums": json.dumps(sums),
         }
-        if device.type == "cuda":
-            state["cuda_rng"] = torch.cuda.get_rng_state(device)
-        return state
 
     for epoch in range(start_epoch, epochs):
         warmup = epoch < warmup_epochs

@@ -31,7 +31,13 @@ from .distributed import Dist
 from .errors import DataError, UsageError
 from .models import build_classifier, data_config, model_spec
 from .results import load_results, write_atomic
-from .runstate import StopOnSignal
+from .runstate import (
+    StopOnSignal,
+    load_checkpoint,
+    optimizer_state,
+    restore_optimizer_state,
+    save_checkpoint,
+)
 from .transforms import eval_transform, train_transform
 
 CHECKPOINT = "checkpoint.pt"
@@ -241,18 +247,9 @@ def _train(
     start_epoch, skip_steps, sums = 0, 0, {"loss": 0.0, "seen": 0}
     best = None
     if cfg.resume:
-        if not checkpoint_path.is_file():
-            raise UsageError(f"--resume: no {CHECKPOINT} in {out_dir}")
-        state = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
-        saved = json.loads(state["signature"])
-        if saved != json.loads(json.dumps(signature)):
-            raise UsageError(f"--resume: {checkpoint_path} was made with other options or data; start a new --out")
+        state = load_checkpoint(checkpoint_path, signature)
         model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        torch.set_rng_state(state["torch_rng"])
-        generator.set_state(state["generator_epoch_start"])
+        restore_optimizer_state(state, optimizer, scheduler, scaler, generator, device)
         history = json.loads(state["history"])
         best = state["best"].item() if state["best"].numel() else None
         start_epoch, skip_steps = int(state["epoch"]), int(state["step"])
@@ -264,11 +261,7 @@ def _train(
         """The state after ``step`` batches of ``epoch`` (0-based); step 0 = the epoch has not begun."""
         return {
             "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict(),
-            "torch_rng": torch.get_rng_state(),
-            "generator_epoch_start": epoch_start,
+            **optimizer_state(optimizer, scheduler, scaler, epoch_start, device),
             "epoch": epoch,
             "step": step,
             "sums": json.dumps(sums),
@@ -373,7 +366,7 @@ def _labels_for(listing: Listing, rows: np.ndarray, labels: np.ndarray) -> np.nd
 
 
 def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    write_atomic(path, lambda tmp: torch.save(state, tmp))
+    save_checkpoint(path, state)
 
 
 def save_weights(model: nn.Module, path: Path) -> None:

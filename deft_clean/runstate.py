@@ -94,6 +94,37 @@ def config_signature(config: Any) -> dict[str, Any]:
     return options
 
 
+def optimizer_state(optimizer: Any, scheduler: Any, scaler: Any, epoch_start: Any, device: Any) -> dict[str, Any]:
+    """The optimiser, schedule, grad-scaler and RNG part of a checkpoint (shared by detect and train)."""
+    import torch
+
+    state = {
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "scaler": scaler.state_dict(),
+        "generator_epoch_start": epoch_start,
+        "torch_rng": torch.get_rng_state(),
+    }
+    if device.type == "cuda":
+        state["cuda_rng"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def restore_optimizer_state(
+    state: dict[str, Any], optimizer: Any, scheduler: Any, scaler: Any, generator: Any, device: Any
+) -> None:
+    """Undo :func:`optimizer_state`: the run continues with the same schedule and random streams."""
+    import torch
+
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    scaler.load_state_dict(state["scaler"])
+    generator.set_state(state["generator_epoch_start"])
+    torch.set_rng_state(state["torch_rng"])
+    if device.type == "cuda" and "cuda_rng" in state:
+        torch.cuda.set_rng_state(state["cuda_rng"], device)
+
+
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     import torch
 

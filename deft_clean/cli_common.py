@@ -1,0 +1,38 @@
+"""What every command shares: the --device/--quiet/--debug options and the error-to-exit-code wrapper."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Annotated, TypeVar
+
+import typer
+from rich.console import Console
+
+from .errors import DeftCleanError
+
+T = TypeVar("T")
+Device = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or summary.")]
+Debug = Annotated[bool, typer.Option(help="Show tracebacks instead of one-line errors.")]
+
+
+def _run(debug: bool, quiet: bool, call: Callable[[], T]) -> T:
+    """Run a library call; map DeftCleanError (and anything unexpected) to one stderr line + exit code."""
+    logging.basicConfig(level=logging.ERROR if quiet else logging.WARNING, format="warning: %(message)s")
+    err = Console(stderr=True, highlight=False, soft_wrap=True)
+    try:
+        return call()
+    except DeftCleanError as exc:
+        if debug:
+            raise
+        err.print(f"error: {exc}", markup=False)
+        raise typer.Exit(exc.exit_code) from None
+    except KeyboardInterrupt:
+        err.print("interrupted", markup=False)
+        raise typer.Exit(130) from None
+    except Exception as exc:  # a bug or an environment problem: still one line unless --debug
+        if debug:
+            raise
+        err.print(f"error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)", markup=False)
+        raise typer.Exit(1) from None
