@@ -16,7 +16,7 @@ from rich.table import Table
 from rich.text import Text
 
 from . import cli_review
-from .cli_common import Debug, Device, Quiet, _run
+from .cli_common import Cache, Debug, Device, Quiet, _run
 from .config import CLEAN_RULES, DetectConfig, TrainConfig
 
 app = typer.Typer(
@@ -82,6 +82,7 @@ def detect(
     ] = D.clean_rule,
     hflip: Annotated[bool, typer.Option(help="Random horizontal flips while training.")] = D.hflip,
     num_workers: Annotated[int | None, typer.Option(help="DataLoader workers (default: min(8, CPUs)).")] = None,
+    cache: Cache = None,
     seed: Annotated[int, typer.Option(help="Random seed.")] = D.seed,
     run_dir: Annotated[
         Path | None, typer.Option(help="Checkpoint folder (default: <out>.run/ next to the output).")
@@ -115,6 +116,7 @@ def detect(
         "clean_rule": clean_rule,
         "hflip": hflip,
         "num_workers": num_workers,
+        "cache": str(cache) if cache is not None else None,
         "seed": seed,
         "device": device,
     }
@@ -200,6 +202,7 @@ def train(
     resume: Annotated[bool, typer.Option("--resume", help="Continue from checkpoint.pt in --out.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Allow a non-empty --out.")] = False,
     num_workers: Annotated[int | None, typer.Option(help="DataLoader workers (default: min(8, CPUs)).")] = None,
+    cache: Cache = None,
     seed: Annotated[int, typer.Option(help="Random seed.")] = TD.seed,
     device: Device = TD.device,
     quiet: Quiet = False,
@@ -227,6 +230,7 @@ def train(
         "resume": resume,
         "overwrite": overwrite,
         "num_workers": num_workers,
+        "cache": str(cache) if cache is not None else None,
         "seed": seed,
         "device": device,
     }

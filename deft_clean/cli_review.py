@@ -35,9 +35,7 @@ def report(
     ] = None,
     top: Annotated[
         int | None,
-        typer.Option(
-            help="Most suspicious samples to show: terminal table (default 20), HTML gallery (default 200)."
-        ),
+        typer.Option(help="Most suspicious samples to show: terminal table (default 20), HTML gallery (default 200)."),
     ] = None,
     dataset: Dataset = None,
     quiet: Quiet = False,
@@ -54,17 +52,13 @@ def report(
 
 def export(
     results: Results,
-    out: Annotated[
-        Path, typer.Option("--out", "-o", help="Output folder, or a .csv/.parquet file with --mode csv.")
-    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder, or a .csv/.parquet file with --mode csv.")],
     mode: Annotated[
         str, typer.Option(help="symlink | copy: an image folder OUT/<label>/...; csv: a table of kept rows.")
     ] = "symlink",
     relabel: Annotated[
         float | None,
-        typer.Option(
-            metavar="MIN_P", help="Export flagged samples with p_predicted >= MIN_P under predicted_label."
-        ),
+        typer.Option(metavar="MIN_P", help="Export flagged samples with p_predicted >= MIN_P under predicted_label."),
     ] = None,
     keep_flagged: Annotated[
         bool, typer.Option("--keep-flagged", help="Put the other flagged samples in OUT/_flagged/<label>/.")

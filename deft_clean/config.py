@@ -32,6 +32,7 @@ class DetectConfig:
     seed: int = 0  # seeds prompt init, shuffling, augmentation and complementary labels
     device: str = "auto"  # "auto", "cpu", "cuda" or "cuda:N"
     num_workers: int | None = None  # DataLoader workers; None = min(8, CPU count), 0 = main process
+    cache: str | None = None  # decoded-image cache folder (see deft_clean.cache); None = decode every epoch
 
     def __post_init__(self) -> None:
         from .errors import UsageError
@@ -84,6 +85,7 @@ class TrainConfig:
     seed: int = 0  # seeds init of the head, order, augmentation
     device: str = "auto"  # "auto", "cpu", "cuda" or "cuda:N"
     num_workers: int | None = None  # DataLoader workers; None = min(8, CPU count)
+    cache: str | None = None  # decoded-image cache folder, shared with detect; None = decode every epoch
     resume: bool = False  # continue from checkpoint.pt in the output folder
     overwrite: bool = False  # allow writing into a non-empty output folder
 

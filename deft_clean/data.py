@@ -15,6 +15,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -23,6 +24,9 @@ from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 
 from .errors import DataError, UsageError
+
+if TYPE_CHECKING:
+    from .cache import CachedImages
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"})
 TABLE_EXTENSIONS = frozenset({".csv", ".parquet"})
@@ -262,6 +266,14 @@ def describe_failure(exc: BaseException) -> str:
     return f"unreadable: {type(exc).__name__}: {message}"[:200]
 
 
+class CachedFailure(Exception):
+    """A listed file that was unusable when it was cached; ``status`` is the row's status text."""
+
+    def __init__(self, status: str) -> None:
+        super().__init__(status)
+        self.status = status
+
+
 class PackedStrings:
     """An immutable sequence of strings stored as one bytes buffer + int64 offsets (compact, fork-friendly)."""
 
@@ -295,8 +307,10 @@ class ImageDataset(Dataset):
         *,
         image_size: int,
         indices: Sequence[int] | None = None,
+        cache: CachedImages | None = None,
     ) -> None:
         self.root = root
+        self.cache = cache  # decoded pixels aligned to ``paths`` (see deft_clean.cache), or None
         # Paths as one UTF-8 buffer + offsets, indices as an array: no per-sample Python objects, so
         # DataLoader workers do not copy a list of N strings page by page (fork copy-on-write + refcounts).
         self.paths = PackedStrings(paths)
@@ -312,7 +326,12 @@ class ImageDataset(Dataset):
         index = int(self.indices[item])
         label = int(self.label_indices[index])
         try:
-            image = load_image(self.root / self.paths[index], draft_size=self.image_size)
+            if self.cache is not None:
+                image = self.cache.image(index)
+            else:
+                image = load_image(self.root / self.paths[index], draft_size=self.image_size)
             return self.transform(image), label, index, STATUS_OK
+        except CachedFailure as failure:
+            return torch.zeros(3, self.image_size, self.image_size), label, index, failure.status
         except Exception as exc:  # any decode failure is a status, never a crash
             return torch.zeros(3, self.image_size, self.image_size), label, index, describe_failure(exc)

@@ -26,6 +26,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from .backbone import LoadedClip, TextEncoder, encode_image, freeze, logit_scale
+from .cache import CachedImages
 from .data import STATUS_OK, ImageDataset, Listing
 from .distributed import Dist
 from .prompts import DualPromptLearner, PromptFeatures
@@ -269,6 +270,7 @@ def train_prompts(
     progress: Progressish | None = None,
     grad_clip: float | None = None,
     control: TrainControl | None = None,
+    cache: CachedImages | None = None,
 ) -> list[EpochStats]:
     """Train the prompts in place; return per-epoch statistics.
 
@@ -284,6 +286,7 @@ def train_prompts(
         listing.label_indices,
         train_transform(image_size, mean, std, hflip=hflip),
         image_size=image_size,
+        cache=cache,
     )
     ranks = control.ranks
     steps_per_epoch = max(1, math.ceil(math.ceil(len(dataset) / ranks.world) / batch_size))
@@ -409,6 +412,7 @@ def score_samples(
     progress: Progressish | None = None,
     stop: StopOnSignal | None = None,
     ranks: Dist = Dist(),
+    cache: CachedImages | None = None,
 ) -> Scores:
     """Eval-mode pass without augmentation over every sample: p_clean, similarities, prediction.
 
@@ -423,6 +427,7 @@ def score_samples(
         eval_transform(image_size, mean, std),
         image_size=image_size,
         indices=np.arange(ranks.rank, len(listing), ranks.world) if ranks.active else None,
+        cache=cache,
     )
     loader = make_loader(
         dataset, batch_size=batch_size, sampler=None, generator=None, num_workers=num_workers, device=device
@@ -488,6 +493,8 @@ def score_samples(
 
 class Progressish:
     """What the training loop reports to; :mod:`deft_clean.progress` renders it with rich."""
+
+    def start_task(self, description: str, total: int) -> None: ...
 
     def start_epoch(self, epoch: int, epochs: int, total: int) -> None: ...
 

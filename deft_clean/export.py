@@ -150,9 +150,7 @@ def export_dataset(
     )
 
 
-def plan_export(
-    frame: pd.DataFrame, *, relabel: float | None = None, keep_flagged: bool = False
-) -> pd.DataFrame:
+def plan_export(frame: pd.DataFrame, *, relabel: float | None = None, keep_flagged: bool = False) -> pd.DataFrame:
     """The rows to export, in listing order: path, label (new), original_label, p_clean, role.
 
     role is ``kept`` (is_clean), ``relabelled`` (flagged, ``p_predicted >= relabel``) or ``flagged``
@@ -233,6 +231,7 @@ def _write_table(plan: pd.DataFrame, sources: list[Path], target: Path) -> None:
             "relabelled": (plan["role"] == "relabelled").to_numpy(),
         }
     )
+
     def write(tmp: Path) -> None:
         if target.suffix.lower() == ".parquet":
             table.to_parquet(tmp, index=False)

@@ -25,6 +25,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, RandomSampler, Sampler, WeightedRandomSampler
 
 from . import __version__
+from .cache import CachedImages
 from .config import TrainConfig
 from .data import STATUS_OK, ImageDataset, Listing, list_dataset
 from .distributed import Dist
@@ -105,7 +106,7 @@ def _lr_factor(step: int, *, warmup_steps: int, total_steps: int) -> float:
 def _signature(cfg: TrainConfig, rows: np.ndarray, labels: np.ndarray, spec: dict[str, Any]) -> dict[str, Any]:
     """What must be equal for a checkpoint to be resumed."""
     options = dataclasses.asdict(cfg)
-    for volatile in ("resume", "device", "num_workers", "quiet"):
+    for volatile in ("resume", "device", "num_workers", "quiet", "cache"):
         options.pop(volatile, None)
     digest = int(np.bitwise_xor.reduce(rows * 1_000_003 + labels)) if len(rows) else 0
     return {"options": options, "n_rows": int(len(rows)), "rows_digest": digest, "backbone": spec["backbone"]}
@@ -194,6 +195,17 @@ def _train(
     size, mean, std = data_config(spec, model, image_size=cfg.image_size)
     spec.update({"image_size": size, "mean": list(mean), "std": list(std)})
 
+    workers = resolve_workers(cfg.num_workers)
+    cache = val_cache = None
+    if cfg.cache is not None:
+        from .cache import prepare_cache
+
+        hint = "the images cached so far are kept; rerun the same command to go on"
+        with RichProgress(quiet=quiet) as progress, StopOnSignal(hint) as stop:
+            fill = {"size": size, "num_workers": workers, "progress": progress, "stop": stop, "ranks": ranks}
+            cache = prepare_cache(cfg.cache, listing, **fill)
+            if val_listing is not None:
+                val_cache = prepare_cache(cfg.cache, val_listing, **fill)
     train_set = ImageDataset(
         listing.root,
         listing.paths,
@@ -201,6 +213,7 @@ def _train(
         train_transform(size, mean, std, hflip=cfg.hflip),
         image_size=size,
         indices=rows.tolist(),
+        cache=cache,
     )
     # The epoch's order is drawn explicitly from `generator` so that a resume can redraw it and skip
     # the batches already done (see the loop).
@@ -209,7 +222,6 @@ def _train(
         counts = np.bincount(labels, minlength=len(listing.classes)).astype(np.float64)
         weights = 1.0 / counts[labels]
         sampler = WeightedRandomSampler(torch.as_tensor(weights), len(rows), replacement=True, generator=generator)
-    workers = resolve_workers(cfg.num_workers)
 
     def epoch_loader(order: list[int]) -> DataLoader:
         return DataLoader(
@@ -319,7 +331,9 @@ def _train(
                 "val_accuracy": None,
             }
             if val_listing is not None:
-                record["val_accuracy"] = evaluate(model, val_listing, size, mean, std, device=device, workers=workers)
+                record["val_accuracy"] = evaluate(
+                    model, val_listing, size, mean, std, device=device, workers=workers, cache=val_cache
+                )
                 if best is None or record["val_accuracy"] > best:
                     best = record["val_accuracy"]
                     if ranks.is_main:
@@ -387,13 +401,19 @@ def evaluate(
     device: torch.device,
     workers: int,
     batch_size: int = 128,
+    cache: CachedImages | None = None,
 ) -> float:
     """Top-1 accuracy on a labelled listing (unusable files skipped)."""
     from .detector import autocast_for
 
     model.eval()
     dataset = ImageDataset(
-        listing.root, listing.paths, listing.label_indices, eval_transform(size, mean, std), image_size=size
+        listing.root,
+        listing.paths,
+        listing.label_indices,
+        eval_transform(size, mean, std),
+        image_size=size,
+        cache=cache,
     )
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers)
     autocast, _ = autocast_for(device)

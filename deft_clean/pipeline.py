@@ -128,6 +128,7 @@ def detect(
         import torch
 
         from .backbone import load_clip, resolve_device
+        from .cache import prepare_cache
         from .detector import DeftModel, TrainControl, resolve_workers, score_samples, seed_everything, train_prompts
         from .progress import RichProgress
 
@@ -159,7 +160,19 @@ def detect(
                 if ranks.is_main:
                     save_checkpoint(checkpoint, {**state, "signature": encoded})
 
-        with StopOnSignal(hint) as stop, RichProgress(quiet=quiet) as progress:
+        with RichProgress(quiet=quiet) as progress, StopOnSignal(hint) as stop:
+            cache = None
+            if cfg.cache is not None:
+                with stop.hinted("the images cached so far are kept; rerun the same command to go on"):
+                    cache = prepare_cache(
+                        cfg.cache,
+                        listing,
+                        size=loaded.image_size,
+                        num_workers=workers,
+                        progress=progress,
+                        stop=stop,
+                        ranks=ranks,
+                    )
             control = TrainControl(save=save, resume=resume_state, every_steps=checkpoint_every, stop=stop, ranks=ranks)
             history = train_prompts(
                 model,
@@ -178,6 +191,7 @@ def detect(
                 num_workers=workers,
                 progress=progress,
                 control=control,
+                cache=cache,
                 **image,
             )
             scores = score_samples(
@@ -189,6 +203,7 @@ def detect(
                 progress=progress,
                 stop=stop,
                 ranks=ranks,
+                cache=cache,
                 **image,
             )
         frame = results_frame(listing, scores, clean_rule=cfg.clean_rule)

@@ -47,6 +47,9 @@ class RichProgress:
         if self._progress is not None:
             self._task = self._progress.add_task(description, total=total, rate="", metrics="")
 
+    def start_task(self, description: str, total: int) -> None:
+        self._start(description, total)
+
     def start_epoch(self, epoch: int, epochs: int, total: int) -> None:
         self._start(f"epoch {epoch}/{epochs}", total)
 

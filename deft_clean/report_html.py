@@ -110,9 +110,7 @@ SCRIPT = """
 """
 
 
-def _page(
-    frame: pd.DataFrame, metadata: dict[str, Any], data: ReportData, *, top: int, root: Path | None
-) -> str:
+def _page(frame: pd.DataFrame, metadata: dict[str, Any], data: ReportData, *, top: int, root: Path | None) -> str:
     script_hash = base64.b64encode(hashlib.sha256(SCRIPT.encode()).digest()).decode()
     # Only data: images, inline styles and this exact script may load: no network, no injected handlers.
     csp = f"default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'sha256-{script_hash}'"
@@ -167,8 +165,7 @@ def _classes_html(data: ReportData) -> str:
 
 def _pairs_html(data: ReportData, max_rows: int = 50) -> str:
     rows = "".join(
-        f"<tr><td>{escape(str(row.given))}</td><td>{escape(str(row.suggested))}</td>"
-        f'<td class="n">{row[2]}</td></tr>'
+        f'<tr><td>{escape(str(row.given))}</td><td>{escape(str(row.suggested))}</td><td class="n">{row[2]}</td></tr>'
         for row in data.pairs.head(max_rows).itertuples(index=False)
     )
     more = f"<p>{len(data.pairs) - max_rows} more pairs not shown.</p>" if len(data.pairs) > max_rows else ""
@@ -238,8 +235,7 @@ def _heatmap_html(frame: pd.DataFrame) -> str:
             n = int(counts.at[g, s])
             shade = f"rgba(208,74,74,{0.1 + 0.9 * n / peak:.2f})" if n else "transparent"
             cells.append(
-                f'<td data-given="{escape(g)}" data-suggested="{escape(s)}" style="background:{shade}">'
-                f"{n or ''}</td>"
+                f'<td data-given="{escape(g)}" data-suggested="{escape(s)}" style="background:{shade}">{n or ""}</td>'
             )
         rows.append(f"<tr><th>{escape(g)}</th>{''.join(cells)}</tr>")
     note = ""
@@ -249,7 +245,7 @@ def _heatmap_html(frame: pd.DataFrame) -> str:
         "<h2>Given vs suggested</h2>"
         f"<p>Flagged samples: rows are given labels, columns suggested labels.{note}</p>"
         f'<div class="scroll"><table class="heat" id="heatmap"><tr><th></th>{head}</tr>'
-        f'{"".join(rows)}</table></div>'
+        f"{''.join(rows)}</table></div>"
     )
 
 
@@ -297,10 +293,7 @@ def _unusable_html(frame: pd.DataFrame, max_rows: int = 50) -> str:
         for r in bad.head(max_rows).itertuples(index=False)
     )
     more = f"<p>{len(bad) - max_rows} more not shown.</p>" if len(bad) > max_rows else ""
-    return (
-        '<h2>Unusable files</h2><table id="unusable"><tr><th>path</th><th>status</th></tr>'
-        f"{rows}</table>{more}"
-    )
+    return f'<h2>Unusable files</h2><table id="unusable"><tr><th>path</th><th>status</th></tr>{rows}</table>{more}'
 
 
 def _thumbnail(file: Path) -> str | None:

@@ -7,11 +7,13 @@ resuming with anything else is refused.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
 import signal
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -19,7 +21,7 @@ from typing import Any
 from .errors import UsageError
 from .results import write_atomic
 
-VOLATILE_OPTIONS = ("device", "num_workers")  # may change between an interrupted run and its resume
+VOLATILE_OPTIONS = ("device", "num_workers", "cache")  # may change between an interrupted run and its resume
 
 
 class Interrupted(BaseException):
@@ -58,6 +60,15 @@ class StopOnSignal:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         self._previous.clear()
+
+    @contextlib.contextmanager
+    def hinted(self, hint: str) -> Iterator[None]:
+        """Use another resume hint while the block runs (e.g. during a cache fill, before any checkpoint)."""
+        previous, self.resume_hint = self.resume_hint, hint
+        try:
+            yield
+        finally:
+            self.resume_hint = previous
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         self.signum = signum

@@ -22,11 +22,9 @@ def train_transform(
 
 def eval_transform(size: int, mean: tuple[float, ...], std: tuple[float, ...]) -> Callable[[Image.Image], torch.Tensor]:
     """Resize the short side and center-crop to the model's input size."""
-    return T.Compose(
-        [
-            T.Resize(size, interpolation=T.InterpolationMode.BICUBIC),
-            T.CenterCrop(size),
-            T.ToTensor(),
-            T.Normalize(mean, std),
-        ]
-    )
+    return T.Compose([square_transform(size), T.ToTensor(), T.Normalize(mean, std)])
+
+
+def square_transform(size: int) -> Callable[[Image.Image], Image.Image]:
+    """The geometric part of :func:`eval_transform`: what the decoded-image cache stores."""
+    return T.Compose([T.Resize(size, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(size)])

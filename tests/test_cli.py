@@ -183,3 +183,18 @@ def test_python_dash_m_matches_console_script():
 @pytest.mark.parametrize("args", [["detect"], ["detect", "a", "--epochs", "x"], ["nope"]])
 def test_typer_usage_errors_exit_2(args):
     assert runner.invoke(app, args).exit_code == 2
+
+
+def test_cache_folder_that_cannot_be_made_is_usage_error(tiny_clip, small_folder, tmp_path):
+    blocker = tmp_path / "cache"
+    blocker.write_text("a file, not a folder")
+    out = tmp_path / "results.parquet"
+    result = run_detect(tiny_clip, small_folder, out, "--cache", str(blocker))
+    assert_clean_failure(result, out, 2, "--cache", "cannot create the cache folder")
+
+
+def test_detect_cli_with_cache_fills_it(tiny_clip, small_folder, tmp_path):
+    out = tmp_path / "results.parquet"
+    result = run_detect(tiny_clip, small_folder, out, "--cache", str(tmp_path / "cache"))
+    assert result.exit_code == 0, result.output
+    assert len(list((tmp_path / "cache" / "32px-v1").glob("shard-*.npy"))) == 1
