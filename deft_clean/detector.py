@@ -15,7 +15,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Sampler
 
 from .backbone import LoadedClip, TextEncoder, encode_image, freeze, logit_scale
 from .cache import CachedImages
@@ -144,16 +144,37 @@ def resolve_workers(num_workers: int | None) -> int:
     return min(8, os.cpu_count() or 1) if num_workers is None else num_workers
 
 
+class EpochOrder(Sampler[int]):
+    """The dataset positions one epoch visits, in order; set ``order`` before each epoch.
+
+    One DataLoader over it serves every epoch, so its worker processes persist between epochs instead of
+    being forked (and re-importing, re-opening memory maps) each time.
+    """
+
+    def __init__(self) -> None:
+        self.order: Sequence[int] = []
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.order)
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+
 def make_loader(
     dataset: ImageDataset,
     *,
     batch_size: int,
-    sampler: Sequence[int] | None,
+    sampler: Sequence[int] | Sampler[int] | None,
     generator: torch.Generator | None,
     num_workers: int,
     device: torch.device,
 ) -> DataLoader:
-    """A loader over ``sampler`` (indices into the dataset, in order; None = all, in order)."""
+    """A loader over ``sampler`` (positions in the dataset, in order; None = all, in order).
+
+    Workers persist across iterations (see :class:`EpochOrder`); batches go to pinned memory on CUDA so
+    that the copies to the device are asynchronous.
+    """
     return DataLoader(
         dataset,
         batch_size=batch_size,
@@ -161,6 +182,8 @@ def make_loader(
         generator=generator,
         num_workers=num_workers,
         pin_memory=device.type == "cuda",
+        persistent_workers=num_workers > 0,
+        prefetch_factor=4 if num_workers > 0 else None,
         drop_last=False,
     )
 
@@ -300,6 +323,15 @@ def train_prompts(
 
     history: list[EpochStats] = []
     start_epoch, skip_steps, sums = 0, 0, {"loss": 0.0, "clean": 0, "seen": 0}
+    visiting = EpochOrder()
+    loader = make_loader(
+        dataset,
+        batch_size=batch_size,
+        sampler=visiting,
+        generator=generator,
+        num_workers=num_workers,
+        device=device,
+    )
     if control.resume is not None:
         state = control.resume
         model.load_trainable_state(state["trainable"])
@@ -326,16 +358,9 @@ def train_prompts(
         model.clip.eval()  # frozen backbone: keep dropout / norm statistics in inference mode
         epoch_start = generator.get_state()
         order = ranks.shard(epoch_order(len(dataset), generator))  # same order on every rank, then sharded
-        # A resumed epoch skips the batches already done without loading them; the loader draws its
-        # worker seed from the generator right after the order, as in the uninterrupted run.
-        loader = make_loader(
-            dataset,
-            batch_size=batch_size,
-            sampler=order[skip_steps * batch_size :],
-            generator=generator,
-            num_workers=num_workers,
-            device=device,
-        )
+        # A resumed epoch skips the batches already done without loading them; without workers the
+        # loader draws its seed from the generator right after the order, as in the uninterrupted run.
+        visiting.order = order[skip_steps * batch_size :]
         step, started = skip_steps, time.perf_counter()
         if skip_steps == 0:
             sums = {"loss": 0.0, "clean": 0, "seen": 0}

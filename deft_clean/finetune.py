@@ -157,7 +157,7 @@ def _train(
     ranks: Dist,
 ) -> TrainResult:
     from .backbone import resolve_device
-    from .detector import autocast_for, resolve_workers, seed_everything
+    from .detector import EpochOrder, autocast_for, make_loader, resolve_workers, seed_everything, usable_on_device
     from .distributed import device_for
     from .progress import RichProgress
 
@@ -223,16 +223,15 @@ def _train(
         weights = 1.0 / counts[labels]
         sampler = WeightedRandomSampler(torch.as_tensor(weights), len(rows), replacement=True, generator=generator)
 
-    def epoch_loader(order: list[int]) -> DataLoader:
-        return DataLoader(
-            train_set,
-            batch_size=cfg.batch_size,
-            sampler=order,
-            generator=generator,
-            num_workers=workers,
-            pin_memory=device.type == "cuda",
-            drop_last=False,
-        )
+    epoch_order = EpochOrder()
+    loader = make_loader(
+        train_set,
+        batch_size=cfg.batch_size,
+        sampler=epoch_order,
+        generator=generator,
+        num_workers=workers,
+        device=device,
+    )
 
     steps_per_epoch = max(1, math.ceil(math.ceil(len(rows) / ranks.world) / cfg.batch_size))
     # DDP averages the gradients; the wrapped module is only used for the forward pass.
@@ -289,7 +288,7 @@ def _train(
             progress.start_epoch(epoch + 1, cfg.epochs, len(train_set))
             epoch_start = generator.get_state()
             order = ranks.shard(list(sampler))  # the same order on every rank, then this rank's part
-            loader = epoch_loader(order[skip_steps * cfg.batch_size :])
+            epoch_order.order = order[skip_steps * cfg.batch_size :]
             step, started = skip_steps, time.perf_counter()
             if skip_steps == 0:
                 sums = {"loss": 0.0, "seen": 0}
@@ -301,8 +300,7 @@ def _train(
                 empty = not usable.any()
                 if not empty or ranks.active:  # under DDP every rank must run backward every step
                     keep = torch.ones_like(usable) if empty else usable
-                    images = images[keep].to(device, non_blocking=True)
-                    targets = targets[keep].to(device, non_blocking=True)
+                    images, targets = usable_on_device(images, targets, keep, device)
                     with autocast():
                         logits = forward(images)
                     loss = F.cross_entropy(logits.float(), targets, label_smoothing=cfg.label_smoothing)

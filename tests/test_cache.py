@@ -146,3 +146,15 @@ def test_detect_and_train_share_the_cache(tiny_clip, noisy_folder, uninterrupted
         quiet=True,
     )
     assert calls == [] and trained.n_train == int(result.frame["is_clean"].sum())
+
+
+def test_workers_read_the_cache_and_persist_across_epochs(tiny_clip, noisy_folder, uninterrupted, tmp_path):  # noqa: F811
+    cached = tmp_path / "cache"
+    result = deft_clean.detect(noisy_folder.root, cache=str(cached), **options(tiny_clip, num_workers=2))
+    frame = result.frame
+    assert (frame["status"] == "ok").all() and len(frame) == len(uninterrupted.frame)
+    # worker processes draw other augmentations than the main process: close, not equal
+    p_workers = frame["p_clean"].to_numpy(dtype=float)
+    p_main = uninterrupted.frame["p_clean"].to_numpy(dtype=float)
+    assert np.corrcoef(p_workers, p_main)[0, 1] > 0.8
+    assert len(result.history) == 3

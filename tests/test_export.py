@@ -29,11 +29,7 @@ def export(review: Review, out: Path, *args: str):
 
 def exported_files(out: Path) -> dict[str, Path]:
     """OUT-relative path -> the source file it stands for (a link's target, or the copy itself)."""
-    return {
-        p.relative_to(out).as_posix(): p.resolve()
-        for p in sorted(out.rglob("*"))
-        if p.is_symlink() or p.is_file()
-    }
+    return {p.relative_to(out).as_posix(): p.resolve() for p in sorted(out.rglob("*")) if p.is_symlink() or p.is_file()}
 
 
 def sources_by_label(review: Review, rows: pd.Series, label_column: str = "label") -> dict[str, list[Path]]:
@@ -124,7 +120,10 @@ def test_library_summary(review, tmp_path):
     summary = export_dataset(review.results, out=tmp_path / "clean", relabel=RELABEL_MIN_P)
     flagged = int(review.flagged.sum())
     assert (summary.kept, summary.relabelled, summary.flagged, summary.unusable) == (
-        int((review.usable & review.frame["is_clean"]).sum()), int(review.relabelled.sum()), 0, 1
+        int((review.usable & review.frame["is_clean"]).sum()),
+        int(review.relabelled.sum()),
+        0,
+        1,
     )
     assert summary.dropped == flagged - summary.relabelled
 

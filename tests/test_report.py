@@ -39,8 +39,9 @@ def expected_counts(results: Path) -> dict:
         "usable": int(usable.sum()),
         "flagged": int(flagged.sum()),
         "unusable": int((~usable).sum()),
-        "per_class": {c: (int((frame["label"] == c).sum()), int((flagged & (frame["label"] == c)).sum()))
-                      for c in CLASSES},
+        "per_class": {
+            c: (int((frame["label"] == c).sum()), int((flagged & (frame["label"] == c)).sum())) for c in CLASSES
+        },
         "pairs": frame[flagged].groupby(["label", "predicted_label"]).size().to_dict(),
         "flagged_frame": frame[flagged],
     }
@@ -56,7 +57,10 @@ def test_summary_counts_match_parquet(review):
     want = expected_counts(review.results)
     data = summarize(review.frame, {"classes": CLASSES}, top=3)
     assert (data.samples, data.usable, data.flagged, data.unusable) == (
-        want["samples"], want["usable"], want["flagged"], want["unusable"]
+        want["samples"],
+        want["usable"],
+        want["flagged"],
+        want["unusable"],
     )
     assert data.flagged == 5 and data.unusable == 1  # what review_data planted
     per_class = {r["class"]: (r["samples"], r["flagged"]) for r in data.per_class.to_dict("records")}
@@ -92,8 +96,11 @@ def html_counts(page: str) -> dict:
     def number(id_: str) -> int:
         return int(re.search(rf'id="{id_}">(\d+)<', page).group(1))
 
-    rows = re.findall(r'<tr data-class="([^"]*)"><td>.*?</td><td class="n samples">(\d+)</td>'
-                      r'<td class="n flagged">(\d+)</td>', page)
+    rows = re.findall(
+        r'<tr data-class="([^"]*)"><td>.*?</td><td class="n samples">(\d+)</td>'
+        r'<td class="n flagged">(\d+)</td>',
+        page,
+    )
     return {
         "samples": number("n-samples"),
         "usable": number("n-usable"),
@@ -129,9 +136,19 @@ def test_html_counts_escaping_and_self_contained(review, tmp_path):
 
 
 def run_chromium(chromium: str, profile: Path, *args: str) -> subprocess.CompletedProcess:
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             f"--user-data-dir={profile}", "--enable-logging=stderr", "--v=0"]
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={profile}",
+        "--enable-logging=stderr",
+        "--v=0",
+    ]
     return subprocess.run([chromium, *flags, *args], capture_output=True, text=True, timeout=60)
 
 
@@ -161,8 +178,9 @@ def test_html_in_headless_chromium(review, tmp_path):
     assert len(re.findall(r'<figure class="card"[^>]*hidden', page)) == want["flagged"] - hostile
 
     shot = tmp_path / "report.png"
-    result = run_chromium(chromium, tmp_path / "profile", f"--screenshot={shot}", "--window-size=1200,2000",
-                          out.as_uri())
+    result = run_chromium(
+        chromium, tmp_path / "profile", f"--screenshot={shot}", "--window-size=1200,2000", out.as_uri()
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -173,15 +191,17 @@ def test_html_for_100k_rows_is_quick_and_small(tmp_path):
     label = rng.integers(0, 100, n)
     predicted = np.where(rng.random(n) < 0.2, rng.integers(0, 100, n), label)
     p_clean = rng.random(n).astype(np.float32)
-    frame = pd.DataFrame({
-        "path": [f"class_{k}/{i}.jpg" for i, k in enumerate(label)],
-        "label": np.array(classes)[label],
-        "p_clean": pd.array(p_clean, dtype="Float32"),
-        "is_clean": p_clean > 0.5,
-        "predicted_label": np.array(classes)[predicted],
-        "p_predicted": pd.array(rng.random(n).astype(np.float32), dtype="Float32"),
-        "status": np.where(np.arange(n) % 1000 == 0, "unreadable: OSError: truncated", "ok"),
-    })
+    frame = pd.DataFrame(
+        {
+            "path": [f"class_{k}/{i}.jpg" for i, k in enumerate(label)],
+            "label": np.array(classes)[label],
+            "p_clean": pd.array(p_clean, dtype="Float32"),
+            "is_clean": p_clean > 0.5,
+            "predicted_label": np.array(classes)[predicted],
+            "p_predicted": pd.array(rng.random(n).astype(np.float32), dtype="Float32"),
+            "status": np.where(np.arange(n) % 1000 == 0, "unreadable: OSError: truncated", "ok"),
+        }
+    )
     start = time.perf_counter()
     out = write_html(frame, {"classes": classes}, tmp_path / "big.html", top=200, dataset_root=tmp_path)
     elapsed = time.perf_counter() - start
