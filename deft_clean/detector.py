@@ -144,6 +144,44 @@ def resolve_workers(num_workers: int | None) -> int:
     return min(8, os.cpu_count() or 1) if num_workers is None else num_workers
 
 
+REPORT_EVERY = 10  # steps between reads of the running loss (each read waits for the GPU)
+
+
+class EpochSums:
+    """An epoch's running totals (loss x samples, clean count, samples), accumulated on the device.
+
+    Reading them (:meth:`values`) waits for the GPU; training loops do so every ``REPORT_EVERY`` steps for
+    the progress display, for checkpoints and at the epoch's end, so that the CPU queues the next step
+    while the GPU still runs this one (a read every step cost ~15% of a ViT-B/16 epoch on an H100).
+    """
+
+    def __init__(self, device: torch.device, values: dict[str, float] | None = None) -> None:
+        values = values or {}
+        self.loss = torch.tensor(float(values.get("loss", 0.0)), dtype=torch.float64, device=device)
+        self.clean = torch.tensor(int(values.get("clean", 0)), dtype=torch.int64, device=device)
+        self.seen = int(values.get("seen", 0))
+
+    def add(self, loss: torch.Tensor, n: int, clean: torch.Tensor | None = None) -> None:
+        """Add a batch: its mean ``loss`` over ``n`` samples and (detect) its boolean ``clean`` mask."""
+        self.loss += loss.detach().double() * n
+        if clean is not None:
+            self.clean += clean.sum()
+        self.seen += n
+
+    def values(self) -> dict[str, float]:
+        return {"loss": float(self.loss), "clean": int(self.clean), "seen": self.seen}
+
+    def means(self) -> dict[str, float]:
+        """Running mean loss and clean fraction, for the progress display."""
+        seen = max(self.seen, 1)
+        return {"loss": float(self.loss) / seen, "clean": int(self.clean) / seen}
+
+
+def report_now(step: int, steps: int) -> bool:
+    """Whether a loop reads its running sums (and, with several ranks, polls for signals) at ``step``."""
+    return step % REPORT_EVERY == 0 or step >= steps
+
+
 class EpochOrder(Sampler[int]):
     """The dataset positions one epoch visits, in order; set ``order`` before each epoch.
 
@@ -322,7 +360,7 @@ def train_prompts(
     scale = model.scale().to(device)
 
     history: list[EpochStats] = []
-    start_epoch, skip_steps, sums = 0, 0, {"loss": 0.0, "clean": 0, "seen": 0}
+    start_epoch, skip_steps, sums = 0, 0, EpochSums(device)
     visiting = EpochOrder()
     loader = make_loader(
         dataset,
@@ -338,7 +376,7 @@ def train_prompts(
         restore_optimizer_state(state, optimizer, scheduler, scaler, generator, device)
         history = [EpochStats(**h) for h in json.loads(state["history"])]
         start_epoch, skip_steps = int(state["epoch"]), int(state["step"])
-        sums = json.loads(state["sums"])
+        sums = EpochSums(device, json.loads(state["sums"]))
     ranks.broadcast_parameters(parameters)
 
     def snapshot(epoch: int, step: int, epoch_start: torch.Tensor) -> dict[str, Any]:
@@ -349,7 +387,7 @@ def train_prompts(
             "epoch": epoch,
             "step": step,
             "history": json.dumps([dataclasses.asdict(h) for h in history]),
-            "sums": json.dumps(sums),
+            "sums": json.dumps(sums.values()),
         }
 
     for epoch in range(start_epoch, epochs):
@@ -363,7 +401,7 @@ def train_prompts(
         visiting.order = order[skip_steps * batch_size :]
         step, started = skip_steps, time.perf_counter()
         if skip_steps == 0:
-            sums = {"loss": 0.0, "clean": 0, "seen": 0}
+            sums = EpochSums(device)
         if progress is not None:
             progress.start_epoch(epoch + 1, epochs, len(dataset))
             if skip_steps:
@@ -388,10 +426,7 @@ def train_prompts(
                     )
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
-                n = int(labels.shape[0])
-                sums["loss"] += float(loss.detach()) * n
-                sums["clean"] += int(clean.sum())
-                sums["seen"] += n
+                sums.add(loss, int(labels.shape[0]), clean)
             if usable.any() or ranks.active:
                 ranks.all_reduce_gradients(parameters)  # before unscaling: every rank sees the same inf/nan
                 if grad_clip:
@@ -400,10 +435,11 @@ def train_prompts(
                 scaler.step(optimizer)
                 scaler.update()
                 scheduler.step()
+            report = report_now(step, steps_per_epoch)
             if progress is not None:
-                seen = max(sums["seen"], 1)
-                progress.advance(len(status), loss=sums["loss"] / seen, clean=sums["clean"] / seen)
-            stopping = ranks.any(control.stop is not None and control.stop.requested, device)
+                progress.advance(len(status), **(sums.means() if report else {}))
+            signalled = control.stop is not None and control.stop.requested
+            stopping = ranks.any(signalled, device) if ranks.active and report else signalled
             if stopping and control.stop is not None:
                 control.stop.follow()  # a signal that reached another rank stops this one too
             periodic = control.every_steps > 0 and step % control.every_steps == 0 and step < steps_per_epoch
@@ -413,7 +449,8 @@ def train_prompts(
                 control.stop.check()
         skip_steps = 0
         elapsed = max(time.perf_counter() - started, 1e-9)
-        loss_sum, clean_sum, seen = ranks.sum([sums["loss"], sums["clean"], sums["seen"]], device)
+        totals = sums.values()
+        loss_sum, clean_sum, seen = ranks.sum([totals["loss"], totals["clean"], totals["seen"]], device)
         seen = max(seen, 1)
         history.append(EpochStats(epoch + 1, loss_sum / seen, clean_sum / seen, len(dataset) / elapsed))
         if control.save is not None:

@@ -157,7 +157,16 @@ def _train(
     ranks: Dist,
 ) -> TrainResult:
     from .backbone import resolve_device
-    from .detector import EpochOrder, autocast_for, make_loader, resolve_workers, seed_everything, usable_on_device
+    from .detector import (
+        EpochOrder,
+        EpochSums,
+        autocast_for,
+        make_loader,
+        report_now,
+        resolve_workers,
+        seed_everything,
+        usable_on_device,
+    )
     from .distributed import device_for
     from .progress import RichProgress
 
@@ -255,7 +264,7 @@ def _train(
     signature = _signature(cfg, rows, labels, spec)
 
     history: list[dict[str, Any]] = []
-    start_epoch, skip_steps, sums = 0, 0, {"loss": 0.0, "seen": 0}
+    start_epoch, skip_steps, sums = 0, 0, EpochSums(device)
     best = None
     if cfg.resume:
         state = load_checkpoint(checkpoint_path, signature)
@@ -264,7 +273,7 @@ def _train(
         history = json.loads(state["history"])
         best = state["best"].item() if state["best"].numel() else None
         start_epoch, skip_steps = int(state["epoch"]), int(state["step"])
-        sums = json.loads(state["sums"])
+        sums = EpochSums(device, json.loads(state["sums"]))
     if ranks.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
 
@@ -275,7 +284,7 @@ def _train(
             **optimizer_state(optimizer, scheduler, scaler, epoch_start, device),
             "epoch": epoch,
             "step": step,
-            "sums": json.dumps(sums),
+            "sums": json.dumps(sums.values()),
             "history": json.dumps(history),
             "best": torch.tensor([best] if best is not None else []),
             "signature": json.dumps(signature),
@@ -291,7 +300,7 @@ def _train(
             epoch_order.order = order[skip_steps * cfg.batch_size :]
             step, started = skip_steps, time.perf_counter()
             if skip_steps == 0:
-                sums = {"loss": 0.0, "seen": 0}
+                sums = EpochSums(device)
             else:
                 progress.advance(min(skip_steps * cfg.batch_size, len(order)))
             for images, targets, _, status in loader:
@@ -311,16 +320,17 @@ def _train(
                     scaler.step(optimizer)
                     scaler.update()
                     scheduler.step()
-                    sums["loss"] += float(loss.detach()) * len(targets)
-                    sums["seen"] += len(targets)
-                progress.advance(len(status), loss=sums["loss"] / max(sums["seen"], 1))
-                if ranks.any(stop.requested, device):
+                    sums.add(loss, len(targets))
+                report = report_now(step, steps_per_epoch)
+                progress.advance(len(status), **({"loss": sums.means()["loss"]} if report else {}))
+                if ranks.any(stop.requested, device) if ranks.active and report else stop.requested:
                     stop.follow()  # a signal at any rank stops every rank
                     if ranks.is_main:
                         _save_checkpoint(checkpoint_path, snapshot(epoch, step, epoch_start))
                     stop.check()
             skip_steps = 0
-            loss_sum, seen = ranks.sum([sums["loss"], sums["seen"]], device)
+            totals = sums.values()
+            loss_sum, seen = ranks.sum([totals["loss"], totals["seen"]], device)
             record: dict[str, Any] = {
                 "epoch": epoch + 1,
                 "loss": loss_sum / max(seen, 1),

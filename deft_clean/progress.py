@@ -62,5 +62,8 @@ class RichProgress:
         self._progress.advance(self._task, n)
         task = self._progress.tasks[-1]
         rate = f"{task.speed:,.0f} img/s" if task.speed else ""
-        text = "  ".join(f"{k} {v:.3f}" for k, v in metrics.items())
-        self._progress.update(self._task, rate=rate, metrics=text)
+        if metrics:  # loops report metrics every few steps only; keep the last ones shown in between
+            text = "  ".join(f"{k} {v:.3f}" for k, v in metrics.items())
+            self._progress.update(self._task, rate=rate, metrics=text)
+        else:
+            self._progress.update(self._task, rate=rate)
