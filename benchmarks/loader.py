@@ -4,7 +4,9 @@ No model: a DataLoader without workers (one core) over synthetic JPEGs of severa
 input size (224 by default), with the training transform (random resized crop + flip) and the scoring
 transform (resize + center crop). Multiply by the number of DataLoader workers to get what a GPU can be fed.
 
-    .venv/bin/python benchmarks/loader.py                 # ~6 min (most of it writing 2,000 px JPEGs); writes benchmarks/results/loader_cpu.{md,json}
+    .venv/bin/python benchmarks/loader.py    # ~6 min, most of it writing 2,000 px JPEGs
+
+Writes benchmarks/results/loader_cpu.md and .json.
 """
 
 from __future__ import annotations

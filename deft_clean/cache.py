@@ -119,7 +119,7 @@ def prepare_cache(
     keys = _keys(listing)
     stats = _stat(keys)
     rank, world = (ranks.rank, ranks.world) if ranks is not None else (0, 1)
-    missing = np.flatnonzero(_lookup(folder, keys, stats)[0] < 0)
+    missing = _distinct(keys, np.flatnonzero(_lookup(folder, keys, stats)[0] < 0))  # a file listed twice: once
     mine = missing[rank::world]
     if progress is not None and len(missing):
         progress.start_task(f"caching {size}px images", len(mine))
@@ -157,6 +157,14 @@ def prepare_cache(
 def _keys(listing: Listing) -> list[str]:
     root = os.path.abspath(listing.root)
     return [os.path.join(root, path) for path in listing.paths]
+
+
+def _distinct(keys: list[str], indices: np.ndarray) -> np.ndarray:
+    """The first of ``indices`` for each distinct key, in order."""
+    first: dict[str, int] = {}
+    for i in indices.tolist():
+        first.setdefault(keys[i], i)
+    return np.fromiter(first.values(), dtype=np.int64, count=len(first))
 
 
 def _stat(keys: list[str]) -> np.ndarray:

@@ -158,3 +158,13 @@ def test_workers_read_the_cache_and_persist_across_epochs(tiny_clip, noisy_folde
     p_main = uninterrupted.frame["p_clean"].to_numpy(dtype=float)
     assert np.corrcoef(p_workers, p_main)[0, 1] > 0.8
     assert len(result.history) == 3
+
+
+def test_a_file_listed_twice_is_decoded_once(odd_folder, tmp_path, monkeypatch):
+    table = odd_folder / "listing.csv"
+    table.write_text("path,label\ncat/0.png,cat\ncat/0.png,dog\ndog/1.jpg,dog\n")
+    listing = list_dataset(table)
+    calls = count_decodes(monkeypatch)
+    cached = prepare_cache(tmp_path / "cache", listing, size=24, num_workers=0)
+    assert len(calls) == 2
+    assert np.array_equal(cached.pixels(0), cached.pixels(1))
