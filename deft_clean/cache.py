@@ -118,8 +118,13 @@ def prepare_cache(
         raise UsageError(f"--cache {cache_dir}: cannot create the cache folder ({exc.strerror})") from None
     keys = _keys(listing)
     stats = _stat(keys)
-    rank, world = (ranks.rank, ranks.world) if ranks is not None else (0, 1)
-    missing = _distinct(keys, np.flatnonzero(_lookup(folder, keys, stats)[0] < 0))  # a file listed twice: once
+    rank, world = (ranks.rank, ranks.world) if ranks is not None and ranks.active else (0, 1)
+    missing = None
+    if rank == 0:
+        missing = _distinct(keys, np.flatnonzero(_lookup(folder, keys, stats)[0] < 0))  # a file listed twice: once
+    if world > 1:  # one view of what is missing: a rank that looked later would see another rank's shards
+        missing = ranks.all_gather(missing)[0]
+    assert missing is not None
     mine = missing[rank::world]
     if progress is not None and len(missing):
         progress.start_task(f"caching {size}px images", len(mine))
@@ -136,7 +141,7 @@ def prepare_cache(
             progress=progress,
             stop=stop,
         )
-    if ranks is not None:
+    if world > 1:
         ranks.barrier()
     found, shards, rows, statuses = _lookup(folder, keys, stats)
     if (found < 0).any():

@@ -168,3 +168,27 @@ def test_a_file_listed_twice_is_decoded_once(odd_folder, tmp_path, monkeypatch):
     cached = prepare_cache(tmp_path / "cache", listing, size=24, num_workers=0)
     assert len(calls) == 2
     assert np.array_equal(cached.pixels(0), cached.pixels(1))
+
+
+def test_torchrun_ranks_fill_their_share_of_the_cache(tiny_clip, noisy_folder, uninterrupted, tmp_path):  # noqa: F811
+    import subprocess
+    import sys
+
+    out, cached = tmp_path / "results.parquet", tmp_path / "cache"
+    opts = options(tiny_clip)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    command += ["-m", "deft_clean", "detect", str(noisy_folder.root), "--out", str(out), "--quiet"]
+    command += ["--model", opts["model"], "--pretrained", opts["pretrained"], "--ctx-init", opts["ctx_init"]]
+    command += ["--epochs", "1", "--device", "cpu", "--num-workers", "0", "--cache", str(cached)]
+    done = subprocess.run(
+        command, capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    frame, _ = deft_clean.load_results(out)
+    assert (frame["status"] == "ok").all() and len(frame) == len(uninterrupted.frame)
+    folder = cache_folder(cached, 32)
+    assert len(list(folder.glob("shard-*.npy"))) == 2  # one per rank
+    import pyarrow.parquet as pq
+
+    index = pq.read_table(folder / "index.parquet")
+    assert index.num_rows == len(frame) and len(set(index["key"].to_pylist())) == len(frame)  # each file once
