@@ -132,6 +132,24 @@ def seed_everything(seed: int) -> torch.Generator:
     return generator
 
 
+def rank_streams(generator: torch.Generator, ranks: Dist, position: int = 0) -> torch.Generator:
+    """Per-rank random streams under torchrun; with one process, ``generator`` itself and nothing changes.
+
+    Every rank must draw the same epoch orders from ``generator``, but augmentation and complementary labels
+    (torch's global RNG) and DataLoader worker seeds should differ between ranks, or each rank would crop
+    its samples with the same random numbers. This reseeds the global RNG from (seed, rank, ``position`` =
+    steps done before a resume) and returns a generator for the DataLoader's worker seeds. Call it after
+    the trainable parameters were broadcast from rank 0.
+    """
+    if not ranks.active:
+        return generator
+    seed = (generator.initial_seed() + 7919 * (ranks.rank + 1) + 104729 * position) % 2**63
+    torch.manual_seed(seed)
+    own = torch.Generator()
+    own.manual_seed(seed)
+    return own
+
+
 def autocast_for(device: torch.device) -> tuple[Callable[[], contextlib.AbstractContextManager], bool]:
     """The autocast context to use and whether fp16 needs a grad scaler: bf16/fp16 AMP on CUDA, fp32 on CPU."""
     if device.type != "cuda":
@@ -361,15 +379,6 @@ def train_prompts(
 
     history: list[EpochStats] = []
     start_epoch, skip_steps, sums = 0, 0, EpochSums(device)
-    visiting = EpochOrder()
-    loader = make_loader(
-        dataset,
-        batch_size=batch_size,
-        sampler=visiting,
-        generator=generator,
-        num_workers=num_workers,
-        device=device,
-    )
     if control.resume is not None:
         state = control.resume
         model.load_trainable_state(state["trainable"])
@@ -378,6 +387,15 @@ def train_prompts(
         start_epoch, skip_steps = int(state["epoch"]), int(state["step"])
         sums = EpochSums(device, json.loads(state["sums"]))
     ranks.broadcast_parameters(parameters)
+    visiting = EpochOrder()
+    loader = make_loader(
+        dataset,
+        batch_size=batch_size,
+        sampler=visiting,
+        generator=rank_streams(generator, ranks, start_epoch * steps_per_epoch + skip_steps),
+        num_workers=num_workers,
+        device=device,
+    )
 
     def snapshot(epoch: int, step: int, epoch_start: torch.Tensor) -> dict[str, Any]:
         """Everything needed to continue after ``step`` batches of ``epoch`` (0-based)."""

@@ -162,6 +162,7 @@ def _train(
         EpochSums,
         autocast_for,
         make_loader,
+        rank_streams,
         report_now,
         resolve_workers,
         seed_everything,
@@ -233,14 +234,6 @@ def _train(
         sampler = WeightedRandomSampler(torch.as_tensor(weights), len(rows), replacement=True, generator=generator)
 
     epoch_order = EpochOrder()
-    loader = make_loader(
-        train_set,
-        batch_size=cfg.batch_size,
-        sampler=epoch_order,
-        generator=generator,
-        num_workers=workers,
-        device=device,
-    )
 
     steps_per_epoch = max(1, math.ceil(math.ceil(len(rows) / ranks.world) / cfg.batch_size))
     # DDP averages the gradients; the wrapped module is only used for the forward pass.
@@ -274,6 +267,14 @@ def _train(
         best = state["best"].item() if state["best"].numel() else None
         start_epoch, skip_steps = int(state["epoch"]), int(state["step"])
         sums = EpochSums(device, json.loads(state["sums"]))
+    loader = make_loader(
+        train_set,
+        batch_size=cfg.batch_size,
+        sampler=epoch_order,
+        generator=rank_streams(generator, ranks, start_epoch * steps_per_epoch + skip_steps),
+        num_workers=workers,
+        device=device,
+    )
     if ranks.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
 

@@ -226,3 +226,21 @@ def test_torchrun_two_cpu_processes_train(noisy_folder, uninterrupted, tmp_path)
     )
     predicted = deft_clean.predict(out, [noisy_folder.root], device="cpu", num_workers=0, quiet=True)
     assert len(predicted.frame) == len(uninterrupted.frame)
+
+
+def test_ranks_get_their_own_augmentation_streams_but_one_epoch_order():
+    import torch
+
+    from deft_clean.detector import epoch_order, rank_streams, seed_everything
+    from deft_clean.distributed import Dist
+
+    generator = seed_everything(0)
+    assert rank_streams(generator, Dist()) is generator  # one process: nothing changes
+    draws, orders = [], []
+    for rank in (0, 1):
+        generator = seed_everything(0)
+        loader_generator = rank_streams(generator, Dist(rank=rank, world=2))
+        draws.append((torch.rand(4), torch.randint(0, 2**30, (1,), generator=loader_generator)))
+        orders.append(epoch_order(20, generator))
+    assert not torch.equal(draws[0][0], draws[1][0]) and not torch.equal(draws[0][1], draws[1][1])
+    assert orders[0] == orders[1]
