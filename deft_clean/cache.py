@@ -121,7 +121,9 @@ def prepare_cache(
     rank, world = (ranks.rank, ranks.world) if ranks is not None and ranks.active else (0, 1)
     missing = None
     if rank == 0:
-        missing = _distinct(keys, np.flatnonzero(_lookup(folder, keys, stats)[0] < 0))  # a file listed twice: once
+        missing = _distinct(
+            keys, np.flatnonzero(_lookup(folder, keys, stats, size)[0] < 0)
+        )  # a file listed twice: once
     if world > 1:  # one view of what is missing: a rank that looked later would see another rank's shards
         missing = ranks.all_gather(missing)[0]
     assert missing is not None
@@ -143,7 +145,7 @@ def prepare_cache(
         )
     if world > 1:
         ranks.barrier()
-    found, shards, rows, statuses = _lookup(folder, keys, stats)
+    found, shards, rows, statuses = _lookup(folder, keys, stats, size)
     if (found < 0).any():
         first = keys[int(np.flatnonzero(found < 0)[0])]
         raise UsageError(
@@ -192,7 +194,26 @@ def _read_index(folder: Path) -> pa.Table:
         return INDEX_SCHEMA.empty_table()
 
 
-def _lookup(folder: Path, keys: list[str], stats: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, list]:
+def _intact_shards(folder: Path, shards: np.ndarray, rows: np.ndarray, size: int) -> dict[str, bool]:
+    """Which of the shards that entries point to can be read with every row they need."""
+    needed: dict[str, int] = {}
+    for shard, row in zip(shards.tolist(), rows.tolist(), strict=True):
+        needed[shard] = max(needed.get(shard, -1), row)
+    intact = {}
+    for shard, last_row in needed.items():
+        try:
+            pixels = np.load(folder / shard, mmap_mode="r")
+            intact[shard] = (
+                pixels.dtype == np.uint8 and pixels.shape[1:] == (size, size, 3) and pixels.shape[0] > last_row
+            )
+        except (OSError, ValueError):
+            intact[shard] = False
+    return intact
+
+
+def _lookup(
+    folder: Path, keys: list[str], stats: np.ndarray, size: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, list]:
     """For each key: the index position of a valid entry (-1 if none), its shard, row and status."""
     table = _read_index(folder)
     found = pc.index_in(pa.array(keys, pa.string()), value_set=table["key"])
@@ -202,9 +223,13 @@ def _lookup(folder: Path, keys: list[str], stats: np.ndarray) -> tuple[np.ndarra
     mtimes = table["mtime_ns"].to_numpy()
     valid = hit.copy()
     valid[hit] = (sizes[position[hit]] == stats[hit, 0]) & (mtimes[position[hit]] == stats[hit, 1])
-    position = np.where(valid, position, -1)
     shard_col = np.asarray(table["shard"].to_pylist(), dtype=object)
     row_col = table["row"].to_numpy()
+    if valid.any():  # an entry whose shard was deleted or cut short is decoded again, not an unusable row
+        used = position[valid]
+        intact = _intact_shards(folder, shard_col[used], row_col[used], size)
+        valid[valid] = np.fromiter((intact.get(s, False) for s in shard_col[used]), dtype=bool, count=len(used))
+    position = np.where(valid, position, -1)
     status_col = table["status"].to_pylist()
     shards = np.where(valid, shard_col[np.clip(position, 0, None)] if len(table) else "", "").astype(object)
     rows = np.where(valid, row_col[np.clip(position, 0, None)] if len(table) else -1, -1)

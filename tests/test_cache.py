@@ -192,3 +192,20 @@ def test_torchrun_ranks_fill_their_share_of_the_cache(tiny_clip, noisy_folder, u
 
     index = pq.read_table(folder / "index.parquet")
     assert index.num_rows == len(frame) and len(set(index["key"].to_pylist())) == len(frame)  # each file once
+
+
+def test_a_deleted_or_truncated_shard_is_decoded_again(odd_folder, tmp_path, monkeypatch):
+    listing = list_dataset(odd_folder)
+    monkeypatch.setattr(cache_module, "SHARD_BYTES", 8 * 24 * 24 * 3)  # 8 images per shard: 2 shards
+    prepare_cache(tmp_path / "cache", listing, size=24, num_workers=0)
+    first, second = sorted(cache_folder(tmp_path / "cache", 24).glob("shard-*.npy"))
+    second.unlink()
+    calls = count_decodes(monkeypatch)
+    again = prepare_cache(tmp_path / "cache", listing, size=24, num_workers=0)
+    assert len(calls) == 8 and len(again.failures) == 1  # only the corrupt file is unusable
+    with open(first, "r+b") as handle:
+        handle.truncate(first.stat().st_size // 2)
+    calls.clear()
+    again = prepare_cache(tmp_path / "cache", listing, size=24, num_workers=0)
+    assert len(calls) == 8
+    assert items(listing, 24, again)[0][3] == "ok"
