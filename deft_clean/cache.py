@@ -33,6 +33,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from .data import STATUS_OK, CachedFailure, Listing, PackedStrings, describe_failure, load_image
+from .distributed import Dist
 from .errors import UsageError
 from .results import write_atomic
 from .transforms import square_transform
@@ -101,7 +102,7 @@ def prepare_cache(
     num_workers: int,
     progress: Any = None,
     stop: Any = None,
-    ranks: Any = None,
+    ranks: Dist | None = None,
     batch_size: int = 64,
 ) -> CachedImages:
     """Make sure every file of ``listing`` is cached at ``size``; return the listing's view of the cache.
@@ -121,9 +122,8 @@ def prepare_cache(
     rank, world = (ranks.rank, ranks.world) if ranks is not None and ranks.active else (0, 1)
     missing = None
     if rank == 0:
-        missing = _distinct(
-            keys, np.flatnonzero(_lookup(folder, keys, stats, size)[0] < 0)
-        )  # a file listed twice: once
+        position = _lookup(folder, keys, stats, size)[0]
+        missing = _distinct(keys, np.flatnonzero(position < 0))  # a file listed twice is decoded once
     if world > 1:  # one view of what is missing: a rank that looked later would see another rank's shards
         missing = ranks.all_gather(missing)[0]
     assert missing is not None
@@ -133,7 +133,6 @@ def prepare_cache(
     if len(mine):
         _fill(
             folder,
-            listing,
             keys,
             stats,
             mine,
@@ -149,8 +148,9 @@ def prepare_cache(
     if (found < 0).any():
         first = keys[int(np.flatnonzero(found < 0)[0])]
         raise UsageError(
-            f"--cache {cache_dir}: {int((found < 0).sum())} file(s) were not cached, e.g. {first}; under torchrun "
-            "the cache folder must be on a filesystem that every rank sees"
+            f"--cache {cache_dir}: {int((found < 0).sum())} file(s) are missing from the cache after filling it, "
+            f"e.g. {first}; were files changed during the run? Under torchrun the cache folder must be on a "
+            "filesystem that every rank sees"
         )
     names = sorted(set(shards[shards != ""].tolist()))
     number = {name: i for i, name in enumerate(names)}
@@ -282,7 +282,6 @@ class _Decode(Dataset):
 
 def _fill(
     folder: Path,
-    listing: Listing,
     keys: list[str],
     stats: np.ndarray,
     indices: np.ndarray,
