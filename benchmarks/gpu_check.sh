@@ -5,13 +5,7 @@
 #   the data-overhead ratio between them, scoring img/s; then the tiny model and a full 10k-image detect.
 # Results: $OUT/speed_cuda.{md,json} when $OUT is set, else benchmarks/results/.
 #   bash benchmarks/gpu_check.sh            # needs torch with CUDA, open_clip_torch, deft_clean importable
-set -euo pipefail
-cd "$(dirname "$0")/.."
-PY="${PYTHON:-.venv/bin/python}"
-[ -x "$PY" ] || PY=python
-OUT_DIR="${OUT:-benchmarks/results}"
-WORKERS="${WORKERS:-8}"
-"$PY" -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; print(torch.cuda.get_device_name())"
+source "$(dirname "$0")/gpu_env.sh"
 # a hard stop at 7.5 minutes (the whole run takes ~2-4 min on an H100)
 timeout 450 "$PY" benchmarks/speed.py --device cuda --models ViT-B-16,tiny \
     --vit-batch-size 64 --vit-batches 40 --tiny-batch-size 64 --tiny-batches 40 --epochs 2 \

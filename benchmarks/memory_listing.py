@@ -119,17 +119,21 @@ def main() -> None:
         listing = list_dataset(table)
         phases.append(("list_dataset", peak_rss_mib(), time.perf_counter() - started))
 
+        def score(cache=None):
+            return score_samples(
+                PooledPixels(len(listing.classes)),  # type: ignore[arg-type]
+                listing,
+                batch_size=args.batch_size,
+                image_size=args.image_size,
+                mean=(0.5, 0.5, 0.5),
+                std=(0.5, 0.5, 0.5),
+                device=torch.device("cpu"),
+                num_workers=args.num_workers,
+                cache=cache,
+            )
+
         started = time.perf_counter()
-        scores = score_samples(
-            PooledPixels(len(listing.classes)),  # type: ignore[arg-type]
-            listing,
-            batch_size=args.batch_size,
-            image_size=args.image_size,
-            mean=(0.5, 0.5, 0.5),
-            std=(0.5, 0.5, 0.5),
-            device=torch.device("cpu"),
-            num_workers=args.num_workers,
-        )
+        scores = score()
         scoring_seconds = time.perf_counter() - started
         phases.append(("score_samples (stand-in model)", peak_rss_mib(), scoring_seconds))
         failures = len(scores.failures)
@@ -146,17 +150,7 @@ def main() -> None:
         cache = prepare_cache(Path(tmp) / "cache", listing, size=args.image_size, num_workers=args.num_workers)
         phases.append(("prepare_cache, second run (lookup only)", peak_rss_mib(), time.perf_counter() - started))
         started = time.perf_counter()
-        cached_scores = score_samples(
-            PooledPixels(len(listing.classes)),  # type: ignore[arg-type]
-            listing,
-            batch_size=args.batch_size,
-            image_size=args.image_size,
-            mean=(0.5, 0.5, 0.5),
-            std=(0.5, 0.5, 0.5),
-            device=torch.device("cpu"),
-            num_workers=args.num_workers,
-            cache=cache,
-        )
+        cached_scores = score(cache)
         cached_seconds = time.perf_counter() - started
         phases.append(("score_samples from the cache", peak_rss_mib(), cached_seconds))
         assert cached_scores.failures == scores.failures
