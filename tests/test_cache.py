@@ -143,9 +143,11 @@ def test_detect_and_train_share_the_cache(tiny_clip, noisy_folder, uninterrupted
         device="cpu",
         num_workers=0,
         cache=str(tmp_path / "cache"),
+        val=noisy_folder.root,  # the same files: the validation pass reads the cache too
         quiet=True,
     )
     assert calls == [] and trained.n_train == int(result.frame["is_clean"].sum())
+    assert trained.history[0]["val_accuracy"] is not None
 
 
 def test_workers_read_the_cache_and_persist_across_epochs(tiny_clip, noisy_folder, uninterrupted, tmp_path):  # noqa: F811
