@@ -120,7 +120,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     # Options for a small model on small data: contexts start from a template the model knows, a gentle
     # learning rate, few visual prompt tokens, no flips (digits are not mirror-symmetric).
     small = ["--ctx-init", "a photo of a", "--lr", "0.01", "--vpt-tokens", "4", "--epochs", "10", "--no-hflip"]
-    deft_clean("detect", str(noisy_root), "--out", str(results), *model, *small)
+    # Decode every image once; detect's epochs, its scoring pass and train below all read the cache.
+    cache = ["--cache", str(out / "image-cache")]
+    deft_clean("detect", str(noisy_root), "--out", str(results), *model, *small, *cache)
     check_detection(results, out / "true_labels.json", wrong)
 
     skipped = []
@@ -132,7 +134,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if "train" in commands:
         deft_clean("train", str(noisy_root), "--results", str(results), "--out", str(model_dir), "--clean-only",
                    "--epochs", "5", "--lr", "0.01", "--no-hflip", "--val", str(test_root), "--overwrite",
-                   "--device", args.device, "--num-workers", "0")
+                   "--device", args.device, "--num-workers", "0", *cache)
     else:
         skipped.append("train")
     if "predict" in commands and "train" in commands:
