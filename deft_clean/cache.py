@@ -120,10 +120,10 @@ def prepare_cache(
     keys = _keys(listing)
     stats = _stat(keys)
     rank, world = (ranks.rank, ranks.world) if ranks is not None and ranks.active else (0, 1)
-    missing = None
+    missing, looked_up = None, None
     if rank == 0:
-        position = _lookup(folder, keys, stats, size)[0]
-        missing = _distinct(keys, np.flatnonzero(position < 0))  # a file listed twice is decoded once
+        looked_up = _lookup(folder, keys, stats, size)
+        missing = _distinct(keys, np.flatnonzero(looked_up[0] < 0))  # a file listed twice is decoded once
     if world > 1:  # one view of what is missing: a rank that looked later would see another rank's shards
         missing = ranks.all_gather(missing)[0]
     assert missing is not None
@@ -144,7 +144,10 @@ def prepare_cache(
         )
     if world > 1:
         ranks.barrier()
-    found, shards, rows, statuses = _lookup(folder, keys, stats, size)
+    if len(missing) or world > 1:  # the index changed, or this rank has not read it
+        looked_up = _lookup(folder, keys, stats, size)
+    assert looked_up is not None
+    found, shards, rows, statuses = looked_up
     if (found < 0).any():
         first = keys[int(np.flatnonzero(found < 0)[0])]
         raise UsageError(
@@ -261,21 +264,20 @@ def _add_to_index(folder: Path, entries: dict[str, list]) -> None:
 
 
 class _Decode(Dataset):
-    """Decode + square-crop the files at ``indices``; items are (uint8 [S, S, 3], position, status)."""
+    """Decode + square-crop ``files``; items are (uint8 [S, S, 3], position in ``files``, status)."""
 
-    def __init__(self, keys: list[str], indices: np.ndarray, size: int) -> None:
-        self.keys = PackedStrings(keys)
-        self.indices = indices
+    def __init__(self, files: list[str], size: int) -> None:
+        self.files = PackedStrings(files)
         self.size = size
         self.square = square_transform(size)
 
     def __len__(self) -> int:
-        return len(self.indices)
+        return len(self.files)
 
     def __getitem__(self, item: int) -> tuple[torch.Tensor, int, str]:
         try:
-            image = self.square(load_image(self.keys[int(self.indices[item])], draft_size=self.size))
-            return torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()), item, STATUS_OK
+            image = self.square(load_image(self.files[item], draft_size=self.size))
+            return torch.from_numpy(np.array(image, dtype=np.uint8)), item, STATUS_OK
         except Exception as exc:  # any decode failure is a cached status, never a crash
             return torch.zeros(self.size, self.size, 3, dtype=torch.uint8), item, describe_failure(exc)
 
@@ -300,7 +302,8 @@ def _fill(
         statuses: list[str | None] = [None] * len(chunk)
         try:
             pixels = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(chunk), size, size, 3))
-            loader = DataLoader(_Decode(keys, chunk, size), batch_size=batch_size, num_workers=num_workers)
+            files = _Decode([keys[i] for i in chunk], size)  # this shard's files only, not the whole listing
+            loader = DataLoader(files, batch_size=batch_size, num_workers=num_workers)
             for images, positions, batch_status in loader:
                 positions = positions.numpy()
                 pixels[positions] = images.numpy()

@@ -16,7 +16,7 @@ from rich.table import Table
 from rich.text import Text
 
 from . import cli_review
-from .cli_common import Cache, Debug, Device, Quiet, _run
+from .cli_common import Cache, Debug, Device, Quiet, Workers, _run
 from .config import CLEAN_RULES, DetectConfig, TrainConfig
 
 app = typer.Typer(
@@ -81,7 +81,7 @@ def detect(
         str, typer.Option(help=f"Which samples count as clean: {' | '.join(CLEAN_RULES)}.")
     ] = D.clean_rule,
     hflip: Annotated[bool, typer.Option(help="Random horizontal flips while training.")] = D.hflip,
-    num_workers: Annotated[int | None, typer.Option(help="DataLoader workers (default: min(8, CPUs)).")] = None,
+    num_workers: Workers = None,
     cache: Cache = None,
     seed: Annotated[int, typer.Option(help="Random seed.")] = D.seed,
     run_dir: Annotated[
@@ -201,7 +201,7 @@ def train(
     val: Annotated[Path | None, typer.Option(help="Held-out folder or table: accuracy per epoch, best kept.")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from checkpoint.pt in --out.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Allow a non-empty --out.")] = False,
-    num_workers: Annotated[int | None, typer.Option(help="DataLoader workers (default: min(8, CPUs)).")] = None,
+    num_workers: Workers = None,
     cache: Cache = None,
     seed: Annotated[int, typer.Option(help="Random seed.")] = TD.seed,
     device: Device = TD.device,
@@ -257,7 +257,7 @@ def predict(
     batch_size: Annotated[int, typer.Option(help="Batch size.")] = 64,
     path_col: Annotated[str, typer.Option(help="Path column of a table.")] = "path",
     label_col: Annotated[str, typer.Option(help="Label column of a table (optional).")] = "label",
-    num_workers: Annotated[int | None, typer.Option(help="DataLoader workers (default: min(8, CPUs)).")] = None,
+    num_workers: Workers = None,
     device: Device = "auto",
     quiet: Quiet = False,
     debug: Debug = False,
