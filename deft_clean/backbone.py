@@ -141,6 +141,17 @@ def encode_image(clip: nn.Module, images: torch.Tensor) -> torch.Tensor:
     return clip.encode_image(images, normalize=True)
 
 
+ZERO_SHOT_TEMPLATE = "a photo of a {}."
+
+
+@torch.no_grad()
+def zero_shot_text(loaded: LoadedClip, prompt_names: list[str], template: str = ZERO_SHOT_TEMPLATE) -> torch.Tensor:
+    """L2-normalised text features [K, E] of ``template`` filled with each class's prompt name."""
+    device = next(loaded.model.parameters()).device
+    tokens = loaded.tokenizer([template.format(name) for name in prompt_names]).to(device)  # [K, L]
+    return loaded.model.encode_text(tokens, normalize=True).float()
+
+
 # ----------------------------------------------------------------------------------------------------
 # Text tower: encode prompts given as token embeddings instead of token ids
 

@@ -78,8 +78,18 @@ def detect(
         float | None, typer.Option(help="Clip the prompts' gradient norm; 0 turns clipping off.")
     ] = D.grad_clip,
     clean_rule: Annotated[
-        str, typer.Option(help=f"Which samples count as clean: {' | '.join(CLEAN_RULES)}.")
+        str, typer.Option(help=f"DeFT's prompt rule (training, and --selection deft): {' | '.join(CLEAN_RULES)}.")
     ] = D.clean_rule,
+    selection: Annotated[
+        str,
+        typer.Option(
+            help="fused: text evidence seeds a clean set grown by cross-fitted image evidence (default); "
+            "deft: the paper's dual-prompt rule."
+        ),
+    ] = D.selection,
+    quick: Annotated[
+        bool, typer.Option("--quick", help="Skip prompt training: zero-shot prompts + image evidence, one pass.")
+    ] = D.quick,
     hflip: Annotated[bool, typer.Option(help="Random horizontal flips while training.")] = D.hflip,
     num_workers: Workers = None,
     cache: Cache = None,
@@ -114,6 +124,8 @@ def detect(
         "weight_decay": weight_decay,
         "grad_clip": grad_clip or None,
         "clean_rule": clean_rule,
+        "selection": selection,
+        "quick": quick,
         "hflip": hflip,
         "num_workers": num_workers,
         "cache": str(cache) if cache is not None else None,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 
 CLEAN_RULES = ("threshold", "threshold+argmax")
+SELECTIONS = ("fused", "deft")
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,10 @@ class DetectConfig:
     # "threshold": p_clean > 0.5 (the paper's synthetic-noise rule); "threshold+argmax": also the
     # positive-prompt top-1 must equal the given label (the reference's real-noise rule; more precise).
     clean_rule: str = "threshold+argmax"
+    # "fused": text evidence (learned prompts + zero-shot) seeds a clean set that cross-fitted visual
+    # evidence grows; flags from per-class thresholds. "deft": the paper's dual-prompt rule (clean_rule).
+    selection: str = "fused"
+    quick: bool = False  # skip prompt training: zero-shot prompts + visual evidence, one pass over the images
     hflip: bool = True  # random horizontal flips in training (turn off for digits, text, ...)
     seed: int = 0  # seeds prompt init, shuffling, augmentation and complementary labels
     device: str = "auto"  # "auto", "cpu", "cuda" or "cuda:N"
@@ -51,6 +56,10 @@ class DetectConfig:
             raise UsageError(f"--grad-clip must be positive, got {self.grad_clip}")
         if self.lr <= 0:
             raise UsageError(f"--lr must be positive, got {self.lr}")
+        if self.selection not in SELECTIONS:
+            raise UsageError(f"--selection must be one of {', '.join(SELECTIONS)}, got {self.selection!r}")
+        if self.quick and self.selection == "deft":
+            raise UsageError("--selection deft needs trained prompts; drop --quick")
         if self.clean_rule not in CLEAN_RULES:
             raise UsageError(f"--clean-rule must be one of {', '.join(CLEAN_RULES)}, got {self.clean_rule!r}")
 

@@ -37,6 +37,10 @@ from .vpt import add_visual_prompts
 P_MIN = 1e-5  # probabilities are clamped before log, as in the reference
 
 
+class TrainingDiverged(RuntimeError):
+    """The training loss became NaN or infinite; the message says when."""
+
+
 @dataclass
 class EpochStats:
     epoch: int  # 1-based
@@ -54,6 +58,7 @@ class Scores:
     sim_neg: np.ndarray  # float32 [N] cosine(image, negative prompt of the given label)
     predicted_index: np.ndarray  # int64 [N], -1 for unusable files
     p_predicted: np.ndarray  # float32 [N] softmax over positive prompts at the prediction
+    p_label: np.ndarray  # float32 [N] softmax over positive prompts at the given label
     failures: dict[int, str]  # sample index -> why its file could not be used; usable files are absent
 
     @property
@@ -454,6 +459,8 @@ def train_prompts(
                 scaler.update()
                 scheduler.step()
             report = report_now(step, steps_per_epoch)
+            if report and not math.isfinite(sums.values()["loss"]):
+                raise TrainingDiverged(f"the prompt-training loss became non-finite in epoch {epoch + 1}, step {step}")
             if progress is not None:
                 progress.advance(len(status), **(sums.means() if report else {}))
             signalled = control.stop is not None and control.stop.requested
@@ -478,9 +485,26 @@ def train_prompts(
     return history
 
 
+BatchFn = Callable[[torch.Tensor, torch.Tensor], dict[str, torch.Tensor]]
+
+
+def image_features(clip: nn.Module, listing: Listing, **loader: Any) -> tuple[np.ndarray, dict[int, str]]:
+    """Frozen, L2-normalised image features of every sample: ([N, E] float32, NaN rows for unusable files;
+    failures). ``loader`` takes :func:`eval_pass`'s keyword options."""
+    clip.eval()
+    width = int(getattr(clip.visual, "output_dim", 0) or clip.embed_dim)  # E
+
+    def batch_fn(images: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"features": encode_image(clip, images)}
+
+    arrays, failures = eval_pass(batch_fn, {"features": (width,)}, listing, **loader)
+    return arrays["features"], failures
+
+
 @torch.no_grad()
-def score_samples(
-    model: DeftModel,
+def eval_pass(
+    batch_fn: BatchFn,
+    columns: dict[str, tuple[int, ...]],
     listing: Listing,
     *,
     batch_size: int,
@@ -493,13 +517,14 @@ def score_samples(
     stop: StopOnSignal | None = None,
     ranks: Dist = Dist(),
     cache: CachedImages | None = None,
-) -> Scores:
-    """Eval-mode pass without augmentation over every sample: p_clean, similarities, prediction.
+) -> tuple[dict[str, np.ndarray], dict[int, str]]:
+    """One eval-mode pass without augmentation over every sample of ``listing``.
 
-    ``stop`` is checked after each batch (it raises :class:`~deft_clean.runstate.Interrupted`). With
-    several ``ranks`` each scores samples ``rank::world`` and every rank gets the merged arrays.
+    ``batch_fn(images [B, 3, H, W], labels [B])`` returns per-sample tensors, one per name of ``columns``
+    (``columns[name]`` is the shape after the batch dimension). Returns float32 arrays ``[N, *shape]``
+    (NaN for unusable files) and the failures (sample index -> status). ``stop`` is checked after each
+    batch; with several ``ranks`` each handles samples ``rank::world`` and every rank gets the merged arrays.
     """
-    model.eval()
     dataset = ImageDataset(
         listing.root,
         listing.paths,
@@ -513,16 +538,9 @@ def score_samples(
         dataset, batch_size=batch_size, sampler=None, generator=None, num_workers=num_workers, device=device
     )
     n = len(listing)
-    sim_pos = np.full(n, np.nan, dtype=np.float32)
-    sim_neg = np.full(n, np.nan, dtype=np.float32)
-    predicted = np.full(n, -1, dtype=np.int64)
-    p_predicted = np.full(n, np.nan, dtype=np.float32)
+    arrays = {name: np.full((n, *shape), np.nan, dtype=np.float32) for name, shape in columns.items()}
     failures: dict[int, str] = {}  # only failures are kept: memory stays O(N) numbers, not N objects
     autocast, _ = autocast_for(device)
-    scale = float(model.scale())
-    with autocast():
-        text = model.text_features()
-    positive_text, negative_text = text.positive.float(), text.negative.float()
     if progress is not None:
         progress.start_scoring(n)
     for images, labels, indices, batch_status in loader:
@@ -534,39 +552,66 @@ def score_samples(
         if usable.any():
             images, lab = usable_on_device(images, labels, usable, device)
             with autocast():
-                features = model.image_features(images)
-            features = features.float()
-            cos_pos = features @ positive_text.t()  # [B, K]
-            cos_neg = features @ negative_text.t()  # [B, K]
-            rows = torch.arange(cos_pos.shape[0], device=cos_pos.device)
-            probs = (scale * cos_pos).softmax(dim=1)
-            top_p, top_i = probs.max(dim=1)
+                values = batch_fn(images, lab)
             keep = idx[usable.numpy()]
-            sim_pos[keep] = cos_pos[rows, lab].cpu().numpy()
-            sim_neg[keep] = cos_neg[rows, lab].cpu().numpy()
-            predicted[keep] = top_i.cpu().numpy()
-            p_predicted[keep] = top_p.cpu().numpy()
+            for name, value in values.items():
+                arrays[name][keep] = value.float().cpu().numpy()
         if progress is not None:
             progress.advance(len(batch_status))
         if stop is not None and not ranks.active:  # with ranks, all check together below
             stop.check()
     if ranks.active:
         mine = dataset.indices
-        parts = ranks.all_gather((mine, sim_pos[mine], sim_neg[mine], predicted[mine], p_predicted[mine], failures))
-        for index, *arrays, part_failures in parts:  # type: ignore[misc]
-            for target, values in zip((sim_pos, sim_neg, predicted, p_predicted), arrays, strict=True):
-                target[index] = values
+        parts = ranks.all_gather((mine, {name: a[mine] for name, a in arrays.items()}, failures))
+        for index, part, part_failures in parts:  # type: ignore[misc]
+            for name, values in part.items():
+                arrays[name][index] = values
             failures.update(part_failures)
         if stop is not None and ranks.any(stop.requested, device):
             stop.follow()
             stop.check()
+    return arrays, failures
+
+
+def score_samples(model: DeftModel, listing: Listing, **loader: Any) -> Scores:
+    """Eval-mode pass without augmentation over every sample: p_clean, similarities, prediction.
+
+    ``loader`` takes :func:`eval_pass`'s keyword options (batch size, image size, device, ranks, ...).
+    """
+    model.eval()
+    autocast, _ = autocast_for(loader["device"])
+    scale = float(model.scale())
+    with torch.no_grad(), autocast():
+        text = model.text_features()
+    positive_text, negative_text = text.positive.float(), text.negative.float()
+
+    def batch_fn(images: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        features = model.image_features(images).float()  # [B, E]
+        cos_pos = features @ positive_text.t()  # [B, K]
+        cos_neg = features @ negative_text.t()  # [B, K]
+        rows = torch.arange(cos_pos.shape[0], device=cos_pos.device)
+        probs = (scale * cos_pos).softmax(dim=1)
+        top_p, top_i = probs.max(dim=1)
+        return {
+            "sim_pos": cos_pos[rows, labels],
+            "sim_neg": cos_neg[rows, labels],
+            "predicted": top_i,
+            "p_predicted": top_p,
+            "p_label": probs[rows, labels],
+        }
+
+    columns = {name: () for name in ("sim_pos", "sim_neg", "predicted", "p_predicted", "p_label")}
+    arrays, failures = eval_pass(batch_fn, columns, listing, **loader)
+    sim_pos, sim_neg = arrays["sim_pos"], arrays["sim_neg"]
+    predicted = np.where(np.isnan(arrays["predicted"]), -1, arrays["predicted"]).astype(np.int64)
     p_clean = 1.0 / (1.0 + np.exp(-scale * (sim_pos.astype(np.float64) - sim_neg)))
     return Scores(
         p_clean=p_clean.astype(np.float32),
         sim_pos=sim_pos,
         sim_neg=sim_neg,
         predicted_index=predicted,
-        p_predicted=p_predicted,
+        p_predicted=arrays["p_predicted"],
+        p_label=arrays["p_label"],
         failures=failures,
     )
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import logging
 import os
 import platform
 from dataclasses import dataclass, field
@@ -34,6 +35,9 @@ class DetectResult:
     metadata: dict[str, Any]  # written to the Parquet under the "deft_clean" key
     history: list[dict[str, float]] = field(default_factory=list)  # per-epoch loss, clean fraction, img/s
     path: Path | None = None  # where the Parquet was written, if it was
+    features: np.ndarray | None = None  # float32 [N, E] frozen image features, rows aligned with frame
+    visual_probs: np.ndarray | None = None  # float32 [N, K] cross-fitted visual class probabilities (fused rule)
+    evidence: Any = None  # the Evidence behind the decision (zero-shot posterior, learned-prompt scores)
 
     @property
     def classes(self) -> list[str]:
@@ -129,24 +133,14 @@ def detect(
 
         from .backbone import load_clip, resolve_device
         from .cache import prepare_cache
-        from .detector import DeftModel, TrainControl, resolve_workers, score_samples, seed_everything, train_prompts
+        from .detector import resolve_workers, seed_everything
         from .progress import RichProgress
 
         device = device_for(ranks, resolve_device(cfg.device))
         quiet = quiet or not ranks.is_main  # one progress display and one set of warnings
         generator = seed_everything(cfg.seed)
         loaded = load_clip(cfg.model, cfg.pretrained, device=device, quiet=quiet)
-        model = DeftModel(
-            loaded,
-            listing.prompt_names,
-            n_ctx=cfg.n_ctx,
-            ctx_init=cfg.ctx_init,
-            class_specific=cfg.class_specific,
-            vpt_tokens=cfg.vpt_tokens,
-            vpt_depth=cfg.vpt_depth,
-        ).to(device)
         workers = resolve_workers(cfg.num_workers)
-        image = {"image_size": loaded.image_size, "mean": loaded.mean, "std": loaded.std}
         hint = (
             f"checkpoint saved in {checkpoint.parent}; rerun the same command with --resume to continue"
             if checkpoint is not None
@@ -173,40 +167,27 @@ def detect(
                         stop=stop,
                         ranks=ranks,
                     )
-            control = TrainControl(save=save, resume=resume_state, every_steps=checkpoint_every, stop=stop, ranks=ranks)
-            history = train_prompts(
-                model,
-                listing,
-                epochs=cfg.epochs,
-                warmup_epochs=cfg.warmup_epochs,
-                batch_size=cfg.batch_size,
-                lr=cfg.lr,
-                momentum=cfg.momentum,
-                weight_decay=cfg.weight_decay,
-                clean_rule=cfg.clean_rule,
-                hflip=cfg.hflip,
-                grad_clip=cfg.grad_clip,
-                device=device,
-                generator=generator,
-                num_workers=workers,
-                progress=progress,
-                control=control,
-                cache=cache,
-                **image,
+            passes = {
+                "batch_size": cfg.batch_size * 2,
+                "image_size": loaded.image_size,
+                "mean": loaded.mean,
+                "std": loaded.std,
+                "device": device,
+                "num_workers": workers,
+                "progress": progress,
+                "stop": stop,
+                "ranks": ranks,
+                "cache": cache,
+            }
+            evidence = gather_evidence(
+                cfg, loaded, listing, passes, generator=generator, save=save, resume=resume_state,
+                checkpoint_every=checkpoint_every,
             )
-            scores = score_samples(
-                model,
-                listing,
-                batch_size=cfg.batch_size * 2,
-                device=device,
-                num_workers=workers,
-                progress=progress,
-                stop=stop,
-                ranks=ranks,
-                cache=cache,
-                **image,
-            )
-        frame = results_frame(listing, scores, clean_rule=cfg.clean_rule)
+        selection = select(cfg, listing, evidence, device=device)
+        for line in evidence.warnings + selection.warnings:
+            if not quiet:
+                logging.getLogger("deft_clean").warning(line)
+        frame = results_frame(listing, evidence, selection)
         metadata = {
             "deft_clean_version": __version__,
             "kind": "detect",
@@ -229,10 +210,16 @@ def detect(
             "torch_version": torch.__version__,
             "python_version": platform.python_version(),
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "history": [dataclasses.asdict(h) for h in history],
+            "history": [dataclasses.asdict(h) for h in evidence.history],
+            "text_evidence": evidence.text_source,
+            "selection": {"rule": cfg.selection, **selection.info},
+            "warnings": evidence.warnings + selection.warnings,
         }
         frame = normalize_frame(frame, metadata)
-        result = DetectResult(frame, metadata, [dataclasses.asdict(h) for h in history])
+        result = DetectResult(frame, metadata, [dataclasses.asdict(h) for h in evidence.history])
+        result.features = evidence.features
+        result.visual_probs = selection.visual
+        result.evidence = evidence
         if out is not None and ranks.is_main:
             result.save(out)
         if checkpoint is not None and ranks.is_main:
@@ -242,30 +229,229 @@ def detect(
         return result
 
 
-def results_frame(listing: Listing, scores: Any, *, clean_rule: str) -> pd.DataFrame:
-    """Assemble the per-sample DataFrame of the Parquet contract from listing + scores."""
-    usable = scores.usable
-    is_clean = usable & (scores.p_clean > 0.5)
-    if clean_rule == "threshold+argmax":
-        is_clean &= scores.predicted_index == listing.label_indices
+@dataclass
+class Evidence:
+    """What the passes over the images found, aligned with the listing."""
+
+    features: np.ndarray  # float32 [N, E] frozen image features (NaN rows: unusable files)
+    zero_shot: np.ndarray  # float32 [N, K] zero-shot posterior ("a photo of a {class}.")
+    failures: dict[int, str]  # sample index -> why its file could not be used
+    scores: Any = None  # detector.Scores of the learned prompts; None in quick mode or after a fallback
+    history: list = field(default_factory=list)  # detector.EpochStats per epoch
+    text_source: str = "zero-shot"  # "learned prompts" or "zero-shot" (quick mode, or the fallback)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def usable(self) -> np.ndarray:
+        usable = np.ones(len(self.features), dtype=bool)
+        usable[list(self.failures)] = False
+        return usable
+
+
+def gather_evidence(
+    cfg: DetectConfig,
+    loaded: Any,
+    listing: Listing,
+    passes: dict[str, Any],
+    *,
+    generator: Any,
+    save: Any,
+    resume: dict[str, Any] | None,
+    checkpoint_every: int,
+) -> Evidence:
+    """The frozen feature pass (zero-shot evidence), then, unless quick, DeFT's prompt training and scoring.
+
+    Learned prompts that diverge, give NaN scores or stop agreeing with zero-shot where it agrees with the
+    labels (collapse) are dropped with a warning; zero-shot evidence is used instead.
+    """
+    import torch
+
+    from .backbone import zero_shot_text
+    from .detector import DeftModel, TrainControl, TrainingDiverged, image_features, score_samples, train_prompts
+    from .selection import MIN_PROMPT_AGREEMENT, prompt_agreement
+
+    features, failures = image_features(loaded.model, listing, **passes)
+    text = zero_shot_text(loaded, listing.prompt_names)  # [K, E]
+    scale = float(loaded.model.logit_scale.detach().exp())
+    logits = scale * torch.from_numpy(np.nan_to_num(features)).to(text.device) @ text.t()  # [N, K]
+    evidence = Evidence(features, logits.softmax(dim=1).cpu().numpy(), failures)
+    if cfg.quick:
+        return evidence
+    model = DeftModel(
+        loaded,
+        listing.prompt_names,
+        n_ctx=cfg.n_ctx,
+        ctx_init=cfg.ctx_init,
+        class_specific=cfg.class_specific,
+        vpt_tokens=cfg.vpt_tokens,
+        vpt_depth=cfg.vpt_depth,
+    ).to(passes["device"])
+    train_options = {k: passes[k] for k in ("image_size", "mean", "std", "device", "num_workers", "progress", "cache")}
+    control = TrainControl(
+        save=save, resume=resume, every_steps=checkpoint_every, stop=passes["stop"], ranks=passes["ranks"]
+    )
+    try:
+        evidence.history = train_prompts(
+            model,
+            listing,
+            epochs=cfg.epochs,
+            warmup_epochs=cfg.warmup_epochs,
+            batch_size=cfg.batch_size,
+            lr=cfg.lr,
+            momentum=cfg.momentum,
+            weight_decay=cfg.weight_decay,
+            clean_rule=cfg.clean_rule,
+            hflip=cfg.hflip,
+            grad_clip=cfg.grad_clip,
+            generator=generator,
+            control=control,
+            **train_options,
+        )
+    except TrainingDiverged as exc:
+        evidence.warnings.append(f"{exc}; the learned prompts were dropped and zero-shot prompts used (lower lr)")
+        return evidence
+    scores = score_samples(model, listing, **passes)
+    usable = evidence.usable
+    labels = listing.label_indices
+    if np.isnan(scores.p_clean[usable]).any():
+        evidence.warnings.append("the learned prompts gave NaN scores; zero-shot prompts used instead (lower lr)")
+        return evidence
+    agreement = prompt_agreement(scores.predicted_index, evidence.zero_shot.argmax(axis=1), labels, usable)
+    if agreement < MIN_PROMPT_AGREEMENT:
+        evidence.warnings.append(
+            f"the learned prompts collapsed (they agree with only {100 * agreement:.0f}% of the labels that "
+            "zero-shot prompts confirm); zero-shot prompts used instead (try a lower lr or --ctx-init)"
+        )
+        return evidence
+    evidence.scores = scores
+    evidence.text_source = "learned prompts"
+    return evidence
+
+
+@dataclass
+class Decision:
+    """Per-row output of :func:`select`, aligned with the listing."""
+
+    is_clean: np.ndarray  # bool [N]
+    p_clean: np.ndarray  # float32 [N]
+    suggested: np.ndarray  # int64 [N], -1 unusable
+    p_suggested: np.ndarray  # float32 [N]
+    text_score: np.ndarray  # float32 [N] text posterior of the given label
+    visual_score: np.ndarray  # float32 [N] cross-fitted visual probability of the given label (NaN: deft rule)
+    reason: list[str | None]  # why flagged
+    visual: np.ndarray | None  # float32 [N, K] visual probabilities (fused rule)
+    info: dict[str, Any]
+    warnings: list[str]
+
+
+def select(cfg: DetectConfig, listing: Listing, evidence: Evidence, *, device: Any) -> Decision:
+    """Apply the configured selection rule to the evidence (see :mod:`deft_clean.selection`)."""
+    from .selection import TooFewRows, class_warnings, deft_rule, fused_rule, text_seed
+
+    labels, usable, n = listing.label_indices, evidence.usable, len(listing)
+    rows = np.arange(n)
+    scores = evidence.scores
+    if scores is not None:
+        text_pred, text_score = scores.predicted_index, scores.p_label
+    else:
+        text_pred = np.where(usable, evidence.zero_shot.argmax(axis=1), -1)
+        text_score = evidence.zero_shot[rows, labels]
+    text_score = np.where(usable, text_score, np.nan).astype(np.float32)
+    classes = listing.classes
+    if cfg.selection == "deft" and scores is not None:
+        is_clean = deft_rule(scores.p_clean, scores.predicted_index, labels, usable, cfg.clean_rule)
+        reason: list[str | None] = [None] * n
+        for i in np.flatnonzero(usable & ~is_clean):
+            reason[i] = (
+                f"the negative prompt of {classes[labels[i]]!r} is closer than its positive prompt"
+                if scores.p_clean[i] <= 0.5
+                else f"the prompts point to {classes[scores.predicted_index[i]]!r}"
+            )
+        p_clean = np.where(usable, scores.p_clean, np.nan).astype(np.float32)
+        nan = np.full(n, np.nan, dtype=np.float32)
+        decision = Decision(
+            is_clean, p_clean, scores.predicted_index, scores.p_predicted, text_score, nan, reason, None,
+            {"seed_size": None}, [],
+        )
+    else:
+        seed_mask = text_seed(usable, labels, evidence.zero_shot, scores, cfg.clean_rule)
+        try:
+            fused = fused_rule(
+                evidence.features, labels, usable, seed_mask, len(classes), seed=cfg.seed, device=device
+            )
+        except TooFewRows as exc:
+            return text_only(listing, usable, text_pred, text_score, f"{exc}: decided on the text evidence alone")
+        reason = [None] * n
+        for i in np.flatnonzero(usable & ~fused.is_clean):
+            text_note = (
+                "the text evidence agrees with the label"
+                if text_pred[i] == labels[i]
+                else f"text evidence: {classes[text_pred[i]]!r}"
+            )
+            reason[i] = (
+                f"looks like {classes[fused.suggested[i]]!r} (image evidence {fused.p_suggested[i]:.2f}, "
+                f"{classes[labels[i]]!r} {fused.p_clean[i]:.2f}); {text_note}"
+            )
+        decision = Decision(
+            fused.is_clean, fused.p_clean, fused.suggested, fused.p_suggested, text_score, fused.p_clean, reason,
+            fused.visual, {**fused.info, "text_evidence": evidence.text_source}, [],
+        )
+        if cfg.selection == "deft":
+            decision.warnings.append("--selection deft needs learned prompts; the fused rule was used instead")
+    decision.warnings += class_warnings(decision.is_clean, labels, usable, classes)
+    return decision
+
+
+def text_only(
+    listing: Listing, usable: np.ndarray, text_pred: np.ndarray, text_score: np.ndarray, note: str
+) -> Decision:
+    """Decision from the text evidence alone (too few rows for image evidence): clean iff it agrees."""
+    from .selection import class_warnings
+
+    labels, classes = listing.label_indices, listing.classes
+    is_clean = usable & (text_pred == labels)
+    reason: list[str | None] = [None] * len(listing)
+    for i in np.flatnonzero(usable & ~is_clean):
+        reason[i] = f"the text evidence points to {classes[text_pred[i]]!r}"
+    nan = np.full(len(listing), np.nan, dtype=np.float32)
+    decision = Decision(
+        is_clean, text_score, text_pred, nan, text_score, nan, reason, None, {"note": note}, [note],
+    )
+    decision.warnings += class_warnings(is_clean, labels, usable, classes)
+    return decision
+
+
+def results_frame(listing: Listing, evidence: Evidence, decision: Decision) -> pd.DataFrame:
+    """Assemble the per-sample DataFrame of the Parquet contract from the listing and the decision."""
+    usable = evidence.usable
     classes = np.array(listing.classes, dtype=object)
-    predicted_label = np.where(usable, classes[np.clip(scores.predicted_index, 0, None)], None)
+    suggested = np.where(usable, decision.suggested, -1)
+    scores = evidence.scores
+    n = len(listing)
+    nan = np.full(n, np.nan, dtype=np.float32)
+
+    def floats(values: np.ndarray) -> pd.arrays.FloatingArray:
+        return pd.array(np.where(usable, values, np.nan), dtype="Float32")
+
     frame = pd.DataFrame(
         {
             "path": listing.paths,
             "label": listing.labels,
             "label_index": listing.label_indices,
-            "p_clean": pd.array(np.where(usable, scores.p_clean, np.nan), dtype="Float32"),
-            "is_clean": is_clean,
-            "predicted_label": predicted_label,
-            "predicted_index": scores.predicted_index,
-            "p_predicted": pd.array(np.where(usable, scores.p_predicted, np.nan), dtype="Float32"),
-            "sim_pos": pd.array(np.where(usable, scores.sim_pos, np.nan), dtype="Float32"),
-            "sim_neg": pd.array(np.where(usable, scores.sim_neg, np.nan), dtype="Float32"),
-            "status": scores.status(),
+            "p_clean": floats(decision.p_clean),
+            "is_clean": decision.is_clean & usable,
+            "predicted_label": np.where(usable, classes[np.clip(suggested, 0, None)], None),
+            "predicted_index": suggested,
+            "p_predicted": floats(decision.p_suggested),
+            "sim_pos": floats(scores.sim_pos if scores is not None else nan),
+            "sim_neg": floats(scores.sim_neg if scores is not None else nan),
+            "text_score": floats(decision.text_score),
+            "visual_score": floats(decision.visual_score),
+            "flag_reason": decision.reason,
+            "status": [evidence.failures.get(i, STATUS_OK) for i in range(n)],
         }
     )
     # Nullable Float32 turns NaN into <NA> only via the mask; do it explicitly for unusable rows.
-    for column in ("p_clean", "p_predicted", "sim_pos", "sim_neg"):
+    for column in ("p_clean", "p_predicted", "sim_pos", "sim_neg", "text_score", "visual_score"):
         frame.loc[~usable, column] = pd.NA
     return frame

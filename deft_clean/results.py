@@ -28,11 +28,14 @@ SCHEMA = pa.schema(
         pa.field("label_index", pa.int64(), nullable=False),  # index of label in the class list
         pa.field("p_clean", pa.float32()),  # P(given label is right); null for an unusable file
         pa.field("is_clean", pa.bool_(), nullable=False),  # selected as clean by the clean rule
-        pa.field("predicted_label", pa.string()),  # positive-prompt top-1 class; null if unusable
+        pa.field("predicted_label", pa.string()),  # the class the evidence points to; null if unusable
         pa.field("predicted_index", pa.int64(), nullable=False),  # its index; -1 if unusable
-        pa.field("p_predicted", pa.float32()),  # softmax over positive prompts at the prediction
-        pa.field("sim_pos", pa.float32()),  # cosine(image, positive prompt of the given label)
-        pa.field("sim_neg", pa.float32()),  # cosine(image, negative prompt of the given label)
+        pa.field("p_predicted", pa.float32()),  # probability of predicted_label (visual, or prompts for deft)
+        pa.field("sim_pos", pa.float32()),  # cosine(image, positive prompt of the given label); null if quick
+        pa.field("sim_neg", pa.float32()),  # cosine(image, negative prompt of the given label); null if quick
+        pa.field("text_score", pa.float32()),  # text posterior of the given label (learned or zero-shot prompts)
+        pa.field("visual_score", pa.float32()),  # cross-fitted image-evidence probability of the label (fused)
+        pa.field("flag_reason", pa.string()),  # why the row is flagged; null when kept or unusable
         pa.field("status", pa.string(), nullable=False),  # "ok" or why the file could not be used
     ]
 )

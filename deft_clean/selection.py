@@ -1,0 +1,151 @@
+"""Which rows are clean: the fused rule (default), the paper's dual-prompt rule, and health checks.
+
+The fused rule (see :mod:`deft_clean.evidence`): a seed of rows whose text evidence agrees with the given
+label, visual evidence learned from selected rows only (cross-fitted linear probes grown over rounds),
+and per-class confident-learning thresholds on the visual probabilities. ``p_clean`` is the visual
+probability of the given label, which every row gets from probes that did not train on it.
+
+The DeFT rule: ``p_clean = sigmoid(scale * (cos(I, T+_y) - cos(I, T-_y)))`` (the negative prompt is a
+learned per-sample threshold), clean when ``p_clean > 0.5`` and, with ``threshold+argmax``, when the
+positive prompts' top-1 class is the given label.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .evidence import class_thresholds, confident_class, flag_by_class, grow_clean_set
+
+SELECTIONS = ("fused", "deft")
+# Learned prompts must keep agreeing with the label where zero-shot already does (~99% clean rows);
+# below this agreement they are treated as collapsed and zero-shot prompts are used instead.
+MIN_PROMPT_AGREEMENT = 0.8
+MOST_OF_A_CLASS = 0.8  # a class with more than this fraction flagged gets a warning
+MIN_CLASS_ROWS = 5  # classes with fewer usable rows are not judged
+MIN_SEED_SHARE = 0.1  # every class seeds at least this fraction of its rows (its most text-like ones)
+
+
+class TooFewRows(ValueError):
+    """Too few rows to fit the visual evidence on; the caller decides on the text evidence alone."""
+
+
+@dataclass
+class Selection:
+    """Per-row decision, aligned with the listing; unusable rows are False / NaN / -1."""
+
+    is_clean: np.ndarray  # bool [N]
+    p_clean: np.ndarray  # float32 [N], higher = more likely clean
+    suggested: np.ndarray  # int64 [N] the class the evidence points to (-1 unusable)
+    p_suggested: np.ndarray  # float32 [N] its probability
+    reason: list[str | None]  # why a row is flagged; None for kept and unusable rows
+    visual: np.ndarray | None = None  # float32 [N, K] cross-fitted probe probabilities (fused rule only)
+    info: dict = field(default_factory=dict)  # seed size, rounds, ... for the metadata
+
+
+def deft_rule(
+    p_clean: np.ndarray, predicted: np.ndarray, labels: np.ndarray, usable: np.ndarray, rule: str
+) -> np.ndarray:
+    """The paper's rule on scores: bool [N]. ``rule`` is "threshold" or "threshold+argmax"."""
+    clean = usable & (np.nan_to_num(p_clean, nan=0.0) > 0.5)
+    if rule == "threshold+argmax":
+        clean &= predicted == labels
+    return clean
+
+
+def prompt_agreement(
+    learned_pred: np.ndarray, zero_shot_pred: np.ndarray, labels: np.ndarray, usable: np.ndarray
+) -> float:
+    """Fraction of rows where zero-shot agrees with the label on which the learned prompts agree too."""
+    anchor = usable & (zero_shot_pred == labels)
+    if not anchor.any():
+        return 1.0
+    return float(np.mean(learned_pred[anchor] == labels[anchor]))
+
+
+def text_seed(
+    usable: np.ndarray, labels: np.ndarray, zero_shot: np.ndarray, scores: object | None, clean_rule: str
+) -> np.ndarray:
+    """The fused rule's seed, bool [N]: rows whose text evidence agrees with the given label.
+
+    Zero-shot agreement is high-precision but misses the classes a domain shift hides from it; the learned
+    prompts (DeFT's dual-prompt selection) see those classes. The seed is the union of both. A class that
+    neither confirms for at least ``MIN_SEED_SHARE`` of its rows gets its rows with the highest text
+    probability of the label, so that the probe can learn every class.
+    """
+    seed = usable & (zero_shot.argmax(axis=1) == labels)
+    text_p = zero_shot[np.arange(len(labels)), labels]
+    if scores is not None:
+        seed |= deft_rule(scores.p_clean, scores.predicted_index, labels, usable, clean_rule)
+        text_p = np.fmax(text_p, scores.p_label)
+    for k in np.unique(labels[usable]):
+        rows = np.flatnonzero(usable & (labels == k))
+        wanted = int(np.ceil(MIN_SEED_SHARE * len(rows)))
+        if seed[rows].sum() < wanted:
+            top = rows[np.argsort(-np.nan_to_num(text_p[rows], nan=-1.0), kind="stable")[:wanted]]
+            seed[top] = True
+    return seed
+
+
+def fused_rule(
+    features: np.ndarray,
+    labels: np.ndarray,
+    usable: np.ndarray,
+    seed_mask: np.ndarray,
+    n_classes: int,
+    *,
+    seed: int,
+    device: torch.device | None = None,
+) -> Selection:
+    """Grow visual evidence from ``seed_mask`` and flag with per-class thresholds.
+
+    Args:
+        features: [N, D] frozen image features (rows of unusable files are ignored).
+        labels: [N] given labels; usable, seed_mask: bool [N].
+    """
+    n = len(labels)
+    rows = np.flatnonzero(usable)
+    if int(seed_mask[rows].sum()) < 2 * n_classes:
+        raise TooFewRows(f"{int(seed_mask[rows].sum())} seed rows for {n_classes} classes")
+    x = torch.as_tensor(features[rows], device=device)
+    evidence = grow_clean_set(x, labels[rows], seed_mask[rows], n_classes, seed=seed, growth="confident")
+    probs = evidence.probs  # [M, K]
+    y = labels[rows]
+    best = confident_class(probs, class_thresholds(probs, y, n_classes))
+    flagged_part = flag_by_class(probs, y, n_classes)
+    suggested_part = np.where(best == -1, probs.argmax(axis=1), best)
+
+    is_clean = np.zeros(n, dtype=bool)
+    is_clean[rows] = ~flagged_part
+    p_clean = np.full(n, np.nan, dtype=np.float32)
+    p_clean[rows] = probs[np.arange(len(rows)), y]
+    suggested = np.full(n, -1, dtype=np.int64)
+    suggested[rows] = suggested_part
+    p_suggested = np.full(n, np.nan, dtype=np.float32)
+    p_suggested[rows] = probs[np.arange(len(rows)), suggested_part]
+    visual = np.full((n, n_classes), np.nan, dtype=np.float32)
+    visual[rows] = probs
+    reason: list[str | None] = [None] * n
+    for i in np.flatnonzero(usable & ~is_clean):
+        reason[i] = "visual evidence points to another class"
+    info = {"seed_size": evidence.seed_size, "clean_set_by_round": evidence.rounds}
+    return Selection(is_clean, p_clean, suggested, p_suggested, reason, visual, info)
+
+
+def class_warnings(is_clean: np.ndarray, labels: np.ndarray, usable: np.ndarray, classes: list[str]) -> list[str]:
+    """One line per class with most of its usable rows flagged, and one when most of the dataset is."""
+    lines = []
+    for k, name in enumerate(classes):
+        rows = usable & (labels == k)
+        if rows.sum() >= MIN_CLASS_ROWS:
+            flagged = 1.0 - float(is_clean[rows].mean())
+            if flagged > MOST_OF_A_CLASS:
+                lines.append(
+                    f"class {name!r}: {100 * flagged:.0f}% of its {int(rows.sum())} rows flagged; check its "
+                    "class name and a few of its images before deleting anything"
+                )
+    if usable.any() and 1.0 - float(is_clean[usable].mean()) > MOST_OF_A_CLASS:
+        lines.append(f"{100 * (1 - float(is_clean[usable].mean())):.0f}% of all usable rows flagged")
+    return lines
