@@ -497,7 +497,7 @@ def image_features(clip: nn.Module, listing: Listing, **loader: Any) -> tuple[np
     def batch_fn(images: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"features": encode_image(clip, images)}
 
-    arrays, failures = eval_pass(batch_fn, {"features": (width,)}, listing, **loader)
+    arrays, failures = eval_pass(batch_fn, {"features": (width,)}, listing, task="image features", **loader)
     return arrays["features"], failures
 
 
@@ -517,6 +517,7 @@ def eval_pass(
     stop: StopOnSignal | None = None,
     ranks: Dist = Dist(),
     cache: CachedImages | None = None,
+    task: str | None = None,
 ) -> tuple[dict[str, np.ndarray], dict[int, str]]:
     """One eval-mode pass without augmentation over every sample of ``listing``.
 
@@ -524,6 +525,7 @@ def eval_pass(
     (``columns[name]`` is the shape after the batch dimension). Returns float32 arrays ``[N, *shape]``
     (NaN for unusable files) and the failures (sample index -> status). ``stop`` is checked after each
     batch; with several ``ranks`` each handles samples ``rank::world`` and every rank gets the merged arrays.
+    ``task`` names the pass on the progress display (default: the scoring pass).
     """
     dataset = ImageDataset(
         listing.root,
@@ -542,7 +544,10 @@ def eval_pass(
     failures: dict[int, str] = {}  # only failures are kept: memory stays O(N) numbers, not N objects
     autocast, _ = autocast_for(device)
     if progress is not None:
-        progress.start_scoring(n)
+        if task is None:
+            progress.start_scoring(n)
+        else:
+            progress.start_task(task, n)
     for images, labels, indices, batch_status in loader:
         idx = indices.numpy()
         for i, s in zip(idx, batch_status, strict=True):

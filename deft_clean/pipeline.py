@@ -133,12 +133,11 @@ def detect(
 
         from .backbone import load_clip, resolve_device
         from .cache import prepare_cache
-        from .detector import resolve_workers, seed_everything
+        from .detector import resolve_workers
         from .progress import RichProgress
 
         device = device_for(ranks, resolve_device(cfg.device))
         quiet = quiet or not ranks.is_main  # one progress display and one set of warnings
-        generator = seed_everything(cfg.seed)
         loaded = load_clip(cfg.model, cfg.pretrained, device=device, quiet=quiet)
         workers = resolve_workers(cfg.num_workers)
         hint = (
@@ -180,8 +179,7 @@ def detect(
                 "cache": cache,
             }
             evidence = gather_evidence(
-                cfg, loaded, listing, passes, generator=generator, save=save, resume=resume_state,
-                checkpoint_every=checkpoint_every,
+                cfg, loaded, listing, passes, save=save, resume=resume_state, checkpoint_every=checkpoint_every
             )
         selection = select(cfg, listing, evidence, device=device)
         for line in evidence.warnings + selection.warnings:
@@ -254,7 +252,6 @@ def gather_evidence(
     listing: Listing,
     passes: dict[str, Any],
     *,
-    generator: Any,
     save: Any,
     resume: dict[str, Any] | None,
     checkpoint_every: int,
@@ -267,16 +264,28 @@ def gather_evidence(
     import torch
 
     from .backbone import zero_shot_text
-    from .detector import DeftModel, TrainControl, TrainingDiverged, image_features, score_samples, train_prompts
+    from .detector import (
+        DeftModel,
+        TrainControl,
+        TrainingDiverged,
+        image_features,
+        score_samples,
+        seed_everything,
+        train_prompts,
+    )
     from .selection import MIN_PROMPT_AGREEMENT, prompt_agreement
 
-    features, failures = image_features(loaded.model, listing, **passes)
+    with passes["stop"].hinted("stopped before any training; rerun the same command (without --resume)"):
+        features, failures = image_features(loaded.model, listing, **passes)
     text = zero_shot_text(loaded, listing.prompt_names)  # [K, E]
     scale = float(loaded.model.logit_scale.detach().exp())
     logits = scale * torch.from_numpy(np.nan_to_num(features)).to(text.device) @ text.t()  # [N, K]
     evidence = Evidence(features, logits.softmax(dim=1).cpu().numpy(), failures)
     if cfg.quick:
         return evidence
+    # Seeded here, after the cache fill and the feature pass (their loaders draw from the global RNG), so
+    # that prompt init and augmentation are the same with and without a cache.
+    generator = seed_everything(cfg.seed)
     model = DeftModel(
         loaded,
         listing.prompt_names,

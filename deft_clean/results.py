@@ -40,6 +40,8 @@ SCHEMA = pa.schema(
     ]
 )
 REQUIRED_COLUMNS = tuple(SCHEMA.names)
+# Added in 0.2 (fused selection): a file without them (an older version's, or hand-made) reads as null.
+OPTIONAL_COLUMNS = ("text_score", "visual_score", "flag_reason")
 
 
 def write_atomic(path: str | os.PathLike[str], write: Callable[[Path], None]) -> Path:
@@ -63,6 +65,9 @@ def write_atomic(path: str | os.PathLike[str], write: Callable[[Path], None]) ->
 
 def to_table(frame: pd.DataFrame, metadata: dict[str, Any]) -> pa.Table:
     """A DataFrame with the contract's columns -> an Arrow table with schema and metadata."""
+    missing = [c for c in OPTIONAL_COLUMNS if c not in frame.columns]
+    if missing:
+        frame = frame.assign(**{c: None for c in missing})
     table = pa.Table.from_pandas(frame[list(REQUIRED_COLUMNS)], schema=SCHEMA, preserve_index=False)
     return table.replace_schema_metadata({METADATA_KEY: json.dumps(metadata).encode()})
 
@@ -86,6 +91,10 @@ def load_results(path: str | os.PathLike[str]) -> tuple[pd.DataFrame, dict[str, 
     except Exception as exc:  # pyarrow raises several types for non-Parquet input
         raise DataError(f"{file}: not a readable Parquet file ({type(exc).__name__})") from None
     raw = (table.schema.metadata or {}).get(METADATA_KEY)
+    for name in OPTIONAL_COLUMNS:
+        if name not in table.column_names:
+            table = table.append_column(SCHEMA.field(name), pa.nulls(table.num_rows, SCHEMA.field(name).type))
+    table = table.select(list(REQUIRED_COLUMNS)) if set(REQUIRED_COLUMNS) <= set(table.column_names) else table
     missing = [c for c in REQUIRED_COLUMNS if c not in table.column_names]
     if raw is None or missing:
         raise DataError(f"{file}: not a deft-clean results file (missing {missing or 'metadata'})")

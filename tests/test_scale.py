@@ -173,7 +173,8 @@ def test_scores_store_failures_compactly():
     from deft_clean.detector import Scores
 
     n = 5
-    scores = Scores(*(np.zeros(n, dtype=np.float32) for _ in range(3)), np.zeros(n, np.int64), np.zeros(n), {3: "bad"})
+    floats = [np.zeros(n, dtype=np.float32) for _ in range(3)]
+    scores = Scores(*floats, np.zeros(n, np.int64), np.zeros(n), np.zeros(n), {3: "bad"})
     assert scores.usable.tolist() == [True, True, True, False, True]
     assert scores.status() == ["ok", "ok", "ok", "bad", "ok"]
 
