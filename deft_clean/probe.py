@@ -1,0 +1,126 @@
+"""Phase 2's starting point: a stratified hold-out of the kept rows and a linear probe that initialises the head.
+
+Fine-tuning a whole tower from a random head first spends its steps (and, with a large learning rate, the
+pretrained features) on fitting that head. Fitting the head as a logistic regression on frozen features
+first (LP-FT, Kumar et al. 2022) makes fine-tuning start where a linear probe ends, and choosing the best
+epoch on validation, the probe included, means the exported model is never worse than the probe there.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .data import STATUS_OK
+
+HOLDOUT_CAP = 2000  # at most this many held-out rows: enough for a +-1 point estimate, no more
+
+
+@dataclass(frozen=True)
+class HeadParts:
+    """A classifier seen as frozen-feature extractor + linear head."""
+
+    features: Callable[[torch.Tensor], torch.Tensor]  # images [B, 3, H, W] -> features [B, E]
+    head: nn.Linear  # features [B, E] -> logits [B, K]
+
+
+def stratified_holdout(labels: np.ndarray, *, fraction: float, seed: int) -> np.ndarray:
+    """Positions (into ``labels``) to hold out: ``fraction`` of each class, seeded.
+
+    Every class with at least two rows gives at least one row, so that no class is validated on nothing;
+    a class with a single row keeps it for training. The total is capped at ``HOLDOUT_CAP``.
+    Returns a sorted int64 array, empty when ``fraction`` is 0 or nothing can be held out.
+    """
+    if fraction <= 0 or len(labels) == 0:
+        return np.zeros(0, dtype=np.int64)
+    rng = np.random.default_rng(seed)
+    scale = min(fraction, HOLDOUT_CAP / len(labels))
+    chosen = []
+    for label in np.unique(labels):
+        members = np.flatnonzero(labels == label)
+        if len(members) < 2:
+            continue
+        take = min(len(members) - 1, max(1, round(scale * len(members))))
+        chosen.append(rng.choice(members, size=take, replace=False))
+    return np.sort(np.concatenate(chosen)).astype(np.int64) if chosen else np.zeros(0, dtype=np.int64)
+
+
+def fit_linear_probe(
+    features: torch.Tensor, labels: torch.Tensor, *, n_classes: int, iterations: int = 300
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Multinomial logistic regression on frozen features, as weights of a linear layer on the raw features.
+
+    Args:
+        features: [N, E] float features.
+        labels: [N] int64 class indices in ``[0, n_classes)``.
+
+    Returns ``(weight [K, E], bias [K])`` for ``logits = features @ weight.T + bias``. The fit runs on
+    standardised features (full-batch L-BFGS, L2 penalty as scikit-learn's C=1: 0.5 * |W|^2 / N); the
+    standardisation is folded into the returned weight and bias.
+    """
+    x = features.double()
+    mean = x.mean(0)  # [E]
+    std = x.std(0, unbiased=False).clamp_min(1e-6)  # [E]
+    z = (x - mean) / std  # [N, E]
+    weight = torch.zeros(n_classes, x.shape[1], dtype=torch.float64, device=x.device, requires_grad=True)
+    bias = torch.zeros(n_classes, dtype=torch.float64, device=x.device, requires_grad=True)
+    optimizer = torch.optim.LBFGS(
+        [weight, bias], lr=1.0, max_iter=iterations, tolerance_grad=1e-6, line_search_fn="strong_wolfe"
+    )
+    penalty = 0.5 / max(len(labels), 1)
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        loss = F.cross_entropy(z @ weight.t() + bias, labels) + penalty * weight.pow(2).sum()
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    with torch.no_grad():
+        folded = weight / std  # [K, E]
+        return folded.float(), (bias - folded @ mean).float()
+
+
+def head_parts(model: nn.Module) -> HeadParts | None:
+    """Split a phase-2 classifier into features + linear head; None when its head is not a Linear layer."""
+    head = getattr(model, "head", None)
+    visual = getattr(model, "visual", None)
+    if isinstance(head, nn.Linear) and isinstance(visual, nn.Module):  # ClipClassifier
+        return HeadParts(visual, head)
+    get_classifier = getattr(model, "get_classifier", None)  # timm
+    if get_classifier is not None and hasattr(model, "forward_head"):
+        classifier = get_classifier()
+        if isinstance(classifier, nn.Linear):
+            return HeadParts(lambda x: model.forward_head(model.forward_features(x), pre_logits=True), classifier)
+    return None
+
+
+@torch.no_grad()
+def extract_features(
+    parts: HeadParts,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor, torch.Tensor, Sequence[str]]],
+    *,
+    device: torch.device,
+    autocast: Callable[[], AbstractContextManager],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Frozen features [N, E] (float32, on ``device``) and labels [N] of the usable images in ``batches``.
+
+    ``batches`` yields ``(images, labels, indices, status)`` as :class:`deft_clean.data.ImageDataset` does.
+    """
+    features, labels = [], []
+    for images, targets, _, status in batches:
+        usable = torch.tensor([s == STATUS_OK for s in status])
+        if not usable.any():
+            continue
+        with autocast():
+            features.append(parts.features(images[usable].to(device)).float())  # [b, E]
+        labels.append(targets[usable].to(device))
+    if not features:
+        return torch.zeros(0, parts.head.in_features, device=device), torch.zeros(0, dtype=torch.int64, device=device)
+    return torch.cat(features), torch.cat(labels)
