@@ -291,3 +291,12 @@ def test_linear_probe_fits_separable_features():
     weight, bias = fit_linear_probe(features, labels, n_classes=4)
     assert weight.shape == (4, 8) and bias.shape == (4,)
     assert float(((features @ weight.t() + bias).argmax(1) == labels).float().mean()) == 1.0
+
+
+def test_cli_summary_names_the_validation(noisy_run, tmp_path):
+    train_dir, results, _ = noisy_run
+    args = ["train", str(train_dir), "--results", str(results), "--out", str(tmp_path / "m"), "--clean-only"]
+    args += ["--epochs", "1", "--device", "cpu", "--num-workers", "0", "--no-hflip"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "held-out kept rows" in result.stdout and "linear probe, epoch 0" in result.stdout, result.stdout
