@@ -204,7 +204,9 @@ def train(
     optimizer: Annotated[str, typer.Option(help="sgd or adamw.")] = TD.optimizer,
     label_smoothing: Annotated[float, typer.Option(help="Cross-entropy label smoothing.")] = TD.label_smoothing,
     balanced: Annotated[bool, typer.Option("--balanced", help="Class-balanced sampling.")] = False,
-    hflip: Annotated[bool, typer.Option(help="Random horizontal flips.")] = TD.hflip,
+    hflip: Annotated[
+        bool | None, typer.Option(help="Random horizontal flips (default: on unless the probe finds mirrors hurt).")
+    ] = TD.hflip,
     val: Annotated[Path | None, typer.Option(help="Held-out folder or table: accuracy per epoch, best kept.")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from checkpoint.pt in --out.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Allow a non-empty --out.")] = False,

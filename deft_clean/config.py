@@ -91,7 +91,9 @@ class TrainConfig:
     optimizer: str = "sgd"  # "sgd" (momentum 0.9) or "adamw"
     label_smoothing: float = 0.0  # cross-entropy label smoothing
     balanced: bool = False  # class-balanced sampling (with replacement)
-    hflip: bool = True  # random horizontal flips
+    # Random horizontal flips; None = decided by the linear probe: on unless mirroring the training images
+    # costs the probe MIRROR_DROP of its accuracy (digits, text: a mirror changes the class).
+    hflip: bool | None = None
     seed: int = 0  # seeds init of the head, order, augmentation
     device: str = "auto"  # "auto", "cpu", "cuda" or "cuda:N"
     num_workers: int | None = None  # DataLoader workers; None = min(8, CPU count)

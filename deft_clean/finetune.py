@@ -39,7 +39,7 @@ from .data import STATUS_OK, ImageDataset, Listing, list_dataset
 from .distributed import Dist
 from .errors import DataError, UsageError
 from .models import build_classifier, data_config, model_spec
-from .probe import HeadParts, extract_features, fit_linear_probe, head_parts, stratified_holdout
+from .probe import MIRROR_DROP, HeadParts, extract_features, fit_linear_probe, head_parts, stratified_holdout
 from .results import load_results, write_atomic
 from .runstate import (
     StopOnSignal,
@@ -247,7 +247,7 @@ def _train(
         listing.root,
         listing.paths,
         full_labels,
-        train_transform(size, mean, std, hflip=cfg.hflip),
+        train_transform(size, mean, std, hflip=cfg.hflip is not False),  # final once the probe has decided
         image_size=size,
         indices=rows.tolist(),
         cache=cache,
@@ -283,8 +283,9 @@ def _train(
             with RichProgress(quiet=quiet) as progress:
                 probe = fit_probe_head(
                     model, parts, unaugmented(rows), n_classes=len(listing.classes), device=device, workers=workers,
-                    autocast=autocast, progress=progress,
+                    autocast=autocast, progress=progress, mirrored=cfg.hflip is None,
                 )
+    hflip = choose_hflip(cfg.hflip, probe, note)
     # The epoch's order is drawn explicitly from `generator` so that a resume can redraw it and skip
     # the batches already done (see the loop).
     sampler: Sampler[int] = RandomSampler(train_set, generator=generator)
@@ -326,9 +327,10 @@ def _train(
         history = json.loads(state["history"])
         best = state["best"].item() if state["best"].numel() else None
         run = json.loads(state["run"])
-        probe, best_epoch = run["probe"], run["best_epoch"]
+        probe, best_epoch, hflip = run["probe"], run["best_epoch"], run["hflip"]
         start_epoch, skip_steps = int(state["epoch"]), int(state["step"])
         sums = EpochSums(device, json.loads(state["sums"]))
+    train_set.transform = train_transform(size, mean, std, hflip=hflip)
     loader = make_loader(
         train_set,
         batch_size=cfg.batch_size,
@@ -356,7 +358,7 @@ def _train(
             "sums": json.dumps(sums.values()),
             "history": json.dumps(history),
             "best": torch.tensor([best] if best is not None else []),
-            "run": json.dumps({"probe": probe, "best_epoch": best_epoch}),
+            "run": json.dumps({"probe": probe, "best_epoch": best_epoch, "hflip": hflip}),
             "signature": json.dumps(signature),
         }
 
@@ -455,6 +457,7 @@ def _train(
     metrics = {
         "history": history,
         "val_source": val_source,  # "--val", "held-out" (kept rows, labels as given) or None
+        "hflip": hflip,  # the flips trained with (--hflip, or decided by the probe)
         "probe": probe,  # the linear probe: train/val accuracy, seconds (empty with --head-init random)
         "best_epoch": best_epoch,  # the exported epoch; 0 = the probe-initialised model
         "best_val_accuracy": best,  # validation accuracy of the exported model
@@ -503,10 +506,12 @@ def fit_probe_head(
     workers: int,
     autocast: Callable[[], Any],
     progress: Progressish,
+    mirrored: bool,
 ) -> dict[str, Any]:
     """Fit ``parts.head`` as a logistic regression on the frozen features of ``dataset`` (eval transform).
 
-    Returns the probe's record for metrics.json: ``train_accuracy``, ``n`` (rows fitted), ``seconds``.
+    Returns the probe's record for metrics.json: ``train_accuracy``, ``n`` (rows fitted), ``seconds`` and,
+    with ``mirrored``, ``mirrored_accuracy``: the probe's accuracy on the same images flipped horizontally.
     """
     started = time.perf_counter()
     model.eval()
@@ -518,18 +523,35 @@ def fit_probe_head(
             yield batch
             progress.advance(len(batch[3]))
 
-    features, labels = extract_features(parts, counted(), device=device, autocast=autocast)  # [N, E], [N]
+    found = extract_features(parts, counted(), device=device, autocast=autocast, mirrored=mirrored)
+    features, labels = found.features, found.labels  # [N, E], [N]
     weight, bias = fit_linear_probe(features, labels, n_classes=n_classes)
     with torch.no_grad():
         parts.head.weight.copy_(weight)
         parts.head.bias.copy_(bias)
-        correct = (features @ weight.t() + bias).argmax(1) == labels
+
+        def accuracy(x: torch.Tensor) -> float | None:
+            return float(((x @ weight.t() + bias).argmax(1) == labels).float().mean()) if len(labels) else None
+
+        record = {"train_accuracy": accuracy(features), "n": int(len(labels))}
+        if mirrored:
+            record["mirrored_accuracy"] = accuracy(found.mirrored)
     model.train()
-    return {
-        "train_accuracy": float(correct.float().mean()) if len(labels) else None,
-        "n": int(len(labels)),
-        "seconds": time.perf_counter() - started,
-    }
+    return {**record, "seconds": time.perf_counter() - started}
+
+
+def choose_hflip(requested: bool | None, probe: dict[str, Any], note: Callable[[str], None]) -> bool:
+    """Flips as asked; if not asked, on unless mirroring the training images costs the probe MIRROR_DROP."""
+    if requested is not None:
+        return requested
+    plain, mirrored = probe.get("train_accuracy"), probe.get("mirrored_accuracy")
+    if plain is None or mirrored is None or mirrored >= plain - MIRROR_DROP:
+        return True
+    note(
+        f"random flips off: the linear probe's accuracy falls from {plain:.2f} to {mirrored:.2f} on the mirrored "
+        "training images, so a mirror changes these classes (digits, text, ...); pass --hflip to force them"
+    )
+    return False
 
 
 def parameter_groups(

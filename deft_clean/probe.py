@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -20,6 +21,13 @@ from torch import nn
 from .data import STATUS_OK
 
 HOLDOUT_CAP = 2000  # at most this many held-out rows: enough for a +-1 point estimate, no more
+MIRROR_DROP = 0.1  # flips stay off when the probe loses this much accuracy on mirrored training images
+
+
+class Features(NamedTuple):
+    features: torch.Tensor  # [N, E] float32
+    labels: torch.Tensor  # [N] int64
+    mirrored: torch.Tensor  # [N, E] features of the horizontally flipped images; [0, E] when not asked for
 
 
 @dataclass(frozen=True)
@@ -108,19 +116,26 @@ def extract_features(
     *,
     device: torch.device,
     autocast: Callable[[], AbstractContextManager],
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Frozen features [N, E] (float32, on ``device``) and labels [N] of the usable images in ``batches``.
+    mirrored: bool = False,
+) -> Features:
+    """Frozen features (float32, on ``device``) and labels of the usable images in ``batches``.
 
-    ``batches`` yields ``(images, labels, indices, status)`` as :class:`deft_clean.data.ImageDataset` does.
+    ``batches`` yields ``(images, labels, indices, status)`` as :class:`deft_clean.data.ImageDataset` does;
+    with ``mirrored`` the features of the horizontally flipped images come too.
     """
-    features, labels = [], []
+    features, labels, flipped = [], [], []
     for images, targets, _, status in batches:
         usable = torch.tensor([s == STATUS_OK for s in status])
         if not usable.any():
             continue
+        batch = images[usable].to(device)  # [b, 3, H, W]
         with autocast():
-            features.append(parts.features(images[usable].to(device)).float())  # [b, E]
+            features.append(parts.features(batch).float())  # [b, E]
+            if mirrored:
+                flipped.append(parts.features(batch.flip(3)).float())
         labels.append(targets[usable].to(device))
+    width = parts.head.in_features
+    empty = torch.zeros(0, width, device=device)
     if not features:
-        return torch.zeros(0, parts.head.in_features, device=device), torch.zeros(0, dtype=torch.int64, device=device)
-    return torch.cat(features), torch.cat(labels)
+        return Features(empty, torch.zeros(0, dtype=torch.int64, device=device), empty)
+    return Features(torch.cat(features), torch.cat(labels), torch.cat(flipped) if flipped else empty)

@@ -300,3 +300,15 @@ def test_cli_summary_names_the_validation(noisy_run, tmp_path):
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "held-out kept rows" in result.stdout and "linear probe, epoch 0" in result.stdout, result.stdout
+
+
+def test_flips_follow_the_probe_unless_asked():
+    from deft_clean.finetune import choose_hflip
+
+    notes: list[str] = []
+    assert choose_hflip(None, {"train_accuracy": 0.99, "mirrored_accuracy": 0.4}, notes.append) is False
+    assert "random flips off" in notes[0] and "0.40" in notes[0]
+    assert choose_hflip(None, {"train_accuracy": 0.99, "mirrored_accuracy": 0.95}, notes.append) is True
+    assert choose_hflip(None, {}, notes.append) is True  # no probe (random head): flips as before
+    assert choose_hflip(True, {"train_accuracy": 0.99, "mirrored_accuracy": 0.4}, notes.append) is True
+    assert len(notes) == 1
