@@ -3,6 +3,8 @@
 Test accuracy on a clean test set of five ways to get a classifier from a noisy training set, all on the
 same foundation model (the tiny CLIP of ``benchmarks/quality.py``, pretrained on MNIST part A):
   probe (all rows)          logistic regression on frozen, normalised CLIP image features, every row
+  probe (kept rows)         the same on the rows deft-clean's detect kept (not in the issue's list: it
+                            separates what detection costs from what fine-tuning adds)
   probe (truly clean rows)  the same on the rows whose label is right (an oracle: needs the truth)
   train (all rows)          ``deft_clean.train`` on every row, default options
   train --clean-only        ``deft_clean.train`` on the rows deft-clean's detect kept, default options
@@ -39,6 +41,7 @@ import quality as q  # noqa: E402  (the foundation model, folders, detect runner
 
 METHODS = (
     "probe (all rows)",
+    "probe (deft-clean kept rows)",
     "probe (truly clean rows)",
     "train (all rows)",
     "train --clean-only (deft-clean kept rows)",
@@ -170,6 +173,10 @@ def run_setting(
     out["probe (all rows)"] = {
         "accuracy": probe_accuracy(train_x, noisy, test_x, target.test_labels, seed=setting.seed), "n_train": len(noisy)
     }
+    out["probe (deft-clean kept rows)"] = {
+        "accuracy": probe_accuracy(train_x[kept], noisy[kept], test_x, target.test_labels, seed=setting.seed),
+        "n_train": int(kept.sum()),
+    }
     out["probe (truly clean rows)"] = {
         "accuracy": probe_accuracy(
             train_x[truly_clean], noisy[truly_clean], test_x, target.test_labels, seed=setting.seed
@@ -244,7 +251,7 @@ def render(report: dict[str, Any]) -> str:
     rows = []
     for slug, per in report["results"].items():
         d = per["detect"]
-        for m in METHODS[2:]:
+        for m in METHODS[3:]:
             r = per[m]
             rows.append([
                 report["names"][slug], m, str(r["n_train"]), f"{r['val_source']} ({r['n_held_out']})",

@@ -21,10 +21,9 @@ import math
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -39,7 +38,7 @@ from .data import STATUS_OK, ImageDataset, Listing, list_dataset
 from .distributed import Dist
 from .errors import DataError, UsageError
 from .models import build_classifier, data_config, model_spec
-from .probe import MIRROR_DROP, HeadParts, extract_features, fit_linear_probe, head_parts, stratified_holdout
+from .probe import HeadParts, choose_hflip, fit_probe_head, head_parts, run_warnings, stratified_holdout
 from .results import load_results, write_atomic
 from .runstate import (
     StopOnSignal,
@@ -50,13 +49,9 @@ from .runstate import (
 )
 from .transforms import eval_transform, train_transform
 
-if TYPE_CHECKING:
-    from .detector import Progressish
-
 CHECKPOINT = "checkpoint.pt"
 WEIGHTS = "model.safetensors"
 BEST_WEIGHTS = "best.safetensors"
-STALL_RATIO = 0.95  # warn when the last epoch's mean loss is above this fraction of the first's
 
 
 @dataclass
@@ -496,64 +491,6 @@ def held_none() -> np.ndarray:
     return np.zeros(0, dtype=np.int64)
 
 
-def fit_probe_head(
-    model: nn.Module,
-    parts: HeadParts,
-    dataset: ImageDataset,
-    *,
-    n_classes: int,
-    device: torch.device,
-    workers: int,
-    autocast: Callable[[], Any],
-    progress: Progressish,
-    mirrored: bool,
-) -> dict[str, Any]:
-    """Fit ``parts.head`` as a logistic regression on the frozen features of ``dataset`` (eval transform).
-
-    Returns the probe's record for metrics.json: ``train_accuracy``, ``n`` (rows fitted), ``seconds`` and,
-    with ``mirrored``, ``mirrored_accuracy``: the probe's accuracy on the same images flipped horizontally.
-    """
-    started = time.perf_counter()
-    model.eval()
-    progress.start_task("linear probe", len(dataset))
-    loader = DataLoader(dataset, batch_size=128, num_workers=workers)
-
-    def counted() -> Iterator[Any]:
-        for batch in loader:
-            yield batch
-            progress.advance(len(batch[3]))
-
-    found = extract_features(parts, counted(), device=device, autocast=autocast, mirrored=mirrored)
-    features, labels = found.features, found.labels  # [N, E], [N]
-    weight, bias = fit_linear_probe(features, labels, n_classes=n_classes)
-    with torch.no_grad():
-        parts.head.weight.copy_(weight)
-        parts.head.bias.copy_(bias)
-
-        def accuracy(x: torch.Tensor) -> float | None:
-            return float(((x @ weight.t() + bias).argmax(1) == labels).float().mean()) if len(labels) else None
-
-        record = {"train_accuracy": accuracy(features), "n": int(len(labels))}
-        if mirrored:
-            record["mirrored_accuracy"] = accuracy(found.mirrored)
-    model.train()
-    return {**record, "seconds": time.perf_counter() - started}
-
-
-def choose_hflip(requested: bool | None, probe: dict[str, Any], note: Callable[[str], None]) -> bool:
-    """Flips as asked; if not asked, on unless mirroring the training images costs the probe MIRROR_DROP."""
-    if requested is not None:
-        return requested
-    plain, mirrored = probe.get("train_accuracy"), probe.get("mirrored_accuracy")
-    if plain is None or mirrored is None or mirrored >= plain - MIRROR_DROP:
-        return True
-    note(
-        f"random flips off: the linear probe's accuracy falls from {plain:.2f} to {mirrored:.2f} on the mirrored "
-        "training images, so a mirror changes these classes (digits, text, ...); pass --hflip to force them"
-    )
-    return False
-
-
 def parameter_groups(
     model: nn.Module, parts: HeadParts | None, *, lr: float, head_lr: float
 ) -> list[dict[str, Any]]:
@@ -565,24 +502,6 @@ def parameter_groups(
         {"params": [p for p in trainable if id(p) in head], "lr": head_lr},
     ]
     return [g for g in groups if g["params"]]
-
-
-def run_warnings(history: list[dict[str, Any]], probe: dict[str, Any], best_epoch: int | None) -> list[str]:
-    """What a user should hear about a finished run: a loss that did not move, a probe that was not beaten."""
-    messages = []
-    if len(history) >= 2 and history[-1]["loss"] > STALL_RATIO * history[0]["loss"]:
-        messages.append(
-            f"the training loss barely moved ({history[0]['loss']:.3f} in epoch 1, {history[-1]['loss']:.3f} in "
-            f"epoch {history[-1]['epoch']}): fine-tuning hardly changed the model; try a larger --lr or more --epochs"
-        )
-    tuned = [h["val_accuracy"] for h in history if h.get("val_accuracy") is not None]
-    if probe.get("val_accuracy") is not None and best_epoch == 0 and tuned:
-        messages.append(
-            f"no fine-tuned epoch beat the linear probe on validation (best {max(tuned):.3f} < probe "
-            f"{probe['val_accuracy']:.3f}); the exported model is the probe-initialised one (epoch 0); "
-            "a smaller --lr may help"
-        )
-    return messages
 
 
 @torch.no_grad()

@@ -8,20 +8,26 @@ epoch on validation, the probe included, means the exported model is never worse
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import DataLoader
 
-from .data import STATUS_OK
+from .data import STATUS_OK, ImageDataset
+
+if TYPE_CHECKING:
+    from .detector import Progressish
 
 HOLDOUT_CAP = 2000  # at most this many held-out rows: enough for a +-1 point estimate, no more
 MIRROR_DROP = 0.1  # flips stay off when the probe loses this much accuracy on mirrored training images
+STALL_RATIO = 0.95  # warn when the last epoch's mean loss is above this fraction of the first's
 
 
 class Features(NamedTuple):
@@ -139,3 +145,79 @@ def extract_features(
     if not features:
         return Features(empty, torch.zeros(0, dtype=torch.int64, device=device), empty)
     return Features(torch.cat(features), torch.cat(labels), torch.cat(flipped) if flipped else empty)
+
+
+def fit_probe_head(
+    model: nn.Module,
+    parts: HeadParts,
+    dataset: ImageDataset,
+    *,
+    n_classes: int,
+    device: torch.device,
+    workers: int,
+    autocast: Callable[[], Any],
+    progress: Progressish,
+    mirrored: bool,
+) -> dict[str, Any]:
+    """Fit ``parts.head`` as a logistic regression on the frozen features of ``dataset`` (eval transform).
+
+    Returns the probe's record for metrics.json: ``train_accuracy``, ``n`` (rows fitted), ``seconds`` and,
+    with ``mirrored``, ``mirrored_accuracy``: the probe's accuracy on the same images flipped horizontally.
+    """
+    started = time.perf_counter()
+    model.eval()
+    progress.start_task("linear probe", len(dataset))
+    loader = DataLoader(dataset, batch_size=128, num_workers=workers)
+
+    def counted() -> Iterator[Any]:
+        for batch in loader:
+            yield batch
+            progress.advance(len(batch[3]))
+
+    found = extract_features(parts, counted(), device=device, autocast=autocast, mirrored=mirrored)
+    features, labels = found.features, found.labels  # [N, E], [N]
+    weight, bias = fit_linear_probe(features, labels, n_classes=n_classes)
+    with torch.no_grad():
+        parts.head.weight.copy_(weight)
+        parts.head.bias.copy_(bias)
+
+        def accuracy(x: torch.Tensor) -> float | None:
+            return float(((x @ weight.t() + bias).argmax(1) == labels).float().mean()) if len(labels) else None
+
+        record = {"train_accuracy": accuracy(features), "n": int(len(labels))}
+        if mirrored:
+            record["mirrored_accuracy"] = accuracy(found.mirrored)
+    model.train()
+    return {**record, "seconds": time.perf_counter() - started}
+
+
+def choose_hflip(requested: bool | None, probe: dict[str, Any], note: Callable[[str], None]) -> bool:
+    """Flips as asked; if not asked, on unless mirroring the training images costs the probe MIRROR_DROP."""
+    if requested is not None:
+        return requested
+    plain, mirrored = probe.get("train_accuracy"), probe.get("mirrored_accuracy")
+    if plain is None or mirrored is None or mirrored >= plain - MIRROR_DROP:
+        return True
+    note(
+        f"random flips off: the linear probe's accuracy falls from {plain:.2f} to {mirrored:.2f} on the mirrored "
+        "training images, so a mirror changes these classes (digits, text, ...); pass --hflip to force them"
+    )
+    return False
+
+
+def run_warnings(history: list[dict[str, Any]], probe: dict[str, Any], best_epoch: int | None) -> list[str]:
+    """What a user should hear about a finished run: a loss that did not move, a probe that was not beaten."""
+    messages = []
+    if len(history) >= 2 and history[-1]["loss"] > STALL_RATIO * history[0]["loss"]:
+        messages.append(
+            f"the training loss barely moved ({history[0]['loss']:.3f} in epoch 1, {history[-1]['loss']:.3f} in "
+            f"epoch {history[-1]['epoch']}): fine-tuning hardly changed the model; try a larger --lr or more --epochs"
+        )
+    tuned = [h["val_accuracy"] for h in history if h.get("val_accuracy") is not None]
+    if probe.get("val_accuracy") is not None and best_epoch == 0 and tuned:
+        messages.append(
+            f"no fine-tuned epoch beat the linear probe on validation (best {max(tuned):.3f} < probe "
+            f"{probe['val_accuracy']:.3f}); the exported model is the probe-initialised one (epoch 0); "
+            "a smaller --lr may help"
+        )
+    return messages

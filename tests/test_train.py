@@ -303,7 +303,7 @@ def test_cli_summary_names_the_validation(noisy_run, tmp_path):
 
 
 def test_flips_follow_the_probe_unless_asked():
-    from deft_clean.finetune import choose_hflip
+    from deft_clean.probe import choose_hflip
 
     notes: list[str] = []
     assert choose_hflip(None, {"train_accuracy": 0.99, "mirrored_accuracy": 0.4}, notes.append) is False
