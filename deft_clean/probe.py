@@ -214,7 +214,7 @@ def run_warnings(history: list[dict[str, Any]], probe: dict[str, Any], best_epoc
             f"epoch {history[-1]['epoch']}): fine-tuning hardly changed the model; try a larger --lr or more --epochs"
         )
     tuned = [h["val_accuracy"] for h in history if h.get("val_accuracy") is not None]
-    if probe.get("val_accuracy") is not None and best_epoch == 0 and tuned:
+    if probe.get("val_accuracy") is not None and best_epoch == 0 and tuned and max(tuned) < probe["val_accuracy"]:
         messages.append(
             f"no fine-tuned epoch beat the linear probe on validation (best {max(tuned):.3f} < probe "
             f"{probe['val_accuracy']:.3f}); the exported model is the probe-initialised one (epoch 0); "
