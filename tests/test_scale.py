@@ -222,7 +222,7 @@ def test_torchrun_two_cpu_processes_train(noisy_folder, uninterrupted, tmp_path)
     import json
 
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["n_train"] == int(uninterrupted.frame["is_clean"].sum())
+    assert metrics["n_train"] + metrics["n_held_out"] == int(uninterrupted.frame["is_clean"].sum())
     assert [h["epoch"] for h in metrics["history"]] == [1, 2] and all(
         np.isfinite(h["loss"]) for h in metrics["history"]
     )
