@@ -203,13 +203,22 @@ def train(
     image_size: Annotated[int | None, typer.Option(help="Input size (default: the backbone's).")] = None,
     epochs: Annotated[int, typer.Option(help="Training epochs.")] = TD.epochs,
     warmup_epochs: Annotated[int, typer.Option(help="Linear learning-rate warm-up epochs.")] = TD.warmup_epochs,
-    lr: Annotated[float, typer.Option(help="Peak learning rate (cosine schedule).")] = TD.lr,
+    lr: Annotated[float, typer.Option(help="Peak learning rate of the backbone (cosine schedule).")] = TD.lr,
+    head_lr_scale: Annotated[float, typer.Option(help="The head's learning rate is --lr x this.")] = TD.head_lr_scale,
+    head_init: Annotated[
+        str, typer.Option(help="probe: fit the head on frozen features first (LP-FT); random: a fresh head.")
+    ] = TD.head_init,
+    holdout: Annotated[
+        float, typer.Option(help="Without --val: fraction of the kept rows held out to pick the best epoch.")
+    ] = TD.holdout,
     weight_decay: Annotated[float, typer.Option(help="Weight decay.")] = TD.weight_decay,
     batch_size: Annotated[int, typer.Option(help="Batch size.")] = TD.batch_size,
     optimizer: Annotated[str, typer.Option(help="sgd or adamw.")] = TD.optimizer,
     label_smoothing: Annotated[float, typer.Option(help="Cross-entropy label smoothing.")] = TD.label_smoothing,
     balanced: Annotated[bool, typer.Option("--balanced", help="Class-balanced sampling.")] = False,
-    hflip: Annotated[bool, typer.Option(help="Random horizontal flips.")] = TD.hflip,
+    hflip: Annotated[
+        bool | None, typer.Option(help="Random horizontal flips (default: on unless the probe finds mirrors hurt).")
+    ] = TD.hflip,
     val: Annotated[Path | None, typer.Option(help="Held-out folder or table: accuracy per epoch, best kept.")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from checkpoint.pt in --out.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Allow a non-empty --out.")] = False,
@@ -233,6 +242,9 @@ def train(
         "epochs": epochs,
         "warmup_epochs": warmup_epochs,
         "lr": lr,
+        "head_lr_scale": head_lr_scale,
+        "head_init": head_init,
+        "holdout": holdout,
         "weight_decay": weight_decay,
         "batch_size": batch_size,
         "optimizer": optimizer,
@@ -254,9 +266,13 @@ def train(
         line = (
             f"trained on {result.n_train} rows ({result.n_relabelled} relabelled), final loss {last.get('loss', 0):.4f}"
         )
-        if result.best_val_accuracy is not None:
-            line += f", best val accuracy {result.best_val_accuracy:.4f}"
         console.print(Text(line))
+        if result.best_val_accuracy is not None:
+            source = "--val" if result.val_source == "--val" else f"{result.n_held_out} held-out kept rows"
+            line = f"val accuracy ({source}): {result.best_val_accuracy:.4f} at epoch {result.best_epoch}"
+            if result.probe_val_accuracy is not None:
+                line += f" (linear probe, epoch 0: {result.probe_val_accuracy:.4f})"
+            console.print(Text(line))
         console.print(Text(f"model: {result.out}"))
 
 

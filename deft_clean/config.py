@@ -70,6 +70,7 @@ def field_names(cls: type) -> set[str]:
 
 
 OPTIMIZERS = ("sgd", "adamw")
+HEAD_INITS = ("probe", "random")
 
 
 @dataclass(frozen=True)
@@ -84,13 +85,24 @@ class TrainConfig:
     image_size: int | None = None  # input size; None = the backbone's own
     epochs: int = 10  # training epochs
     warmup_epochs: int = 1  # linear learning-rate warm-up before the cosine decay
-    lr: float = 5e-4  # peak learning rate
+    lr: float = 5e-4  # peak learning rate of the backbone
+    # The head's peak learning rate is lr x this: the pretrained tower should move gently (a large lr
+    # destroys its features), the head must keep up with the features it reads as they change.
+    head_lr_scale: float = 10.0
+    # "probe": fit the head as a logistic regression on frozen features before fine-tuning (LP-FT), so
+    # fine-tuning starts where a linear probe ends; "random": a freshly initialised head.
+    head_init: str = "probe"
+    # Without --val: this stratified fraction of the kept rows (seeded, at least one per class, at most
+    # 2,000 rows) is held out to choose the best epoch (the probe included) and estimate accuracy; 0 = none.
+    holdout: float = 0.1
     weight_decay: float = 5e-4  # weight decay
     batch_size: int = 64  # batch size
     optimizer: str = "sgd"  # "sgd" (momentum 0.9) or "adamw"
     label_smoothing: float = 0.0  # cross-entropy label smoothing
     balanced: bool = False  # class-balanced sampling (with replacement)
-    hflip: bool = True  # random horizontal flips
+    # Random horizontal flips; None = decided by the linear probe: on unless mirroring the training images
+    # costs the probe MIRROR_DROP of its accuracy (digits, text: a mirror changes the class).
+    hflip: bool | None = None
     seed: int = 0  # seeds init of the head, order, augmentation
     device: str = "auto"  # "auto", "cpu", "cuda" or "cuda:N"
     num_workers: int | None = None  # DataLoader workers; None = min(8, CPU count)
@@ -109,6 +121,12 @@ class TrainConfig:
             raise UsageError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         if self.lr <= 0:
             raise UsageError(f"--lr must be positive, got {self.lr}")
+        if self.head_lr_scale <= 0:
+            raise UsageError(f"--head-lr-scale must be positive, got {self.head_lr_scale}")
+        if self.head_init not in HEAD_INITS:
+            raise UsageError(f"--head-init must be one of {', '.join(HEAD_INITS)}, got {self.head_init!r}")
+        if not 0.0 <= self.holdout < 1.0:
+            raise UsageError(f"--holdout must be in [0, 1), got {self.holdout}")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise UsageError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
         for name in ("threshold", "relabel"):

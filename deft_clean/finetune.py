@@ -1,19 +1,27 @@
 """Phase 2: fully fine-tune a backbone + linear head on the rows that detect kept, and export it.
 
 The output folder is the contract with ``predict``/``load_model``:
-``model.safetensors`` (weights), ``config.json`` (backbone, classes, input size, mean, std and what is
-needed to rebuild the network offline), ``metrics.json`` (per-epoch loss, validation accuracy, the rows
-trained on) and ``checkpoint.pt`` (the last epoch's full training state, for ``--resume``).
+``model.safetensors`` (weights of the best epoch on validation, else of the last), ``config.json``
+(backbone, classes, input size, mean, std and what is needed to rebuild the network offline),
+``metrics.json`` (per-epoch loss, validation accuracy, the linear probe's accuracy, the rows trained on and
+held out) and ``checkpoint.pt`` (the last epoch's full training state, for ``--resume``).
+
+Training starts from a linear probe (see :mod:`deft_clean.probe`): the head is fitted on frozen features,
+then the whole tower is fine-tuned, the head with a larger learning rate than the backbone. Without
+``--val`` a stratified part of the kept rows is held out; the exported epoch is the best one there, the
+probe-initialised model (epoch 0) included.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import os
+import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,12 +33,12 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, RandomSampler, Sampler, WeightedRandomSampler
 
 from . import __version__
-from .cache import CachedImages
 from .config import TrainConfig
 from .data import STATUS_OK, ImageDataset, Listing, list_dataset
 from .distributed import Dist
 from .errors import DataError, UsageError
 from .models import build_classifier, data_config, model_spec
+from .probe import HeadParts, choose_hflip, fit_probe_head, head_parts, run_warnings, stratified_holdout
 from .results import load_results, write_atomic
 from .runstate import (
     StopOnSignal,
@@ -49,10 +57,15 @@ BEST_WEIGHTS = "best.safetensors"
 @dataclass
 class TrainResult:
     out: Path  # the exported model folder
-    history: list[dict[str, Any]]  # per epoch: epoch, loss, lr, val_accuracy (None without --val)
-    n_train: int  # rows trained on
+    history: list[dict[str, Any]]  # per epoch: epoch, loss, lr, head_lr, val_accuracy (None without validation)
+    n_train: int  # rows trained on (the held-out rows excluded)
     n_relabelled: int  # flagged rows kept under their suggested label
-    best_val_accuracy: float | None
+    best_val_accuracy: float | None  # validation accuracy of the exported model; None without validation
+    val_source: str | None = None  # "--val", "held-out" (kept rows held out) or None (no validation)
+    probe_val_accuracy: float | None = None  # the probe-initialised model's validation accuracy (epoch 0)
+    best_epoch: int | None = None  # the exported epoch, 0 = the probe-initialised model; None = the last
+    n_held_out: int = 0  # kept rows held out for validation (not trained on)
+    warnings: list[str] = field(default_factory=list)  # what the user should know about this run
 
 
 def select_rows(
@@ -192,6 +205,14 @@ def _train(
             val_listing, label_indices=np.array([remap[x] for x in val_listing.labels], dtype=np.int64)
         )
 
+    # Without --val, a stratified part of the kept rows (as labelled there) chooses the epoch.
+    held = stratified_holdout(labels, fraction=cfg.holdout, seed=cfg.seed) if val_listing is None else held_none()
+    val_source = "--val" if val_listing is not None else "held-out" if len(held) else None
+    held_rows, held_labels = rows[held], labels[held]
+    train_mask = np.ones(len(rows), dtype=bool)
+    train_mask[held] = False
+    rows, labels = rows[train_mask], labels[train_mask]
+
     out_dir = Path(out)
     checkpoint_path = out_dir / CHECKPOINT
     if out_dir.exists() and any(out_dir.iterdir()) and not cfg.resume and not cfg.overwrite:
@@ -216,15 +237,50 @@ def _train(
             cache = prepare_cache(cfg.cache, listing, **fill)
             if val_listing is not None:
                 val_cache = prepare_cache(cfg.cache, val_listing, **fill)
+    full_labels = _labels_for(listing, np.concatenate([rows, held_rows]), np.concatenate([labels, held_labels]))
     train_set = ImageDataset(
         listing.root,
         listing.paths,
-        _labels_for(listing, rows, labels),
-        train_transform(size, mean, std, hflip=cfg.hflip),
+        full_labels,
+        train_transform(size, mean, std, hflip=cfg.hflip is not False),  # final once the probe has decided
         image_size=size,
         indices=rows.tolist(),
         cache=cache,
     )
+    evaluation = eval_transform(size, mean, std)
+
+    def unaugmented(indices: np.ndarray) -> ImageDataset:
+        return ImageDataset(
+            listing.root, listing.paths, full_labels, evaluation, image_size=size, indices=indices.tolist(), cache=cache
+        )
+
+    val_set = None
+    if val_listing is not None:
+        val_set = ImageDataset(
+            val_listing.root, val_listing.paths, val_listing.label_indices, evaluation, image_size=size, cache=val_cache
+        )
+    elif len(held_rows):
+        val_set = unaugmented(held_rows)
+    notes: list[str] = []
+
+    def note(message: str) -> None:
+        notes.append(message)
+        if not quiet:
+            logging.getLogger("deft_clean").warning("%s", message)
+
+    autocast, needs_scaler = autocast_for(device)
+    parts = head_parts(model)
+    probe: dict[str, Any] = {}
+    if cfg.head_init == "probe" and not cfg.resume:
+        if parts is None:
+            note(f"{cfg.backbone}: its head is not one linear layer, so it starts from random weights (no probe)")
+        else:
+            with RichProgress(quiet=quiet) as progress:
+                probe = fit_probe_head(
+                    model, parts, unaugmented(rows), n_classes=len(listing.classes), device=device, workers=workers,
+                    autocast=autocast, progress=progress, mirrored=cfg.hflip is None,
+                )
+    hflip = choose_hflip(cfg.hflip, probe, note)
     # The epoch's order is drawn explicitly from `generator` so that a resume can redraw it and skip
     # the batches already done (see the loop).
     sampler: Sampler[int] = RandomSampler(train_set, generator=generator)
@@ -242,31 +298,34 @@ def _train(
         if ranks.active
         else model
     )
-    trainable = [p for p in model.parameters() if p.requires_grad]
+    groups = parameter_groups(model, parts, lr=cfg.lr, head_lr=cfg.lr * cfg.head_lr_scale)
     if cfg.optimizer == "sgd":
-        optimizer = torch.optim.SGD(trainable, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
+        optimizer = torch.optim.SGD(groups, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
     else:
-        optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     total_steps = cfg.epochs * steps_per_epoch
     warmup_steps = min(cfg.warmup_epochs * steps_per_epoch, max(total_steps - 1, 0))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: _lr_factor(step, warmup_steps=warmup_steps, total_steps=total_steps)
     )
-    autocast, needs_scaler = autocast_for(device)
     scaler = torch.amp.GradScaler("cuda", enabled=needs_scaler)
     signature = _signature(cfg, rows, labels, spec)
 
     history: list[dict[str, Any]] = []
     start_epoch, skip_steps, sums = 0, 0, EpochSums(device)
-    best = None
+    best: float | None = None
+    best_epoch: int | None = None
     if cfg.resume:
         state = load_checkpoint(checkpoint_path, signature)
         model.load_state_dict(state["model"])
         restore_optimizer_state(state, optimizer, scheduler, scaler, generator, device)
         history = json.loads(state["history"])
         best = state["best"].item() if state["best"].numel() else None
+        run = json.loads(state["run"])
+        probe, best_epoch, hflip = run["probe"], run["best_epoch"], run["hflip"]
         start_epoch, skip_steps = int(state["epoch"]), int(state["step"])
         sums = EpochSums(device, json.loads(state["sums"]))
+    train_set.transform = train_transform(size, mean, std, hflip=hflip)
     loader = make_loader(
         train_set,
         batch_size=cfg.batch_size,
@@ -277,6 +336,12 @@ def _train(
     )
     if ranks.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
+    if probe and val_set is not None and not cfg.resume:
+        # Epoch 0, the probe-initialised model, competes with the fine-tuned epochs.
+        best = probe["val_accuracy"] = evaluate(model, val_set, device=device, workers=workers)
+        best_epoch = 0
+        if ranks.is_main:
+            save_weights(model, out_dir / BEST_WEIGHTS)
 
     def snapshot(epoch: int, step: int, epoch_start: torch.Tensor) -> dict[str, Any]:
         """The state after ``step`` batches of ``epoch`` (0-based); step 0 = the epoch has not begun."""
@@ -288,6 +353,7 @@ def _train(
             "sums": json.dumps(sums.values()),
             "history": json.dumps(history),
             "best": torch.tensor([best] if best is not None else []),
+            "run": json.dumps({"probe": probe, "best_epoch": best_epoch, "hflip": hflip}),
             "signature": json.dumps(signature),
         }
 
@@ -336,15 +402,14 @@ def _train(
                 "epoch": epoch + 1,
                 "loss": loss_sum / max(seen, 1),
                 "lr": optimizer.param_groups[0]["lr"],
+                "head_lr": optimizer.param_groups[-1]["lr"],
                 "seconds": time.perf_counter() - started,
                 "val_accuracy": None,
             }
-            if val_listing is not None:
-                record["val_accuracy"] = evaluate(
-                    model, val_listing, size, mean, std, device=device, workers=workers, cache=val_cache
-                )
+            if val_set is not None:
+                record["val_accuracy"] = evaluate(model, val_set, device=device, workers=workers)
                 if best is None or record["val_accuracy"] > best:
-                    best = record["val_accuracy"]
+                    best, best_epoch = record["val_accuracy"], epoch + 1
                     if ranks.is_main:
                         save_weights(model, out_dir / BEST_WEIGHTS)
             history.append(record)
@@ -354,12 +419,28 @@ def _train(
                 stop.follow()
                 stop.check()
 
-    result = TrainResult(out_dir, history, int(len(rows)), n_relabelled, best)
+    for message in run_warnings(history, probe, best_epoch):
+        note(message)
+    result = TrainResult(
+        out_dir,
+        history,
+        int(len(rows)),
+        n_relabelled,
+        best,
+        val_source=val_source,
+        probe_val_accuracy=probe.get("val_accuracy"),
+        best_epoch=best_epoch,
+        n_held_out=int(len(held_rows)),
+        warnings=notes,
+    )
     if not ranks.is_main:
         ranks.barrier()  # wait until rank 0 has written the model folder
         return result
 
-    save_weights(model, out_dir / WEIGHTS)
+    if best_epoch is not None and best_epoch != history[-1]["epoch"]:
+        write_atomic(out_dir / WEIGHTS, lambda tmp: shutil.copyfile(out_dir / BEST_WEIGHTS, tmp))
+    else:
+        save_weights(model, out_dir / WEIGHTS)
     export_config = {
         "format": "deft-clean-model",
         "deft_clean_version": __version__,
@@ -370,11 +451,18 @@ def _train(
     write_atomic(out_dir / "config.json", lambda tmp: tmp.write_text(json.dumps(export_config, indent=2)))
     metrics = {
         "history": history,
-        "best_val_accuracy": best,
+        "val_source": val_source,  # "--val", "held-out" (kept rows, labels as given) or None
+        "hflip": hflip,  # the flips trained with (--hflip, or decided by the probe)
+        "probe": probe,  # the linear probe: train/val accuracy, seconds (empty with --head-init random)
+        "best_epoch": best_epoch,  # the exported epoch; 0 = the probe-initialised model
+        "best_val_accuracy": best,  # validation accuracy of the exported model
+        "warnings": notes,
         "n_train": int(len(rows)),
+        "n_held_out": int(len(held_rows)),
         "n_relabelled": n_relabelled,
         "options": dataclasses.asdict(cfg),
         "trained_on": {"path": [listing.paths[i] for i in rows], "label_index": labels.tolist()},
+        "held_out": {"path": [listing.paths[i] for i in held_rows], "label_index": held_labels.tolist()},
     }
     write_atomic(out_dir / "metrics.json", lambda tmp: tmp.write_text(json.dumps(metrics)))
     ranks.barrier()
@@ -399,31 +487,31 @@ def save_weights(model: nn.Module, path: Path) -> None:
     write_atomic(path, lambda tmp: save_file(tensors, str(tmp)))
 
 
+def held_none() -> np.ndarray:
+    return np.zeros(0, dtype=np.int64)
+
+
+def parameter_groups(
+    model: nn.Module, parts: HeadParts | None, *, lr: float, head_lr: float
+) -> list[dict[str, Any]]:
+    """The trainable parameters as optimiser groups: backbone first (``lr``), then the head (``head_lr``)."""
+    head = {id(p) for p in parts.head.parameters()} if parts is not None else set()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in trainable if id(p) not in head], "lr": lr},
+        {"params": [p for p in trainable if id(p) in head], "lr": head_lr},
+    ]
+    return [g for g in groups if g["params"]]
+
+
 @torch.no_grad()
 def evaluate(
-    model: nn.Module,
-    listing: Listing,
-    size: int,
-    mean: tuple[float, ...],
-    std: tuple[float, ...],
-    *,
-    device: torch.device,
-    workers: int,
-    batch_size: int = 128,
-    cache: CachedImages | None = None,
+    model: nn.Module, dataset: ImageDataset, *, device: torch.device, workers: int, batch_size: int = 128
 ) -> float:
-    """Top-1 accuracy on a labelled listing (unusable files skipped)."""
+    """Top-1 accuracy on a labelled dataset with the eval transform (unusable files skipped)."""
     from .detector import autocast_for
 
     model.eval()
-    dataset = ImageDataset(
-        listing.root,
-        listing.paths,
-        listing.label_indices,
-        eval_transform(size, mean, std),
-        image_size=size,
-        cache=cache,
-    )
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers)
     autocast, _ = autocast_for(device)
     correct = total = 0
