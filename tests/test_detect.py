@@ -63,7 +63,8 @@ def test_parquet_round_trips_with_schema_and_metadata(detected, noisy_folder, ti
     assert str(schema.field("is_clean").type) == "bool"
     # listing order: class folders, then file names
     assert frame["path"].tolist() == sorted(frame["path"], key=lambda p: (p.split("/")[0], p))
-    assert ((frame["p_clean"] > 0.5) | ~frame["is_clean"]).all()
+    flagged = ~frame["is_clean"]
+    assert frame.loc[flagged, "flag_reason"].notna().all() and frame.loc[~flagged, "flag_reason"].isna().all()
 
 
 def test_same_seed_same_scores(tiny_clip, noisy_folder, detected):
