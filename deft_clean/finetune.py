@@ -437,7 +437,20 @@ def _train(
         ranks.barrier()  # wait until rank 0 has written the model folder
         return result
 
-    if best_epoch is not None and best_epoch != history[-1]["epoch"]:
+    refit = best_epoch == 0 and val_source == "held-out" and parts is not None
+    if refit:
+        # The probe won on the held-out rows; with the choice made, the exported head learns from all kept
+        # rows (the held-out ones too), as one refits on all the data after model selection.
+        from safetensors.torch import load_file
+
+        model.load_state_dict(load_file(str(out_dir / BEST_WEIGHTS), device=str(device)))
+        with RichProgress(quiet=quiet) as progress:
+            fit_probe_head(
+                model, parts, unaugmented(np.concatenate([rows, held_rows])), n_classes=len(listing.classes),
+                device=device, workers=workers, autocast=autocast, progress=progress, mirrored=False,
+            )
+        save_weights(model, out_dir / WEIGHTS)
+    elif best_epoch is not None and best_epoch != history[-1]["epoch"]:
         write_atomic(out_dir / WEIGHTS, lambda tmp: shutil.copyfile(out_dir / BEST_WEIGHTS, tmp))
     else:
         save_weights(model, out_dir / WEIGHTS)
@@ -455,6 +468,7 @@ def _train(
         "hflip": hflip,  # the flips trained with (--hflip, or decided by the probe)
         "probe": probe,  # the linear probe: train/val accuracy, seconds (empty with --head-init random)
         "best_epoch": best_epoch,  # the exported epoch; 0 = the probe-initialised model
+        "probe_refit_on_all_rows": refit,  # epoch 0 won: its head was refitted on the held-out rows too
         "best_val_accuracy": best,  # validation accuracy of the exported model
         "warnings": notes,
         "n_train": int(len(rows)),

@@ -59,9 +59,10 @@ def test_clean_only_beats_all_rows(noisy_run, tmp_path, backbone, extra):
             **FAST,
         )
         accuracy[clean_only] = deft_clean.predict(out, [heldout], device="cpu", num_workers=0, quiet=True).accuracy
-    # measured: clip 0.99 vs 0.96, timm:test_vit 0.98 vs 0.55 (seeded, CPU). Both start from a linear
-    # probe and keep their best epoch on held-out kept rows, which lifts the noisy baseline a lot for CLIP.
-    assert accuracy[True] >= accuracy[False] + 0.02, accuracy
+    # measured: clip 0.99 vs 0.975, timm:test_vit 0.98 vs 0.55 (seeded, CPU). Both start from a linear
+    # probe and keep their best epoch on held-out kept rows (a winning probe is refitted on every kept row),
+    # which lifts the noisy baseline a lot for CLIP.
+    assert accuracy[True] >= accuracy[False] + 0.01, accuracy
 
 
 def test_export_load_predict_reproduces_logits(noisy_run, tmp_path):
@@ -81,10 +82,13 @@ def test_export_load_predict_reproduces_logits(noisy_run, tmp_path):
 
     loaded = deft_clean.load_model(out)
     assert loaded.classes == sorted(CLASSES)
-    # the exported model is the best epoch on the held-out rows, the probe-initialised one (epoch 0) included
+    # the exported model is the best epoch on the held-out rows, the probe-initialised one (epoch 0) included;
+    # a winning probe gets its head refitted on all kept rows (the backbone is epoch 0's)
     best = load_file(str(out / "best.safetensors"))
     exported = load_file(str(out / "model.safetensors"))
-    assert all(torch.equal(best[k], exported[k]) for k in best)
+    refit = metrics["probe_refit_on_all_rows"]
+    assert refit == (metrics["best_epoch"] == 0)
+    assert all(torch.equal(best[k], exported[k]) for k in best if not (refit and k.startswith("head.")))
     if metrics["best_epoch"] == 1:
         state = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=True)["model"]
         assert all(torch.equal(state[k], exported[k]) for k in state)
@@ -256,7 +260,8 @@ def test_probe_is_never_beaten_by_a_destructive_lr(noisy_run, tmp_path):
         assert result.best_epoch == 0 and any("probe-initialised" in w for w in result.warnings)
         exported = load_file(str(out / "model.safetensors"))
         best = load_file(str(out / "best.safetensors"))
-        assert all(torch.equal(best[k], exported[k]) for k in best)
+        # the backbone is the probe-initialised model's; its head was refitted on every kept row
+        assert all(torch.equal(best[k], exported[k]) for k in best if not k.startswith("head."))
 
 
 def test_timm_head_is_fitted_first(noisy_run, tmp_path):
