@@ -146,3 +146,17 @@ def test_flag_by_class_takes_the_estimated_count_lowest_first():
     assert abs(int(counts.sum()) - int(flip.sum())) <= 0.1 * flip.sum()
     assert np.mean(flip[flagged]) >= 0.9 and np.mean(flagged[flip]) >= 0.8
     assert not flagged[probs.argmax(1) == given].any()
+
+
+def test_seed_gives_every_class_its_most_text_like_rows():
+    """A class the text side never confirms still enters the seed through its most text-like rows."""
+    from deft_clean.selection import MIN_SEED_SHARE, text_seed
+
+    labels = np.repeat(np.arange(3), 20)
+    zero_shot = np.full((60, 3), 0.1)
+    zero_shot[np.arange(60), labels] = 0.8
+    zero_shot[40:, 0] = 0.9  # class 2 is never zero-shot's top-1 ...
+    zero_shot[40:45, 2] = 0.85  # ... but five of its rows come close
+    seed = text_seed(np.ones(60, dtype=bool), labels, zero_shot, None, "threshold+argmax")
+    assert seed[:40].all()
+    assert seed[40:].sum() == int(np.ceil(MIN_SEED_SHARE * 20)) and seed[40:42].all()
