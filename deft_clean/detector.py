@@ -60,6 +60,7 @@ class Scores:
     p_predicted: np.ndarray  # float32 [N] softmax over positive prompts at the prediction
     p_label: np.ndarray  # float32 [N] softmax over positive prompts at the given label
     failures: dict[int, str]  # sample index -> why its file could not be used; usable files are absent
+    probs: np.ndarray | None = None  # float32 [N, K] softmax over the positive prompts (the text posterior)
 
     @property
     def usable(self) -> np.ndarray:
@@ -603,9 +604,12 @@ def score_samples(model: DeftModel, listing: Listing, **loader: Any) -> Scores:
             "predicted": top_i,
             "p_predicted": top_p,
             "p_label": probs[rows, labels],
+            "probs": probs,
         }
 
-    columns = {name: () for name in ("sim_pos", "sim_neg", "predicted", "p_predicted", "p_label")}
+    names = ("sim_pos", "sim_neg", "predicted", "p_predicted", "p_label")
+    columns: dict[str, tuple[int, ...]] = {name: () for name in names}
+    columns["probs"] = (positive_text.shape[0],)
     arrays, failures = eval_pass(batch_fn, columns, listing, **loader)
     sim_pos, sim_neg = arrays["sim_pos"], arrays["sim_neg"]
     predicted = np.where(np.isnan(arrays["predicted"]), -1, arrays["predicted"]).astype(np.int64)
@@ -618,6 +622,7 @@ def score_samples(model: DeftModel, listing: Listing, **loader: Any) -> Scores:
         p_predicted=arrays["p_predicted"],
         p_label=arrays["p_label"],
         failures=failures,
+        probs=arrays["probs"],
     )
 
 

@@ -270,15 +270,18 @@ def estimated_issue_counts(probs: np.ndarray, labels: np.ndarray, n_classes: int
     return np.rint(np.clip(issues, 0, given)).astype(np.int64)
 
 
-def flag_by_class(probs: np.ndarray, labels: np.ndarray, n_classes: int) -> np.ndarray:
+def flag_by_class(
+    probs: np.ndarray, labels: np.ndarray, n_classes: int, *, order_by: np.ndarray | None = None
+) -> np.ndarray:
     """bool [N]: per given class, its estimated number of wrong labels, taken lowest probability of the label
     first; a row whose most probable class is its label is never flagged (as cleanlab's prune_by_class).
 
-    The count comes from confident learning; the order from the probability of the given label, which
-    ranks noisy below clean rows far better than a fixed threshold separates them.
+    The count comes from confident learning; the order from the probability of the given label (or
+    ``order_by`` [N], lower = flagged first), which ranks noisy below clean rows far better than a fixed
+    threshold separates them.
     """
     counts = estimated_issue_counts(probs, labels, n_classes)
-    self_confidence = probs[np.arange(len(labels)), labels]
+    self_confidence = probs[np.arange(len(labels)), labels] if order_by is None else order_by
     flagged = np.zeros(len(labels), dtype=bool)
     for k in range(n_classes):
         rows = np.flatnonzero(labels == k)

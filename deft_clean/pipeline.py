@@ -385,11 +385,13 @@ def select(cfg: DetectConfig, listing: Listing, evidence: Evidence, *, device: A
     else:
         seed_mask = text_seed(usable, labels, evidence.zero_shot, scores, cfg.clean_rule)
         try:
+            text = scores.probs if scores is not None else evidence.zero_shot  # [N, K]
             fused = fused_rule(
-                evidence.features, labels, usable, seed_mask, len(classes), seed=cfg.seed, device=device
+                evidence.features, labels, usable, seed_mask, text, len(classes), seed=cfg.seed, device=device
             )
         except TooFewRows as exc:
             return text_only(listing, usable, text_pred, text_score, f"{exc}: decided on the text evidence alone")
+        visual_score = fused.visual[rows, labels]  # [N] NaN for unusable rows
         reason = [None] * n
         for i in np.flatnonzero(usable & ~fused.is_clean):
             text_note = (
@@ -399,10 +401,10 @@ def select(cfg: DetectConfig, listing: Listing, evidence: Evidence, *, device: A
             )
             reason[i] = (
                 f"looks like {classes[fused.suggested[i]]!r} (image evidence {fused.p_suggested[i]:.2f}, "
-                f"{classes[labels[i]]!r} {fused.p_clean[i]:.2f}); {text_note}"
+                f"{classes[labels[i]]!r} {visual_score[i]:.2f}); {text_note}"
             )
         decision = Decision(
-            fused.is_clean, fused.p_clean, fused.suggested, fused.p_suggested, text_score, fused.p_clean, reason,
+            fused.is_clean, fused.p_clean, fused.suggested, fused.p_suggested, text_score, visual_score, reason,
             fused.visual, {**fused.info, "text_evidence": evidence.text_source}, [],
         )
         if cfg.selection == "deft":

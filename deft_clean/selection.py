@@ -25,6 +25,7 @@ SELECTIONS = ("fused", "deft")
 MIN_PROMPT_AGREEMENT = 0.8
 MOST_OF_A_CLASS = 0.8  # a class with more than this fraction flagged gets a warning
 MIN_CLASS_ROWS = 5  # classes with fewer usable rows are not judged
+FUSION_WEIGHTS = (0.0, 0.125, 0.25, 0.5, 1.0)  # exponents of the text posterior tried by fuse()
 MIN_SEED_SHARE = 0.1  # every class seeds at least this fraction of its rows (its most text-like ones)
 
 
@@ -89,21 +90,50 @@ def text_seed(
     return seed
 
 
+def fuse(visual: np.ndarray, text: np.ndarray, labels: np.ndarray, kept: np.ndarray) -> tuple[np.ndarray, float]:
+    """Product of experts ``P ~ visual * text^a``, with ``a`` chosen by the data: ([M, K] posterior, a).
+
+    ``a`` maximises the mean log-probability of the given label over ``kept`` (the rows the image evidence
+    alone keeps; their labels are nearly all right). The image probabilities there are cross-fitted, so this
+    is a held-out likelihood: text evidence gets weight only where it sharpens correct labels. Measured on the
+    shifted benchmark it lifts the ROC-AUC of pair noise (the text side keeps flipped labels unlikely) and
+    chooses ~0 where the text side is weak.
+    """
+    rows = np.arange(len(labels))
+    log_v = np.log(np.clip(visual, 1e-12, 1.0))
+    log_t = np.log(np.clip(text, 1e-12, 1.0))
+    best_weight, best_ll, best_post = 0.0, -np.inf, visual
+    for weight in FUSION_WEIGHTS:
+        logits = log_v + weight * log_t
+        logits -= logits.max(axis=1, keepdims=True)
+        posterior = np.exp(logits)
+        posterior /= posterior.sum(axis=1, keepdims=True)
+        ll = float(np.mean(np.log(np.clip(posterior[rows, labels][kept], 1e-12, 1.0)))) if kept.any() else 0.0
+        if ll > best_ll + 1e-9:
+            best_weight, best_ll, best_post = weight, ll, posterior
+    return best_post.astype(np.float32), best_weight
+
+
 def fused_rule(
     features: np.ndarray,
     labels: np.ndarray,
     usable: np.ndarray,
     seed_mask: np.ndarray,
+    text: np.ndarray,
     n_classes: int,
     *,
     seed: int,
     device: torch.device | None = None,
 ) -> Selection:
-    """Grow visual evidence from ``seed_mask`` and flag with per-class thresholds.
+    """Grow visual evidence from ``seed_mask``, fuse it with the text posterior, flag per class.
 
     Args:
         features: [N, D] frozen image features (rows of unusable files are ignored).
         labels: [N] given labels; usable, seed_mask: bool [N].
+        text: [N, K] text posterior (learned positive prompts, or zero-shot prompts).
+    Returns:
+        a :class:`Selection`: per given class, confident learning on the image evidence says how many rows
+        are wrong; the rows with the lowest fused ``p_clean`` are flagged.
     """
     n = len(labels)
     rows = np.flatnonzero(usable)
@@ -111,26 +141,28 @@ def fused_rule(
         raise TooFewRows(f"{int(seed_mask[rows].sum())} seed rows for {n_classes} classes")
     x = torch.as_tensor(features[rows], device=device)
     evidence = grow_clean_set(x, labels[rows], seed_mask[rows], n_classes, seed=seed, growth="confident")
-    probs = evidence.probs  # [M, K]
+    probs = evidence.probs  # [M, K] cross-fitted image evidence
     y = labels[rows]
+    m = np.arange(len(rows))
+    posterior, weight = fuse(probs, text[rows], y, ~flag_by_class(probs, y, n_classes))
+    flagged_part = flag_by_class(probs, y, n_classes, order_by=posterior[m, y])
     best = confident_class(probs, class_thresholds(probs, y, n_classes))
-    flagged_part = flag_by_class(probs, y, n_classes)
     suggested_part = np.where(best == -1, probs.argmax(axis=1), best)
 
     is_clean = np.zeros(n, dtype=bool)
     is_clean[rows] = ~flagged_part
     p_clean = np.full(n, np.nan, dtype=np.float32)
-    p_clean[rows] = probs[np.arange(len(rows)), y]
+    p_clean[rows] = posterior[m, y]
     suggested = np.full(n, -1, dtype=np.int64)
     suggested[rows] = suggested_part
     p_suggested = np.full(n, np.nan, dtype=np.float32)
-    p_suggested[rows] = probs[np.arange(len(rows)), suggested_part]
+    p_suggested[rows] = probs[m, suggested_part]
     visual = np.full((n, n_classes), np.nan, dtype=np.float32)
     visual[rows] = probs
     reason: list[str | None] = [None] * n
     for i in np.flatnonzero(usable & ~is_clean):
         reason[i] = "visual evidence points to another class"
-    info = {"seed_size": evidence.seed_size, "clean_set_by_round": evidence.rounds}
+    info = {"seed_size": evidence.seed_size, "clean_set_by_round": evidence.rounds, "text_weight": weight}
     return Selection(is_clean, p_clean, suggested, p_suggested, reason, visual, info)
 
 
