@@ -211,7 +211,7 @@ def check_model_config(config: Any, file: Path) -> tuple[list[str], str]:
     if not isinstance(backbone, str):
         raise bad("backbone", "must be a string")
     if backbone != "clip" and not backbone.startswith("timm:"):
-        raise bad("backbone", f"is {printable(backbone)!r}, expected clip or timm:NAME")
+        raise bad("backbone", f"is an unknown backbone {printable(backbone)!r} (expected clip or timm:NAME)")
     if backbone.startswith("timm:"):
         timm_name = config.get("timm_name")
         if not isinstance(timm_name, str) or not SAFE_NAME.fullmatch(timm_name):
