@@ -235,7 +235,7 @@ def run_deft(
     started = time.perf_counter()
     if via_cli:
         assert out is not None
-        command = [sys.executable, "-m", "deft_clean", "detect", str(folder), "--out", str(out)]
+        command = [sys.executable, "-m", "deft_clean", "detect", str(folder), "--out", str(out), "--overwrite"]
         command += ["--model", str(foundation.config), "--pretrained", str(foundation.checkpoint)]
         command += ["--seed", str(seed), "--device", device, "--num-workers", str(num_workers), "--quiet"]
         for key, value in settings.items():
@@ -258,6 +258,7 @@ def run_deft(
             num_workers=num_workers,
             quiet=True,
             out=out,
+            overwrite=True,
             **settings,
         )
         frame, history = result.frame, result.history

@@ -122,12 +122,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     small = ["--ctx-init", "a photo of a", "--lr", "0.01", "--vpt-tokens", "4", "--epochs", "10", "--no-hflip"]
     # Decode every image once; detect's epochs, its scoring pass and train below all read the cache.
     cache = ["--cache", str(out / "image-cache")]
-    deft_clean("detect", str(noisy_root), "--out", str(results), *model, *small, *cache)
+    deft_clean("detect", str(noisy_root), "--out", str(results), "--overwrite", *model, *small, *cache)
     check_detection(results, out / "true_labels.json", wrong)
 
     skipped = []
     if "report" in commands:
-        deft_clean("report", str(results), "--top", "10", "--html", str(out / "report.html"))
+        deft_clean("report", str(results), "--top", "10", "--html", str(out / "report.html"), "--overwrite")
     else:
         skipped.append("report")
     model_dir = out / "model"
@@ -139,7 +139,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         skipped.append("train")
     if "predict" in commands and "train" in commands:
         deft_clean("predict", str(model_dir), str(test_root), "--out", str(out / "predictions.parquet"),
-                   "--device", args.device, "--num-workers", "0")
+                   "--overwrite", "--device", args.device, "--num-workers", "0")
     else:
         skipped.append("predict")
 
