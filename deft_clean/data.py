@@ -215,6 +215,7 @@ def _list_table(table: Path, *, path_col: str, label_col: str) -> tuple[Path, li
     root = table.parent
     resolved_root = root.resolve()
     paths = []
+    real_paths = []
     missing_files = []
     for row, value in enumerate(frame[path_col]):
         text = "" if pd.isna(value) else str(value).strip()
@@ -226,8 +227,9 @@ def _list_table(table: Path, *, path_col: str, label_col: str) -> tuple[Path, li
             raise DataError(f"{table}: row {row + 2} path {text!r} resolves outside the dataset root {root}")
         if not resolved.is_file():
             missing_files.append(text)
+        real_paths.append(str(resolved))
         paths.append(resolved.relative_to(resolved_root).as_posix() if os.path.isabs(text) else Path(text).as_posix())
-    check_unique(paths, table)
+    check_unique(real_paths, table, shown=paths)
     if missing_files:
         raise DataError(
             f"{table}: {len(missing_files)} listed file(s) do not exist, e.g. {missing_files[:3]} "
@@ -236,13 +238,17 @@ def _list_table(table: Path, *, path_col: str, label_col: str) -> tuple[Path, li
     return root, paths, labels
 
 
-def check_unique(paths: Sequence[str], table: Path) -> None:
-    """Refuse a table that lists one file twice (it would be trained twice and exported once)."""
+def check_unique(paths: Sequence[str], table: Path, *, shown: Sequence[str] | None = None) -> None:
+    """Refuse a table that lists one file twice (it would be trained twice and exported once).
+
+    ``paths`` are compared (pass real paths to catch ``a/../a/x.png``); ``shown`` is what the message names.
+    """
     seen: dict[str, int] = {}
     for row, path in enumerate(paths):
         if path in seen:
+            name = (shown or paths)[row]
             raise DataError(
-                f"{table}: {printable(path)!s} is listed twice (rows {seen[path] + 2} and {row + 2}); "
+                f"{table}: {printable(name)} is listed twice (rows {seen[path] + 2} and {row + 2}); "
                 "remove the duplicate rows"
             )
         seen[path] = row

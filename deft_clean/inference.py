@@ -66,7 +66,7 @@ def _list_inputs(
                     "(paths are relative to the table's folder)"
                 )
             files.append(resolved.relative_to(resolved_root).as_posix() if os.path.isabs(text) else text)
-        check_unique(files, paths[0])
+        check_unique([str(real(root / f)) for f in files], paths[0], shown=files)
         missing = [f for f in files if not (root / f).is_file()]
         if missing:
             raise DataError(f"{paths[0]}: {len(missing)} listed file(s) do not exist, e.g. {missing[:3]}")

@@ -486,9 +486,11 @@ def test_top_level_images_are_counted_in_a_warning(small_folder, caplog):
 
 def test_duplicate_paths_in_a_table_are_refused(small_folder):
     rows = folder_rows(small_folder)
-    table = write_table(small_folder, [*rows, rows[0]])
-    with pytest.raises(DataError, match="listed twice"):
-        list_dataset(table)
+    first = rows[0]["path"]
+    for duplicate in (first, f"{first.split('/')[0]}/../{first}"):
+        table = write_table(small_folder, [*rows, {"path": duplicate, "label": "dog"}])
+        with pytest.raises(DataError, match="listed twice"):
+            list_dataset(table)
 
 
 def test_export_with_a_very_long_label_is_one_line(review, tmp_path):
