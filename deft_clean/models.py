@@ -98,14 +98,27 @@ def _clip_architecture(spec: dict[str, Any], device: torch.device) -> nn.Module:
 
 @contextlib.contextmanager
 def _quiet_open_clip() -> Iterator[None]:
-    """Hide open_clip's "No pretrained weights loaded" warning: the weights come from the model folder next."""
+    """Rebuild an architecture offline and without open_clip's "No pretrained weights loaded" warning.
+
+    The weights come from the model folder right after; a model folder must never make deft-clean go to
+    the network (e.g. for a Hugging Face text tower's config), so the hub is switched to offline mode.
+    """
     root = logging.getLogger()
     previous = root.level
     root.setLevel(logging.ERROR)
     try:
+        from huggingface_hub import constants
+    except ImportError:  # pragma: no cover - open_clip depends on huggingface_hub
+        constants = None
+    offline = getattr(constants, "HF_HUB_OFFLINE", None)
+    if constants is not None:
+        constants.HF_HUB_OFFLINE = True
+    try:
         yield
     finally:
         root.setLevel(previous)
+        if constants is not None:
+            constants.HF_HUB_OFFLINE = offline
 
 
 def build_classifier(

@@ -131,6 +131,33 @@ def test_predict_refuses_an_out_inside_its_input_folder(small_folder, tmp_path):
     assert checksums(small_folder) == before
 
 
+def test_train_refuses_an_out_inside_the_dataset_or_over_its_results(small_folder, tmp_path):
+    listing = list_dataset(small_folder)
+    n = len(listing)
+    frame = pd.DataFrame(
+        {
+            "path": listing.paths,
+            "label": listing.labels,
+            "label_index": listing.label_indices,
+            "p_clean": [0.9] * n,
+            "is_clean": [True] * n,
+            "predicted_label": listing.labels,
+            "predicted_index": listing.label_indices,
+            "p_predicted": [0.9] * n,
+            "sim_pos": [0.3] * n,
+            "sim_neg": [0.1] * n,
+            "status": ["ok"] * n,
+        }
+    )
+    metadata = {"classes": listing.classes, "dataset": str(small_folder), "source": "folder"}
+    results = write_results(frame, metadata, tmp_path / "res" / "r.parquet")
+    before, saved = checksums(small_folder), results.read_bytes()
+    for out, why in ((small_folder / "model", "inside the dataset"), (results.parent, "contains an input")):
+        args = ["train", str(small_folder), "--results", str(results), "--out", str(out), "--overwrite"]
+        fails(runner.invoke(app, args), 2, why)
+    assert checksums(small_folder) == before and results.read_bytes() == saved
+
+
 def test_report_refuses_to_write_onto_results_or_images(review):
     before, results = checksums(review.root), review.results.read_bytes()
     image = sorted(review.root.rglob("*.png"))[0]
