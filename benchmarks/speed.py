@@ -249,7 +249,7 @@ def detect_child(folder: Path, work: Path, *, device: str, epochs: int, num_work
     started = time.perf_counter()
     result = deft_clean.detect(
         folder, model=model_config("tiny", work), pretrained="none", epochs=epochs, vpt_tokens=4, batch_size=64,
-        device=device, num_workers=num_workers, quiet=True, out=work / f"{folder.name}.parquet",
+        device=device, num_workers=num_workers, quiet=True, out=work / f"{folder.name}.parquet", overwrite=True,
     )
     seconds = time.perf_counter() - started
     gpu = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() and device != "cpu" else None

@@ -74,6 +74,59 @@ def _register_model_name(model: str) -> str:
     return model
 
 
+def _hub_files(name: str, tag: str) -> tuple[str, list[str]] | None:
+    """(repo id, candidate file names) of a pretrained tag hosted on the Hugging Face hub, else None."""
+    import open_clip
+
+    hub = open_clip.get_pretrained_cfg(name, tag).get("hf_hub", "")
+    if not hub:
+        return None
+    if hub.endswith("/"):
+        repo, filename = hub.rstrip("/"), "open_clip_pytorch_model.bin"
+    else:
+        repo, filename = os.path.split(hub)
+    candidates = [filename]
+    if filename == "open_clip_pytorch_model.bin":
+        candidates.insert(0, "open_clip_model.safetensors")
+    elif filename.endswith((".bin", ".pth")):
+        candidates.insert(0, filename[:-4] + ".safetensors")
+    return repo, candidates
+
+
+def _check_download_possible(name: str, tag: str, *, timeout: float = 3.0) -> None:
+    """Fail within seconds when the weights are neither cached nor downloadable (offline machine).
+
+    Without this, huggingface_hub retries for about a minute and logs dozens of lines first.
+    """
+    import socket
+    from urllib.parse import urlparse
+
+    try:
+        from huggingface_hub import constants, try_to_load_from_cache
+    except ImportError:
+        return
+    files = _hub_files(name, tag)
+    if files is None:
+        return
+    repo, candidates = files
+    if any(isinstance(try_to_load_from_cache(repo, f), str) for f in candidates):
+        return
+    advice = (
+        f"the {name}/{tag} weights are not in the Hugging Face cache and cannot be downloaded "
+        "({why}); on a machine with internet run "
+        f"`python -c \"import open_clip; open_clip.create_model('{name}', pretrained='{tag}')\"` to fill the "
+        "cache (~/.cache/huggingface), or pass --pretrained PATH; set HF_HUB_OFFLINE=1 to never try the network"
+    )
+    offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+    if offline or getattr(constants, "HF_HUB_OFFLINE", False):
+        raise WeightsError(advice.format(why="HF_HUB_OFFLINE is set"))
+    host = urlparse(os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+    except OSError:
+        raise WeightsError(advice.format(why=f"{host} is not reachable")) from None
+
+
 def load_clip(model: str, pretrained: str, *, device: torch.device, quiet: bool = False) -> LoadedClip:
     """Build an open_clip model and load its weights.
 
@@ -106,6 +159,7 @@ def load_clip(model: str, pretrained: str, *, device: torch.device, quiet: bool 
                 "pass a local checkpoint file or 'none'"
             )
         weights = tag
+        _check_download_possible(name, tag)
     try:
         clip = open_clip.create_model(name, pretrained=weights, device=device)
     except (RuntimeError, OSError, ValueError, KeyError) as exc:

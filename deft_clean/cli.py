@@ -16,8 +16,9 @@ from rich.table import Table
 from rich.text import Text
 
 from . import cli_review
-from .cli_common import Cache, Debug, Device, Quiet, Workers, _run
+from .cli_common import Cache, Debug, Device, Overwrite, Quiet, Workers, _run
 from .config import CLEAN_RULES, DetectConfig, TrainConfig
+from .safety import printable
 
 app = typer.Typer(
     name="deft-clean",
@@ -101,6 +102,7 @@ def detect(
     checkpoint_every: Annotated[
         int, typer.Option(metavar="STEPS", help="Also checkpoint every STEPS steps (0: at epoch ends only).")
     ] = 0,
+    overwrite: Overwrite = False,
     device: Device = D.device,
     quiet: Quiet = False,
     debug: Debug = False,
@@ -146,6 +148,7 @@ def detect(
                 run_dir=run_dir,
                 resume=resume,
                 checkpoint_every=checkpoint_every,
+                overwrite=overwrite,
                 **options,
             ),
         )
@@ -161,7 +164,7 @@ def _interruptible(call: Callable[[], T]) -> T:
     try:
         return call()
     except Interrupted as exc:
-        Console(stderr=True, highlight=False, soft_wrap=True).print(str(exc), markup=False)
+        Console(stderr=True, highlight=False, soft_wrap=True).print(printable(exc), markup=False)
         raise typer.Exit(exc.exit_code) from None
 
 
@@ -178,7 +181,7 @@ def _print_detect_summary(summary: dict[str, Any], out: Path) -> None:
         table.add_column("class")
         table.add_column("flagged", justify="right")
         for name, count in summary["top_flagged_classes"]:
-            table.add_row(Text(name), str(count))
+            table.add_row(Text(printable(name)), str(count))
         console.print(table)
     console.print(Text(f"results: {out}"))
 
@@ -286,6 +289,7 @@ def predict(
     path_col: Annotated[str, typer.Option(help="Path column of a table.")] = "path",
     label_col: Annotated[str, typer.Option(help="Label column of a table (optional).")] = "label",
     num_workers: Workers = None,
+    overwrite: Overwrite = False,
     device: Device = "auto",
     quiet: Quiet = False,
     debug: Debug = False,
@@ -307,6 +311,7 @@ def predict(
             path_col=path_col,
             label_col=label_col,
             quiet=quiet,
+            overwrite=overwrite,
         ),
     )
     if quiet:
@@ -320,7 +325,7 @@ def predict(
         for column in ("class", "samples", "accuracy"):
             table.add_column(column, justify="left" if column == "class" else "right")
         for row in result.per_class.itertuples(index=False):
-            table.add_row(Text(str(row[0])), str(row[1]), f"{row[2]:.4f}")
+            table.add_row(Text(printable(row[0])), str(row[1]), f"{row[2]:.4f}")
         console.print(table)
     console.print(Text(f"predictions: {out}"))
 

@@ -11,11 +11,13 @@ import typer
 from rich.console import Console
 
 from .errors import DeftCleanError
+from .safety import printable
 
 T = TypeVar("T")
 Device = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or summary.")]
 Debug = Annotated[bool, typer.Option(help="Show tracebacks instead of one-line errors.")]
+Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace an existing output (never an input).")]
 Workers = Annotated[int | None, typer.Option(help="DataLoader workers (default: min(8, CPUs)).")]
 Cache = Annotated[
     Path | None,
@@ -36,7 +38,7 @@ def _run(debug: bool, quiet: bool, call: Callable[[], T]) -> T:
     except DeftCleanError as exc:
         if debug:
             raise
-        err.print(f"error: {exc}", markup=False)
+        err.print(f"error: {printable(exc)}", markup=False)
         raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt:
         err.print("interrupted", markup=False)
@@ -44,5 +46,5 @@ def _run(debug: bool, quiet: bool, call: Callable[[], T]) -> T:
     except Exception as exc:  # a bug or an environment problem: still one line unless --debug
         if debug:
             raise
-        err.print(f"error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)", markup=False)
+        err.print(f"error: {type(exc).__name__}: {printable(exc)} (rerun with --debug for the traceback)", markup=False)
         raise typer.Exit(1) from None

@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
-from .cli_common import Debug, Quiet, _run
+from .cli_common import Debug, Overwrite, Quiet, _run
 
 Results = Annotated[Path, typer.Argument(help="Parquet written by detect.")]
 Dataset = Annotated[
@@ -38,6 +38,7 @@ def report(
         typer.Option(help="Most suspicious samples to show: terminal table (default 20), HTML gallery (default 200)."),
     ] = None,
     dataset: Dataset = None,
+    overwrite: Overwrite = False,
     quiet: Quiet = False,
     debug: Debug = False,
 ) -> None:
@@ -45,7 +46,8 @@ def report(
     from .report import report as run_report
 
     console = None if quiet else Console(highlight=False)
-    _run(debug, quiet, lambda: run_report(results, html=html, top=top, dataset=dataset, console=console))
+    options = {"html": html, "top": top, "dataset": dataset, "console": console, "overwrite": overwrite}
+    _run(debug, quiet, lambda: run_report(results, **options))
     if console is not None and html is not None:
         console.print(Text(f"HTML report: {html}"))
 

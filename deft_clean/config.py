@@ -42,6 +42,8 @@ class DetectConfig:
     def __post_init__(self) -> None:
         from .errors import UsageError
 
+        check_numbers(lr=(self.lr, 10.0), momentum=(self.momentum, 1.0), weight_decay=(self.weight_decay, 1.0))
+        check_numbers(grad_clip=(self.grad_clip, 1e6))
         positive = {"n_ctx": self.n_ctx, "epochs": self.epochs, "batch_size": self.batch_size}
         for name, value in positive.items():
             if value < 1:
@@ -62,6 +64,22 @@ class DetectConfig:
             raise UsageError("--selection deft needs trained prompts; drop --quick")
         if self.clean_rule not in CLEAN_RULES:
             raise UsageError(f"--clean-rule must be one of {', '.join(CLEAN_RULES)}, got {self.clean_rule!r}")
+
+
+def check_numbers(**values: tuple[float | None, float]) -> None:
+    """Refuse NaN, infinities, negatives and values above a sane maximum: ``name=(value, maximum)``.
+
+    NaN passes every ``<`` comparison, so an explicit check is the only way to stop ``--lr nan``.
+    """
+    import math
+
+    from .errors import UsageError
+
+    for name, (value, maximum) in values.items():
+        if value is None:
+            continue
+        if not math.isfinite(value) or not 0 <= value <= maximum:
+            raise UsageError(f"--{name.replace('_', '-')} must be a number between 0 and {maximum:g}, got {value}")
 
 
 def field_names(cls: type) -> set[str]:
@@ -113,6 +131,9 @@ class TrainConfig:
     def __post_init__(self) -> None:
         from .errors import UsageError
 
+        check_numbers(lr=(self.lr, 10.0), weight_decay=(self.weight_decay, 1.0))
+        check_numbers(label_smoothing=(self.label_smoothing, 1.0), threshold=(self.threshold, 1.0))
+        check_numbers(relabel=(self.relabel, 1.0))
         if self.epochs < 1 or self.batch_size < 1:
             raise UsageError(f"--epochs and --batch-size must be at least 1, got {self.epochs}, {self.batch_size}")
         if not 0 <= self.warmup_epochs <= self.epochs:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import os
 import re
 import warnings
@@ -24,6 +25,7 @@ from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 
 from .errors import DataError, UsageError
+from .safety import check_name, check_regular_file, printable
 
 if TYPE_CHECKING:
     from .cache import CachedImages
@@ -142,22 +144,42 @@ def list_dataset(
 
 
 def _list_folder(root: Path) -> tuple[Path, list[str], list[str]]:
-    class_dirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    resolved_root = root.resolve()
+    entries = sorted(root.iterdir())
+    for entry in entries:
+        check_name(entry.name, root)
+    class_dirs = [d for d in entries if d.is_dir() and not d.name.startswith(".")]
     if not class_dirs:
         raise DataError(f"{root}: no class folders found; expected {root}/<class>/<image>")
+    loose = [f for f in entries if f.suffix.lower() in IMAGE_EXTENSIONS and not f.is_dir()]
+    if loose:
+        logging.getLogger("deft_clean").warning(
+            "%d image(s) at the top level of %s are ignored (e.g. %s); put them in a class folder",
+            len(loose),
+            printable(root),
+            printable(loose[0].name),
+        )
     paths: list[str] = []
     labels: list[str] = []
-    resolved_root = root.resolve()
     for class_dir in class_dirs:
+        # A linked class folder is treated like a linked file: fine inside the root, refused outside it.
+        if class_dir.is_symlink() and not _inside(class_dir.resolve(), resolved_root):
+            raise DataError(
+                f"class folder {printable(class_dir)} links outside the dataset root {printable(root)}; "
+                "refusing to read it (copy the folder in, or point detect at a folder that holds it)"
+            )
         found = []
         for dirpath, dirnames, filenames in os.walk(class_dir, followlinks=False):
+            for name in dirnames:
+                check_name(name, dirpath)
             dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
             for name in sorted(filenames):
+                check_name(name, dirpath)
                 if name.startswith(".") or Path(name).suffix.lower() not in IMAGE_EXTENSIONS:
                     continue
                 file = Path(dirpath, name)
                 if file.is_symlink() and not _inside(file.resolve(), resolved_root):
-                    raise DataError(f"{file} links outside the dataset root {root}; refusing to read it")
+                    raise DataError(f"{printable(file)} links outside the dataset root {root}; refusing to read it")
                 found.append(file.relative_to(root).as_posix())
         if not found:
             raise DataError(f"class folder {class_dir} holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))})")
@@ -193,6 +215,7 @@ def _list_table(table: Path, *, path_col: str, label_col: str) -> tuple[Path, li
     root = table.parent
     resolved_root = root.resolve()
     paths = []
+    real_paths = []
     missing_files = []
     for row, value in enumerate(frame[path_col]):
         text = "" if pd.isna(value) else str(value).strip()
@@ -204,13 +227,31 @@ def _list_table(table: Path, *, path_col: str, label_col: str) -> tuple[Path, li
             raise DataError(f"{table}: row {row + 2} path {text!r} resolves outside the dataset root {root}")
         if not resolved.is_file():
             missing_files.append(text)
+        real_paths.append(str(resolved))
         paths.append(resolved.relative_to(resolved_root).as_posix() if os.path.isabs(text) else Path(text).as_posix())
+    check_unique(real_paths, table, shown=paths)
     if missing_files:
         raise DataError(
             f"{table}: {len(missing_files)} listed file(s) do not exist, e.g. {missing_files[:3]} "
             f"(paths are relative to {root})"
         )
     return root, paths, labels
+
+
+def check_unique(paths: Sequence[str], table: Path, *, shown: Sequence[str] | None = None) -> None:
+    """Refuse a table that lists one file twice (it would be trained twice and exported once).
+
+    ``paths`` are compared (pass real paths to catch ``a/../a/x.png``); ``shown`` is what the message names.
+    """
+    seen: dict[str, int] = {}
+    for row, path in enumerate(paths):
+        if path in seen:
+            name = (shown or paths)[row]
+            raise DataError(
+                f"{table}: {printable(name)} is listed twice (rows {seen[path] + 2} and {row + 2}); "
+                "remove the duplicate rows"
+            )
+        seen[path] = row
 
 
 def _inside(path: Path, root: Path) -> bool:
@@ -221,12 +262,17 @@ def _inside(path: Path, root: Path) -> bool:
 # Images
 
 
-def load_image(path: str | os.PathLike[str], *, draft_size: int | None = None) -> Image.Image:
+def load_image(
+    path: str | os.PathLike[str], *, draft_size: int | None = None, root: str | os.PathLike[str] | None = None
+) -> Image.Image:
     """Open any image Pillow reads as RGB: EXIF orientation applied, first frame, alpha on white.
 
     ``draft_size`` lets JPEG decoding skip resolution that a later resize would throw away.
+    Only a regular file is opened (a FIFO would block forever), and with ``root`` only one whose real
+    path is inside it (a file swapped for a link after listing is not read).
     Raises whatever Pillow raises for unreadable files; callers turn that into a status.
     """
+    path = check_regular_file(path, root=root)
     with warnings.catch_warnings():
         # A DecompressionBombWarning (between 1x and 2x the pixel limit) becomes an error: such a file is
         # an unusable row, not a reason to allocate gigabytes.
@@ -329,7 +375,7 @@ class ImageDataset(Dataset):
             if self.cache is not None:
                 image = self.cache.image(index)
             else:
-                image = load_image(self.root / self.paths[index], draft_size=self.image_size)
+                image = load_image(self.root / self.paths[index], draft_size=self.image_size, root=self.root)
             return self.transform(image), label, index, STATUS_OK
         except CachedFailure as failure:
             return torch.zeros(3, self.image_size, self.image_size), label, index, failure.status

@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import tempfile
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -18,7 +17,9 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from .errors import DataError, UsageError
-from .results import load_results, write_atomic
+from .files import apply_umask, make_staging_dir, write_atomic
+from .results import load_results
+from .safety import check_output, is_inside, printable, real
 
 if TYPE_CHECKING:
     from .pipeline import DetectResult
@@ -74,13 +75,6 @@ def dataset_root(metadata: dict[str, Any], dataset: str | os.PathLike[str] | Non
     return root.resolve()
 
 
-def apply_umask(path: Path) -> None:
-    """Give a file or folder made by mkstemp/mkdtemp (private, 0600/0700) the usual umask permissions."""
-    mask = os.umask(0)
-    os.umask(mask)
-    path.chmod((0o777 if path.is_dir() else 0o666) & ~mask)
-
-
 def export_dataset(
     results: str | os.PathLike[str] | DetectResult,
     *,
@@ -121,12 +115,15 @@ def export_dataset(
         frame, metadata = results.frame, results.metadata
     root = dataset_root(metadata, dataset)
     target = Path(out)
-    _check_out(target, mode=mode, overwrite=overwrite, table=metadata.get("dataset"))
-
+    _check_out(target, mode=mode)
     plan = plan_export(frame, relabel=relabel, keep_flagged=keep_flagged)
     sources = [_source(root, path) for path in plan["path"]]
-    if mode != "csv":
-        _check_no_overlap(target, root, sources, folder_source=metadata.get("source", "folder") == "folder")
+    table = metadata.get("dataset") if metadata.get("source") == "table" else None
+    inputs = [*sources, *([results] if isinstance(results, (str, os.PathLike)) else []), *([table] if table else [])]
+    folder_source = Path(dataset).is_dir() if dataset is not None else metadata.get("source", "folder") == "folder"
+    check_output(
+        target, inputs=inputs, datasets=[root] if folder_source else [], overwrite=overwrite, folder=mode != "csv"
+    )
     missing = [p for p, s in zip(plan["path"], sources, strict=True) if not s.is_file()]
     if missing:
         raise DataError(
@@ -180,13 +177,19 @@ def plan_export(frame: pd.DataFrame, *, relabel: float | None = None, keep_flagg
 
 
 def _source(root: Path, path: str) -> Path:
+    """The file a results path stands for; its real path must stay inside the dataset root."""
     parts = PurePosixPath(path).parts
     if not parts or PurePosixPath(path).is_absolute() or ".." in parts:
-        raise DataError(f"results path {path!r} is not a plain path below the dataset root {root}")
-    return root.joinpath(*parts)
+        raise DataError(f"results path {printable(path)!r} is not a plain path below the dataset root {root}")
+    source = root.joinpath(*parts)
+    if not is_inside(real(source), real(root)):
+        raise DataError(
+            f"{printable(source)} links outside the dataset root {printable(root)}; export never reads such files"
+        )
+    return source
 
 
-def _check_out(target: Path, *, mode: str, overwrite: bool, table: str | None) -> None:
+def _check_out(target: Path, *, mode: str) -> None:
     if target.is_symlink():
         raise UsageError(f"--out {target} is a symlink; give the real path")
     if mode == "csv":
@@ -194,31 +197,9 @@ def _check_out(target: Path, *, mode: str, overwrite: bool, table: str | None) -
             raise UsageError(f"--mode csv writes a table: give --out a .csv or .parquet path, not {target}")
         if target.is_dir():
             raise UsageError(f"--out {target} is a folder; --mode csv needs a .csv or .parquet file path")
-        if table is not None and target.resolve() == Path(table).resolve():
-            raise UsageError(f"--out {target} is the source dataset's table; the source is never modified")
-        if target.exists() and not overwrite:
-            raise UsageError(f"--out {target} exists; pass --overwrite to replace it")
         return
     if target.exists() and not target.is_dir():
         raise UsageError(f"--out {target} is a file; --mode {mode} writes a folder")
-    if target.is_dir() and any(target.iterdir()) and not overwrite:
-        raise UsageError(f"--out {target} is not empty; pass --overwrite to replace its contents")
-
-
-def _check_no_overlap(target: Path, root: Path, sources: list[Path], *, folder_source: bool) -> None:
-    """Refuse an ``out`` whose writing (or replacing) would change the source dataset."""
-    resolved = target.resolve()
-    inside_root = root in resolved.parents
-    # A new folder inside an image-folder dataset would become one more class; a table's listing is unaffected
-    # unless the replaced folder holds some of its images.
-    prefix = f"{resolved}{os.sep}"
-    if (
-        resolved == root
-        or resolved in root.parents
-        or (inside_root and folder_source)
-        or (inside_root and any(str(s).startswith(prefix) for s in sources))
-    ):
-        raise UsageError(f"--out {target} overlaps the dataset {root}, which export never modifies")
 
 
 def _write_table(plan: pd.DataFrame, sources: list[Path], target: Path) -> None:
@@ -261,17 +242,20 @@ def _destinations(plan: pd.DataFrame) -> list[PurePosixPath]:
 
 def _folder_name(label: str) -> str:
     if label in ("", ".", "..") or label.startswith(".") or "/" in label or "\\" in label or "\0" in label:
-        raise DataError(f"label {label!r} cannot be a folder name; export with --mode csv instead")
+        raise DataError(f"label {printable(label)!r} cannot be a folder name; export with --mode csv instead")
+    if len(label.encode("utf-8", "surrogateescape")) > 255:
+        raise DataError(
+            f"label {printable(label[:40])!r}... is {len(label)} characters, too long for a folder name; "
+            "export with --mode csv instead"
+        )
     return label
 
 
 def _write_folder(plan: pd.DataFrame, sources: list[Path], target: Path, *, copy: bool) -> None:
     """Build the folder next to ``target``, then swap it in: a failure leaves any old ``target`` as it was."""
     dests = _destinations(plan)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    staging, lock = make_staging_dir(target)
     try:
-        apply_umask(staging)
         for source, dest in zip(sources, dests, strict=True):
             file = staging.joinpath(*dest.parts)
             file.parent.mkdir(parents=True, exist_ok=True)
@@ -287,5 +271,7 @@ def _write_folder(plan: pd.DataFrame, sources: list[Path], target: Path, *, copy
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    finally:
+        os.close(lock)
     if old is not None:
         shutil.rmtree(old)

@@ -37,9 +37,10 @@ from .config import TrainConfig
 from .data import STATUS_OK, ImageDataset, Listing, list_dataset
 from .distributed import Dist
 from .errors import DataError, UsageError
+from .files import run_lock, write_atomic
 from .models import build_classifier, data_config, model_spec
 from .probe import HeadParts, choose_hflip, fit_probe_head, head_parts, run_warnings, stratified_holdout
-from .results import load_results, write_atomic
+from .results import load_results
 from .runstate import (
     StopOnSignal,
     load_checkpoint,
@@ -47,6 +48,7 @@ from .runstate import (
     restore_optimizer_state,
     save_checkpoint,
 )
+from .safety import check_output
 from .transforms import eval_transform, train_transform
 
 CHECKPOINT = "checkpoint.pt"
@@ -155,7 +157,7 @@ def train(
     from .pipeline import merge_options
 
     cfg = merge_options(TrainConfig, config, options)
-    with process_group(cfg.device) as ranks:
+    with process_group(cfg.device) as ranks, run_lock(out if ranks.is_main else None):
         return _train(dataset, results=Path(results), out=out, cfg=cfg, val=val, quiet=quiet, ranks=ranks)
 
 
@@ -217,6 +219,13 @@ def _train(
     checkpoint_path = out_dir / CHECKPOINT
     if out_dir.exists() and any(out_dir.iterdir()) and not cfg.resume and not cfg.overwrite:
         raise UsageError(f"--out {out_dir} is not empty; pass --resume to continue or --overwrite to replace it")
+    inputs: list[Any] = [results, dataset, *([val] if val is not None else [])]
+    if listing.source == "table":
+        inputs.extend(listing.root / p for p in listing.paths)
+    datasets = [listing.root] if listing.source == "folder" else []
+    if val_listing is not None and val_listing.source == "folder":
+        datasets.append(val_listing.root)
+    check_output(out_dir, inputs=inputs, datasets=datasets, overwrite=True, folder=True)
 
     device = device_for(ranks, resolve_device(cfg.device))
     quiet = quiet or not ranks.is_main

@@ -14,9 +14,10 @@ import pyarrow.parquet as pq
 import torch
 from torch.utils.data import DataLoader
 
-from .data import IMAGE_EXTENSIONS, STATUS_OK, TABLE_EXTENSIONS, ImageDataset, read_table
+from .data import IMAGE_EXTENSIONS, STATUS_OK, TABLE_EXTENSIONS, ImageDataset, check_unique, read_table
 from .errors import DataError, UsageError
-from .results import write_atomic
+from .files import write_atomic
+from .safety import check_name, check_output, is_inside, printable, real
 
 
 @dataclass
@@ -43,6 +44,8 @@ def _list_inputs(
             for f in root.rglob("*")
             if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS and not f.name.startswith(".")
         )
+        for name in files:
+            check_name(name, root)
         if not files:
             raise DataError(f"{root}: no images found")
         labelled = all("/" in f for f in files)
@@ -52,7 +55,18 @@ def _list_inputs(
         if path_col not in frame.columns:
             raise DataError(f"{paths[0]}: no {path_col!r} column; columns are {list(frame.columns)}")
         root = paths[0].parent
-        files = [str(v) for v in frame[path_col]]
+        resolved_root = real(root)
+        files = []
+        for row, value in enumerate(frame[path_col]):
+            text = "" if pd.isna(value) else str(value).strip()
+            resolved = real(root / text)
+            if not text or not is_inside(resolved, resolved_root):
+                raise DataError(
+                    f"{paths[0]}: row {row + 2} path {printable(text)!r} is empty or resolves outside {root} "
+                    "(paths are relative to the table's folder)"
+                )
+            files.append(resolved.relative_to(resolved_root).as_posix() if os.path.isabs(text) else text)
+        check_unique([str(real(root / f)) for f in files], paths[0], shown=files)
         missing = [f for f in files if not (root / f).is_file()]
         if missing:
             raise DataError(f"{paths[0]}: {len(missing)} listed file(s) do not exist, e.g. {missing[:3]}")
@@ -78,11 +92,12 @@ def predict(
     path_col: str = "path",
     label_col: str = "label",
     quiet: bool = False,
+    overwrite: bool = False,
 ) -> PredictResult:
     """Predict classes with a model exported by ``train``; optionally write a Parquet.
 
     When the input carries labels (class folders or a label column) the result has accuracy overall
-    and per class.
+    and per class. ``out`` may not be an input, lie inside an input folder, or (without ``overwrite``) exist.
     """
     from .backbone import resolve_device
     from .detector import autocast_for, resolve_workers
@@ -90,8 +105,12 @@ def predict(
     from .progress import RichProgress
 
     torch_device = resolve_device(device)
-    loaded = load_model(model_dir, device=torch_device)
     root, files, labels = _list_inputs(inputs, path_col=path_col, label_col=label_col)
+    if out is not None:
+        folders = [p for p in inputs if Path(p).is_dir()]
+        listed = [root / f for f in files] if len(inputs) == 1 and not folders else []
+        check_output(out, inputs=[model_dir, *inputs, *listed], datasets=folders, overwrite=overwrite)
+    loaded = load_model(model_dir, device=torch_device)
     size = int(loaded.config["image_size"])
     dataset = ImageDataset(root, files, np.zeros(len(files), dtype=np.int64), loaded.transform, image_size=size)
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=resolve_workers(num_workers))

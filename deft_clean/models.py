@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import math
 import os
+import re
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,8 +18,10 @@ import torch
 from torch import nn
 
 from .errors import DataError, UsageError, WeightsError
+from .safety import printable
 
 MODEL_FILES = ("config.json", "model.safetensors")
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}")  # an open_clip/timm model name, no path or hub prefix
 
 
 class ClipClassifier(nn.Module):
@@ -65,17 +70,55 @@ def model_spec(backbone: str, *, metadata: dict[str, Any], backbone_weights: str
 
 
 def _clip_architecture(spec: dict[str, Any], device: torch.device) -> nn.Module:
-    """An open_clip model with random weights, from a name or an embedded config (no download)."""
+    """An open_clip model with random weights, from a name or an embedded config (no download).
+
+    The name comes from a model folder, which is data: it must be a plain file stem (no path, no
+    ``hf-hub:`` prefix), so that the config is written only inside a private temporary folder and
+    open_clip never goes to the network.
+    """
     import open_clip
 
     name = spec["model_name"]
+    if not isinstance(name, str) or not SAFE_NAME.fullmatch(name):
+        raise DataError(f"config.json: model_name {printable(name)!r} is not a plain model name; refusing to load it")
     if spec.get("clip_config") is not None:
+        if not isinstance(spec["clip_config"], dict):
+            raise DataError("config.json: clip_config must be a JSON object")
         with tempfile.TemporaryDirectory() as folder:
             path = Path(folder) / f"{name}.json"
             path.write_text(json.dumps(spec["clip_config"]))
             open_clip.add_model_config(path)
-            return open_clip.create_model(name, pretrained=None, device=device)
-    return open_clip.create_model(name, pretrained=None, device=device)
+            with _quiet_open_clip():
+                return open_clip.create_model(name, pretrained=None, device=device)
+    if name not in open_clip.list_models():
+        raise DataError(f"config.json: unknown open_clip model {name!r}")
+    with _quiet_open_clip():
+        return open_clip.create_model(name, pretrained=None, device=device)
+
+
+@contextlib.contextmanager
+def _quiet_open_clip() -> Iterator[None]:
+    """Rebuild an architecture offline and without open_clip's "No pretrained weights loaded" warning.
+
+    The weights come from the model folder right after; a model folder must never make deft-clean go to
+    the network (e.g. for a Hugging Face text tower's config), so the hub is switched to offline mode.
+    """
+    root = logging.getLogger()
+    previous = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        from huggingface_hub import constants
+    except ImportError:  # pragma: no cover - open_clip depends on huggingface_hub
+        constants = None
+    offline = getattr(constants, "HF_HUB_OFFLINE", None)
+    if constants is not None:
+        constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        root.setLevel(previous)
+        if constants is not None:
+            constants.HF_HUB_OFFLINE = offline
 
 
 def build_classifier(
@@ -164,24 +207,63 @@ class LoadedModel:
     config: dict[str, Any]  # the exported config.json
 
 
+def check_model_config(config: Any, file: Path) -> tuple[list[str], str]:
+    """Validate an exported config.json; returns (classes, backbone). Every message names file and field."""
+
+    def bad(field: str, why: str) -> DataError:
+        return DataError(f"{file}: {field!r} {why}; retrain or restore the model folder")
+
+    if not isinstance(config, dict):
+        raise DataError(f"{file}: not a JSON object; retrain or restore the model folder")
+    classes = config.get("classes")
+    if not isinstance(classes, list) or not classes or not all(isinstance(c, str) and c for c in classes):
+        raise bad("classes", "must be a non-empty list of class names")
+    if len(set(classes)) != len(classes):
+        raise bad("classes", "has duplicate names")
+    backbone = config.get("backbone")
+    if not isinstance(backbone, str):
+        raise bad("backbone", "must be a string")
+    if backbone != "clip" and not backbone.startswith("timm:"):
+        raise bad("backbone", f"is an unknown backbone {printable(backbone)!r} (expected clip or timm:NAME)")
+    if backbone.startswith("timm:"):
+        timm_name = config.get("timm_name")
+        if not isinstance(timm_name, str) or not SAFE_NAME.fullmatch(timm_name):
+            raise bad("timm_name", "must be a plain timm model name")
+    elif not isinstance(config.get("model_name"), str) or not SAFE_NAME.fullmatch(config["model_name"]):
+        raise bad("model_name", f"is {printable(config.get('model_name'))!r}, not a plain model name")
+    size = config.get("image_size")
+    if isinstance(size, bool) or not isinstance(size, int) or not 8 <= size <= 4096:
+        raise bad("image_size", f"must be a whole number of pixels between 8 and 4096, got {printable(size)}")
+    for field in ("mean", "std"):
+        value = config.get(field)
+        if (
+            not isinstance(value, list)
+            or len(value) != 3
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)
+            or (field == "std" and not all(v > 0 for v in value))
+        ):
+            raise bad(field, "must be a list of 3 finite numbers")
+    return classes, backbone
+
+
 def load_model(folder: str | os.PathLike[str], *, device: str | torch.device = "cpu") -> LoadedModel:
     """Load a model folder written by ``deft-clean train``: ``(module, classes, transform)``."""
     from .transforms import eval_transform
 
     path = Path(folder)
+    if path.is_file():
+        raise UsageError(f"{path} is a file; pass the model folder written by train (it holds config.json)")
     if not path.is_dir():
         raise UsageError(f"model folder not found: {path}")
     missing = [name for name in MODEL_FILES if not (path / name).is_file()]
     if missing:
         raise DataError(f"{path} is not a deft-clean model folder (missing {', '.join(missing)})")
+    file = path / "config.json"
     try:
-        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
-        classes = list(config["classes"])
-        backbone = config["backbone"]
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise DataError(f"{path / 'config.json'}: invalid model config ({type(exc).__name__}: {exc})") from None
-    if backbone != "clip" and not str(backbone).startswith("timm:"):
-        raise DataError(f"{path / 'config.json'}: unknown backbone {backbone!r} (expected clip or timm:NAME)")
+        config = json.loads(file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DataError(f"{file}: invalid model config ({type(exc).__name__}); retrain or restore it") from None
+    classes, backbone = check_model_config(config, file)
     torch_device = torch.device(device) if isinstance(device, str) else device
     module = build_classifier(config, n_classes=len(classes), device=torch_device, load_pretrained=False)
     try:

@@ -20,8 +20,10 @@ from . import __version__
 from .config import DetectConfig, field_names
 from .data import STATUS_OK, Listing, list_dataset
 from .errors import UsageError
+from .files import run_lock
 from .results import normalize_frame, write_results
 from .runstate import StopOnSignal, config_signature, listing_signature, load_checkpoint, save_checkpoint
+from .safety import check_detect_paths
 
 C = TypeVar("C")
 CHECKPOINT = "detect_checkpoint.pt"  # inside the run folder
@@ -81,6 +83,7 @@ def detect(
     run_dir: str | os.PathLike[str] | None = None,
     resume: bool = False,
     checkpoint_every: int = 0,
+    overwrite: bool = False,
     **options: Any,
 ) -> DetectResult:
     """Find wrong labels in a dataset with DeFT (phase 1).
@@ -97,6 +100,7 @@ def detect(
         resume: continue from the checkpoint in ``run_dir``; it must come from the same options (but
             ``device``/``num_workers``), model and listing.
         checkpoint_every: also checkpoint every this many steps inside an epoch (0: at epoch ends).
+        overwrite: replace an existing ``out`` (never an input or a file inside the dataset).
 
     Raises:
         Interrupted: SIGINT/SIGTERM arrived (in the main thread); the checkpoint is saved and no
@@ -114,6 +118,10 @@ def detect(
     if run_dir is None and out is not None:
         run_dir = Path(out).with_name(Path(out).name + ".run")
     checkpoint = Path(run_dir) / CHECKPOINT if run_dir is not None else None
+    check_detect_paths(
+        dataset, root=listing.root, source=listing.source, paths=listing.paths, out=out, run_dir=run_dir,
+        overwrite=overwrite, extra_inputs=[class_names, cfg.model, cfg.pretrained],
+    )  # fmt: skip
     if resume and checkpoint is None:
         raise UsageError("--resume needs --run-dir or --out (the checkpoint lives in <out>.run/)")
     if not resume and checkpoint is not None and checkpoint.exists():
@@ -128,7 +136,7 @@ def detect(
 
     from .distributed import device_for, process_group
 
-    with process_group(cfg.device) as ranks:
+    with process_group(cfg.device) as ranks, run_lock(*((out, run_dir) if ranks.is_main else ())):
         import torch
 
         from .backbone import load_clip, resolve_device

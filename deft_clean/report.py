@@ -6,8 +6,10 @@ usable samples. The HTML page is built from the same summary in :mod:`deft_clean
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
@@ -15,9 +17,10 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from .errors import UsageError
+from .errors import DeftCleanError, UsageError
 from .export import STATUS_OK, dataset_root
 from .results import load_results
+from .safety import check_output, printable
 
 if TYPE_CHECKING:
     from .pipeline import DetectResult
@@ -92,10 +95,13 @@ def report(
     top: int | None = None,
     dataset: str | os.PathLike[str] | None = None,
     console: Console | None = None,
+    overwrite: bool = False,
 ) -> ReportData:
     """Print the terminal report (unless ``console`` is None) and write the HTML page if ``html`` is given.
 
-    ``top`` caps the most-suspicious table (default 20) and the HTML gallery (default 200).
+    ``top`` caps the most-suspicious table (default 20) and the HTML gallery (default 200). An existing
+    ``html`` file is only replaced with ``overwrite``; it may never be the results, the dataset table or
+    a file inside the dataset.
     """
     if isinstance(results, (str, os.PathLike)):
         frame, metadata = load_results(results)
@@ -106,10 +112,37 @@ def report(
     if html is not None:
         from .report_html import write_html
 
+        _check_html_out(html, results, frame, metadata, root, overwrite=overwrite)
+
         write_html(frame, metadata, html, top=HTML_TOP if top is None else top, dataset_root=root)
     if console is not None:
         print_report(data, console)
     return data
+
+
+def _check_html_out(
+    html: str | os.PathLike[str],
+    results: Any,
+    frame: pd.DataFrame,
+    metadata: dict[str, Any],
+    root: Path | None,
+    *,
+    overwrite: bool,
+) -> None:
+    """The page may not replace the results, the dataset table, an image, or land inside an image folder."""
+    inputs: list[Any] = [results] if isinstance(results, (str, os.PathLike)) else []
+    table = metadata.get("source") == "table"
+    if table and metadata.get("dataset"):
+        inputs.append(metadata["dataset"])
+    if root is None:
+        with contextlib.suppress(DeftCleanError):
+            root = dataset_root(metadata)
+    datasets = []
+    if root is not None and table and len(frame) <= 1_000_000:
+        inputs.extend(root / str(p) for p in frame["path"])
+    elif root is not None:
+        datasets.append(root)
+    check_output(html, inputs=inputs, datasets=datasets, overwrite=overwrite, option="--html")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -132,7 +165,7 @@ def print_report(data: ReportData, console: Console, *, max_rows: int = 30) -> N
     for column in ("samples", "flagged", "noise rate"):
         classes.add_column(column, justify="right")
     for row in data.per_class.head(max_rows).itertuples(index=False):
-        classes.add_row(Text(str(row[0])), str(row.samples), str(row.flagged), rate(row.noise_rate))
+        classes.add_row(Text(printable(row[0])), str(row.samples), str(row.flagged), rate(row.noise_rate))
     console.print(classes)
 
     if len(data.pairs):
@@ -141,7 +174,7 @@ def print_report(data: ReportData, console: Console, *, max_rows: int = 30) -> N
         pairs.add_column("suggested")
         pairs.add_column("flagged", justify="right")
         for row in data.pairs.head(max_rows).itertuples(index=False):
-            pairs.add_row(Text(str(row.given)), Text(str(row.suggested)), str(row[2]))
+            pairs.add_row(Text(printable(row.given)), Text(printable(row.suggested)), str(row[2]))
         console.print(pairs)
 
     if len(data.suspicious):
@@ -153,9 +186,9 @@ def print_report(data: ReportData, console: Console, *, max_rows: int = 30) -> N
         for row in data.suspicious.itertuples(index=False):
             mark = "" if row.flagged else " (kept)"
             suspicious.add_row(
-                Text(str(row.path)),
-                Text(str(row.label)),
-                Text(str(row.predicted_label)),
+                Text(printable(row.path)),
+                Text(printable(row.label)),
+                Text(printable(row.predicted_label)),
                 f"{row.p_clean:.3f}{mark}",
             )
         console.print(suspicious)

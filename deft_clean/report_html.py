@@ -22,10 +22,10 @@ import numpy as np
 import pandas as pd
 
 from .errors import DeftCleanError
-from .export import STATUS_OK, apply_umask
+from .export import STATUS_OK
 from .export import dataset_root as recorded_dataset_root
+from .files import write_atomic
 from .report import HTML_TOP, ReportData, rate, summarize
-from .results import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,6 @@ def write_html(
 
     def write(tmp: Path) -> None:
         tmp.write_text(page, encoding="utf-8", errors="replace")
-        apply_umask(tmp)
 
     return write_atomic(path, write)
 
@@ -254,7 +253,7 @@ def _gallery_html(frame: pd.DataFrame, data: ReportData, *, top: int, root: Path
     shown = flagged.sort_values("p_clean", kind="stable").head(top)
     cards, failures = [], 0
     for row in shown.itertuples(index=False):
-        uri = _thumbnail(root / row.path) if root is not None else None
+        uri = _thumbnail(root / row.path, root) if root is not None else None
         failures += uri is None
         given, suggested = str(row.label), "?" if pd.isna(row.predicted_label) else str(row.predicted_label)
         image = f'<img alt="" src="{uri}">' if uri else '<div class="ph">no image</div>'
@@ -296,12 +295,12 @@ def _unusable_html(frame: pd.DataFrame, max_rows: int = 50) -> str:
     return f'<h2>Unusable files</h2><table id="unusable"><tr><th>path</th><th>status</th></tr>{rows}</table>{more}'
 
 
-def _thumbnail(file: Path) -> str | None:
-    """A small JPEG data URI of an image, or None when it cannot be read."""
+def _thumbnail(file: Path, root: Path) -> str | None:
+    """A small JPEG data URI of an image, or None when it cannot be read or lies outside ``root``."""
     from .data import load_image
 
     try:
-        image = load_image(file, draft_size=2 * THUMBNAIL_PX)
+        image = load_image(file, draft_size=2 * THUMBNAIL_PX, root=root)
         image.thumbnail((THUMBNAIL_PX, THUMBNAIL_PX))
         buffer = io.BytesIO()
         image.save(buffer, format="JPEG", quality=75)

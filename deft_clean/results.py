@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +16,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .errors import DataError, UsageError
+from .files import write_atomic
+
+__all__ = ["SCHEMA", "load_results", "write_atomic", "write_results"]
 
 METADATA_KEY = b"deft_clean"
 
@@ -42,25 +43,6 @@ SCHEMA = pa.schema(
 REQUIRED_COLUMNS = tuple(SCHEMA.names)
 # Added in 0.2 (fused selection): a file without them (an older version's, or hand-made) reads as null.
 OPTIONAL_COLUMNS = ("text_score", "visual_score", "flag_reason")
-
-
-def write_atomic(path: str | os.PathLike[str], write: Callable[[Path], None]) -> Path:
-    """Call ``write(tmp)`` on a temporary file next to ``path``, then rename it into place.
-
-    A crash or interruption never leaves a partial file at ``path``.
-    """
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        write(tmp)
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return target
 
 
 def to_table(frame: pd.DataFrame, metadata: dict[str, Any]) -> pa.Table:
@@ -98,7 +80,52 @@ def load_results(path: str | os.PathLike[str]) -> tuple[pd.DataFrame, dict[str, 
     missing = [c for c in REQUIRED_COLUMNS if c not in table.column_names]
     if raw is None or missing:
         raise DataError(f"{file}: not a deft-clean results file (missing {missing or 'metadata'})")
-    return frame_from_table(table), json.loads(raw)
+    try:
+        metadata = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise DataError(f"{file}: the deft_clean metadata is not valid JSON; rerun detect") from None
+    check_table(table, metadata, file)
+    return frame_from_table(table), metadata
+
+
+def _kind(data_type: pa.DataType) -> str:
+    if pa.types.is_boolean(data_type):
+        return "bool"
+    if pa.types.is_integer(data_type):
+        return "int"
+    if pa.types.is_floating(data_type):
+        return "float"
+    if pa.types.is_string(data_type) or pa.types.is_large_string(data_type):
+        return "string"
+    return str(data_type)
+
+
+def check_table(table: pa.Table, metadata: Any, file: Path) -> None:
+    """Refuse a results table whose columns have the wrong types, nulls, or out-of-range indices.
+
+    A column of strings where booleans belong would otherwise be truthy everywhere (every row clean).
+    """
+    import pyarrow.compute as pc
+
+    if not isinstance(metadata, dict):
+        raise DataError(f"{file}: the deft_clean metadata is not a JSON object; rerun detect")
+    classes = metadata.get("classes")
+    if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
+        raise DataError(f"{file}: metadata 'classes' must be a non-empty list of strings; rerun detect")
+    for spec in SCHEMA:
+        column = table.column(spec.name)
+        want, got = _kind(spec.type), _kind(column.type)
+        if want != got:
+            raise DataError(f"{file}: column {spec.name!r} holds {column.type}, expected {want}; rerun detect")
+        if not spec.nullable and column.null_count:
+            raise DataError(f"{file}: column {spec.name!r} has {column.null_count} null value(s); rerun detect")
+    for name, low in (("label_index", 0), ("predicted_index", -1)):
+        column = table.column(name)
+        if len(column) and (pc.min(column).as_py() < low or pc.max(column).as_py() >= len(classes)):
+            raise DataError(
+                f"{file}: column {name!r} has values outside {low}..{len(classes) - 1} "
+                f"({len(classes)} classes); rerun detect"
+            )
 
 
 def frame_from_table(table: pa.Table) -> pd.DataFrame:

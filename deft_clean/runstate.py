@@ -18,8 +18,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from .errors import UsageError
-from .results import write_atomic
+from .errors import DataError, UsageError
+from .files import write_atomic
 
 VOLATILE_OPTIONS = ("device", "num_workers", "cache")  # may change between an interrupted run and its resume
 
@@ -71,6 +71,9 @@ class StopOnSignal:
             self.resume_hint = previous
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.signum is not None:
+            # A second signal: the run is stuck (e.g. in a blocking read), so stop now, without a checkpoint.
+            raise Interrupted(f"interrupted by {signal.Signals(signum).name} (second signal); stopped at once", signum)
         self.signum = signum
 
     def follow(self) -> None:
@@ -142,14 +145,45 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     write_atomic(path, lambda tmp: torch.save(state, tmp))
 
 
+class CheckpointState(dict):
+    """A loaded checkpoint; a missing entry is a DataError that names the file, not a KeyError."""
+
+    path: Path
+
+    def __missing__(self, key: str) -> Any:
+        raise DataError(damaged(self.path, f"no {key!r} entry"))
+
+
+def damaged(path: Path, why: str) -> str:
+    return f"{path} is damaged ({why}); delete it to start over, or run without --resume"
+
+
 def load_checkpoint(path: Path, signature: dict[str, Any]) -> dict[str, Any]:
-    """Load a checkpoint made with the same signature; a missing or mismatching one is a UsageError."""
+    """Load a checkpoint made with the same signature; a missing or mismatching one is a UsageError.
+
+    A truncated, empty or foreign file is a DataError with one line naming it.
+    """
+    import pickle
+
     import torch
 
     if not path.is_file():
         raise UsageError(f"--resume: no checkpoint at {path}; run without --resume to start")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    saved = json.loads(state["signature"])
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, EOFError, RuntimeError, ValueError, pickle.UnpicklingError, AttributeError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DataError(damaged(path, f"{type(exc).__name__}: {reason[:120]}")) from None
+    if not isinstance(state, dict):
+        raise DataError(damaged(path, f"holds a {type(state).__name__}, not a checkpoint"))
+    state = CheckpointState(state)
+    state.path = path
+    try:
+        saved = json.loads(state["signature"])
+    except (json.JSONDecodeError, TypeError):
+        raise DataError(damaged(path, "its signature is not JSON")) from None
+    if not isinstance(saved, dict):
+        raise DataError(damaged(path, "its signature is not a JSON object"))
     wanted = json.loads(json.dumps(signature))
     if saved != wanted:
         differs = describe_difference(saved, wanted)

@@ -120,12 +120,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     # Default detection options: the fused rule needs no tuning for a small model (benchmarks/quality.py).
     # Decode every image once; detect's epochs, its scoring pass and train below all read the cache.
     cache = ["--cache", str(out / "image-cache")]
-    deft_clean("detect", str(noisy_root), "--out", str(results), *model, *cache)
+    deft_clean("detect", str(noisy_root), "--out", str(results), "--overwrite", *model, *cache)
     check_detection(results, out / "true_labels.json", wrong)
 
     skipped = []
     if "report" in commands:
-        deft_clean("report", str(results), "--top", "10", "--html", str(out / "report.html"))
+        deft_clean("report", str(results), "--top", "10", "--html", str(out / "report.html"), "--overwrite")
     else:
         skipped.append("report")
     model_dir = out / "model"
@@ -137,7 +137,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         skipped.append("train")
     if "predict" in commands and "train" in commands:
         deft_clean("predict", str(model_dir), str(test_root), "--out", str(out / "predictions.parquet"),
-                   "--device", args.device, "--num-workers", "0")
+                   "--overwrite", "--device", args.device, "--num-workers", "0")
     else:
         skipped.append("predict")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 
@@ -163,9 +164,17 @@ def test_workers_read_the_cache_and_persist_across_epochs(tiny_clip, noisy_folde
 
 
 def test_a_file_listed_twice_is_decoded_once(odd_folder, tmp_path, monkeypatch):
+    # Listing refuses a table with one file twice (issue 13), so the duplicate is put in the listing here:
+    # the cache must still decode a repeated key once.
     table = odd_folder / "listing.csv"
-    table.write_text("path,label\ncat/0.png,cat\ncat/0.png,dog\ndog/1.jpg,dog\n")
+    table.write_text("path,label\ncat/0.png,cat\ndog/1.jpg,dog\n")
     listing = list_dataset(table)
+    listing = dataclasses.replace(
+        listing,
+        paths=["cat/0.png", "cat/0.png", "dog/1.jpg"],
+        labels=["cat", "dog", "dog"],
+        label_indices=np.array([0, 1, 1], dtype=np.int64),
+    )
     calls = count_decodes(monkeypatch)
     cached = prepare_cache(tmp_path / "cache", listing, size=24, num_workers=0)
     assert len(calls) == 2

@@ -222,7 +222,7 @@ def test_report_after_dataset_moved(review, tmp_path):
     result = runner.invoke(app, ["report", str(review.results), "--html", str(out), "-q"])
     assert result.exit_code == 0, result.output
     assert "data:image/jpeg" not in out.read_text() and 'class="ph"' in out.read_text()
-    args = ["report", str(review.results), "--html", str(out), "--dataset", str(moved), "-q"]
+    args = ["report", str(review.results), "--html", str(out), "--dataset", str(moved), "-q", "--overwrite"]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     assert out.read_text().count("data:image/jpeg") == 5

@@ -1,0 +1,173 @@
+"""Writing files safely: atomic replace with the user's umask, stale temp clean-up, run-folder locks.
+
+Every file deft-clean writes goes through :func:`write_atomic`: a temporary ``.<name>.<random>.tmp``
+next to the target, locked while it is written, then renamed into place. A later write to the same
+folder removes temporaries whose writer died (their lock is free); a live writer's are left alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from .errors import DeftCleanError, UsageError
+
+TMP_SUFFIX = ".tmp"
+
+
+class DiskFullError(DeftCleanError):
+    """No space left on the device while writing an output (exit code 1)."""
+
+    exit_code = 1
+
+
+def current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def apply_umask(path: Path) -> None:
+    """Give a file or folder made by mkstemp/mkdtemp (private, 0600/0700) the usual umask permissions."""
+    path.chmod((0o777 if path.is_dir() else 0o666) & ~current_umask())
+
+
+def _try_lock(fd: int) -> bool:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return False
+    return True
+
+
+def clean_stale_temps(folder: Path, name: str) -> None:
+    """Remove ``.<name>.*.tmp`` (and ``.old``) files or folders in ``folder`` whose writer is gone.
+
+    A writer holds an exclusive flock on its temporary for as long as it writes; one that can be locked
+    here was left behind by a killed process.
+    """
+    try:
+        candidates = [p for p in folder.iterdir() if p.name.startswith(f".{name}.")]
+    except OSError:
+        return
+    for path in candidates:
+        if not (path.name.endswith(TMP_SUFFIX) or path.name.endswith(f"{TMP_SUFFIX}.old")):
+            continue
+        try:
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        except OSError:
+            continue
+        try:
+            if not _try_lock(fd):
+                continue
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+        finally:
+            os.close(fd)
+
+
+def raise_if_disk_full(exc: BaseException, target: Path) -> None:
+    """Turn ENOSPC (or torch's zip writer failing on it) into one line that names the file."""
+    full = isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    if not full and isinstance(exc, RuntimeError) and "inline_container" in str(exc):
+        with contextlib.suppress(OSError):
+            full = shutil.disk_usage(target.parent).free < 64 * 1024 * 1024
+        full = full or "No space left" in str(exc)
+    if full:
+        raise DiskFullError(f"no space left on the device while writing {target}; free some space and rerun") from None
+
+
+def write_atomic(path: str | os.PathLike[str], write: Callable[[Path], None]) -> Path:
+    """Call ``write(tmp)`` on a temporary file next to ``path``, then rename it into place.
+
+    A crash or interruption never leaves a partial file at ``path``. The file gets the permissions of
+    an ordinary new file under the current umask (not mkstemp's private 0600).
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    clean_stale_temps(target.parent, target.name)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=TMP_SUFFIX, dir=target.parent)
+    tmp = Path(tmp_name)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # marks the temporary as alive (see clean_stale_temps)
+        write(tmp)
+        apply_umask(tmp)
+        os.replace(tmp, target)
+    except BaseException as exc:
+        tmp.unlink(missing_ok=True)
+        raise_if_disk_full(exc, target)
+        raise
+    finally:
+        os.close(fd)
+    return target
+
+
+def make_staging_dir(target: Path) -> tuple[Path, int]:
+    """A locked temporary folder next to ``target`` (see :func:`write_atomic`); returns (path, lock fd)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    clean_stale_temps(target.parent, target.name)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=TMP_SUFFIX, dir=target.parent))
+    fd = os.open(staging, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    apply_umask(staging)
+    return staging, fd
+
+
+@contextlib.contextmanager
+def run_lock(*paths: str | os.PathLike[str] | None) -> Iterator[None]:
+    """Hold an exclusive lock per path (a ``.<name>.lock`` file beside it) for the block; fail at once if taken.
+
+    Two runs that write the same output or run folder would otherwise overwrite each other's results
+    and checkpoints.
+    """
+    with contextlib.ExitStack() as stack:
+        for path in dict.fromkeys(Path(p).absolute() for p in paths if p is not None):
+            stack.enter_context(_one_lock(path))
+        yield
+
+
+@contextlib.contextmanager
+def _one_lock(path: Path) -> Iterator[None]:
+    lock = path.parent / f".{path.name}.lock"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"cannot create {path.parent} ({exc.strerror}); choose another --out") from None
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+        if not _try_lock(fd):
+            os.close(fd)
+            raise UsageError(f"another deft-clean run is writing {path}; wait for it to finish or choose another --out")
+        try:
+            same = os.stat(lock).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)  # the previous holder removed the file between our open and lock: take the new one
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            lock.unlink()
+        os.close(fd)
+
+
+def check_writable(path: str | os.PathLike[str], *, option: str = "--out") -> None:
+    """Fail early when ``path`` cannot be created: a parent is a file, or the folder is not writable."""
+    target = Path(path).absolute()
+    ancestor = target.parent
+    while not ancestor.exists() and not ancestor.is_symlink():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise UsageError(f"{option} {path}: {ancestor} is not a folder, so nothing can be written there")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise UsageError(f"{option} {path}: the folder {ancestor} is not writable")
