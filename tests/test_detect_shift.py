@@ -80,7 +80,7 @@ def test_default_options_find_pair_noise_on_shifted_data(tiny_clip, pair_shifted
 def test_huge_lr_is_caught_and_said(tiny_clip, pair_shifted, tmp_path):
     """Forced divergence: one warning line naming what happened, the learned prompts dropped, a sound result."""
     out = tmp_path / "r.parquet"
-    args = ["detect", str(pair_shifted.root), "--out", str(out), "--lr", "1e6", "--epochs", "2"]
+    args = ["detect", str(pair_shifted.root), "--out", str(out), "--lr", "10", "--grad-clip", "0", "--epochs", "2"]
     args += ["--model", str(tiny_clip.config), "--pretrained", str(tiny_clip.checkpoint), "--device", "cpu"]
     # a real process: the warning must reach the terminal's stderr, not a test's log capture
     result = subprocess.run([sys.executable, "-m", "deft_clean", *args, "--num-workers", "0"],
