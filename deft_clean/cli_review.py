@@ -16,6 +16,10 @@ from rich.text import Text
 from .cli_common import Debug, Quiet, _run
 
 Results = Annotated[Path, typer.Argument(help="Parquet written by detect.")]
+Decisions = Annotated[
+    Path | None,
+    typer.Option(help="Review CSV (path,decision,label) downloaded from the HTML report; human decisions win."),
+]
 Dataset = Annotated[
     Path | None, typer.Option(help="Where the dataset is now, if it moved since detect (folder or table).")
 ]
@@ -38,6 +42,7 @@ def report(
         typer.Option(help="Most suspicious samples to show: terminal table (default 20), HTML gallery (default 200)."),
     ] = None,
     dataset: Dataset = None,
+    decisions: Decisions = None,
     quiet: Quiet = False,
     debug: Debug = False,
 ) -> None:
@@ -45,7 +50,11 @@ def report(
     from .report import report as run_report
 
     console = None if quiet else Console(highlight=False)
-    _run(debug, quiet, lambda: run_report(results, html=html, top=top, dataset=dataset, console=console))
+    _run(
+        debug,
+        quiet,
+        lambda: run_report(results, html=html, top=top, dataset=dataset, decisions=decisions, console=console),
+    )
     if console is not None and html is not None:
         console.print(Text(f"HTML report: {html}"))
 
@@ -67,6 +76,7 @@ def export(
         bool, typer.Option("--overwrite", help="Replace a non-empty --out folder or an existing file.")
     ] = False,
     dataset: Dataset = None,
+    decisions: Decisions = None,
     quiet: Quiet = False,
     debug: Debug = False,
 ) -> None:
@@ -84,6 +94,7 @@ def export(
             keep_flagged=keep_flagged,
             overwrite=overwrite,
             dataset=dataset,
+            decisions=decisions,
         ),
     )
     if quiet:
@@ -92,6 +103,8 @@ def export(
     if keep_flagged:
         line += f", {summary.flagged} flagged in _flagged/ for review"
     line += f"; {summary.dropped} flagged dropped, {summary.unusable} unusable skipped"
+    if decisions is not None:
+        line += f"; {summary.reviewed} human decisions applied"
     console = Console(highlight=False)
     console.print(Text(line))
     console.print(Text(f"{summary.mode}: {summary.out}"))

@@ -15,12 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pandas as pd
 
 from .errors import DataError, UsageError
 from .results import load_results, write_atomic
 
 if TYPE_CHECKING:
+    from .decisions import Verdicts
     from .pipeline import DetectResult
 
 MODES = ("symlink", "copy", "csv")
@@ -39,6 +41,7 @@ class ExportSummary:
     flagged: int  # flagged rows placed in _flagged/<given label>/ for review (--keep-flagged)
     dropped: int  # flagged rows not exported at all
     unusable: int  # unreadable rows, never exported
+    reviewed: int = 0  # rows whose human decision (--decisions) replaced the automatic verdict
 
     @property
     def exported(self) -> int:
@@ -90,6 +93,7 @@ def export_dataset(
     keep_flagged: bool = False,
     overwrite: bool = False,
     dataset: str | os.PathLike[str] | None = None,
+    decisions: str | os.PathLike[str] | Verdicts | None = None,
 ) -> ExportSummary:
     """Write the cleaned dataset: the is_clean rows, optionally plus confident relabels and flagged rows.
 
@@ -104,6 +108,8 @@ def export_dataset(
         keep_flagged: folder modes: the remaining flagged rows go to ``OUT/_flagged/<given label>/``.
         overwrite: replace a non-empty ``out`` folder (or an existing file) instead of refusing.
         dataset: where the images are now, if not where detect recorded them.
+        decisions: a review CSV (``path,decision,label``, see :mod:`deft_clean.decisions`): a human keep,
+            drop or relabel replaces the automatic verdict of its row.
 
     Raises:
         UsageError: a bad option, or an ``out`` that exists (without ``overwrite``) or overlaps the dataset.
@@ -123,7 +129,10 @@ def export_dataset(
     target = Path(out)
     _check_out(target, mode=mode, overwrite=overwrite, table=metadata.get("dataset"))
 
-    plan = plan_export(frame, relabel=relabel, keep_flagged=keep_flagged)
+    from .decisions import load_verdicts
+
+    verdicts = load_verdicts(decisions, frame, metadata)
+    plan = plan_export(frame, relabel=relabel, keep_flagged=keep_flagged, verdicts=verdicts)
     sources = [_source(root, path) for path in plan["path"]]
     if mode != "csv":
         _check_no_overlap(target, root, sources, folder_source=metadata.get("source", "folder") == "folder")
@@ -138,23 +147,32 @@ def export_dataset(
     else:
         _write_folder(plan, sources, target, copy=mode == "copy")
     counts = Counter(plan["role"])
-    flagged_total = int(((frame["status"] == STATUS_OK) & ~frame["is_clean"]).sum())
+    usable_total = int((frame["status"] == STATUS_OK).sum())
     return ExportSummary(
         out=target,
         mode=mode,
         kept=counts["kept"],
         relabelled=counts["relabelled"],
         flagged=counts["flagged"],
-        dropped=flagged_total - counts["relabelled"] - counts["flagged"],
+        dropped=usable_total - counts["kept"] - counts["relabelled"] - counts["flagged"],
         unusable=int((frame["status"] != STATUS_OK).sum()),
+        reviewed=0 if verdicts is None else verdicts.reviewed,
     )
 
 
-def plan_export(frame: pd.DataFrame, *, relabel: float | None = None, keep_flagged: bool = False) -> pd.DataFrame:
+def plan_export(
+    frame: pd.DataFrame,
+    *,
+    relabel: float | None = None,
+    keep_flagged: bool = False,
+    verdicts: Verdicts | None = None,
+) -> pd.DataFrame:
     """The rows to export, in listing order: path, label (new), original_label, p_clean, role.
 
     role is ``kept`` (is_clean), ``relabelled`` (flagged, ``p_predicted >= relabel``) or ``flagged``
-    (the other flagged rows, with ``keep_flagged``). Unusable rows never appear.
+    (the other flagged rows, with ``keep_flagged``). Unusable rows never appear. ``verdicts`` (human
+    decisions) override: keep -> ``kept``, relabel -> ``relabelled`` (``kept`` if the label is unchanged),
+    drop -> not exported, not even to _flagged/.
     """
     usable = frame["status"] == STATUS_OK
     clean = usable & frame["is_clean"]
@@ -166,12 +184,20 @@ def plan_export(frame: pd.DataFrame, *, relabel: float | None = None, keep_flagg
     role[moved] = "relabelled"
     if keep_flagged:
         role[flagged & ~moved] = "flagged"
+    label = frame["predicted_label"].where(moved, frame["label"]).astype(str)
+    if verdicts is not None:
+        keep, new = verdicts.apply(role.notna().to_numpy(), label.to_numpy(dtype=object))
+        decided = verdicts.decided
+        label = pd.Series(new, index=frame.index)
+        same = new == frame["label"].astype(str).to_numpy()
+        role[decided & keep] = np.where(same, "kept", "relabelled")[decided & keep]
+        role[decided & ~keep] = None
     chosen = role.notna()
     rows = frame.loc[chosen]
     return pd.DataFrame(
         {
             "path": rows["path"].astype(str).to_numpy(),
-            "label": rows["predicted_label"].where(moved[chosen], rows["label"]).astype(str).to_numpy(),
+            "label": label[chosen].to_numpy(),
             "original_label": rows["label"].astype(str).to_numpy(),
             "p_clean": rows["p_clean"].reset_index(drop=True),
             "role": role[chosen].to_numpy(),
