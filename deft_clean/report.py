@@ -74,6 +74,8 @@ def summarize(frame: pd.DataFrame, metadata: dict[str, Any], *, top: int = TERMI
         .reset_index(drop=True)
     )
     scored = frame[usable].assign(flagged=flagged[usable])
+    if "flag_reason" not in scored.columns:  # a frame built by hand, not read from a Parquet
+        scored = scored.assign(flag_reason=None)
     suspicious = scored.sort_values("p_clean", kind="stable").head(top).reset_index(drop=True)
     return ReportData(
         samples=int(len(frame)),

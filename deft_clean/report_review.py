@@ -40,6 +40,8 @@ def review_data(frame: pd.DataFrame, metadata: dict[str, Any], *, top: int, root
     index, thumbnail index (-1 none)]``.
     """
     flagged = frame[(frame["status"] == STATUS_OK) & ~frame["is_clean"]].sort_values("p_clean", kind="stable")
+    if "flag_reason" not in flagged.columns:  # a frame built by hand, not read from a Parquet
+        flagged = flagged.assign(flag_reason=None)
     classes = list(metadata.get("classes") or [])
     classes += sorted(set(flagged["label"].astype(str)) - set(classes))
     classes += sorted(set(flagged["predicted_label"].dropna().astype(str)) - set(classes))
