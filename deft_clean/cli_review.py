@@ -77,6 +77,10 @@ def export(
     ] = False,
     dataset: Dataset = None,
     decisions: Decisions = None,
+    drop_duplicates: Annotated[
+        bool, typer.Option("--drop-duplicates", help="Export one sample per duplicate_group (exact or near).")
+    ] = False,
+    drop_outliers: Annotated[bool, typer.Option("--drop-outliers", help="Leave out is_outlier samples.")] = False,
     quiet: Quiet = False,
     debug: Debug = False,
 ) -> None:
@@ -95,6 +99,8 @@ def export(
             overwrite=overwrite,
             dataset=dataset,
             decisions=decisions,
+            drop_duplicates=drop_duplicates,
+            drop_outliers=drop_outliers,
         ),
     )
     if quiet:

@@ -94,6 +94,8 @@ def export_dataset(
     overwrite: bool = False,
     dataset: str | os.PathLike[str] | None = None,
     decisions: str | os.PathLike[str] | Verdicts | None = None,
+    drop_duplicates: bool = False,
+    drop_outliers: bool = False,
 ) -> ExportSummary:
     """Write the cleaned dataset: the is_clean rows, optionally plus confident relabels and flagged rows.
 
@@ -110,6 +112,8 @@ def export_dataset(
         dataset: where the images are now, if not where detect recorded them.
         decisions: a review CSV (``path,decision,label``, see :mod:`deft_clean.decisions`): a human keep,
             drop or relabel replaces the automatic verdict of its row.
+        drop_duplicates: export one row per ``duplicate_group`` (the first in listing order).
+        drop_outliers: leave out ``is_outlier`` rows. A human decision still wins over both.
 
     Raises:
         UsageError: a bad option, or an ``out`` that exists (without ``overwrite``) or overlaps the dataset.
@@ -132,7 +136,14 @@ def export_dataset(
     from .decisions import load_verdicts
 
     verdicts = load_verdicts(decisions, frame, metadata)
-    plan = plan_export(frame, relabel=relabel, keep_flagged=keep_flagged, verdicts=verdicts)
+    plan = plan_export(
+        frame,
+        relabel=relabel,
+        keep_flagged=keep_flagged,
+        verdicts=verdicts,
+        drop_duplicates=drop_duplicates,
+        drop_outliers=drop_outliers,
+    )
     sources = [_source(root, path) for path in plan["path"]]
     if mode != "csv":
         _check_no_overlap(target, root, sources, folder_source=metadata.get("source", "folder") == "folder")
@@ -166,6 +177,8 @@ def plan_export(
     relabel: float | None = None,
     keep_flagged: bool = False,
     verdicts: Verdicts | None = None,
+    drop_duplicates: bool = False,
+    drop_outliers: bool = False,
 ) -> pd.DataFrame:
     """The rows to export, in listing order: path, label (new), original_label, p_clean, role.
 
@@ -184,6 +197,11 @@ def plan_export(
     role[moved] = "relabelled"
     if keep_flagged:
         role[flagged & ~moved] = "flagged"
+    if drop_outliers and "is_outlier" in frame.columns:
+        role[frame["is_outlier"].fillna(False).to_numpy(dtype=bool)] = None
+    if drop_duplicates and "duplicate_group" in frame.columns:
+        group = frame["duplicate_group"].where(role.notna())
+        role[group.notna() & group.duplicated()] = None  # the first of each group stays
     label = frame["predicted_label"].where(moved, frame["label"]).astype(str)
     if verdicts is not None:
         keep, new = verdicts.apply(role.notna().to_numpy(), label.to_numpy(dtype=object))

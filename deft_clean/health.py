@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 NEAR_DUPLICATE_SIM = 0.97  # cosine similarity at or above which two images are near-duplicates
 NEIGHBOURS = 10  # k of the k-nearest-neighbour distance behind the outlier score
@@ -146,3 +147,15 @@ def dataset_health(
         score = (score + robust_z(np.where(usable, 1.0 - closest, np.nan))) / 2
     score = np.where(usable, score, np.nan).astype(np.float32)
     return Health(group_ids(len(features), pairs), score, np.nan_to_num(score, nan=-np.inf) > outlier_z)
+
+
+def health_columns(
+    root: str | os.PathLike[str], paths: Sequence[str], features: np.ndarray, usable: np.ndarray
+) -> dict:
+    """The Parquet's health columns for a detect run: duplicate_group, outlier_score, is_outlier."""
+    health = dataset_health(features, usable, hashes=content_hashes(root, paths))
+    return {
+        "duplicate_group": pd.array(np.where(health.duplicate_group >= 0, health.duplicate_group, None), dtype="Int64"),
+        "outlier_score": pd.array(np.where(usable, health.outlier_score, np.nan), dtype="Float32"),
+        "is_outlier": health.is_outlier & usable,
+    }

@@ -20,6 +20,7 @@ from . import __version__
 from .config import DetectConfig, field_names
 from .data import STATUS_OK, Listing, list_dataset
 from .errors import UsageError
+from .health import health_columns
 from .results import normalize_frame, write_results
 from .runstate import StopOnSignal, config_signature, listing_signature, load_checkpoint, save_checkpoint
 
@@ -186,6 +187,7 @@ def detect(
             if not quiet:
                 logging.getLogger("deft_clean").warning(line)
         frame = results_frame(listing, evidence, selection)
+        frame = frame.assign(**health_columns(listing.root, listing.paths, evidence.features, evidence.usable))
         metadata = {
             "deft_clean_version": __version__,
             "kind": "detect",

@@ -38,6 +38,7 @@ class ReportData:
     pairs: pd.DataFrame  # given, suggested, count over flagged rows; most frequent first
     suspicious: pd.DataFrame  # `top` usable rows, lowest p_clean first: path, label, predicted_label, ...
     reviewed: dict[str, int] | None = None  # with --decisions: flagged, reviewed, keep, drop, relabel
+    health: dict[str, int] | None = None  # duplicate groups, rows in them, outliers; None: not computed
 
     @property
     def flagged_pct(self) -> float:
@@ -77,7 +78,16 @@ def summarize(frame: pd.DataFrame, metadata: dict[str, Any], *, top: int = TERMI
     if "flag_reason" not in scored.columns:  # a frame built by hand, not read from a Parquet
         scored = scored.assign(flag_reason=None)
     suspicious = scored.sort_values("p_clean", kind="stable").head(top).reset_index(drop=True)
+    health = None
+    if "duplicate_group" in frame.columns and frame["outlier_score"].notna().any():
+        groups = frame["duplicate_group"].dropna()
+        health = {
+            "groups": int(groups.nunique()),
+            "duplicates": int(len(groups)),
+            "outliers": int(frame["is_outlier"].fillna(False).astype(bool).sum()),
+        }
     return ReportData(
+        health=health,
         samples=int(len(frame)),
         usable=int(usable.sum()),
         flagged=int(flagged.sum()),
@@ -152,6 +162,15 @@ def print_report(data: ReportData, console: Console, *, max_rows: int = 30) -> N
         for row in data.pairs.head(max_rows).itertuples(index=False):
             pairs.add_row(Text(str(row.given)), Text(str(row.suggested)), str(row[2]))
         console.print(pairs)
+
+    if data.health is not None:
+        h = data.health
+        console.print(
+            Text(
+                f"health: {h['groups']} duplicate groups ({h['duplicates']} samples; export --drop-duplicates "
+                f"keeps one each), {h['outliers']} outliers (export --drop-outliers)"
+            )
+        )
 
     if data.reviewed is not None:
         r = data.reviewed

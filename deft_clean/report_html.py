@@ -101,6 +101,7 @@ def _page(frame: pd.DataFrame, metadata: dict[str, Any], data: ReportData, *, to
         _histogram_html(frame),
         _heatmap_html(frame),
         review.review_html(review.review_data(frame, metadata, top=top, root=root), data.per_class),
+        review.health_html(frame),
         _unusable_html(frame),
         f"<script>{review.SCRIPT}</script>",
         "</body></html>",

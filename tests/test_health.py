@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 
 import numpy as np
+import pandas as pd
 
 from deft_clean import toy
 from deft_clean.health import content_hashes, dataset_health, group_ids, neighbours
@@ -78,3 +79,38 @@ def test_exact_duplicates_by_content(tmp_path):
 def test_group_ids_are_components():
     ids = group_ids(6, np.array([[4, 1], [1, 2], [3, 5]]))
     assert ids.tolist() == [-1, 0, 0, 1, 0, 1]
+
+
+def test_export_and_report_use_health_columns(tmp_path):
+    from typer.testing import CliRunner
+
+    from deft_clean.cli import app
+    from deft_clean.report_html import write_html
+    from deft_clean.results import load_results, write_results
+    from tests.review_data import make_review
+
+    review = make_review(tmp_path)
+    frame, metadata = load_results(review.results)
+    clean = frame.index[review.usable & frame["is_clean"]]
+    frame["outlier_score"] = pd.array(np.where(review.usable, 0.5, np.nan), dtype="Float32")
+    frame["is_outlier"] = False
+    frame.loc[clean[0], ["outlier_score", "is_outlier"]] = (9.0, True)
+    frame["duplicate_group"] = pd.array([None] * len(frame), dtype="Int64")
+    frame.loc[[clean[1], clean[2], clean[3]], "duplicate_group"] = 0
+    results = write_results(frame, metadata, tmp_path / "health.parquet")
+    runner = CliRunner()
+
+    def exported(*options: str) -> set[str]:
+        out = tmp_path / f"out{len(options)}.csv"
+        result = runner.invoke(app, ["export", str(results), "-o", str(out), "--mode", "csv", *options])
+        assert result.exit_code == 0, result.output
+        return {p.split("/data/", 1)[1] for p in pd.read_csv(out)["path"]}
+
+    every = exported()
+    paths = frame["path"]
+    assert every - exported("--drop-outliers") == {paths[clean[0]]}
+    assert every - exported("--drop-duplicates", "--drop-outliers", "-q") == {paths[i] for i in clean[[0, 2, 3]]}
+    report = runner.invoke(app, ["report", str(results)], env={"COLUMNS": "200"})
+    assert "health: 1 duplicate groups (3 samples" in report.stdout and "1 outliers" in report.stdout
+    page = write_html(frame, metadata, tmp_path / "r.html").read_text()
+    assert 'id="n-dup-groups">1<' in page and 'id="n-outliers">1<' in page
