@@ -13,6 +13,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -55,31 +56,38 @@ def neighbours(
     k: int = NEIGHBOURS,
     threshold: float = NEAR_DUPLICATE_SIM,
     block: int = BLOCK,
+    device: Any = "cpu",
 ) -> tuple[np.ndarray, np.ndarray]:
     """Blockwise pass over usable rows: mean cosine similarity to the ``k`` nearest other rows, and pairs.
 
-    Returns ``(knn_sim float32 [N] (NaN unusable), pairs int64 [P, 2])`` where each pair ``i < j`` has
-    similarity >= ``threshold``. Memory is ``block * (block + k)`` floats.
+    Returns ``(knn_sim float32 [N] (NaN unusable), pairs int64 [P, 2])``: each pair has similarity >=
+    ``threshold``; a row is paired with at most one row per column block (its most similar), so ``P`` stays
+    below ``N * ceil(N / block)``. Memory is ``block * (block + k)`` floats; the products run on ``device``.
     """
+    import torch
+
     rows = np.flatnonzero(usable)
-    x = _normalise(features[rows])  # [M, D]
+    x = torch.from_numpy(_normalise(features[rows])).to(device)  # [M, D]
     m = len(rows)
     k = max(1, min(k, m - 1))
     knn = np.full(len(features), np.nan, dtype=np.float32)
     pairs: list[np.ndarray] = []
     for start in range(0, m, block):
         a = x[start : start + block]  # [B, D]
-        best = np.full((len(a), k), -np.inf, dtype=np.float32)  # running top-k similarities [B, k]
+        best = torch.full((len(a), k), -torch.inf, device=x.device)  # running top-k similarities [B, k]
         for col in range(0, m, block):
             sim = a @ x[col : col + block].T  # [B, C]
             if col == start:
-                np.fill_diagonal(sim, -np.inf)  # a row is not its own neighbour
-            hit = np.argwhere(sim >= threshold)
-            hit = hit[start + hit[:, 0] < col + hit[:, 1]]  # each pair once
+                sim.fill_diagonal_(-torch.inf)  # a row is not its own neighbour
+            # One edge per row and column block, to its most similar column: enough to join a tight group
+            # of near-duplicates, and a group of G identical images costs G edges per block, not G**2.
+            top, where = sim.max(dim=1)
+            hit = (top >= threshold).nonzero().squeeze(1)
             if len(hit):
-                pairs.append(np.stack([start + hit[:, 0], col + hit[:, 1]], axis=1))
-            merged = np.concatenate([best, sim], axis=1)  # [B, k + C]
-            best = -np.partition(-merged, k - 1, axis=1)[:, :k] if merged.shape[1] > k else merged
+                pairs.append(np.stack([start + hit.cpu().numpy(), col + where[hit].cpu().numpy()], axis=1))
+            merged = torch.cat([best, sim], dim=1)  # [B, k + C]
+            best = merged.topk(k, dim=1).values
+        best = best.cpu().numpy()
         knn[rows[start : start + len(a)]] = np.where(np.isfinite(best), best, np.nan).mean(axis=1)
     found = np.concatenate(pairs) if pairs else np.zeros((0, 2), dtype=np.int64)
     return knn, rows[found].reshape(-1, 2)
@@ -128,6 +136,7 @@ def dataset_health(
     k: int = NEIGHBOURS,
     outlier_z: float = OUTLIER_Z,
     block: int = BLOCK,
+    device: Any = "cpu",
 ) -> Health:
     """Duplicate groups and outliers of ``features`` (float32 [N, D] frozen image features).
 
@@ -136,7 +145,7 @@ def dataset_health(
     closest class prompt to the outlier score (its mean with the neighbour distance, as robust z-scores).
     """
     usable = np.asarray(usable, dtype=bool)
-    knn, pairs = neighbours(features, usable, k=k, threshold=threshold, block=block)
+    knn, pairs = neighbours(features, usable, k=k, threshold=threshold, block=block, device=device)
     if hashes is not None:
         first: dict[str, int] = {}
         same = [(first.setdefault(h, i), i) for i, h in enumerate(hashes) if h is not None and usable[i]]
@@ -150,10 +159,10 @@ def dataset_health(
 
 
 def health_columns(
-    root: str | os.PathLike[str], paths: Sequence[str], features: np.ndarray, usable: np.ndarray
-) -> dict:
+    root: str | os.PathLike[str], paths: Sequence[str], features: np.ndarray, usable: np.ndarray, *, device: Any
+) -> dict[str, Any]:
     """The Parquet's health columns for a detect run: duplicate_group, outlier_score, is_outlier."""
-    health = dataset_health(features, usable, hashes=content_hashes(root, paths))
+    health = dataset_health(features, usable, hashes=content_hashes(root, paths), device=device)
     return {
         "duplicate_group": pd.array(np.where(health.duplicate_group >= 0, health.duplicate_group, None), dtype="Int64"),
         "outlier_score": pd.array(np.where(usable, health.outlier_score, np.nan), dtype="Float32"),

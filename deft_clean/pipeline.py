@@ -187,7 +187,8 @@ def detect(
             if not quiet:
                 logging.getLogger("deft_clean").warning(line)
         frame = results_frame(listing, evidence, selection)
-        frame = frame.assign(**health_columns(listing.root, listing.paths, evidence.features, evidence.usable))
+        health = health_columns(listing.root, listing.paths, evidence.features, evidence.usable, device=device)
+        frame = frame.assign(**health)
         metadata = {
             "deft_clean_version": __version__,
             "kind": "detect",

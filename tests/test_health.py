@@ -49,14 +49,17 @@ def test_near_duplicates_and_outliers_found():
 
 
 def test_blockwise_equals_one_block():
-    features, _, _, _ = clustered(n_per_class=30, seed=1)
+    features, _, near_of, n_base = clustered(n_per_class=30, seed=1)
     usable = np.ones(len(features), dtype=bool)
     usable[[3, 50]] = False  # unusable rows take no part
-    small_knn, small_pairs = neighbours(features, usable, k=5, threshold=0.9, block=7)
-    big_knn, big_pairs = neighbours(features, usable, k=5, threshold=0.9, block=10_000)
+    small_knn, small_pairs = neighbours(features, usable, k=5, threshold=0.97, block=7)
+    big_knn, big_pairs = neighbours(features, usable, k=5, threshold=0.97, block=10_000)
     np.testing.assert_allclose(small_knn, big_knn, rtol=1e-5)
     assert np.isnan(small_knn[[3, 50]]).all()
-    assert {tuple(p) for p in small_pairs.tolist()} == {tuple(p) for p in big_pairs.tolist()}
+    n = len(features)
+    assert group_ids(n, small_pairs).tolist() == group_ids(n, big_pairs).tolist()
+    groups = group_ids(n, big_pairs)
+    assert all(groups[i] == groups[n_base + j] >= 0 for j, i in enumerate(near_of))  # the planted pairs
     assert not ({3, 50} & set(small_pairs.ravel().tolist()))
 
 
@@ -114,3 +117,73 @@ def test_export_and_report_use_health_columns(tmp_path):
     assert "health: 1 duplicate groups (3 samples" in report.stdout and "1 outliers" in report.stdout
     page = write_html(frame, metadata, tmp_path / "r.html").read_text()
     assert 'id="n-dup-groups">1<' in page and 'id="n-outliers">1<' in page
+
+
+def planted_folder(root):
+    """Synthetic class images plus copies filed under another class, brightened copies, and noise images."""
+    from PIL import Image
+
+    from tests.conftest import CLASSES, N_CLASSES
+
+    images, labels = toy.synthetic_images(20, N_CLASSES, seed=4)
+    paths = toy.write_image_folder(root, images, labels, CLASSES)
+    exact, near, odd = set(), set(), set()
+    for j, i in enumerate((0, 25, 50)):
+        copy = f"{CLASSES[(j + 1) % N_CLASSES]}/copy{j}.png"
+        shutil.copy(root / paths[i], root / copy)
+        exact.add(frozenset((paths[i], copy)))
+    for j, i in enumerate((70, 95)):
+        resaved = f"{CLASSES[int(labels[i])]}/near{j}.png"  # the same picture, slightly brighter
+        brighter = np.asarray(images[i].convert("RGB"), dtype=np.int16) + 6
+        Image.fromarray(brighter.clip(0, 255).astype(np.uint8)).save(root / resaved)
+        near.add(frozenset((paths[i], resaved)))
+    rng = np.random.default_rng(0)
+    for j in range(3):
+        pixels = (rng.random((32, 32, 1)) > 0.5).repeat(3, axis=2).astype(np.uint8) * 255  # salt-and-pepper
+        name = f"{CLASSES[j]}/odd{j}.png"
+        Image.fromarray(pixels).save(root / name)
+        odd.add(name)
+    listed = sorted(str(p.relative_to(root)) for p in root.rglob("*.*"))
+    return listed, exact, near, odd
+
+
+def pair_set(paths, groups) -> set:
+    found = set()
+    for g in set(groups[groups >= 0].tolist()):
+        members = [paths[i] for i in np.flatnonzero(groups == g)]
+        found |= {frozenset((a, b)) for a in members for b in members if a < b}
+    return found
+
+
+def test_planted_folder_precision_recall(tmp_path):
+    """Files on disk, hashed; image features here are centred 32x32 pixels (a stand-in for CLIP's)."""
+    from PIL import Image
+
+    root = tmp_path / "data"
+    paths, exact, near, odd = planted_folder(root)
+    pixels = np.stack(
+        [np.asarray(Image.open(root / p).convert("RGB").resize((32, 32)), dtype=np.float32).ravel() for p in paths]
+    )
+    features = pixels - pixels.mean(axis=0)  # [N, 3072]
+    health = dataset_health(features, np.ones(len(paths), dtype=bool), hashes=content_hashes(root, paths))
+    assert precision_recall(pair_set(paths, health.duplicate_group), exact | near) == (1.0, 1.0)
+    outliers = {paths[i] for i in np.flatnonzero(health.is_outlier)}
+    assert precision_recall(outliers, odd) == (1.0, 1.0)
+
+
+def test_detect_writes_health_columns(tiny_clip, tmp_path):
+    """A real detect run: the columns are there and exact copies are grouped (the tiny CLIP's features are
+    too alike for near-duplicate or outlier ground truth; see the tests above)."""
+    import deft_clean
+
+    root = tmp_path / "data"
+    _, exact, _, _ = planted_folder(root)
+    out = tmp_path / "results.parquet"
+    deft_clean.detect(root, out=out, seed=0, **tiny_clip.options(quick=True))
+    frame, _ = deft_clean.load_results(out)
+    groups = frame["duplicate_group"].dropna()
+    assert (groups == groups.round()).all() and frame["outlier_score"].notna().all()
+    assert frame["is_outlier"].dtype == bool
+    paths = frame["path"].tolist()
+    found = pair_set(paths, frame["duplicate_group"].fillna(-1).to_numpy(dtype=np.int64))
+    assert exact <= found
