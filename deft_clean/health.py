@@ -159,10 +159,16 @@ def dataset_health(
 
 
 def health_columns(
-    root: str | os.PathLike[str], paths: Sequence[str], features: np.ndarray, usable: np.ndarray, *, device: Any
+    root: str | os.PathLike[str],
+    paths: Sequence[str],
+    features: np.ndarray,
+    usable: np.ndarray,
+    prompts: np.ndarray | None,
+    *,
+    device: Any,
 ) -> dict[str, Any]:
     """The Parquet's health columns for a detect run: duplicate_group, outlier_score, is_outlier."""
-    health = dataset_health(features, usable, hashes=content_hashes(root, paths), device=device)
+    health = dataset_health(features, usable, hashes=content_hashes(root, paths), prompts=prompts, device=device)
     return {
         "duplicate_group": pd.array(np.where(health.duplicate_group >= 0, health.duplicate_group, None), dtype="Int64"),
         "outlier_score": pd.array(np.where(usable, health.outlier_score, np.nan), dtype="Float32"),

@@ -187,7 +187,10 @@ def detect(
             if not quiet:
                 logging.getLogger("deft_clean").warning(line)
         frame = results_frame(listing, evidence, selection)
-        health = health_columns(listing.root, listing.paths, evidence.features, evidence.usable, device=device)
+        from .backbone import zero_shot_text
+
+        prompts = zero_shot_text(loaded, listing.prompt_names).detach().cpu().numpy()  # [K, E]: "far from every class"
+        health = health_columns(listing.root, listing.paths, evidence.features, evidence.usable, prompts, device=device)
         frame = frame.assign(**health)
         metadata = {
             "deft_clean_version": __version__,
