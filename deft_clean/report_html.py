@@ -15,6 +15,7 @@ import logging
 import os
 from datetime import datetime, timezone
 from html import escape
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -101,7 +102,7 @@ def _page(frame: pd.DataFrame, metadata: dict[str, Any], data: ReportData, *, to
         _histogram_html(frame),
         _heatmap_html(frame),
         review.review_html(review.review_data(frame, metadata, top=top, root=root), data.per_class),
-        review.health_html(frame),
+        _health_html(frame),
         _unusable_html(frame),
         f"<script>{review.SCRIPT}</script>",
         "</body></html>",
@@ -217,6 +218,40 @@ def _heatmap_html(frame: pd.DataFrame) -> str:
         f"<p>Flagged samples: rows are given labels, columns suggested labels.{note}</p>"
         f'<div class="scroll"><table class="heat" id="heatmap"><tr><th></th>{head}</tr>'
         f"{''.join(rows)}</table></div>"
+    )
+
+
+def _health_html(frame: pd.DataFrame, max_rows: int = 50) -> str:
+    """Duplicate groups and outliers (the Parquet's health columns); empty when detect did not compute them."""
+    if "duplicate_group" not in frame.columns or not frame["outlier_score"].notna().any():
+        return ""
+    dup = frame[frame["duplicate_group"].notna()].sort_values(["duplicate_group"], kind="stable")
+    groups = dup.groupby("duplicate_group", sort=True)
+    rows = "".join(
+        f'<tr data-group="{int(g)}"><td class="n">{int(g)}</td><td>{len(members)}</td><td>'
+        + "<br>".join(
+            f"{escape(str(p))} ({escape(str(lab))})" for p, lab in zip(members["path"], members["label"], strict=True)
+        )
+        + "</td></tr>"
+        for g, members in islice(groups, max_rows)
+    )
+    more = f"<p>{groups.ngroups - max_rows} more groups not shown.</p>" if groups.ngroups > max_rows else ""
+    outliers = frame[frame["is_outlier"].fillna(False).astype(bool)].sort_values("outlier_score", ascending=False)
+    out_rows = "".join(
+        f'<tr><td>{escape(str(r.path))}</td><td>{escape(str(r.label))}</td><td class="n">{float(r.outlier_score):.1f}'
+        "</td></tr>"
+        for r in outliers.head(max_rows).itertuples(index=False)
+    )
+    out_more = f"<p>{len(outliers) - max_rows} more not shown.</p>" if len(outliers) > max_rows else ""
+    return (
+        f'<h2>Duplicates</h2><p><span id="n-dup-groups">{groups.ngroups}</span> groups of exact or near '
+        f'duplicates, <span id="n-dup-rows">{len(dup)}</span> samples; <code>export --drop-duplicates</code> '
+        'keeps the first of each.</p><div class="scroll"><table id="duplicates"><tr><th class="n">group</th>'
+        f"<th>samples</th><th>paths</th></tr>{rows}</table></div>{more}"
+        f'<h2>Outliers</h2><p><span id="n-outliers">{len(outliers)}</span> samples far from their nearest '
+        "neighbours (outlier_score: robust z-score); <code>export --drop-outliers</code> leaves them out.</p>"
+        f'<div class="scroll"><table id="outliers"><tr><th>path</th><th>label</th><th class="n">score</th></tr>'
+        f"{out_rows}</table></div>{out_more}"
     )
 
 

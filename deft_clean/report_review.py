@@ -20,7 +20,6 @@ import json
 import logging
 import re
 from html import escape
-from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -340,6 +339,7 @@ SCRIPT = r"""
     if (ev.key === 'Escape') { $('lightbox').hidden = true; return; }
     var tag = ev.target.tagName;
     if (tag === 'INPUT' || tag === 'SELECT' || tag === 'TEXTAREA') { return; }
+    if (tag === 'BUTTON' && (ev.key === 'Enter' || ev.key === ' ')) { return; }
     var fig = document.activeElement && document.activeElement.closest ? document.activeElement.closest('.card') : null;
     if (ev.key === 'ArrowRight' || ev.key === 'j') { focusCard(fig ? Number(fig.dataset.i) + 1 : focus); }
     else if (ev.key === 'ArrowLeft') { focusCard(fig ? Number(fig.dataset.i) - 1 : focus); }
@@ -396,37 +396,3 @@ SCRIPT = r"""
   document.documentElement.dataset.ready = '1';
 })();
 """
-
-
-def health_html(frame: pd.DataFrame, max_rows: int = 50) -> str:
-    """Duplicate groups and outliers (the Parquet's health columns); empty when detect did not compute them."""
-    if "duplicate_group" not in frame.columns or not frame["outlier_score"].notna().any():
-        return ""
-    dup = frame[frame["duplicate_group"].notna()].sort_values(["duplicate_group"], kind="stable")
-    groups = dup.groupby("duplicate_group", sort=True)
-    rows = "".join(
-        f'<tr data-group="{int(g)}"><td class="n">{int(g)}</td><td>{len(members)}</td><td>'
-        + "<br>".join(
-            f"{escape(str(p))} ({escape(str(lab))})" for p, lab in zip(members["path"], members["label"], strict=True)
-        )
-        + "</td></tr>"
-        for g, members in islice(groups, max_rows)
-    )
-    more = f"<p>{groups.ngroups - max_rows} more groups not shown.</p>" if groups.ngroups > max_rows else ""
-    outliers = frame[frame["is_outlier"].fillna(False).astype(bool)].sort_values("outlier_score", ascending=False)
-    out_rows = "".join(
-        f'<tr><td>{escape(str(r.path))}</td><td>{escape(str(r.label))}</td><td class="n">{float(r.outlier_score):.1f}'
-        "</td></tr>"
-        for r in outliers.head(max_rows).itertuples(index=False)
-    )
-    out_more = f"<p>{len(outliers) - max_rows} more not shown.</p>" if len(outliers) > max_rows else ""
-    return (
-        f'<h2>Duplicates</h2><p><span id="n-dup-groups">{groups.ngroups}</span> groups of exact or near '
-        f'duplicates, <span id="n-dup-rows">{len(dup)}</span> samples; <code>export --drop-duplicates</code> '
-        'keeps the first of each.</p><div class="scroll"><table id="duplicates"><tr><th class="n">group</th>'
-        f"<th>samples</th><th>paths</th></tr>{rows}</table></div>{more}"
-        f'<h2>Outliers</h2><p><span id="n-outliers">{len(outliers)}</span> samples far from their nearest '
-        "neighbours (outlier_score: robust z-score); <code>export --drop-outliers</code> leaves them out.</p>"
-        f'<div class="scroll"><table id="outliers"><tr><th>path</th><th>label</th><th class="n">score</th></tr>'
-        f"{out_rows}</table></div>{out_more}"
-    )
