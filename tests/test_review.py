@@ -339,3 +339,13 @@ def test_100k_flagged_rows_page_in_browser(browser, tmp_path):
     want = int(((~frame["is_clean"]) & ((frame["label"] == "class_3") | (frame["predicted_label"] == "class_3"))).sum())
     assert shown == want and text(browser, "page-no") == "1"
     assert time.monotonic() - start < 60  # generous: open, parse, page, filter
+
+
+def test_missing_browser_fails_under_ci(monkeypatch):
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="CI must install them"):
+        browser_or_skip()
+    monkeypatch.delenv("CI")
+    with pytest.raises(pytest.skip.Exception):
+        browser_or_skip()
