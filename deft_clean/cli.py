@@ -223,6 +223,9 @@ def train(
         bool | None, typer.Option(help="Random horizontal flips (default: on unless the probe finds mirrors hurt).")
     ] = TD.hflip,
     val: Annotated[Path | None, typer.Option(help="Held-out folder or table: accuracy per epoch, best kept.")] = None,
+    decisions: Annotated[
+        Path | None, typer.Option(help="Review CSV (path,decision,label) from the HTML report; human decisions win.")
+    ] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from checkpoint.pt in --out.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Allow a non-empty --out.")] = False,
     num_workers: Workers = None,
@@ -261,7 +264,9 @@ def train(
         "seed": seed,
         "device": device,
     }
-    call = lambda: run_train(dataset, results=results, out=out, val=val, quiet=quiet, **options)  # noqa: E731
+    call = lambda: run_train(  # noqa: E731
+        dataset, results=results, out=out, val=val, decisions=decisions, quiet=quiet, **options
+    )
     result = _interruptible(lambda: _run(debug, quiet, call))
     if not quiet:
         console = Console(soft_wrap=True)

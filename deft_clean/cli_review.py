@@ -16,6 +16,10 @@ from rich.text import Text
 from .cli_common import Debug, Overwrite, Quiet, _run
 
 Results = Annotated[Path, typer.Argument(help="Parquet written by detect.")]
+Decisions = Annotated[
+    Path | None,
+    typer.Option(help="Review CSV (path,decision,label) downloaded from the HTML report; human decisions win."),
+]
 Dataset = Annotated[
     Path | None, typer.Option(help="Where the dataset is now, if it moved since detect (folder or table).")
 ]
@@ -39,6 +43,7 @@ def report(
     ] = None,
     dataset: Dataset = None,
     overwrite: Overwrite = False,
+    decisions: Decisions = None,
     quiet: Quiet = False,
     debug: Debug = False,
 ) -> None:
@@ -47,7 +52,7 @@ def report(
 
     console = None if quiet else Console(highlight=False)
     options = {"html": html, "top": top, "dataset": dataset, "console": console, "overwrite": overwrite}
-    _run(debug, quiet, lambda: run_report(results, **options))
+    _run(debug, quiet, lambda: run_report(results, decisions=decisions, **options))
     if console is not None and html is not None:
         console.print(Text(f"HTML report: {html}"))
 
@@ -69,6 +74,11 @@ def export(
         bool, typer.Option("--overwrite", help="Replace a non-empty --out folder or an existing file.")
     ] = False,
     dataset: Dataset = None,
+    decisions: Decisions = None,
+    drop_duplicates: Annotated[
+        bool, typer.Option("--drop-duplicates", help="Export one sample per duplicate_group (exact or near).")
+    ] = False,
+    drop_outliers: Annotated[bool, typer.Option("--drop-outliers", help="Leave out is_outlier samples.")] = False,
     quiet: Quiet = False,
     debug: Debug = False,
 ) -> None:
@@ -86,6 +96,9 @@ def export(
             keep_flagged=keep_flagged,
             overwrite=overwrite,
             dataset=dataset,
+            decisions=decisions,
+            drop_duplicates=drop_duplicates,
+            drop_outliers=drop_outliers,
         ),
     )
     if quiet:
@@ -94,6 +107,8 @@ def export(
     if keep_flagged:
         line += f", {summary.flagged} flagged in _flagged/ for review"
     line += f"; {summary.dropped} flagged dropped, {summary.unusable} unusable skipped"
+    if decisions is not None:
+        line += f"; {summary.reviewed} human decisions applied"
     console = Console(highlight=False)
     console.print(Text(line))
     console.print(Text(f"{summary.mode}: {summary.out}"))

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pandas as pd
 
 from .errors import DataError, UsageError
@@ -22,6 +23,7 @@ from .results import load_results
 from .safety import check_output, is_inside, printable, real
 
 if TYPE_CHECKING:
+    from .decisions import Verdicts
     from .pipeline import DetectResult
 
 MODES = ("symlink", "copy", "csv")
@@ -40,6 +42,7 @@ class ExportSummary:
     flagged: int  # flagged rows placed in _flagged/<given label>/ for review (--keep-flagged)
     dropped: int  # flagged rows not exported at all
     unusable: int  # unreadable rows, never exported
+    reviewed: int = 0  # rows whose human decision (--decisions) replaced the automatic verdict
 
     @property
     def exported(self) -> int:
@@ -84,6 +87,9 @@ def export_dataset(
     keep_flagged: bool = False,
     overwrite: bool = False,
     dataset: str | os.PathLike[str] | None = None,
+    decisions: str | os.PathLike[str] | Verdicts | None = None,
+    drop_duplicates: bool = False,
+    drop_outliers: bool = False,
 ) -> ExportSummary:
     """Write the cleaned dataset: the is_clean rows, optionally plus confident relabels and flagged rows.
 
@@ -98,6 +104,10 @@ def export_dataset(
         keep_flagged: folder modes: the remaining flagged rows go to ``OUT/_flagged/<given label>/``.
         overwrite: replace a non-empty ``out`` folder (or an existing file) instead of refusing.
         dataset: where the images are now, if not where detect recorded them.
+        decisions: a review CSV (``path,decision,label``, see :mod:`deft_clean.decisions`): a human keep,
+            drop or relabel replaces the automatic verdict of its row.
+        drop_duplicates: export one row per ``duplicate_group`` (the first in listing order).
+        drop_outliers: leave out ``is_outlier`` rows. A human decision still wins over both.
 
     Raises:
         UsageError: a bad option, or an ``out`` that exists (without ``overwrite``) or overlaps the dataset.
@@ -116,7 +126,18 @@ def export_dataset(
     root = dataset_root(metadata, dataset)
     target = Path(out)
     _check_out(target, mode=mode)
-    plan = plan_export(frame, relabel=relabel, keep_flagged=keep_flagged)
+
+    from .decisions import load_verdicts
+
+    verdicts = load_verdicts(decisions, frame, metadata)
+    plan = plan_export(
+        frame,
+        relabel=relabel,
+        keep_flagged=keep_flagged,
+        verdicts=verdicts,
+        drop_duplicates=drop_duplicates,
+        drop_outliers=drop_outliers,
+    )
     sources = [_source(root, path) for path in plan["path"]]
     table = metadata.get("dataset") if metadata.get("source") == "table" else None
     inputs = [*sources, *([results] if isinstance(results, (str, os.PathLike)) else []), *([table] if table else [])]
@@ -135,23 +156,34 @@ def export_dataset(
     else:
         _write_folder(plan, sources, target, copy=mode == "copy")
     counts = Counter(plan["role"])
-    flagged_total = int(((frame["status"] == STATUS_OK) & ~frame["is_clean"]).sum())
+    usable_total = int((frame["status"] == STATUS_OK).sum())
     return ExportSummary(
         out=target,
         mode=mode,
         kept=counts["kept"],
         relabelled=counts["relabelled"],
         flagged=counts["flagged"],
-        dropped=flagged_total - counts["relabelled"] - counts["flagged"],
+        dropped=usable_total - counts["kept"] - counts["relabelled"] - counts["flagged"],
         unusable=int((frame["status"] != STATUS_OK).sum()),
+        reviewed=0 if verdicts is None else verdicts.reviewed,
     )
 
 
-def plan_export(frame: pd.DataFrame, *, relabel: float | None = None, keep_flagged: bool = False) -> pd.DataFrame:
+def plan_export(
+    frame: pd.DataFrame,
+    *,
+    relabel: float | None = None,
+    keep_flagged: bool = False,
+    verdicts: Verdicts | None = None,
+    drop_duplicates: bool = False,
+    drop_outliers: bool = False,
+) -> pd.DataFrame:
     """The rows to export, in listing order: path, label (new), original_label, p_clean, role.
 
     role is ``kept`` (is_clean), ``relabelled`` (flagged, ``p_predicted >= relabel``) or ``flagged``
-    (the other flagged rows, with ``keep_flagged``). Unusable rows never appear.
+    (the other flagged rows, with ``keep_flagged``). Unusable rows never appear. ``verdicts`` (human
+    decisions) override: keep -> ``kept``, relabel -> ``relabelled`` (``kept`` if the label is unchanged),
+    drop -> not exported, not even to _flagged/.
     """
     usable = frame["status"] == STATUS_OK
     clean = usable & frame["is_clean"]
@@ -163,12 +195,25 @@ def plan_export(frame: pd.DataFrame, *, relabel: float | None = None, keep_flagg
     role[moved] = "relabelled"
     if keep_flagged:
         role[flagged & ~moved] = "flagged"
+    if drop_outliers and "is_outlier" in frame.columns:
+        role[frame["is_outlier"].fillna(False).to_numpy(dtype=bool)] = None
+    if drop_duplicates and "duplicate_group" in frame.columns:
+        group = frame["duplicate_group"].where(role.notna())
+        role[group.notna() & group.duplicated()] = None  # the first of each group stays
+    label = frame["predicted_label"].where(moved, frame["label"]).astype(str)
+    if verdicts is not None:
+        keep, new = verdicts.apply(role.notna().to_numpy(), label.to_numpy(dtype=object))
+        decided = verdicts.decided
+        label = pd.Series(new, index=frame.index)
+        same = new == frame["label"].astype(str).to_numpy()
+        role[decided & keep] = np.where(same, "kept", "relabelled")[decided & keep]
+        role[decided & ~keep] = None
     chosen = role.notna()
     rows = frame.loc[chosen]
     return pd.DataFrame(
         {
             "path": rows["path"].astype(str).to_numpy(),
-            "label": rows["predicted_label"].where(moved[chosen], rows["label"]).astype(str).to_numpy(),
+            "label": label[chosen].to_numpy(),
             "original_label": rows["label"].astype(str).to_numpy(),
             "p_clean": rows["p_clean"].reset_index(drop=True),
             "role": role[chosen].to_numpy(),

@@ -35,6 +35,7 @@ from torch.utils.data import DataLoader, RandomSampler, Sampler, WeightedRandomS
 from . import __version__
 from .config import TrainConfig
 from .data import STATUS_OK, ImageDataset, Listing, list_dataset
+from .decisions import Verdicts, load_verdicts
 from .distributed import Dist
 from .errors import DataError, UsageError
 from .files import run_lock, write_atomic
@@ -71,11 +72,18 @@ class TrainResult:
 
 
 def select_rows(
-    frame: Any, *, clean_only: bool, threshold: float | None, relabel: float | None
+    frame: Any,
+    *,
+    clean_only: bool,
+    threshold: float | None,
+    relabel: float | None,
+    verdicts: Verdicts | None = None,
+    classes: list[str] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, int]:
     """Which rows to train on and with which label index.
 
-    Returns (row indices, label indices, number relabelled). Unusable rows are never used.
+    Returns (row indices, label indices, number relabelled). Unusable rows are never used. Human
+    ``verdicts`` (with the results' ``classes``) replace the automatic choice of the rows they decide.
     """
     usable = (frame["status"] == STATUS_OK).to_numpy()
     labels = frame["label_index"].to_numpy().astype(np.int64)
@@ -92,6 +100,9 @@ def select_rows(
             relabelled = usable & ~clean & (p_pred >= relabel)
             labels = np.where(relabelled, frame["predicted_index"].to_numpy(), labels)
         keep = clean | relabelled
+    if verdicts is not None:
+        keep, labels = verdicts.apply(keep, labels, classes=classes)
+        relabelled = keep & (labels != frame["label_index"].to_numpy())
     rows = np.flatnonzero(keep)
     return rows, labels[rows], int(relabelled.sum())
 
@@ -134,6 +145,7 @@ def train(
     out: str | os.PathLike[str],
     config: TrainConfig | None = None,
     val: str | os.PathLike[str] | None = None,
+    decisions: str | os.PathLike[str] | None = None,
     quiet: bool = False,
     **options: Any,
 ) -> TrainResult:
@@ -145,6 +157,8 @@ def train(
         out: output folder (model.safetensors, config.json, metrics.json, checkpoint.pt).
         config / options: a :class:`TrainConfig` and keyword overrides of its fields.
         val: optional held-out folder or table with the same classes: accuracy every epoch, best kept.
+        decisions: a review CSV (``path,decision,label``): human keep/drop/relabel decisions replace
+            the automatic verdict of their rows (see :mod:`deft_clean.decisions`).
 
     Raises:
         Interrupted: SIGINT/SIGTERM arrived; ``checkpoint.pt`` holds the state after the last finished
@@ -158,7 +172,9 @@ def train(
 
     cfg = merge_options(TrainConfig, config, options)
     with process_group(cfg.device) as ranks, run_lock(out if ranks.is_main else None):
-        return _train(dataset, results=Path(results), out=out, cfg=cfg, val=val, quiet=quiet, ranks=ranks)
+        return _train(
+            dataset, results=Path(results), out=out, cfg=cfg, val=val, decisions=decisions, quiet=quiet, ranks=ranks
+        )
 
 
 def _train(
@@ -168,6 +184,7 @@ def _train(
     out: str | os.PathLike[str],
     cfg: TrainConfig,
     val: str | os.PathLike[str] | None,
+    decisions: str | os.PathLike[str] | None,
     quiet: bool,
     ranks: Dist,
 ) -> TrainResult:
@@ -191,8 +208,14 @@ def _train(
         dataset, path_col=metadata.get("path_col", "path"), label_col=metadata.get("label_col", "label")
     )
     check_match(listing, frame, metadata, results)
+    verdicts = load_verdicts(decisions, frame, metadata)
     rows, labels, n_relabelled = select_rows(
-        frame, clean_only=cfg.clean_only, threshold=cfg.threshold, relabel=cfg.relabel
+        frame,
+        clean_only=cfg.clean_only,
+        threshold=cfg.threshold,
+        relabel=cfg.relabel,
+        verdicts=verdicts,
+        classes=listing.classes,
     )
     if len(rows) == 0:
         raise DataError("no rows left to train on (every row is flagged or unusable); lower --threshold")

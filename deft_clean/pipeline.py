@@ -21,6 +21,7 @@ from .config import DetectConfig, field_names
 from .data import STATUS_OK, Listing, list_dataset
 from .errors import UsageError
 from .files import run_lock
+from .health import health_columns
 from .results import normalize_frame, write_results
 from .runstate import StopOnSignal, config_signature, listing_signature, load_checkpoint, save_checkpoint
 from .safety import check_detect_paths
@@ -194,6 +195,11 @@ def detect(
             if not quiet:
                 logging.getLogger("deft_clean").warning(line)
         frame = results_frame(listing, evidence, selection)
+        from .backbone import zero_shot_text
+
+        prompts = zero_shot_text(loaded, listing.prompt_names).detach().cpu().numpy()  # [K, E]: "far from every class"
+        health = health_columns(listing.root, listing.paths, evidence.features, evidence.usable, prompts, device=device)
+        frame = frame.assign(**health)
         metadata = {
             "deft_clean_version": __version__,
             "kind": "detect",

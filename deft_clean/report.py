@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -40,6 +40,8 @@ class ReportData:
     per_class: pd.DataFrame  # class, samples, usable, flagged, noise_rate; most flagged first
     pairs: pd.DataFrame  # given, suggested, count over flagged rows; most frequent first
     suspicious: pd.DataFrame  # `top` usable rows, lowest p_clean first: path, label, predicted_label, ...
+    reviewed: dict[str, int] | None = None  # with --decisions: flagged, reviewed, keep, drop, relabel
+    health: dict[str, int] | None = None  # duplicate groups, rows in them, outliers; None: not computed
 
     @property
     def flagged_pct(self) -> float:
@@ -76,15 +78,26 @@ def summarize(frame: pd.DataFrame, metadata: dict[str, Any], *, top: int = TERMI
         .reset_index(drop=True)
     )
     scored = frame[usable].assign(flagged=flagged[usable])
+    if "flag_reason" not in scored.columns:  # a frame built by hand, not read from a Parquet
+        scored = scored.assign(flag_reason=None)
     suspicious = scored.sort_values("p_clean", kind="stable").head(top).reset_index(drop=True)
+    health = None
+    if "duplicate_group" in frame.columns and frame["outlier_score"].notna().any():
+        groups = frame["duplicate_group"].dropna()
+        health = {
+            "groups": int(groups.nunique()),
+            "duplicates": int(len(groups)),
+            "outliers": int(frame["is_outlier"].fillna(False).astype(bool).sum()),
+        }
     return ReportData(
+        health=health,
         samples=int(len(frame)),
         usable=int(usable.sum()),
         flagged=int(flagged.sum()),
         unusable=int((~usable).sum()),
         per_class=per_class,
         pairs=pairs,
-        suspicious=suspicious[["path", "label", "predicted_label", "p_clean", "p_predicted", "flagged"]],
+        suspicious=suspicious[["path", "label", "predicted_label", "p_clean", "p_predicted", "flagged", "flag_reason"]],
     )
 
 
@@ -94,20 +107,26 @@ def report(
     html: str | os.PathLike[str] | None = None,
     top: int | None = None,
     dataset: str | os.PathLike[str] | None = None,
+    decisions: str | os.PathLike[str] | None = None,
     console: Console | None = None,
     overwrite: bool = False,
 ) -> ReportData:
     """Print the terminal report (unless ``console`` is None) and write the HTML page if ``html`` is given.
 
-    ``top`` caps the most-suspicious table (default 20) and the HTML gallery (default 200). An existing
-    ``html`` file is only replaced with ``overwrite``; it may never be the results, the dataset table or
-    a file inside the dataset.
+    ``top`` caps the most-suspicious table (default 20) and the HTML gallery's thumbnails (default 200).
+    ``decisions`` (a review CSV) adds how many flagged rows were reviewed and how. An existing ``html`` file
+    is only replaced with ``overwrite``; it may never be the results, the dataset table or a file inside the
+    dataset.
     """
     if isinstance(results, (str, os.PathLike)):
         frame, metadata = load_results(results)
     else:
         frame, metadata = results.frame, results.metadata
     data = summarize(frame, metadata, top=TERMINAL_TOP if top is None else top)
+    if decisions is not None:
+        from .decisions import review_counts
+
+        data = replace(data, reviewed=review_counts(decisions, frame, metadata))
     root = dataset_root(metadata, dataset) if dataset is not None else None
     if html is not None:
         from .report_html import write_html
@@ -177,19 +196,40 @@ def print_report(data: ReportData, console: Console, *, max_rows: int = 30) -> N
             pairs.add_row(Text(printable(row.given)), Text(printable(row.suggested)), str(row[2]))
         console.print(pairs)
 
+    if data.health is not None:
+        h = data.health
+        console.print(
+            Text(
+                f"health: {h['groups']} duplicate groups ({h['duplicates']} samples; export --drop-duplicates "
+                f"keeps one each), {h['outliers']} outliers (export --drop-outliers)"
+            )
+        )
+
+    if data.reviewed is not None:
+        r = data.reviewed
+        console.print(
+            Text(
+                f"reviewed {r['reviewed']} of {r['flagged']} flagged ({r['keep']} keep, {r['drop']} drop, "
+                f"{r['relabel']} relabel); {r['other']} decisions on rows detect kept"
+            )
+        )
+
     if len(data.suspicious):
         suspicious = Table(title=f"{len(data.suspicious)} most suspicious samples (lowest p_clean)")
         suspicious.add_column("path", overflow="fold")
         suspicious.add_column("given")
         suspicious.add_column("suggested")
         suspicious.add_column("p_clean", justify="right")
+        suspicious.add_column("why flagged", overflow="fold")
         for row in data.suspicious.itertuples(index=False):
             mark = "" if row.flagged else " (kept)"
+            reason = "" if pd.isna(row.flag_reason) else str(row.flag_reason)
             suspicious.add_row(
                 Text(printable(row.path)),
                 Text(printable(row.label)),
                 Text(printable(row.predicted_label)),
                 f"{row.p_clean:.3f}{mark}",
+                Text(reason),
             )
         console.print(suspicious)
 

@@ -1,5 +1,6 @@
 """The HTML report: one self-contained page with the summary, a p_clean histogram, a given-vs-suggested
-heatmap and a gallery of flagged samples, filterable by class.
+heatmap and a review section where every flagged sample can be kept, dropped or relabelled
+(:mod:`deft_clean.report_review`).
 
 The page loads nothing from the network: thumbnails are JPEG data URIs, the histogram and heatmap are
 inline SVG and tables, and its content security policy allows nothing else (not even an inline event
@@ -10,17 +11,18 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import io
 import logging
 import os
 from datetime import datetime, timezone
 from html import escape
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from . import report_review as review
 from .errors import DeftCleanError
 from .export import STATUS_OK
 from .export import dataset_root as recorded_dataset_root
@@ -29,7 +31,6 @@ from .report import HTML_TOP, ReportData, rate, summarize
 
 log = logging.getLogger(__name__)
 
-THUMBNAIL_PX = 96  # longest side of a gallery thumbnail
 HISTOGRAM_BINS = 20  # p_clean bins over [0, 1]
 HEATMAP_CLASSES = 20  # heatmap axes: the classes most involved in flagged pairs; the rest become "(other)"
 
@@ -42,9 +43,10 @@ def write_html(
     top: int = HTML_TOP,
     dataset_root: Path | None = None,
 ) -> Path:
-    """Write the HTML report atomically: summary, p_clean histogram, heatmap, gallery of flagged samples.
+    """Write the HTML report atomically: summary, p_clean histogram, heatmap, review of the flagged samples.
 
-    The gallery shows the ``top`` flagged samples with the lowest p_clean; the rest appear as counts.
+    The review section pages through every flagged sample (see :mod:`deft_clean.report_review`);
+    thumbnails are embedded for the ``top`` flagged samples with the lowest p_clean.
     ``dataset_root`` is where the images are; by default the dataset recorded in ``metadata``. When
     the images cannot be found the page still renders, with placeholders instead of thumbnails.
     """
@@ -67,50 +69,19 @@ def _recorded_root(metadata: dict[str, Any]) -> Path | None:
 
 
 CSS = """
-body{font:14px/1.4 system-ui,sans-serif;margin:24px;color:#222;max-width:1200px}
+body{font:14px/1.4 system-ui,sans-serif;margin:24px;color:#222;max-width:1800px}
 h1{font-size:22px}h2{font-size:17px;margin-top:28px}
 table{border-collapse:collapse}td,th{padding:3px 8px;border-bottom:1px solid #ddd;text-align:left}
 td.n,th.n{text-align:right;font-variant-numeric:tabular-nums}
 .meta{color:#666;word-break:break-all}.totals span{font-weight:600}
 .scroll{max-height:420px;overflow:auto;display:inline-block}
 .heat td{text-align:center;min-width:28px}.heat th.col{writing-mode:vertical-rl;transform:rotate(180deg)}
-#cards{display:flex;flex-wrap:wrap;gap:10px}
-.card{margin:0;width:150px;border:1px solid #ddd;padding:6px;font-size:12px;word-break:break-all}
-.card img,.card .ph{display:block;width:96px;height:96px;object-fit:contain;margin:0 auto 4px;background:#eee}
-.card .ph{line-height:96px;text-align:center;color:#999}
-.card .given{color:#b00}.card .suggested{color:#070}
 """
 
-SCRIPT = """
-(function () {
-  var select = document.getElementById('class-filter');
-  var cards = document.querySelectorAll('#cards .card');
-  var shown = document.getElementById('n-shown');
-  function apply(value) {
-    var n = 0;
-    cards.forEach(function (card) {
-      var show = value === '' || card.dataset.given === value || card.dataset.suggested === value;
-      card.hidden = !show;
-      if (show) { n += 1; }
-    });
-    shown.textContent = String(n);
-  }
-  select.addEventListener('change', function () {
-    apply(select.value);
-    history.replaceState(null, '', select.value ? '#class=' + encodeURIComponent(select.value) : '#');
-  });
-  if (location.hash.indexOf('#class=') === 0) {
-    select.value = decodeURIComponent(location.hash.slice(7));
-    if (select.selectedIndex < 0) { select.value = ''; }
-  }
-  apply(select.value);
-  document.documentElement.dataset.ready = '1';
-})();
-"""
 
 
 def _page(frame: pd.DataFrame, metadata: dict[str, Any], data: ReportData, *, top: int, root: Path | None) -> str:
-    script_hash = base64.b64encode(hashlib.sha256(SCRIPT.encode()).digest()).decode()
+    script_hash = base64.b64encode(hashlib.sha256(review.SCRIPT.encode()).digest()).decode()
     # Only data: images, inline styles and this exact script may load: no network, no injected handlers.
     csp = f"default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'sha256-{script_hash}'"
     dataset = str(metadata.get("dataset", "?"))
@@ -120,7 +91,7 @@ def _page(frame: pd.DataFrame, metadata: dict[str, Any], data: ReportData, *, to
         '<html lang="en"><head><meta charset="utf-8">',
         f'<meta http-equiv="Content-Security-Policy" content="{csp}">',
         f"<title>deft-clean report: {escape(Path(dataset).name)}</title>",
-        f"<style>{CSS}</style></head><body>",
+        f"<style>{CSS}{review.CSS}</style></head><body>",
         "<h1>deft-clean report</h1>",
         f'<p class="meta">dataset {escape(dataset)} &middot; model {escape(str(metadata.get("model", "?")))} '
         f"&middot; detect run {escape(str(metadata.get('created', '?')))} &middot; report {created}</p>",
@@ -129,9 +100,10 @@ def _page(frame: pd.DataFrame, metadata: dict[str, Any], data: ReportData, *, to
         _pairs_html(data),
         _histogram_html(frame),
         _heatmap_html(frame),
-        _gallery_html(frame, data, top=top, root=root),
+        review.review_html(review.review_data(frame, metadata, top=top, root=root), data.per_class),
+        _health_html(frame),
         _unusable_html(frame),
-        f"<script>{SCRIPT}</script>",
+        f"<script>{review.SCRIPT}</script>",
         "</body></html>",
     ]
     return "\n".join(parts)
@@ -248,38 +220,37 @@ def _heatmap_html(frame: pd.DataFrame) -> str:
     )
 
 
-def _gallery_html(frame: pd.DataFrame, data: ReportData, *, top: int, root: Path | None) -> str:
-    flagged = frame[(frame["status"] == STATUS_OK) & ~frame["is_clean"]]
-    shown = flagged.sort_values("p_clean", kind="stable").head(top)
-    cards, failures = [], 0
-    for row in shown.itertuples(index=False):
-        uri = _thumbnail(root / row.path, root) if root is not None else None
-        failures += uri is None
-        given, suggested = str(row.label), "?" if pd.isna(row.predicted_label) else str(row.predicted_label)
-        image = f'<img alt="" src="{uri}">' if uri else '<div class="ph">no image</div>'
-        cards.append(
-            f'<figure class="card" data-given="{escape(given)}" data-suggested="{escape(suggested)}" '
-            f'data-p-clean="{float(row.p_clean):.4f}">{image}<figcaption>'
-            f'<div class="path">{escape(str(row.path))}</div>'
-            f'<div class="given">given: {escape(given)}</div>'
-            f'<div class="suggested">suggested: {escape(suggested)}</div>'
-            f"<div>p_clean {float(row.p_clean):.3f}</div></figcaption></figure>"
+def _health_html(frame: pd.DataFrame, max_rows: int = 50) -> str:
+    """Duplicate groups and outliers (the Parquet's health columns); empty when detect did not compute them."""
+    if "duplicate_group" not in frame.columns or not frame["outlier_score"].notna().any():
+        return ""
+    dup = frame[frame["duplicate_group"].notna()].sort_values(["duplicate_group"], kind="stable")
+    groups = dup.groupby("duplicate_group", sort=True)
+    rows = "".join(
+        f'<tr data-group="{int(g)}"><td class="n">{int(g)}</td><td>{len(members)}</td><td>'
+        + "<br>".join(
+            f"{escape(str(p))} ({escape(str(lab))})" for p, lab in zip(members["path"], members["label"], strict=True)
         )
-    if root is not None and failures:
-        log.warning("%d of %d gallery images could not be read; shown as placeholders", failures, len(shown))
-    per_class = data.per_class[data.per_class["flagged"] > 0]
-    in_gallery = set(shown["label"]) | set(shown["predicted_label"].dropna())
-    options = "".join(
-        f'<option value="{escape(str(row[0]))}">{escape(str(row[0]))} ({row.flagged} flagged)</option>'
-        for row in per_class.itertuples(index=False)
-        if row[0] in in_gallery
+        + "</td></tr>"
+        for g, members in islice(groups, max_rows)
     )
+    more = f"<p>{groups.ngroups - max_rows} more groups not shown.</p>" if groups.ngroups > max_rows else ""
+    outliers = frame[frame["is_outlier"].fillna(False).astype(bool)].sort_values("outlier_score", ascending=False)
+    out_rows = "".join(
+        f'<tr><td>{escape(str(r.path))}</td><td>{escape(str(r.label))}</td><td class="n">{float(r.outlier_score):.1f}'
+        "</td></tr>"
+        for r in outliers.head(max_rows).itertuples(index=False)
+    )
+    out_more = f"<p>{len(outliers) - max_rows} more not shown.</p>" if len(outliers) > max_rows else ""
     return (
-        "<h2>Flagged samples, lowest p_clean first</h2>"
-        f'<p>Showing <span id="n-shown">{len(shown)}</span> of <span id="n-gallery">{len(shown)}</span> '
-        f"in the gallery; {data.flagged} flagged in all (per-class counts above). "
-        '<label>Class (given or suggested): <select id="class-filter"><option value="">all</option>'
-        f'{options}</select></label></p><div id="cards">{"".join(cards)}</div>'
+        f'<h2>Duplicates</h2><p><span id="n-dup-groups">{groups.ngroups}</span> groups of exact or near '
+        f'duplicates, <span id="n-dup-rows">{len(dup)}</span> samples; <code>export --drop-duplicates</code> '
+        'keeps the first of each.</p><div class="scroll"><table id="duplicates"><tr><th class="n">group</th>'
+        f"<th>samples</th><th>paths</th></tr>{rows}</table></div>{more}"
+        f'<h2>Outliers</h2><p><span id="n-outliers">{len(outliers)}</span> samples far from their nearest '
+        "neighbours (outlier_score: robust z-score); <code>export --drop-outliers</code> leaves them out.</p>"
+        f'<div class="scroll"><table id="outliers"><tr><th>path</th><th>label</th><th class="n">score</th></tr>'
+        f"{out_rows}</table></div>{out_more}"
     )
 
 
@@ -293,17 +264,3 @@ def _unusable_html(frame: pd.DataFrame, max_rows: int = 50) -> str:
     )
     more = f"<p>{len(bad) - max_rows} more not shown.</p>" if len(bad) > max_rows else ""
     return f'<h2>Unusable files</h2><table id="unusable"><tr><th>path</th><th>status</th></tr>{rows}</table>{more}'
-
-
-def _thumbnail(file: Path, root: Path) -> str | None:
-    """A small JPEG data URI of an image, or None when it cannot be read or lies outside ``root``."""
-    from .data import load_image
-
-    try:
-        image = load_image(file, draft_size=2 * THUMBNAIL_PX, root=root)
-        image.thumbnail((THUMBNAIL_PX, THUMBNAIL_PX))
-        buffer = io.BytesIO()
-        image.save(buffer, format="JPEG", quality=75)
-    except Exception:  # a missing or corrupt file is a placeholder, never a failed report
-        return None
-    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")

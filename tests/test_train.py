@@ -317,3 +317,26 @@ def test_flips_follow_the_probe_unless_asked():
     assert choose_hflip(None, {}, notes.append) is True  # no probe (random head): flips as before
     assert choose_hflip(True, {"train_accuracy": 0.99, "mirrored_accuracy": 0.4}, notes.append) is True
     assert len(notes) == 1
+
+
+def test_train_applies_review_decisions(noisy_run, tmp_path):
+    train_dir, results, _ = noisy_run
+    frame, metadata = deft_clean.load_results(results)
+    clean = frame.index[frame["is_clean"]]
+    flagged = frame.index[~frame["is_clean"] & (frame["status"] == "ok")]
+    other = {i: next(c for c in metadata["classes"] if c != frame.at[i, "label"]) for i in flagged[:2]}
+    lines = ["path,decision,label"]
+    lines += [f"{frame.at[i, 'path']},drop," for i in clean[:3]]  # a human drops rows detect kept
+    lines += [f"{frame.at[i, 'path']},relabel,{label}" for i, label in other.items()]
+    lines += [f"{frame.at[flagged[2], 'path']},keep,"]
+    csv = tmp_path / "decisions.csv"
+    csv.write_text("\n".join(lines) + "\n")
+    result = deft_clean.train(
+        train_dir, results=results, out=tmp_path / "m", clean_only=True, decisions=csv, epochs=1, **FAST
+    )
+    assert result.n_train + result.n_held_out == len(clean) - 3 + 3
+    assert result.n_relabelled == 2
+    bad = tmp_path / "bad.csv"
+    bad.write_text(f"path,decision,label\n{frame.at[clean[0], 'path']},relabel,horse\n")
+    args = ["train", str(train_dir), "--results", str(results), "--out", str(tmp_path / "m2"), "--decisions", str(bad)]
+    cli_fails(args, 1, f"{bad} line 2: unknown class 'horse'")
