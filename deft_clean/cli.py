@@ -91,6 +91,9 @@ def detect(
     quick: Annotated[
         bool, typer.Option("--quick", help="Skip prompt training: zero-shot prompts + image evidence, one pass.")
     ] = D.quick,
+    health: Annotated[
+        bool, typer.Option(help="Duplicate and outlier columns (hashes every file; quadratic similarity search).")
+    ] = D.health,
     hflip: Annotated[bool, typer.Option(help="Random horizontal flips while training.")] = D.hflip,
     num_workers: Workers = None,
     cache: Cache = None,
@@ -128,6 +131,7 @@ def detect(
         "clean_rule": clean_rule,
         "selection": selection,
         "quick": quick,
+        "health": health,
         "hflip": hflip,
         "num_workers": num_workers,
         "cache": str(cache) if cache is not None else None,

@@ -9,9 +9,10 @@ columns), so memory is ``block**2`` floats, never ``N**2``; time is still ``N**2
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,8 @@ NEAR_DUPLICATE_SIM = 0.97  # cosine similarity at or above which two images are 
 NEIGHBOURS = 10  # k of the k-nearest-neighbour distance behind the outlier score
 OUTLIER_Z = 4.0  # robust z-score above which a row is an outlier
 BLOCK = 4096  # rows and columns of one similarity block
+MAX_GROUP_ROWS = 20  # a near-duplicate group larger than this and than MAX_GROUP_SHARE of the rows is implausible
+MAX_GROUP_SHARE = 0.01
 
 
 @dataclass(frozen=True)
@@ -31,6 +34,7 @@ class Health:
     duplicate_group: np.ndarray  # int64 [N]: rows sharing an id are exact or near duplicates; -1 = unique
     outlier_score: np.ndarray  # float32 [N]: robust z-score of the distance to neighbours (and prompts); NaN unusable
     is_outlier: np.ndarray  # bool [N]: outlier_score > OUTLIER_Z
+    warnings: list[str] = field(default_factory=list)  # e.g. near-duplicates dropped as implausible
 
 
 def content_hashes(root: str | os.PathLike[str], paths: Sequence[str]) -> list[str | None]:
@@ -146,6 +150,18 @@ def dataset_health(
     """
     usable = np.asarray(usable, dtype=bool)
     knn, pairs = neighbours(features, usable, k=k, threshold=threshold, block=block, device=device)
+    warnings = []
+    if len(pairs):
+        sizes = np.bincount(group_ids(len(features), pairs)[usable] + 1)[1:]  # rows per near-duplicate group
+        limit = max(MAX_GROUP_ROWS, MAX_GROUP_SHARE * int(usable.sum()))
+        if sizes.size and sizes.max() > limit:
+            # Features too alike to tell images apart (a small or mismatched model): one group would swallow
+            # a good part of the dataset, and --drop-duplicates would delete it. Keep exact duplicates only.
+            warnings.append(
+                f"near-duplicate search found a group of {int(sizes.max())} images (features too alike at "
+                f"cosine {threshold}); only exact duplicates are reported"
+            )
+            pairs = pairs[:0]
     if hashes is not None:
         first: dict[str, int] = {}
         same = [(first.setdefault(h, i), i) for i, h in enumerate(hashes) if h is not None and usable[i]]
@@ -155,7 +171,7 @@ def dataset_health(
         closest = (_normalise(features) @ _normalise(prompts).T).max(axis=1)  # [N]
         score = (score + robust_z(np.where(usable, 1.0 - closest, np.nan))) / 2
     score = np.where(usable, score, np.nan).astype(np.float32)
-    return Health(group_ids(len(features), pairs), score, np.nan_to_num(score, nan=-np.inf) > outlier_z)
+    return Health(group_ids(len(features), pairs), score, np.nan_to_num(score, nan=-np.inf) > outlier_z, warnings)
 
 
 def health_columns(
@@ -169,6 +185,8 @@ def health_columns(
 ) -> dict[str, Any]:
     """The Parquet's health columns for a detect run: duplicate_group, outlier_score, is_outlier."""
     health = dataset_health(features, usable, hashes=content_hashes(root, paths), prompts=prompts, device=device)
+    for line in health.warnings:
+        logging.getLogger("deft_clean").warning(line)
     return {
         "duplicate_group": pd.array(np.where(health.duplicate_group >= 0, health.duplicate_group, None), dtype="Int64"),
         "outlier_score": pd.array(np.where(usable, health.outlier_score, np.nan), dtype="Float32"),

@@ -195,11 +195,14 @@ def detect(
             if not quiet:
                 logging.getLogger("deft_clean").warning(line)
         frame = results_frame(listing, evidence, selection)
-        from .backbone import zero_shot_text
+        if cfg.health:
+            from .backbone import zero_shot_text
 
-        prompts = zero_shot_text(loaded, listing.prompt_names).detach().cpu().numpy()  # [K, E]: "far from every class"
-        health = health_columns(listing.root, listing.paths, evidence.features, evidence.usable, prompts, device=device)
-        frame = frame.assign(**health)
+            prompts = zero_shot_text(loaded, listing.prompt_names).detach().cpu().numpy()  # [K, E]
+            health = health_columns(
+                listing.root, listing.paths, evidence.features, evidence.usable, prompts, device=device
+            )
+            frame = frame.assign(**health)
         metadata = {
             "deft_clean_version": __version__,
             "kind": "detect",
