@@ -105,6 +105,14 @@ def detect(
     checkpoint_every: Annotated[
         int, typer.Option(metavar="STEPS", help="Also checkpoint every STEPS steps (0: at epoch ends only).")
     ] = 0,
+    save_arrays: Annotated[
+        Path | None,
+        typer.Option(
+            metavar="DIR",
+            help="Also save features.npy (N x D) and probs.npy (N x K), rows aligned with the Parquet, for "
+            "cleanlab or FiftyOne.",
+        ),
+    ] = None,
     device: Device = D.device,
     quiet: Quiet = False,
     debug: Debug = False,
@@ -151,12 +159,13 @@ def detect(
                 run_dir=run_dir,
                 resume=resume,
                 checkpoint_every=checkpoint_every,
+                save_arrays=save_arrays,
                 **options,
             ),
         )
     )
     if not quiet:
-        _print_detect_summary(result.summary(), out, elapsed=time.monotonic() - started)
+        _print_detect_summary(result.summary(), out, elapsed=time.monotonic() - started, arrays=save_arrays)
 
 
 def _interruptible(call: Callable[[], T]) -> T:
@@ -170,7 +179,7 @@ def _interruptible(call: Callable[[], T]) -> T:
         raise typer.Exit(exc.exit_code) from None
 
 
-def _print_detect_summary(summary: dict[str, Any], out: Path, *, elapsed: float) -> None:
+def _print_detect_summary(summary: dict[str, Any], out: Path, *, elapsed: float, arrays: Path | None) -> None:
     console = Console(soft_wrap=True)
     samples, flagged, unusable = summary["samples"], summary["flagged"], summary["unusable"]
     usable = max(samples - unusable, 1)
@@ -186,6 +195,8 @@ def _print_detect_summary(summary: dict[str, Any], out: Path, *, elapsed: float)
             table.add_row(Text(name), str(count))
         console.print(table)
     console.print(Text(f"results: {out}"))
+    if arrays is not None:
+        console.print(Text(f"arrays: {arrays}"))
     console.print(Text(f"done in {_duration(elapsed)}, {unusable} unusable file(s)"))
     html = out.with_name("report.html")
     console.print(Text(f"next: deft-clean report {shlex.quote(str(out))} --html {shlex.quote(str(html))}"))

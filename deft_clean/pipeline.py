@@ -49,6 +49,12 @@ class DetectResult:
         self.path = write_results(self.frame, self.metadata, path)
         return self.path
 
+    def save_arrays(self, folder: str | os.PathLike[str]) -> Path:
+        """Write ``features.npy`` [N, D], ``probs.npy`` [N, K] and ``arrays.json`` (see :mod:`deft_clean.arrays`)."""
+        from .arrays import save_result_arrays
+
+        return save_result_arrays(self, folder)
+
     def summary(self, top: int = 10) -> dict[str, Any]:
         """Counts for the end-of-run summary: samples, flagged, unusable, most-flagged classes."""
         usable = self.frame["status"] == STATUS_OK
@@ -82,6 +88,7 @@ def detect(
     run_dir: str | os.PathLike[str] | None = None,
     resume: bool = False,
     checkpoint_every: int = 0,
+    save_arrays: str | os.PathLike[str] | None = None,
     **options: Any,
 ) -> DetectResult:
     """Find wrong labels in a dataset with DeFT (phase 1).
@@ -98,6 +105,8 @@ def detect(
         resume: continue from the checkpoint in ``run_dir``; it must come from the same options (but
             ``device``/``num_workers``), model and listing.
         checkpoint_every: also checkpoint every this many steps inside an epoch (0: at epoch ends).
+        save_arrays: a folder for ``features.npy`` [N, D] and ``probs.npy`` [N, K], rows aligned with the
+            Parquet (see :mod:`deft_clean.arrays`).
 
     Raises:
         Interrupted: SIGINT/SIGTERM arrived (in the main thread); the checkpoint is saved and no
@@ -110,6 +119,11 @@ def detect(
     listing = list_dataset(dataset, path_col=path_col, label_col=label_col, class_names=class_names)
     if out is not None and Path(out).is_dir():
         raise UsageError(f"--out {out} is a folder; pass a file path such as results.parquet")
+    if save_arrays is not None:
+        from .arrays import check_arrays_dir
+
+        inputs = [Path(p) for p in (dataset, class_names) if isinstance(p, (str, os.PathLike)) and Path(p).is_file()]
+        check_arrays_dir(save_arrays, root=listing.root, source=listing.source, inputs=inputs)
     if checkpoint_every < 0:
         raise UsageError(f"--checkpoint-every must be 0 or more, got {checkpoint_every}")
     if run_dir is None and out is not None:
@@ -223,6 +237,8 @@ def detect(
         result.evidence = evidence
         if out is not None and ranks.is_main:
             result.save(out)
+        if save_arrays is not None and ranks.is_main:
+            result.save_arrays(save_arrays)
         if checkpoint is not None and ranks.is_main:
             checkpoint.unlink(missing_ok=True)
             with contextlib.suppress(OSError):
