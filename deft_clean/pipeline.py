@@ -49,6 +49,30 @@ class DetectResult:
         self.path = write_results(self.frame, self.metadata, path)
         return self.path
 
+    def flagged(self) -> pd.DataFrame:
+        """Flagged usable rows, lowest ``p_clean`` (most suspicious) first; the index is the Parquet row."""
+        from .notebook import flagged
+
+        return flagged(self.frame)
+
+    def noise_rates(self) -> pd.DataFrame:
+        """Per class: samples, usable, flagged and noise_rate (flagged / usable), indexed by class."""
+        from .notebook import noise_rates
+
+        return noise_rates(self.frame, self.classes)
+
+    def confusions(self) -> pd.DataFrame:
+        """Given -> suggested label pairs among flagged rows (columns given, suggested, count), most frequent first."""
+        from .notebook import confusions
+
+        return confusions(self.frame)
+
+    def _repr_html_(self) -> str:
+        """Jupyter's view: totals, the per-class table and thumbnails of the most suspicious samples."""
+        from .notebook import to_html
+
+        return to_html(self.frame, self.metadata)
+
     def save_arrays(self, folder: str | os.PathLike[str]) -> Path:
         """Write ``features.npy`` [N, D], ``probs.npy`` [N, K] and ``arrays.json`` (see :mod:`deft_clean.arrays`)."""
         from .arrays import save_result_arrays
@@ -77,11 +101,13 @@ def merge_options(cls: type[C], config: C | None, options: dict[str, Any]) -> C:
 
 
 def detect(
-    dataset: str | os.PathLike[str],
+    dataset: str | os.PathLike[str] | pd.DataFrame,
     *,
     config: DetectConfig | None = None,
     path_col: str = "path",
     label_col: str = "label",
+    image_col: str | None = None,
+    root: str | os.PathLike[str] | None = None,
     class_names: str | os.PathLike[str] | dict[str, str] | None = None,
     out: str | os.PathLike[str] | None = None,
     quiet: bool = False,
@@ -94,10 +120,12 @@ def detect(
     """Find wrong labels in a dataset with DeFT (phase 1).
 
     Args:
-        dataset: image folder or .csv/.parquet table (see :func:`deft_clean.data.list_dataset`).
+        dataset: image folder, .csv/.parquet table, or a pandas DataFrame of image paths (absolute, or
+            relative to ``root``) and labels (see :func:`deft_clean.data.list_dataset`).
         config: a :class:`DetectConfig`; keyword ``options`` (any DetectConfig field, e.g.
             ``model="ViT-B-16", epochs=5``) override it.
-        path_col, label_col, class_names: how to read the dataset.
+        path_col, label_col, class_names: how to read the dataset; ``image_col`` is another name for
+            ``path_col``, ``root`` the folder a DataFrame's relative paths start from.
         out: if given, the Parquet is written there atomically.
         quiet: no progress bars or warnings.
         run_dir: folder for the training checkpoint (default ``<out>.run`` when ``out`` is given; without
@@ -116,7 +144,10 @@ def detect(
         A :class:`DetectResult`; ``result.frame`` has one row per listed sample.
     """
     cfg = merge_options(DetectConfig, config, options)
-    listing = list_dataset(dataset, path_col=path_col, label_col=label_col, class_names=class_names)
+    if image_col is not None and path_col not in ("path", image_col):
+        raise UsageError(f"image_col={image_col!r} and path_col={path_col!r} name the same column; pass one")
+    path_col = image_col or path_col
+    listing = list_dataset(dataset, path_col=path_col, label_col=label_col, class_names=class_names, root=root)
     if out is not None and Path(out).is_dir():
         raise UsageError(f"--out {out} is a folder; pass a file path such as results.parquet")
     if save_arrays is not None:
@@ -211,7 +242,7 @@ def detect(
             "pretrained": cfg.pretrained,
             "classes": listing.classes,
             "prompt_names": listing.prompt_names,
-            "dataset": str(Path(dataset).resolve()),
+            "dataset": str(listing.root.resolve() if listing.source == "dataframe" else Path(dataset).resolve()),
             "source": listing.source,
             "path_col": path_col,
             "label_col": label_col,
