@@ -8,7 +8,6 @@ import json
 import logging
 import os
 import platform
-import sys
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -184,9 +183,7 @@ def detect(
 
         device = device_for(ranks, resolve_device(cfg.device))
         quiet = quiet or not ranks.is_main  # one progress display and one set of warnings
-        if not quiet:  # loading (and first-time downloading) weights can take a while before any progress bar
-            print(f"loading model {cfg.model} ({cfg.pretrained}) on {device} ...", file=sys.stderr, flush=True)
-        loaded = load_clip(cfg.model, cfg.pretrained, device=device, quiet=quiet)
+        loaded = load_clip(cfg.model, cfg.pretrained, device=device, quiet=quiet, announce=True)
         workers = resolve_workers(cfg.num_workers)
         hint = (
             f"checkpoint saved in {checkpoint.parent}; rerun the same command with --resume to continue"
