@@ -2,15 +2,53 @@
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 __version__ = "0.1.0"
 
-from .config import DetectConfig, TrainConfig  # noqa: E402
-from .errors import DataError, DeftCleanError, UsageError, WeightsError  # noqa: E402
-from .finetune import TrainResult, train  # noqa: E402
-from .inference import PredictResult, predict  # noqa: E402
-from .models import LoadedModel, load_model  # noqa: E402
-from .pipeline import DetectResult, detect  # noqa: E402
-from .results import load_results  # noqa: E402
+# Public names -> the module that defines them. They are imported on first use (PEP 562) so that
+# `import deft_clean` and `deft-clean --help` do not pay for importing torch.
+_EXPORTS = {
+    "DetectConfig": ".config",
+    "TrainConfig": ".config",
+    "DataError": ".errors",
+    "DeftCleanError": ".errors",
+    "UsageError": ".errors",
+    "WeightsError": ".errors",
+    "TrainResult": ".finetune",
+    "train": ".finetune",
+    "PredictResult": ".inference",
+    "predict": ".inference",
+    "LoadedModel": ".models",
+    "load_model": ".models",
+    "DetectResult": ".pipeline",
+    "detect": ".pipeline",
+    "load_results": ".results",
+}
+
+if TYPE_CHECKING:
+    from .config import DetectConfig, TrainConfig
+    from .errors import DataError, DeftCleanError, UsageError, WeightsError
+    from .finetune import TrainResult, train
+    from .inference import PredictResult, predict
+    from .models import LoadedModel, load_model
+    from .pipeline import DetectResult, detect
+    from .results import load_results
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'deft_clean' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])
+
 
 __all__ = [
     "DataError",

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -127,7 +128,9 @@ def _check_download_possible(name: str, tag: str, *, timeout: float = 3.0) -> No
         raise WeightsError(advice.format(why=f"{host} is not reachable")) from None
 
 
-def load_clip(model: str, pretrained: str, *, device: torch.device, quiet: bool = False) -> LoadedClip:
+def load_clip(
+    model: str, pretrained: str, *, device: torch.device, quiet: bool = False, announce: bool = False
+) -> LoadedClip:
     """Build an open_clip model and load its weights.
 
     Args:
@@ -135,6 +138,8 @@ def load_clip(model: str, pretrained: str, *, device: torch.device, quiet: bool 
         pretrained: an open_clip pretrained tag (``openai``, ``laion2b_s34b_b88k``, ...), a local
             checkpoint file (.pt/.pth/.bin/.safetensors), or ``none`` for random weights.
         device: where the model lives.
+        announce: unless quiet, say "loading model ..." on stderr once the names are checked (loading, or
+            downloading, the weights can take a while before any progress bar).
     """
     import open_clip
 
@@ -160,6 +165,8 @@ def load_clip(model: str, pretrained: str, *, device: torch.device, quiet: bool 
             )
         weights = tag
         _check_download_possible(name, tag)
+    if announce and not quiet:
+        print(f"loading model {model} ({pretrained}) on {device} ...", file=sys.stderr, flush=True)
     try:
         clip = open_clip.create_model(name, pretrained=weights, device=device)
     except (RuntimeError, OSError, ValueError, KeyError) as exc:

@@ -6,6 +6,8 @@ shows the traceback instead.
 
 from __future__ import annotations
 
+import shlex
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -17,11 +19,13 @@ from rich.text import Text
 
 from . import cli_review
 from .cli_common import Cache, Debug, Device, Overwrite, Quiet, Workers, _run
+from .cli_help import HelpGroup
 from .config import CLEAN_RULES, DetectConfig, TrainConfig
 from .safety import printable
 
 app = typer.Typer(
     name="deft-clean",
+    cls=HelpGroup,
     help="Find wrong labels in image datasets with CLIP (DeFT), then train a model on what is left.",
     no_args_is_help=True,
     add_completion=False,
@@ -106,6 +110,14 @@ def detect(
         int, typer.Option(metavar="STEPS", help="Also checkpoint every STEPS steps (0: at epoch ends only).")
     ] = 0,
     overwrite: Overwrite = False,
+    save_arrays: Annotated[
+        Path | None,
+        typer.Option(
+            metavar="DIR",
+            help="Also save features.npy (N x D) and probs.npy (N x K), rows aligned with the Parquet, for "
+            "cleanlab or FiftyOne.",
+        ),
+    ] = None,
     device: Device = D.device,
     quiet: Quiet = False,
     debug: Debug = False,
@@ -138,6 +150,7 @@ def detect(
         "seed": seed,
         "device": device,
     }
+    started = time.monotonic()
     result = _interruptible(
         lambda: _run(
             debug,
@@ -153,12 +166,13 @@ def detect(
                 resume=resume,
                 checkpoint_every=checkpoint_every,
                 overwrite=overwrite,
+                save_arrays=save_arrays,
                 **options,
             ),
         )
     )
     if not quiet:
-        _print_detect_summary(result.summary(), out)
+        _print_detect_summary(result.summary(), out, elapsed=time.monotonic() - started, arrays=save_arrays)
 
 
 def _interruptible(call: Callable[[], T]) -> T:
@@ -172,7 +186,7 @@ def _interruptible(call: Callable[[], T]) -> T:
         raise typer.Exit(exc.exit_code) from None
 
 
-def _print_detect_summary(summary: dict[str, Any], out: Path) -> None:
+def _print_detect_summary(summary: dict[str, Any], out: Path, *, elapsed: float, arrays: Path | None) -> None:
     console = Console(soft_wrap=True)
     samples, flagged, unusable = summary["samples"], summary["flagged"], summary["unusable"]
     usable = max(samples - unusable, 1)
@@ -188,6 +202,19 @@ def _print_detect_summary(summary: dict[str, Any], out: Path) -> None:
             table.add_row(Text(printable(name)), str(count))
         console.print(table)
     console.print(Text(f"results: {out}"))
+    if arrays is not None:
+        console.print(Text(f"arrays: {arrays}"))
+    console.print(Text(f"done in {_duration(elapsed)}, {unusable} unusable file(s)"))
+    html = out.with_name("report.html")
+    console.print(Text(f"next: deft-clean report {shlex.quote(str(out))} --html {shlex.quote(str(html))}"))
+
+
+def _duration(seconds: float) -> str:
+    minutes, seconds = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    if hours:
+        return f"{hours}h{minutes:02d}m{seconds:02d}s"
+    return f"{minutes}m{seconds:02d}s" if minutes else f"{seconds}s"
 
 
 TD = TrainConfig()
@@ -342,6 +369,6 @@ def predict(
 cli_review.register(app)
 
 
-def main() -> None:
-    """Console-script entry point."""
-    app()
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point; ``argv`` defaults to ``sys.argv[1:]``."""
+    app(args=argv)

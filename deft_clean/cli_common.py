@@ -16,7 +16,7 @@ from .safety import printable
 T = TypeVar("T")
 Device = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or summary.")]
-Debug = Annotated[bool, typer.Option(help="Show tracebacks instead of one-line errors.")]
+Debug = Annotated[bool, typer.Option("--debug", help="Show tracebacks instead of one-line errors.")]
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace an existing output (never an input).")]
 Workers = Annotated[int | None, typer.Option(help="DataLoader workers (default: min(8, CPUs)).")]
 Cache = Annotated[

@@ -93,19 +93,21 @@ def load_class_names(path: str | os.PathLike[str]) -> dict[str, str]:
 
 
 def list_dataset(
-    dataset: str | os.PathLike[str],
+    dataset: str | os.PathLike[str] | pd.DataFrame,
     *,
     path_col: str = "path",
     label_col: str = "label",
     class_names: str | os.PathLike[str] | dict[str, str] | None = None,
+    root: str | os.PathLike[str] | None = None,
 ) -> Listing:
     """List and validate a dataset.
 
     Args:
         dataset: an image folder (``DATASET/<class>/<image>``, nested folders allowed inside a class)
             or a ``.csv`` / ``.parquet`` table with a path and a label column; table paths are relative
-            to the table's folder.
+            to the table's folder; or a pandas DataFrame of image paths (see :mod:`deft_clean.frames`).
         path_col, label_col: column names in a table.
+        root: for a DataFrame, the folder its relative paths are relative to.
         class_names: a mapping (or a JSON/CSV file of one) from raw label to prompt text.
 
     Raises:
@@ -113,10 +115,15 @@ def list_dataset(
         DataError: the dataset's content is invalid (fewer than 2 classes, an empty class, missing
             columns or labels, listed files that are missing or outside the dataset root, ...).
     """
-    path = Path(dataset)
-    if not path.exists():
+    path = Path("DataFrame") if isinstance(dataset, pd.DataFrame) else Path(dataset)
+    if isinstance(dataset, pd.DataFrame):
+        from .frames import list_frame
+
+        root, paths, labels = list_frame(dataset, path_col=path_col, label_col=label_col, root=root)
+        source = "dataframe"
+    elif not path.exists():
         raise UsageError(f"dataset not found: {path}")
-    if path.is_dir():
+    elif path.is_dir():
         root, paths, labels = _list_folder(path)
         source = "folder"
     elif path.suffix.lower() in TABLE_EXTENSIONS:
@@ -197,8 +204,20 @@ def read_table(table: Path) -> pd.DataFrame:
         raise DataError(f"{table}: cannot read table ({type(exc).__name__}: {exc})") from None
 
 
-def _list_table(table: Path, *, path_col: str, label_col: str) -> tuple[Path, list[str], list[str]]:
-    frame = read_table(table)
+def _list_table(
+    table: Path,
+    *,
+    path_col: str,
+    label_col: str,
+    frame: pd.DataFrame | None = None,
+    root: Path | None = None,
+    row0: int = 2,
+) -> tuple[Path, list[str], list[str]]:
+    """List a table; ``frame``/``root`` replace reading ``table`` (its name then only labels messages).
+
+    ``row0`` is the number messages give the first row (2: the line after a CSV header).
+    """
+    frame = read_table(table) if frame is None else frame
     missing = [c for c in (path_col, label_col) if c not in frame.columns]
     if missing:
         raise DataError(
@@ -211,8 +230,8 @@ def _list_table(table: Path, *, path_col: str, label_col: str) -> tuple[Path, li
     labels = ["" if pd.isna(v) else str(v).strip() for v in raw_labels]
     empty = [i for i, v in enumerate(labels) if not v]
     if empty:
-        raise DataError(f"{table}: {len(empty)} row(s) with an empty {label_col!r}, first at row {empty[0] + 2}")
-    root = table.parent
+        raise DataError(f"{table}: {len(empty)} row(s) with an empty {label_col!r}, first at row {empty[0] + row0}")
+    root = table.parent if root is None else root
     resolved_root = root.resolve()
     paths = []
     real_paths = []
@@ -220,11 +239,11 @@ def _list_table(table: Path, *, path_col: str, label_col: str) -> tuple[Path, li
     for row, value in enumerate(frame[path_col]):
         text = "" if pd.isna(value) else str(value).strip()
         if not text:
-            raise DataError(f"{table}: empty {path_col!r} at row {row + 2}")
+            raise DataError(f"{table}: empty {path_col!r} at row {row + row0}")
         file = Path(text) if os.path.isabs(text) else root / text
         resolved = file.resolve()
         if not _inside(resolved, resolved_root):
-            raise DataError(f"{table}: row {row + 2} path {text!r} resolves outside the dataset root {root}")
+            raise DataError(f"{table}: row {row + row0} path {text!r} resolves outside the dataset root {root}")
         if not resolved.is_file():
             missing_files.append(text)
         real_paths.append(str(resolved))

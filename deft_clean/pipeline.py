@@ -51,6 +51,36 @@ class DetectResult:
         self.path = write_results(self.frame, self.metadata, path)
         return self.path
 
+    def flagged(self) -> pd.DataFrame:
+        """Flagged usable rows, lowest ``p_clean`` (most suspicious) first; the index is the Parquet row."""
+        from .notebook import flagged
+
+        return flagged(self.frame)
+
+    def noise_rates(self) -> pd.DataFrame:
+        """Per class: samples, usable, flagged and noise_rate (flagged / usable), indexed by class."""
+        from .notebook import noise_rates
+
+        return noise_rates(self.frame, self.classes)
+
+    def confusions(self) -> pd.DataFrame:
+        """Given -> suggested label pairs among flagged rows (columns given, suggested, count), most frequent first."""
+        from .notebook import confusions
+
+        return confusions(self.frame)
+
+    def _repr_html_(self) -> str:
+        """Jupyter's view: totals, the per-class table and thumbnails of the most suspicious samples."""
+        from .notebook import to_html
+
+        return to_html(self.frame, self.metadata)
+
+    def save_arrays(self, folder: str | os.PathLike[str]) -> Path:
+        """Write ``features.npy`` [N, D], ``probs.npy`` [N, K] and ``arrays.json`` (see :mod:`deft_clean.arrays`)."""
+        from .arrays import save_result_arrays
+
+        return save_result_arrays(self, folder)
+
     def summary(self, top: int = 10) -> dict[str, Any]:
         """Counts for the end-of-run summary: samples, flagged, unusable, most-flagged classes."""
         usable = self.frame["status"] == STATUS_OK
@@ -73,11 +103,13 @@ def merge_options(cls: type[C], config: C | None, options: dict[str, Any]) -> C:
 
 
 def detect(
-    dataset: str | os.PathLike[str],
+    dataset: str | os.PathLike[str] | pd.DataFrame,
     *,
     config: DetectConfig | None = None,
     path_col: str = "path",
     label_col: str = "label",
+    image_col: str | None = None,
+    root: str | os.PathLike[str] | None = None,
     class_names: str | os.PathLike[str] | dict[str, str] | None = None,
     out: str | os.PathLike[str] | None = None,
     quiet: bool = False,
@@ -85,15 +117,18 @@ def detect(
     resume: bool = False,
     checkpoint_every: int = 0,
     overwrite: bool = False,
+    save_arrays: str | os.PathLike[str] | None = None,
     **options: Any,
 ) -> DetectResult:
     """Find wrong labels in a dataset with DeFT (phase 1).
 
     Args:
-        dataset: image folder or .csv/.parquet table (see :func:`deft_clean.data.list_dataset`).
+        dataset: image folder, .csv/.parquet table, or a pandas DataFrame of image paths (absolute, or
+            relative to ``root``) and labels (see :func:`deft_clean.data.list_dataset`).
         config: a :class:`DetectConfig`; keyword ``options`` (any DetectConfig field, e.g.
             ``model="ViT-B-16", epochs=5``) override it.
-        path_col, label_col, class_names: how to read the dataset.
+        path_col, label_col, class_names: how to read the dataset; ``image_col`` is another name for
+            ``path_col``, ``root`` the folder a DataFrame's relative paths start from.
         out: if given, the Parquet is written there atomically.
         quiet: no progress bars or warnings.
         run_dir: folder for the training checkpoint (default ``<out>.run`` when ``out`` is given; without
@@ -102,6 +137,8 @@ def detect(
             ``device``/``num_workers``), model and listing.
         checkpoint_every: also checkpoint every this many steps inside an epoch (0: at epoch ends).
         overwrite: replace an existing ``out`` (never an input or a file inside the dataset).
+        save_arrays: a folder for ``features.npy`` [N, D] and ``probs.npy`` [N, K], rows aligned with the
+            Parquet (see :mod:`deft_clean.arrays`).
 
     Raises:
         Interrupted: SIGINT/SIGTERM arrived (in the main thread); the checkpoint is saved and no
@@ -111,9 +148,17 @@ def detect(
         A :class:`DetectResult`; ``result.frame`` has one row per listed sample.
     """
     cfg = merge_options(DetectConfig, config, options)
-    listing = list_dataset(dataset, path_col=path_col, label_col=label_col, class_names=class_names)
+    if image_col is not None and path_col not in ("path", image_col):
+        raise UsageError(f"image_col={image_col!r} and path_col={path_col!r} name the same column; pass one")
+    path_col = image_col or path_col
+    listing = list_dataset(dataset, path_col=path_col, label_col=label_col, class_names=class_names, root=root)
     if out is not None and Path(out).is_dir():
         raise UsageError(f"--out {out} is a folder; pass a file path such as results.parquet")
+    if save_arrays is not None:
+        from .arrays import check_arrays_dir
+
+        inputs = [Path(p) for p in (dataset, class_names) if isinstance(p, (str, os.PathLike)) and Path(p).is_file()]
+        check_arrays_dir(save_arrays, root=listing.root, source=listing.source, inputs=inputs)
     if checkpoint_every < 0:
         raise UsageError(f"--checkpoint-every must be 0 or more, got {checkpoint_every}")
     if run_dir is None and out is not None:
@@ -147,7 +192,7 @@ def detect(
 
         device = device_for(ranks, resolve_device(cfg.device))
         quiet = quiet or not ranks.is_main  # one progress display and one set of warnings
-        loaded = load_clip(cfg.model, cfg.pretrained, device=device, quiet=quiet)
+        loaded = load_clip(cfg.model, cfg.pretrained, device=device, quiet=quiet, announce=True)
         workers = resolve_workers(cfg.num_workers)
         hint = (
             f"checkpoint saved in {checkpoint.parent}; rerun the same command with --resume to continue"
@@ -211,7 +256,7 @@ def detect(
             "pretrained": cfg.pretrained,
             "classes": listing.classes,
             "prompt_names": listing.prompt_names,
-            "dataset": str(Path(dataset).resolve()),
+            "dataset": str(listing.root.resolve() if listing.source == "dataframe" else Path(dataset).resolve()),
             "source": listing.source,
             "path_col": path_col,
             "label_col": label_col,
@@ -237,6 +282,8 @@ def detect(
         result.evidence = evidence
         if out is not None and ranks.is_main:
             result.save(out)
+        if save_arrays is not None and ranks.is_main:
+            result.save_arrays(save_arrays)
         if checkpoint is not None and ranks.is_main:
             checkpoint.unlink(missing_ok=True)
             with contextlib.suppress(OSError):
