@@ -85,7 +85,7 @@ def to_html(frame: pd.DataFrame, metadata: dict[str, Any], *, thumbnails: int = 
         root = _image_root(metadata)
         parts.append(f"<p>most suspicious of the {n_flagged} flagged samples (lowest p_clean first):</p><div>")
         for _, row in worst.head(thumbnails).iterrows():
-            image = _thumbnail(root / row["path"]) if root is not None else None
+            image = _thumbnail(root / row["path"], root) if root is not None else None
             img = (
                 f'<img src="data:image/png;base64,{image}" alt="{esc(row["path"])}" '
                 f'style="display:block;max-width:{THUMB_PX}px;max-height:{THUMB_PX}px">'
@@ -114,15 +114,15 @@ def _image_root(metadata: dict[str, Any]) -> Path | None:
         return None
 
 
-def _thumbnail(path: Path) -> str | None:
-    """A small PNG of the image as base64, or None when it cannot be read."""
-    from PIL import Image
+def _thumbnail(path: Path, root: Path) -> str | None:
+    """A small PNG of the image as base64, or None when it cannot be read or its real path leaves ``root``."""
+    from .data import load_image
 
     try:
-        with Image.open(path) as image:
-            image.thumbnail((THUMB_PX, THUMB_PX))
-            buffer = io.BytesIO()
-            image.convert("RGB").save(buffer, format="PNG")
+        image = load_image(path, draft_size=2 * THUMB_PX, root=root)
+        image.thumbnail((THUMB_PX, THUMB_PX))
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
     except Exception:  # a preview must never break the notebook cell
         return None
     return base64.b64encode(buffer.getvalue()).decode("ascii")

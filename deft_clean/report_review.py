@@ -54,7 +54,7 @@ def review_data(frame: pd.DataFrame, metadata: dict[str, Any], *, top: int, root
         kind = kinds.setdefault(reason_kind(reason), len(kinds))
         thumb = -1
         if n < top and root is not None:
-            uri = thumbnail(root / row.path)
+            uri = thumbnail(root / row.path, root)
             failures += uri is None
             if uri is not None:
                 thumb = len(thumbs)
@@ -136,12 +136,12 @@ def review_html(data: dict[str, Any], flagged_per_class: pd.DataFrame) -> str:
     )
 
 
-def thumbnail(file: Path) -> str | None:
-    """A small JPEG data URI of an image, or None when it cannot be read."""
+def thumbnail(file: Path, root: Path) -> str | None:
+    """A small JPEG data URI of an image, or None when it cannot be read or its real path leaves ``root``."""
     from .data import load_image
 
     try:
-        image = load_image(file, draft_size=2 * THUMBNAIL_PX)
+        image = load_image(file, draft_size=2 * THUMBNAIL_PX, root=root)
         image.thumbnail((THUMBNAIL_PX, THUMBNAIL_PX))
         buffer = io.BytesIO()
         image.save(buffer, format="JPEG", quality=75)

@@ -108,7 +108,7 @@ def check_name(name: str, where: str | os.PathLike[str]) -> None:
 
 
 def check_detect_paths(
-    dataset: str | os.PathLike[str],
+    dataset: object,
     *,
     root: Path,
     source: str,
@@ -119,10 +119,11 @@ def check_detect_paths(
     extra_inputs: Iterable[object] = (),
 ) -> None:
     """Before any model is loaded: ``out`` and ``run_dir`` are writable and overlap no input or dataset."""
-    inputs = [dataset, *(str(x) for x in extra_inputs if isinstance(x, (str, os.PathLike)) and x)]
+    named = [dataset, *extra_inputs]  # a DataFrame dataset (Python API) is not a path: its images are checked below
+    inputs = [str(x) for x in named if isinstance(x, (str, os.PathLike)) and x]
     inputs = [x for x in inputs if os.path.exists(x)]
     datasets = [root] if source == "folder" else []
-    if source == "table":
+    if source in ("table", "dataframe"):
         inputs.extend(root / p for p in paths)
     if out is not None:
         check_output(out, inputs=inputs, datasets=datasets, overwrite=overwrite)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .evidence import class_thresholds, confident_class, flag_by_class, grow_clean_set
+from .evidence import flag_by_class, grow_clean_set
 
 SELECTIONS = ("fused", "deft")
 # Learned prompts must keep agreeing with the label where zero-shot already does (~99% clean rows);
@@ -146,8 +146,7 @@ def fused_rule(
     m = np.arange(len(rows))
     posterior, weight = fuse(probs, text[rows], y, ~flag_by_class(probs, y, n_classes))
     flagged_part = flag_by_class(probs, y, n_classes, order_by=posterior[m, y])
-    best = confident_class(probs, class_thresholds(probs, y, n_classes))
-    suggested_part = np.where(best == -1, probs.argmax(axis=1), best)
+    suggested_part = probs.argmax(axis=1)  # the class the image evidence points to
 
     is_clean = np.zeros(n, dtype=bool)
     is_clean[rows] = ~flagged_part

@@ -39,9 +39,10 @@ def test_arrays_align_with_the_parquet(quick_run):
     assert "row i" in info["row_order"] and info["probs"].startswith("cross-fitted")
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-4)
     np.testing.assert_array_equal(probs, result.visual_probs)
-    # p_clean is the probability of the given label; predicted_label the most probable class
+    # visual_score is the probability of the given label; predicted_label the most probable class
     rows = np.arange(len(frame))
-    np.testing.assert_allclose(probs[rows, frame["label_index"]], frame["p_clean"].to_numpy(dtype=float), rtol=1e-5)
+    visual = frame["visual_score"].to_numpy(dtype=float)
+    np.testing.assert_allclose(probs[rows, frame["label_index"]], visual, rtol=1e-5)
     assert (probs.argmax(axis=1) == frame["predicted_index"].to_numpy()).all()
     assert not list((folder / "arrays").glob(".*.tmp"))
 

@@ -248,7 +248,7 @@ def test_image_reads_stay_inside_the_root(review, tmp_path):
     link = swap_for_link(review, secret)
     with pytest.raises(OSError, match="outside the dataset root"):
         load_image(link, root=review.root)
-    from deft_clean.report_html import _thumbnail
+    from deft_clean.report_review import thumbnail as _thumbnail
 
     assert _thumbnail(link, review.root) is None
 
