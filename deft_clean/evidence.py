@@ -27,7 +27,7 @@ import torch.nn.functional as F
 PROBE_L2 = 1.0  # L2 penalty of the probe, as scikit-learn's LogisticRegression(C=1) (sum of losses + 0.5|W|^2)
 PROBE_ITERS = 100  # L-BFGS iterations of a probe's first fit
 WARM_ITERS = 10  # L-BFGS iterations of a refit from the previous round's probe (its set changed a little)
-FOLDS = 5  # cross-fitting folds
+FOLDS = 10  # cross-fitting folds: each probe trains on 90% of the selected rows
 MAX_ROUNDS = 10  # clean-set growth rounds at most
 BATCHED_LIMIT = 20_000_000  # fit all folds in one L-BFGS while F x N x K stays below this (~80 MB per tensor)
 STABLE_FRACTION = 0.002  # stop growing when fewer than this fraction of rows change membership
@@ -198,7 +198,7 @@ def grow_clean_set(
     max_rounds: int = MAX_ROUNDS,
     growth: str = "argmax",
     balance: bool = True,
-    folds: int = FOLDS,
+    folds: int | None = None,
 ) -> VisualEvidence:
     """Steps 2-3 of the module docstring, from ``seed_mask`` (bool [N]) until the clean set is stable.
 
@@ -210,7 +210,7 @@ def grow_clean_set(
     """
     x = prepare_features(features)
     y = torch.tensor(labels, device=x.device, dtype=torch.long)
-    fit = CrossFit(x, y, n_classes, folds=folds, seed=seed, balance=balance)
+    fit = CrossFit(x, y, n_classes, folds=FOLDS if folds is None else folds, seed=seed, balance=balance)
     train = seed_mask.copy()
     rounds: list[int] = []
     probs, previous = None, None
