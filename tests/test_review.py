@@ -349,3 +349,26 @@ def test_missing_browser_fails_under_ci(monkeypatch):
     monkeypatch.delenv("CI")
     with pytest.raises(pytest.skip.Exception):
         browser_or_skip()
+
+
+def test_health_sections_in_browser_screenshot(review, browser, tmp_path):
+    """The report's Duplicates and Outliers sections render and are visible in a real browser; a screenshot
+    of them is saved (``DEFT_SCREENSHOT_DIR`` keeps it, e.g. for the README)."""
+    from selenium.webdriver.common.by import By
+
+    frame = review.frame.copy()
+    clean = frame.index[review.usable & frame["is_clean"]]
+    frame["outlier_score"] = pd.array(np.where(review.usable, 0.5, np.nan), dtype="Float32")
+    frame["is_outlier"] = False
+    frame.loc[clean[0], ["outlier_score", "is_outlier"]] = (9.0, True)
+    frame["duplicate_group"] = pd.array([None] * len(frame), dtype="Int64")
+    frame.loc[[clean[1], clean[2]], "duplicate_group"] = 0
+    page = write_html(frame, {"classes": CLASSES, "dataset": str(review.root)}, tmp_path / "health.html", top=5)
+    browser.get(page.as_uri())
+    wait_for(lambda: browser.find_element(By.TAG_NAME, "html").get_attribute("data-ready") == "1")
+    groups, outliers = browser.find_element(By.ID, "n-dup-groups"), browser.find_element(By.ID, "n-outliers")
+    assert groups.text == "1" and outliers.text == "1"
+    browser.execute_script("arguments[0].scrollIntoView();", groups)
+    assert groups.is_displayed() and outliers.is_displayed()
+    shot = Path(os.environ.get("DEFT_SCREENSHOT_DIR", tmp_path)) / "report_health.png"
+    assert browser.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
