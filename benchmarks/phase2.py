@@ -24,7 +24,6 @@ Writes benchmarks/results/phase2.md and phase2.json (``--tag`` changes the stem)
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -325,11 +324,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "results": results,
         "total_seconds": time.perf_counter() - started,
     }
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    markdown = render(report) + f"\nTotal benchmark time: {report['total_seconds']:.0f} s.\n"
-    (args.out_dir / f"{args.tag}.md").write_text(markdown)
-    (args.out_dir / f"{args.tag}.json").write_text(json.dumps(report, indent=1, default=float))
-    print(markdown)
+    q.write_tables(args.out_dir, args.tag, render(report), report)
     return report
 
 

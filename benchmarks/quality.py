@@ -512,12 +512,17 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "targets": targets,
         "total_seconds": time.perf_counter() - started,
     }
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    markdown = render(report) + f"\nTotal benchmark time: {report['total_seconds']:.0f} s.\n"
-    (args.out_dir / f"{args.tag}.md").write_text(markdown)
-    (args.out_dir / f"{args.tag}.json").write_text(json.dumps(report, indent=1, default=float))
-    print(markdown)
+    write_tables(args.out_dir, args.tag, render(report), report)
     return report
+
+
+def write_tables(out_dir: Path, tag: str, markdown: str, report: dict[str, Any]) -> None:
+    """``<tag>.md`` (the tables, with the total time) and ``<tag>.json`` (raw numbers) in ``out_dir``; print."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    markdown += f"\nTotal benchmark time: {report['total_seconds']:.0f} s.\n"
+    (out_dir / f"{tag}.md").write_text(markdown)
+    (out_dir / f"{tag}.json").write_text(json.dumps(report, indent=1, default=float))
+    print(markdown)
 
 
 if __name__ == "__main__":
