@@ -7,10 +7,10 @@ systematic flips included. This module combines them:
 1. start from a high-precision *seed* of rows whose text evidence agrees with the given label;
 2. fit a linear probe on the seed only and score every row with a probe that did not train on it
    (cross-fitting: seed rows by the fold that held them out, the others by the mean of all folds);
-3. the new clean set is every row whose probe prediction equals its given label; repeat 2-3 until
-   the set stops changing;
-4. flag with per-class thresholds estimated from the data (confident learning): a row is flagged when
-   the class it confidently belongs to differs from its label.
+3. the new selection is every row that confident learning does not flag (its confident class, above the
+   per-class threshold, is its label or there is none); repeat 2-3 until the set stops changing;
+4. per given class, confident learning's calibrated confident joint estimates how many labels are wrong;
+   that many rows, least likely label first, are flagged (:func:`flag_by_class`).
 
 Everything here works on arrays in memory ([N, D] features, [N, K] probabilities): seconds for
 thousands of rows on a CPU, and the probe runs on whatever device the features are on.
@@ -38,7 +38,7 @@ class VisualEvidence:
     """Result of :func:`grow_clean_set`; arrays are aligned with the input rows."""
 
     probs: np.ndarray  # float32 [N, K] cross-fitted probe probabilities
-    clean: np.ndarray  # bool [N] final clean set (probe prediction == given label)
+    clean: np.ndarray  # bool [N] final selection (rows confident learning does not flag)
     seed_size: int  # rows in the initial seed
     rounds: list[int] = field(default_factory=list)  # clean-set size after each round
 
@@ -148,9 +148,8 @@ class CrossFit:
     by one on their own rows above it.
     """
 
-    def __init__(self, x: torch.Tensor, y: torch.Tensor, n_classes: int, *, folds: int, seed: int,
-                 balance: bool = True) -> None:
-        self.x, self.y, self.n_classes, self.balance = x, y, n_classes, balance
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, n_classes: int, *, folds: int, seed: int) -> None:
+        self.x, self.y, self.n_classes = x, y, n_classes
         self.folds = max(2, min(folds, x.shape[0]))
         self.ids = torch.as_tensor(fold_ids(y.cpu().numpy(), self.folds, seed), device=x.device)
         self.params: tuple[torch.Tensor, torch.Tensor] | None = None  # (W [F, D, K], b [F, K])
@@ -161,7 +160,7 @@ class CrossFit:
         for f in range(self.folds):
             rows = mask & (self.ids != f)
             y_fit = self.y[rows]
-            weights[f, rows] = balance_weights(y_fit, self.y, self.n_classes) if self.balance else 1.0
+            weights[f, rows] = balance_weights(y_fit, self.y, self.n_classes)
         return weights
 
     def __call__(self, train: np.ndarray) -> torch.Tensor:
@@ -196,21 +195,16 @@ def grow_clean_set(
     *,
     seed: int = 0,
     max_rounds: int = MAX_ROUNDS,
-    growth: str = "argmax",
-    balance: bool = True,
-    folds: int | None = None,
 ) -> VisualEvidence:
     """Steps 2-3 of the module docstring, from ``seed_mask`` (bool [N]) until the clean set is stable.
 
     Args:
         features: [N, D] image features of usable rows (any scale; normalised here).
         labels: [N] given labels.
-        growth: "argmax": the next training set is the rows whose probe prediction equals the label;
-            "confident": every row that confident learning does not flag.
     """
     x = prepare_features(features)
     y = torch.tensor(labels, device=x.device, dtype=torch.long)
-    fit = CrossFit(x, y, n_classes, folds=FOLDS if folds is None else folds, seed=seed, balance=balance)
+    fit = CrossFit(x, y, n_classes, folds=FOLDS, seed=seed)
     train = seed_mask.copy()
     rounds: list[int] = []
     probs, previous = None, None
@@ -218,11 +212,8 @@ def grow_clean_set(
         if train.sum() < 2 * n_classes:
             break  # too little to fit a probe on; the caller falls back to the text evidence
         probs = fit(train).cpu().numpy()
-        if growth == "argmax":
-            new_train = probs.argmax(axis=1) == labels
-        else:
-            best = confident_class(probs, class_thresholds(probs, labels, n_classes))
-            new_train = (best == -1) | (best == labels)
+        best = confident_class(probs, class_thresholds(probs, labels, n_classes))
+        new_train = (best == -1) | (best == labels)
         changed = int(np.sum(new_train != train))
         cycling = previous is not None and np.array_equal(new_train, previous)  # A -> B -> A: no progress
         previous, train = train, new_train

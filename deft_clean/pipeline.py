@@ -241,11 +241,8 @@ def detect(
                 logging.getLogger("deft_clean").warning(line)
         frame = results_frame(listing, evidence, selection)
         if cfg.health:
-            from .backbone import zero_shot_text
-
-            prompts = zero_shot_text(loaded, listing.prompt_names).detach().cpu().numpy()  # [K, E]
             health = health_columns(
-                listing.root, listing.paths, evidence.features, evidence.usable, prompts, device=device
+                listing.root, listing.paths, evidence.features, evidence.usable, evidence.prompts, device=device
             )
             frame = frame.assign(**health)
         metadata = {
@@ -297,6 +294,7 @@ class Evidence:
 
     features: np.ndarray  # float32 [N, E] frozen image features (NaN rows: unusable files)
     zero_shot: np.ndarray  # float32 [N, K] zero-shot posterior ("a photo of a {class}.")
+    prompts: np.ndarray  # float32 [K, E] the zero-shot prompts' text features
     failures: dict[int, str]  # sample index -> why its file could not be used
     scores: Any = None  # detector.Scores of the learned prompts; None in quick mode or after a fallback
     history: list = field(default_factory=list)  # detector.EpochStats per epoch
@@ -344,7 +342,7 @@ def gather_evidence(
     text = zero_shot_text(loaded, listing.prompt_names)  # [K, E]
     scale = float(loaded.model.logit_scale.detach().exp())
     logits = scale * torch.from_numpy(np.nan_to_num(features)).to(text.device) @ text.t()  # [N, K]
-    evidence = Evidence(features, logits.softmax(dim=1).cpu().numpy(), failures)
+    evidence = Evidence(features, logits.softmax(dim=1).cpu().numpy(), text.cpu().numpy(), failures)
     if cfg.quick:
         return evidence
     # Seeded here, after the cache fill and the feature pass (their loaders draw from the global RNG), so

@@ -41,7 +41,6 @@ class Selection:
     p_clean: np.ndarray  # float32 [N], higher = more likely clean
     suggested: np.ndarray  # int64 [N] the class the evidence points to (-1 unusable)
     p_suggested: np.ndarray  # float32 [N] its probability
-    reason: list[str | None]  # why a row is flagged; None for kept and unusable rows
     visual: np.ndarray | None = None  # float32 [N, K] cross-fitted probe probabilities (fused rule only)
     info: dict = field(default_factory=dict)  # seed size, rounds, ... for the metadata
 
@@ -140,7 +139,7 @@ def fused_rule(
     if int(seed_mask[rows].sum()) < 2 * n_classes:
         raise TooFewRows(f"{int(seed_mask[rows].sum())} seed rows for {n_classes} classes")
     x = torch.as_tensor(features[rows], device=device)
-    evidence = grow_clean_set(x, labels[rows], seed_mask[rows], n_classes, seed=seed, growth="confident")
+    evidence = grow_clean_set(x, labels[rows], seed_mask[rows], n_classes, seed=seed, )
     probs = evidence.probs  # [M, K] cross-fitted image evidence
     y = labels[rows]
     m = np.arange(len(rows))
@@ -158,11 +157,8 @@ def fused_rule(
     p_suggested[rows] = probs[m, suggested_part]
     visual = np.full((n, n_classes), np.nan, dtype=np.float32)
     visual[rows] = probs
-    reason: list[str | None] = [None] * n
-    for i in np.flatnonzero(usable & ~is_clean):
-        reason[i] = "visual evidence points to another class"
     info = {"seed_size": evidence.seed_size, "clean_set_by_round": evidence.rounds, "text_weight": weight}
-    return Selection(is_clean, p_clean, suggested, p_suggested, reason, visual, info)
+    return Selection(is_clean, p_clean, suggested, p_suggested, visual, info)
 
 
 def class_warnings(is_clean: np.ndarray, labels: np.ndarray, usable: np.ndarray, classes: list[str]) -> list[str]:
