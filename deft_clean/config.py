@@ -104,7 +104,11 @@ class TrainConfig:
     image_size: int | None = None  # input size; None = the backbone's own
     epochs: int = 10  # training epochs
     warmup_epochs: int = 1  # linear learning-rate warm-up before the cosine decay
-    lr: float = 5e-4  # peak learning rate of the backbone
+    # Peak learning rate of the backbone. DeFT's phase 2 uses 5e-4 for 10 epochs of 50k+ images (thousands of
+    # steps); on datasets of a few thousand rows that leaves the tower where the probe left it (benchmarks/
+    # phase2.py). 5e-3 is in the range of ViT fine-tuning recipes (SGD, momentum 0.9), and the probe-initialised
+    # model competes on validation, so a rate too large for a model falls back to the probe, with a warning.
+    lr: float = 5e-3
     # The head's peak learning rate is lr x this: the pretrained tower should move gently (a large lr
     # destroys its features), the head must keep up with the features it reads as they change.
     head_lr_scale: float = 10.0

@@ -40,7 +40,15 @@ from .distributed import Dist
 from .errors import DataError, UsageError
 from .files import run_lock, write_atomic
 from .models import build_classifier, data_config, model_spec
-from .probe import HeadParts, choose_hflip, fit_probe_head, head_parts, run_warnings, stratified_holdout
+from .probe import (
+    HeadParts,
+    choose_hflip,
+    fit_probe_head,
+    head_parts,
+    probe_margin,
+    run_warnings,
+    stratified_holdout,
+)
 from .results import load_results
 from .runstate import (
     StopOnSignal,
@@ -440,7 +448,7 @@ def _train(
             }
             if val_set is not None:
                 record["val_accuracy"] = evaluate(model, val_set, device=device, workers=workers)
-                if best is None or record["val_accuracy"] > best:
+                if best is None or record["val_accuracy"] >= best - probe_margin(probe, best_epoch, len(val_set)):
                     best, best_epoch = record["val_accuracy"], epoch + 1
                     if ranks.is_main:
                         save_weights(model, out_dir / BEST_WEIGHTS)
