@@ -237,3 +237,26 @@ def run_warnings(history: list[dict[str, Any]], probe: dict[str, Any], best_epoc
             "a smaller --lr may help"
         )
     return messages
+
+
+def probe_clearly_better(probe_right: np.ndarray, tuned_right: np.ndarray, *, alpha: float = 0.05) -> bool:
+    """Whether the probe beats a fine-tuned model on the same validation rows beyond chance.
+
+    An exact one-sided McNemar test: of the rows exactly one of the two gets right, the probe must win so many
+    that a fair coin would give that few to fine-tuning with probability below ``alpha``. Held-out kept rows are
+    the easy ones, so the two models usually disagree on a handful of rows; a row or two is noise, and then the
+    fine-tuned model, which improves the features the probe reads, should be exported.
+
+    Args:
+        probe_right, tuned_right: [N] bool, whether each model's prediction of each validation row is right.
+    """
+    probe_right, tuned_right = np.asarray(probe_right, dtype=bool), np.asarray(tuned_right, dtype=bool)
+    wins = int(np.sum(probe_right & ~tuned_right))
+    losses = int(np.sum(~probe_right & tuned_right))
+    trials = wins + losses
+    if wins <= losses:
+        return False
+    from math import comb
+
+    tail = sum(comb(trials, k) for k in range(wins, trials + 1)) / 2.0**trials  # P(X >= wins), X ~ Bin(n, 1/2)
+    return tail < alpha
