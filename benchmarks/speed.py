@@ -108,14 +108,8 @@ def throughput(
 
     from deft_clean.backbone import load_clip, resolve_device
     from deft_clean.data import list_dataset
-    from deft_clean.detector import (
-        DeftModel,
-        autocast_for,
-        deft_loss,
-        score_samples,
-        seed_everything,
-        train_prompts,
-    )
+    from deft_clean.detector import DeftModel, deft_loss, score_samples, train_prompts
+    from deft_clean.engine import amp_for, seed_everything
     from deft_clean.prompts import PromptFeatures
 
     device = resolve_device(device_name)
@@ -159,7 +153,7 @@ def throughput(
     in_memory = [(x.to(device), y.to(device)) for x, y, _, _ in loader]
     parameters = model.trainable_parameters()
     optimizer = torch.optim.SGD(parameters, lr=0.01, momentum=0.9, weight_decay=5e-4)
-    autocast, _ = autocast_for(device)
+    autocast = amp_for(device).autocast
     scale = model.scale().to(device)
     model.train()
     model.clip.eval()

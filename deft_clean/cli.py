@@ -258,6 +258,9 @@ def train(
         Path | None, typer.Option(help="Review CSV (path,decision,label) from the HTML report; human decisions win.")
     ] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from checkpoint.pt in --out.")] = False,
+    checkpoint_every: Annotated[
+        int, typer.Option(metavar="STEPS", help="Also checkpoint every STEPS steps (0: at epoch ends only).")
+    ] = 0,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Allow a non-empty --out.")] = False,
     num_workers: Workers = None,
     cache: Cache = None,
@@ -289,6 +292,7 @@ def train(
         "balanced": balanced,
         "hflip": hflip,
         "resume": resume,
+        "checkpoint_every": checkpoint_every,
         "overwrite": overwrite,
         "num_workers": num_workers,
         "cache": str(cache) if cache is not None else None,

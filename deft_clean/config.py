@@ -127,6 +127,7 @@ class TrainConfig:
     num_workers: int | None = None  # DataLoader workers; None = min(8, CPU count)
     cache: str | None = None  # decoded-image cache folder, shared with detect; None = decode every epoch
     resume: bool = False  # continue from checkpoint.pt in the output folder
+    checkpoint_every: int = 0  # also checkpoint every this many steps inside an epoch; 0 = at epoch ends only
     overwrite: bool = False  # allow writing into a non-empty output folder
 
     def __post_init__(self) -> None:
@@ -137,6 +138,8 @@ class TrainConfig:
         check_numbers(relabel=(self.relabel, 1.0))
         if self.epochs < 1 or self.batch_size < 1:
             raise UsageError(f"--epochs and --batch-size must be at least 1, got {self.epochs}, {self.batch_size}")
+        if self.checkpoint_every < 0:
+            raise UsageError(f"--checkpoint-every must be 0 or more, got {self.checkpoint_every}")
         if not 0 <= self.warmup_epochs <= self.epochs:
             raise UsageError(f"--warmup-epochs must be between 0 and --epochs, got {self.warmup_epochs}")
         if self.optimizer not in OPTIMIZERS:

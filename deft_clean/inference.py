@@ -100,7 +100,7 @@ def predict(
     and per class. ``out`` may not be an input, lie inside an input folder, or (without ``overwrite``) exist.
     """
     from .backbone import resolve_device
-    from .detector import autocast_for, resolve_workers
+    from .engine import amp_for, resolve_workers
     from .models import load_model
     from .progress import RichProgress
 
@@ -118,7 +118,7 @@ def predict(
     top_i = np.full((len(files), k), -1, dtype=np.int64)
     top_p = np.full((len(files), k), np.nan, dtype=np.float32)
     status = [STATUS_OK] * len(files)
-    autocast, _ = autocast_for(torch_device)
+    autocast = amp_for(torch_device).autocast
     with RichProgress(quiet=quiet) as progress:
         progress.start_scoring(len(files))
         for images, _, indices, batch_status in loader:

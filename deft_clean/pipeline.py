@@ -187,7 +187,7 @@ def detect(
 
         from .backbone import load_clip, resolve_device
         from .cache import prepare_cache
-        from .detector import resolve_workers
+        from .engine import resolve_workers
         from .progress import RichProgress
 
         device = device_for(ranks, resolve_device(cfg.device))
@@ -326,15 +326,8 @@ def gather_evidence(
     import torch
 
     from .backbone import zero_shot_text
-    from .detector import (
-        DeftModel,
-        TrainControl,
-        TrainingDiverged,
-        image_features,
-        score_samples,
-        seed_everything,
-        train_prompts,
-    )
+    from .detector import DeftModel, TrainControl, image_features, score_samples, train_prompts
+    from .engine import TrainingDiverged, seed_everything
     from .selection import MIN_PROMPT_AGREEMENT, prompt_agreement
 
     with passes["stop"].hinted("stopped before any training; rerun the same command (without --resume)"):

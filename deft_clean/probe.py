@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader
 from .data import STATUS_OK, ImageDataset
 
 if TYPE_CHECKING:
-    from .detector import Progressish
+    from .engine import Progressish
 
 HOLDOUT_CAP = 2000  # at most this many held-out rows: enough for a +-1 point estimate, no more
 MIRROR_DROP = 0.1  # flips stay off when the probe loses this much accuracy on mirrored training images
