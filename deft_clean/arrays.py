@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from .errors import DataError, UsageError
-from .results import write_atomic
+from .files import write_atomic
 
 FEATURES = "features.npy"
 PROBS = "probs.npy"

@@ -35,7 +35,7 @@ from torch.utils.data import DataLoader, Dataset
 from .data import STATUS_OK, CachedFailure, Listing, PackedStrings, describe_failure, load_image
 from .distributed import Dist
 from .errors import UsageError
-from .results import write_atomic
+from .files import write_atomic
 from .transforms import square_transform
 
 CACHE_VERSION = 1

@@ -19,10 +19,10 @@ import numpy as np
 import pandas as pd
 
 from .errors import DataError, UsageError
+from .selection import flagged_rows, usable_rows
 
 DECISIONS = ("keep", "drop", "relabel")
 COLUMNS = ("path", "decision", "label")
-STATUS_OK = "ok"  # results.SCHEMA's status of a usable row
 
 
 @dataclass(frozen=True)
@@ -83,7 +83,7 @@ def read_decisions(path: str | os.PathLike[str], frame: pd.DataFrame, metadata: 
 
     classes = set(metadata.get("classes") or []) | set(frame["label"].astype(str))
     position = {p: i for i, p in enumerate(frame["path"].astype(str))}
-    usable = (frame["status"] == STATUS_OK).to_numpy()
+    usable = usable_rows(frame)
     given = frame["label"].astype(str).to_numpy()
     n = len(frame)
     decided = np.zeros(n, dtype=bool)
@@ -144,7 +144,7 @@ def review_counts(
     ``other``, decisions on rows that detect kept."""
     verdicts = load_verdicts(decisions, frame, metadata)
     assert verdicts is not None
-    flagged = ((frame["status"] == STATUS_OK) & ~frame["is_clean"]).to_numpy()
+    flagged = flagged_rows(frame)
     return {
         "flagged": int(flagged.sum()),
         "reviewed": int((verdicts.decided & flagged).sum()),

@@ -37,6 +37,7 @@ from .engine import (
 )
 from .prompts import DualPromptLearner, PromptFeatures
 from .runstate import StopOnSignal
+from .selection import dual_prompt_clean
 from .transforms import train_transform
 from .vpt import add_visual_prompts
 
@@ -136,16 +137,6 @@ class DeftModel(nn.Module):
         return self.image_features(images), self.text_features()
 
 
-def select_clean(
-    p_yes_at_label: torch.Tensor, positive_logits: torch.Tensor, labels: torch.Tensor, rule: str
-) -> torch.Tensor:
-    """Boolean [B]: p_clean > 0.5, and with ``threshold+argmax`` also top-1 positive prediction == label."""
-    clean = p_yes_at_label > 0.5
-    if rule == "threshold+argmax":
-        clean = clean & (positive_logits.argmax(dim=1) == labels)
-    return clean
-
-
 def deft_loss(
     image_features: torch.Tensor,
     text: PromptFeatures,
@@ -174,7 +165,7 @@ def deft_loss(
         clean = torch.ones_like(labels, dtype=torch.bool)
         target = labels
     else:
-        clean = select_clean(p_yes.detach()[rows, labels], positive.detach(), labels, clean_rule)
+        clean = dual_prompt_clean(p_yes.detach()[rows, labels], positive.detach().argmax(dim=1), labels, clean_rule)
         target = torch.where(clean, labels, positive.detach().argmax(dim=1))
 
     # complementary label: any class but the target, uniformly

@@ -19,8 +19,9 @@ import pandas as pd
 
 from .errors import DataError, UsageError
 from .files import apply_umask, make_staging_dir, write_atomic
-from .results import load_results
+from .results import STATUS_OK, load_results
 from .safety import check_output, is_inside, printable, real
+from .selection import flagged_rows, kept_rows, relabelled_rows
 
 if TYPE_CHECKING:
     from .decisions import Verdicts
@@ -28,7 +29,6 @@ if TYPE_CHECKING:
 
 MODES = ("symlink", "copy", "csv")
 FLAGGED_DIR = "_flagged"  # --keep-flagged puts flagged rows under OUT/_flagged/<given label>/
-STATUS_OK = "ok"  # results.SCHEMA's status of a usable row
 
 
 @dataclass(frozen=True)
@@ -185,11 +185,9 @@ def plan_export(
     decisions) override: keep -> ``kept``, relabel -> ``relabelled`` (``kept`` if the label is unchanged),
     drop -> not exported, not even to _flagged/.
     """
-    usable = frame["status"] == STATUS_OK
-    clean = usable & frame["is_clean"]
-    flagged = usable & ~frame["is_clean"]
-    p_predicted = frame["p_predicted"].astype("Float64").fillna(-1.0).to_numpy(dtype=float)
-    moved = flagged & frame["predicted_label"].notna() & (relabel is not None and p_predicted >= relabel)
+    clean = kept_rows(frame)
+    flagged = flagged_rows(frame)
+    moved = relabelled_rows(frame, flagged, relabel)
     role = pd.Series(None, index=frame.index, dtype=object)
     role[clean] = "kept"
     role[moved] = "relabelled"

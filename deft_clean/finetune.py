@@ -32,7 +32,7 @@ from torch.utils.data import RandomSampler, WeightedRandomSampler
 
 from . import __version__
 from .config import TrainConfig
-from .data import STATUS_OK, ImageDataset, Listing, list_dataset
+from .data import ImageDataset, Listing, list_dataset
 from .decisions import Verdicts, load_verdicts
 from .distributed import Dist
 from .engine import (
@@ -55,6 +55,7 @@ from .probe import HeadParts, choose_hflip, fit_probe_head, head_parts, run_warn
 from .results import load_results
 from .runstate import StopOnSignal, load_checkpoint, save_checkpoint
 from .safety import check_output
+from .selection import kept_rows, relabelled_rows, usable_rows
 from .transforms import eval_transform, train_transform
 
 CHECKPOINT = "checkpoint.pt"
@@ -90,20 +91,14 @@ def select_rows(
     Returns (row indices, label indices, number relabelled). Unusable rows are never used. Human
     ``verdicts`` (with the results' ``classes``) replace the automatic choice of the rows they decide.
     """
-    usable = (frame["status"] == STATUS_OK).to_numpy()
     labels = frame["label_index"].to_numpy().astype(np.int64)
     if not clean_only:
-        keep = usable
-        relabelled = np.zeros_like(usable)
+        keep = usable_rows(frame)
+        relabelled = np.zeros_like(keep)
     else:
-        p_clean = frame["p_clean"].to_numpy(dtype=float, na_value=np.nan)
-        clean = (p_clean > threshold) if threshold is not None else frame["is_clean"].to_numpy(dtype=bool)
-        clean = clean & usable
-        relabelled = np.zeros_like(usable)
-        if relabel is not None:
-            p_pred = frame["p_predicted"].to_numpy(dtype=float, na_value=np.nan)
-            relabelled = usable & ~clean & (p_pred >= relabel)
-            labels = np.where(relabelled, frame["predicted_index"].to_numpy(), labels)
+        clean = kept_rows(frame, threshold)
+        relabelled = relabelled_rows(frame, usable_rows(frame) & ~clean, relabel)
+        labels = np.where(relabelled, frame["predicted_index"].to_numpy(), labels)
         keep = clean | relabelled
     if verdicts is not None:
         keep, labels = verdicts.apply(keep, labels, classes=classes)

@@ -15,7 +15,8 @@ from typing import Any
 
 import pandas as pd
 
-STATUS_OK = "ok"
+from .results import STATUS_OK
+
 FLAGGED_COLUMNS = ["path", "label", "predicted_label", "p_clean", "p_predicted", "flag_reason"]
 THUMBNAILS = 8  # flagged samples shown in the HTML view
 THUMB_PX = 96

@@ -18,8 +18,8 @@ from rich.table import Table
 from rich.text import Text
 
 from .errors import DeftCleanError, UsageError
-from .export import STATUS_OK, dataset_root
-from .results import load_results
+from .export import dataset_root
+from .results import STATUS_OK, load_results
 from .safety import check_output, printable
 
 if TYPE_CHECKING:

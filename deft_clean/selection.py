@@ -8,16 +8,24 @@ probability of the given label, which every row gets from probes that did not tr
 The DeFT rule: ``p_clean = sigmoid(scale * (cos(I, T+_y) - cos(I, T-_y)))`` (the negative prompt is a
 learned per-sample threshold), clean when ``p_clean > 0.5`` and, with ``threshold+argmax``, when the
 positive prompts' top-1 class is the given label.
+
+The rules that later steps apply to a results table live here too (usable, flagged, kept by a
+``p_clean`` threshold, relabelled when the suggestion is confident), so that ``train``, ``export`` and
+the reports agree on them. This module imports no torch (the fused rule loads it when it runs).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
-from .evidence import flag_by_class, grow_clean_set
+from .results import STATUS_OK
+
+if TYPE_CHECKING:
+    import pandas as pd
+    import torch
 
 SELECTIONS = ("fused", "deft")
 # Learned prompts must keep agreeing with the label where zero-shot already does (~99% clean rows);
@@ -45,14 +53,48 @@ class Selection:
     info: dict = field(default_factory=dict)  # seed size, rounds, ... for the metadata
 
 
+def dual_prompt_clean(p_clean: Any, predicted: Any, labels: Any, rule: str) -> Any:
+    """The paper's rule, on numpy arrays or torch tensors alike: p_clean > 0.5, and with
+    ``threshold+argmax`` also the positive prompts' top-1 class == the given label. Returns bool [N]."""
+    clean = p_clean > 0.5
+    if rule == "threshold+argmax":
+        clean = clean & (predicted == labels)
+    return clean
+
+
 def deft_rule(
     p_clean: np.ndarray, predicted: np.ndarray, labels: np.ndarray, usable: np.ndarray, rule: str
 ) -> np.ndarray:
     """The paper's rule on scores: bool [N]. ``rule`` is "threshold" or "threshold+argmax"."""
-    clean = usable & (np.nan_to_num(p_clean, nan=0.0) > 0.5)
-    if rule == "threshold+argmax":
-        clean &= predicted == labels
-    return clean
+    return usable & dual_prompt_clean(np.nan_to_num(p_clean, nan=0.0), predicted, labels, rule)
+
+
+def usable_rows(frame: pd.DataFrame) -> np.ndarray:
+    """bool [N]: rows of a results table whose file could be read."""
+    return (frame["status"] == STATUS_OK).to_numpy()
+
+
+def flagged_rows(frame: pd.DataFrame) -> np.ndarray:
+    """bool [N]: usable rows that are not ``is_clean`` (what reports and review call flagged)."""
+    return usable_rows(frame) & ~frame["is_clean"].to_numpy(dtype=bool)
+
+
+def kept_rows(frame: pd.DataFrame, threshold: float | None = None) -> np.ndarray:
+    """bool [N]: usable rows that detect kept, or, with ``threshold``, those with ``p_clean > threshold``."""
+    if threshold is None:
+        clean = frame["is_clean"].to_numpy(dtype=bool)
+    else:
+        clean = frame["p_clean"].to_numpy(dtype=float, na_value=np.nan) > threshold
+    return clean & usable_rows(frame)
+
+
+def relabelled_rows(frame: pd.DataFrame, flagged: np.ndarray, min_p: float | None) -> np.ndarray:
+    """bool [N]: ``flagged`` rows whose suggested class is confident (``p_predicted >= min_p``); none when
+    ``min_p`` is None. Their new label is ``predicted_index`` / ``predicted_label``."""
+    if min_p is None:
+        return np.zeros(len(frame), dtype=bool)
+    p_predicted = frame["p_predicted"].to_numpy(dtype=float, na_value=np.nan)
+    return flagged & frame["predicted_label"].notna().to_numpy() & (p_predicted >= min_p)
 
 
 def prompt_agreement(
@@ -138,6 +180,10 @@ def fused_rule(
     rows = np.flatnonzero(usable)
     if int(seed_mask[rows].sum()) < 2 * n_classes:
         raise TooFewRows(f"{int(seed_mask[rows].sum())} seed rows for {n_classes} classes")
+    import torch
+
+    from .evidence import flag_by_class, grow_clean_set
+
     x = torch.as_tensor(features[rows], device=device)
     evidence = grow_clean_set(x, labels[rows], seed_mask[rows], n_classes, seed=seed, )
     probs = evidence.probs  # [M, K] cross-fitted image evidence
