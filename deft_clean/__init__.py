@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 # Public names -> the module that defines them. They are imported on first use (PEP 562) so that
 # `import deft_clean` and `deft-clean --help` do not pay for importing torch.

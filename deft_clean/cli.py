@@ -38,7 +38,7 @@ D = DetectConfig()
 
 def _version(value: bool) -> None:
     if value:
-        from . import __version__
+        from ._version import __version__
 
         typer.echo(f"deft-clean {__version__}")
         raise typer.Exit()

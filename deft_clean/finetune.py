@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import RandomSampler, WeightedRandomSampler
 
-from . import __version__
+from ._version import __version__
 from .config import TrainConfig
 from .data import ImageDataset, Listing, list_dataset
 from .decisions import Verdicts, load_verdicts

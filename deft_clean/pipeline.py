@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import numpy as np
 import pandas as pd
 
-from . import __version__
+from ._version import __version__
 from .config import DetectConfig, field_names
 from .data import STATUS_OK, Listing, list_dataset
 from .errors import UsageError
