@@ -22,18 +22,18 @@ _EXPORTS = {
     "predict": ".inference",
     "LoadedModel": ".models",
     "load_model": ".models",
-    "DetectResult": ".pipeline",
-    "detect": ".pipeline",
+    "DetectResult": ".detection",
+    "detect": ".detection",
     "load_results": ".results",
 }
 
 if TYPE_CHECKING:
     from .config import DetectConfig, TrainConfig
+    from .detection import DetectResult, detect
     from .errors import DataError, DeftCleanError, UsageError, WeightsError
     from .finetune import TrainResult, train
     from .inference import PredictResult, predict
     from .models import LoadedModel, load_model
-    from .pipeline import DetectResult, detect
     from .results import load_results
 
 

@@ -123,7 +123,7 @@ def detect(
     debug: Debug = False,
 ) -> None:
     """Phase 1: learn positive/negative prompts and write per-sample clean probabilities to Parquet."""
-    from .pipeline import detect as run_detect
+    from .detection import detect as run_detect
 
     options: dict[str, Any] = {
         "model": model,

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, fields
+from typing import Any, TypeVar
+
+C = TypeVar("C")
 
 CLEAN_RULES = ("threshold", "threshold+argmax")
 SELECTIONS = ("fused", "deft")
@@ -86,6 +90,16 @@ def check_numbers(**values: tuple[float | None, float]) -> None:
 def field_names(cls: type) -> set[str]:
     """Names of a config dataclass's fields (used to validate keyword options)."""
     return {f.name for f in fields(cls)}
+
+
+def merge_options(cls: type[C], config: C | None, options: dict[str, Any]) -> C:
+    """Merge keyword options into a config dataclass, naming any unknown option."""
+    unknown = set(options) - field_names(cls)
+    if unknown:
+        from .errors import UsageError
+
+        raise UsageError(f"unknown option(s): {', '.join(sorted(unknown))}")
+    return dataclasses.replace(config or cls(), **options)
 
 
 OPTIMIZERS = ("sgd", "adamw")

@@ -25,7 +25,7 @@ from .selection import flagged_rows, kept_rows, relabelled_rows
 
 if TYPE_CHECKING:
     from .decisions import Verdicts
-    from .pipeline import DetectResult
+    from .detection import DetectResult
 
 MODES = ("symlink", "copy", "csv")
 FLAGGED_DIR = "_flagged"  # --keep-flagged puts flagged rows under OUT/_flagged/<given label>/

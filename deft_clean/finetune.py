@@ -31,7 +31,7 @@ from torch import nn
 from torch.utils.data import RandomSampler, WeightedRandomSampler
 
 from ._version import __version__
-from .config import TrainConfig
+from .config import TrainConfig, merge_options
 from .data import ImageDataset, Listing, list_dataset
 from .decisions import Verdicts, load_verdicts
 from .distributed import Dist
@@ -168,7 +168,6 @@ def train(
     order is sharded by rank, and only rank 0 shows progress and writes files.
     """
     from .distributed import process_group
-    from .pipeline import merge_options
 
     cfg = merge_options(TrainConfig, config, options)
     with process_group(cfg.device) as ranks, run_lock(out if ranks.is_main else None):

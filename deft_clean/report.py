@@ -23,7 +23,7 @@ from .results import STATUS_OK, load_results
 from .safety import check_output, printable
 
 if TYPE_CHECKING:
-    from .pipeline import DetectResult
+    from .detection import DetectResult
 
 TERMINAL_TOP = 20  # default rows of the most-suspicious table in the terminal
 HTML_TOP = 200  # default gallery size
