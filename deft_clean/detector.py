@@ -238,6 +238,34 @@ def train_prompts(
         model.load_trainable_state(control.resume["trainable"])
         history = [EpochStats(**h) for h in json.loads(control.resume["history"])]
 
+    phase = _prompt_phase(
+        model, dataset, optimizer, scheduler, history, scale=scale, warmup_epochs=warmup_epochs,
+        clean_rule=clean_rule, grad_clip=grad_clip, generator=generator,
+    )  # fmt: skip
+    run = Run(
+        epochs=epochs,
+        batch_size=batch_size,
+        device=device,
+        generator=generator,
+        num_workers=num_workers,
+        ranks=control.ranks,
+        progress=progress,
+        stop=control.stop,
+        save=control.save,
+        every_steps=control.every_steps,
+        resume=control.resume,
+    )
+    fit(phase, run)
+    return history
+
+
+def _prompt_phase(
+    model: DeftModel, dataset: ImageDataset, optimizer: torch.optim.Optimizer, scheduler: Any,
+    history: list[EpochStats], *, scale: torch.Tensor, warmup_epochs: int, clean_rule: str,
+    grad_clip: float | None, generator: torch.Generator,
+) -> Phase:  # fmt: skip
+    """Prompt training as the engine runs it: DeFT's loss, a frozen backbone, epoch statistics."""
+
     def loss_step(forward: nn.Module, images: torch.Tensor, labels: torch.Tensor, epoch: int) -> Any:
         features, text = forward(images)
         return deft_loss(
@@ -257,7 +285,7 @@ def train_prompts(
         speed = totals.samples / totals.seconds
         history.append(EpochStats(totals.epoch, totals.loss, totals.clean_fraction, speed))
 
-    phase = Phase(
+    return Phase(
         name="prompt-training",
         model=model,
         dataset=dataset,
@@ -275,21 +303,6 @@ def train_prompts(
         grad_clip=grad_clip,
         parameters=model.trainable_parameters(),
     )
-    run = Run(
-        epochs=epochs,
-        batch_size=batch_size,
-        device=device,
-        generator=generator,
-        num_workers=num_workers,
-        ranks=control.ranks,
-        progress=progress,
-        stop=control.stop,
-        save=control.save,
-        every_steps=control.every_steps,
-        resume=control.resume,
-    )
-    fit(phase, run)
-    return history
 
 
 def image_features(clip: nn.Module, listing: Listing, **loader: Any) -> tuple[np.ndarray, dict[int, str]]:

@@ -138,19 +138,8 @@ def export_dataset(
         drop_duplicates=drop_duplicates,
         drop_outliers=drop_outliers,
     )
-    sources = [_source(root, path) for path in plan["path"]]
-    table = metadata.get("dataset") if metadata.get("source") == "table" else None
-    inputs = [*sources, *([results] if isinstance(results, (str, os.PathLike)) else []), *([table] if table else [])]
-    folder_source = Path(dataset).is_dir() if dataset is not None else metadata.get("source", "folder") == "folder"
-    check_output(
-        target, inputs=inputs, datasets=[root] if folder_source else [], overwrite=overwrite, folder=mode != "csv"
-    )
-    missing = [p for p, s in zip(plan["path"], sources, strict=True) if not s.is_file()]
-    if missing:
-        raise DataError(
-            f"{len(missing)} image file(s) from the results are missing under {root}, e.g. {missing[:3]}; "
-            "pass --dataset if the dataset moved"
-        )
+    sources = _sources(plan, root, metadata, results=results, dataset=dataset, target=target, mode=mode,
+                       overwrite=overwrite)  # fmt: skip
     if mode == "csv":
         _write_table(plan, sources, target)
     else:
@@ -167,6 +156,28 @@ def export_dataset(
         unusable=int((frame["status"] != STATUS_OK).sum()),
         reviewed=0 if verdicts is None else verdicts.reviewed,
     )
+
+
+def _sources(
+    plan: pd.DataFrame, root: Path, metadata: dict[str, Any], *, results: Any, dataset: Any, target: Path,
+    mode: str, overwrite: bool,
+) -> list[Path]:  # fmt: skip
+    """The source file of every planned row, once ``target`` is known not to overwrite an input and every
+    source exists."""
+    sources = [_source(root, path) for path in plan["path"]]
+    table = metadata.get("dataset") if metadata.get("source") == "table" else None
+    inputs = [*sources, *([results] if isinstance(results, (str, os.PathLike)) else []), *([table] if table else [])]
+    folder_source = Path(dataset).is_dir() if dataset is not None else metadata.get("source", "folder") == "folder"
+    check_output(
+        target, inputs=inputs, datasets=[root] if folder_source else [], overwrite=overwrite, folder=mode != "csv"
+    )
+    missing = [p for p, s in zip(plan["path"], sources, strict=True) if not s.is_file()]
+    if missing:
+        raise DataError(
+            f"{len(missing)} image file(s) from the results are missing under {root}, e.g. {missing[:3]}; "
+            "pass --dataset if the dataset moved"
+        )
+    return sources
 
 
 def plan_export(
