@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -27,6 +27,16 @@ Cache = Annotated[
         "detect/train runs at the same input size (about 150 KB per image at 224 px).",
     ),
 ]
+
+
+def config_options(cls: type, parameters: dict[str, Any], **overrides: Any) -> dict[str, Any]:
+    """The options of config dataclass ``cls`` among a command's ``parameters`` (matched by name, so that a
+    new config field needs only its Typer option), paths as strings; ``overrides`` win."""
+    from .config import field_names
+
+    names = field_names(cls)
+    options = {k: str(v) if isinstance(v, Path) else v for k, v in parameters.items() if k in names}
+    return {**options, **overrides}
 
 
 def _run(debug: bool, quiet: bool, call: Callable[[], T]) -> T:
