@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # for tests.toy, the offline stand-in for real CLIP weights
 N_CLASSES = 10
 
 
@@ -49,7 +50,7 @@ def set_threads(threads: int | None) -> None:
 
 def write_synthetic_folder(root: Path, n: int, *, size: int, seed: int = 0) -> Path:
     """``n`` synthetic class images of ``size`` px, saved as JPEG (quality 90) like a typical photo dataset."""
-    from deft_clean import toy
+    from tests import toy
 
     marker = root / ".complete"
     if marker.is_file():
@@ -74,7 +75,7 @@ def model_config(name: str, work: Path) -> str:
     """open_clip model name, or a written config JSON for the tiny model."""
     if name != "tiny":
         return name
-    from deft_clean import toy
+    from tests import toy
 
     return str(toy.write_model_config(work / "tiny-clip.json"))
 

@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from . import cli_review
+from . import cli_report
 from .cli_common import Cache, Debug, Device, Overwrite, Quiet, Workers, _run, config_options
 from .cli_help import HelpGroup
 from .config import CLEAN_RULES, DetectConfig, TrainConfig
@@ -310,7 +310,7 @@ def predict(
     console.print(Text(f"predictions: {out}"))
 
 
-cli_review.register(app)
+cli_report.register(app)
 
 
 def main(argv: list[str] | None = None) -> None:

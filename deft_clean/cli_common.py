@@ -48,7 +48,7 @@ def _run(debug: bool, quiet: bool, call: Callable[[], T]) -> T:
     except DeftCleanError as exc:
         if debug:
             raise
-        err.print(f"error: {printable(exc)}", markup=False)
+        err.print(f"error: {printable(exc.cli_message())}", markup=False)
         raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt:
         err.print("interrupted", markup=False)

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .errors import DataError, UsageError
+from .errors import DataError, UsageError, option
 from .selection import flagged_rows, usable_rows
 
 DECISIONS = ("keep", "drop", "relabel")
@@ -68,7 +68,7 @@ def read_decisions(path: str | os.PathLike[str], frame: pd.DataFrame, metadata: 
     """
     file = Path(path)
     if not file.is_file():
-        raise UsageError(f"--decisions file not found: {file}")
+        raise UsageError(f"{option('decisions')} file not found: {file}")
     try:
         with file.open(newline="", encoding="utf-8-sig") as handle:
             lines = list(csv.reader(handle))

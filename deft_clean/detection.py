@@ -19,7 +19,7 @@ import pandas as pd
 from ._version import __version__
 from .config import DetectConfig, merge_options
 from .data import STATUS_OK, Listing, list_dataset
-from .errors import UsageError
+from .errors import UsageError, option
 from .files import run_lock
 from .health import health_columns
 from .results import normalize_frame, write_results
@@ -169,14 +169,14 @@ def _check_outputs(
 ) -> Path | None:  # fmt: skip
     """Refuse outputs that would overwrite inputs or each other; returns the run folder (None: no checkpoints)."""
     if out is not None and Path(out).is_dir():
-        raise UsageError(f"--out {out} is a folder; pass a file path such as results.parquet")
+        raise UsageError(f"{option('out')} {out} is a folder; pass a file path such as results.parquet")
     if save_arrays is not None:
         from .arrays import check_arrays_dir
 
         inputs = [Path(p) for p in (dataset, class_names) if isinstance(p, (str, os.PathLike)) and Path(p).is_file()]
         check_arrays_dir(save_arrays, root=listing.root, source=listing.source, inputs=inputs)
     if checkpoint_every < 0:
-        raise UsageError(f"--checkpoint-every must be 0 or more, got {checkpoint_every}")
+        raise UsageError(f"{option('checkpoint_every')} must be 0 or more, got {checkpoint_every}")
     if run_dir is None and out is not None:
         run_dir = Path(out).with_name(Path(out).name + ".run")
     check_detect_paths(
@@ -201,7 +201,10 @@ class _Checkpoint:
     ) -> _Checkpoint:
         path = run_dir / CHECKPOINT if run_dir is not None else None
         if resume and path is None:
-            raise UsageError("--resume needs --run-dir or --out (the checkpoint lives in <out>.run/)")
+            raise UsageError(
+                f"{option('resume', True)} needs {option('run_dir')} or {option('out')} (the checkpoint lives in "
+                "<out>.run/)"
+            )
         if not resume and path is not None and path.exists():
             raise UsageError(f"{path} holds an unfinished run; pass --resume to continue it, or delete {path.parent}")
         signature = {

@@ -31,6 +31,7 @@ from torch import nn
 from torch.utils.data import RandomSampler, WeightedRandomSampler
 
 from ._version import __version__
+from .classifiers import build_classifier, data_config, model_spec
 from .config import TrainConfig, merge_options
 from .data import ImageDataset, Listing, list_dataset
 from .decisions import Verdicts, load_verdicts
@@ -48,9 +49,8 @@ from .engine import (
     usable_mask,
     usable_on_device,
 )
-from .errors import DataError, UsageError
+from .errors import DataError, UsageError, option
 from .files import run_lock, write_atomic
-from .models import build_classifier, data_config, model_spec
 from .probe import HeadParts, choose_hflip, fit_probe_head, head_parts, run_warnings, stratified_holdout
 from .results import load_results
 from .runstate import StopOnSignal, load_checkpoint, save_checkpoint
@@ -214,7 +214,7 @@ def _plan_rows(
         classes=listing.classes,
     )
     if len(rows) == 0:
-        raise DataError("no rows left to train on (every row is flagged or unusable); lower --threshold")
+        raise DataError(f"no rows left to train on (every row is flagged or unusable); lower {option('threshold')}")
     val_listing = None if val is None else _val_listing(val, listing.classes)
     # Without --val, a stratified part of the kept rows (as labelled there) chooses the epoch.
     held = stratified_holdout(labels, fraction=cfg.holdout, seed=cfg.seed) if val_listing is None else held_none()
@@ -232,7 +232,7 @@ def _val_listing(val: str | os.PathLike[str], classes: list[str]) -> Listing:
     val_listing = list_dataset(val)
     unknown = sorted(set(val_listing.classes) - set(classes))
     if unknown:
-        raise DataError(f"--val has classes the training set lacks: {unknown[:5]}")
+        raise DataError(f"{option('val')} has classes the training set lacks: {unknown[:5]}")
     remap = {c: i for i, c in enumerate(classes)}
     return dataclasses.replace(
         val_listing, label_indices=np.array([remap[x] for x in val_listing.labels], dtype=np.int64)
@@ -242,7 +242,10 @@ def _val_listing(val: str | os.PathLike[str], classes: list[str]) -> Listing:
 def _check_out(out_dir: Path, plan: Rows, cfg: TrainConfig, inputs: list[Any]) -> None:
     """Refuse an output folder that holds something else, or that is (or lies inside) an input."""
     if out_dir.exists() and any(out_dir.iterdir()) and not cfg.resume and not cfg.overwrite:
-        raise UsageError(f"--out {out_dir} is not empty; pass --resume to continue or --overwrite to replace it")
+        raise UsageError(
+            f"{option('out')} {out_dir} is not empty; pass {option('resume', True)} to continue or "
+            f"{option('overwrite', True)} to replace it"
+        )
     listing, val_listing = plan.listing, plan.val_listing
     if listing.source == "table":
         inputs.extend(listing.root / p for p in listing.paths)

@@ -100,8 +100,8 @@ def predict(
     and per class. ``out`` may not be an input, lie inside an input folder, or (without ``overwrite``) exist.
     """
     from .backbone import resolve_device
+    from .classifiers import load_model
     from .engine import resolve_workers
-    from .models import load_model
     from .progress import RichProgress
 
     torch_device = resolve_device(device)
