@@ -365,7 +365,7 @@ def gather_evidence(
     import torch
 
     from .backbone import zero_shot_text
-    from .detector import image_features
+    from .detector import TrainControl, image_features
     from .selection import MIN_PROMPT_AGREEMENT, prompt_agreement
 
     with passes["stop"].hinted("stopped before any training; rerun the same command (without --resume)"):
@@ -376,7 +376,8 @@ def gather_evidence(
     evidence = Evidence(features, logits.softmax(dim=1).cpu().numpy(), text.cpu().numpy(), failures)
     if cfg.quick:
         return evidence
-    scores = learned_scores(cfg, loaded, listing, passes, evidence, save=save, resume=resume, every=checkpoint_every)
+    control = TrainControl(save, resume, every_steps=checkpoint_every, stop=passes["stop"], ranks=passes["ranks"])
+    scores = learned_scores(cfg, loaded, listing, passes, evidence, control)
     if scores is None:
         return evidence
     usable = evidence.usable
@@ -397,15 +398,7 @@ def gather_evidence(
 
 
 def learned_scores(
-    cfg: DetectConfig,
-    loaded: Any,
-    listing: Listing,
-    passes: dict[str, Any],
-    evidence: Evidence,
-    *,
-    save: Any,
-    resume: dict[str, Any] | None,
-    every: int,
+    cfg: DetectConfig, loaded: Any, listing: Listing, passes: dict[str, Any], evidence: Evidence, control: Any
 ) -> Any:
     """Train DeFT's prompts and score every sample with them (a ``detector.Scores``); None, with a warning
     in ``evidence``, when the training diverged."""
@@ -425,9 +418,6 @@ def learned_scores(
         vpt_depth=cfg.vpt_depth,
     ).to(passes["device"])
     train_options = {k: passes[k] for k in ("image_size", "mean", "std", "device", "num_workers", "progress", "cache")}
-    control = detector.TrainControl(
-        save=save, resume=resume, every_steps=every, stop=passes["stop"], ranks=passes["ranks"]
-    )
     try:
         evidence.history = detector.train_prompts(
             model,
