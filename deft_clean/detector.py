@@ -31,10 +31,10 @@ from .engine import (
     Run,
     amp_for,
     epoch_order,
-    eval_pass,
     fit,
     steps_per_epoch,
 )
+from .evaluation import eval_pass
 from .prompts import DualPromptLearner, PromptFeatures
 from .runstate import StopOnSignal
 from .selection import dual_prompt_clean

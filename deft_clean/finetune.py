@@ -33,8 +33,7 @@ from torch.utils.data import RandomSampler, WeightedRandomSampler
 from ._version import __version__
 from .classifiers import build_classifier, data_config, model_spec
 from .config import TrainConfig, merge_options
-from .data import ImageDataset, Listing, list_dataset
-from .decisions import Verdicts, load_verdicts
+from .data import ImageDataset
 from .distributed import Dist
 from .engine import (
     EpochTotals,
@@ -49,13 +48,12 @@ from .engine import (
     usable_mask,
     usable_on_device,
 )
-from .errors import DataError, UsageError, option
+from .errors import UsageError, option
 from .files import run_lock, write_atomic
-from .probe import HeadParts, choose_hflip, fit_probe_head, head_parts, run_warnings, stratified_holdout
-from .results import load_results
+from .probe import HeadParts, choose_hflip, fit_probe_head, head_parts, run_warnings
 from .runstate import StopOnSignal, load_checkpoint, save_checkpoint
 from .safety import check_output
-from .selection import kept_rows, relabelled_rows, usable_rows
+from .train_rows import Rows, labels_for, plan_rows, select_rows  # noqa: F401  (select_rows: public here too)
 from .transforms import eval_transform, train_transform
 
 CHECKPOINT = "checkpoint.pt"
@@ -75,50 +73,6 @@ class TrainResult:
     best_epoch: int | None = None  # the exported epoch, 0 = the probe-initialised model; None = the last
     n_held_out: int = 0  # kept rows held out for validation (not trained on)
     warnings: list[str] = field(default_factory=list)  # what the user should know about this run
-
-
-def select_rows(
-    frame: Any,
-    *,
-    clean_only: bool,
-    threshold: float | None,
-    relabel: float | None,
-    verdicts: Verdicts | None = None,
-    classes: list[str] | None = None,
-) -> tuple[np.ndarray, np.ndarray, int]:
-    """Which rows to train on and with which label index.
-
-    Returns (row indices, label indices, number relabelled). Unusable rows are never used. Human
-    ``verdicts`` (with the results' ``classes``) replace the automatic choice of the rows they decide.
-    """
-    labels = frame["label_index"].to_numpy().astype(np.int64)
-    if not clean_only:
-        keep = usable_rows(frame)
-        relabelled = np.zeros_like(keep)
-    else:
-        clean = kept_rows(frame, threshold)
-        relabelled = relabelled_rows(frame, usable_rows(frame) & ~clean, relabel)
-        labels = np.where(relabelled, frame["predicted_index"].to_numpy(), labels)
-        keep = clean | relabelled
-    if verdicts is not None:
-        keep, labels = verdicts.apply(keep, labels, classes=classes)
-        relabelled = keep & (labels != frame["label_index"].to_numpy())
-    rows = np.flatnonzero(keep)
-    return rows, labels[rows], int(relabelled.sum())
-
-
-def check_match(listing: Listing, frame: Any, metadata: dict[str, Any], results: Path) -> None:
-    """Refuse a results file made for another dataset."""
-    if list(metadata.get("classes", [])) != listing.classes:
-        raise DataError(
-            f"{results} was made for classes {metadata.get('classes')[:5]}..., the dataset has "
-            f"{listing.classes[:5]}...; run detect on this dataset first"
-        )
-    if len(frame) != len(listing) or frame["path"].tolist() != listing.paths:
-        raise DataError(
-            f"{results} lists {len(frame)} samples, the dataset {len(listing)}, or their paths differ; "
-            "run detect on this dataset first"
-        )
 
 
 def _lr_factor(step: int, *, warmup_steps: int, total_steps: int) -> float:
@@ -176,69 +130,6 @@ def train(
         )
 
 
-@dataclass
-class Rows:
-    """Which rows phase 2 trains and validates on, with their (possibly relabelled) label indices."""
-
-    listing: Listing
-    metadata: dict[str, Any]  # the detect results' metadata
-    rows: np.ndarray  # int64 [n_train] listing positions trained on
-    labels: np.ndarray  # int64 [n_train]
-    held_rows: np.ndarray  # int64 [n_held] kept rows held out for validation
-    held_labels: np.ndarray  # int64 [n_held]
-    n_relabelled: int
-    val_listing: Listing | None  # the --val dataset, labels remapped to the training classes
-    val_source: str | None  # "--val", "held-out" or None
-
-
-def _plan_rows(
-    dataset: str | os.PathLike[str],
-    results: Path,
-    cfg: TrainConfig,
-    val: str | os.PathLike[str] | None,
-    decisions: str | os.PathLike[str] | None,
-) -> Rows:
-    """Read the results, choose the rows to train on, and hold out validation rows (or read ``val``)."""
-    frame, metadata = load_results(results)
-    listing = list_dataset(
-        dataset, path_col=metadata.get("path_col", "path"), label_col=metadata.get("label_col", "label")
-    )
-    check_match(listing, frame, metadata, results)
-    verdicts = load_verdicts(decisions, frame, metadata)
-    rows, labels, n_relabelled = select_rows(
-        frame,
-        clean_only=cfg.clean_only,
-        threshold=cfg.threshold,
-        relabel=cfg.relabel,
-        verdicts=verdicts,
-        classes=listing.classes,
-    )
-    if len(rows) == 0:
-        raise DataError(f"no rows left to train on (every row is flagged or unusable); lower {option('threshold')}")
-    val_listing = None if val is None else _val_listing(val, listing.classes)
-    # Without --val, a stratified part of the kept rows (as labelled there) chooses the epoch.
-    held = stratified_holdout(labels, fraction=cfg.holdout, seed=cfg.seed) if val_listing is None else held_none()
-    val_source = "--val" if val_listing is not None else "held-out" if len(held) else None
-    train_mask = np.ones(len(rows), dtype=bool)
-    train_mask[held] = False
-    return Rows(
-        listing, metadata, rows[train_mask], labels[train_mask], rows[held], labels[held], n_relabelled,
-        val_listing, val_source,
-    )  # fmt: skip
-
-
-def _val_listing(val: str | os.PathLike[str], classes: list[str]) -> Listing:
-    """The validation dataset with label indices of the training ``classes``."""
-    val_listing = list_dataset(val)
-    unknown = sorted(set(val_listing.classes) - set(classes))
-    if unknown:
-        raise DataError(f"{option('val')} has classes the training set lacks: {unknown[:5]}")
-    remap = {c: i for i, c in enumerate(classes)}
-    return dataclasses.replace(
-        val_listing, label_indices=np.array([remap[x] for x in val_listing.labels], dtype=np.int64)
-    )
-
-
 def _check_out(out_dir: Path, plan: Rows, cfg: TrainConfig, inputs: list[Any]) -> None:
     """Refuse an output folder that holds something else, or that is (or lies inside) an input."""
     if out_dir.exists() and any(out_dir.iterdir()) and not cfg.resume and not cfg.overwrite:
@@ -271,7 +162,7 @@ def _datasets(plan: Rows, cfg: TrainConfig, size: int, mean: Any, std: Any, cach
     """The training set (flips final once the probe has decided), the validation set, and a maker of more."""
     listing, val_listing = plan.listing, plan.val_listing
     cache, val_cache = caches
-    full_labels = _labels_for(
+    full_labels = labels_for(
         listing, np.concatenate([plan.rows, plan.held_rows]), np.concatenate([plan.labels, plan.held_labels])
     )
     train_set = ImageDataset(
@@ -342,7 +233,7 @@ def _train(
     from .backbone import resolve_device
     from .distributed import device_for
 
-    plan = _plan_rows(dataset, results, cfg, val, decisions)
+    plan = plan_rows(dataset, results, cfg, val, decisions)
     out_dir = Path(out)
     _check_out(out_dir, plan, cfg, [results, dataset, *([val] if val is not None else [])])
     device = device_for(ranks, resolve_device(cfg.device))
@@ -570,13 +461,6 @@ def _metrics(plan: Rows, cfg: TrainConfig, outcome: Outcome, refit: bool, notes:
     }
 
 
-def _labels_for(listing: Listing, rows: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """Full-length label array with the (possibly relabelled) training labels filled in."""
-    full = listing.label_indices.copy()
-    full[rows] = labels
-    return full
-
-
 def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     save_checkpoint(path, state)  # looked up at call time, so that tests can interrupt a run here
 
@@ -586,10 +470,6 @@ def save_weights(model: nn.Module, path: Path) -> None:
 
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     write_atomic(path, lambda tmp: save_file(tensors, str(tmp)))
-
-
-def held_none() -> np.ndarray:
-    return np.zeros(0, dtype=np.int64)
 
 
 def parameter_groups(
