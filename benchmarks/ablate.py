@@ -87,7 +87,8 @@ def train_and_score(folder: Path, foundation: Foundation, *, seed: int, options:
     from deft_clean.backbone import load_clip, resolve_device
     from deft_clean.config import DetectConfig
     from deft_clean.data import ImageDataset, list_dataset
-    from deft_clean.detector import DeftModel, seed_everything, train_prompts
+    from deft_clean.detector import DeftModel, train_prompts
+    from deft_clean.engine import seed_everything
     from deft_clean.transforms import eval_transform, train_transform
 
     options = dict(options)

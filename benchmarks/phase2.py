@@ -72,7 +72,7 @@ TARGETS: dict[str, Callable[[], Target]] = {name: quality_target(name) for name 
 
 
 def plant(target: Target, setting: q.Setting) -> np.ndarray:
-    from deft_clean import toy
+    from tests import toy
 
     pixels = np.stack([np.asarray(im.convert("L").resize((28, 28)), dtype=np.float32) for im in target.train_images])
     return toy.plant_noise(
@@ -247,8 +247,8 @@ def render(report: dict[str, Any]) -> str:
         "- `train`: `deft_clean.train` with **default options** (LP-FT: head fitted as a linear probe first, "
         f"backbone lr {report['train_defaults']['lr']:g}, head lr {report['train_defaults']['head_lr_scale']:g}x, "
         f"{report['train_defaults']['optimizer'].upper()}, {report['train_defaults']['epochs']} epochs, no `--val`: "
-        "10% of its rows held out to pick the epoch, the probe-initialised model competing with a one-standard-error "
-        "handicap); accuracy from `deft_clean.predict` on the test set.",
+        "10% of its rows held out to pick the epoch; the probe-initialised model stays only when better beyond "
+        "chance, McNemar 5%); accuracy from `deft_clean.predict` on the test set.",
         "- deft-clean's kept rows: `deft_clean.detect` with default options.",
         "",
         "## Test accuracy (%)",

@@ -36,6 +36,7 @@ import argparse
 import json
 import os
 import platform
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -45,6 +46,7 @@ from typing import Any
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # for tests.toy, the offline stand-in for real CLIP weights
 CLASSES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 SPLIT_A, SPLIT_B, SPLIT_C = slice(0, 2000), slice(2000, 4000), slice(4000, 5000)
 PRETRAIN = {"steps": 1200, "lr": 1e-3, "batch_size": 64, "seed": 0}
@@ -115,7 +117,7 @@ def set_threads(threads: int) -> None:
 
 def build_foundation(work: Path) -> tuple[Path, Path]:
     """Pretrain the tiny CLIP on MNIST part A once; reuse it if the same recipe is cached in ``work``."""
-    from deft_clean import toy
+    from tests import toy
 
     folder = work / "foundation"
     config, checkpoint, recipe = folder / "tiny-clip.json", folder / "tiny.pt", folder / "recipe.json"
@@ -168,7 +170,7 @@ def upscale_8x8(image: Any) -> Any:
 
 def target_images(name: str) -> tuple[list, np.ndarray, list, np.ndarray]:
     """(noisy-set images, their true labels, held-out images, their labels) of a target."""
-    from deft_clean import toy
+    from tests import toy
 
     if name == "digits-8x8":
         images, labels = toy.digit_images("sklearn")
@@ -199,7 +201,7 @@ def prepare(name: str, config: Path, checkpoint: Path, *, device: str) -> Data:
 
 
 def noisy_labels(setting: Setting, data: Data) -> np.ndarray:
-    from deft_clean import toy
+    from tests import toy
 
     pixels = np.stack([np.asarray(im.convert("L").resize((28, 28)), dtype=np.float32) for im in data.images_b])
     return toy.plant_noise(
@@ -209,7 +211,7 @@ def noisy_labels(setting: Setting, data: Data) -> np.ndarray:
 
 def write_folder(root: Path, images: Sequence, labels: np.ndarray) -> list[str]:
     """Write an image folder once (a marker file records that it is complete); return paths in input order."""
-    from deft_clean import toy
+    from tests import toy
 
     marker = root / ".complete.json"
     if marker.is_file():

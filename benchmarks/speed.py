@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # for tests.toy, the offline stand-in for real CLIP weights
 N_CLASSES = 10
 
 
@@ -49,7 +50,7 @@ def set_threads(threads: int | None) -> None:
 
 def write_synthetic_folder(root: Path, n: int, *, size: int, seed: int = 0) -> Path:
     """``n`` synthetic class images of ``size`` px, saved as JPEG (quality 90) like a typical photo dataset."""
-    from deft_clean import toy
+    from tests import toy
 
     marker = root / ".complete"
     if marker.is_file():
@@ -74,7 +75,7 @@ def model_config(name: str, work: Path) -> str:
     """open_clip model name, or a written config JSON for the tiny model."""
     if name != "tiny":
         return name
-    from deft_clean import toy
+    from tests import toy
 
     return str(toy.write_model_config(work / "tiny-clip.json"))
 
@@ -108,14 +109,8 @@ def throughput(
 
     from deft_clean.backbone import load_clip, resolve_device
     from deft_clean.data import list_dataset
-    from deft_clean.detector import (
-        DeftModel,
-        autocast_for,
-        deft_loss,
-        score_samples,
-        seed_everything,
-        train_prompts,
-    )
+    from deft_clean.detector import DeftModel, deft_loss, score_samples, train_prompts
+    from deft_clean.engine import amp_for, seed_everything
     from deft_clean.prompts import PromptFeatures
 
     device = resolve_device(device_name)
@@ -159,7 +154,7 @@ def throughput(
     in_memory = [(x.to(device), y.to(device)) for x, y, _, _ in loader]
     parameters = model.trainable_parameters()
     optimizer = torch.optim.SGD(parameters, lr=0.01, momentum=0.9, weight_decay=5e-4)
-    autocast, _ = autocast_for(device)
+    autocast = amp_for(device).autocast
     scale = model.scale().to(device)
     model.train()
     model.clip.eval()

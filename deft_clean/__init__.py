@@ -1,11 +1,25 @@
-"""deft-clean: find wrong labels in image datasets with CLIP dual prompts (DeFT), then train on the rest."""
+"""deft-clean: find wrong labels in image datasets with CLIP dual prompts (DeFT), then train on the rest.
+
+Architecture (one line per module in the README, "How the code is organised"):
+
+- Two phases, one engine. Phase 1 (:mod:`.detection` -> :mod:`.detector`) trains prompts on a frozen CLIP
+  and scores every sample; phase 2 (:mod:`.finetune`, with :mod:`.probe`) fine-tunes a classifier
+  (:mod:`.classifiers`) on the rows phase 1 kept. Both describe themselves to :func:`.engine.fit` as a
+  ``Phase`` (model, optimiser, loss step, epoch hooks); the engine alone chooses mixed precision, syncs
+  gradients between torchrun ranks, checkpoints, resumes and stops on signals.
+- One place per rule: which rows are clean, flagged, kept or relabelled lives in :mod:`.selection`;
+  the on-disk contract between the phases is the Parquet of :mod:`.results`.
+- Layers: ``config``/``errors``/``_version``/``files`` at the bottom, then data and models, then the
+  phases, then reports and export, then ``cli*`` on top. Nothing imports the CLI or this ``__init__``;
+  the public names below are loaded on first use, so ``import deft_clean`` does not import torch.
+"""
 
 from __future__ import annotations
 
 import importlib
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 # Public names -> the module that defines them. They are imported on first use (PEP 562) so that
 # `import deft_clean` and `deft-clean --help` do not pay for importing torch.
@@ -20,20 +34,20 @@ _EXPORTS = {
     "train": ".finetune",
     "PredictResult": ".inference",
     "predict": ".inference",
-    "LoadedModel": ".models",
-    "load_model": ".models",
-    "DetectResult": ".pipeline",
-    "detect": ".pipeline",
+    "LoadedModel": ".classifiers",
+    "load_model": ".classifiers",
+    "DetectResult": ".detection",
+    "detect": ".detection",
     "load_results": ".results",
 }
 
 if TYPE_CHECKING:
+    from .classifiers import LoadedModel, load_model
     from .config import DetectConfig, TrainConfig
+    from .detection import DetectResult, detect
     from .errors import DataError, DeftCleanError, UsageError, WeightsError
     from .finetune import TrainResult, train
     from .inference import PredictResult, predict
-    from .models import LoadedModel, load_model
-    from .pipeline import DetectResult, detect
     from .results import load_results
 
 

@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from .errors import DataError, UsageError
-from .results import write_atomic
+from .errors import DataError, UsageError, option
+from .files import write_atomic
 
 FEATURES = "features.npy"
 PROBS = "probs.npy"
@@ -38,15 +38,19 @@ def check_arrays_dir(folder: str | os.PathLike[str], *, root: Path, source: str,
     """
     target = Path(folder)
     if target.exists() and not target.is_dir():
-        raise UsageError(f"--save-arrays {target} is a file; pass a folder (it is created if missing)")
+        raise UsageError(f"{option('save_arrays')} {target} is a file; pass a folder (it is created if missing)")
     resolved = target.resolve()
     resolved_root = root.resolve()
     # A new folder inside an image-folder dataset would be read as one more (empty) class next time.
     if source == "folder" and (resolved == resolved_root or resolved_root in resolved.parents):
-        raise UsageError(f"--save-arrays {target} is inside the image folder {root}; choose a folder outside it")
+        raise UsageError(
+            f"{option('save_arrays')} {target} is inside the image folder {root}; choose a folder outside it"
+        )
     for name in (FEATURES, PROBS, INFO):
         if (resolved / name) in {p.resolve() for p in inputs}:
-            raise UsageError(f"--save-arrays would replace the input file {resolved / name}; choose another folder")
+            raise UsageError(
+                f"{option('save_arrays')} would replace the input file {resolved / name}; choose another folder"
+            )
     return target
 
 
@@ -89,7 +93,9 @@ def load_arrays(folder: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray,
         features = np.load(target / FEATURES)
         probs = np.load(target / PROBS)
     except (OSError, ValueError) as exc:
-        raise DataError(f"{target}: not a complete --save-arrays folder ({type(exc).__name__}: {exc})") from None
+        raise DataError(
+            f"{target}: not a complete {option('save_arrays')} folder ({type(exc).__name__}: {exc})"
+        ) from None
     if len(features) != info["rows"] or probs.shape != (info["rows"], len(info["classes"])):
         raise DataError(f"{target}: arrays do not match {INFO} (a run was interrupted while writing?)")
     return features, probs, info
@@ -101,7 +107,7 @@ def _save_npy(path: Path, data: np.ndarray) -> None:
 
 
 def save_result_arrays(result: Any, folder: str | os.PathLike[str]) -> Path:
-    """Save a :class:`~deft_clean.pipeline.DetectResult`'s features and class probabilities.
+    """Save a :class:`~deft_clean.detection.DetectResult`'s features and class probabilities.
 
     The probabilities are the cross-fitted image-evidence ones when the fused rule produced them, else (the
     ``deft`` rule, or too few rows for image evidence) the zero-shot text posterior; ``arrays.json`` says which.

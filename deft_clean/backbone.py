@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .errors import UsageError, WeightsError
+from .errors import UsageError, WeightsError, option
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -44,12 +44,15 @@ def resolve_device(device: str) -> torch.device:
         return torch.device("cpu")
     if text == "cuda" or text.startswith("cuda:"):
         if not torch.cuda.is_available():
-            raise UsageError(f"--device {device}: CUDA is not available on this machine (use --device cpu)")
+            raise UsageError(
+                f"{option('device')} {device}: CUDA is not available on this machine (use {option('device', 'cpu')})"
+            )
         resolved = torch.device(text)
         if resolved.index is not None and resolved.index >= torch.cuda.device_count():
-            raise UsageError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) are visible")
+            visible = torch.cuda.device_count()
+            raise UsageError(f"{option('device')} {device}: only {visible} CUDA device(s) are visible")
         return resolved
-    raise UsageError(f"--device must be auto, cpu, cuda or cuda:N, got {device!r}")
+    raise UsageError(f"{option('device')} must be auto, cpu, cuda or cuda:N, got {device!r}")
 
 
 def _register_model_name(model: str) -> str:
@@ -59,18 +62,21 @@ def _register_model_name(model: str) -> str:
     if model.lower().endswith(".json"):
         path = Path(model)
         if not path.is_file():
-            raise UsageError(f"--model config file not found: {path}")
+            raise UsageError(f"{option('model')} config file not found: {path}")
         try:
             config = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as exc:
-            raise UsageError(f"--model {path}: not valid JSON ({exc.msg})") from None
+            raise UsageError(f"{option('model')} {path}: not valid JSON ({exc.msg})") from None
         if not {"vision_cfg", "text_cfg", "embed_dim"} <= set(config):
-            raise UsageError(f"--model {path}: not an open_clip model config (needs embed_dim, vision_cfg, text_cfg)")
+            raise UsageError(
+                f"{option('model')} {path}: not an open_clip model config (needs embed_dim, vision_cfg, text_cfg)"
+            )
         open_clip.add_model_config(path)
         return path.stem
     if model not in open_clip.list_models():
         raise UsageError(
-            f"unknown --model {model!r}: pass an open_clip model name (e.g. ViT-B-16) or a model-config JSON path"
+            f"unknown {option('model')} {model!r}: pass an open_clip model name (e.g. ViT-B-16) or a model-config "
+            "JSON path"
         )
     return model
 
@@ -116,7 +122,8 @@ def _check_download_possible(name: str, tag: str, *, timeout: float = 3.0) -> No
         f"the {name}/{tag} weights are not in the Hugging Face cache and cannot be downloaded "
         "({why}); on a machine with internet run "
         f"`python -c \"import open_clip; open_clip.create_model('{name}', pretrained='{tag}')\"` to fill the "
-        "cache (~/.cache/huggingface), or pass --pretrained PATH; set HF_HUB_OFFLINE=1 to never try the network"
+        f"cache (~/.cache/huggingface), or pass a checkpoint file as {option('pretrained')}; set HF_HUB_OFFLINE=1 "
+        "to never try the network"
     )
     offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
     if offline or getattr(constants, "HF_HUB_OFFLINE", False):
@@ -160,7 +167,7 @@ def load_clip(
         known = open_clip.list_pretrained_tags_by_model(name)
         if tag not in known:
             raise UsageError(
-                f"--pretrained {tag!r} is not a tag for {name} (known: {', '.join(known) or 'none'}); "
+                f"{option('pretrained')} {tag!r} is not a tag for {name} (known: {', '.join(known) or 'none'}); "
                 "pass a local checkpoint file or 'none'"
             )
         weights = tag
@@ -174,7 +181,8 @@ def load_clip(
             raise WeightsError(
                 f"could not get the {name}/{weights} weights ({type(exc).__name__}); on a machine with internet "
                 f"run `python -c \"import open_clip; open_clip.create_model('{name}', pretrained='{weights}')\"` "
-                "to fill the cache (~/.cache/huggingface), or download the checkpoint and pass --pretrained PATH"
+                "to fill the cache (~/.cache/huggingface), or download the checkpoint and pass it as "
+                f"{option('pretrained')}"
             ) from exc
         raise WeightsError(f"could not load {name} with weights {weights}: {exc}") from exc
     clip.eval()
@@ -288,7 +296,9 @@ def vision_blocks(clip: nn.Module) -> nn.ModuleList:
     visual = clip.visual
     transformer = getattr(visual, "transformer", None)
     if transformer is None or not hasattr(transformer, "resblocks"):
-        raise UsageError("visual prompt tuning needs a ViT vision tower; use --vpt-tokens 0 for other towers")
+        raise UsageError(
+            f"visual prompt tuning needs a ViT vision tower; use {option('vpt_tokens', 0)} for other towers"
+        )
     if not getattr(transformer, "batch_first", True):
         raise UsageError("this open_clip build runs the vision transformer sequence-first; update open_clip_torch")
     return transformer.resblocks

@@ -34,8 +34,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from .data import STATUS_OK, CachedFailure, Listing, PackedStrings, describe_failure, load_image
 from .distributed import Dist
-from .errors import UsageError
-from .results import write_atomic
+from .errors import UsageError, option
+from .files import write_atomic
 from .transforms import square_transform
 
 CACHE_VERSION = 1
@@ -116,7 +116,7 @@ def prepare_cache(
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise UsageError(f"--cache {cache_dir}: cannot create the cache folder ({exc.strerror})") from None
+        raise UsageError(f"{option('cache')} {cache_dir}: cannot create the cache folder ({exc.strerror})") from None
     keys = _keys(listing)
     stats = _stat(keys)
     rank, world = (ranks.rank, ranks.world) if ranks is not None and ranks.active else (0, 1)
@@ -151,7 +151,8 @@ def prepare_cache(
     if (found < 0).any():
         first = keys[int(np.flatnonzero(found < 0)[0])]
         raise UsageError(
-            f"--cache {cache_dir}: {int((found < 0).sum())} file(s) are missing from the cache after filling it, "
+            f"{option('cache')} {cache_dir}: {int((found < 0).sum())} file(s) are missing from the cache after "
+            "filling it, "
             f"e.g. {first}; were files changed during the run? Under torchrun the cache folder must be on a "
             "filesystem that every rank sees"
         )

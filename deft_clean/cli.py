@@ -17,8 +17,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from . import cli_review
-from .cli_common import Cache, Debug, Device, Overwrite, Quiet, Workers, _run
+from . import cli_report
+from .cli_common import Cache, Debug, Device, Overwrite, Quiet, Workers, _run, config_options
 from .cli_help import HelpGroup
 from .config import CLEAN_RULES, DetectConfig, TrainConfig
 from .safety import printable
@@ -38,7 +38,7 @@ D = DetectConfig()
 
 def _version(value: bool) -> None:
     if value:
-        from . import __version__
+        from ._version import __version__
 
         typer.echo(f"deft-clean {__version__}")
         raise typer.Exit()
@@ -51,6 +51,23 @@ def root(
     ] = False,
 ) -> None:
     """Find wrong labels in image datasets with CLIP (DeFT), then train a model on what is left."""
+
+
+Selection = Annotated[
+    str,
+    typer.Option(
+        help="fused: text evidence seeds a clean set grown by cross-fitted image evidence (default); "
+        "deft: the paper's dual-prompt rule."
+    ),
+]
+SaveArrays = Annotated[
+    Path | None,
+    typer.Option(
+        metavar="DIR",
+        help="Also save features.npy (N x D) and probs.npy (N x K), rows aligned with the Parquet, for "
+        "cleanlab or FiftyOne.",
+    ),
+]
 
 
 @app.command()
@@ -85,13 +102,7 @@ def detect(
     clean_rule: Annotated[
         str, typer.Option(help=f"DeFT's prompt rule (training, and --selection deft): {' | '.join(CLEAN_RULES)}.")
     ] = D.clean_rule,
-    selection: Annotated[
-        str,
-        typer.Option(
-            help="fused: text evidence seeds a clean set grown by cross-fitted image evidence (default); "
-            "deft: the paper's dual-prompt rule."
-        ),
-    ] = D.selection,
+    selection: Selection = D.selection,
     quick: Annotated[
         bool, typer.Option("--quick", help="Skip prompt training: zero-shot prompts + image evidence, one pass.")
     ] = D.quick,
@@ -110,67 +121,22 @@ def detect(
         int, typer.Option(metavar="STEPS", help="Also checkpoint every STEPS steps (0: at epoch ends only).")
     ] = 0,
     overwrite: Overwrite = False,
-    save_arrays: Annotated[
-        Path | None,
-        typer.Option(
-            metavar="DIR",
-            help="Also save features.npy (N x D) and probs.npy (N x K), rows aligned with the Parquet, for "
-            "cleanlab or FiftyOne.",
-        ),
-    ] = None,
+    save_arrays: SaveArrays = None,
     device: Device = D.device,
     quiet: Quiet = False,
     debug: Debug = False,
 ) -> None:
     """Phase 1: learn positive/negative prompts and write per-sample clean probabilities to Parquet."""
-    from .pipeline import detect as run_detect
+    options = config_options(DetectConfig, locals(), grad_clip=grad_clip or None)
+    from .detection import detect as run_detect
 
-    options: dict[str, Any] = {
-        "model": model,
-        "pretrained": pretrained,
-        "n_ctx": n_ctx,
-        "ctx_init": ctx_init,
-        "class_specific": class_specific,
-        "vpt_tokens": vpt_tokens,
-        "vpt_depth": vpt_depth,
-        "epochs": epochs,
-        "warmup_epochs": warmup_epochs,
-        "batch_size": batch_size,
-        "lr": lr,
-        "momentum": momentum,
-        "weight_decay": weight_decay,
-        "grad_clip": grad_clip or None,
-        "clean_rule": clean_rule,
-        "selection": selection,
-        "quick": quick,
-        "health": health,
-        "hflip": hflip,
-        "num_workers": num_workers,
-        "cache": str(cache) if cache is not None else None,
-        "seed": seed,
-        "device": device,
-    }
     started = time.monotonic()
-    result = _interruptible(
-        lambda: _run(
-            debug,
-            quiet,
-            lambda: run_detect(
-                dataset,
-                path_col=path_col,
-                label_col=label_col,
-                class_names=class_names,
-                out=out,
-                quiet=quiet,
-                run_dir=run_dir,
-                resume=resume,
-                checkpoint_every=checkpoint_every,
-                overwrite=overwrite,
-                save_arrays=save_arrays,
-                **options,
-            ),
-        )
-    )
+    call = lambda: run_detect(  # noqa: E731
+        dataset, path_col=path_col, label_col=label_col, class_names=class_names, out=out, quiet=quiet,
+        run_dir=run_dir, resume=resume, checkpoint_every=checkpoint_every, overwrite=overwrite,
+        save_arrays=save_arrays, **options,
+    )  # fmt: skip
+    result = _interruptible(lambda: _run(debug, quiet, call))
     if not quiet:
         _print_detect_summary(result.summary(), out, elapsed=time.monotonic() - started, arrays=save_arrays)
 
@@ -258,6 +224,9 @@ def train(
         Path | None, typer.Option(help="Review CSV (path,decision,label) from the HTML report; human decisions win.")
     ] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from checkpoint.pt in --out.")] = False,
+    checkpoint_every: Annotated[
+        int, typer.Option(metavar="STEPS", help="Also checkpoint every STEPS steps (0: at epoch ends only).")
+    ] = 0,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Allow a non-empty --out.")] = False,
     num_workers: Workers = None,
     cache: Cache = None,
@@ -267,34 +236,9 @@ def train(
     debug: Debug = False,
 ) -> None:
     """Phase 2: fine-tune a backbone + linear head on the kept rows and export it."""
+    options = config_options(TrainConfig, locals())
     from .finetune import train as run_train
 
-    options: dict[str, Any] = {
-        "clean_only": clean_only,
-        "threshold": threshold,
-        "relabel": relabel,
-        "backbone": backbone,
-        "backbone_weights": backbone_weights,
-        "image_size": image_size,
-        "epochs": epochs,
-        "warmup_epochs": warmup_epochs,
-        "lr": lr,
-        "head_lr_scale": head_lr_scale,
-        "head_init": head_init,
-        "holdout": holdout,
-        "weight_decay": weight_decay,
-        "batch_size": batch_size,
-        "optimizer": optimizer,
-        "label_smoothing": label_smoothing,
-        "balanced": balanced,
-        "hflip": hflip,
-        "resume": resume,
-        "overwrite": overwrite,
-        "num_workers": num_workers,
-        "cache": str(cache) if cache is not None else None,
-        "seed": seed,
-        "device": device,
-    }
     call = lambda: run_train(  # noqa: E731
         dataset, results=results, out=out, val=val, decisions=decisions, quiet=quiet, **options
     )
@@ -371,7 +315,7 @@ def predict(
     console.print(Text(f"predictions: {out}"))
 
 
-cli_review.register(app)
+cli_report.register(app)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -29,6 +29,16 @@ Cache = Annotated[
 ]
 
 
+def config_options(cls: type, parameters: dict[str, Any], **overrides: Any) -> dict[str, Any]:
+    """The options of config dataclass ``cls`` among a command's ``parameters`` (matched by name, so that a
+    new config field needs only its Typer option), paths as strings; ``overrides`` win."""
+    from .config import field_names
+
+    names = field_names(cls)
+    options = {k: str(v) if isinstance(v, Path) else v for k, v in parameters.items() if k in names}
+    return {**options, **overrides}
+
+
 def _run(debug: bool, quiet: bool, call: Callable[[], T]) -> T:
     """Run a library call; map DeftCleanError (and anything unexpected) to one stderr line + exit code."""
     logging.basicConfig(level=logging.ERROR if quiet else logging.WARNING, format="warning: %(message)s")
@@ -38,7 +48,7 @@ def _run(debug: bool, quiet: bool, call: Callable[[], T]) -> T:
     except DeftCleanError as exc:
         if debug:
             raise
-        err.print(f"error: {printable(exc)}", markup=False)
+        err.print(f"error: {printable(exc.cli_message())}", markup=False)
         raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt:
         err.print("interrupted", markup=False)

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, fields
+from typing import Any, TypeVar
+
+C = TypeVar("C")
 
 CLEAN_RULES = ("threshold", "threshold+argmax")
 SELECTIONS = ("fused", "deft")
@@ -41,30 +45,31 @@ class DetectConfig:
     cache: str | None = None  # decoded-image cache folder (see deft_clean.cache); None = decode every epoch
 
     def __post_init__(self) -> None:
-        from .errors import UsageError
+        from .errors import UsageError, option
 
         check_numbers(lr=(self.lr, 10.0), momentum=(self.momentum, 1.0), weight_decay=(self.weight_decay, 1.0))
         check_numbers(grad_clip=(self.grad_clip, 1e6))
         positive = {"n_ctx": self.n_ctx, "epochs": self.epochs, "batch_size": self.batch_size}
         for name, value in positive.items():
             if value < 1:
-                raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+                raise UsageError(f"{option(name)} must be at least 1, got {value}")
         if self.vpt_tokens < 0:
-            raise UsageError(f"--vpt-tokens must be 0 or more, got {self.vpt_tokens}")
+            raise UsageError(f"{option('vpt_tokens')} must be 0 or more, got {self.vpt_tokens}")
         if not 0 <= self.warmup_epochs <= self.epochs:
             raise UsageError(
-                f"--warmup-epochs must be between 0 and --epochs ({self.epochs}), got {self.warmup_epochs}"
+                f"{option('warmup_epochs')} must be between 0 and {option('epochs')} ({self.epochs}), "
+                f"got {self.warmup_epochs}"
             )
         if self.grad_clip is not None and self.grad_clip <= 0:
-            raise UsageError(f"--grad-clip must be positive, got {self.grad_clip}")
+            raise UsageError(f"{option('grad_clip')} must be positive, got {self.grad_clip}")
         if self.lr <= 0:
-            raise UsageError(f"--lr must be positive, got {self.lr}")
+            raise UsageError(f"{option('lr')} must be positive, got {self.lr}")
         if self.selection not in SELECTIONS:
-            raise UsageError(f"--selection must be one of {', '.join(SELECTIONS)}, got {self.selection!r}")
+            raise UsageError(f"{option('selection')} must be one of {', '.join(SELECTIONS)}, got {self.selection!r}")
         if self.quick and self.selection == "deft":
-            raise UsageError("--selection deft needs trained prompts; drop --quick")
+            raise UsageError(f"{option('selection', 'deft')} needs trained prompts; drop {option('quick', True)}")
         if self.clean_rule not in CLEAN_RULES:
-            raise UsageError(f"--clean-rule must be one of {', '.join(CLEAN_RULES)}, got {self.clean_rule!r}")
+            raise UsageError(f"{option('clean_rule')} must be one of {', '.join(CLEAN_RULES)}, got {self.clean_rule!r}")
 
 
 def check_numbers(**values: tuple[float | None, float]) -> None:
@@ -74,18 +79,28 @@ def check_numbers(**values: tuple[float | None, float]) -> None:
     """
     import math
 
-    from .errors import UsageError
+    from .errors import UsageError, option
 
     for name, (value, maximum) in values.items():
         if value is None:
             continue
         if not math.isfinite(value) or not 0 <= value <= maximum:
-            raise UsageError(f"--{name.replace('_', '-')} must be a number between 0 and {maximum:g}, got {value}")
+            raise UsageError(f"{option(name)} must be a number between 0 and {maximum:g}, got {value}")
 
 
 def field_names(cls: type) -> set[str]:
     """Names of a config dataclass's fields (used to validate keyword options)."""
     return {f.name for f in fields(cls)}
+
+
+def merge_options(cls: type[C], config: C | None, options: dict[str, Any]) -> C:
+    """Merge keyword options into a config dataclass, naming any unknown option."""
+    unknown = set(options) - field_names(cls)
+    if unknown:
+        from .errors import UsageError
+
+        raise UsageError(f"unknown option(s): {', '.join(sorted(unknown))}")
+    return dataclasses.replace(config or cls(), **options)
 
 
 OPTIMIZERS = ("sgd", "adamw")
@@ -131,33 +146,43 @@ class TrainConfig:
     num_workers: int | None = None  # DataLoader workers; None = min(8, CPU count)
     cache: str | None = None  # decoded-image cache folder, shared with detect; None = decode every epoch
     resume: bool = False  # continue from checkpoint.pt in the output folder
+    checkpoint_every: int = 0  # also checkpoint every this many steps inside an epoch; 0 = at epoch ends only
     overwrite: bool = False  # allow writing into a non-empty output folder
 
     def __post_init__(self) -> None:
-        from .errors import UsageError
+        from .errors import UsageError, option
 
         check_numbers(lr=(self.lr, 10.0), weight_decay=(self.weight_decay, 1.0))
         check_numbers(label_smoothing=(self.label_smoothing, 1.0), threshold=(self.threshold, 1.0))
         check_numbers(relabel=(self.relabel, 1.0))
         if self.epochs < 1 or self.batch_size < 1:
-            raise UsageError(f"--epochs and --batch-size must be at least 1, got {self.epochs}, {self.batch_size}")
+            raise UsageError(
+                f"{option('epochs')} and {option('batch_size')} must be at least 1, "
+                f"got {self.epochs}, {self.batch_size}"
+            )
+        if self.checkpoint_every < 0:
+            raise UsageError(f"{option('checkpoint_every')} must be 0 or more, got {self.checkpoint_every}")
         if not 0 <= self.warmup_epochs <= self.epochs:
-            raise UsageError(f"--warmup-epochs must be between 0 and --epochs, got {self.warmup_epochs}")
+            raise UsageError(
+                f"{option('warmup_epochs')} must be between 0 and {option('epochs')}, got {self.warmup_epochs}"
+            )
         if self.optimizer not in OPTIMIZERS:
-            raise UsageError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+            raise UsageError(f"{option('optimizer')} must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         if self.lr <= 0:
-            raise UsageError(f"--lr must be positive, got {self.lr}")
+            raise UsageError(f"{option('lr')} must be positive, got {self.lr}")
         if self.head_lr_scale <= 0:
-            raise UsageError(f"--head-lr-scale must be positive, got {self.head_lr_scale}")
+            raise UsageError(f"{option('head_lr_scale')} must be positive, got {self.head_lr_scale}")
         if self.head_init not in HEAD_INITS:
-            raise UsageError(f"--head-init must be one of {', '.join(HEAD_INITS)}, got {self.head_init!r}")
+            raise UsageError(f"{option('head_init')} must be one of {', '.join(HEAD_INITS)}, got {self.head_init!r}")
         if not 0.0 <= self.holdout < 1.0:
-            raise UsageError(f"--holdout must be in [0, 1), got {self.holdout}")
+            raise UsageError(f"{option('holdout')} must be in [0, 1), got {self.holdout}")
         if not 0.0 <= self.label_smoothing < 1.0:
-            raise UsageError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
+            raise UsageError(f"{option('label_smoothing')} must be in [0, 1), got {self.label_smoothing}")
         for name in ("threshold", "relabel"):
             value = getattr(self, name)
             if value is not None and not 0.0 <= value <= 1.0:
-                raise UsageError(f"--{name} must be between 0 and 1, got {value}")
+                raise UsageError(f"{option(name)} must be between 0 and 1, got {value}")
         if (self.threshold is not None or self.relabel is not None) and not self.clean_only:
-            raise UsageError("--threshold and --relabel only apply with --clean-only")
+            raise UsageError(
+                f"{option('threshold')} and {option('relabel')} only apply with {option('clean_only', True)}"
+            )

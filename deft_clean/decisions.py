@@ -18,11 +18,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .errors import DataError, UsageError
+from .errors import DataError, UsageError, option
+from .selection import flagged_rows, usable_rows
 
 DECISIONS = ("keep", "drop", "relabel")
 COLUMNS = ("path", "decision", "label")
-STATUS_OK = "ok"  # results.SCHEMA's status of a usable row
 
 
 @dataclass(frozen=True)
@@ -68,7 +68,7 @@ def read_decisions(path: str | os.PathLike[str], frame: pd.DataFrame, metadata: 
     """
     file = Path(path)
     if not file.is_file():
-        raise UsageError(f"--decisions file not found: {file}")
+        raise UsageError(f"{option('decisions')} file not found: {file}")
     try:
         with file.open(newline="", encoding="utf-8-sig") as handle:
             lines = list(csv.reader(handle))
@@ -83,7 +83,7 @@ def read_decisions(path: str | os.PathLike[str], frame: pd.DataFrame, metadata: 
 
     classes = set(metadata.get("classes") or []) | set(frame["label"].astype(str))
     position = {p: i for i, p in enumerate(frame["path"].astype(str))}
-    usable = (frame["status"] == STATUS_OK).to_numpy()
+    usable = usable_rows(frame)
     given = frame["label"].astype(str).to_numpy()
     n = len(frame)
     decided = np.zeros(n, dtype=bool)
@@ -144,7 +144,7 @@ def review_counts(
     ``other``, decisions on rows that detect kept."""
     verdicts = load_verdicts(decisions, frame, metadata)
     assert verdicts is not None
-    flagged = ((frame["status"] == STATUS_OK) & ~frame["is_clean"]).to_numpy()
+    flagged = flagged_rows(frame)
     return {
         "flagged": int(flagged.sum()),
         "reviewed": int((verdicts.decided & flagged).sum()),

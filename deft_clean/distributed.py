@@ -2,7 +2,8 @@
 
 torchrun sets RANK, WORLD_SIZE, LOCAL_RANK (and the rendezvous variables); with WORLD_SIZE > 1 the
 process group is initialised from them (NCCL on GPU, gloo on CPU) and each rank uses cuda:LOCAL_RANK.
-Training shards each epoch's order by rank and averages gradients; scoring shards samples by rank and
+Training shards each epoch's order by rank and averages gradients (DistributedDataParallel, in
+:mod:`deft_clean.engine`); scoring shards samples by rank and
 gathers the arrays so that every sample is scored exactly once. Only rank 0 reports and writes files.
 """
 
@@ -44,16 +45,6 @@ class Dist:
         padded = list(order) + list(order[: per_rank * self.world - len(order)])
         return padded[self.rank :: self.world]
 
-    def all_reduce_gradients(self, parameters: Sequence[torch.nn.Parameter]) -> None:
-        """Average the gradients of ``parameters`` over ranks (a rank without usable samples adds zeros)."""
-        if not self.active:
-            return
-        for parameter in parameters:
-            if parameter.grad is None:
-                parameter.grad = torch.zeros_like(parameter)
-            dist.all_reduce(parameter.grad, op=dist.ReduceOp.SUM)
-            parameter.grad.div_(self.world)
-
     def sum(self, values: Sequence[float], device: torch.device) -> list[float]:
         """Element-wise sum over ranks of a few numbers (loss sums, counts)."""
         if not self.active:
@@ -77,14 +68,6 @@ class Dist:
         gathered: list[object] = [None] * self.world
         dist.all_gather_object(gathered, value)
         return gathered
-
-    def broadcast_parameters(self, parameters: Sequence[torch.nn.Parameter]) -> None:
-        """Start every rank from rank 0's values."""
-        if not self.active:
-            return
-        with torch.no_grad():
-            for parameter in parameters:
-                dist.broadcast(parameter.data, src=0)
 
     def barrier(self) -> None:
         if self.active:

@@ -17,18 +17,18 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from .errors import DataError, UsageError
+from .errors import DataError, UsageError, option
 from .files import apply_umask, make_staging_dir, write_atomic
-from .results import load_results
+from .results import STATUS_OK, load_results
 from .safety import check_output, is_inside, printable, real
+from .selection import flagged_rows, kept_rows, relabelled_rows
 
 if TYPE_CHECKING:
     from .decisions import Verdicts
-    from .pipeline import DetectResult
+    from .detection import DetectResult
 
 MODES = ("symlink", "copy", "csv")
 FLAGGED_DIR = "_flagged"  # --keep-flagged puts flagged rows under OUT/_flagged/<given label>/
-STATUS_OK = "ok"  # results.SCHEMA's status of a usable row
 
 
 @dataclass(frozen=True)
@@ -63,18 +63,18 @@ def dataset_root(metadata: dict[str, Any], dataset: str | os.PathLike[str] | Non
     if dataset is not None:
         path = Path(dataset)
         if not path.exists():
-            raise UsageError(f"--dataset not found: {path}")
+            raise UsageError(f"{option('dataset')} not found: {path}")
         return (path if path.is_dir() else path.parent).resolve()
     recorded = metadata.get("dataset")
     if not recorded:
-        raise DataError("the results do not record where the dataset is; pass --dataset")
+        raise DataError(f"the results do not record where the dataset is; pass {option('dataset')}")
     path = Path(recorded)
     is_table = metadata.get("source") == "table" or (
         metadata.get("source") is None and path.suffix.lower() in (".csv", ".parquet")
     )
     root = path.parent if is_table else path
     if not root.is_dir():
-        raise DataError(f"dataset {path} (recorded by detect) no longer exists; pass --dataset to locate it")
+        raise DataError(f"dataset {path} (recorded by detect) no longer exists; pass {option('dataset')} to locate it")
     return root.resolve()
 
 
@@ -114,11 +114,13 @@ def export_dataset(
         DataError: image files are missing, or a label or path cannot be written as a folder layout.
     """
     if mode not in MODES:
-        raise UsageError(f"--mode must be one of {', '.join(MODES)}, got {mode!r}")
+        raise UsageError(f"{option('mode')} must be one of {', '.join(MODES)}, got {mode!r}")
     if relabel is not None and not 0.0 <= relabel <= 1.0:
-        raise UsageError(f"--relabel is a probability between 0 and 1, got {relabel}")
+        raise UsageError(f"{option('relabel')} is a probability between 0 and 1, got {relabel}")
     if keep_flagged and mode == "csv":
-        raise UsageError("--keep-flagged writes a _flagged/ folder; it does not apply to --mode csv")
+        raise UsageError(
+            f"{option('keep_flagged', True)} writes a _flagged/ folder; it does not apply to {option('mode', 'csv')}"
+        )
     if isinstance(results, (str, os.PathLike)):
         frame, metadata = load_results(results)
     else:
@@ -138,19 +140,8 @@ def export_dataset(
         drop_duplicates=drop_duplicates,
         drop_outliers=drop_outliers,
     )
-    sources = [_source(root, path) for path in plan["path"]]
-    table = metadata.get("dataset") if metadata.get("source") == "table" else None
-    inputs = [*sources, *([results] if isinstance(results, (str, os.PathLike)) else []), *([table] if table else [])]
-    folder_source = Path(dataset).is_dir() if dataset is not None else metadata.get("source", "folder") == "folder"
-    check_output(
-        target, inputs=inputs, datasets=[root] if folder_source else [], overwrite=overwrite, folder=mode != "csv"
-    )
-    missing = [p for p, s in zip(plan["path"], sources, strict=True) if not s.is_file()]
-    if missing:
-        raise DataError(
-            f"{len(missing)} image file(s) from the results are missing under {root}, e.g. {missing[:3]}; "
-            "pass --dataset if the dataset moved"
-        )
+    sources = _sources(plan, root, metadata, results=results, dataset=dataset, target=target, mode=mode,
+                       overwrite=overwrite)  # fmt: skip
     if mode == "csv":
         _write_table(plan, sources, target)
     else:
@@ -169,6 +160,28 @@ def export_dataset(
     )
 
 
+def _sources(
+    plan: pd.DataFrame, root: Path, metadata: dict[str, Any], *, results: Any, dataset: Any, target: Path,
+    mode: str, overwrite: bool,
+) -> list[Path]:  # fmt: skip
+    """The source file of every planned row, once ``target`` is known not to overwrite an input and every
+    source exists."""
+    sources = [_source(root, path) for path in plan["path"]]
+    table = metadata.get("dataset") if metadata.get("source") == "table" else None
+    inputs = [*sources, *([results] if isinstance(results, (str, os.PathLike)) else []), *([table] if table else [])]
+    folder_source = Path(dataset).is_dir() if dataset is not None else metadata.get("source", "folder") == "folder"
+    check_output(
+        target, inputs=inputs, datasets=[root] if folder_source else [], overwrite=overwrite, folder=mode != "csv"
+    )
+    missing = [p for p, s in zip(plan["path"], sources, strict=True) if not s.is_file()]
+    if missing:
+        raise DataError(
+            f"{len(missing)} image file(s) from the results are missing under {root}, e.g. {missing[:3]}; "
+            f"pass {option('dataset')} if the dataset moved"
+        )
+    return sources
+
+
 def plan_export(
     frame: pd.DataFrame,
     *,
@@ -185,11 +198,9 @@ def plan_export(
     decisions) override: keep -> ``kept``, relabel -> ``relabelled`` (``kept`` if the label is unchanged),
     drop -> not exported, not even to _flagged/.
     """
-    usable = frame["status"] == STATUS_OK
-    clean = usable & frame["is_clean"]
-    flagged = usable & ~frame["is_clean"]
-    p_predicted = frame["p_predicted"].astype("Float64").fillna(-1.0).to_numpy(dtype=float)
-    moved = flagged & frame["predicted_label"].notna() & (relabel is not None and p_predicted >= relabel)
+    clean = kept_rows(frame)
+    flagged = flagged_rows(frame)
+    moved = relabelled_rows(frame, flagged, relabel)
     role = pd.Series(None, index=frame.index, dtype=object)
     role[clean] = "kept"
     role[moved] = "relabelled"
@@ -236,15 +247,19 @@ def _source(root: Path, path: str) -> Path:
 
 def _check_out(target: Path, *, mode: str) -> None:
     if target.is_symlink():
-        raise UsageError(f"--out {target} is a symlink; give the real path")
+        raise UsageError(f"{option('out')} {target} is a symlink; give the real path")
     if mode == "csv":
         if target.suffix.lower() not in (".csv", ".parquet"):
-            raise UsageError(f"--mode csv writes a table: give --out a .csv or .parquet path, not {target}")
+            raise UsageError(
+                f"{option('mode', 'csv')} writes a table: give {option('out')} a .csv or .parquet path, not {target}"
+            )
         if target.is_dir():
-            raise UsageError(f"--out {target} is a folder; --mode csv needs a .csv or .parquet file path")
+            raise UsageError(
+                f"{option('out')} {target} is a folder; {option('mode', 'csv')} needs a .csv or .parquet file path"
+            )
         return
     if target.exists() and not target.is_dir():
-        raise UsageError(f"--out {target} is a file; --mode {mode} writes a folder")
+        raise UsageError(f"{option('out')} {target} is a file; {option('mode', mode)} writes a folder")
 
 
 def _write_table(plan: pd.DataFrame, sources: list[Path], target: Path) -> None:
@@ -287,11 +302,13 @@ def _destinations(plan: pd.DataFrame) -> list[PurePosixPath]:
 
 def _folder_name(label: str) -> str:
     if label in ("", ".", "..") or label.startswith(".") or "/" in label or "\\" in label or "\0" in label:
-        raise DataError(f"label {printable(label)!r} cannot be a folder name; export with --mode csv instead")
+        raise DataError(
+            f"label {printable(label)!r} cannot be a folder name; export with {option('mode', 'csv')} instead"
+        )
     if len(label.encode("utf-8", "surrogateescape")) > 255:
         raise DataError(
             f"label {printable(label[:40])!r}... is {len(label)} characters, too long for a folder name; "
-            "export with --mode csv instead"
+            f"export with {option('mode', 'csv')} instead"
         )
     return label
 

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from .errors import DeftCleanError, UsageError
+from .errors import option as ref
 
 TMP_SUFFIX = ".tmp"
 
@@ -140,12 +141,14 @@ def _one_lock(path: Path) -> Iterator[None]:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise UsageError(f"cannot create {path.parent} ({exc.strerror}); choose another --out") from None
+        raise UsageError(f"cannot create {path.parent} ({exc.strerror}); choose another {ref('out')}") from None
     while True:
         fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
         if not _try_lock(fd):
             os.close(fd)
-            raise UsageError(f"another deft-clean run is writing {path}; wait for it to finish or choose another --out")
+            raise UsageError(
+                f"another deft-clean run is writing {path}; wait for it to finish or choose another {ref('out')}"
+            )
         try:
             same = os.stat(lock).st_ino == os.fstat(fd).st_ino
         except FileNotFoundError:
@@ -161,13 +164,13 @@ def _one_lock(path: Path) -> Iterator[None]:
         os.close(fd)
 
 
-def check_writable(path: str | os.PathLike[str], *, option: str = "--out") -> None:
+def check_writable(path: str | os.PathLike[str], *, option: str = "out") -> None:
     """Fail early when ``path`` cannot be created: a parent is a file, or the folder is not writable."""
     target = Path(path).absolute()
     ancestor = target.parent
     while not ancestor.exists() and not ancestor.is_symlink():
         ancestor = ancestor.parent
     if not ancestor.is_dir():
-        raise UsageError(f"{option} {path}: {ancestor} is not a folder, so nothing can be written there")
+        raise UsageError(f"{ref(option)} {path}: {ancestor} is not a folder, so nothing can be written there")
     if not os.access(ancestor, os.W_OK | os.X_OK):
-        raise UsageError(f"{option} {path}: the folder {ancestor} is not writable")
+        raise UsageError(f"{ref(option)} {path}: the folder {ancestor} is not writable")

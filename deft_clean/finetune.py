@@ -20,7 +20,6 @@ import logging
 import math
 import os
 import shutil
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,35 +28,32 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, RandomSampler, Sampler, WeightedRandomSampler
+from torch.utils.data import RandomSampler, WeightedRandomSampler
 
-from . import __version__
-from .config import TrainConfig
-from .data import STATUS_OK, ImageDataset, Listing, list_dataset
-from .decisions import Verdicts, load_verdicts
+from ._version import __version__
+from .classifiers import build_classifier, data_config, model_spec
+from .config import TrainConfig, merge_options
+from .data import ImageDataset
 from .distributed import Dist
-from .errors import DataError, UsageError
+from .engine import (
+    EpochTotals,
+    Phase,
+    Run,
+    amp_for,
+    fit,
+    make_loader,
+    resolve_workers,
+    seed_everything,
+    steps_per_epoch,
+    usable_mask,
+    usable_on_device,
+)
+from .errors import UsageError, option
 from .files import run_lock, write_atomic
-from .models import build_classifier, data_config, model_spec
-from .probe import (
-    HeadParts,
-    choose_hflip,
-    fit_probe_head,
-    head_parts,
-    probe_margin,
-    run_warnings,
-    stratified_holdout,
-)
-from .results import load_results
-from .runstate import (
-    StopOnSignal,
-    load_checkpoint,
-    optimizer_state,
-    restore_optimizer_state,
-    save_checkpoint,
-)
+from .probe import HeadParts, choose_hflip, fit_probe_head, head_parts, probe_clearly_better, run_warnings
+from .runstate import StopOnSignal, load_checkpoint, save_checkpoint
 from .safety import check_output
+from .train_rows import Rows, labels_for, plan_rows, select_rows  # noqa: F401  (select_rows: public here too)
 from .transforms import eval_transform, train_transform
 
 CHECKPOINT = "checkpoint.pt"
@@ -79,56 +75,6 @@ class TrainResult:
     warnings: list[str] = field(default_factory=list)  # what the user should know about this run
 
 
-def select_rows(
-    frame: Any,
-    *,
-    clean_only: bool,
-    threshold: float | None,
-    relabel: float | None,
-    verdicts: Verdicts | None = None,
-    classes: list[str] | None = None,
-) -> tuple[np.ndarray, np.ndarray, int]:
-    """Which rows to train on and with which label index.
-
-    Returns (row indices, label indices, number relabelled). Unusable rows are never used. Human
-    ``verdicts`` (with the results' ``classes``) replace the automatic choice of the rows they decide.
-    """
-    usable = (frame["status"] == STATUS_OK).to_numpy()
-    labels = frame["label_index"].to_numpy().astype(np.int64)
-    if not clean_only:
-        keep = usable
-        relabelled = np.zeros_like(usable)
-    else:
-        p_clean = frame["p_clean"].to_numpy(dtype=float, na_value=np.nan)
-        clean = (p_clean > threshold) if threshold is not None else frame["is_clean"].to_numpy(dtype=bool)
-        clean = clean & usable
-        relabelled = np.zeros_like(usable)
-        if relabel is not None:
-            p_pred = frame["p_predicted"].to_numpy(dtype=float, na_value=np.nan)
-            relabelled = usable & ~clean & (p_pred >= relabel)
-            labels = np.where(relabelled, frame["predicted_index"].to_numpy(), labels)
-        keep = clean | relabelled
-    if verdicts is not None:
-        keep, labels = verdicts.apply(keep, labels, classes=classes)
-        relabelled = keep & (labels != frame["label_index"].to_numpy())
-    rows = np.flatnonzero(keep)
-    return rows, labels[rows], int(relabelled.sum())
-
-
-def check_match(listing: Listing, frame: Any, metadata: dict[str, Any], results: Path) -> None:
-    """Refuse a results file made for another dataset."""
-    if list(metadata.get("classes", [])) != listing.classes:
-        raise DataError(
-            f"{results} was made for classes {metadata.get('classes')[:5]}..., the dataset has "
-            f"{listing.classes[:5]}...; run detect on this dataset first"
-        )
-    if len(frame) != len(listing) or frame["path"].tolist() != listing.paths:
-        raise DataError(
-            f"{results} lists {len(frame)} samples, the dataset {len(listing)}, or their paths differ; "
-            "run detect on this dataset first"
-        )
-
-
 def _lr_factor(step: int, *, warmup_steps: int, total_steps: int) -> float:
     """Linear warm-up, then cosine decay to zero (per step)."""
     if step < warmup_steps:
@@ -140,7 +86,7 @@ def _lr_factor(step: int, *, warmup_steps: int, total_steps: int) -> float:
 def _signature(cfg: TrainConfig, rows: np.ndarray, labels: np.ndarray, spec: dict[str, Any]) -> dict[str, Any]:
     """What must be equal for a checkpoint to be resumed."""
     options = dataclasses.asdict(cfg)
-    for volatile in ("resume", "device", "num_workers", "quiet", "cache"):
+    for volatile in ("resume", "device", "num_workers", "quiet", "cache", "checkpoint_every"):
         options.pop(volatile, None)
     digest = int(np.bitwise_xor.reduce(rows * 1_000_003 + labels)) if len(rows) else 0
     return {"options": options, "n_rows": int(len(rows)), "rows_digest": digest, "backbone": spec["backbone"]}
@@ -176,7 +122,6 @@ def train(
     order is sharded by rank, and only rank 0 shows progress and writes files.
     """
     from .distributed import process_group
-    from .pipeline import merge_options
 
     cfg = merge_options(TrainConfig, config, options)
     with process_group(cfg.device) as ranks, run_lock(out if ranks.is_main else None):
@@ -185,72 +130,14 @@ def train(
         )
 
 
-def _train(
-    dataset: str | os.PathLike[str],
-    *,
-    results: Path,
-    out: str | os.PathLike[str],
-    cfg: TrainConfig,
-    val: str | os.PathLike[str] | None,
-    decisions: str | os.PathLike[str] | None,
-    quiet: bool,
-    ranks: Dist,
-) -> TrainResult:
-    from .backbone import resolve_device
-    from .detector import (
-        EpochOrder,
-        EpochSums,
-        autocast_for,
-        make_loader,
-        rank_streams,
-        report_now,
-        resolve_workers,
-        seed_everything,
-        usable_on_device,
-    )
-    from .distributed import device_for
-    from .progress import RichProgress
-
-    frame, metadata = load_results(results)
-    listing = list_dataset(
-        dataset, path_col=metadata.get("path_col", "path"), label_col=metadata.get("label_col", "label")
-    )
-    check_match(listing, frame, metadata, results)
-    verdicts = load_verdicts(decisions, frame, metadata)
-    rows, labels, n_relabelled = select_rows(
-        frame,
-        clean_only=cfg.clean_only,
-        threshold=cfg.threshold,
-        relabel=cfg.relabel,
-        verdicts=verdicts,
-        classes=listing.classes,
-    )
-    if len(rows) == 0:
-        raise DataError("no rows left to train on (every row is flagged or unusable); lower --threshold")
-    val_listing = None
-    if val is not None:
-        val_listing = list_dataset(val)
-        unknown = sorted(set(val_listing.classes) - set(listing.classes))
-        if unknown:
-            raise DataError(f"--val has classes the training set lacks: {unknown[:5]}")
-        remap = {c: i for i, c in enumerate(listing.classes)}
-        val_listing = dataclasses.replace(
-            val_listing, label_indices=np.array([remap[x] for x in val_listing.labels], dtype=np.int64)
-        )
-
-    # Without --val, a stratified part of the kept rows (as labelled there) chooses the epoch.
-    held = stratified_holdout(labels, fraction=cfg.holdout, seed=cfg.seed) if val_listing is None else held_none()
-    val_source = "--val" if val_listing is not None else "held-out" if len(held) else None
-    held_rows, held_labels = rows[held], labels[held]
-    train_mask = np.ones(len(rows), dtype=bool)
-    train_mask[held] = False
-    rows, labels = rows[train_mask], labels[train_mask]
-
-    out_dir = Path(out)
-    checkpoint_path = out_dir / CHECKPOINT
+def _check_out(out_dir: Path, plan: Rows, cfg: TrainConfig, inputs: list[Any]) -> None:
+    """Refuse an output folder that holds something else, or that is (or lies inside) an input."""
     if out_dir.exists() and any(out_dir.iterdir()) and not cfg.resume and not cfg.overwrite:
-        raise UsageError(f"--out {out_dir} is not empty; pass --resume to continue or --overwrite to replace it")
-    inputs: list[Any] = [results, dataset, *([val] if val is not None else [])]
+        raise UsageError(
+            f"{option('out')} {out_dir} is not empty; pass {option('resume', True)} to continue or "
+            f"{option('overwrite', True)} to replace it"
+        )
+    listing, val_listing = plan.listing, plan.val_listing
     if listing.source == "table":
         inputs.extend(listing.root / p for p in listing.paths)
     datasets = [listing.root] if listing.source == "folder" else []
@@ -258,33 +145,33 @@ def _train(
         datasets.append(val_listing.root)
     check_output(out_dir, inputs=inputs, datasets=datasets, overwrite=True, folder=True)
 
-    device = device_for(ranks, resolve_device(cfg.device))
-    quiet = quiet or not ranks.is_main
-    generator = seed_everything(cfg.seed)
-    spec = model_spec(cfg.backbone, metadata=metadata, backbone_weights=cfg.backbone_weights)
-    model = build_classifier(spec, n_classes=len(listing.classes), device=device, load_pretrained=True, quiet=quiet)
-    size, mean, std = data_config(spec, model, image_size=cfg.image_size)
-    spec.update({"image_size": size, "mean": list(mean), "std": list(std)})
 
-    workers = resolve_workers(cfg.num_workers)
-    cache = val_cache = None
-    if cfg.cache is not None:
-        from .cache import prepare_cache
+@dataclass
+class Sets:
+    """Phase 2's datasets and what builds more of them."""
 
-        hint = "the images cached so far are kept; rerun the same command to go on"
-        with RichProgress(quiet=quiet) as progress, StopOnSignal(hint) as stop:
-            fill = {"size": size, "num_workers": workers, "progress": progress, "stop": stop, "ranks": ranks}
-            cache = prepare_cache(cfg.cache, listing, **fill)
-            if val_listing is not None:
-                val_cache = prepare_cache(cfg.cache, val_listing, **fill)
-    full_labels = _labels_for(listing, np.concatenate([rows, held_rows]), np.concatenate([labels, held_labels]))
+    train: ImageDataset  # the training rows, with the training transform
+    val: ImageDataset | None  # --val, or the held-out rows, with the eval transform
+    unaugmented: Any  # positions -> ImageDataset of those rows with the eval transform (for the probe)
+    size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+
+def _datasets(plan: Rows, cfg: TrainConfig, size: int, mean: Any, std: Any, caches: tuple[Any, Any]) -> Sets:
+    """The training set (flips final once the probe has decided), the validation set, and a maker of more."""
+    listing, val_listing = plan.listing, plan.val_listing
+    cache, val_cache = caches
+    full_labels = labels_for(
+        listing, np.concatenate([plan.rows, plan.held_rows]), np.concatenate([plan.labels, plan.held_labels])
+    )
     train_set = ImageDataset(
         listing.root,
         listing.paths,
         full_labels,
-        train_transform(size, mean, std, hflip=cfg.hflip is not False),  # final once the probe has decided
+        train_transform(size, mean, std, hflip=cfg.hflip is not False),
         image_size=size,
-        indices=rows.tolist(),
+        indices=plan.rows.tolist(),
         cache=cache,
     )
     evaluation = eval_transform(size, mean, std)
@@ -299,8 +186,82 @@ def _train(
         val_set = ImageDataset(
             val_listing.root, val_listing.paths, val_listing.label_indices, evaluation, image_size=size, cache=val_cache
         )
-    elif len(held_rows):
-        val_set = unaugmented(held_rows)
+    elif len(plan.held_rows):
+        val_set = unaugmented(plan.held_rows)
+    return Sets(train_set, val_set, unaugmented, size, mean, std)
+
+
+def _caches(cfg: TrainConfig, plan: Rows, size: int, workers: int, quiet: bool, ranks: Dist) -> tuple[Any, Any]:
+    """The decoded-image caches of the training and validation sets (None, None without ``cfg.cache``)."""
+    if cfg.cache is None:
+        return None, None
+    from .cache import prepare_cache
+    from .progress import RichProgress
+
+    cache = val_cache = None
+    hint = "the images cached so far are kept; rerun the same command to go on"
+    with RichProgress(quiet=quiet) as progress, StopOnSignal(hint) as stop:
+        fill = {"size": size, "num_workers": workers, "progress": progress, "stop": stop, "ranks": ranks}
+        cache = prepare_cache(cfg.cache, plan.listing, **fill)
+        if plan.val_listing is not None:
+            val_cache = prepare_cache(cfg.cache, plan.val_listing, **fill)
+    return cache, val_cache
+
+
+@dataclass
+class Outcome:
+    """What fine-tuning leaves for the export: history, the best epoch and the probe."""
+
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best: float | None = None  # best validation accuracy so far
+    best_epoch: int | None = None  # its epoch, 0 = the probe-initialised model
+    probe: dict[str, Any] = field(default_factory=dict)  # the linear probe's record (empty without one)
+    probe_right: list[bool] | None = None  # per validation row, whether the probe-initialised model is right
+    hflip: bool = True  # the flips trained with
+
+    def take(self, epoch: int, right: np.ndarray) -> bool:
+        """Whether fine-tuned ``epoch``, right on the validation rows ``right`` [V] bool, is the best so far.
+
+        The most accurate fine-tuned epoch wins (ties go to the later one: it trained longer at a lower rate),
+        unless the probe-initialised model beats it beyond chance (:func:`probe_clearly_better`): held-out
+        kept rows are the easy ones, so a row or two between the two is noise.
+        """
+        if self.probe_right is not None and probe_clearly_better(np.array(self.probe_right), right):
+            return False
+        accuracy = float(right.mean()) if len(right) else 0.0
+        if self.best_epoch in (None, 0) or self.best is None or accuracy >= self.best:
+            self.best, self.best_epoch = accuracy, epoch
+            return True
+        return False
+
+
+def _train(
+    dataset: str | os.PathLike[str],
+    *,
+    results: Path,
+    out: str | os.PathLike[str],
+    cfg: TrainConfig,
+    val: str | os.PathLike[str] | None,
+    decisions: str | os.PathLike[str] | None,
+    quiet: bool,
+    ranks: Dist,
+) -> TrainResult:
+    from .backbone import resolve_device
+    from .distributed import device_for
+
+    plan = plan_rows(dataset, results, cfg, val, decisions)
+    out_dir = Path(out)
+    _check_out(out_dir, plan, cfg, [results, dataset, *([val] if val is not None else [])])
+    device = device_for(ranks, resolve_device(cfg.device))
+    quiet = quiet or not ranks.is_main
+    generator = seed_everything(cfg.seed)
+    spec = model_spec(cfg.backbone, metadata=plan.metadata, backbone_weights=cfg.backbone_weights)
+    n_classes = len(plan.listing.classes)
+    model = build_classifier(spec, n_classes=n_classes, device=device, load_pretrained=True, quiet=quiet)
+    size, mean, std = data_config(spec, model, image_size=cfg.image_size)
+    spec.update({"image_size": size, "mean": list(mean), "std": list(std)})
+    workers = resolve_workers(cfg.num_workers)
+    sets = _datasets(plan, cfg, size, mean, std, _caches(cfg, plan, size, workers, quiet, ranks))
     notes: list[str] = []
 
     def note(message: str) -> None:
@@ -308,230 +269,221 @@ def _train(
         if not quiet:
             logging.getLogger("deft_clean").warning("%s", message)
 
-    autocast, needs_scaler = autocast_for(device)
     parts = head_parts(model)
-    probe: dict[str, Any] = {}
+    outcome = Outcome()
     if cfg.head_init == "probe" and not cfg.resume:
         if parts is None:
             note(f"{cfg.backbone}: its head is not one linear layer, so it starts from random weights (no probe)")
         else:
-            with RichProgress(quiet=quiet) as progress:
-                probe = fit_probe_head(
-                    model, parts, unaugmented(rows), n_classes=len(listing.classes), device=device, workers=workers,
-                    autocast=autocast, progress=progress, mirrored=cfg.hflip is None,
-                )
-    hflip = choose_hflip(cfg.hflip, probe, note)
-    # The epoch's order is drawn explicitly from `generator` so that a resume can redraw it and skip
-    # the batches already done (see the loop).
-    sampler: Sampler[int] = RandomSampler(train_set, generator=generator)
-    if cfg.balanced:
-        counts = np.bincount(labels, minlength=len(listing.classes)).astype(np.float64)
-        weights = 1.0 / counts[labels]
-        sampler = WeightedRandomSampler(torch.as_tensor(weights), len(rows), replacement=True, generator=generator)
-
-    epoch_order = EpochOrder()
-
-    steps_per_epoch = max(1, math.ceil(math.ceil(len(rows) / ranks.world) / cfg.batch_size))
-    # DDP averages the gradients; the wrapped module is only used for the forward pass.
-    forward = (
-        DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
-        if ranks.active
-        else model
-    )
-    groups = parameter_groups(model, parts, lr=cfg.lr, head_lr=cfg.lr * cfg.head_lr_scale)
-    if cfg.optimizer == "sgd":
-        optimizer = torch.optim.SGD(groups, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
-    else:
-        optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    total_steps = cfg.epochs * steps_per_epoch
-    warmup_steps = min(cfg.warmup_epochs * steps_per_epoch, max(total_steps - 1, 0))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: _lr_factor(step, warmup_steps=warmup_steps, total_steps=total_steps)
-    )
-    scaler = torch.amp.GradScaler("cuda", enabled=needs_scaler)
-    signature = _signature(cfg, rows, labels, spec)
-
-    history: list[dict[str, Any]] = []
-    start_epoch, skip_steps, sums = 0, 0, EpochSums(device)
-    best: float | None = None
-    best_epoch: int | None = None
-    if cfg.resume:
-        state = load_checkpoint(checkpoint_path, signature)
-        model.load_state_dict(state["model"])
-        restore_optimizer_state(state, optimizer, scheduler, scaler, generator, device)
-        history = json.loads(state["history"])
-        best = state["best"].item() if state["best"].numel() else None
-        run = json.loads(state["run"])
-        probe, best_epoch, hflip = run["probe"], run["best_epoch"], run["hflip"]
-        start_epoch, skip_steps = int(state["epoch"]), int(state["step"])
-        sums = EpochSums(device, json.loads(state["sums"]))
-    train_set.transform = train_transform(size, mean, std, hflip=hflip)
-    loader = make_loader(
-        train_set,
-        batch_size=cfg.batch_size,
-        sampler=epoch_order,
-        generator=rank_streams(generator, ranks, start_epoch * steps_per_epoch + skip_steps),
-        num_workers=workers,
-        device=device,
-    )
-    if ranks.is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    if probe and val_set is not None and not cfg.resume:
-        # Epoch 0, the probe-initialised model, competes with the fine-tuned epochs.
-        best = probe["val_accuracy"] = evaluate(model, val_set, device=device, workers=workers)
-        best_epoch = 0
-        if ranks.is_main:
-            save_weights(model, out_dir / BEST_WEIGHTS)
-
-    def snapshot(epoch: int, step: int, epoch_start: torch.Tensor) -> dict[str, Any]:
-        """The state after ``step`` batches of ``epoch`` (0-based); step 0 = the epoch has not begun."""
-        return {
-            "model": model.state_dict(),
-            **optimizer_state(optimizer, scheduler, scaler, epoch_start, device),
-            "epoch": epoch,
-            "step": step,
-            "sums": json.dumps(sums.values()),
-            "history": json.dumps(history),
-            "best": torch.tensor([best] if best is not None else []),
-            "run": json.dumps({"probe": probe, "best_epoch": best_epoch, "hflip": hflip}),
-            "signature": json.dumps(signature),
-        }
-
-    hint = f"checkpoint saved in {checkpoint_path}; rerun the same command with --resume to continue"
-    with StopOnSignal(hint) as stop, RichProgress(quiet=quiet) as progress:
-        for epoch in range(start_epoch, cfg.epochs):
-            model.train()
-            progress.start_epoch(epoch + 1, cfg.epochs, len(train_set))
-            epoch_start = generator.get_state()
-            order = ranks.shard(list(sampler))  # the same order on every rank, then this rank's part
-            epoch_order.order = order[skip_steps * cfg.batch_size :]
-            step, started = skip_steps, time.perf_counter()
-            if skip_steps == 0:
-                sums = EpochSums(device)
-            else:
-                progress.advance(min(skip_steps * cfg.batch_size, len(order)))
-            for images, targets, _, status in loader:
-                step += 1
-                usable = torch.tensor([s == STATUS_OK for s in status])
-                empty = not usable.any()
-                if not empty or ranks.active:  # under DDP every rank must run backward every step
-                    keep = torch.ones_like(usable) if empty else usable
-                    images, targets = usable_on_device(images, targets, keep, device)
-                    with autocast():
-                        logits = forward(images)
-                    loss = F.cross_entropy(logits.float(), targets, label_smoothing=cfg.label_smoothing)
-                    if empty:
-                        loss, targets = loss * 0.0, targets[:0]  # joins the gradient average with zeros
-                    optimizer.zero_grad(set_to_none=True)
-                    scaler.scale(loss).backward()
-                    scaler.step(optimizer)
-                    scaler.update()
-                    scheduler.step()
-                    sums.add(loss, len(targets))
-                report = report_now(step, steps_per_epoch)
-                progress.advance(len(status), **({"loss": sums.means()["loss"]} if report else {}))
-                if ranks.any(stop.requested, device) if ranks.active and report else stop.requested:
-                    stop.follow()  # a signal at any rank stops every rank
-                    if ranks.is_main:
-                        _save_checkpoint(checkpoint_path, snapshot(epoch, step, epoch_start))
-                    stop.check()
-            skip_steps = 0
-            totals = sums.values()
-            loss_sum, seen = ranks.sum([totals["loss"], totals["seen"]], device)
-            record: dict[str, Any] = {
-                "epoch": epoch + 1,
-                "loss": loss_sum / max(seen, 1),
-                "lr": optimizer.param_groups[0]["lr"],
-                "head_lr": optimizer.param_groups[-1]["lr"],
-                "seconds": time.perf_counter() - started,
-                "val_accuracy": None,
-            }
-            if val_set is not None:
-                record["val_accuracy"] = evaluate(model, val_set, device=device, workers=workers)
-                if best is None or record["val_accuracy"] >= best - probe_margin(probe, best_epoch, len(val_set)):
-                    best, best_epoch = record["val_accuracy"], epoch + 1
-                    if ranks.is_main:
-                        save_weights(model, out_dir / BEST_WEIGHTS)
-            history.append(record)
-            if ranks.is_main:
-                _save_checkpoint(checkpoint_path, snapshot(epoch + 1, 0, generator.get_state()))
-            if ranks.any(stop.requested, device):
-                stop.follow()
-                stop.check()
-
-    for message in run_warnings(history, probe, best_epoch):
+            rows = sets.unaugmented(plan.rows)
+            outcome.probe = _probe(model, parts, rows, n_classes, device, workers, quiet, cfg.hflip is None)
+    outcome.hflip = choose_hflip(cfg.hflip, outcome.probe, note)
+    _fine_tune(model, parts, plan, sets, cfg, outcome, out_dir=out_dir, device=device, generator=generator,
+               workers=workers, quiet=quiet, ranks=ranks, spec=spec)  # fmt: skip
+    for message in run_warnings(outcome.history, outcome.probe, outcome.best_epoch):
         note(message)
     result = TrainResult(
         out_dir,
-        history,
-        int(len(rows)),
-        n_relabelled,
-        best,
-        val_source=val_source,
-        probe_val_accuracy=probe.get("val_accuracy"),
-        best_epoch=best_epoch,
-        n_held_out=int(len(held_rows)),
+        outcome.history,
+        int(len(plan.rows)),
+        plan.n_relabelled,
+        outcome.best,
+        val_source=plan.val_source,
+        probe_val_accuracy=outcome.probe.get("val_accuracy"),
+        best_epoch=outcome.best_epoch,
+        n_held_out=int(len(plan.held_rows)),
         warnings=notes,
     )
     if not ranks.is_main:
         ranks.barrier()  # wait until rank 0 has written the model folder
         return result
-
-    refit = best_epoch == 0 and val_source == "held-out" and parts is not None
-    if refit:
-        # The probe won on the held-out rows; with the choice made, the exported head learns from all kept
-        # rows (the held-out ones too), as one refits on all the data after model selection.
-        from safetensors.torch import load_file
-
-        model.load_state_dict(load_file(str(out_dir / BEST_WEIGHTS), device=str(device)))
-        with RichProgress(quiet=quiet) as progress:
-            fit_probe_head(
-                model, parts, unaugmented(np.concatenate([rows, held_rows])), n_classes=len(listing.classes),
-                device=device, workers=workers, autocast=autocast, progress=progress, mirrored=False,
-            )
-        save_weights(model, out_dir / WEIGHTS)
-    elif best_epoch is not None and best_epoch != history[-1]["epoch"]:
-        write_atomic(out_dir / WEIGHTS, lambda tmp: shutil.copyfile(out_dir / BEST_WEIGHTS, tmp))
-    else:
-        save_weights(model, out_dir / WEIGHTS)
+    refit = _export_weights(model, parts, plan, sets, outcome, out_dir, device=device, workers=workers, quiet=quiet)
     export_config = {
         "format": "deft-clean-model",
         "deft_clean_version": __version__,
         **spec,
-        "classes": listing.classes,
+        "classes": plan.listing.classes,
         "trained_from": str(results.resolve()),
     }
     write_atomic(out_dir / "config.json", lambda tmp: tmp.write_text(json.dumps(export_config, indent=2)))
-    metrics = {
-        "history": history,
-        "val_source": val_source,  # "--val", "held-out" (kept rows, labels as given) or None
-        "hflip": hflip,  # the flips trained with (--hflip, or decided by the probe)
-        "probe": probe,  # the linear probe: train/val accuracy, seconds (empty with --head-init random)
-        "best_epoch": best_epoch,  # the exported epoch; 0 = the probe-initialised model
-        "probe_refit_on_all_rows": refit,  # epoch 0 won: its head was refitted on the held-out rows too
-        "best_val_accuracy": best,  # validation accuracy of the exported model
-        "warnings": notes,
-        "n_train": int(len(rows)),
-        "n_held_out": int(len(held_rows)),
-        "n_relabelled": n_relabelled,
-        "options": dataclasses.asdict(cfg),
-        "trained_on": {"path": [listing.paths[i] for i in rows], "label_index": labels.tolist()},
-        "held_out": {"path": [listing.paths[i] for i in held_rows], "label_index": held_labels.tolist()},
-    }
+    metrics = _metrics(plan, cfg, outcome, refit, notes)
     write_atomic(out_dir / "metrics.json", lambda tmp: tmp.write_text(json.dumps(metrics)))
     ranks.barrier()
     return result
 
 
-def _labels_for(listing: Listing, rows: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """Full-length label array with the (possibly relabelled) training labels filled in."""
-    full = listing.label_indices.copy()
-    full[rows] = labels
-    return full
+def _probe(
+    model: nn.Module, parts: HeadParts, rows: ImageDataset, n_classes: int, device: torch.device, workers: int,
+    quiet: bool, mirrored: bool,
+) -> dict[str, Any]:  # fmt: skip
+    """Fit the head as a linear probe on the frozen features of ``rows``; its record for metrics.json."""
+    from .progress import RichProgress
+
+    with RichProgress(quiet=quiet) as progress:
+        return fit_probe_head(
+            model, parts, rows, n_classes=n_classes, device=device, workers=workers,
+            autocast=amp_for(device).autocast, progress=progress, mirrored=mirrored,
+        )  # fmt: skip
+
+
+def _optimizer(model: nn.Module, parts: HeadParts | None, cfg: TrainConfig, steps: int) -> tuple[Any, Any]:
+    """The recipe's optimiser (backbone at ``lr``, head at ``lr * head_lr_scale``) and per-step schedule."""
+    groups = parameter_groups(model, parts, lr=cfg.lr, head_lr=cfg.lr * cfg.head_lr_scale)
+    if cfg.optimizer == "sgd":
+        optimizer = torch.optim.SGD(groups, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
+    else:
+        optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    total_steps = cfg.epochs * steps
+    warmup_steps = min(cfg.warmup_epochs * steps, max(total_steps - 1, 0))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: _lr_factor(step, warmup_steps=warmup_steps, total_steps=total_steps)
+    )
+    return optimizer, scheduler
+
+
+def _epoch_sampler(
+    train_set: ImageDataset, labels: np.ndarray, cfg: TrainConfig, n_classes: int, generator: Any
+) -> Any:
+    """Draws each epoch's order from ``generator`` (uniform, or class-balanced with replacement)."""
+    if cfg.balanced:
+        counts = np.bincount(labels, minlength=n_classes).astype(np.float64)
+        weights = 1.0 / counts[labels]
+        return WeightedRandomSampler(torch.as_tensor(weights), len(labels), replacement=True, generator=generator)
+    return RandomSampler(train_set, generator=generator)
+
+
+def _fine_tune(
+    model: nn.Module, parts: HeadParts | None, plan: Rows, sets: Sets, cfg: TrainConfig, outcome: Outcome, *,
+    out_dir: Path, device: torch.device, generator: torch.Generator, workers: int, quiet: bool, ranks: Dist,
+    spec: dict[str, Any],
+) -> None:  # fmt: skip
+    """Fine-tune the whole model on :mod:`deft_clean.engine`, validating every epoch; fills ``outcome``."""
+    from .progress import RichProgress
+
+    # The epoch's order is drawn explicitly from `generator` so that a resume can redraw it and skip
+    # the batches already done (see the engine).
+    sampler = _epoch_sampler(sets.train, plan.labels, cfg, len(plan.listing.classes), generator)
+    optimizer, scheduler = _optimizer(model, parts, cfg, steps_per_epoch(len(plan.rows), cfg.batch_size, ranks))
+    signature = _signature(cfg, plan.rows, plan.labels, spec)
+    checkpoint_path = out_dir / CHECKPOINT
+    resume = None
+    if cfg.resume:
+        resume = load_checkpoint(checkpoint_path, signature)
+        model.load_state_dict(resume["model"])
+        outcome.history = json.loads(resume["history"])
+        outcome.best = resume["best"].item() if resume["best"].numel() else None
+        saved = json.loads(resume["run"])
+        outcome.probe, outcome.best_epoch, outcome.hflip = saved["probe"], saved["best_epoch"], saved["hflip"]
+        outcome.probe_right = saved.get("probe_right")
+    sets.train.transform = train_transform(sets.size, sets.mean, sets.std, hflip=outcome.hflip)
+    if ranks.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    if outcome.probe and sets.val is not None and not cfg.resume:
+        # Epoch 0, the probe-initialised model, competes with the fine-tuned epochs.
+        right = evaluate_rows(model, sets.val, device=device, workers=workers)
+        outcome.best = outcome.probe["val_accuracy"] = float(right.mean()) if len(right) else 0.0
+        outcome.best_epoch, outcome.probe_right = 0, right.tolist()
+        if ranks.is_main:
+            save_weights(model, out_dir / BEST_WEIGHTS)
+
+    def loss_step(forward: nn.Module, images: torch.Tensor, targets: torch.Tensor, epoch: int) -> Any:
+        return F.cross_entropy(forward(images).float(), targets, label_smoothing=cfg.label_smoothing), None
+
+    def end_epoch(totals: EpochTotals) -> None:
+        record: dict[str, Any] = {
+            "epoch": totals.epoch,
+            "loss": totals.loss,
+            "lr": optimizer.param_groups[0]["lr"],
+            "head_lr": optimizer.param_groups[-1]["lr"],
+            "seconds": totals.seconds,
+            "val_accuracy": None,
+        }
+        if sets.val is not None:
+            right = evaluate_rows(model, sets.val, device=device, workers=workers)
+            record["val_accuracy"] = float(right.mean()) if len(right) else 0.0
+            if outcome.take(totals.epoch, right):
+                if ranks.is_main:
+                    save_weights(model, out_dir / BEST_WEIGHTS)
+        outcome.history.append(record)
+
+    def state() -> dict[str, Any]:
+        run = {
+            "probe": outcome.probe, "probe_right": outcome.probe_right, "best_epoch": outcome.best_epoch,
+            "hflip": outcome.hflip,
+        }
+        return {
+            "model": model.state_dict(),
+            "history": json.dumps(outcome.history),
+            "best": torch.tensor([outcome.best] if outcome.best is not None else []),
+            "run": json.dumps(run),
+            "signature": json.dumps(signature),
+        }
+
+    phase = Phase(
+        name="fine-tuning", model=model, dataset=sets.train, optimizer=optimizer, scheduler=scheduler,
+        loss=loss_step, draw_order=lambda: list(sampler), state=state, end_epoch=end_epoch,
+    )  # fmt: skip
+    hint = f"checkpoint saved in {checkpoint_path}; rerun the same command with --resume to continue"
+    with StopOnSignal(hint) as stop, RichProgress(quiet=quiet) as progress:
+        run = Run(
+            epochs=cfg.epochs, batch_size=cfg.batch_size, device=device, generator=generator, num_workers=workers,
+            ranks=ranks, progress=progress, stop=stop, save=lambda s: _save_checkpoint(checkpoint_path, s),
+            every_steps=cfg.checkpoint_every, resume=resume,
+        )  # fmt: skip
+        fit(phase, run)
+
+
+def _export_weights(
+    model: nn.Module, parts: HeadParts | None, plan: Rows, sets: Sets, outcome: Outcome, out_dir: Path, *,
+    device: torch.device, workers: int, quiet: bool,
+) -> bool:  # fmt: skip
+    """Write model.safetensors (the best epoch's weights); True when the probe's head was refitted on all rows."""
+    refit = outcome.best_epoch == 0 and plan.val_source == "held-out" and parts is not None
+    if refit:
+        # The probe won on the held-out rows; with the choice made, the exported head learns from all kept
+        # rows (the held-out ones too), as one refits on all the data after model selection.
+        from safetensors.torch import load_file
+
+        from .progress import RichProgress
+
+        model.load_state_dict(load_file(str(out_dir / BEST_WEIGHTS), device=str(device)))
+        with RichProgress(quiet=quiet) as progress:
+            fit_probe_head(
+                model, parts, sets.unaugmented(np.concatenate([plan.rows, plan.held_rows])),
+                n_classes=len(plan.listing.classes), device=device, workers=workers,
+                autocast=amp_for(device).autocast, progress=progress, mirrored=False,
+            )  # fmt: skip
+        save_weights(model, out_dir / WEIGHTS)
+    elif outcome.best_epoch is not None and outcome.best_epoch != outcome.history[-1]["epoch"]:
+        write_atomic(out_dir / WEIGHTS, lambda tmp: shutil.copyfile(out_dir / BEST_WEIGHTS, tmp))
+    else:
+        save_weights(model, out_dir / WEIGHTS)
+    return refit
+
+
+def _metrics(plan: Rows, cfg: TrainConfig, outcome: Outcome, refit: bool, notes: list[str]) -> dict[str, Any]:
+    """metrics.json: the history, the choices made and the rows trained on and held out."""
+    paths = plan.listing.paths
+    return {
+        "history": outcome.history,
+        "val_source": plan.val_source,  # "--val", "held-out" (kept rows, labels as given) or None
+        "hflip": outcome.hflip,  # the flips trained with (--hflip, or decided by the probe)
+        "probe": outcome.probe,  # the linear probe: train/val accuracy, seconds (empty with --head-init random)
+        "best_epoch": outcome.best_epoch,  # the exported epoch; 0 = the probe-initialised model
+        "probe_refit_on_all_rows": refit,  # epoch 0 won: its head was refitted on the held-out rows too
+        "best_val_accuracy": outcome.best,  # validation accuracy of the exported model
+        "warnings": notes,
+        "n_train": int(len(plan.rows)),
+        "n_held_out": int(len(plan.held_rows)),
+        "n_relabelled": plan.n_relabelled,
+        "options": dataclasses.asdict(cfg),
+        "trained_on": {"path": [paths[i] for i in plan.rows], "label_index": plan.labels.tolist()},
+        "held_out": {"path": [paths[i] for i in plan.held_rows], "label_index": plan.held_labels.tolist()},
+    }
 
 
 def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    save_checkpoint(path, state)
+    save_checkpoint(path, state)  # looked up at call time, so that tests can interrupt a run here
 
 
 def save_weights(model: nn.Module, path: Path) -> None:
@@ -539,10 +491,6 @@ def save_weights(model: nn.Module, path: Path) -> None:
 
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     write_atomic(path, lambda tmp: save_file(tensors, str(tmp)))
-
-
-def held_none() -> np.ndarray:
-    return np.zeros(0, dtype=np.int64)
 
 
 def parameter_groups(
@@ -558,24 +506,32 @@ def parameter_groups(
     return [g for g in groups if g["params"]]
 
 
-@torch.no_grad()
 def evaluate(
     model: nn.Module, dataset: ImageDataset, *, device: torch.device, workers: int, batch_size: int = 128
 ) -> float:
     """Top-1 accuracy on a labelled dataset with the eval transform (unusable files skipped)."""
-    from .detector import autocast_for
+    right = evaluate_rows(model, dataset, device=device, workers=workers, batch_size=batch_size)
+    return float(right.mean()) if len(right) else 0.0
 
+
+@torch.no_grad()
+def evaluate_rows(
+    model: nn.Module, dataset: ImageDataset, *, device: torch.device, workers: int, batch_size: int = 128
+) -> np.ndarray:
+    """Per usable row of ``dataset`` in order, whether the top-1 prediction is right: [V] bool."""
     model.eval()
-    loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers)
-    autocast, _ = autocast_for(device)
-    correct = total = 0
+    loader = make_loader(
+        dataset, batch_size=batch_size, sampler=None, generator=None, num_workers=workers, device=device
+    )
+    autocast = amp_for(device).autocast
+    right = []
     for images, targets, _, status in loader:
-        usable = torch.tensor([s == STATUS_OK for s in status])
+        usable = usable_mask(status)
         if not usable.any():
             continue
+        images, targets = usable_on_device(images, targets, usable, device)
         with autocast():
-            logits = model(images[usable].to(device))
-        correct += int((logits.argmax(1).cpu() == targets[usable]).sum())
-        total += int(usable.sum())
+            logits = model(images)
+        right.append((logits.argmax(1) == targets).cpu().numpy())
     model.train()
-    return correct / max(total, 1)
+    return np.concatenate(right) if right else np.zeros(0, dtype=bool)

@@ -6,13 +6,13 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
-from torch.utils.data import DataLoader
 
 from .data import IMAGE_EXTENSIONS, STATUS_OK, TABLE_EXTENSIONS, ImageDataset, check_unique, read_table
 from .errors import DataError, UsageError
@@ -100,8 +100,8 @@ def predict(
     and per class. ``out`` may not be an input, lie inside an input folder, or (without ``overwrite``) exist.
     """
     from .backbone import resolve_device
-    from .detector import autocast_for, resolve_workers
-    from .models import load_model
+    from .classifiers import load_model
+    from .engine import resolve_workers
     from .progress import RichProgress
 
     torch_device = resolve_device(device)
@@ -113,26 +113,11 @@ def predict(
     loaded = load_model(model_dir, device=torch_device)
     size = int(loaded.config["image_size"])
     dataset = ImageDataset(root, files, np.zeros(len(files), dtype=np.int64), loaded.transform, image_size=size)
-    loader = DataLoader(dataset, batch_size=batch_size, num_workers=resolve_workers(num_workers))
-    k = min(top_k, len(loaded.classes))
-    top_i = np.full((len(files), k), -1, dtype=np.int64)
-    top_p = np.full((len(files), k), np.nan, dtype=np.float32)
-    status = [STATUS_OK] * len(files)
-    autocast, _ = autocast_for(torch_device)
     with RichProgress(quiet=quiet) as progress:
-        progress.start_scoring(len(files))
-        for images, _, indices, batch_status in loader:
-            idx = indices.numpy()
-            for i, s in zip(idx, batch_status, strict=True):
-                status[i] = s
-            usable = np.array([s == STATUS_OK for s in batch_status])
-            if usable.any():
-                with autocast():
-                    logits = loaded.module(images[torch.from_numpy(usable)].to(torch_device))
-                probs, classes = logits.float().softmax(dim=1).topk(k, dim=1)
-                top_i[idx[usable]] = classes.cpu().numpy()
-                top_p[idx[usable]] = probs.cpu().numpy()
-            progress.advance(len(batch_status))
+        top_i, top_p, status = _top_k(
+            loaded.module, dataset, k=min(top_k, len(loaded.classes)), batch_size=batch_size,
+            num_workers=resolve_workers(num_workers), device=torch_device, progress=progress,
+        )  # fmt: skip
     names = np.array(loaded.classes, dtype=object)
     ok = np.array([s == STATUS_OK for s in status])
     frame = pd.DataFrame(
@@ -145,11 +130,54 @@ def predict(
             "status": status,
         }
     )
+    accuracy, per_class = _accuracy(frame, ok, labels, loaded.classes)
+    if out is not None:
+        table = pa.Table.from_pandas(frame, preserve_index=False)
+        metadata = {b"deft_clean_predict": str(Path(model_dir).resolve()).encode()}
+        write_atomic(out, lambda tmp: pq.write_table(table.replace_schema_metadata(metadata), tmp))
+    return PredictResult(frame, accuracy, per_class)
+
+
+def _top_k(
+    module: torch.nn.Module, dataset: ImageDataset, *, k: int, batch_size: int, num_workers: int,
+    device: torch.device, progress: Any,
+) -> tuple[np.ndarray, np.ndarray, list[str]]:  # fmt: skip
+    """The ``k`` most probable classes of every image: indices int64 [N, k] (-1 for unusable files),
+    probabilities float32 [N, k] (NaN) and the status of every file."""
+    from .engine import amp_for, make_loader
+
+    loader = make_loader(
+        dataset, batch_size=batch_size, sampler=None, generator=None, num_workers=num_workers, device=device
+    )
+    top_i = np.full((len(dataset), k), -1, dtype=np.int64)
+    top_p = np.full((len(dataset), k), np.nan, dtype=np.float32)
+    status = [STATUS_OK] * len(dataset)
+    autocast = amp_for(device).autocast
+    progress.start_scoring(len(dataset))
+    for images, _, indices, batch_status in loader:
+        idx = indices.numpy()
+        for i, s in zip(idx, batch_status, strict=True):
+            status[i] = s
+        usable = np.array([s == STATUS_OK for s in batch_status])
+        if usable.any():
+            with autocast():
+                logits = module(images[torch.from_numpy(usable)].to(device))
+            probs, classes = logits.float().softmax(dim=1).topk(k, dim=1)
+            top_i[idx[usable]] = classes.cpu().numpy()
+            top_p[idx[usable]] = probs.cpu().numpy()
+        progress.advance(len(batch_status))
+    return top_i, top_p, status
+
+
+def _accuracy(
+    frame: pd.DataFrame, ok: np.ndarray, labels: list[str] | None, classes: list[str]
+) -> tuple[float | None, pd.DataFrame | None]:
+    """Accuracy overall and per class when the inputs carry labels (adds ``label``/``correct`` to ``frame``)."""
     accuracy = per_class = None
     if labels is not None:
         frame["label"] = labels
         frame["correct"] = ok & (frame["predicted_label"] == frame["label"]).to_numpy()
-        scored = frame[ok & frame["label"].isin(loaded.classes).to_numpy()]
+        scored = frame[ok & frame["label"].isin(classes).to_numpy()]
         if len(scored):
             accuracy = float(scored["correct"].mean())
             per_class = (
@@ -158,8 +186,4 @@ def predict(
                 .reset_index()
                 .rename(columns={"label": "class"})
             )
-    if out is not None:
-        table = pa.Table.from_pandas(frame, preserve_index=False)
-        metadata = {b"deft_clean_predict": str(Path(model_dir).resolve()).encode()}
-        write_atomic(out, lambda tmp: pq.write_table(table.replace_schema_metadata(metadata), tmp))
-    return PredictResult(frame, accuracy, per_class)
+    return accuracy, per_class

@@ -1,6 +1,6 @@
 """A detect result in a notebook: DataFrames of what was flagged, and an HTML view for Jupyter.
 
-:class:`~deft_clean.pipeline.DetectResult` exposes these as ``flagged()``, ``noise_rates()``,
+:class:`~deft_clean.detection.DetectResult` exposes these as ``flagged()``, ``noise_rates()``,
 ``confusions()`` and ``_repr_html_()``. They read only the result's frame and metadata, so they work the same
 on a result returned by ``detect()`` and on one built from a saved Parquet.
 """
@@ -15,7 +15,8 @@ from typing import Any
 
 import pandas as pd
 
-STATUS_OK = "ok"
+from .results import STATUS_OK
+
 FLAGGED_COLUMNS = ["path", "label", "predicted_label", "p_clean", "p_predicted", "flag_reason"]
 THUMBNAILS = 8  # flagged samples shown in the HTML view
 THUMB_PX = 96

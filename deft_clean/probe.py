@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader
 from .data import STATUS_OK, ImageDataset
 
 if TYPE_CHECKING:
-    from .detector import Progressish
+    from .engine import Progressish
 
 HOLDOUT_CAP = 2000  # at most this many held-out rows: enough for a +-1 point estimate, no more
 MIRROR_DROP = 0.1  # flips stay off when the probe loses this much accuracy on mirrored training images
@@ -203,22 +203,6 @@ def choose_hflip(requested: bool | None, probe: dict[str, Any], note: Callable[[
         "training images, so a mirror changes these classes (digits, text, ...); pass --hflip to force them"
     )
     return False
-
-
-def probe_margin(probe: dict[str, Any], best_epoch: int | None, n_val: int) -> float:
-    """How far a fine-tuned epoch may fall short of the best so far on validation and still replace it.
-
-    Against a fine-tuned epoch: 0 (ties go to the later epoch, which has trained longer at a lower rate).
-    Against the probe-initialised model (epoch 0): one standard error of the probe's validation accuracy.
-    Held-out kept rows are the rows the detector was surest of, so they are easy: both models score near
-    100% on them and differ by a row or two, which is noise; fine-tuning, which improves the features the
-    probe reads, should then win. The probe keeps its place only when it is clearly better.
-    """
-    accuracy = probe.get("val_accuracy")
-    if best_epoch != 0 or accuracy is None or n_val < 1:
-        return 0.0
-    floor = 1.0 / n_val  # a perfect probe still has an uncertainty of about one row
-    return float(np.sqrt(max(accuracy * (1.0 - accuracy), floor * (1.0 - floor)) / n_val))
 
 
 def run_warnings(history: list[dict[str, Any]], probe: dict[str, Any], best_epoch: int | None) -> list[str]:

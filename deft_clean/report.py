@@ -17,13 +17,13 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from .errors import DeftCleanError, UsageError
-from .export import STATUS_OK, dataset_root
-from .results import load_results
+from .errors import DeftCleanError, UsageError, option
+from .export import dataset_root
+from .results import STATUS_OK, load_results
 from .safety import check_output, printable
 
 if TYPE_CHECKING:
-    from .pipeline import DetectResult
+    from .detection import DetectResult
 
 TERMINAL_TOP = 20  # default rows of the most-suspicious table in the terminal
 HTML_TOP = 200  # default gallery size
@@ -52,7 +52,7 @@ class ReportData:
 def summarize(frame: pd.DataFrame, metadata: dict[str, Any], *, top: int = TERMINAL_TOP) -> ReportData:
     """Counts per dataset, per class and per (given, suggested) pair, plus the `top` most suspicious rows."""
     if top < 0:
-        raise UsageError(f"--top must be 0 or more, got {top}")
+        raise UsageError(f"{option('top')} must be 0 or more, got {top}")
     usable = frame["status"] == STATUS_OK
     flagged = usable & ~frame["is_clean"]
     classes = list(metadata.get("classes") or [])
@@ -161,7 +161,7 @@ def _check_html_out(
         inputs.extend(root / str(p) for p in frame["path"])
     elif root is not None:
         datasets.append(root)
-    check_output(html, inputs=inputs, datasets=datasets, overwrite=overwrite, option="--html")
+    check_output(html, inputs=inputs, datasets=datasets, overwrite=overwrite, option="html")
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -24,10 +24,10 @@ import pandas as pd
 
 from . import report_review as review
 from .errors import DeftCleanError
-from .export import STATUS_OK
 from .export import dataset_root as recorded_dataset_root
 from .files import write_atomic
 from .report import HTML_TOP, ReportData, rate, summarize
+from .results import STATUS_OK
 
 log = logging.getLogger(__name__)
 

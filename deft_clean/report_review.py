@@ -25,7 +25,7 @@ from typing import Any
 
 import pandas as pd
 
-from .export import STATUS_OK
+from .results import STATUS_OK
 
 log = logging.getLogger(__name__)
 

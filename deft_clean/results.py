@@ -18,9 +18,10 @@ import pyarrow.parquet as pq
 from .errors import DataError, UsageError
 from .files import write_atomic
 
-__all__ = ["SCHEMA", "load_results", "write_atomic", "write_results"]
+__all__ = ["SCHEMA", "STATUS_OK", "load_results", "write_results"]
 
 METADATA_KEY = b"deft_clean"
+STATUS_OK = "ok"  # the status of a usable row; any other status says why the file could not be used
 
 SCHEMA = pa.schema(
     [

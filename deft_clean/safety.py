@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from .errors import DataError, UsageError
+from .errors import option as ref
 from .files import check_writable
 
 # C0 controls, DEL and C1 controls: ESC/OSC sequences in a label or file name must not reach a terminal.
@@ -43,7 +44,7 @@ def check_output(
     datasets: Iterable[str | os.PathLike[str]] = (),
     overwrite: bool = False,
     folder: bool = False,
-    option: str = "--out",
+    option: str = "out",
 ) -> None:
     """Refuse an output that would write onto an input, into a dataset folder, or over an existing file.
 
@@ -76,9 +77,9 @@ def check_output(
     path = Path(out)
     if not overwrite and (path.exists() or path.is_symlink()):
         if not folder and path.is_dir():
-            raise UsageError(f"{option} {out} is a folder; pass a file path")
+            raise UsageError(f"{ref(option)} {out} is a folder; pass a file path")
         if not folder or any(path.iterdir()):
-            raise UsageError(f"{option} {out} exists; pass --overwrite to replace it")
+            raise UsageError(f"{ref(option)} {out} exists; pass {ref('overwrite', True)} to replace it")
 
 
 def check_regular_file(path: str | os.PathLike[str], *, root: str | os.PathLike[str] | None = None) -> Path:
@@ -128,4 +129,4 @@ def check_detect_paths(
     if out is not None:
         check_output(out, inputs=inputs, datasets=datasets, overwrite=overwrite)
     if run_dir is not None:
-        check_output(run_dir, inputs=inputs, datasets=datasets, overwrite=True, folder=True, option="--run-dir")
+        check_output(run_dir, inputs=inputs, datasets=datasets, overwrite=True, folder=True, option="run_dir")

@@ -8,16 +8,28 @@ probability of the given label, which every row gets from probes that did not tr
 The DeFT rule: ``p_clean = sigmoid(scale * (cos(I, T+_y) - cos(I, T-_y)))`` (the negative prompt is a
 learned per-sample threshold), clean when ``p_clean > 0.5`` and, with ``threshold+argmax``, when the
 positive prompts' top-1 class is the given label.
+
+The rules that later steps apply to a results table live here too (usable, flagged, kept by a
+``p_clean`` threshold, relabelled when the suggestion is confident), so that ``train``, ``export`` and
+the reports agree on them. This module imports no torch (the fused rule loads it when it runs).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
-from .evidence import flag_by_class, grow_clean_set
+from .results import STATUS_OK
+
+if TYPE_CHECKING:
+    import pandas as pd
+    import torch
+
+    from .config import DetectConfig
+    from .data import Listing
+    from .detection import Evidence
 
 SELECTIONS = ("fused", "deft")
 # Learned prompts must keep agreeing with the label where zero-shot already does (~99% clean rows);
@@ -45,14 +57,48 @@ class Selection:
     info: dict = field(default_factory=dict)  # seed size, rounds, ... for the metadata
 
 
+def dual_prompt_clean(p_clean: Any, predicted: Any, labels: Any, rule: str) -> Any:
+    """The paper's rule, on numpy arrays or torch tensors alike: p_clean > 0.5, and with
+    ``threshold+argmax`` also the positive prompts' top-1 class == the given label. Returns bool [N]."""
+    clean = p_clean > 0.5
+    if rule == "threshold+argmax":
+        clean = clean & (predicted == labels)
+    return clean
+
+
 def deft_rule(
     p_clean: np.ndarray, predicted: np.ndarray, labels: np.ndarray, usable: np.ndarray, rule: str
 ) -> np.ndarray:
     """The paper's rule on scores: bool [N]. ``rule`` is "threshold" or "threshold+argmax"."""
-    clean = usable & (np.nan_to_num(p_clean, nan=0.0) > 0.5)
-    if rule == "threshold+argmax":
-        clean &= predicted == labels
-    return clean
+    return usable & dual_prompt_clean(np.nan_to_num(p_clean, nan=0.0), predicted, labels, rule)
+
+
+def usable_rows(frame: pd.DataFrame) -> np.ndarray:
+    """bool [N]: rows of a results table whose file could be read."""
+    return (frame["status"] == STATUS_OK).to_numpy()
+
+
+def flagged_rows(frame: pd.DataFrame) -> np.ndarray:
+    """bool [N]: usable rows that are not ``is_clean`` (what reports and review call flagged)."""
+    return usable_rows(frame) & ~frame["is_clean"].to_numpy(dtype=bool)
+
+
+def kept_rows(frame: pd.DataFrame, threshold: float | None = None) -> np.ndarray:
+    """bool [N]: usable rows that detect kept, or, with ``threshold``, those with ``p_clean > threshold``."""
+    if threshold is None:
+        clean = frame["is_clean"].to_numpy(dtype=bool)
+    else:
+        clean = frame["p_clean"].to_numpy(dtype=float, na_value=np.nan) > threshold
+    return clean & usable_rows(frame)
+
+
+def relabelled_rows(frame: pd.DataFrame, flagged: np.ndarray, min_p: float | None) -> np.ndarray:
+    """bool [N]: ``flagged`` rows whose suggested class is confident (``p_predicted >= min_p``); none when
+    ``min_p`` is None. Their new label is ``predicted_index`` / ``predicted_label``."""
+    if min_p is None:
+        return np.zeros(len(frame), dtype=bool)
+    p_predicted = frame["p_predicted"].to_numpy(dtype=float, na_value=np.nan)
+    return flagged & frame["predicted_label"].notna().to_numpy() & (p_predicted >= min_p)
 
 
 def prompt_agreement(
@@ -138,6 +184,10 @@ def fused_rule(
     rows = np.flatnonzero(usable)
     if int(seed_mask[rows].sum()) < 2 * n_classes:
         raise TooFewRows(f"{int(seed_mask[rows].sum())} seed rows for {n_classes} classes")
+    import torch
+
+    from .evidence import flag_by_class, grow_clean_set
+
     x = torch.as_tensor(features[rows], device=device)
     evidence = grow_clean_set(x, labels[rows], seed_mask[rows], n_classes, seed=seed, )
     probs = evidence.probs  # [M, K] cross-fitted image evidence
@@ -176,3 +226,96 @@ def class_warnings(is_clean: np.ndarray, labels: np.ndarray, usable: np.ndarray,
     if usable.any() and 1.0 - float(is_clean[usable].mean()) > MOST_OF_A_CLASS:
         lines.append(f"{100 * (1 - float(is_clean[usable].mean())):.0f}% of all usable rows flagged")
     return lines
+
+
+@dataclass
+class Decision:
+    """Per-row output of :func:`select`, aligned with the listing."""
+
+    is_clean: np.ndarray  # bool [N]
+    p_clean: np.ndarray  # float32 [N]
+    suggested: np.ndarray  # int64 [N], -1 unusable
+    p_suggested: np.ndarray  # float32 [N]
+    text_score: np.ndarray  # float32 [N] text posterior of the given label
+    visual_score: np.ndarray  # float32 [N] cross-fitted visual probability of the given label (NaN: deft rule)
+    reason: list[str | None]  # why flagged
+    visual: np.ndarray | None  # float32 [N, K] visual probabilities (fused rule)
+    info: dict[str, Any]
+    warnings: list[str]
+
+
+def select(cfg: DetectConfig, listing: Listing, evidence: Evidence, *, device: Any) -> Decision:
+    """Apply the configured selection rule to the evidence (see :mod:`deft_clean.selection`)."""
+
+    labels, usable, n = listing.label_indices, evidence.usable, len(listing)
+    rows = np.arange(n)
+    scores = evidence.scores
+    if scores is not None:
+        text_pred, text_score = scores.predicted_index, scores.p_label
+    else:
+        text_pred = np.where(usable, evidence.zero_shot.argmax(axis=1), -1)
+        text_score = evidence.zero_shot[rows, labels]
+    text_score = np.where(usable, text_score, np.nan).astype(np.float32)
+    classes = listing.classes
+    if cfg.selection == "deft" and scores is not None:
+        is_clean = deft_rule(scores.p_clean, scores.predicted_index, labels, usable, cfg.clean_rule)
+        reason: list[str | None] = [None] * n
+        for i in np.flatnonzero(usable & ~is_clean):
+            reason[i] = (
+                f"the negative prompt of {classes[labels[i]]!r} is closer than its positive prompt"
+                if scores.p_clean[i] <= 0.5
+                else f"the prompts point to {classes[scores.predicted_index[i]]!r}"
+            )
+        p_clean = np.where(usable, scores.p_clean, np.nan).astype(np.float32)
+        nan = np.full(n, np.nan, dtype=np.float32)
+        decision = Decision(
+            is_clean, p_clean, scores.predicted_index, scores.p_predicted, text_score, nan, reason, None,
+            {"seed_size": None}, [],
+        )
+    else:
+        seed_mask = text_seed(usable, labels, evidence.zero_shot, scores, cfg.clean_rule)
+        try:
+            text = scores.probs if scores is not None else evidence.zero_shot  # [N, K]
+            fused = fused_rule(
+                evidence.features, labels, usable, seed_mask, text, len(classes), seed=cfg.seed, device=device
+            )
+        except TooFewRows as exc:
+            return text_only(listing, usable, text_pred, text_score, f"{exc}: decided on the text evidence alone")
+        visual_score = fused.visual[rows, labels]  # [N] NaN for unusable rows
+        reason = [None] * n
+        for i in np.flatnonzero(usable & ~fused.is_clean):
+            text_note = (
+                "the text evidence agrees with the label"
+                if text_pred[i] == labels[i]
+                else f"text evidence: {classes[text_pred[i]]!r}"
+            )
+            reason[i] = (
+                f"looks like {classes[fused.suggested[i]]!r} (image evidence {fused.p_suggested[i]:.2f}, "
+                f"{classes[labels[i]]!r} {visual_score[i]:.2f}); {text_note}"
+            )
+        decision = Decision(
+            fused.is_clean, fused.p_clean, fused.suggested, fused.p_suggested, text_score, visual_score, reason,
+            fused.visual, {**fused.info, "text_evidence": evidence.text_source}, [],
+        )
+        if cfg.selection == "deft":
+            decision.warnings.append("--selection deft needs learned prompts; the fused rule was used instead")
+    decision.warnings += class_warnings(decision.is_clean, labels, usable, classes)
+    return decision
+
+
+def text_only(
+    listing: Listing, usable: np.ndarray, text_pred: np.ndarray, text_score: np.ndarray, note: str
+) -> Decision:
+    """Decision from the text evidence alone (too few rows for image evidence): clean iff it agrees."""
+
+    labels, classes = listing.label_indices, listing.classes
+    is_clean = usable & (text_pred == labels)
+    reason: list[str | None] = [None] * len(listing)
+    for i in np.flatnonzero(usable & ~is_clean):
+        reason[i] = f"the text evidence points to {classes[text_pred[i]]!r}"
+    nan = np.full(len(listing), np.nan, dtype=np.float32)
+    decision = Decision(
+        is_clean, text_score, text_pred, nan, text_score, nan, reason, None, {"note": note}, [note],
+    )
+    decision.warnings += class_warnings(is_clean, labels, usable, classes)
+    return decision

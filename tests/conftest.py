@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from deft_clean import toy
+from tests import toy
 
 N_CLASSES = 6
 CLASSES = toy.SHAPE_CLASSES[:N_CLASSES]

@@ -11,9 +11,9 @@ import pytest
 from PIL import Image, ImageFilter
 
 import deft_clean
-from deft_clean import toy
 from deft_clean.evidence import estimated_issue_counts, flag_by_class
 from deft_clean.selection import class_warnings
+from tests import toy
 
 from .conftest import CLASSES, N_CLASSES, NoisyFolder
 

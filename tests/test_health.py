@@ -7,8 +7,8 @@ import shutil
 import numpy as np
 import pandas as pd
 
-from deft_clean import toy
 from deft_clean.health import content_hashes, dataset_health, group_ids, neighbours
+from tests import toy
 
 
 def clustered(n_per_class: int = 60, n_classes: int = 4, dim: int = 32, seed: int = 0):

@@ -20,12 +20,12 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from deft_clean.classifiers import load_model
 from deft_clean.cli import app
 from deft_clean.config import DetectConfig, TrainConfig
 from deft_clean.data import list_dataset, load_image
 from deft_clean.errors import DataError, UsageError
 from deft_clean.files import DiskFullError, run_lock, write_atomic
-from deft_clean.models import load_model
 from deft_clean.results import load_results, write_results
 from deft_clean.runstate import load_checkpoint, save_checkpoint
 from deft_clean.safety import printable
@@ -487,7 +487,7 @@ def test_error_messages_escape_control_characters(tmp_path):
 
 
 def test_rebuilding_a_model_prints_no_random_init_warning(tiny_clip, caplog):
-    from deft_clean.models import _clip_architecture
+    from deft_clean.classifiers import _clip_architecture
 
     config = json.loads(tiny_clip.config.read_text())
     with caplog.at_level("WARNING"):

@@ -234,8 +234,8 @@ def test_torchrun_two_cpu_processes_train(noisy_folder, uninterrupted, tmp_path)
 def test_ranks_get_their_own_augmentation_streams_but_one_epoch_order():
     import torch
 
-    from deft_clean.detector import epoch_order, rank_streams, seed_everything
     from deft_clean.distributed import Dist
+    from deft_clean.engine import epoch_order, rank_streams, seed_everything
 
     generator = seed_everything(0)
     assert rank_streams(generator, Dist()) is generator  # one process: nothing changes

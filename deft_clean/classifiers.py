@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import DataError, UsageError, WeightsError
+from .errors import DataError, UsageError, WeightsError, option
 from .safety import printable
 
 MODEL_FILES = ("config.json", "model.safetensors")
@@ -66,7 +66,7 @@ def model_spec(backbone: str, *, metadata: dict[str, Any], backbone_weights: str
         return spec
     if backbone.startswith("timm:") and len(backbone) > 5:
         return {"backbone": backbone, "timm_name": backbone[5:], "weights": backbone_weights}
-    raise UsageError(f"--backbone must be 'clip' or 'timm:NAME' (e.g. timm:resnet50), got {backbone!r}")
+    raise UsageError(f"{option('backbone')} must be 'clip' or 'timm:NAME' (e.g. timm:resnet50), got {backbone!r}")
 
 
 def _clip_architecture(spec: dict[str, Any], device: torch.device) -> nn.Module:
@@ -152,8 +152,9 @@ def _timm_classifier(
             return timm.create_model(name, pretrained=True, num_classes=n_classes).to(device)
         except Exception as exc:  # hub/network errors come in many types
             raise WeightsError(
-                f"could not download the pretrained weights of timm:{name} ({type(exc).__name__}); pass "
-                "--backbone-weights PATH (a .safetensors/.pth state dict) or --backbone-weights none"
+                f"could not download the pretrained weights of timm:{name} ({type(exc).__name__}); pass a "
+                f".safetensors/.pth state dict as {option('backbone_weights')}, or "
+                f"{option('backbone_weights', 'none')}"
             ) from None
     model = timm.create_model(name, pretrained=False, num_classes=n_classes)
     if load_pretrained and str(weights).lower() != "none":
@@ -161,7 +162,7 @@ def _timm_classifier(
         own = model.state_dict()
         compatible = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
         if not compatible:
-            raise WeightsError(f"--backbone-weights {weights}: no tensor matches timm:{name}")
+            raise WeightsError(f"{option('backbone_weights')} {weights}: no tensor matches timm:{name}")
         model.load_state_dict(compatible, strict=False)
     elif load_pretrained and not quiet:
         logging.getLogger("deft_clean").warning("timm:%s starts from random weights (--backbone-weights none)", name)

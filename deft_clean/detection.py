@@ -11,22 +11,21 @@ import platform
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from . import __version__
-from .config import DetectConfig, field_names
+from ._version import __version__
+from .config import DetectConfig, merge_options
 from .data import STATUS_OK, Listing, list_dataset
-from .errors import UsageError
+from .errors import UsageError, option
 from .files import run_lock
 from .health import health_columns
 from .results import normalize_frame, write_results
 from .runstate import StopOnSignal, config_signature, listing_signature, load_checkpoint, save_checkpoint
 from .safety import check_detect_paths
 
-C = TypeVar("C")
 CHECKPOINT = "detect_checkpoint.pt"  # inside the run folder
 
 
@@ -94,14 +93,6 @@ class DetectResult:
         }
 
 
-def merge_options(cls: type[C], config: C | None, options: dict[str, Any]) -> C:
-    """Merge keyword options into a config dataclass, naming any unknown option."""
-    unknown = set(options) - field_names(cls)
-    if unknown:
-        raise UsageError(f"unknown option(s): {', '.join(sorted(unknown))}")
-    return dataclasses.replace(config or cls(), **options)
-
-
 def detect(
     dataset: str | os.PathLike[str] | pd.DataFrame,
     *,
@@ -152,140 +143,188 @@ def detect(
         raise UsageError(f"image_col={image_col!r} and path_col={path_col!r} name the same column; pass one")
     path_col = image_col or path_col
     listing = list_dataset(dataset, path_col=path_col, label_col=label_col, class_names=class_names, root=root)
+    run_dir = _check_outputs(
+        dataset, listing, cfg, out=out, run_dir=run_dir, class_names=class_names, save_arrays=save_arrays,
+        checkpoint_every=checkpoint_every, overwrite=overwrite,
+    )  # fmt: skip
+    run = _Checkpoint.open(run_dir, cfg, listing, resume=resume, every=checkpoint_every)
+    from .distributed import process_group
+
+    with process_group(cfg.device) as ranks, run_lock(*((out, run_dir) if ranks.is_main else ())):
+        source = listing.root.resolve() if listing.source == "dataframe" else Path(dataset).resolve()
+        recorded = {"dataset": str(source), "source": listing.source, "path_col": path_col, "label_col": label_col}
+        result = _detect(cfg, listing, run, ranks=ranks, quiet=quiet, recorded=recorded)
+        if out is not None and ranks.is_main:
+            result.save(out)
+        if save_arrays is not None and ranks.is_main:
+            result.save_arrays(save_arrays)
+        if ranks.is_main:
+            run.finish()
+        return result
+
+
+def _check_outputs(
+    dataset: Any, listing: Listing, cfg: DetectConfig, *, out: Any, run_dir: Any, class_names: Any,
+    save_arrays: Any, checkpoint_every: int, overwrite: bool,
+) -> Path | None:  # fmt: skip
+    """Refuse outputs that would overwrite inputs or each other; returns the run folder (None: no checkpoints)."""
     if out is not None and Path(out).is_dir():
-        raise UsageError(f"--out {out} is a folder; pass a file path such as results.parquet")
+        raise UsageError(f"{option('out')} {out} is a folder; pass a file path such as results.parquet")
     if save_arrays is not None:
         from .arrays import check_arrays_dir
 
         inputs = [Path(p) for p in (dataset, class_names) if isinstance(p, (str, os.PathLike)) and Path(p).is_file()]
         check_arrays_dir(save_arrays, root=listing.root, source=listing.source, inputs=inputs)
     if checkpoint_every < 0:
-        raise UsageError(f"--checkpoint-every must be 0 or more, got {checkpoint_every}")
+        raise UsageError(f"{option('checkpoint_every')} must be 0 or more, got {checkpoint_every}")
     if run_dir is None and out is not None:
         run_dir = Path(out).with_name(Path(out).name + ".run")
-    checkpoint = Path(run_dir) / CHECKPOINT if run_dir is not None else None
     check_detect_paths(
         dataset, root=listing.root, source=listing.source, paths=listing.paths, out=out, run_dir=run_dir,
         overwrite=overwrite, extra_inputs=[class_names, cfg.model, cfg.pretrained],
     )  # fmt: skip
-    if resume and checkpoint is None:
-        raise UsageError("--resume needs --run-dir or --out (the checkpoint lives in <out>.run/)")
-    if not resume and checkpoint is not None and checkpoint.exists():
-        raise UsageError(
-            f"{checkpoint} holds an unfinished run; pass --resume to continue it, or delete {checkpoint.parent}"
-        )
-    signature = {
-        "options": config_signature(cfg),
-        **listing_signature(listing.paths, listing.labels, listing.classes),
-    }
-    resume_state = load_checkpoint(checkpoint, signature) if resume and checkpoint is not None else None
+    return Path(run_dir) if run_dir is not None else None
 
-    from .distributed import device_for, process_group
 
-    with process_group(cfg.device) as ranks, run_lock(*((out, run_dir) if ranks.is_main else ())):
-        import torch
+@dataclass
+class _Checkpoint:
+    """Where detect's training checkpoint lives, what must match to resume it, and the state to resume."""
 
-        from .backbone import load_clip, resolve_device
-        from .cache import prepare_cache
-        from .detector import resolve_workers
-        from .progress import RichProgress
+    path: Path | None  # None: the run is not resumable
+    signature: dict[str, Any]
+    resume: dict[str, Any] | None  # the loaded checkpoint, when resuming
+    every: int  # also checkpoint every this many steps (0: at epoch ends)
 
-        device = device_for(ranks, resolve_device(cfg.device))
-        quiet = quiet or not ranks.is_main  # one progress display and one set of warnings
-        loaded = load_clip(cfg.model, cfg.pretrained, device=device, quiet=quiet, announce=True)
-        workers = resolve_workers(cfg.num_workers)
-        hint = (
-            f"checkpoint saved in {checkpoint.parent}; rerun the same command with --resume to continue"
-            if checkpoint is not None
-            else "nothing was saved (pass run_dir to make the run resumable)"
-        )
-        save = None
-        if checkpoint is not None:
-            encoded = json.dumps(signature)
-
-            def save(state: dict[str, Any]) -> None:
-                if ranks.is_main:
-                    save_checkpoint(checkpoint, {**state, "signature": encoded})
-
-        with RichProgress(quiet=quiet) as progress, StopOnSignal(hint) as stop:
-            cache = None
-            if cfg.cache is not None:
-                with stop.hinted("the images cached so far are kept; rerun the same command to go on"):
-                    cache = prepare_cache(
-                        cfg.cache,
-                        listing,
-                        size=loaded.image_size,
-                        num_workers=workers,
-                        progress=progress,
-                        stop=stop,
-                        ranks=ranks,
-                    )
-            passes = {
-                "batch_size": cfg.batch_size * 2,
-                "image_size": loaded.image_size,
-                "mean": loaded.mean,
-                "std": loaded.std,
-                "device": device,
-                "num_workers": workers,
-                "progress": progress,
-                "stop": stop,
-                "ranks": ranks,
-                "cache": cache,
-            }
-            evidence = gather_evidence(
-                cfg, loaded, listing, passes, save=save, resume=resume_state, checkpoint_every=checkpoint_every
+    @classmethod
+    def open(
+        cls, run_dir: Path | None, cfg: DetectConfig, listing: Listing, *, resume: bool, every: int
+    ) -> _Checkpoint:
+        path = run_dir / CHECKPOINT if run_dir is not None else None
+        if resume and path is None:
+            raise UsageError(
+                f"{option('resume', True)} needs {option('run_dir')} or {option('out')} (the checkpoint lives in "
+                "<out>.run/)"
             )
-        selection = select(cfg, listing, evidence, device=device)
-        for line in evidence.warnings + selection.warnings:
-            if not quiet:
-                logging.getLogger("deft_clean").warning(line)
-        frame = results_frame(listing, evidence, selection)
-        if cfg.health:
-            health = health_columns(
-                listing.root, listing.paths, evidence.features, evidence.usable, evidence.prompts, device=device
-            )
-            frame = frame.assign(**health)
-        metadata = {
-            "deft_clean_version": __version__,
-            "kind": "detect",
-            "model": cfg.model,
-            "model_name": loaded.model_name,
-            "pretrained": cfg.pretrained,
-            "classes": listing.classes,
-            "prompt_names": listing.prompt_names,
-            "dataset": str(listing.root.resolve() if listing.source == "dataframe" else Path(dataset).resolve()),
-            "source": listing.source,
-            "path_col": path_col,
-            "label_col": label_col,
-            "image_size": loaded.image_size,
-            "mean": list(loaded.mean),
-            "std": list(loaded.std),
-            "options": dataclasses.asdict(cfg),
-            "seed": cfg.seed,
-            "device": str(device),
-            "world_size": ranks.world,
-            "torch_version": torch.__version__,
-            "python_version": platform.python_version(),
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "history": [dataclasses.asdict(h) for h in evidence.history],
-            "text_evidence": evidence.text_source,
-            "selection": {"rule": cfg.selection, **selection.info},
-            "warnings": evidence.warnings + selection.warnings,
+        if not resume and path is not None and path.exists():
+            raise UsageError(f"{path} holds an unfinished run; pass --resume to continue it, or delete {path.parent}")
+        signature = {
+            "options": config_signature(cfg),
+            **listing_signature(listing.paths, listing.labels, listing.classes),
         }
-        frame = normalize_frame(frame, metadata)
-        result = DetectResult(frame, metadata, [dataclasses.asdict(h) for h in evidence.history])
-        result.features = evidence.features
-        result.visual_probs = selection.visual
-        result.evidence = evidence
-        if out is not None and ranks.is_main:
-            result.save(out)
-        if save_arrays is not None and ranks.is_main:
-            result.save_arrays(save_arrays)
-        if checkpoint is not None and ranks.is_main:
-            checkpoint.unlink(missing_ok=True)
+        state = load_checkpoint(path, signature) if resume and path is not None else None
+        return cls(path, signature, state, every)
+
+    @property
+    def hint(self) -> str:
+        """What the message of a stopped run says about going on."""
+        if self.path is None:
+            return "nothing was saved (pass run_dir to make the run resumable)"
+        return f"checkpoint saved in {self.path.parent}; rerun the same command with --resume to continue"
+
+    def saver(self) -> Any:
+        """The engine's ``save`` callback (None when the run is not resumable)."""
+        if self.path is None:
+            return None
+        encoded, path = json.dumps(self.signature), self.path
+
+        def save(state: dict[str, Any]) -> None:
+            save_checkpoint(path, {**state, "signature": encoded})
+
+        return save
+
+    def finish(self) -> None:
+        """Remove the checkpoint of a run whose results are written."""
+        if self.path is not None:
+            self.path.unlink(missing_ok=True)
             with contextlib.suppress(OSError):
-                checkpoint.parent.rmdir()  # only if empty: the user may have put other things there
-        return result
+                self.path.parent.rmdir()  # only if empty: the user may have put other things there
+
+
+def _detect(
+    cfg: DetectConfig, listing: Listing, run: _Checkpoint, *, ranks: Any, quiet: bool, recorded: dict[str, Any]
+) -> DetectResult:
+    """Load CLIP, gather the evidence, select the clean rows and assemble the result (one rank's part)."""
+    from .backbone import load_clip, resolve_device
+    from .distributed import device_for
+    from .engine import resolve_workers
+    from .progress import RichProgress
+    from .selection import select
+
+    device = device_for(ranks, resolve_device(cfg.device))
+    quiet = quiet or not ranks.is_main  # one progress display and one set of warnings
+    loaded = load_clip(cfg.model, cfg.pretrained, device=device, quiet=quiet, announce=True)
+    workers = resolve_workers(cfg.num_workers)
+    with RichProgress(quiet=quiet) as progress, StopOnSignal(run.hint) as stop:
+        cache = None
+        if cfg.cache is not None:
+            from .cache import prepare_cache
+
+            with stop.hinted("the images cached so far are kept; rerun the same command to go on"):
+                cache = prepare_cache(
+                    cfg.cache, listing, size=loaded.image_size, num_workers=workers, progress=progress, stop=stop,
+                    ranks=ranks,
+                )  # fmt: skip
+        passes = {
+            "batch_size": cfg.batch_size * 2, "image_size": loaded.image_size, "mean": loaded.mean,
+            "std": loaded.std, "device": device, "num_workers": workers, "progress": progress, "stop": stop,
+            "ranks": ranks, "cache": cache,
+        }  # fmt: skip
+        evidence = gather_evidence(
+            cfg, loaded, listing, passes, save=run.saver(), resume=run.resume, checkpoint_every=run.every
+        )
+    selection = select(cfg, listing, evidence, device=device)
+    for line in evidence.warnings + selection.warnings:
+        if not quiet:
+            logging.getLogger("deft_clean").warning(line)
+    frame = results_frame(listing, evidence, selection)
+    if cfg.health:
+        health = health_columns(
+            listing.root, listing.paths, evidence.features, evidence.usable, evidence.prompts, device=device
+        )
+        frame = frame.assign(**health)
+    metadata = _metadata(cfg, listing, loaded, evidence, selection, recorded=recorded, device=device, world=ranks.world)
+    frame = normalize_frame(frame, metadata)
+    result = DetectResult(frame, metadata, [dataclasses.asdict(h) for h in evidence.history])
+    result.features = evidence.features
+    result.visual_probs = selection.visual
+    result.evidence = evidence
+    return result
+
+
+def _metadata(
+    cfg: DetectConfig, listing: Listing, loaded: Any, evidence: Evidence, selection: Any, *,
+    recorded: dict[str, Any], device: Any, world: int,
+) -> dict[str, Any]:  # fmt: skip
+    """The Parquet's metadata: what was run, on what, with which software, and what it warned about."""
+    import torch
+
+    return {
+        "deft_clean_version": __version__,
+        "kind": "detect",
+        "model": cfg.model,
+        "model_name": loaded.model_name,
+        "pretrained": cfg.pretrained,
+        "classes": listing.classes,
+        "prompt_names": listing.prompt_names,
+        "dataset": recorded["dataset"],
+        "source": recorded["source"],
+        "path_col": recorded["path_col"],
+        "label_col": recorded["label_col"],
+        "image_size": loaded.image_size,
+        "mean": list(loaded.mean),
+        "std": list(loaded.std),
+        "options": dataclasses.asdict(cfg),
+        "seed": cfg.seed,
+        "device": str(device),
+        "world_size": world,
+        "torch_version": torch.__version__,
+        "python_version": platform.python_version(),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "history": [dataclasses.asdict(h) for h in evidence.history],
+        "text_evidence": evidence.text_source,
+        "selection": {"rule": cfg.selection, **selection.info},
+        "warnings": evidence.warnings + selection.warnings,
+    }
 
 
 @dataclass
@@ -326,15 +365,7 @@ def gather_evidence(
     import torch
 
     from .backbone import zero_shot_text
-    from .detector import (
-        DeftModel,
-        TrainControl,
-        TrainingDiverged,
-        image_features,
-        score_samples,
-        seed_everything,
-        train_prompts,
-    )
+    from .detector import TrainControl, image_features
     from .selection import MIN_PROMPT_AGREEMENT, prompt_agreement
 
     with passes["stop"].hinted("stopped before any training; rerun the same command (without --resume)"):
@@ -345,43 +376,10 @@ def gather_evidence(
     evidence = Evidence(features, logits.softmax(dim=1).cpu().numpy(), text.cpu().numpy(), failures)
     if cfg.quick:
         return evidence
-    # Seeded here, after the cache fill and the feature pass (their loaders draw from the global RNG), so
-    # that prompt init and augmentation are the same with and without a cache.
-    generator = seed_everything(cfg.seed)
-    model = DeftModel(
-        loaded,
-        listing.prompt_names,
-        n_ctx=cfg.n_ctx,
-        ctx_init=cfg.ctx_init,
-        class_specific=cfg.class_specific,
-        vpt_tokens=cfg.vpt_tokens,
-        vpt_depth=cfg.vpt_depth,
-    ).to(passes["device"])
-    train_options = {k: passes[k] for k in ("image_size", "mean", "std", "device", "num_workers", "progress", "cache")}
-    control = TrainControl(
-        save=save, resume=resume, every_steps=checkpoint_every, stop=passes["stop"], ranks=passes["ranks"]
-    )
-    try:
-        evidence.history = train_prompts(
-            model,
-            listing,
-            epochs=cfg.epochs,
-            warmup_epochs=cfg.warmup_epochs,
-            batch_size=cfg.batch_size,
-            lr=cfg.lr,
-            momentum=cfg.momentum,
-            weight_decay=cfg.weight_decay,
-            clean_rule=cfg.clean_rule,
-            hflip=cfg.hflip,
-            grad_clip=cfg.grad_clip,
-            generator=generator,
-            control=control,
-            **train_options,
-        )
-    except TrainingDiverged as exc:
-        evidence.warnings.append(f"{exc}; the learned prompts were dropped and zero-shot prompts used (lower lr)")
+    control = TrainControl(save, resume, every_steps=checkpoint_every, stop=passes["stop"], ranks=passes["ranks"])
+    scores = learned_scores(cfg, loaded, listing, passes, evidence, control)
+    if scores is None:
         return evidence
-    scores = score_samples(model, listing, **passes)
     usable = evidence.usable
     labels = listing.label_indices
     if np.isnan(scores.p_clean[usable]).any():
@@ -399,102 +397,51 @@ def gather_evidence(
     return evidence
 
 
-@dataclass
-class Decision:
-    """Per-row output of :func:`select`, aligned with the listing."""
+def learned_scores(
+    cfg: DetectConfig, loaded: Any, listing: Listing, passes: dict[str, Any], evidence: Evidence, control: Any
+) -> Any:
+    """Train DeFT's prompts and score every sample with them (a ``detector.Scores``); None, with a warning
+    in ``evidence``, when the training diverged."""
+    from . import detector
+    from .engine import TrainingDiverged, seed_everything
 
-    is_clean: np.ndarray  # bool [N]
-    p_clean: np.ndarray  # float32 [N]
-    suggested: np.ndarray  # int64 [N], -1 unusable
-    p_suggested: np.ndarray  # float32 [N]
-    text_score: np.ndarray  # float32 [N] text posterior of the given label
-    visual_score: np.ndarray  # float32 [N] cross-fitted visual probability of the given label (NaN: deft rule)
-    reason: list[str | None]  # why flagged
-    visual: np.ndarray | None  # float32 [N, K] visual probabilities (fused rule)
-    info: dict[str, Any]
-    warnings: list[str]
-
-
-def select(cfg: DetectConfig, listing: Listing, evidence: Evidence, *, device: Any) -> Decision:
-    """Apply the configured selection rule to the evidence (see :mod:`deft_clean.selection`)."""
-    from .selection import TooFewRows, class_warnings, deft_rule, fused_rule, text_seed
-
-    labels, usable, n = listing.label_indices, evidence.usable, len(listing)
-    rows = np.arange(n)
-    scores = evidence.scores
-    if scores is not None:
-        text_pred, text_score = scores.predicted_index, scores.p_label
-    else:
-        text_pred = np.where(usable, evidence.zero_shot.argmax(axis=1), -1)
-        text_score = evidence.zero_shot[rows, labels]
-    text_score = np.where(usable, text_score, np.nan).astype(np.float32)
-    classes = listing.classes
-    if cfg.selection == "deft" and scores is not None:
-        is_clean = deft_rule(scores.p_clean, scores.predicted_index, labels, usable, cfg.clean_rule)
-        reason: list[str | None] = [None] * n
-        for i in np.flatnonzero(usable & ~is_clean):
-            reason[i] = (
-                f"the negative prompt of {classes[labels[i]]!r} is closer than its positive prompt"
-                if scores.p_clean[i] <= 0.5
-                else f"the prompts point to {classes[scores.predicted_index[i]]!r}"
-            )
-        p_clean = np.where(usable, scores.p_clean, np.nan).astype(np.float32)
-        nan = np.full(n, np.nan, dtype=np.float32)
-        decision = Decision(
-            is_clean, p_clean, scores.predicted_index, scores.p_predicted, text_score, nan, reason, None,
-            {"seed_size": None}, [],
+    # Seeded here, after the cache fill and the feature pass (their loaders draw from the global RNG), so
+    # that prompt init and augmentation are the same with and without a cache.
+    generator = seed_everything(cfg.seed)
+    model = detector.DeftModel(
+        loaded,
+        listing.prompt_names,
+        n_ctx=cfg.n_ctx,
+        ctx_init=cfg.ctx_init,
+        class_specific=cfg.class_specific,
+        vpt_tokens=cfg.vpt_tokens,
+        vpt_depth=cfg.vpt_depth,
+    ).to(passes["device"])
+    train_options = {k: passes[k] for k in ("image_size", "mean", "std", "device", "num_workers", "progress", "cache")}
+    try:
+        evidence.history = detector.train_prompts(
+            model,
+            listing,
+            epochs=cfg.epochs,
+            warmup_epochs=cfg.warmup_epochs,
+            batch_size=cfg.batch_size,
+            lr=cfg.lr,
+            momentum=cfg.momentum,
+            weight_decay=cfg.weight_decay,
+            clean_rule=cfg.clean_rule,
+            hflip=cfg.hflip,
+            grad_clip=cfg.grad_clip,
+            generator=generator,
+            control=control,
+            **train_options,
         )
-    else:
-        seed_mask = text_seed(usable, labels, evidence.zero_shot, scores, cfg.clean_rule)
-        try:
-            text = scores.probs if scores is not None else evidence.zero_shot  # [N, K]
-            fused = fused_rule(
-                evidence.features, labels, usable, seed_mask, text, len(classes), seed=cfg.seed, device=device
-            )
-        except TooFewRows as exc:
-            return text_only(listing, usable, text_pred, text_score, f"{exc}: decided on the text evidence alone")
-        visual_score = fused.visual[rows, labels]  # [N] NaN for unusable rows
-        reason = [None] * n
-        for i in np.flatnonzero(usable & ~fused.is_clean):
-            text_note = (
-                "the text evidence agrees with the label"
-                if text_pred[i] == labels[i]
-                else f"text evidence: {classes[text_pred[i]]!r}"
-            )
-            reason[i] = (
-                f"looks like {classes[fused.suggested[i]]!r} (image evidence {fused.p_suggested[i]:.2f}, "
-                f"{classes[labels[i]]!r} {visual_score[i]:.2f}); {text_note}"
-            )
-        decision = Decision(
-            fused.is_clean, fused.p_clean, fused.suggested, fused.p_suggested, text_score, visual_score, reason,
-            fused.visual, {**fused.info, "text_evidence": evidence.text_source}, [],
-        )
-        if cfg.selection == "deft":
-            decision.warnings.append("--selection deft needs learned prompts; the fused rule was used instead")
-    decision.warnings += class_warnings(decision.is_clean, labels, usable, classes)
-    return decision
+    except TrainingDiverged as exc:
+        evidence.warnings.append(f"{exc}; the learned prompts were dropped and zero-shot prompts used (lower lr)")
+        return None
+    return detector.score_samples(model, listing, **passes)
 
 
-def text_only(
-    listing: Listing, usable: np.ndarray, text_pred: np.ndarray, text_score: np.ndarray, note: str
-) -> Decision:
-    """Decision from the text evidence alone (too few rows for image evidence): clean iff it agrees."""
-    from .selection import class_warnings
-
-    labels, classes = listing.label_indices, listing.classes
-    is_clean = usable & (text_pred == labels)
-    reason: list[str | None] = [None] * len(listing)
-    for i in np.flatnonzero(usable & ~is_clean):
-        reason[i] = f"the text evidence points to {classes[text_pred[i]]!r}"
-    nan = np.full(len(listing), np.nan, dtype=np.float32)
-    decision = Decision(
-        is_clean, text_score, text_pred, nan, text_score, nan, reason, None, {"note": note}, [note],
-    )
-    decision.warnings += class_warnings(is_clean, labels, usable, classes)
-    return decision
-
-
-def results_frame(listing: Listing, evidence: Evidence, decision: Decision) -> pd.DataFrame:
+def results_frame(listing: Listing, evidence: Evidence, decision: Any) -> pd.DataFrame:
     """Assemble the per-sample DataFrame of the Parquet contract from the listing and the decision."""
     usable = evidence.usable
     classes = np.array(listing.classes, dtype=object)
