@@ -55,14 +55,29 @@ def root(
 
 @app.command()
 def detect(
-    dataset: Annotated[Path, typer.Argument(help="Image folder (DATASET/<class>/<image>) or a .csv/.parquet table.")],
+    dataset: Annotated[
+        Path,
+        typer.Argument(
+            help="Image folder (DATASET/<class>/<image>), a .csv/.parquet table, a Hugging Face dataset folder "
+            "(save_to_disk) or WebDataset shards ('shards-{000..003}.tar')."
+        ),
+    ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output Parquet file.")] = Path("results.parquet"),
     model: Annotated[str, typer.Option(help="open_clip model name, or a model-config JSON path.")] = D.model,
     pretrained: Annotated[
         str, typer.Option(help="open_clip pretrained tag, a local checkpoint file, or 'none'.")
     ] = D.pretrained,
     path_col: Annotated[str, typer.Option(help="Path column of a table.")] = "path",
-    label_col: Annotated[str, typer.Option(help="Label column of a table.")] = "label",
+    label_col: Annotated[
+        str, typer.Option(help="Label column of a table (Hugging Face: default its ClassLabel column).")
+    ] = "label",
+    image_col: Annotated[
+        str | None, typer.Option(help="Hugging Face dataset: the image column (default: its Image column).")
+    ] = None,
+    split: Annotated[str | None, typer.Option(help="Hugging Face DatasetDict: the split (default: train).")] = None,
+    label_key: Annotated[
+        str, typer.Option(help="WebDataset: the member holding the label, e.g. cls, or json:FIELD.")
+    ] = "cls",
     class_names: Annotated[
         Path | None, typer.Option(help="JSON object or two-column CSV: raw label -> prompt text.")
     ] = None,
@@ -159,6 +174,9 @@ def detect(
                 dataset,
                 path_col=path_col,
                 label_col=label_col,
+                image_col=image_col,
+                split=split,
+                label_key=label_key,
                 class_names=class_names,
                 out=out,
                 quiet=quiet,

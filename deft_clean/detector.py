@@ -372,6 +372,7 @@ def train_prompts(
         train_transform(image_size, mean, std, hflip=hflip),
         image_size=image_size,
         cache=cache,
+        images=listing.images,
     )
     ranks = control.ranks
     steps_per_epoch = max(1, math.ceil(math.ceil(len(dataset) / ranks.world) / batch_size))
@@ -536,6 +537,7 @@ def eval_pass(
         image_size=image_size,
         indices=np.arange(ranks.rank, len(listing), ranks.world) if ranks.active else None,
         cache=cache,
+        images=listing.images,
     )
     loader = make_loader(
         dataset, batch_size=batch_size, sampler=None, generator=None, num_workers=num_workers, device=device

@@ -78,6 +78,21 @@ def dataset_root(metadata: dict[str, Any], dataset: str | os.PathLike[str] | Non
     return root.resolve()
 
 
+def refuse_packed(metadata: dict[str, Any]) -> None:
+    """Export writes image files; a Hugging Face dataset or WebDataset is filtered in its own format instead."""
+    source = metadata.get("source")
+    if source == "hf":
+        raise UsageError(
+            "export writes image folders; keep a Hugging Face dataset in its format instead: "
+            "ds.select(frame.index[frame.is_clean]) in Python (rows are hf://<index>; see README, Inputs)"
+        )
+    if source == "webdataset":
+        raise UsageError(
+            "export writes image folders; for WebDataset shards train on them directly "
+            "(deft-clean train SHARDS --results ... --clean-only) or filter keys in Python (see README, Inputs)"
+        )
+
+
 def export_dataset(
     results: str | os.PathLike[str] | DetectResult,
     *,
@@ -123,6 +138,7 @@ def export_dataset(
         frame, metadata = load_results(results)
     else:
         frame, metadata = results.frame, results.metadata
+    refuse_packed(metadata)
     root = dataset_root(metadata, dataset)
     target = Path(out)
     _check_out(target, mode=mode)

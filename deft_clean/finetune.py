@@ -39,6 +39,7 @@ from .decisions import Verdicts, load_verdicts
 from .distributed import Dist
 from .errors import DataError, UsageError
 from .files import run_lock, write_atomic
+from .listing import relist
 from .models import build_classifier, data_config, model_spec
 from .probe import HeadParts, choose_hflip, fit_probe_head, head_parts, run_warnings, stratified_holdout
 from .results import load_results
@@ -139,7 +140,7 @@ def _signature(cfg: TrainConfig, rows: np.ndarray, labels: np.ndarray, spec: dic
 
 
 def train(
-    dataset: str | os.PathLike[str],
+    dataset: Any,
     *,
     results: str | os.PathLike[str],
     out: str | os.PathLike[str],
@@ -152,7 +153,9 @@ def train(
     """Fine-tune a classifier on the rows of ``dataset`` that the detect ``results`` keep (phase 2).
 
     Args:
-        dataset: the image folder or table that detect ran on.
+        dataset: what detect ran on: image folder, table, DataFrame (its relative paths start at the
+            folder detect recorded), Hugging Face dataset or WebDataset shards; it is listed again with
+            the options detect recorded (split, columns, label key).
         results: the detect Parquet; it must list exactly this dataset's samples and classes.
         out: output folder (model.safetensors, config.json, metrics.json, checkpoint.pt).
         config / options: a :class:`TrainConfig` and keyword overrides of its fields.
@@ -178,7 +181,7 @@ def train(
 
 
 def _train(
-    dataset: str | os.PathLike[str],
+    dataset: Any,
     *,
     results: Path,
     out: str | os.PathLike[str],
@@ -204,9 +207,7 @@ def _train(
     from .progress import RichProgress
 
     frame, metadata = load_results(results)
-    listing = list_dataset(
-        dataset, path_col=metadata.get("path_col", "path"), label_col=metadata.get("label_col", "label")
-    )
+    listing = relist(dataset, metadata)
     check_match(listing, frame, metadata, results)
     verdicts = load_verdicts(decisions, frame, metadata)
     rows, labels, n_relabelled = select_rows(
@@ -242,10 +243,11 @@ def _train(
     checkpoint_path = out_dir / CHECKPOINT
     if out_dir.exists() and any(out_dir.iterdir()) and not cfg.resume and not cfg.overwrite:
         raise UsageError(f"--out {out_dir} is not empty; pass --resume to continue or --overwrite to replace it")
-    inputs: list[Any] = [results, dataset, *([val] if val is not None else [])]
-    if listing.source == "table":
+    named = [dataset] if isinstance(dataset, (str, os.PathLike)) else []  # not a DataFrame or HF object
+    inputs: list[Any] = [results, *named, *([val] if val is not None else [])]
+    if listing.source in ("table", "dataframe"):
         inputs.extend(listing.root / p for p in listing.paths)
-    datasets = [listing.root] if listing.source == "folder" else []
+    datasets = [listing.root] if listing.source in ("folder", "hf", "webdataset") else []
     if val_listing is not None and val_listing.source == "folder":
         datasets.append(val_listing.root)
     check_output(out_dir, inputs=inputs, datasets=datasets, overwrite=True, folder=True)
@@ -278,18 +280,21 @@ def _train(
         image_size=size,
         indices=rows.tolist(),
         cache=cache,
+        images=listing.images,
     )
     evaluation = eval_transform(size, mean, std)
 
     def unaugmented(indices: np.ndarray) -> ImageDataset:
         return ImageDataset(
-            listing.root, listing.paths, full_labels, evaluation, image_size=size, indices=indices.tolist(), cache=cache
+            listing.root, listing.paths, full_labels, evaluation, image_size=size, indices=indices.tolist(),
+            cache=cache, images=listing.images,
         )
 
     val_set = None
     if val_listing is not None:
         val_set = ImageDataset(
-            val_listing.root, val_listing.paths, val_listing.label_indices, evaluation, image_size=size, cache=val_cache
+            val_listing.root, val_listing.paths, val_listing.label_indices, evaluation, image_size=size,
+            cache=val_cache, images=val_listing.images,
         )
     elif len(held_rows):
         val_set = unaugmented(held_rows)

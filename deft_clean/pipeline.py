@@ -18,10 +18,10 @@ import pandas as pd
 
 from . import __version__
 from .config import DetectConfig, field_names
-from .data import STATUS_OK, Listing, list_dataset
 from .errors import UsageError
 from .files import run_lock
 from .health import health_columns
+from .listing import STATUS_OK, Listing, list_dataset
 from .results import normalize_frame, write_results
 from .runstate import StopOnSignal, config_signature, listing_signature, load_checkpoint, save_checkpoint
 from .safety import check_detect_paths
@@ -103,7 +103,7 @@ def merge_options(cls: type[C], config: C | None, options: dict[str, Any]) -> C:
 
 
 def detect(
-    dataset: str | os.PathLike[str] | pd.DataFrame,
+    dataset: Any,
     *,
     config: DetectConfig | None = None,
     path_col: str = "path",
@@ -118,13 +118,16 @@ def detect(
     checkpoint_every: int = 0,
     overwrite: bool = False,
     save_arrays: str | os.PathLike[str] | None = None,
+    split: str | None = None,
+    label_key: str = "cls",
     **options: Any,
 ) -> DetectResult:
     """Find wrong labels in a dataset with DeFT (phase 1).
 
     Args:
-        dataset: image folder, .csv/.parquet table, or a pandas DataFrame of image paths (absolute, or
-            relative to ``root``) and labels (see :func:`deft_clean.data.list_dataset`).
+        dataset: image folder, .csv/.parquet table, a pandas DataFrame of image paths (absolute, or
+            relative to ``root``) and labels, a Hugging Face dataset (saved folder or object) or WebDataset
+            ``.tar`` shards (see :func:`deft_clean.listing.list_dataset`).
         config: a :class:`DetectConfig`; keyword ``options`` (any DetectConfig field, e.g.
             ``model="ViT-B-16", epochs=5``) override it.
         path_col, label_col, class_names: how to read the dataset; ``image_col`` is another name for
@@ -139,6 +142,8 @@ def detect(
         overwrite: replace an existing ``out`` (never an input or a file inside the dataset).
         save_arrays: a folder for ``features.npy`` [N, D] and ``probs.npy`` [N, K], rows aligned with the
             Parquet (see :mod:`deft_clean.arrays`).
+        split: the split of a Hugging Face ``DatasetDict`` (default ``train``).
+        label_key: WebDataset shards: the member holding the label (``cls``) or ``json:FIELD``.
 
     Raises:
         Interrupted: SIGINT/SIGTERM arrived (in the main thread); the checkpoint is saved and no
@@ -151,7 +156,10 @@ def detect(
     if image_col is not None and path_col not in ("path", image_col):
         raise UsageError(f"image_col={image_col!r} and path_col={path_col!r} name the same column; pass one")
     path_col = image_col or path_col
-    listing = list_dataset(dataset, path_col=path_col, label_col=label_col, class_names=class_names, root=root)
+    listing = list_dataset(
+        dataset, path_col=path_col, label_col=label_col, class_names=class_names, root=root, split=split,
+        label_key=label_key,
+    )  # fmt: skip
     if out is not None and Path(out).is_dir():
         raise UsageError(f"--out {out} is a folder; pass a file path such as results.parquet")
     if save_arrays is not None:
@@ -242,7 +250,8 @@ def detect(
         frame = results_frame(listing, evidence, selection)
         if cfg.health:
             health = health_columns(
-                listing.root, listing.paths, evidence.features, evidence.usable, evidence.prompts, device=device
+                listing.root, listing.paths, evidence.features, evidence.usable, evidence.prompts, device=device,
+                images=listing.images,
             )
             frame = frame.assign(**health)
         metadata = {
@@ -253,8 +262,9 @@ def detect(
             "pretrained": cfg.pretrained,
             "classes": listing.classes,
             "prompt_names": listing.prompt_names,
-            "dataset": str(listing.root.resolve() if listing.source == "dataframe" else Path(dataset).resolve()),
+            "dataset": listing.origin,
             "source": listing.source,
+            "reader": listing.reader,
             "path_col": path_col,
             "label_col": label_col,
             "image_size": loaded.image_size,

@@ -1,0 +1,75 @@
+"""Readers: one module per input kind, each listing :class:`~deft_clean.readers.base.Rows`.
+
+=============  ===========================================  ==================================
+input          rows are identified by (``path`` column)     images are read from
+=============  ===========================================  ==================================
+folder         path below the folder                        the files
+table          path from the table, relative to its folder  the files
+DataFrame      path relative to ``root``                    the files
+Hugging Face   ``hf://<row index>``                         the dataset's Image column
+WebDataset     ``<shard path>#<sample key>``                the shards, in place (never extracted)
+=============  ===========================================  ==================================
+
+:func:`read_rows` picks the reader; nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from ..errors import UsageError
+from .base import TABLE_EXTENSIONS, Rows
+
+
+def read_rows(
+    dataset: Any,
+    *,
+    path_col: str = "path",
+    label_col: str = "label",
+    root: str | os.PathLike[str] | None = None,
+    split: str | None = None,
+    label_key: str = "cls",
+) -> Rows:
+    """List ``dataset`` with the reader for its kind (see the table above and ``listing.list_dataset``)."""
+    from . import hf, wds
+
+    if _is_dataframe(dataset):
+        from ..frames import list_frame
+        from .base import FileImages
+
+        base, paths, labels = list_frame(dataset, path_col=path_col, label_col=label_col, root=root)
+        return Rows(base, paths, labels, FileImages(base, paths), "dataframe", str(base.resolve()))
+    if hf.is_hf_object(dataset):
+        return hf.hf_rows(dataset, split=split, image_col=_named(path_col, "path"), label_col=_named(label_col))
+    if wds.is_shards(dataset):
+        return wds.wds_rows(dataset, label_key=label_key)
+    if not isinstance(dataset, (str, os.PathLike)):
+        raise UsageError(
+            f"cannot read a {type(dataset).__name__} as a dataset; pass a folder, a .csv/.parquet table, "
+            "a pandas DataFrame, a Hugging Face dataset or WebDataset .tar shards"
+        )
+    path = Path(dataset)
+    if not path.exists():
+        raise UsageError(f"dataset not found: {path}")
+    if path.is_dir() and hf.is_saved_dataset(path):
+        return hf.hf_rows(path, split=split, image_col=_named(path_col, "path"), label_col=_named(label_col))
+    from .files import folder_rows, table_rows
+
+    if path.is_dir():
+        return folder_rows(path)
+    if path.suffix.lower() in TABLE_EXTENSIONS:
+        return table_rows(path, path_col=path_col, label_col=label_col)
+    raise UsageError(f"{path} is neither an image folder nor a .csv/.parquet table")
+
+
+def _named(column: str, default: str = "label") -> str | None:
+    """A column the user named, or None for the default (the reader then finds it by its feature type)."""
+    return None if column == default else column
+
+
+def _is_dataframe(dataset: Any) -> bool:
+    import pandas as pd
+
+    return isinstance(dataset, pd.DataFrame)
