@@ -1,10 +1,11 @@
 """Hugging Face ``datasets``: a folder written by ``save_to_disk``, or a ``Dataset`` / ``DatasetDict`` object.
 
 Rows are identified by their index in the (split of the) dataset: ``hf://<index>``, stable as long as the
-saved dataset is. The image column is the dataset's ``Image`` feature and the label column its
-``ClassLabel`` feature (labels become the class names), unless named. Images are read from the dataset's
-Arrow files as encoded bytes and decoded exactly like files, so a Hugging Face copy of an image folder
-gets the verdicts of the folder. ``datasets`` is an optional dependency (``pip install 'deft-clean[hf]'``).
+saved dataset is. The image column is the dataset's ``Image`` feature; the label column is ``label`` if
+there is one, else its ``ClassLabel`` feature (labels become the class names); options name others.
+Images are read from the dataset's Arrow files as encoded bytes and decoded exactly like files, so a
+Hugging Face copy of an image folder gets the verdicts of the folder. ``datasets`` is an optional
+dependency (``pip install 'deft-clean[hf]'``).
 """
 
 from __future__ import annotations
@@ -97,15 +98,18 @@ def _image_column(dataset: Any, named: str | None, name: str, lib: Any) -> str:
 
 
 def _labels(dataset: Any, named: str | None, name: str, lib: Any) -> tuple[str, list[str]]:
-    """The label column (named, or the one ClassLabel column, or "label") and its labels as text."""
+    """The label column (named, else "label", else the one ClassLabel column) and its labels as text."""
     features = dataset.features
-    if named is None:
+    if named is None and "label" in features:
+        named = "label"
+    elif named is None:
         found = [c for c, f in features.items() if isinstance(f, lib.ClassLabel)]
-        if len(found) > 1 or (not found and "label" not in features):
+        if len(found) != 1:
             raise DataError(
-                f"{name}: {len(found)} ClassLabel columns {found} among {list(features)}; name one with --label-col"
+                f"{name}: no 'label' column and {len(found)} ClassLabel columns {found} among {list(features)}; "
+                "name the label column with --label-col"
             )
-        named = found[0] if found else "label"
+        named = found[0]
     elif named not in features:
         raise DataError(f"{name}: no column {named!r}; its columns are {list(features)} (see --label-col)")
     feature = features[named]
