@@ -28,7 +28,7 @@ from ..errors import DataError, UsageError
 from ..images import decode_image
 from .base import IMAGE_EXTENSIONS, PackedStrings, Rows
 
-INSTALL = "pip install webdataset"
+INSTALL = "pip install 'deft-clean[wds]'"
 IMAGE_EXTS = tuple(e.lstrip(".") for e in sorted(IMAGE_EXTENSIONS))
 
 
