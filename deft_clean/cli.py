@@ -336,12 +336,17 @@ def train(
 @app.command()
 def predict(
     model_dir: Annotated[Path, typer.Argument(help="Model folder written by train.")],
-    inputs: Annotated[list[Path], typer.Argument(help="A folder, a .csv/.parquet table, or image files.")],
+    inputs: Annotated[
+        list[Path],
+        typer.Argument(help="A folder, a .csv/.parquet table, image files, a Hugging Face dataset folder or shards."),
+    ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output Parquet file.")] = Path("predictions.parquet"),
     top_k: Annotated[int, typer.Option(help="How many top labels to keep per image.")] = 5,
     batch_size: Annotated[int, typer.Option(help="Batch size.")] = 64,
     path_col: Annotated[str, typer.Option(help="Path column of a table.")] = "path",
     label_col: Annotated[str, typer.Option(help="Label column of a table (optional).")] = "label",
+    split: Annotated[str | None, typer.Option(help="Hugging Face DatasetDict: the split (default: train).")] = None,
+    label_key: Annotated[str, typer.Option(help="WebDataset: the label member (optional), e.g. cls.")] = "cls",
     num_workers: Workers = None,
     overwrite: Overwrite = False,
     device: Device = "auto",
@@ -366,6 +371,8 @@ def predict(
             label_col=label_col,
             quiet=quiet,
             overwrite=overwrite,
+            split=split,
+            label_key=label_key,
         ),
     )
     if quiet:

@@ -68,7 +68,9 @@ def dataset_root(metadata: dict[str, Any], dataset: str | os.PathLike[str] | Non
     recorded = metadata.get("dataset")
     if not recorded:
         raise DataError("the results do not record where the dataset is; pass --dataset")
-    path = Path(recorded)
+    path = Path(str(recorded).split(",")[0])  # WebDataset: the shards' (first) pattern
+    if metadata.get("source") == "webdataset":
+        path = path.parent  # a pattern such as /data/shards-{000..009}.tar: its folder holds the shards
     is_table = metadata.get("source") == "table" or (
         metadata.get("source") is None and path.suffix.lower() in (".csv", ".parquet")
     )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -22,6 +23,7 @@ from deft_clean.cli import app
 from deft_clean.errors import DataError, UsageError
 from deft_clean.export import export_dataset
 from deft_clean.listing import list_dataset
+from deft_clean.report import report
 
 from .conftest import make_noisy_folder
 
@@ -92,6 +94,7 @@ def test_hf_dataset_gives_the_folder_verdicts(tiny_clip, folder, folder_run, tmp
     assert frame["path"].tolist() == [f"hf://{i}" for i in range(len(frame))]  # rows by index in the split
     assert metadata["source"] == "hf" and metadata["dataset"] == str(saved.resolve())
     assert metadata["reader"] == {"split": "train", "path_col": "image", "label_col": "label"}
+    assert "data:image/png;base64," in result._repr_html_()  # notebook thumbnails read the Arrow rows
     # the same split as a Python object
     split = datasets.load_from_disk(str(saved))["train"]
     assert_same_verdicts(deft_clean.detect(split, **options(tiny_clip)).frame, folder_run.frame)
@@ -108,6 +111,15 @@ def test_hf_train_clean_only_and_export_refusal(tiny_clip, folder, tmp_path):
     assert done.exit_code == 0, done.output
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["n_train"] + metrics["n_held_out"] == int(pd.read_parquet(results)["is_clean"].sum())
+    # predict reads the same inputs (labels optional): the HF split, its shards and its folder agree
+    predicted = deft_clean.predict(out, str(saved), split="validation", device="cpu", num_workers=0, quiet=True)
+    pattern = write_shards(folder, tmp_path / "shards")
+    from_shards = deft_clean.predict(out, [pattern], label_key="json:label", device="cpu", num_workers=0, quiet=True)
+    from_folder = deft_clean.predict(out, [folder], device="cpu", num_workers=0, quiet=True)
+    assert predicted.accuracy is not None and predicted.accuracy == from_shards.accuracy == from_folder.accuracy
+    unlabelled = deft_clean.predict(out, [pattern], label_key="txt", device="cpu", num_workers=0, quiet=True)
+    assert unlabelled.accuracy is None and unlabelled.frame["path"].iloc[0] == "shards-000.tar#sample00000"
+    assert unlabelled.frame["predicted_label"].tolist() == from_shards.frame["predicted_label"].tolist()
     with pytest.raises(UsageError, match=r"ds\.select"):
         export_dataset(results, out=tmp_path / "exported")
     assert not (saved / "model").exists() and sorted(p.name for p in saved.iterdir())[0] == "dataset_dict.json"
@@ -137,10 +149,36 @@ def test_webdataset_shards_give_the_folder_verdicts(tiny_clip, folder, folder_ru
     frame, metadata = deft_clean.load_results(out)
     assert frame["path"].iloc[0] == "shards-000.tar#sample00000"  # shard + key
     assert metadata["source"] == "webdataset" and metadata["reader"] == {"label_key": "json:label"}
+    report(out, html=tmp_path / "report.html", console=None)
+    assert "data:image/jpeg;base64," in (tmp_path / "report.html").read_text()  # thumbnails from the shards
     # the .cls labels are class indices: class names give their prompt text
     names = {str(i): c for i, c in enumerate(list_dataset(folder).classes)}
     listed = list_dataset(pattern, class_names=names)
     assert listed.prompt_names == [n.replace("_", " ") for n in names.values()]
+
+
+def test_webdataset_detect_resumes_to_identical_results(tiny_clip, folder, tmp_path, monkeypatch):
+    from deft_clean.progress import RichProgress
+    from deft_clean.runstate import Interrupted
+
+    pattern = write_shards(folder, tmp_path / "shards")
+    straight = deft_clean.detect(pattern, label_key="json:label", **options(tiny_clip))
+    out = tmp_path / "results.parquet"
+    original = RichProgress.start_epoch
+
+    def stop_at_epoch_2(self, *args, **kwargs):
+        if args[0] == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+        return original(self, *args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(RichProgress, "start_epoch", stop_at_epoch_2)
+        with pytest.raises(Interrupted):
+            deft_clean.detect(pattern, label_key="json:label", out=out, checkpoint_every=3, **options(tiny_clip))
+    resumed = deft_clean.detect(
+        pattern, label_key="json:label", out=out, resume=True, checkpoint_every=3, **options(tiny_clip)
+    )
+    np.testing.assert_array_equal(resumed.frame["p_clean"].to_numpy(float), straight.frame["p_clean"].to_numpy(float))
 
 
 def test_webdataset_errors(folder, tmp_path):

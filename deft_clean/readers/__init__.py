@@ -64,6 +64,30 @@ def read_rows(
     raise UsageError(f"{path} is neither an image folder nor a .csv/.parquet table")
 
 
+def read_inputs(
+    inputs: Any, *, path_col: str = "path", label_col: str = "label", split: str | None = None, label_key: str = "cls"
+) -> Rows:
+    """predict's inputs, labels optional: a folder, a table, image files, a Hugging Face dataset or shards."""
+    from . import hf, wds
+    from .files import loose_rows
+
+    items = [inputs] if isinstance(inputs, (str, os.PathLike)) or hf.is_hf_object(inputs) else list(inputs)
+    if not items:
+        raise UsageError("no input given")
+    one = items[0]
+    hf_given = hf.is_hf_object(one) or (isinstance(one, (str, os.PathLike)) and hf.is_saved_dataset(Path(one)))
+    if len(items) == 1 and hf_given:
+        image_col = _named(path_col, "path")
+        return hf.hf_rows(one, split=split, image_col=image_col, label_col=_named(label_col), labels_optional=True)
+    if wds.is_shards(items):
+        return wds.wds_rows(items, label_key=label_key, labels_optional=True)
+    paths = [Path(p) for p in items]
+    for path in paths:
+        if not path.exists():
+            raise UsageError(f"input not found: {path}")
+    return loose_rows(paths, path_col=path_col, label_col=label_col)
+
+
 def _named(column: str, default: str = "label") -> str | None:
     """A column the user named, or None for the default (the reader then finds it by its feature type)."""
     return None if column == default else column

@@ -42,7 +42,7 @@ class Rows:
 
     root: Path  # folder the rows live in (outputs may not go inside it); relative file paths start here
     paths: list[str]  # row identifiers, the Parquet's ``path`` column: stable across listings
-    labels: list[str]  # raw label of each row
+    labels: list[str] | None  # raw label of each row; None: unlabelled input (predict only)
     images: ImageSource  # opens row i's image
     source: str  # "folder", "table", "dataframe", "hf" or "webdataset"
     origin: str  # where the dataset is, as recorded in the Parquet metadata ("dataset")

@@ -12,15 +12,50 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..errors import DataError
+from ..errors import DataError, UsageError
 from ..safety import check_name, printable
-from .base import IMAGE_EXTENSIONS, FileImages, Rows
+from .base import IMAGE_EXTENSIONS, TABLE_EXTENSIONS, FileImages, Rows
 
 
 def folder_rows(path: Path) -> Rows:
     """The rows of an image folder ``path/<class>/<image>`` (labels are the class folder names)."""
     root, paths, labels = _list_folder(path)
     return Rows(root, paths, labels, FileImages(root, paths), "folder", str(path.resolve()))
+
+
+def loose_rows(paths: list[Path], *, path_col: str, label_col: str) -> Rows:
+    """Inputs to predict, where labels are optional: one folder, one table, or image files.
+
+    A folder lists every image below it (sorted by path), labelled by its first folder when every image is
+    in one; a table is checked like detect's, its label column used if present; files have no labels.
+    """
+    if len(paths) == 1 and paths[0].is_dir():
+        root = paths[0]
+        files = sorted(
+            f.relative_to(root).as_posix()
+            for f in root.rglob("*")
+            if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS and not f.name.startswith(".")
+        )
+        for name in files:
+            check_name(name, root)
+        if not files:
+            raise DataError(f"{root}: no images found")
+        labels = [f.split("/", 1)[0] for f in files] if all("/" in f for f in files) else None
+        return Rows(root, files, labels, FileImages(root, files), "folder", str(root.resolve()))
+    if len(paths) == 1 and paths[0].suffix.lower() in TABLE_EXTENSIONS:
+        frame = read_table(paths[0])
+        if path_col not in frame.columns:
+            raise DataError(f"{paths[0]}: no {path_col!r} column; columns are {list(frame.columns)}")
+        unlabelled = pd.DataFrame({path_col: frame[path_col], "label": "?"})  # labels are optional here
+        root, files, _ = _list_table(paths[0], path_col=path_col, label_col="label", frame=unlabelled)
+        labels = [str(v) for v in frame[label_col]] if label_col in frame.columns else None
+        return Rows(root, files, labels, FileImages(root, files), "table", str(paths[0].resolve()))
+    not_images = [p for p in paths if p.is_dir() or p.suffix.lower() not in IMAGE_EXTENSIONS]
+    if not_images:
+        raise UsageError(f"expected one folder, one table, or image files; got {not_images[0]}")
+    root = Path(os.path.commonpath([p.resolve().parent for p in paths]))
+    files = [p.resolve().relative_to(root).as_posix() for p in paths]
+    return Rows(root, files, None, FileImages(root, files), "files", str(root))
 
 
 def table_rows(path: Path, *, path_col: str, label_col: str) -> Rows:

@@ -43,8 +43,13 @@ def _datasets() -> Any:
     return datasets
 
 
-def hf_rows(dataset: Any, *, split: str | None, image_col: str | None, label_col: str | None) -> Rows:
-    """The rows of a saved Hugging Face dataset folder or of a ``Dataset``/``DatasetDict`` object."""
+def hf_rows(
+    dataset: Any, *, split: str | None, image_col: str | None, label_col: str | None, labels_optional: bool = False
+) -> Rows:
+    """The rows of a saved Hugging Face dataset folder or of a ``Dataset``/``DatasetDict`` object.
+
+    ``labels_optional`` (predict): a dataset without a label column lists with ``labels=None``.
+    """
     lib = _datasets()
     if isinstance(dataset, (str, os.PathLike)):
         name = str(dataset)
@@ -67,7 +72,7 @@ def hf_rows(dataset: Any, *, split: str | None, image_col: str | None, label_col
     if len(dataset) == 0:
         raise DataError(f"{name}: the dataset has no rows")
     image_col = _image_column(dataset, image_col, name, lib)
-    label_col, labels = _labels(dataset, label_col, name, lib)
+    label_col, labels = _labels(dataset, label_col, name, lib, optional=labels_optional)
     paths = [f"{PREFIX}{i}" for i in range(len(dataset))]
     options = {"split": chosen, "path_col": image_col, "label_col": label_col}
     return Rows(root, paths, labels, HFImages(dataset, image_col), "hf", origin, options)
@@ -97,13 +102,17 @@ def _image_column(dataset: Any, named: str | None, name: str, lib: Any) -> str:
     return found[0]
 
 
-def _labels(dataset: Any, named: str | None, name: str, lib: Any) -> tuple[str, list[str]]:
+def _labels(
+    dataset: Any, named: str | None, name: str, lib: Any, *, optional: bool = False
+) -> tuple[str | None, list[str] | None]:
     """The label column (named, else "label", else the one ClassLabel column) and its labels as text."""
     features = dataset.features
     if named is None and "label" in features:
         named = "label"
     elif named is None:
         found = [c for c, f in features.items() if isinstance(f, lib.ClassLabel)]
+        if not found and optional:
+            return None, None
         if len(found) != 1:
             raise DataError(
                 f"{name}: no 'label' column and {len(found)} ClassLabel columns {found} among {list(features)}; "

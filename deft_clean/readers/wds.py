@@ -59,29 +59,40 @@ def expand_shards(dataset: str | os.PathLike[str] | Sequence[str | os.PathLike[s
     return shards
 
 
-def wds_rows(dataset: Any, *, label_key: str = "cls") -> Rows:
-    """The rows of WebDataset shards; ``label_key`` is a member extension (``cls``) or ``json:FIELD``."""
+def wds_rows(dataset: Any, *, label_key: str = "cls", labels_optional: bool = False) -> Rows:
+    """The rows of WebDataset shards; ``label_key`` is a member extension (``cls``) or ``json:FIELD``.
+
+    ``labels_optional`` (predict): shards without any label member list with ``labels=None``.
+    """
     shards = expand_shards(dataset)
     root = Path(os.path.commonpath([str(s.resolve().parent) for s in shards]))
     names = [s.resolve().relative_to(root).as_posix() for s in shards]
     paths: list[str] = []
-    labels: list[str] = []
+    labels: list[str | None] = []
     where: list[tuple[int, int, int]] = []  # (shard number, data offset, size) of each row's image
     for number, (shard, name) in enumerate(zip(shards, names, strict=True)):
-        for key, image, label in _samples(shard, label_key):
+        for key, image, label in _samples(shard, label_key, optional=labels_optional):
             paths.append(f"{name}#{key}")
             labels.append(label)
             where.append((number, *image))
     if not paths:
         raise DataError(f"{os.fspath(shards[0])}: the shards hold no samples")
     given = [dataset] if isinstance(dataset, (str, os.PathLike)) else list(dataset)
+    if labels_optional and None in labels:
+        if any(label is not None for label in labels):
+            first = paths[labels.index(None)]
+            raise DataError(f"{first}: no {label_key!r} label while other samples have one; fix the shard")
+        labels = None
     origin = ",".join(os.path.abspath(os.fspath(d)) for d in given)  # the pattern itself, braces kept
     images = TarImages(root, names, np.asarray(where, dtype=np.int64))
     return Rows(root, paths, labels, images, "webdataset", origin, {"label_key": label_key})
 
 
-def _samples(shard: Path, label_key: str) -> list[tuple[str, tuple[int, int], str]]:
-    """``(key, (offset, size) of the image member, label)`` per sample of one shard, in shard order."""
+def _samples(shard: Path, label_key: str, *, optional: bool) -> list[tuple[str, tuple[int, int], str | None]]:
+    """``(key, (offset, size) of the image member, label)`` per sample of one shard, in shard order.
+
+    With ``optional``, a sample without the label member gets ``None`` instead of an error.
+    """
     from webdataset.tariterators import base_plus_ext
 
     label_ext, _, field = label_key.partition(":")
@@ -95,22 +106,28 @@ def _samples(shard: Path, label_key: str) -> list[tuple[str, tuple[int, int], st
                 if key is None or os.path.basename(member.name).startswith("__"):
                     continue  # webdataset skips unsplittable names and __meta__ members too
                 members.setdefault(key, {})[ext.lower()] = member
-            labels = {key: _read(tar, parts.get(label_ext), key, shard, label_key) for key, parts in members.items()}
-    except (tarfile.TarError, OSError) as exc:
+            labels = {k: _read(tar, got.get(label_ext), k, shard, label_key, optional) for k, got in members.items()}
+    except (tarfile.TarError, OSError, UnicodeDecodeError) as exc:
         raise DataError(f"{shard}: not a readable tar shard ({type(exc).__name__}: {exc})") from None
     samples = []
     for key, parts in members.items():
         image = next((parts[e] for e in IMAGE_EXTS if e in parts), None)
         if image is None:
             raise DataError(f"{shard}: sample {key!r} has no image member ({', '.join(IMAGE_EXTS)}); fix the shard")
-        label = labels[key] if not field else _field(labels[key], field, key, shard)
-        if not label:
+        label = labels[key]
+        if label is not None and field:
+            label = _field(label, field, key, shard)
+        if label == "":
             raise DataError(f"{shard}: sample {key!r} has an empty label in its {label_ext!r} member")
         samples.append((key, (image.offset_data, image.size), label))
     return samples
 
 
-def _read(tar: tarfile.TarFile, member: tarfile.TarInfo | None, key: str, shard: Path, label_key: str) -> str:
+def _read(
+    tar: tarfile.TarFile, member: tarfile.TarInfo | None, key: str, shard: Path, label_key: str, optional: bool
+) -> str | None:
+    if member is None and optional:
+        return None
     if member is None:
         raise DataError(f"{shard}: sample {key!r} has no {label_key.partition(':')[0]!r} member; see --label-key")
     handle = tar.extractfile(member)
