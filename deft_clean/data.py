@@ -69,7 +69,9 @@ class ImageDataset(Dataset):
     """Images of a listing, transformed; unusable files come back as zeros with a status string.
 
     Items are ``(image [3, H, W], label_index, sample_index, status)``; status is ``"ok"`` or why the
-    file could not be used. A corrupt file never raises.
+    file could not be used. A corrupt file never raises. Images come from ``images`` (the listing's
+    reader, :attr:`deft_clean.listing.Listing.images`), or from ``cache``; without either, from the files
+    ``root / paths[i]``.
     """
 
     def __init__(
