@@ -75,6 +75,9 @@ def detect(
         str | None, typer.Option(help="Hugging Face dataset: the image column (default: its Image column).")
     ] = None,
     split: Annotated[str | None, typer.Option(help="Hugging Face DatasetDict: the split (default: train).")] = None,
+    id_col: Annotated[
+        str | None, typer.Option(help="Hugging Face dataset: a column shown in each row's path, hf://<index>#<id>.")
+    ] = None,
     label_key: Annotated[
         str, typer.Option(help="WebDataset: the member holding the label, e.g. cls, or json:FIELD.")
     ] = "cls",
@@ -177,6 +180,7 @@ def detect(
                 image_col=image_col,
                 split=split,
                 label_key=label_key,
+                id_col=id_col,
                 class_names=class_names,
                 out=out,
                 quiet=quiet,

@@ -104,6 +104,7 @@ def list_dataset(
     root: str | os.PathLike[str] | None = None,
     split: str | None = None,
     label_key: str = "cls",
+    id_col: str | None = None,
 ) -> Listing:
     """List and validate a dataset.
 
@@ -119,13 +120,16 @@ def list_dataset(
         class_names: a mapping (or a JSON/CSV file of one) from raw label to prompt text.
         split: the split of a Hugging Face ``DatasetDict`` (default ``train``).
         label_key: WebDataset: the member holding the label (``cls``), or ``json:FIELD``.
+        id_col: Hugging Face: a column whose value joins the row index in the ``path`` (``hf://<index>#<id>``).
 
     Raises:
         UsageError: the path is missing or not a dataset deft-clean reads.
         DataError: the dataset's content is invalid (fewer than 2 classes, an empty class, missing
             columns or labels, listed files that are missing or outside the dataset root, ...).
     """
-    rows = read_rows(dataset, path_col=path_col, label_col=label_col, root=root, split=split, label_key=label_key)
+    rows = read_rows(
+        dataset, path_col=path_col, label_col=label_col, root=root, split=split, label_key=label_key, id_col=id_col
+    )
     labels = rows.labels
     classes = natural_sorted(labels)
     if len(classes) < 2:

@@ -120,6 +120,7 @@ def detect(
     save_arrays: str | os.PathLike[str] | None = None,
     split: str | None = None,
     label_key: str = "cls",
+    id_col: str | None = None,
     **options: Any,
 ) -> DetectResult:
     """Find wrong labels in a dataset with DeFT (phase 1).
@@ -144,6 +145,7 @@ def detect(
             Parquet (see :mod:`deft_clean.arrays`).
         split: the split of a Hugging Face ``DatasetDict`` (default ``train``).
         label_key: WebDataset shards: the member holding the label (``cls``) or ``json:FIELD``.
+        id_col: Hugging Face: a column shown in each row's path, ``hf://<index>#<id>``.
 
     Raises:
         Interrupted: SIGINT/SIGTERM arrived (in the main thread); the checkpoint is saved and no
@@ -158,7 +160,7 @@ def detect(
     path_col = image_col or path_col
     listing = list_dataset(
         dataset, path_col=path_col, label_col=label_col, class_names=class_names, root=root, split=split,
-        label_key=label_key,
+        label_key=label_key, id_col=id_col,
     )  # fmt: skip
     if out is not None and Path(out).is_dir():
         raise UsageError(f"--out {out} is a folder; pass a file path such as results.parquet")

@@ -136,6 +136,10 @@ def test_hf_columns_splits_and_missing_package(folder, tmp_path, monkeypatch):
     with pytest.raises(DataError, match="no 'label' column and 2 ClassLabel columns .* with --label-col"):
         list_dataset(two)
     assert list_dataset(two, label_col="fine").classes == list_dataset(table).classes
+    named = table.add_column("uid", [f"u{i}" for i in range(len(table))])
+    assert list_dataset(named, id_col="uid").paths[:2] == ["hf://0#u0", "hf://1#u1"]
+    with pytest.raises(UsageError, match="--id-col is for Hugging Face datasets"):
+        list_dataset(folder, id_col="uid")
     monkeypatch.setitem(sys.modules, "datasets", None)  # as if not installed
     with pytest.raises(UsageError, match=r"pip install 'deft-clean\[hf\]'"):
         list_dataset(saved)

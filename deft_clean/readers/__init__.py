@@ -31,6 +31,7 @@ def read_rows(
     root: str | os.PathLike[str] | None = None,
     split: str | None = None,
     label_key: str = "cls",
+    id_col: str | None = None,
 ) -> Rows:
     """List ``dataset`` with the reader for its kind (see the table above and ``listing.list_dataset``)."""
     from . import hf, wds
@@ -41,8 +42,11 @@ def read_rows(
 
         base, paths, labels = list_frame(dataset, path_col=path_col, label_col=label_col, root=root)
         return Rows(base, paths, labels, FileImages(base, paths), "dataframe", str(base.resolve()))
+    hf_options = {"split": split, "image_col": _named(path_col, "path"), "label_col": _named(label_col)}
     if hf.is_hf_object(dataset):
-        return hf.hf_rows(dataset, split=split, image_col=_named(path_col, "path"), label_col=_named(label_col))
+        return hf.hf_rows(dataset, **hf_options, id_col=id_col)
+    if id_col is not None and not (isinstance(dataset, (str, os.PathLike)) and hf.is_saved_dataset(Path(dataset))):
+        raise UsageError(f"--id-col is for Hugging Face datasets; {dataset} is not one")
     if wds.is_shards(dataset):
         return wds.wds_rows(dataset, label_key=label_key)
     if not isinstance(dataset, (str, os.PathLike)):
@@ -54,7 +58,7 @@ def read_rows(
     if not path.exists():
         raise UsageError(f"dataset not found: {path}")
     if path.is_dir() and hf.is_saved_dataset(path):
-        return hf.hf_rows(path, split=split, image_col=_named(path_col, "path"), label_col=_named(label_col))
+        return hf.hf_rows(path, **hf_options, id_col=id_col)
     from .files import folder_rows, table_rows
 
     if path.is_dir():

@@ -44,11 +44,18 @@ def _datasets() -> Any:
 
 
 def hf_rows(
-    dataset: Any, *, split: str | None, image_col: str | None, label_col: str | None, labels_optional: bool = False
+    dataset: Any,
+    *,
+    split: str | None,
+    image_col: str | None,
+    label_col: str | None,
+    id_col: str | None = None,
+    labels_optional: bool = False,
 ) -> Rows:
     """The rows of a saved Hugging Face dataset folder or of a ``Dataset``/``DatasetDict`` object.
 
-    ``labels_optional`` (predict): a dataset without a label column lists with ``labels=None``.
+    Rows are ``hf://<index>``, or ``hf://<index>#<id>`` with ``id_col`` (the id is for people; the index
+    opens the row). ``labels_optional`` (predict): a dataset without a label column lists with ``labels=None``.
     """
     lib = _datasets()
     if isinstance(dataset, (str, os.PathLike)):
@@ -75,6 +82,11 @@ def hf_rows(
     label_col, labels = _labels(dataset, label_col, name, lib, optional=labels_optional)
     paths = [f"{PREFIX}{i}" for i in range(len(dataset))]
     options = {"split": chosen, "path_col": image_col, "label_col": label_col}
+    if id_col is not None:
+        if id_col not in dataset.features:
+            raise DataError(f"{name}: no column {id_col!r}; its columns are {list(dataset.features)} (see --id-col)")
+        paths = [f"{path}#{value}" for path, value in zip(paths, dataset[id_col], strict=True)]
+        options["id_col"] = id_col
     return Rows(root, paths, labels, HFImages(dataset, image_col), "hf", origin, options)
 
 
