@@ -155,6 +155,13 @@ def test_webdataset_shards_give_the_folder_verdicts(tiny_clip, folder, folder_ru
     assert metadata["source"] == "webdataset" and metadata["reader"] == {"label_key": "json:label"}
     report(out, html=tmp_path / "report.html", console=None)
     assert "data:image/jpeg;base64," in (tmp_path / "report.html").read_text()  # thumbnails from the shards
+    trained = deft_clean.train(
+        pattern, results=out, out=tmp_path / "model", clean_only=True, epochs=1, batch_size=12, device="cpu",
+        num_workers=0, quiet=True,
+    )  # fmt: skip
+    assert trained.n_train + trained.n_held_out == int(frame["is_clean"].sum())
+    with pytest.raises(UsageError, match="drop --cache"):
+        deft_clean.detect(pattern, label_key="json:label", **options(tiny_clip, quick=True, cache=str(tmp_path / "c")))
     # the .cls labels are class indices: class names give their prompt text
     names = {str(i): c for i, c in enumerate(list_dataset(folder).classes)}
     listed = list_dataset(pattern, class_names=names)
