@@ -95,9 +95,14 @@ def test_hf_dataset_gives_the_folder_verdicts(tiny_clip, folder, folder_run, tmp
     assert metadata["source"] == "hf" and metadata["dataset"] == str(saved.resolve())
     assert metadata["reader"] == {"split": "train", "path_col": "image", "label_col": "label"}
     assert "data:image/png;base64," in result._repr_html_()  # notebook thumbnails read the Arrow rows
-    # the same split as a Python object
+    # the same split as a Python object, and the DatasetDict object with its split named
     split = datasets.load_from_disk(str(saved))["train"]
     assert_same_verdicts(deft_clean.detect(split, **options(tiny_clip)).frame, folder_run.frame)
+    both = datasets.DatasetDict({"other": split.select(range(12)), "train": split})
+    in_memory = deft_clean.detect(both, split="train", **options(tiny_clip, quick=True))
+    assert len(in_memory.frame) == len(split) and in_memory.metadata["reader"]["split"] == "train"
+    loaded = deft_clean.detect(datasets.load_from_disk(str(saved)), split="train", **options(tiny_clip, quick=True))
+    assert loaded.metadata["dataset"] == str(saved.resolve())  # so train and thumbnails can list it again
 
 
 def test_hf_train_clean_only_and_export_refusal(tiny_clip, folder, tmp_path):

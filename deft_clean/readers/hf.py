@@ -91,12 +91,17 @@ def hf_rows(
 
 
 def _object_origin(dataset: Any) -> tuple[str, Path]:
-    """Where an in-memory dataset object lives: the folder of its Arrow cache files, if any."""
-    first = next(iter(dataset.values())) if hasattr(dataset, "values") else dataset
+    """Where a dataset object lives: the folder of its Arrow files (for a loaded DatasetDict, the folder
+    holding its splits, so that listing it again picks the split), if it has any."""
+    split_of_dict = hasattr(dataset, "values")
+    first = next(iter(dataset.values())) if split_of_dict else dataset
     files = [f["filename"] for f in getattr(first, "cache_files", [])]
     if files:
         folder = Path(files[0]).parent
-        return str(folder.resolve()), folder
+        if split_of_dict and (folder.parent / "dataset_dict.json").is_file():
+            folder = folder.parent
+        if is_saved_dataset(folder):
+            return str(folder.resolve()), folder
     return "<in-memory Hugging Face dataset>", Path("<in-memory Hugging Face dataset>")
 
 
