@@ -154,7 +154,7 @@ def list_dataset(
 
 
 def relist(dataset: Any, metadata: dict[str, Any]) -> Listing:
-    """List ``dataset`` again the way detect listed it, from the results' metadata (train, review)."""
+    """List ``dataset`` again the way detect listed it, from the results' metadata (train, thumbnails)."""
     reader = dict(metadata.get("reader") or {})
     path_col = reader.pop("path_col", metadata.get("path_col", "path"))
     label_col = reader.pop("label_col", metadata.get("label_col", "label"))
