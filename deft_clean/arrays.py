@@ -42,7 +42,7 @@ def check_arrays_dir(folder: str | os.PathLike[str], *, root: Path, source: str,
     resolved = target.resolve()
     resolved_root = root.resolve()
     # A new folder inside an image-folder dataset would be read as one more (empty) class next time.
-    if source == "folder" and (resolved == resolved_root or resolved_root in resolved.parents):
+    if source in ("folder", "hf", "webdataset") and (resolved == resolved_root or resolved_root in resolved.parents):
         raise UsageError(
             f"{option('save_arrays')} {target} is inside the image folder {root}; choose a folder outside it"
         )

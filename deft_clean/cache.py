@@ -112,6 +112,11 @@ def prepare_cache(
     interrupted fill keeps what it did. Under torchrun every rank decodes its share of the missing
     files, then all ranks read the merged index (``cache_dir`` must be on a filesystem they all see).
     """
+    if listing.source in ("hf", "webdataset"):
+        raise UsageError(
+            f"--cache {cache_dir}: a {'Hugging Face dataset' if listing.source == 'hf' else 'WebDataset'} is "
+            "already a packed, in-place store; drop --cache (it caches image files of folders and tables)"
+        )
     folder = cache_folder(cache_dir, size)
     try:
         folder.mkdir(parents=True, exist_ok=True)

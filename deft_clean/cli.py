@@ -60,6 +60,20 @@ Selection = Annotated[
         "deft: the paper's dual-prompt rule."
     ),
 ]
+DatasetArg = Annotated[
+    Path,
+    typer.Argument(
+        help="Image folder (DATASET/<class>/<image>), a .csv/.parquet table, a Hugging Face dataset folder "
+        "(save_to_disk) or WebDataset shards ('shards-{000..003}.tar')."
+    ),
+]
+ImageCol = Annotated[
+    str | None, typer.Option(help="Hugging Face dataset: the image column (default: its Image column).")
+]
+Split = Annotated[str | None, typer.Option(help="Hugging Face DatasetDict: the split (default: train).")]
+IdCol = Annotated[
+    str | None, typer.Option(help="Hugging Face dataset: a column shown in each row's path, hf://<index>#<id>.")
+]
 SaveArrays = Annotated[
     Path | None,
     typer.Option(
@@ -72,14 +86,22 @@ SaveArrays = Annotated[
 
 @app.command()
 def detect(
-    dataset: Annotated[Path, typer.Argument(help="Image folder (DATASET/<class>/<image>) or a .csv/.parquet table.")],
+    dataset: DatasetArg,
     out: Annotated[Path, typer.Option("--out", "-o", help="Output Parquet file.")] = Path("results.parquet"),
     model: Annotated[str, typer.Option(help="open_clip model name, or a model-config JSON path.")] = D.model,
     pretrained: Annotated[
         str, typer.Option(help="open_clip pretrained tag, a local checkpoint file, or 'none'.")
     ] = D.pretrained,
     path_col: Annotated[str, typer.Option(help="Path column of a table.")] = "path",
-    label_col: Annotated[str, typer.Option(help="Label column of a table.")] = "label",
+    label_col: Annotated[
+        str, typer.Option(help="Label column of a table (Hugging Face: default its ClassLabel column).")
+    ] = "label",
+    image_col: ImageCol = None,
+    split: Split = None,
+    id_col: IdCol = None,
+    label_key: Annotated[
+        str, typer.Option(help="WebDataset: the member holding the label, e.g. cls, or json:FIELD.")
+    ] = "cls",
     class_names: Annotated[
         Path | None, typer.Option(help="JSON object or two-column CSV: raw label -> prompt text.")
     ] = None,
@@ -132,7 +154,8 @@ def detect(
 
     started = time.monotonic()
     call = lambda: run_detect(  # noqa: E731
-        dataset, path_col=path_col, label_col=label_col, class_names=class_names, out=out, quiet=quiet,
+        dataset, path_col=path_col, label_col=label_col, image_col=image_col, split=split, label_key=label_key,
+        id_col=id_col, class_names=class_names, out=out, quiet=quiet,
         run_dir=run_dir, resume=resume, checkpoint_every=checkpoint_every, overwrite=overwrite,
         save_arrays=save_arrays, **options,
     )  # fmt: skip
@@ -267,12 +290,17 @@ def train(
 @app.command()
 def predict(
     model_dir: Annotated[Path, typer.Argument(help="Model folder written by train.")],
-    inputs: Annotated[list[Path], typer.Argument(help="A folder, a .csv/.parquet table, or image files.")],
+    inputs: Annotated[
+        list[Path],
+        typer.Argument(help="A folder, a .csv/.parquet table, image files, a Hugging Face dataset folder or shards."),
+    ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output Parquet file.")] = Path("predictions.parquet"),
     top_k: Annotated[int, typer.Option(help="How many top labels to keep per image.")] = 5,
     batch_size: Annotated[int, typer.Option(help="Batch size.")] = 64,
     path_col: Annotated[str, typer.Option(help="Path column of a table.")] = "path",
     label_col: Annotated[str, typer.Option(help="Label column of a table (optional).")] = "label",
+    split: Split = None,
+    label_key: Annotated[str, typer.Option(help="WebDataset: the label member (optional), e.g. cls.")] = "cls",
     num_workers: Workers = None,
     overwrite: Overwrite = False,
     device: Device = "auto",
@@ -297,6 +325,8 @@ def predict(
             label_col=label_col,
             quiet=quiet,
             overwrite=overwrite,
+            split=split,
+            label_key=label_key,
         ),
     )
     if quiet:

@@ -15,7 +15,7 @@ from typer.core import TyperGroup
 # Option name (the Python parameter) -> help panel. Options not listed stay under "Options".
 PANELS: dict[str, str] = {}
 for _panel, _names in {
-    "Input": "path_col label_col class_names val dataset results inputs model_dir",
+    "Input": "path_col label_col image_col split id_col label_key class_names val dataset results inputs model_dir",
     "Model": "model pretrained n_ctx ctx_init class_specific vpt_tokens vpt_depth backbone backbone_weights "
     "image_size selection clean_rule quick health",
     "Training": "epochs warmup_epochs batch_size lr momentum weight_decay grad_clip hflip seed head_lr_scale "
@@ -37,6 +37,10 @@ METAVARS = {
     "pretrained": "TAG|FILE",
     "path_col": "COLUMN",
     "label_col": "COLUMN",
+    "image_col": "COLUMN",
+    "split": "NAME",
+    "id_col": "COLUMN",
+    "label_key": "EXT|json:FIELD",
     "device": "DEVICE",
     "results": "PARQUET",
     "val": "DATASET",

@@ -18,10 +18,10 @@ import pandas as pd
 
 from ._version import __version__
 from .config import DetectConfig, merge_options
-from .data import STATUS_OK, Listing, list_dataset
 from .errors import UsageError, option
 from .files import run_lock
 from .health import health_columns
+from .listing import STATUS_OK, Listing, list_dataset
 from .results import normalize_frame, write_results
 from .runstate import StopOnSignal, config_signature, listing_signature, load_checkpoint, save_checkpoint
 from .safety import check_detect_paths
@@ -94,7 +94,7 @@ class DetectResult:
 
 
 def detect(
-    dataset: str | os.PathLike[str] | pd.DataFrame,
+    dataset: Any,
     *,
     config: DetectConfig | None = None,
     path_col: str = "path",
@@ -109,13 +109,17 @@ def detect(
     checkpoint_every: int = 0,
     overwrite: bool = False,
     save_arrays: str | os.PathLike[str] | None = None,
+    split: str | None = None,
+    label_key: str = "cls",
+    id_col: str | None = None,
     **options: Any,
 ) -> DetectResult:
     """Find wrong labels in a dataset with DeFT (phase 1).
 
     Args:
-        dataset: image folder, .csv/.parquet table, or a pandas DataFrame of image paths (absolute, or
-            relative to ``root``) and labels (see :func:`deft_clean.data.list_dataset`).
+        dataset: image folder, .csv/.parquet table, a pandas DataFrame of image paths (absolute, or
+            relative to ``root``) and labels, a Hugging Face dataset (saved folder or object) or WebDataset
+            ``.tar`` shards (see :func:`deft_clean.listing.list_dataset`).
         config: a :class:`DetectConfig`; keyword ``options`` (any DetectConfig field, e.g.
             ``model="ViT-B-16", epochs=5``) override it.
         path_col, label_col, class_names: how to read the dataset; ``image_col`` is another name for
@@ -130,6 +134,9 @@ def detect(
         overwrite: replace an existing ``out`` (never an input or a file inside the dataset).
         save_arrays: a folder for ``features.npy`` [N, D] and ``probs.npy`` [N, K], rows aligned with the
             Parquet (see :mod:`deft_clean.arrays`).
+        split: the split of a Hugging Face ``DatasetDict`` (default ``train``).
+        label_key: WebDataset shards: the member holding the label (``cls``) or ``json:FIELD``.
+        id_col: Hugging Face: a column shown in each row's path, ``hf://<index>#<id>``.
 
     Raises:
         Interrupted: SIGINT/SIGTERM arrived (in the main thread); the checkpoint is saved and no
@@ -142,7 +149,10 @@ def detect(
     if image_col is not None and path_col not in ("path", image_col):
         raise UsageError(f"image_col={image_col!r} and path_col={path_col!r} name the same column; pass one")
     path_col = image_col or path_col
-    listing = list_dataset(dataset, path_col=path_col, label_col=label_col, class_names=class_names, root=root)
+    listing = list_dataset(
+        dataset, path_col=path_col, label_col=label_col, class_names=class_names, root=root, split=split,
+        label_key=label_key, id_col=id_col,
+    )  # fmt: skip
     run_dir = _check_outputs(
         dataset, listing, cfg, out=out, run_dir=run_dir, class_names=class_names, save_arrays=save_arrays,
         checkpoint_every=checkpoint_every, overwrite=overwrite,
@@ -151,8 +161,7 @@ def detect(
     from .distributed import process_group
 
     with process_group(cfg.device) as ranks, run_lock(*((out, run_dir) if ranks.is_main else ())):
-        source = listing.root.resolve() if listing.source == "dataframe" else Path(dataset).resolve()
-        recorded = {"dataset": str(source), "source": listing.source, "path_col": path_col, "label_col": label_col}
+        recorded = {"dataset": listing.origin, "source": listing.source, "path_col": path_col, "label_col": label_col}
         result = _detect(cfg, listing, run, ranks=ranks, quiet=quiet, recorded=recorded)
         if out is not None and ranks.is_main:
             result.save(out)
@@ -279,8 +288,9 @@ def _detect(
     frame = results_frame(listing, evidence, selection)
     if cfg.health:
         health = health_columns(
-            listing.root, listing.paths, evidence.features, evidence.usable, evidence.prompts, device=device
-        )
+            listing.root, listing.paths, evidence.features, evidence.usable, evidence.prompts, device=device,
+            images=listing.images,
+        )  # fmt: skip
         frame = frame.assign(**health)
     metadata = _metadata(cfg, listing, loaded, evidence, selection, recorded=recorded, device=device, world=ranks.world)
     frame = normalize_frame(frame, metadata)
@@ -308,6 +318,7 @@ def _metadata(
         "prompt_names": listing.prompt_names,
         "dataset": recorded["dataset"],
         "source": recorded["source"],
+        "reader": listing.reader,
         "path_col": recorded["path_col"],
         "label_col": recorded["label_col"],
         "image_size": loaded.image_size,

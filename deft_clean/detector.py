@@ -228,6 +228,7 @@ def train_prompts(
         train_transform(image_size, mean, std, hflip=hflip),
         image_size=image_size,
         cache=cache,
+        images=listing.images,
     )
     optimizer = torch.optim.SGD(model.trainable_parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
     total_steps = max(1, epochs * steps_per_epoch(len(dataset), batch_size, control.ranks))

@@ -56,6 +56,7 @@ def eval_pass(
         image_size=image_size,
         indices=np.arange(ranks.rank, len(listing), ranks.world) if ranks.active else None,
         cache=cache,
+        images=listing.images,
     )
     loader = make_loader(
         dataset, batch_size=batch_size, sampler=None, generator=None, num_workers=num_workers, device=device

@@ -68,7 +68,9 @@ def dataset_root(metadata: dict[str, Any], dataset: str | os.PathLike[str] | Non
     recorded = metadata.get("dataset")
     if not recorded:
         raise DataError(f"the results do not record where the dataset is; pass {option('dataset')}")
-    path = Path(recorded)
+    path = Path(str(recorded).split(",")[0])  # WebDataset: the shards' (first) pattern
+    if metadata.get("source") == "webdataset":
+        path = path.parent  # a pattern such as /data/shards-{000..009}.tar: its folder holds the shards
     is_table = metadata.get("source") == "table" or (
         metadata.get("source") is None and path.suffix.lower() in (".csv", ".parquet")
     )
@@ -76,6 +78,32 @@ def dataset_root(metadata: dict[str, Any], dataset: str | os.PathLike[str] | Non
     if not root.is_dir():
         raise DataError(f"dataset {path} (recorded by detect) no longer exists; pass {option('dataset')} to locate it")
     return root.resolve()
+
+
+def refuse_packed(metadata: dict[str, Any]) -> None:
+    """Export writes image files; a Hugging Face dataset or WebDataset is filtered in its own format instead."""
+    source = metadata.get("source")
+    if source == "hf":
+        raise UsageError(
+            "export writes image folders; keep a Hugging Face dataset in its format instead: "
+            "ds.select(frame.index[frame.is_clean]) in Python (rows are hf://<index>; see README, Inputs)"
+        )
+    if source == "webdataset":
+        raise UsageError(
+            "export writes image folders; for WebDataset shards train on them directly "
+            "(deft-clean train SHARDS --results ... --clean-only) or filter keys in Python (see README, Inputs)"
+        )
+
+
+def _check_options(mode: str, relabel: float | None, keep_flagged: bool) -> None:
+    if mode not in MODES:
+        raise UsageError(f"{option('mode')} must be one of {', '.join(MODES)}, got {mode!r}")
+    if relabel is not None and not 0.0 <= relabel <= 1.0:
+        raise UsageError(f"{option('relabel')} is a probability between 0 and 1, got {relabel}")
+    if keep_flagged and mode == "csv":
+        raise UsageError(
+            f"{option('keep_flagged', True)} writes a _flagged/ folder; it does not apply to {option('mode', 'csv')}"
+        )
 
 
 def export_dataset(
@@ -113,18 +141,12 @@ def export_dataset(
         UsageError: a bad option, or an ``out`` that exists (without ``overwrite``) or overlaps the dataset.
         DataError: image files are missing, or a label or path cannot be written as a folder layout.
     """
-    if mode not in MODES:
-        raise UsageError(f"{option('mode')} must be one of {', '.join(MODES)}, got {mode!r}")
-    if relabel is not None and not 0.0 <= relabel <= 1.0:
-        raise UsageError(f"{option('relabel')} is a probability between 0 and 1, got {relabel}")
-    if keep_flagged and mode == "csv":
-        raise UsageError(
-            f"{option('keep_flagged', True)} writes a _flagged/ folder; it does not apply to {option('mode', 'csv')}"
-        )
+    _check_options(mode, relabel, keep_flagged)
     if isinstance(results, (str, os.PathLike)):
         frame, metadata = load_results(results)
     else:
         frame, metadata = results.frame, results.metadata
+    refuse_packed(metadata)
     root = dataset_root(metadata, dataset)
     target = Path(out)
     _check_out(target, mode=mode)

@@ -93,7 +93,7 @@ def _signature(cfg: TrainConfig, rows: np.ndarray, labels: np.ndarray, spec: dic
 
 
 def train(
-    dataset: str | os.PathLike[str],
+    dataset: Any,
     *,
     results: str | os.PathLike[str],
     out: str | os.PathLike[str],
@@ -106,7 +106,9 @@ def train(
     """Fine-tune a classifier on the rows of ``dataset`` that the detect ``results`` keep (phase 2).
 
     Args:
-        dataset: the image folder or table that detect ran on.
+        dataset: what detect ran on: image folder, table, DataFrame (its relative paths start at the
+            folder detect recorded), Hugging Face dataset or WebDataset shards; it is listed again with
+            the options detect recorded (split, columns, label key).
         results: the detect Parquet; it must list exactly this dataset's samples and classes.
         out: output folder (model.safetensors, config.json, metrics.json, checkpoint.pt).
         config / options: a :class:`TrainConfig` and keyword overrides of its fields.
@@ -138,9 +140,9 @@ def _check_out(out_dir: Path, plan: Rows, cfg: TrainConfig, inputs: list[Any]) -
             f"{option('overwrite', True)} to replace it"
         )
     listing, val_listing = plan.listing, plan.val_listing
-    if listing.source == "table":
+    if listing.source in ("table", "dataframe"):
         inputs.extend(listing.root / p for p in listing.paths)
-    datasets = [listing.root] if listing.source == "folder" else []
+    datasets = [listing.root] if listing.source in ("folder", "hf", "webdataset") else []
     if val_listing is not None and val_listing.source == "folder":
         datasets.append(val_listing.root)
     check_output(out_dir, inputs=inputs, datasets=datasets, overwrite=True, folder=True)
@@ -173,19 +175,22 @@ def _datasets(plan: Rows, cfg: TrainConfig, size: int, mean: Any, std: Any, cach
         image_size=size,
         indices=plan.rows.tolist(),
         cache=cache,
+        images=listing.images,
     )
     evaluation = eval_transform(size, mean, std)
 
     def unaugmented(indices: np.ndarray) -> ImageDataset:
         return ImageDataset(
-            listing.root, listing.paths, full_labels, evaluation, image_size=size, indices=indices.tolist(), cache=cache
-        )
+            listing.root, listing.paths, full_labels, evaluation, image_size=size, indices=indices.tolist(),
+            cache=cache, images=listing.images,
+        )  # fmt: skip
 
     val_set = None
     if val_listing is not None:
         val_set = ImageDataset(
-            val_listing.root, val_listing.paths, val_listing.label_indices, evaluation, image_size=size, cache=val_cache
-        )
+            val_listing.root, val_listing.paths, val_listing.label_indices, evaluation, image_size=size,
+            cache=val_cache, images=val_listing.images,
+        )  # fmt: skip
     elif len(plan.held_rows):
         val_set = unaugmented(plan.held_rows)
     return Sets(train_set, val_set, unaugmented, size, mean, std)
@@ -236,7 +241,7 @@ class Outcome:
 
 
 def _train(
-    dataset: str | os.PathLike[str],
+    dataset: Any,
     *,
     results: Path,
     out: str | os.PathLike[str],
@@ -251,7 +256,8 @@ def _train(
 
     plan = plan_rows(dataset, results, cfg, val, decisions)
     out_dir = Path(out)
-    _check_out(out_dir, plan, cfg, [results, dataset, *([val] if val is not None else [])])
+    named = [dataset] if isinstance(dataset, (str, os.PathLike)) else []  # not a DataFrame or HF object
+    _check_out(out_dir, plan, cfg, [results, *named, *([val] if val is not None else [])])
     device = device_for(ranks, resolve_device(cfg.device))
     quiet = quiet or not ranks.is_main
     generator = seed_everything(cfg.seed)

@@ -1,7 +1,7 @@
 """A pandas DataFrame of image paths as a dataset: ``deft_clean.detect(frame, image_col=..., label_col=...)``.
 
 Paths are absolute, or relative to ``root``. The frame is validated here (types, relative paths without a
-root), then listed exactly like a CSV/Parquet table (:func:`deft_clean.data._list_table`), so the same rules
+root), then listed exactly like a CSV/Parquet table (:func:`deft_clean.readers.files._list_table`), so the same rules
 apply: no empty labels, every file exists, no path leaves the root. Messages number rows by position
 (``frame.iloc[row]``).
 """
@@ -25,7 +25,7 @@ def list_frame(
 
     Without ``root`` every path must be absolute, and the root is their deepest common folder.
     """
-    from .data import _list_table
+    from .readers.files import _list_table
 
     missing = [c for c in (path_col, label_col) if c not in frame.columns]
     if missing:

@@ -14,10 +14,13 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
+
+if TYPE_CHECKING:
+    from .readers.base import ImageSource
 
 NEAR_DUPLICATE_SIM = 0.97  # cosine similarity at or above which two images are near-duplicates
 NEIGHBOURS = 10  # k of the k-nearest-neighbour distance behind the outlier score
@@ -37,12 +40,15 @@ class Health:
     warnings: list[str] = field(default_factory=list)  # e.g. near-duplicates dropped as implausible
 
 
-def content_hashes(root: str | os.PathLike[str], paths: Sequence[str]) -> list[str | None]:
-    """sha256 of each file's bytes; None for a file that cannot be read."""
+def content_hashes(
+    root: str | os.PathLike[str], paths: Sequence[str], *, images: ImageSource | None = None
+) -> list[str | None]:
+    """sha256 of each file's bytes (row i's bytes from ``images`` when given); None for an unreadable one."""
     hashes: list[str | None] = []
-    for path in paths:
+    for i, path in enumerate(paths):
         try:
-            hashes.append(hashlib.sha256((Path(root) / path).read_bytes()).hexdigest())
+            data = images.read_bytes(i) if images is not None else (Path(root) / path).read_bytes()
+            hashes.append(hashlib.sha256(data).hexdigest())
         except OSError:
             hashes.append(None)
     return hashes
@@ -182,9 +188,11 @@ def health_columns(
     prompts: np.ndarray | None,
     *,
     device: Any,
+    images: ImageSource | None = None,
 ) -> dict[str, Any]:
     """The Parquet's health columns for a detect run: duplicate_group, outlier_score, is_outlier."""
-    health = dataset_health(features, usable, hashes=content_hashes(root, paths), prompts=prompts, device=device)
+    hashes = content_hashes(root, paths, images=images)
+    health = dataset_health(features, usable, hashes=hashes, prompts=prompts, device=device)
     for line in health.warnings:
         logging.getLogger("deft_clean").warning(line)
     return {

@@ -1,4 +1,7 @@
-"""``predict``: run an exported model over a folder, a table or image files."""
+"""``predict``: run an exported model over a folder, a table, image files, a Hugging Face dataset or shards.
+
+Inputs are listed by the shared readers (:func:`deft_clean.readers.read_inputs`), with labels optional.
+"""
 
 from __future__ import annotations
 
@@ -14,10 +17,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from .data import IMAGE_EXTENSIONS, STATUS_OK, TABLE_EXTENSIONS, ImageDataset, check_unique, read_table
-from .errors import DataError, UsageError
+from .data import STATUS_OK, ImageDataset
 from .files import write_atomic
-from .safety import check_name, check_output, is_inside, printable, real
+from .readers import read_inputs
+from .safety import check_output
 
 
 @dataclass
@@ -27,62 +30,10 @@ class PredictResult:
     per_class: pd.DataFrame | None  # class, samples, accuracy
 
 
-def _list_inputs(
-    inputs: Sequence[str | os.PathLike[str]], *, path_col: str, label_col: str
-) -> tuple[Path, list[str], list[str] | None]:
-    """(root, relative paths, labels or None) for a folder, a table or image files."""
-    paths = [Path(p) for p in inputs]
-    if not paths:
-        raise UsageError("no input given")
-    for p in paths:
-        if not p.exists():
-            raise UsageError(f"input not found: {p}")
-    if len(paths) == 1 and paths[0].is_dir():
-        root = paths[0]
-        files = sorted(
-            f.relative_to(root).as_posix()
-            for f in root.rglob("*")
-            if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS and not f.name.startswith(".")
-        )
-        for name in files:
-            check_name(name, root)
-        if not files:
-            raise DataError(f"{root}: no images found")
-        labelled = all("/" in f for f in files)
-        return root, files, [f.split("/", 1)[0] for f in files] if labelled else None
-    if len(paths) == 1 and paths[0].suffix.lower() in TABLE_EXTENSIONS:
-        frame = read_table(paths[0])
-        if path_col not in frame.columns:
-            raise DataError(f"{paths[0]}: no {path_col!r} column; columns are {list(frame.columns)}")
-        root = paths[0].parent
-        resolved_root = real(root)
-        files = []
-        for row, value in enumerate(frame[path_col]):
-            text = "" if pd.isna(value) else str(value).strip()
-            resolved = real(root / text)
-            if not text or not is_inside(resolved, resolved_root):
-                raise DataError(
-                    f"{paths[0]}: row {row + 2} path {printable(text)!r} is empty or resolves outside {root} "
-                    "(paths are relative to the table's folder)"
-                )
-            files.append(resolved.relative_to(resolved_root).as_posix() if os.path.isabs(text) else text)
-        check_unique([str(real(root / f)) for f in files], paths[0], shown=files)
-        missing = [f for f in files if not (root / f).is_file()]
-        if missing:
-            raise DataError(f"{paths[0]}: {len(missing)} listed file(s) do not exist, e.g. {missing[:3]}")
-        labels = [str(v) for v in frame[label_col]] if label_col in frame.columns else None
-        return root, files, labels
-    not_images = [p for p in paths if p.is_dir() or p.suffix.lower() not in IMAGE_EXTENSIONS]
-    if not_images:
-        raise UsageError(f"expected one folder, one table, or image files; got {not_images[0]}")
-    root = Path(os.path.commonpath([p.resolve().parent for p in paths]))
-    return root, [p.resolve().relative_to(root).as_posix() for p in paths], None
-
-
 @torch.no_grad()
 def predict(
     model_dir: str | os.PathLike[str],
-    inputs: Sequence[str | os.PathLike[str]],
+    inputs: Sequence[str | os.PathLike[str]] | Any,
     *,
     out: str | os.PathLike[str] | None = None,
     top_k: int = 5,
@@ -93,11 +44,15 @@ def predict(
     label_col: str = "label",
     quiet: bool = False,
     overwrite: bool = False,
+    split: str | None = None,
+    label_key: str = "cls",
 ) -> PredictResult:
     """Predict classes with a model exported by ``train``; optionally write a Parquet.
 
-    When the input carries labels (class folders or a label column) the result has accuracy overall
-    and per class. ``out`` may not be an input, lie inside an input folder, or (without ``overwrite``) exist.
+    ``inputs``: one folder, one table, image files, a Hugging Face dataset (``split`` of a DatasetDict) or
+    WebDataset shards (``label_key``). When the input carries labels (class folders, a label column or
+    member) the result has accuracy overall and per class. ``out`` may not be an input, lie inside an
+    input folder, or (without ``overwrite``) exist.
     """
     from .backbone import resolve_device
     from .classifiers import load_model
@@ -105,14 +60,15 @@ def predict(
     from .progress import RichProgress
 
     torch_device = resolve_device(device)
-    root, files, labels = _list_inputs(inputs, path_col=path_col, label_col=label_col)
+    rows = read_inputs(inputs, path_col=path_col, label_col=label_col, split=split, label_key=label_key)
+    root, files, labels = rows.root, rows.paths, rows.labels
     if out is not None:
-        folders = [p for p in inputs if Path(p).is_dir()]
-        listed = [root / f for f in files] if len(inputs) == 1 and not folders else []
-        check_output(out, inputs=[model_dir, *inputs, *listed], datasets=folders, overwrite=overwrite)
+        _check_out(out, model_dir, inputs, rows, overwrite=overwrite)
     loaded = load_model(model_dir, device=torch_device)
     size = int(loaded.config["image_size"])
-    dataset = ImageDataset(root, files, np.zeros(len(files), dtype=np.int64), loaded.transform, image_size=size)
+    dataset = ImageDataset(
+        root, files, np.zeros(len(files), dtype=np.int64), loaded.transform, image_size=size, images=rows.images
+    )
     with RichProgress(quiet=quiet) as progress:
         top_i, top_p, status = _top_k(
             loaded.module, dataset, k=min(top_k, len(loaded.classes)), batch_size=batch_size,
@@ -187,3 +143,17 @@ def _accuracy(
                 .rename(columns={"label": "class"})
             )
     return accuracy, per_class
+
+
+def _check_out(out: str | os.PathLike[str], model_dir: Any, inputs: Any, rows: Any, *, overwrite: bool) -> None:
+    """``out`` may not be an input or a listed file, nor lie inside an input folder or dataset."""
+    named = [p for p in ([inputs] if isinstance(inputs, (str, os.PathLike)) else inputs) if _is_path(p)]
+    folders = [p for p in named if Path(p).is_dir()]
+    if rows.source in ("hf", "webdataset"):
+        folders.append(rows.root)
+    listed = [rows.root / f for f in rows.paths] if rows.source in ("table", "files") else []
+    check_output(out, inputs=[model_dir, *named, *listed], datasets=folders, overwrite=overwrite)
+
+
+def _is_path(value: Any) -> bool:
+    return isinstance(value, (str, os.PathLike))

@@ -10,12 +10,18 @@ from __future__ import annotations
 import base64
 import html
 import io
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
+from .images import load_image
+from .readers.recorded import recorded_opener
 from .results import STATUS_OK
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 FLAGGED_COLUMNS = ["path", "label", "predicted_label", "p_clean", "p_predicted", "flag_reason"]
 THUMBNAILS = 8  # flagged samples shown in the HTML view
@@ -84,9 +90,17 @@ def to_html(frame: pd.DataFrame, metadata: dict[str, Any], *, thumbnails: int = 
     parts.append("</tbody></table>")
     if n_flagged:
         root = _image_root(metadata)
+        opener = recorded_opener(metadata)  # rows that are not files (Hugging Face, WebDataset)
         parts.append(f"<p>most suspicious of the {n_flagged} flagged samples (lowest p_clean first):</p><div>")
         for _, row in worst.head(thumbnails).iterrows():
-            image = _thumbnail(root / row["path"], root) if root is not None else None
+            path = str(row["path"])
+            image = (
+                _thumbnail(lambda s, p=path: opener(p, s))
+                if opener is not None
+                else _thumbnail(lambda s, p=path: load_image(root / p, draft_size=s, root=root))
+                if root is not None
+                else None
+            )
             img = (
                 f'<img src="data:image/png;base64,{image}" alt="{esc(row["path"])}" '
                 f'style="display:block;max-width:{THUMB_PX}px;max-height:{THUMB_PX}px">'
@@ -115,12 +129,10 @@ def _image_root(metadata: dict[str, Any]) -> Path | None:
         return None
 
 
-def _thumbnail(path: Path, root: Path) -> str | None:
-    """A small PNG of the image as base64, or None when it cannot be read or its real path leaves ``root``."""
-    from .data import load_image
-
+def _thumbnail(open_image: Callable[[int], Image.Image]) -> str | None:
+    """A small PNG of ``open_image(draft_size)`` as base64, or None when it cannot be read (or leaves its root)."""
     try:
-        image = load_image(path, draft_size=2 * THUMB_PX, root=root)
+        image = open_image(2 * THUMB_PX)
         image.thumbnail((THUMB_PX, THUMB_PX))
         buffer = io.BytesIO()
         image.save(buffer, format="PNG")

@@ -19,13 +19,18 @@ import io
 import json
 import logging
 import re
+from collections.abc import Callable
 from html import escape
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
+from .readers.recorded import recorded_opener
 from .results import STATUS_OK
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 log = logging.getLogger(__name__)
 
@@ -49,12 +54,14 @@ def review_data(frame: pd.DataFrame, metadata: dict[str, Any], *, top: int, root
     kinds: dict[str, int] = {}
     thumbs: list[str] = []
     rows, failures = [], 0
+    opener = recorded_opener(metadata) if top else None  # rows that are not files (Hugging Face, WebDataset)
     for n, row in enumerate(flagged.itertuples(index=False)):
         reason = None if pd.isna(row.flag_reason) else str(row.flag_reason)
         kind = kinds.setdefault(reason_kind(reason), len(kinds))
         thumb = -1
-        if n < top and root is not None:
-            uri = thumbnail(root / row.path, root)
+        if n < top and (root is not None or opener is not None):
+            path = str(row.path)
+            uri = thumbnail(root / path, root) if opener is None else thumbnail_of(lambda s, p=path: opener(p, s))
             failures += uri is None
             if uri is not None:
                 thumb = len(thumbs)
@@ -138,10 +145,15 @@ def review_html(data: dict[str, Any], flagged_per_class: pd.DataFrame) -> str:
 
 def thumbnail(file: Path, root: Path) -> str | None:
     """A small JPEG data URI of an image, or None when it cannot be read or its real path leaves ``root``."""
-    from .data import load_image
+    from .images import load_image
 
+    return thumbnail_of(lambda size: load_image(file, draft_size=size, root=root))
+
+
+def thumbnail_of(open_image: Callable[[int], Image.Image]) -> str | None:
+    """:func:`thumbnail` of the image ``open_image(draft_size)`` returns (a Hugging Face row, a shard member)."""
     try:
-        image = load_image(file, draft_size=2 * THUMBNAIL_PX, root=root)
+        image = open_image(2 * THUMBNAIL_PX)
         image.thumbnail((THUMBNAIL_PX, THUMBNAIL_PX))
         buffer = io.BytesIO()
         image.save(buffer, format="JPEG", quality=75)

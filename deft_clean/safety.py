@@ -123,7 +123,7 @@ def check_detect_paths(
     named = [dataset, *extra_inputs]  # a DataFrame dataset (Python API) is not a path: its images are checked below
     inputs = [str(x) for x in named if isinstance(x, (str, os.PathLike)) and x]
     inputs = [x for x in inputs if os.path.exists(x)]
-    datasets = [root] if source == "folder" else []
+    datasets = [root] if source in ("folder", "hf", "webdataset") else []  # never write inside them
     if source in ("table", "dataframe"):
         inputs.extend(root / p for p in paths)
     if out is not None:

@@ -12,9 +12,9 @@ from typing import Any
 import numpy as np
 
 from .config import TrainConfig
-from .data import Listing, list_dataset
 from .decisions import Verdicts, load_verdicts
 from .errors import DataError, option
+from .listing import Listing, list_dataset, relist
 from .probe import stratified_holdout
 from .results import load_results
 from .selection import kept_rows, relabelled_rows, usable_rows
@@ -80,7 +80,7 @@ class Rows:
 
 
 def plan_rows(
-    dataset: str | os.PathLike[str],
+    dataset: Any,
     results: Path,
     cfg: TrainConfig,
     val: str | os.PathLike[str] | None,
@@ -88,9 +88,7 @@ def plan_rows(
 ) -> Rows:
     """Read the results, choose the rows to train on, and hold out validation rows (or read ``val``)."""
     frame, metadata = load_results(results)
-    listing = list_dataset(
-        dataset, path_col=metadata.get("path_col", "path"), label_col=metadata.get("label_col", "label")
-    )
+    listing = relist(dataset, metadata)
     check_match(listing, frame, metadata, results)
     verdicts = load_verdicts(decisions, frame, metadata)
     rows, labels, n_relabelled = select_rows(
