@@ -7,6 +7,9 @@ Architecture (one line per module in the README, "How the code is organised"):
   (:mod:`.classifiers`) on the rows phase 1 kept. Both describe themselves to :func:`.engine.fit` as a
   ``Phase`` (model, optimiser, loss step, epoch hooks); the engine alone chooses mixed precision, syncs
   gradients between torchrun ranks, checkpoints, resumes and stops on signals.
+- One seam per input: :mod:`.listing` lists any dataset through a reader of :mod:`.readers` (folder, table,
+  DataFrame, Hugging Face, WebDataset) into one ``Listing`` whose ``images`` open each row; a new input
+  adds a reader file, not edits across the phases, cache, health and thumbnails.
 - One place per rule: which rows are clean, flagged, kept or relabelled lives in :mod:`.selection`;
   the on-disk contract between the phases is the Parquet of :mod:`.results`.
 - Layers: ``config``/``errors``/``_version``/``files`` at the bottom, then data and models, then the

@@ -25,16 +25,12 @@ def list_frame(
 
     Without ``root`` every path must be absolute, and the root is their deepest common folder.
     """
-    from .readers.files import _list_table
+    from .readers.files import _list_table, require_columns
 
-    missing = [c for c in (path_col, label_col) if c not in frame.columns]
-    if missing:
-        raise DataError(
-            f"{NAME}: no column(s) {missing}; its columns are {[str(c) for c in frame.columns]} "
-            "(name them with image_col=/label_col=)"
-        )
-    if len(frame) == 0:
-        raise DataError(f"{NAME}: the frame has no rows")
+    require_columns(
+        frame, (path_col, label_col), f"{NAME}: no column(s)", "name them with image_col=/label_col=",
+        empty=f"{NAME}: the frame has no rows",
+    )  # fmt: skip
     values = frame[path_col].tolist()
     for row, value in enumerate(values):
         if not isinstance(value, (str, os.PathLike)) and not pd.isna(value):

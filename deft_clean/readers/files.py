@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..errors import DataError, UsageError
+from ..errors import DataError, UsageError, option
 from ..safety import check_name, printable
 from .base import IMAGE_EXTENSIONS, TABLE_EXTENSIONS, FileImages, Rows
 
@@ -118,6 +118,15 @@ def read_table(table: Path) -> pd.DataFrame:
         raise DataError(f"{table}: cannot read table ({type(exc).__name__}: {exc})") from None
 
 
+def require_columns(frame: pd.DataFrame, columns: Sequence[str], missing: str, hint: str, *, empty: str) -> None:
+    """Refuse a table without ``columns`` (``missing`` starts the message, ``hint`` ends it) or without rows."""
+    absent = [c for c in columns if c not in frame.columns]
+    if absent:
+        raise DataError(f"{missing} {absent}; its columns are {[str(c) for c in frame.columns]} ({hint})")
+    if len(frame) == 0:
+        raise DataError(empty)
+
+
 def _list_table(
     table: Path,
     *,
@@ -132,14 +141,10 @@ def _list_table(
     ``row0`` is the number messages give the first row (2: the line after a CSV header).
     """
     frame = read_table(table) if frame is None else frame
-    missing = [c for c in (path_col, label_col) if c not in frame.columns]
-    if missing:
-        raise DataError(
-            f"{table}: missing column(s) {missing}; columns are {list(frame.columns)} "
-            "(choose others with --path-col/--label-col)"
-        )
-    if len(frame) == 0:
-        raise DataError(f"{table}: the table has no rows")
+    require_columns(
+        frame, (path_col, label_col), f"{table}: missing column(s)",
+        f"choose others with {option('path_col')}/{option('label_col')}", empty=f"{table}: the table has no rows",
+    )  # fmt: skip
     raw_labels = frame[label_col]
     labels = ["" if pd.isna(v) else str(v).strip() for v in raw_labels]
     empty = [i for i, v in enumerate(labels) if not v]
