@@ -114,8 +114,9 @@ def prepare_cache(
     """
     if listing.source in ("hf", "webdataset"):
         raise UsageError(
-            f"--cache {cache_dir}: a {'Hugging Face dataset' if listing.source == 'hf' else 'WebDataset'} is "
-            "already a packed, in-place store; drop --cache (it caches image files of folders and tables)"
+            f"{option('cache', str(cache_dir))}: a "
+            f"{'Hugging Face dataset' if listing.source == 'hf' else 'WebDataset'} is "
+            f"already a packed, in-place store; drop {option('cache')} (it caches image files of folders and tables)"
         )
     folder = cache_folder(cache_dir, size)
     try:

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .errors import DataError, UsageError
+from .errors import DataError, UsageError, option
 from .readers import read_rows
 from .readers.base import IMAGE_EXTENSIONS, TABLE_EXTENSIONS, FileImages, ImageSource
 
@@ -75,7 +75,7 @@ def load_class_names(path: str | os.PathLike[str]) -> dict[str, str]:
     """
     file = Path(path)
     if not file.is_file():
-        raise UsageError(f"--class-names file not found: {file}")
+        raise UsageError(f"{option('class_names')} file not found: {file}")
     if file.suffix.lower() == ".json":
         try:
             mapping = json.loads(file.read_text(encoding="utf-8"))
@@ -140,7 +140,8 @@ def list_dataset(
         missing = [c for c in classes if c not in mapping]
         if missing:
             raise DataError(
-                f"{len(missing)} label(s) missing from --class-names, e.g. {missing[:5]}; add them to the file"
+                f"{len(missing)} label(s) missing from {option('class_names')}, e.g. {missing[:5]}; "
+                "add them to the file"
             )
         prompt_names = [mapping[c] for c in classes]
     else:

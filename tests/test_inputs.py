@@ -132,18 +132,18 @@ def test_hf_train_clean_only_and_export_refusal(tiny_clip, folder, tmp_path):
 
 def test_hf_columns_splits_and_missing_package(folder, tmp_path, monkeypatch):
     saved = write_hf(folder, tmp_path / "hf")
-    with pytest.raises(UsageError, match=r"no split 'test'; its splits are \['train'\] \(choose one with --split\)"):
+    with pytest.raises(UsageError, match=r"no split 'test'; its splits are \['train'\] \(choose one with split\)"):
         list_dataset(saved, split="test")
     table = datasets.load_from_disk(str(saved))["train"]
     two = table.add_column("coarse", [0] * len(table)).cast_column("coarse", datasets.ClassLabel(names=["a", "b"]))
     assert list_dataset(two).classes == list_dataset(table).classes  # a column called label wins
     two = two.rename_column("label", "fine")
-    with pytest.raises(DataError, match="no 'label' column and 2 ClassLabel columns .* with --label-col"):
+    with pytest.raises(DataError, match="no 'label' column and 2 ClassLabel columns .* with label_col"):
         list_dataset(two)
     assert list_dataset(two, label_col="fine").classes == list_dataset(table).classes
     named = table.add_column("uid", [f"u{i}" for i in range(len(table))])
     assert list_dataset(named, id_col="uid").paths[:2] == ["hf://0#u0", "hf://1#u1"]
-    with pytest.raises(UsageError, match="--id-col is for Hugging Face datasets"):
+    with pytest.raises(UsageError, match="id_col is for Hugging Face datasets"):
         list_dataset(folder, id_col="uid")
     monkeypatch.setitem(sys.modules, "datasets", None)  # as if not installed
     with pytest.raises(UsageError, match=r"pip install 'deft-clean\[hf\]'"):
@@ -165,7 +165,7 @@ def test_webdataset_shards_give_the_folder_verdicts(tiny_clip, folder, folder_ru
         num_workers=0, quiet=True,
     )  # fmt: skip
     assert trained.n_train + trained.n_held_out == int(frame["is_clean"].sum())
-    with pytest.raises(UsageError, match="drop --cache"):
+    with pytest.raises(UsageError, match="drop cache"):
         deft_clean.detect(pattern, label_key="json:label", **options(tiny_clip, quick=True, cache=str(tmp_path / "c")))
     # the .cls labels are class indices: class names give their prompt text
     names = {str(i): c for i, c in enumerate(list_dataset(folder).classes)}
@@ -201,7 +201,7 @@ def test_webdataset_errors(folder, tmp_path):
     pattern = write_shards(folder, tmp_path / "shards")
     with pytest.raises(UsageError, match="shard not found: .*shards-003.tar"):
         list_dataset(pattern.replace("002", "009"))
-    with pytest.raises(DataError, match="no 'txt' member; see --label-key"):
+    with pytest.raises(DataError, match="no 'txt' member; see label_key"):
         list_dataset(pattern, label_key="txt")
     with pytest.raises(DataError, match="no field 'name'"):
         list_dataset(pattern, label_key="json:name")

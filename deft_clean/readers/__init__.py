@@ -19,7 +19,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..errors import UsageError
+from ..errors import UsageError, option
 from .base import TABLE_EXTENSIONS, Rows
 
 
@@ -46,7 +46,7 @@ def read_rows(
     if hf.is_hf_object(dataset):
         return hf.hf_rows(dataset, **hf_options, id_col=id_col)
     if id_col is not None and not (isinstance(dataset, (str, os.PathLike)) and hf.is_saved_dataset(Path(dataset))):
-        raise UsageError(f"--id-col is for Hugging Face datasets; {dataset} is not one")
+        raise UsageError(f"{option('id_col')} is for Hugging Face datasets; {dataset} is not one")
     if wds.is_shards(dataset):
         return wds.wds_rows(dataset, label_key=label_key)
     if not isinstance(dataset, (str, os.PathLike)):

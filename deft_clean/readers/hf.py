@@ -16,7 +16,7 @@ from typing import Any
 
 from PIL import Image
 
-from ..errors import DataError, UsageError
+from ..errors import DataError, UsageError, option
 from ..images import decode_image, load_image
 from .base import Rows
 
@@ -72,10 +72,12 @@ def hf_rows(
     if isinstance(dataset, lib.DatasetDict):
         chosen = split or DEFAULT_SPLIT
         if chosen not in dataset:
-            raise UsageError(f"{name}: no split {chosen!r}; its splits are {list(dataset)} (choose one with --split)")
+            raise UsageError(
+                f"{name}: no split {chosen!r}; its splits are {list(dataset)} (choose one with {option('split')})"
+            )
         dataset = dataset[chosen]
     elif split is not None:
-        raise UsageError(f"{name} is one Dataset, not a DatasetDict of splits; drop --split {split}")
+        raise UsageError(f"{name} is one Dataset, not a DatasetDict of splits; drop {option('split', split)}")
     if len(dataset) == 0:
         raise DataError(f"{name}: the dataset has no rows")
     image_col = _image_column(dataset, image_col, name, lib)
@@ -84,7 +86,9 @@ def hf_rows(
     options = {"split": chosen, "path_col": image_col, "label_col": label_col}
     if id_col is not None:
         if id_col not in dataset.features:
-            raise DataError(f"{name}: no column {id_col!r}; its columns are {list(dataset.features)} (see --id-col)")
+            raise DataError(
+                f"{name}: no column {id_col!r}; its columns are {list(dataset.features)} (see {option('id_col')})"
+            )
         paths = [f"{path}#{value}" for path, value in zip(paths, dataset[id_col], strict=True)]
         options["id_col"] = id_col
     return Rows(root, paths, labels, HFImages(dataset, image_col), "hf", origin, options)
@@ -109,12 +113,14 @@ def _image_column(dataset: Any, named: str | None, name: str, lib: Any) -> str:
     features = dataset.features
     if named is not None:
         if named not in features:
-            raise DataError(f"{name}: no column {named!r}; its columns are {list(features)} (see --image-col)")
+            raise DataError(
+                f"{name}: no column {named!r}; its columns are {list(features)} (see {option('image_col')})"
+            )
         return named
     found = [c for c, f in features.items() if isinstance(f, lib.Image)]
     if len(found) != 1:
         raise DataError(
-            f"{name}: {len(found)} Image columns {found} among {list(features)}; name one with --image-col"
+            f"{name}: {len(found)} Image columns {found} among {list(features)}; name one with {option('image_col')}"
         )
     return found[0]
 
@@ -133,11 +139,11 @@ def _labels(
         if len(found) != 1:
             raise DataError(
                 f"{name}: no 'label' column and {len(found)} ClassLabel columns {found} among {list(features)}; "
-                "name the label column with --label-col"
+                f"name the label column with {option('label_col')}"
             )
         named = found[0]
     elif named not in features:
-        raise DataError(f"{name}: no column {named!r}; its columns are {list(features)} (see --label-col)")
+        raise DataError(f"{name}: no column {named!r}; its columns are {list(features)} (see {option('label_col')})")
     feature = features[named]
     values = list(dataset[named])
     if isinstance(feature, lib.ClassLabel):

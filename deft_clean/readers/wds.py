@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from ..errors import DataError, UsageError
+from ..errors import DataError, UsageError, option
 from ..images import decode_image
 from .base import IMAGE_EXTENSIONS, PackedStrings, Rows
 
@@ -129,7 +129,8 @@ def _read(
     if member is None and optional:
         return None
     if member is None:
-        raise DataError(f"{shard}: sample {key!r} has no {label_key.partition(':')[0]!r} member; see --label-key")
+        wanted = label_key.partition(":")[0]
+        raise DataError(f"{shard}: sample {key!r} has no {wanted!r} member; see {option('label_key')}")
     handle = tar.extractfile(member)
     return handle.read().decode("utf-8").strip() if handle is not None else ""
 
@@ -138,7 +139,9 @@ def _field(text: str, field: str, key: str, shard: Path) -> str:
     try:
         value = json.loads(text)[field]
     except (json.JSONDecodeError, KeyError, TypeError):
-        raise DataError(f"{shard}: sample {key!r}: its json member has no field {field!r}; see --label-key") from None
+        raise DataError(
+            f"{shard}: sample {key!r}: its json member has no field {field!r}; see {option('label_key')}"
+        ) from None
     return "" if value is None else str(value).strip()
 
 
