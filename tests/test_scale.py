@@ -65,13 +65,14 @@ def test_interrupted_detect_resumes_to_identical_results(
     tiny_clip, noisy_folder, uninterrupted, tmp_path, monkeypatch, method, number, signum, every
 ):
     out = tmp_path / "results.parquet"
+    before = signal.getsignal(signal.SIGINT)  # default_int_handler, or SIG_IGN when run in the background
     with monkeypatch.context() as patch:
         interrupt_at(patch, method, number, signum)
         with pytest.raises(Interrupted) as stopped:
             deft_clean.detect(noisy_folder.root, out=out, checkpoint_every=every, **options(tiny_clip))
     assert stopped.value.exit_code == 128 + signum
     assert "--resume" in str(stopped.value)
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+    assert signal.getsignal(signal.SIGINT) is before  # handlers restored
     assert sorted(p.name for p in tmp_path.iterdir()) == ["results.parquet.run"]  # no Parquet, no temp file
     assert [p.name for p in (tmp_path / "results.parquet.run").iterdir()] == ["detect_checkpoint.pt"]
 
