@@ -63,16 +63,16 @@ def check_output(
     roots = [real(d) for d in datasets]
     for root in roots:
         if is_inside(target, root):
-            raise UsageError(f"{option} {out} is inside the dataset {root}, which deft-clean never modifies")
+            raise UsageError(f"{ref(option)} {out} is inside the dataset {root}, which deft-clean never modifies")
         if folder and is_inside(root, target):
-            raise UsageError(f"{option} {out} contains the dataset {root}, which deft-clean never modifies")
+            raise UsageError(f"{ref(option)} {out} contains the dataset {root}, which deft-clean never modifies")
     prefix = f"{target}{os.sep}"
     for item in inputs:
         source = real(item)
         if source == target:
-            raise UsageError(f"{option} {out} is also an input of this command ({item}); choose another path")
+            raise UsageError(f"{ref(option)} {out} is also an input of this command ({item}); choose another path")
         if folder and str(source).startswith(prefix):
-            raise UsageError(f"{option} {out} contains an input of this command ({item}); choose another folder")
+            raise UsageError(f"{ref(option)} {out} contains an input of this command ({item}); choose another folder")
     check_writable(out, option=option)
     path = Path(out)
     if not overwrite and (path.exists() or path.is_symlink()):
