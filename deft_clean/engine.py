@@ -67,12 +67,6 @@ def amp_for(device: torch.device) -> Amp:
     return Amp(lambda: torch.autocast("cuda", dtype=dtype), dtype == torch.float16)
 
 
-def autocast_for(device: torch.device) -> tuple[Callable[[], contextlib.AbstractContextManager], bool]:
-    """:func:`amp_for` as a plain pair (autocast factory, needs a grad scaler)."""
-    amp = amp_for(device)
-    return amp.autocast, amp.needs_scaler
-
-
 def seed_everything(seed: int) -> torch.Generator:
     """Seed torch's global RNG and return a generator for data order."""
     torch.manual_seed(seed)

@@ -512,14 +512,6 @@ def parameter_groups(
     return [g for g in groups if g["params"]]
 
 
-def evaluate(
-    model: nn.Module, dataset: ImageDataset, *, device: torch.device, workers: int, batch_size: int = 128
-) -> float:
-    """Top-1 accuracy on a labelled dataset with the eval transform (unusable files skipped)."""
-    right = evaluate_rows(model, dataset, device=device, workers=workers, batch_size=batch_size)
-    return float(right.mean()) if len(right) else 0.0
-
-
 @torch.no_grad()
 def evaluate_rows(
     model: nn.Module, dataset: ImageDataset, *, device: torch.device, workers: int, batch_size: int = 128

@@ -20,7 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from .data import STATUS_OK, ImageDataset
+from .data import ImageDataset
+from .engine import usable_mask
 
 if TYPE_CHECKING:
     from .engine import Progressish
@@ -131,7 +132,7 @@ def extract_features(
     """
     features, labels, flipped = [], [], []
     for images, targets, _, status in batches:
-        usable = torch.tensor([s == STATUS_OK for s in status])
+        usable = usable_mask(status)
         if not usable.any():
             continue
         batch = images[usable].to(device)  # [b, 3, H, W]

@@ -97,3 +97,18 @@ def small_folder(tmp_path: Path) -> Path:
     images, labels = toy.synthetic_images(4, 3, seed=5)
     toy.write_image_folder(tmp_path / "data", images, labels, ["cat", "dog", "sea_lion"])
     return tmp_path / "data"
+
+
+def write_table(folder: Path, rows: list[dict], name: str = "data.csv") -> Path:
+    """A CSV of ``rows`` (path, label, ...) in ``folder``."""
+    import pandas as pd
+
+    table = folder / name
+    pd.DataFrame(rows).to_csv(table, index=False)
+    return table
+
+
+def folder_rows(root: Path) -> list[dict]:
+    """The images of an image folder as table rows: path relative to ``root``, label = class folder."""
+    return [{"path": p.relative_to(root).as_posix(), "label": p.parent.name} for p in sorted(root.rglob("*.png"))]
+

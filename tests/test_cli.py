@@ -7,12 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
 import deft_clean
 from deft_clean.cli import app
+from tests.conftest import folder_rows, write_table
 
 runner = CliRunner()
 
@@ -72,32 +72,22 @@ def test_empty_class_folder(tiny_clip, small_folder, tmp_path):
     assert_clean_failure(run_detect(tiny_clip, small_folder, out), out, 1, "empty", "holds no images")
 
 
-def write_table(folder: Path, rows: list[dict], name: str = "data.csv") -> Path:
-    table = folder / name
-    pd.DataFrame(rows).to_csv(table, index=False)
-    return table
-
-
-def table_rows(folder: Path) -> list[dict]:
-    return [{"path": p.relative_to(folder).as_posix(), "label": p.parent.name} for p in sorted(folder.rglob("*.png"))]
-
-
 def test_csv_without_columns(tiny_clip, small_folder, tmp_path):
-    rows = [{"file": r["path"], "label": r["label"]} for r in table_rows(small_folder)]
+    rows = [{"file": r["path"], "label": r["label"]} for r in folder_rows(small_folder)]
     out = tmp_path / "r.parquet"
     table = write_table(small_folder, rows)
     assert_clean_failure(run_detect(tiny_clip, table, out), out, 1, "missing column", "'path'")
 
 
 def test_csv_with_empty_label(tiny_clip, small_folder, tmp_path):
-    rows = table_rows(small_folder)
+    rows = folder_rows(small_folder)
     rows[3]["label"] = ""
     out = tmp_path / "r.parquet"
     assert_clean_failure(run_detect(tiny_clip, write_table(small_folder, rows), out), out, 1, "empty 'label'")
 
 
 def test_csv_listing_missing_file(tiny_clip, small_folder, tmp_path):
-    rows = table_rows(small_folder) + [{"path": "cat/ghost.png", "label": "cat"}]
+    rows = folder_rows(small_folder) + [{"path": "cat/ghost.png", "label": "cat"}]
     out = tmp_path / "r.parquet"
     assert_clean_failure(run_detect(tiny_clip, write_table(small_folder, rows), out), out, 1, "do not exist")
 
@@ -105,7 +95,7 @@ def test_csv_listing_missing_file(tiny_clip, small_folder, tmp_path):
 def test_csv_path_escaping_root(tiny_clip, small_folder, tmp_path):
     outside = tmp_path / "secret.png"
     outside.write_bytes((small_folder / "cat").glob("*.png").__next__().read_bytes())
-    rows = table_rows(small_folder) + [{"path": "../secret.png", "label": "cat"}]
+    rows = folder_rows(small_folder) + [{"path": "../secret.png", "label": "cat"}]
     out = tmp_path / "r.parquet"
     assert_clean_failure(
         run_detect(tiny_clip, write_table(small_folder, rows), out), out, 1, "outside the dataset root"

@@ -29,6 +29,7 @@ from deft_clean.files import DiskFullError, run_lock, write_atomic
 from deft_clean.results import load_results, write_results
 from deft_clean.runstate import load_checkpoint, save_checkpoint
 from deft_clean.safety import printable
+from tests.conftest import folder_rows, write_table
 from tests.review_data import Review, checksums, make_review
 
 runner = CliRunner()
@@ -53,19 +54,6 @@ def fails(result, code: int, *fragments: str) -> str:
 
 def detect(tiny_clip, dataset: Path, out: Path, *extra: str):
     return runner.invoke(app, ["detect", str(dataset), "--out", str(out), *tiny_clip.cli_args(), *extra])
-
-
-def write_table(folder: Path, rows: list[dict], name: str = "list.csv") -> Path:
-    table = folder / name
-    pd.DataFrame(rows).to_csv(table, index=False)
-    return table
-
-
-def folder_rows(root: Path) -> list[dict]:
-    return [{"path": p.relative_to(root).as_posix(), "label": p.parent.name} for p in sorted(root.rglob("*.png"))]
-
-
-# 1. export --overwrite and a class folder linked outside the root
 
 
 def test_linked_class_folder_outside_root_is_refused_like_a_linked_file(small_folder, tmp_path):
@@ -99,7 +87,9 @@ def test_export_overwrite_never_deletes_sources_behind_a_linked_class_folder(rev
 
 
 def test_detect_refuses_its_own_table_as_out(tiny_clip, small_folder):
-    table = write_table(small_folder.parent, [{**r, "path": f"data/{r['path']}"} for r in folder_rows(small_folder)])
+    table = write_table(
+        small_folder.parent, [{**r, "path": f"data/{r['path']}"} for r in folder_rows(small_folder)], "list.csv"
+    )
     before = table.read_bytes()
     for extra in ((), ("--overwrite",)):
         fails(detect(tiny_clip, table, table, *extra), 2, "input")
@@ -259,7 +249,7 @@ def test_predict_table_refuses_paths_outside_its_folder(small_folder, tmp_path):
     inner = tmp_path / "inner"
     inner.mkdir()
     for path in (f"../data/{image.relative_to(small_folder).as_posix()}", str(image.resolve())):
-        table = write_table(inner, [{"path": path, "label": "cat"}])
+        table = write_table(inner, [{"path": path, "label": "cat"}], "list.csv")
         result = runner.invoke(app, ["predict", str(model), str(table), "--out", str(tmp_path / "p.parquet")])
         fails(result, 1, "outside")
 
@@ -515,7 +505,7 @@ def test_duplicate_paths_in_a_table_are_refused(small_folder):
     rows = folder_rows(small_folder)
     first = rows[0]["path"]
     for duplicate in (first, f"{first.split('/')[0]}/../{first}"):
-        table = write_table(small_folder, [*rows, {"path": duplicate, "label": "dog"}])
+        table = write_table(small_folder, [*rows, {"path": duplicate, "label": "dog"}], "list.csv")
         with pytest.raises(DataError, match="listed twice"):
             list_dataset(table)
 
