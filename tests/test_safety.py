@@ -142,10 +142,19 @@ def test_train_refuses_an_out_inside_the_dataset_or_over_its_results(small_folde
     metadata = {"classes": listing.classes, "dataset": str(small_folder), "source": "folder"}
     results = write_results(frame, metadata, tmp_path / "res" / "r.parquet")
     before, saved = checksums(small_folder), results.read_bytes()
-    for out, why in ((small_folder / "model", "inside the dataset"), (results.parent, "contains an input")):
-        args = ["train", str(small_folder), "--results", str(results), "--out", str(out), "--overwrite"]
-        fails(runner.invoke(app, args), 2, why)
+    (tmp_path / "a-file").write_text("not a folder")
+    refusals = (
+        (small_folder / "model", "inside the dataset"),
+        (results.parent, "contains an input"),
+        (results, "also an input"),  # the results file itself, with and without --overwrite
+        (tmp_path / "a-file", "is a file"),
+    )
+    for out, why in refusals:
+        args = ["train", str(small_folder), "--results", str(results), "--out", str(out)]
+        fails(runner.invoke(app, [*args, "--overwrite"]), 2, why)
+        fails(runner.invoke(app, args), 2)
     assert checksums(small_folder) == before and results.read_bytes() == saved
+    assert (tmp_path / "a-file").read_text() == "not a folder"
 
 
 def test_report_refuses_to_write_onto_results_or_images(review):
