@@ -51,7 +51,8 @@ def check_output(
     Args:
         out: the file (or, with ``folder``, the folder) a command is about to write or replace.
         inputs: files and folders the command reads (results, tables, model folders, listed images);
-            ``out`` may be none of them and, when it is a folder, may contain none of them.
+            ``out`` may be none of them, may not lie inside an input folder and, when it is a folder, may
+            contain none of them.
         datasets: image-folder dataset roots: nothing may be written inside them.
         overwrite: an existing ``out`` may be replaced (never an input, never inside a dataset).
         folder: ``out`` is a folder that will be replaced as a whole.
@@ -73,6 +74,9 @@ def check_output(
             raise UsageError(f"{ref(option)} {out} is also an input of this command ({item}); choose another path")
         if folder and str(source).startswith(prefix):
             raise UsageError(f"{ref(option)} {out} contains an input of this command ({item}); choose another folder")
+        if is_inside(target, source) and source.is_dir():  # path comparison first: inputs may be 1M files
+            # e.g. predict's model folder: a file written there would replace config.json or the weights
+            raise UsageError(f"{ref(option)} {out} is inside {item}, an input of this command; choose another path")
     check_writable(out, option=option)
     path = Path(out)
     if not overwrite and (path.exists() or path.is_symlink()):

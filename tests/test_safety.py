@@ -119,6 +119,13 @@ def test_predict_refuses_an_out_inside_its_input_folder(small_folder, tmp_path):
     result = runner.invoke(app, ["predict", str(model), str(small_folder), "--out", str(image), "--overwrite"])
     fails(result, 2, "inside the dataset")
     assert checksums(small_folder) == before
+    # nor inside the model folder it reads, even through a link (it would replace config.json)
+    (model / "config.json").write_text("{}")
+    (tmp_path / "model-link").symlink_to(model)
+    for target in (model / "config.json", tmp_path / "model-link" / "p.parquet"):
+        result = runner.invoke(app, ["predict", str(model), str(small_folder), "--out", str(target), "--overwrite"])
+        fails(result, 2, "an input of this command")
+    assert (model / "config.json").read_text() == "{}" and sorted(p.name for p in model.iterdir()) == ["config.json"]
 
 
 def test_train_refuses_an_out_inside_the_dataset_or_over_its_results(small_folder, tmp_path):
