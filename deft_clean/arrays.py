@@ -28,13 +28,16 @@ ROW_ORDER = (
 )
 
 
-def check_arrays_dir(folder: str | os.PathLike[str], *, root: Path, source: str, inputs: list[Path]) -> Path:
+def check_arrays_dir(
+    folder: str | os.PathLike[str], *, root: Path, source: str, inputs: list[Path], overwrite: bool = False
+) -> Path:
     """Refuse a ``--save-arrays`` folder that would change the dataset; called before any work is done.
 
     Args:
         folder: where the arrays go.
         root: the dataset root; ``source`` is ``"folder"`` or ``"table"``.
         inputs: files the run reads (the table, a class-names file); none may be replaced.
+        overwrite: arrays of an earlier run in ``folder`` may be replaced.
     """
     target = Path(folder)
     if target.exists() and not target.is_dir():
@@ -51,6 +54,12 @@ def check_arrays_dir(folder: str | os.PathLike[str], *, root: Path, source: str,
             raise UsageError(
                 f"{option('save_arrays')} would replace the input file {resolved / name}; choose another folder"
             )
+    earlier = [name for name in (FEATURES, PROBS, INFO) if (target / name).exists()]
+    if earlier and not overwrite:
+        raise UsageError(
+            f"{option('save_arrays')} {target} already holds {', '.join(earlier)}; pass {option('overwrite', True)} "
+            "to replace them, or choose another folder"
+        )
     return target
 
 

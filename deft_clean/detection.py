@@ -183,7 +183,7 @@ def _check_outputs(
         from .arrays import check_arrays_dir
 
         inputs = [Path(p) for p in (dataset, class_names) if isinstance(p, (str, os.PathLike)) and Path(p).is_file()]
-        check_arrays_dir(save_arrays, root=listing.root, source=listing.source, inputs=inputs)
+        check_arrays_dir(save_arrays, root=listing.root, source=listing.source, inputs=inputs, overwrite=overwrite)
     if checkpoint_every < 0:
         raise UsageError(f"{option('checkpoint_every')} must be 0 or more, got {checkpoint_every}")
     if run_dir is None and out is not None:

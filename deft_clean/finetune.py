@@ -140,15 +140,12 @@ def _check_out(out_dir: Path, plan: Rows, cfg: TrainConfig, inputs: list[Any]) -
     datasets = [listing.root] if listing.source in ("folder", "hf", "webdataset") else []
     if val_listing is not None and val_listing.source == "folder":
         datasets.append(val_listing.root)
-    if out_dir.exists() and not out_dir.is_dir():
-        check_output(out_dir, inputs=inputs, datasets=datasets, overwrite=True)  # an input file: says which
-        raise UsageError(f"{option('out')} {out_dir} is a file; train writes a folder (model, config, metrics)")
+    check_output(out_dir, inputs=inputs, datasets=datasets, overwrite=True, folder=True)
     if out_dir.exists() and any(out_dir.iterdir()) and not cfg.resume and not cfg.overwrite:
         raise UsageError(
             f"{option('out')} {out_dir} is not empty; pass {option('resume', True)} to continue or "
             f"{option('overwrite', True)} to replace it"
         )
-    check_output(out_dir, inputs=inputs, datasets=datasets, overwrite=True, folder=True)
 
 
 @dataclass

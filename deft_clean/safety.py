@@ -77,8 +77,10 @@ def check_output(
         if is_inside(target, source) and source.is_dir():  # path comparison first: inputs may be 1M files
             # e.g. predict's model folder: a file written there would replace config.json or the weights
             raise UsageError(f"{ref(option)} {out} is inside {item}, an input of this command; choose another path")
-    check_writable(out, option=option)
     path = Path(out)
+    if folder and path.exists() and not path.is_dir():
+        raise UsageError(f"{ref(option)} {out} is a file; pass a folder")
+    check_writable(out, option=option)
     if not overwrite and (path.exists() or path.is_symlink()):
         if not folder and path.is_dir():
             raise UsageError(f"{ref(option)} {out} is a folder; pass a file path")

@@ -88,3 +88,25 @@ def test_save_arrays_never_writes_into_the_dataset(tiny_clip, small_folder, tmp_
     assert result.stderr.startswith("error: --save-arrays") and "loading model" not in result.stderr
     assert sorted(p.relative_to(small_folder) for p in small_folder.rglob("*")) == before
     assert not out.exists()
+
+
+def test_save_arrays_replaces_an_earlier_run_only_with_overwrite(tiny_clip, small_folder, tmp_path):
+    arrays = tmp_path / "arrays"
+    arrays.mkdir()
+    (arrays / "features.npy").write_bytes(b"an earlier run")
+    args = ["detect", str(small_folder), "--out", str(tmp_path / "r.parquet"), "--save-arrays", str(arrays), "--quick"]
+    result = runner.invoke(app, [*args, *tiny_clip.cli_args()])
+    assert result.exit_code == 2 and "already holds features.npy" in result.stderr, result.output
+    assert (arrays / "features.npy").read_bytes() == b"an earlier run" and not (tmp_path / "r.parquet").exists()
+    result = runner.invoke(app, [*args, "--overwrite", *tiny_clip.cli_args()])
+    assert result.exit_code == 0, result.output
+    assert load_arrays(arrays)[0].shape[0] == 12
+
+
+def test_run_dir_that_is_a_file_is_refused(tiny_clip, small_folder, tmp_path):
+    run_dir = tmp_path / "a-file"
+    run_dir.write_text("keep me")
+    args = ["detect", str(small_folder), "--out", str(tmp_path / "r.parquet"), "--run-dir", str(run_dir)]
+    result = runner.invoke(app, [*args, *tiny_clip.cli_args()])
+    assert result.exit_code == 2 and "is a file" in result.stderr, result.output
+    assert run_dir.read_text() == "keep me" and not (tmp_path / "r.parquet").exists()
