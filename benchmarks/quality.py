@@ -51,9 +51,15 @@ CLASSES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight
 SPLIT_A, SPLIT_B, SPLIT_C = slice(0, 2000), slice(2000, 4000), slice(4000, 5000)
 PRETRAIN = {"steps": 1200, "lr": 1e-3, "batch_size": 64, "seed": 0}
 ZERO_SHOT_TEMPLATE = "a photo of a {}."
-TARGETS = ("mnist-bold", "digits-8x8", "mnist")
-SHIFTED = ("mnist-bold", "digits-8x8")
+TARGETS = ("mnist-bold", "digits-8x8", "mnist", "dim", "blind")
+SHIFTED = ("mnist-bold", "digits-8x8", "dim", "blind")
 NOISE = (("symmetric", 0.2), ("symmetric", 0.4), ("symmetric", 0.6), ("pair", 0.3), ("instance", 0.3))
+# Targets the model sees dimly or not at all: three MNIST digits, blurred (down- and up-sampled), faded to
+# grey and noised; a probe on the foundation's features is right ~59% (dim) / ~40% (blind) of the time
+# where always answering the largest class gives 35%. Their settings: a clean copy and 20% noise.
+WEAK = {"dim": (8, 0.25, 20.0), "blind": (3, 0.35, 45.0)}  # (blur side px, contrast kept, pixel noise sd)
+WEAK_DIGITS = (3, 5, 8)
+WEAK_NOISE = (("symmetric", 0.0), ("symmetric", 0.2))
 METHODS = ("deft-clean", "deft-clean --quick", "DeFT rule", "zero-shot", "small-loss", "cleanlab")
 BASELINES = ("zero-shot", "small-loss", "cleanlab")
 
@@ -66,7 +72,7 @@ class Setting:
 
     @property
     def name(self) -> str:
-        return f"{self.kind} {self.rate:g}"
+        return "clean" if self.rate == 0 else f"{self.kind} {self.rate:g}"
 
     @property
     def slug(self) -> str:
@@ -76,6 +82,7 @@ class Setting:
 @dataclass
 class Data:
     name: str
+    classes: list[str]  # class names, the label indices' order
     images_b: list  # PIL images the methods see
     true_b: np.ndarray  # int64 [N]
     images_c: list  # clean held-out images
@@ -103,7 +110,10 @@ class Metrics:
     auc: float  # ROC-AUC of the clean score for truly clean vs noisy
     flagged: int
     seconds: float
-
+    flag_precision: float = float("nan")  # share of flagged rows whose label is wrong (NaN: none flagged)
+    flagged_share: float = 0.0  # flagged rows / all rows
+    reliable: float = float("nan")  # deft-clean's evidence check: 1 reliable, 0 not (NaN: other methods)
+    withheld: float = float("nan")  # flags the evidence check withheld
 
 def set_threads(threads: int) -> None:
     """Cap torch's and BLAS's threads for the whole process (2 spinning threads on a shared 2-core machine
@@ -131,7 +141,9 @@ def build_foundation(work: Path) -> tuple[Path, Path]:
     return config, checkpoint
 
 
-def encode(config: Path, checkpoint: Path, images: Sequence, *, device: str) -> tuple[np.ndarray, np.ndarray]:
+def encode(
+    config: Path, checkpoint: Path, images: Sequence, *, device: str, classes: Sequence[str] = CLASSES
+) -> tuple[np.ndarray, np.ndarray]:
     """Normalised image features [N, E] and zero-shot logits [N, K] of the foundation model."""
     import torch
 
@@ -144,7 +156,7 @@ def encode(config: Path, checkpoint: Path, images: Sequence, *, device: str) -> 
     features = []
     with torch.no_grad():
         text = loaded.model.encode_text(
-            loaded.tokenizer([ZERO_SHOT_TEMPLATE.format(c) for c in CLASSES]).to(dev), normalize=True
+            loaded.tokenizer([ZERO_SHOT_TEMPLATE.format(c) for c in classes]).to(dev), normalize=True
         )  # [K, E]
         for start in range(0, len(images), 256):
             batch = torch.stack([transform(im.convert("RGB")) for im in images[start : start + 256]]).to(dev)
@@ -168,10 +180,32 @@ def upscale_8x8(image: Any) -> Any:
     return ImageOps.expand(image.resize((20, 20), Image.BILINEAR), 4)
 
 
+def weaken(image: Any, side: int, contrast: float, noise: float, seed: int) -> Any:
+    """A digit the model barely sees: blurred through ``side`` x ``side`` pixels, faded to grey, noised."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    small = image.resize((side, side), Image.BILINEAR).resize((28, 28), Image.BILINEAR)
+    pixels = np.asarray(small, dtype=np.float32) * contrast + 100 + rng.normal(0, noise, (28, 28))
+    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "L")
+
+
+def target_classes(name: str) -> list[str]:
+    return [CLASSES[d] for d in WEAK_DIGITS] if name in WEAK else CLASSES
+
+
 def target_images(name: str) -> tuple[list, np.ndarray, list, np.ndarray]:
     """(noisy-set images, their true labels, held-out images, their labels) of a target."""
     from tests import toy
 
+    if name in WEAK:
+        images, labels = toy.digit_images("mnist")
+        parts = []
+        for part in (SPLIT_B, SPLIT_C):
+            rows = [i for i in range(part.start, part.stop) if labels[i] in WEAK_DIGITS]
+            parts.append(([weaken(images[i], *WEAK[name], seed=i) for i in rows],
+                          np.searchsorted(WEAK_DIGITS, labels[rows])))  # fmt: skip
+        return parts[0][0], parts[0][1], parts[1][0], parts[1][1]
     if name == "digits-8x8":
         images, labels = toy.digit_images("sklearn")
         images = [upscale_8x8(im) for im in images]
@@ -187,17 +221,20 @@ def target_images(name: str) -> tuple[list, np.ndarray, list, np.ndarray]:
 
 def prepare(name: str, config: Path, checkpoint: Path, *, device: str) -> Data:
     images_b, true_b, images_c, true_c = target_images(name)
+    classes = target_classes(name)
     started = time.perf_counter()
-    features_b, logits_b = encode(config, checkpoint, images_b, device=device)
+    features_b, logits_b = encode(config, checkpoint, images_b, device=device, classes=classes)
     feature_seconds = time.perf_counter() - started
-    features_c, logits_c = encode(config, checkpoint, images_c, device=device)
+    features_c, logits_c = encode(config, checkpoint, images_c, device=device, classes=classes)
     pred = logits_b.argmax(1)
     accuracy = {
         "B": float(np.mean(pred == true_b)),
         "C": float(np.mean(logits_c.argmax(1) == true_c)),
-        "per_class_B": [float(np.mean(pred[true_b == k] == k)) for k in range(len(CLASSES))],
+        "per_class_B": [float(np.mean(pred[true_b == k] == k)) for k in range(len(classes))],
     }
-    return Data(name, images_b, true_b, images_c, true_c, features_b, features_c, logits_b, feature_seconds, accuracy)
+    return Data(
+        name, classes, images_b, true_b, images_c, true_c, features_b, features_c, logits_b, feature_seconds, accuracy
+    )
 
 
 def noisy_labels(setting: Setting, data: Data) -> np.ndarray:
@@ -205,11 +242,11 @@ def noisy_labels(setting: Setting, data: Data) -> np.ndarray:
 
     pixels = np.stack([np.asarray(im.convert("L").resize((28, 28)), dtype=np.float32) for im in data.images_b])
     return toy.plant_noise(
-        data.true_b, len(CLASSES), setting.rate, kind=setting.kind, seed=1000 + setting.seed, features=pixels
+        data.true_b, len(data.classes), setting.rate, kind=setting.kind, seed=1000 + setting.seed, features=pixels
     )
 
 
-def write_folder(root: Path, images: Sequence, labels: np.ndarray) -> list[str]:
+def write_folder(root: Path, images: Sequence, labels: np.ndarray, classes: Sequence[str] = CLASSES) -> list[str]:
     """Write an image folder once (a marker file records that it is complete); return paths in input order."""
     from tests import toy
 
@@ -220,7 +257,7 @@ def write_folder(root: Path, images: Sequence, labels: np.ndarray) -> list[str]:
         import shutil
 
         shutil.rmtree(root)
-    paths = toy.write_image_folder(root, images, labels, CLASSES)
+    paths = toy.write_image_folder(root, images, labels, classes)
     marker.write_text(json.dumps(paths))
     return paths
 
@@ -248,7 +285,8 @@ def run_deft(
         order["p_clean"].to_numpy(dtype=float),
         seconds,
         {"warnings": result.metadata["warnings"], "text_evidence": result.metadata["text_evidence"],
-         "selection": result.metadata["selection"], "history": result.history},
+         "selection": result.metadata["selection"], "history": result.history,
+         "evidence": result.metadata["evidence"]},
     )
     return run, result
 
@@ -328,13 +366,18 @@ def evaluate(run: MethodRun, truly_clean: np.ndarray) -> Metrics:
     p_noisy = tp / max(int(flagged.sum()), 1)
     r_noisy = tp / max(int(noisy.sum()), 1)
     score = np.nan_to_num(run.score, nan=-np.inf)
+    evidence = run.extra.get("evidence") or {}
     return Metrics(
         precision=hits / max(int(kept.sum()), 1),
         recall=hits / max(int(truly_clean.sum()), 1),
         f1_noisy=0.0 if tp == 0 else 2 * p_noisy * r_noisy / (p_noisy + r_noisy),
-        auc=float(roc_auc_score(truly_clean, score)),
+        auc=float(roc_auc_score(truly_clean, score)) if 0 < truly_clean.sum() < len(truly_clean) else float("nan"),
         flagged=int(flagged.sum()),
         seconds=run.seconds,
+        flag_precision=tp / int(flagged.sum()) if flagged.any() else float("nan"),
+        flagged_share=float(flagged.mean()),
+        reliable=float(evidence["reliable"]) if "reliable" in evidence else float("nan"),
+        withheld=float(evidence.get("flags_withheld", float("nan"))) if evidence else float("nan"),
     )
 
 
@@ -344,7 +387,7 @@ def run_setting(
     labels = noisy_labels(setting, data)
     truly_clean = labels == data.true_b
     folder = work / "data" / data.name / setting.slug
-    paths = write_folder(folder, data.images_b, labels)
+    paths = write_folder(folder, data.images_b, labels, data.classes)
     common = {"seed": setting.seed, "device": args.device, "num_workers": args.num_workers}
     runs: dict[str, MethodRun] = {}
     runs["deft-clean"], result = run_deft(folder, paths, config, checkpoint, **common)
@@ -389,6 +432,8 @@ def target_tables(target: dict[str, Any]) -> list[str]:
     def metric_table(key: str, title: str, digits: int = 1, higher_better: bool = True) -> None:
         rows = []
         for name, per_seed in settings.items():
+            if name == "clean":
+                continue  # nothing to detect: F1 is 0 and AUC undefined; see the flagged-share table
             stats = {m: seed_stats(per_seed, m, key) for m in methods}
             best_baseline = max(stats[m][0] for m in BASELINES)
             cells = []
@@ -415,6 +460,22 @@ def target_tables(target: dict[str, Any]) -> list[str]:
                  for m in methods]
         rows.append([name, *cells])
     out.extend(["### Wall time, s (flagged rows), mean over seeds", "", markdown_table(["noise", *methods], rows), ""])
+    rows = []
+    for name, per_seed in settings.items():
+        cells = []
+        for m in methods:
+            share, precision = seed_stats(per_seed, m, "flagged_share")[0], seed_stats(per_seed, m, "flag_precision")[0]
+            cell = f"{fmt(share)} / {fmt(precision)}"
+            reliable = [run[m]["reliable"] for run in per_seed if not np.isnan(run[m]["reliable"])]
+            if reliable:
+                withheld = np.mean([run[m]["withheld"] for run in per_seed])
+                cell += f" (reliable {int(sum(reliable))}/{len(reliable)}, withheld {withheld:.0f})"
+            cells.append(cell)
+        rows.append([name, *cells])
+    out.extend([
+        "### Flagged % / flag precision % (deft-clean: runs its evidence check called reliable, flags it withheld)",
+        "", markdown_table(["noise", *methods], rows), "",
+    ])  # fmt: skip
     return out
 
 
@@ -441,7 +502,8 @@ def render(report: dict[str, Any]) -> str:
     ]
     for name, target in report["targets"].items():
         zs = target["zero_shot_accuracy"]
-        per_class = ", ".join(f"{c}: {100 * a:.0f}" for c, a in zip(CLASSES, zs["per_class_B"], strict=True))
+        classes = target.get("classes", CLASSES)
+        per_class = ", ".join(f"{c}: {100 * a:.0f}" for c, a in zip(classes, zs["per_class_B"], strict=True))
         shift = "domain shift" if name in SHIFTED else "no shift"
         out += [
             f"## {name} ({shift}; {target['n']} noisy-set images)",
@@ -487,8 +549,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     for name in args.targets.split(","):
         data = prepare(name, config, checkpoint, device=args.device)
         print(f"{name}: zero-shot accuracy {data.zero_shot_accuracy['B']:.3f}", flush=True)
-        target = {"n": len(data.true_b), "zero_shot_accuracy": data.zero_shot_accuracy, "settings": {}, "extra": {}}
-        for kind, rate in noise:
+        target = {
+            "n": len(data.true_b), "classes": data.classes, "zero_shot_accuracy": data.zero_shot_accuracy,
+            "settings": {}, "extra": {},
+        }  # fmt: skip
+        for kind, rate in WEAK_NOISE if name in WEAK else noise:
             per_seed = []
             for seed in range(args.seeds):
                 setting = Setting(kind, rate, seed)

@@ -136,7 +136,7 @@ def _check_download_possible(name: str, tag: str, *, timeout: float = 3.0) -> No
 
 
 def load_clip(
-    model: str, pretrained: str, *, device: torch.device, quiet: bool = False, announce: bool = False
+    model: str, pretrained: str, *, device: torch.device, quiet: bool = False, announce: bool = False, seed: int = 0
 ) -> LoadedClip:
     """Build an open_clip model and load its weights.
 
@@ -147,6 +147,7 @@ def load_clip(
         device: where the model lives.
         announce: unless quiet, say "loading model ..." on stderr once the names are checked (loading, or
             downloading, the weights can take a while before any progress bar).
+        seed: seeds the random initialisation of ``pretrained="none"`` (two runs get the same weights).
     """
     import open_clip
 
@@ -175,7 +176,9 @@ def load_clip(
     if announce and not quiet:
         print(f"loading model {model} ({pretrained}) on {device} ...", file=sys.stderr, flush=True)
     try:
-        clip = open_clip.create_model(name, pretrained=weights, device=device)
+        with torch.random.fork_rng(devices=[]):  # random weights are seeded, without touching the caller's RNG
+            torch.manual_seed(seed)
+            clip = open_clip.create_model(name, pretrained=weights, device=device)
     except (RuntimeError, OSError, ValueError, KeyError) as exc:
         if weights is not None and not Path(weights).is_file():
             raise WeightsError(

@@ -179,16 +179,20 @@ def _print_detect_summary(summary: dict[str, Any], out: Path, *, elapsed: float,
     console = Console(soft_wrap=True)
     samples, flagged, unusable = summary["samples"], summary["flagged"], summary["unusable"]
     usable = max(samples - unusable, 1)
+    withheld = summary.get("withheld", 0)
     console.print(
         f"[bold]{samples}[/] samples, [bold red]{flagged}[/] flagged ({100 * flagged / usable:.1f}% of usable), "
-        f"{unusable} unusable"
+        f"{unusable} unusable" + (f", {withheld} flags withheld (weak evidence)" if withheld else "")
     )
     if summary["top_flagged_classes"]:
         table = Table(title="classes with the most flagged samples")
         table.add_column("class")
         table.add_column("flagged", justify="right")
+        table.add_column("est. wrong labels (95%)", justify="right")
         for name, count in summary["top_flagged_classes"]:
-            table.add_row(Text(printable(name)), str(count))
+            noise = summary.get("class_noise", {}).get(name)
+            estimate = "n/a" if noise is None else f"{100 * noise[0]:.1f}% ({100 * noise[1]:.1f}-{100 * noise[2]:.1f})"
+            table.add_row(Text(printable(name)), str(count), estimate)
         console.print(table)
     console.print(Text(f"results: {out}"))
     if arrays is not None:

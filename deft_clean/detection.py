@@ -81,15 +81,26 @@ class DetectResult:
         return save_result_arrays(self, folder)
 
     def summary(self, top: int = 10) -> dict[str, Any]:
-        """Counts for the end-of-run summary: samples, flagged, unusable, most-flagged classes."""
+        """Counts for the end-of-run summary: samples, flagged, withheld, unusable, most-flagged classes (with
+        the evidence check's estimated wrong-label share and its 95% interval, None where not estimated), and
+        the evidence check's warning line (None when flags are supported)."""
+        from .evidence_check import class_noise, evidence_line
+
         usable = self.frame["status"] == STATUS_OK
         flagged = usable & ~self.frame["is_clean"]
         by_class = self.frame[flagged].groupby("label").size().sort_values(ascending=False, kind="stable")
+        evidence = self.metadata.get("evidence")
+        noise = class_noise(evidence)
+        withheld = self.frame["withheld"].fillna(False).astype(bool) if "withheld" in self.frame else flagged & False
         return {
             "samples": int(len(self.frame)),
             "flagged": int(flagged.sum()),
+            "withheld": int(withheld.sum()),
             "unusable": int((~usable).sum()),
             "top_flagged_classes": [(str(k), int(v)) for k, v in by_class.head(top).items()],
+            "class_noise": {str(k): noise.get(str(k)) for k in by_class.head(top).index},
+            "reliable": None if not isinstance(evidence, dict) else bool(evidence.get("reliable")),
+            "evidence_warning": evidence_line(evidence),
         }
 
 
@@ -261,7 +272,7 @@ def _detect(
 
     device = device_for(ranks, resolve_device(cfg.device))
     quiet = quiet or not ranks.is_main  # one progress display and one set of warnings
-    loaded = load_clip(cfg.model, cfg.pretrained, device=device, quiet=quiet, announce=True)
+    loaded = load_clip(cfg.model, cfg.pretrained, device=device, quiet=quiet, announce=True, seed=cfg.seed)
     workers = resolve_workers(cfg.num_workers)
     with RichProgress(quiet=quiet) as progress, StopOnSignal(run.hint) as stop:
         cache = None
@@ -333,7 +344,8 @@ def _metadata(
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "history": [dataclasses.asdict(h) for h in evidence.history],
         "text_evidence": evidence.text_source,
-        "selection": {"rule": cfg.selection, **selection.info},
+        "selection": {"rule": cfg.selection, **{k: v for k, v in selection.info.items() if k != "evidence"}},
+        "evidence": selection.info.get("evidence"),
         "warnings": evidence.warnings + selection.warnings,
     }
 
@@ -479,6 +491,7 @@ def results_frame(listing: Listing, evidence: Evidence, decision: Any) -> pd.Dat
             "text_score": floats(decision.text_score),
             "visual_score": floats(decision.visual_score),
             "flag_reason": decision.reason,
+            "withheld": (decision.withheld if decision.withheld is not None else np.zeros(n, dtype=bool)) & usable,
             "status": [evidence.failures.get(i, STATUS_OK) for i in range(n)],
         }
     )

@@ -74,8 +74,18 @@ def to_html(frame: pd.DataFrame, metadata: dict[str, Any], *, thumbnails: int = 
     n_flagged = len(worst)
     share = f"{100 * n_flagged / usable:.1f}%" if usable else "n/a"
     model = f"{metadata.get('model', '?')} ({metadata.get('pretrained', '?')})"
+    from .evidence_check import evidence_line
+
+    warning = evidence_line(metadata.get("evidence"))
+    banner = (
+        '<p style="background:#fdecea;border:2px solid #b71c1c;padding:6px">'
+        f"<b>Evidence warning.</b> {esc(warning)}</p>"
+        if warning
+        else ""
+    )
     parts = [
         '<div class="deft-clean-result">',
+        banner,
         f"<p><b>deft-clean detect</b>: {len(frame)} samples, <b>{n_flagged}</b> flagged ({share} of usable), "
         f"{len(frame) - usable} unusable &middot; model {esc(model)} &middot; "
         f"selection {esc(str(metadata.get('selection', {}).get('rule', '?')))}</p>",

@@ -12,12 +12,14 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pandas as pd
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
 from .errors import DeftCleanError, UsageError, option
+from .evidence_check import class_noise, evidence_line
 from .export import dataset_root
 from .results import STATUS_OK, load_results
 from .safety import check_output, printable
@@ -42,6 +44,7 @@ class ReportData:
     suspicious: pd.DataFrame  # `top` usable rows, lowest p_clean first: path, label, predicted_label, ...
     reviewed: dict[str, int] | None = None  # with --decisions: flagged, reviewed, keep, drop, relabel
     health: dict[str, int] | None = None  # duplicate groups, rows in them, outliers; None: not computed
+    evidence_warning: str | None = None  # the evidence check's warning (flags withheld / weak evidence); None: fine
 
     @property
     def flagged_pct(self) -> float:
@@ -66,6 +69,8 @@ def summarize(frame: pd.DataFrame, metadata: dict[str, Any], *, top: int = TERMI
     ).reindex(classes, fill_value=0)
     per_class = per_class.astype("int64").rename_axis("class").reset_index()
     per_class["noise_rate"] = per_class["flagged"] / per_class["usable"].where(per_class["usable"] > 0)
+    estimates = class_noise(metadata.get("evidence"))  # the evidence check's estimate, with its 95% interval
+    per_class["est_noise"] = [estimates.get(str(c), (np.nan, np.nan, np.nan)) for c in per_class["class"]]
     per_class = per_class.sort_values("flagged", ascending=False, kind="stable").reset_index(drop=True)
 
     given, suggested = frame.loc[flagged, "label"], frame.loc[flagged, "predicted_label"].fillna("?")
@@ -90,6 +95,7 @@ def summarize(frame: pd.DataFrame, metadata: dict[str, Any], *, top: int = TERMI
             "outliers": int(frame["is_outlier"].fillna(False).astype(bool).sum()),
         }
     return ReportData(
+        evidence_warning=evidence_line(metadata.get("evidence")),
         health=health,
         samples=int(len(frame)),
         usable=int(usable.sum()),
@@ -170,6 +176,8 @@ def _check_html_out(
 
 def print_report(data: ReportData, console: Console, *, max_rows: int = 30) -> None:
     """Print the totals, per-class, pairs and most-suspicious tables; long tables stop at ``max_rows``."""
+    if data.evidence_warning:
+        console.print(Text(f"warning: {printable(data.evidence_warning)}", style="bold red"))
     totals = Table(title="totals")
     for column in ("samples", "usable", "flagged", "flagged %", "unusable"):
         totals.add_column(column, justify="right")
@@ -178,13 +186,15 @@ def print_report(data: ReportData, console: Console, *, max_rows: int = 30) -> N
     )
     console.print(totals)
 
-    title = "per class (estimated noise rate = flagged / usable)"
+    title = "per class (noise rate = flagged / usable; est. wrong = the evidence check's estimate, 95%)"
     classes = Table(title=_title(title, data.per_class, max_rows))
     classes.add_column("class")
-    for column in ("samples", "flagged", "noise rate"):
+    for column in ("samples", "flagged", "noise rate", "est. wrong"):
         classes.add_column(column, justify="right")
     for row in data.per_class.head(max_rows).itertuples(index=False):
-        classes.add_row(Text(printable(row[0])), str(row.samples), str(row.flagged), rate(row.noise_rate))
+        classes.add_row(
+            Text(printable(row[0])), str(row.samples), str(row.flagged), rate(row.noise_rate), estimate(row.est_noise)
+        )
     console.print(classes)
 
     if len(data.pairs):
@@ -236,6 +246,12 @@ def print_report(data: ReportData, console: Console, *, max_rows: int = 30) -> N
 
 def _title(title: str, table: pd.DataFrame, max_rows: int) -> str:
     return title if len(table) <= max_rows else f"{title}, first {max_rows} of {len(table)}"
+
+
+def estimate(value: tuple[float, float, float]) -> str:
+    """(share, low, high) -> "12.0% (9.1-15.2)", or "n/a" when not estimated."""
+    share, low, high = value
+    return "n/a" if pd.isna(share) else f"{100 * share:.1f}% ({100 * low:.1f}-{100 * high:.1f})"
 
 
 def rate(value: float) -> str:

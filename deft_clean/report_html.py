@@ -95,6 +95,7 @@ def _page(frame: pd.DataFrame, metadata: dict[str, Any], data: ReportData, *, to
         "<h1>deft-clean report</h1>",
         f'<p class="meta">dataset {escape(dataset)} &middot; model {escape(str(metadata.get("model", "?")))} '
         f"&middot; detect run {escape(str(metadata.get('created', '?')))} &middot; report {created}</p>",
+        _evidence_html(data),
         _summary_html(data),
         _classes_html(data),
         _pairs_html(data),
@@ -107,6 +108,16 @@ def _page(frame: pd.DataFrame, metadata: dict[str, Any], data: ReportData, *, to
         "</body></html>",
     ]
     return "\n".join(parts)
+
+
+def _evidence_html(data: ReportData) -> str:
+    """A banner when the evidence check withheld flags or found the evidence weak (empty otherwise)."""
+    if not data.evidence_warning:
+        return ""
+    return (
+        '<div id="evidence-banner" role="alert" style="background:#fdecea;border:2px solid #b71c1c;padding:8px 12px;'
+        f'margin:8px 0"><b>Evidence warning.</b> {escape(data.evidence_warning)}</div>'
+    )
 
 
 def _summary_html(data: ReportData) -> str:

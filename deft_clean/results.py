@@ -37,7 +37,8 @@ SCHEMA = pa.schema(
         pa.field("sim_neg", pa.float32()),  # cosine(image, negative prompt of the given label); null if quick
         pa.field("text_score", pa.float32()),  # text posterior of the given label (learned or zero-shot prompts)
         pa.field("visual_score", pa.float32()),  # cross-fitted image-evidence probability of the label (fused)
-        pa.field("flag_reason", pa.string()),  # why the row is flagged; null when kept or unusable
+        pa.field("flag_reason", pa.string()),  # why the row is flagged (or its flag withheld); null otherwise
+        pa.field("withheld", pa.bool_()),  # flagged by the selection, kept because the evidence cannot support it
         pa.field("duplicate_group", pa.int64()),  # rows sharing it are exact or near duplicates; null = unique
         pa.field("outlier_score", pa.float32()),  # robust z-score of the distance to neighbours; null if unusable
         pa.field("is_outlier", pa.bool_()),  # outlier_score above health.OUTLIER_Z
@@ -46,7 +47,9 @@ SCHEMA = pa.schema(
 )
 REQUIRED_COLUMNS = tuple(SCHEMA.names)
 # Added in 0.2 (fused selection): a file without them (an older version's, or hand-made) reads as null.
-OPTIONAL_COLUMNS = ("text_score", "visual_score", "flag_reason", "duplicate_group", "outlier_score", "is_outlier")
+OPTIONAL_COLUMNS = (
+    "text_score", "visual_score", "flag_reason", "withheld", "duplicate_group", "outlier_score", "is_outlier",
+)  # fmt: skip
 
 
 def to_table(frame: pd.DataFrame, metadata: dict[str, Any]) -> pa.Table:

@@ -242,6 +242,7 @@ class Decision:
     visual: np.ndarray | None  # float32 [N, K] visual probabilities (fused rule)
     info: dict[str, Any]
     warnings: list[str]
+    withheld: np.ndarray | None = None  # bool [N] flags the evidence check withheld (kept, see evidence_check)
 
 
 def select(cfg: DetectConfig, listing: Listing, evidence: Evidence, *, device: Any) -> Decision:
@@ -280,7 +281,8 @@ def select(cfg: DetectConfig, listing: Listing, evidence: Evidence, *, device: A
                 evidence.features, labels, usable, seed_mask, text, len(classes), seed=cfg.seed, device=device
             )
         except TooFewRows as exc:
-            return text_only(listing, usable, text_pred, text_score, f"{exc}: decided on the text evidence alone")
+            decision = text_only(listing, usable, text_pred, text_score, f"{exc}: decided on the text evidence alone")
+            return withhold_unsupported(cfg, listing, evidence, decision, device=device)
         visual_score = fused.visual[rows, labels]  # [N] NaN for unusable rows
         reason = [None] * n
         for i in np.flatnonzero(usable & ~fused.is_clean):
@@ -299,7 +301,35 @@ def select(cfg: DetectConfig, listing: Listing, evidence: Evidence, *, device: A
         )
         if cfg.selection == "deft":
             decision.warnings.append("--selection deft needs learned prompts; the fused rule was used instead")
+    decision = withhold_unsupported(cfg, listing, evidence, decision, device=device)
     decision.warnings += class_warnings(decision.is_clean, labels, usable, classes)
+    return decision
+
+
+def withhold_unsupported(
+    cfg: DetectConfig, listing: Listing, evidence: Evidence, decision: Decision, *, device: Any
+) -> Decision:
+    """Run the evidence check (:mod:`deft_clean.evidence_check`) and keep the flags it cannot support.
+
+    Withheld rows are kept (``is_clean``), marked ``withheld``, and say why in ``flag_reason``; the check's
+    figures go to ``info["evidence"]`` and its one-line summary to the warnings.
+    """
+    from .evidence_check import check_evidence
+
+    labels, usable = listing.label_indices, evidence.usable
+    check, withheld = check_evidence(
+        evidence.features, labels, usable, evidence.zero_shot, decision.is_clean, decision.suggested,
+        listing.classes, rounds=decision.info.get("clean_set_by_round"),
+        random_weights=cfg.pretrained.strip().lower() in ("none", ""), seed=cfg.seed, device=device,
+    )  # fmt: skip
+    decision.is_clean = decision.is_clean | withheld
+    decision.withheld = withheld
+    for i in np.flatnonzero(withheld):
+        decision.reason[i] = f"withheld (the evidence cannot support it): {decision.reason[i]}"
+    decision.info["evidence"] = check.to_metadata()
+    line = check.warning()
+    if line:
+        decision.warnings.insert(0, line)
     return decision
 
 

@@ -209,3 +209,15 @@ def pretrain_tiny_clip(
     checkpoint.parent.mkdir(parents=True, exist_ok=True)
     torch.save(model.state_dict(), checkpoint)
     return checkpoint
+
+
+def faded(images: Sequence, keep: float, *, noise: float = 40.0, seed: int = 0) -> list:
+    """Images the model sees only dimly: each pixel pulled to mid-grey (``keep`` of its contrast is left) and
+    Gaussian noise added, so class colour and stripes are barely there."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for image in images:
+        pixels = np.asarray(image.convert("RGB"), dtype=np.float32)
+        pixels = 128.0 + keep * (pixels - 128.0) + rng.normal(0, noise, pixels.shape)
+        out.append(Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB"))
+    return out

@@ -1,0 +1,387 @@
+"""Can the evidence support a flag? An out-of-sample check run by every ``detect``, and the flags it withholds.
+
+The detector grows a clean set from rows its own probes agree with. When the images carry little class
+information this confirms itself: the probes become confident about a split the images do not support and
+flag rows at random (a clean texture set lost 44% of its rows that way). This module measures the evidence
+in a way that cannot confirm itself and withholds the flags it cannot support.
+
+Three views of each row, none of which saw the row's own label:
+
+- ``G``: the given label;
+- ``I``: an image probe fitted on *all* rows (not a selection), cross-fitted, so each row is scored by a probe
+  that never trained on it;
+- ``T``: the zero-shot text prompts, which never see any label.
+
+Agreement between two views beyond chance is Cohen's kappa. Under the model "a view is informed with
+probability s and guesses from its marginal otherwise", kappa(u, v) ~ s_u * s_v, so three views give each
+one's reliability (the triplet method of weak supervision): ``s_G = sqrt(k_GI * k_GT / k_IT)``. That tells
+heavy noise apart from weak evidence: at 60% symmetric noise the labels agree with the images only 35% of the
+time, yet the image and text views agree with each other far beyond chance; when the model cannot see the
+classes, the image and text views agree with nothing. The share of wrong labels is then
+``(1 - s_G) * (1 - chance)``, and the expected precision of the flags is that share divided by the flagged
+share (capped at 1: flags are taken least-likely label first).
+
+Where the text view is uninformative (``k_IT`` below :data:`MIN_VIEW_KAPPA`, e.g. class names CLIP does
+not know), one view cannot tell noise from weakness (``k_GI = s_G * s_I`` splits either way), so the image
+view alone must agree with the labels at ``k_GI >= MIN_IMAGE_KAPPA``: it is then informed on at least that
+share of rows, which weak evidence cannot reach at any noise level and strong evidence reaches up to ~25%
+noise. Above that, flags are withheld unless the class names mean something to CLIP (``--class-names``).
+The precision is then not estimated (``None``).
+
+The same test runs per confused pair of classes (on the rows labelled either, image and text views reduced
+to "which of the two"); a pair neither view can tell apart has its flags withheld and is named. A row stays
+flagged on otherwise withheld evidence only when both sides are sure (:data:`BOTH_SURE`).
+
+Kappas share the CLIP image encoder between the image and text views, so their errors are correlated and
+``s_G`` is slightly underestimated on clean data (a clean set reads as ~5% noise); this errs towards keeping
+the flags of a clean, well-seen set, never towards trusting weak evidence.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+MIN_PRECISION = 0.5  # flags expected to be wrong more often than right are withheld
+MIN_VIEW_KAPPA = 0.2  # image-text agreement beyond chance for the text view to count as independent evidence
+MIN_IMAGE_KAPPA = 0.7  # image-label agreement beyond chance that the image view alone must reach
+ALPHA = 1e-3  # one-sided significance for "beats chance"
+BOTH_SURE = 0.9  # image and text probabilities of the suggested class at which a withheld row stays flagged
+CHECK_FOLDS = 5  # folds of the all-rows probe
+MAX_PAIRS = 2000  # confused pairs judged one by one (most flagged first); the rest follow the overall verdict
+MIN_PAIR_ROWS = 10  # pairs with fewer rows labelled either are not judged on their own
+SETTLED_FRACTION = 0.01  # the clean set has settled when its last round changed at most this share of rows
+
+
+@dataclass
+class ViewAgreement:
+    """Agreement of two views over some rows: observed, expected by chance, and Cohen's kappa."""
+
+    observed: float
+    chance: float
+    kappa: float
+    p_value: float  # one-sided, observed agreement no better than chance
+    rows: int
+
+    @property
+    def significant(self) -> bool:
+        return self.p_value < ALPHA
+
+
+@dataclass
+class EvidenceCheck:
+    """What :func:`check_evidence` found; ``to_metadata`` is the documented ``evidence`` object."""
+
+    reliable: bool  # flags on this evidence are expected to be mostly right overall
+    image_accuracy: float  # all-rows image probe (out of sample) vs the given labels
+    image_interval: tuple[float, float]  # its 95% Wilson interval
+    text_accuracy: float  # zero-shot prompts vs the given labels
+    chance: float  # accuracy of always answering the largest class
+    image_p_value: float  # image accuracy no better than chance (one-sided)
+    kappa_image_label: float
+    kappa_text_label: float
+    kappa_image_text: float
+    label_noise: float | None  # estimated share of wrong labels (None: not estimable)
+    expected_flag_precision: float | None  # expected share of flagged rows whose label is wrong (None: unknown)
+    flags_raised: int  # rows the selection flagged
+    flags_withheld: int  # of those, rows not flagged because the evidence cannot support them
+    settled: bool  # the clean set stopped changing before the round limit
+    reasons: list[str] = field(default_factory=list)  # why flags were withheld, one line each
+    per_class: list[dict[str, Any]] = field(default_factory=list)
+    pairs: list[dict[str, Any]] = field(default_factory=list)  # judged confused pairs, most flagged first
+
+    def to_metadata(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["image_interval"] = list(self.image_interval)
+        return _finite(data)
+
+    def warning(self) -> str | None:
+        """The one terminal line, or None when nothing was withheld and the evidence is reliable."""
+        return evidence_line(self.to_metadata())
+
+
+def evidence_line(evidence: dict[str, Any] | None) -> str | None:
+    """The warning for a results file's ``evidence`` metadata (None: reliable, nothing withheld, or no check)."""
+    if not isinstance(evidence, dict) or "reliable" not in evidence:
+        return None
+    reliable, withheld = bool(evidence.get("reliable")), int(evidence.get("flags_withheld") or 0)
+    if reliable and not withheld and evidence.get("settled", True):
+        return None
+    head = (
+        f"image evidence predicts the labels {100 * float(evidence.get('image_accuracy') or 0):.0f}% of the time "
+        f"where chance is {100 * float(evidence.get('chance') or 0):.0f}%"
+    )
+    if evidence.get("expected_flag_precision") is not None:
+        head += f", expected flag precision {100 * float(evidence['expected_flag_precision']):.0f}%"
+    reasons = [str(r) for r in evidence.get("reasons") or []]
+    body = "; ".join(reasons) if reasons else "the clean set had not settled"
+    tail = f"{withheld} of {int(evidence.get('flags_raised') or 0)} flags withheld"
+    advice = (
+        "try a model that can see these classes (--model/--pretrained)"
+        if not reliable
+        else "check those classes' names and a few of their images"
+    )
+    return f"{head}: {body}; {tail}; {advice}"
+
+
+def class_noise(evidence: dict[str, Any] | None) -> dict[str, tuple[float, float, float]]:
+    """class -> (estimated wrong-label share, 95% low, high) from a results file's ``evidence`` metadata."""
+    out: dict[str, tuple[float, float, float]] = {}
+    if not isinstance(evidence, dict):
+        return out
+    for entry in evidence.get("per_class") or []:
+        if isinstance(entry, dict) and entry.get("noise") is not None and entry.get("noise_interval"):
+            low, high = entry["noise_interval"]
+            out[str(entry.get("class"))] = (float(entry["noise"]), float(low), float(high))
+    return out
+
+
+def _finite(value: Any) -> Any:
+    """JSON-safe copy: NaN and infinities become None."""
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.bool_):
+        return bool(value)
+    return value
+
+
+def wilson(successes: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval of a proportion (0, 1 for n == 0)."""
+    if n <= 0:
+        return 0.0, 1.0
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def above_chance_p(observed: float, chance: float, n: int) -> float:
+    """One-sided p-value of an agreement rate ``observed`` over ``n`` rows against ``chance`` (normal approx.)."""
+    if n <= 0 or chance >= 1.0:
+        return 1.0
+    sd = math.sqrt(max(chance * (1 - chance), 1e-12) / n)
+    return 0.5 * math.erfc((observed - chance) / sd / math.sqrt(2))
+
+
+def agreement(u: np.ndarray, v: np.ndarray, n_values: int) -> ViewAgreement:
+    """Cohen's kappa of two label vectors (ints in [0, n_values))."""
+    n = len(u)
+    if n == 0:
+        return ViewAgreement(float("nan"), float("nan"), 0.0, 1.0, 0)
+    observed = float(np.mean(u == v))
+    pu = np.bincount(u, minlength=n_values) / n
+    pv = np.bincount(v, minlength=n_values) / n
+    chance = float(np.dot(pu, pv))
+    kappa = (observed - chance) / (1 - chance) if chance < 1 else 0.0
+    return ViewAgreement(observed, chance, float(kappa), above_chance_p(observed, chance, n), n)
+
+
+def label_reliability(gi: ViewAgreement, gt: ViewAgreement, it: ViewAgreement) -> float | None:
+    """``s_G`` of the triplet method, or None when the text view cannot anchor it (see the module docstring)."""
+    if not (it.significant and it.kappa >= MIN_VIEW_KAPPA):
+        return None
+    if gi.kappa <= 0 or gt.kappa <= 0:
+        return 0.0
+    return float(min(1.0, math.sqrt(gi.kappa * gt.kappa / it.kappa)))
+
+
+def all_rows_probe(features: np.ndarray, labels: np.ndarray, n_classes: int, *, seed: int, device: Any) -> np.ndarray:
+    """[M, K] out-of-sample class probabilities from probes fitted on all rows (cross-fitted, no selection)."""
+    import torch
+
+    from .evidence import CrossFit, prepare_features
+
+    x = prepare_features(torch.as_tensor(features, device=device))
+    y = torch.as_tensor(labels, device=x.device, dtype=torch.long)
+    fit = CrossFit(x, y, n_classes, folds=CHECK_FOLDS, seed=seed + 1)
+    return fit(np.ones(len(labels), dtype=bool)).cpu().numpy()
+
+
+@dataclass
+class _Views:
+    """The three views over the usable rows (index m), and the flags raised there."""
+
+    labels: np.ndarray  # int64 [M] G
+    image: np.ndarray  # float32 [M, K] all-rows probe
+    text: np.ndarray  # float32 [M, K] zero-shot posterior
+    flagged: np.ndarray  # bool [M]
+    suggested: np.ndarray  # int64 [M]
+    n_classes: int
+
+
+def _pair_verdict(views: _Views, i: int, j: int, rows: np.ndarray, reliability: float) -> dict[str, Any]:
+    """Can the views tell class i from class j on the rows labelled either? (binary image/text views).
+
+    Seen when the image and text views agree beyond chance, or when the image view alone agrees with the
+    labels at MIN_IMAGE_KAPPA of what labels of this ``reliability`` (``s_G``) allow at all."""
+    g = (views.labels[rows] == j).astype(np.int64)
+    image = (views.image[rows, j] > views.image[rows, i]).astype(np.int64)
+    text = (views.text[rows, j] > views.text[rows, i]).astype(np.int64)
+    gi, it = agreement(g, image, 2), agreement(image, text, 2)
+    seen = (it.significant and it.kappa >= MIN_VIEW_KAPPA) or (
+        gi.significant and gi.kappa >= MIN_IMAGE_KAPPA * reliability
+    )
+    return {"kappa_image_label": gi.kappa, "kappa_image_text": it.kappa, "rows": int(len(rows)), "seen": bool(seen)}
+
+
+def judge_pairs(
+    views: _Views, classes: list[str], reliability: float
+) -> tuple[list[dict[str, Any]], set[tuple[int, int]]]:
+    """Verdicts for the confused pairs with flags, most flagged first; and the unordered pairs not seen."""
+    f = np.flatnonzero(views.flagged)
+    a, b = np.minimum(views.labels[f], views.suggested[f]), np.maximum(views.labels[f], views.suggested[f])
+    keys, counts = np.unique(a * views.n_classes + b, return_counts=True)
+    order = np.argsort(-counts, kind="stable")[:MAX_PAIRS]
+    by_class = np.argsort(views.labels, kind="stable")
+    bounds = np.searchsorted(views.labels[by_class], np.arange(views.n_classes + 1))
+    verdicts, unseen = [], set()
+    for key, count in zip(keys[order], counts[order], strict=True):
+        i, j = divmod(int(key), views.n_classes)
+        rows = np.concatenate([by_class[bounds[i] : bounds[i + 1]], by_class[bounds[j] : bounds[j + 1]]])
+        if len(rows) < MIN_PAIR_ROWS:
+            continue
+        verdict = {"classes": [classes[i], classes[j]], "flags": int(count)}
+        verdict.update(_pair_verdict(views, i, j, rows, reliability))
+        verdicts.append(verdict)
+        if not verdict["seen"]:
+            unseen.add((i, j))
+    return verdicts, unseen
+
+
+def per_class(views: _Views, classes: list[str], noise: float | None, disagree: float) -> list[dict[str, Any]]:
+    """Per class: rows, image accuracy (with interval), flags raised, estimated wrong-label share (interval)."""
+    out = []
+    counts = np.bincount(views.labels, minlength=views.n_classes)
+    hits = np.bincount(views.labels[views.image.argmax(1) == views.labels], minlength=views.n_classes)
+    flags = np.bincount(views.labels[views.flagged], minlength=views.n_classes)
+    for k, name in enumerate(classes):
+        n = int(counts[k])
+        low, high = wilson(float(hits[k]), n)
+        entry: dict[str, Any] = {
+            "class": name, "rows": n, "image_accuracy": float(hits[k] / n) if n else None,
+            "image_interval": [low, high], "flags": int(flags[k]), "noise": None, "noise_interval": None,
+        }  # fmt: skip
+        if noise is not None and n and disagree > 0:
+            # the overall wrong share, spread over classes as the image view's disagreement with their labels
+            scale = noise / disagree
+            entry["noise"] = float(min(1.0, scale * (1 - hits[k] / n)))
+            entry["noise_interval"] = [float(min(1.0, scale * (1 - high))), float(min(1.0, scale * (1 - low)))]
+        out.append(entry)
+    return out
+
+
+def check_evidence(
+    features: np.ndarray,
+    labels: np.ndarray,
+    usable: np.ndarray,
+    text: np.ndarray,
+    is_clean: np.ndarray,
+    suggested: np.ndarray,
+    classes: list[str],
+    *,
+    rounds: list[int] | None = None,
+    random_weights: bool = False,
+    seed: int = 0,
+    device: Any = None,
+) -> tuple[EvidenceCheck, np.ndarray]:
+    """Measure the evidence behind a selection and decide which of its flags to withhold.
+
+    Args:
+        features: [N, D] image features; labels: [N] given labels; usable: bool [N].
+        text: [N, K] zero-shot posterior (never trained on labels).
+        is_clean, suggested: the selection's decision per row ([N]).
+        rounds: the clean set's size after each growth round (a set still moving has not settled).
+        random_weights: the model has random weights (``--pretrained none``): nothing it says is evidence.
+    Returns:
+        ``(check, withheld)``: withheld is bool [N], flagged rows the evidence cannot support.
+    """
+    n_classes = len(classes)
+    rows = np.flatnonzero(usable)
+    y = labels[rows]
+    views = _Views(y, np.zeros((len(rows), n_classes), np.float32), text[rows], ~is_clean[rows], suggested[rows],
+                   n_classes)  # fmt: skip
+    if len(rows) >= 2 * CHECK_FOLDS and len(np.unique(y)) > 1:
+        views.image = all_rows_probe(features[rows], y, n_classes, seed=seed, device=device)
+    image_pred, text_pred = views.image.argmax(1), views.text.argmax(1)
+    gi, gt, it = agreement(y, image_pred, n_classes), agreement(y, text_pred, n_classes), agreement(
+        image_pred, text_pred, n_classes
+    )
+    prior = np.bincount(y, minlength=n_classes) / max(len(y), 1)
+    chance = float(prior.max()) if len(y) else 1.0
+    accuracy = float(np.mean(image_pred == y)) if len(y) else 0.0
+    p_value = above_chance_p(accuracy, chance, len(y))
+    s_g = label_reliability(gi, gt, it)
+    noise = None if s_g is None else float((1 - s_g) * (1 - float(np.dot(prior, prior))))
+    flagged_share = float(views.flagged.mean()) if len(y) else 0.0
+    precision = None if noise is None or flagged_share == 0 else float(min(1.0, noise / flagged_share))
+
+    reasons: list[str] = []
+    if random_weights:
+        reliable = False
+        reasons.append("the model has random weights (--pretrained none), so its features are not evidence")
+    elif p_value >= ALPHA or gi.kappa <= 0:
+        reliable = False
+        reasons.append("the image evidence does not beat chance: this model cannot see these classes")
+    elif precision is not None:
+        reliable = precision >= MIN_PRECISION
+        if not reliable:
+            reasons.append(f"flags on it would be right only {100 * precision:.0f}% of the time")
+    else:
+        reliable = gi.kappa >= MIN_IMAGE_KAPPA
+        if not reliable:
+            reasons.append(
+                f"the text view cannot confirm the image view and the image view alone is weak (kappa "
+                f"{gi.kappa:.2f}): this model cannot see these classes well enough, or CLIP does not know their "
+                "names (--class-names)"
+            )
+    pairs, unseen = judge_pairs(views, classes, 1.0 if s_g is None else s_g)
+    withheld_m = np.zeros(len(rows), dtype=bool)
+    if not reliable:
+        withheld_m = views.flagged.copy()
+    elif unseen:
+        lo, hi = np.minimum(views.labels, views.suggested), np.maximum(views.labels, views.suggested)
+        pair_key = set(a * n_classes + b for a, b in unseen)
+        withheld_m = views.flagged & np.isin(lo * n_classes + hi, list(pair_key))
+        names = ", ".join(f"{classes[a]!r}/{classes[b]!r}" for a, b in sorted(unseen)[:5])
+        more = f" and {len(unseen) - 5} more" if len(unseen) > 5 else ""
+        reasons.append(f"the evidence cannot tell {names}{more} apart, so flags between them are withheld")
+    sure = _both_sure(views) if it.significant and it.kappa >= MIN_VIEW_KAPPA else np.zeros(len(rows), dtype=bool)
+    withheld_m &= ~sure
+    settled = _settled(rounds, len(rows))
+    if not settled:
+        reasons.append("the clean set was still changing after the last round")
+    withheld = np.zeros(len(labels), dtype=bool)
+    withheld[rows] = withheld_m
+    check = EvidenceCheck(
+        reliable=reliable, image_accuracy=accuracy, image_interval=wilson(accuracy * len(y), len(y)),
+        text_accuracy=gt.observed, chance=chance, image_p_value=p_value, kappa_image_label=gi.kappa,
+        kappa_text_label=gt.kappa, kappa_image_text=it.kappa, label_noise=noise, expected_flag_precision=precision,
+        flags_raised=int(views.flagged.sum()), flags_withheld=int(withheld_m.sum()), settled=settled,
+        reasons=reasons, per_class=per_class(views, classes, noise, 1 - accuracy), pairs=pairs,
+    )  # fmt: skip
+    return check, withheld
+
+
+def _both_sure(views: _Views) -> np.ndarray:
+    """bool [M]: flagged rows whose all-rows image probe and text evidence both put the suggested class at
+    BOTH_SURE or above (the selection's own probe is not asked: it may have confirmed itself)."""
+    m = np.arange(len(views.labels))
+    text_sure = views.text[m, views.suggested.clip(0)] >= BOTH_SURE
+    image_sure = views.image[m, views.suggested.clip(0)] >= BOTH_SURE
+    return views.flagged & text_sure & image_sure & (views.suggested >= 0)
+
+
+def _settled(rounds: list[int] | None, n: int) -> bool:
+    """The clean set's last round changed at most SETTLED_FRACTION of the rows (no rounds: nothing to settle)."""
+    if not rounds or len(rounds) < 2 or n == 0:
+        return True
+    return abs(rounds[-1] - rounds[-2]) <= SETTLED_FRACTION * n
