@@ -10,7 +10,7 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, ImageOps
 
-from .safety import check_regular_file
+from .safety import read_file
 
 
 def load_image(
@@ -19,11 +19,12 @@ def load_image(
     """Open any image Pillow reads as RGB: EXIF orientation applied, first frame, alpha on white.
 
     ``draft_size`` lets JPEG decoding skip resolution that a later resize would throw away.
-    Only a regular file is opened (a FIFO would block forever), and with ``root`` only one whose real
-    path is inside it (a file swapped for a link after listing is not read).
+    The bytes come from :func:`deft_clean.safety.read_file`: only a regular file of at most 1 GiB (a FIFO
+    would block forever, a device never ends), and with ``root`` only one whose real path is inside it (a
+    file swapped for a link after listing is not read).
     Raises whatever Pillow raises for unreadable files; callers turn that into a status.
     """
-    return _decode(check_regular_file(path, root=root), draft_size)
+    return _decode(io.BytesIO(read_file(path, root=root)), draft_size)
 
 
 def decode_image(data: bytes, *, draft_size: int | None = None) -> Image.Image:
