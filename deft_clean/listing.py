@@ -81,17 +81,24 @@ def load_class_names(path: str | os.PathLike[str]) -> dict[str, str]:
             mapping = json.loads(file.read_text(encoding="utf-8"))
         except json.JSONDecodeError as exc:
             raise DataError(f"{file}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+        except (UnicodeDecodeError, RecursionError) as exc:
+            raise DataError(f"{file}: not a UTF-8 JSON object of class names ({type(exc).__name__})") from None
         if not isinstance(mapping, dict):
             raise DataError(f"{file}: expected a JSON object mapping labels to class names")
         return {str(k): str(v) for k, v in mapping.items()}
     mapping = {}
-    with file.open(newline="", encoding="utf-8") as handle:
-        for line_no, row in enumerate(csv.reader(handle), start=1):
-            if not row:
-                continue
-            if len(row) < 2:
-                raise DataError(f"{file}:{line_no}: expected two columns (label, class name), got {len(row)}")
-            mapping[row[0].strip()] = row[1].strip()
+    try:
+        with file.open(newline="", encoding="utf-8") as handle:
+            for line_no, row in enumerate(csv.reader(handle), start=1):
+                if not row:
+                    continue
+                if len(row) < 2:
+                    raise DataError(f"{file}:{line_no}: expected two columns (label, class name), got {len(row)}")
+                mapping[row[0].strip()] = row[1].strip()
+    except (UnicodeDecodeError, csv.Error) as exc:  # a binary file: invalid UTF-8, NUL bytes, huge fields
+        raise DataError(
+            f"{file}: not a UTF-8 CSV of (label, class name) rows ({type(exc).__name__}); pass a text file"
+        ) from None
     return mapping
 
 
