@@ -24,12 +24,19 @@ def load_image(
     file swapped for a link after listing is not read).
     Raises whatever Pillow raises for unreadable files; callers turn that into a status.
     """
-    return _decode(io.BytesIO(read_file(path, root=root)), draft_size)
+    data = read_file(path, root=root)
+    try:
+        return _decode(io.BytesIO(data), draft_size)
+    except Image.UnidentifiedImageError:  # name the file, not the in-memory buffer (statuses stay stable)
+        raise Image.UnidentifiedImageError(f"cannot identify image file {os.path.realpath(path)!r}") from None
 
 
 def decode_image(data: bytes, *, draft_size: int | None = None) -> Image.Image:
     """:func:`load_image` for an image held in memory (a Hugging Face row, a WebDataset member)."""
-    return _decode(io.BytesIO(data), draft_size)
+    try:
+        return _decode(io.BytesIO(data), draft_size)
+    except Image.UnidentifiedImageError:  # the default message names the buffer's address: never the same twice
+        raise Image.UnidentifiedImageError("cannot identify image file (bytes in memory)") from None
 
 
 def _decode(file: str | os.PathLike[str] | BinaryIO, draft_size: int | None) -> Image.Image:
