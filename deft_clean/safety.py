@@ -60,6 +60,8 @@ def check_output(
 ) -> None:
     """Refuse an output that would write onto an input, into a dataset folder, or over an existing file.
 
+    One output on its own; commands call :func:`check_outputs`, which also compares their outputs.
+
     Args:
         out: the file (or, with ``folder``, the folder) a command is about to write or replace.
         inputs: files and folders the command reads (results, tables, model folders, listed images);
