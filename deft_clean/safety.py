@@ -15,6 +15,7 @@ import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from .errors import DataError, UsageError
 from .errors import option as ref
@@ -26,6 +27,7 @@ _CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F, *range(0x80, 0xA0))}
 # reorder or hide what a terminal shows: a name could pose as another.
 _INVISIBLE = ("Cf", "Zl", "Zp")
 MAX_FILE_BYTES = 1 << 30  # largest image file read (1 GiB): a bigger one is an unusable row, never read
+_NO_LIMIT = 1 << 62
 
 
 def printable(text: object) -> str:
@@ -144,16 +146,29 @@ def read_file(
     checks again on the open descriptor, so a file swapped for a FIFO or a bigger file after the check is
     not read either. At most ``limit`` bytes are ever read.
     """
-    resolved = check_regular_file(path, root=root, limit=limit)
+    with open_regular(path, root=root, limit=limit) as handle:
+        size = os.fstat(handle.fileno()).st_size
+        data = handle.read(size + 1)  # + 1: a file that grew since fstat is seen, up to the limit
+    if len(data) > limit:
+        raise OSError(f"{path} grew over the {limit}-byte limit for an image while it was read; not read")
+    return data
+
+
+def open_regular(
+    path: str | os.PathLike[str], *, root: str | os.PathLike[str] | None = None, limit: int | None = MAX_FILE_BYTES
+) -> BinaryIO:
+    """Open a regular file for reading (see :func:`read_file`); ``limit=None``: any size (a WebDataset shard,
+    of which only a member is read)."""
+    resolved = check_regular_file(path, root=root, limit=limit if limit is not None else _NO_LIMIT)
     # O_NONBLOCK: opening a FIFO swapped in since the check returns at once (then fstat refuses it)
     fd = os.open(resolved, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
-    with os.fdopen(fd, "rb") as handle:
-        info = os.fstat(fd)
-        _check_stat(info, path, limit)
-        data = handle.read(info.st_size + 1)  # + 1: a file that grew since fstat is seen, up to the limit
-        if len(data) > limit:
-            raise OSError(f"{path} grew over the {limit}-byte limit for an image while it was read; not read")
-    return data
+    handle = os.fdopen(fd, "rb")
+    try:
+        _check_stat(os.fstat(fd), path, limit if limit is not None else _NO_LIMIT)
+    except OSError:
+        handle.close()
+        raise
+    return handle
 
 
 def check_name(name: str, where: str | os.PathLike[str]) -> None:

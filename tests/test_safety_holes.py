@@ -484,3 +484,13 @@ def test_export_copy_refuses_a_source_swapped_for_a_fifo(review, tmp_path):
         result = runner.invoke(app, ["export", str(review.results), "--out", str(tmp_path / "x"), "--mode", "copy"])
     assert result.exit_code == 1, result.output
     assert not (tmp_path / "x").exists()
+
+
+def test_a_shard_swapped_for_a_fifo_after_listing_is_an_unusable_row(tmp_path):
+    pytest.importorskip("webdataset")
+    shard = write_shard(tmp_path / "s.tar", [("s0.png", png_bytes(1)), ("s0.cls", b"cat")])
+    listing = list_dataset(str(shard))
+    shard.unlink()
+    os.mkfifo(shard)
+    with within(10), pytest.raises(OSError, match="not a regular file"):
+        listing.images.open(0)

@@ -26,7 +26,7 @@ from PIL import Image
 
 from ..errors import DataError, UsageError, option
 from ..images import decode_image
-from ..safety import printable
+from ..safety import MAX_FILE_BYTES, open_regular, printable
 from .base import IMAGE_EXTENSIONS, PackedStrings, Rows
 
 INSTALL = "pip install 'deft-clean[wds]'"
@@ -176,7 +176,9 @@ class TarImages:
 
     def read_bytes(self, index: int) -> bytes:
         number, offset, size = (int(v) for v in self.where[index])
-        with open(self.root / self.shards[number], "rb") as handle:
+        if size > MAX_FILE_BYTES:
+            raise OSError(f"{self.shards[number]}: the member is {size} bytes, over the image limit; not read")
+        with open_regular(self.root / self.shards[number], root=self.root, limit=None) as handle:
             handle.seek(offset)
             data = handle.read(size)
         if len(data) != size:
