@@ -488,7 +488,8 @@ def test_export_copy_refuses_a_source_swapped_for_a_fifo(review, tmp_path):
 
 def test_a_shard_swapped_for_a_fifo_after_listing_is_an_unusable_row(tmp_path):
     pytest.importorskip("webdataset")
-    shard = write_shard(tmp_path / "s.tar", [("s0.png", png_bytes(1)), ("s0.cls", b"cat")])
+    members = [("s0.png", png_bytes(1)), ("s0.cls", b"cat"), ("s1.png", png_bytes(2)), ("s1.cls", b"dog")]
+    shard = write_shard(tmp_path / "s.tar", members)
     listing = list_dataset(str(shard))
     shard.unlink()
     os.mkfifo(shard)
