@@ -254,6 +254,13 @@ def check_model_size(config: dict[str, Any], n_classes: int, weights: Path) -> N
     compared with the size of ``weights``: an enlarged ``clip_config`` would otherwise allocate gigabytes
     before the weights fail to load.
     """
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(weights), framework="pt") as handle:  # reads the header only
+            list(handle.keys())
+    except Exception as exc:  # safetensors raises its own error type for corrupt headers
+        raise DataError(f"{weights}: cannot load weights ({type(exc).__name__}: {exc})") from None
     meta = torch.device("meta")
     try:
         with torch.device(meta):

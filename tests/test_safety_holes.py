@@ -434,6 +434,9 @@ def test_binary_class_names_file_is_one_line(small_folder, tmp_path):
 
 
 def test_enlarged_clip_config_is_refused_before_allocating(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
     from deft_clean.classifiers import load_model
 
     folder = tmp_path / "model"
@@ -447,7 +450,7 @@ def test_enlarged_clip_config_is_refused_before_allocating(tmp_path):
               "clip_config": clip_config, "image_size": 32, "mean": [0.5] * 3, "std": [0.5] * 3,
               "classes": ["cat", "dog"]}  # fmt: skip
     (folder / "config.json").write_text(json.dumps(config))
-    (folder / "model.safetensors").write_bytes(b"\0" * 16)
+    save_file({"head.weight": torch.zeros(2, 1024)}, str(folder / "model.safetensors"))  # a real, small file
     with within(60), pytest.raises(DataError, match="MB of weights"):
         load_model(folder)
 
