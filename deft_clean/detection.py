@@ -123,7 +123,8 @@ def detect(
         config: a :class:`DetectConfig`; keyword ``options`` (any DetectConfig field, e.g.
             ``model="ViT-B-16", epochs=5``) override it.
         path_col, label_col, class_names: how to read the dataset; ``image_col`` is another name for
-            ``path_col``, ``root`` the folder a DataFrame's relative paths start from.
+            ``path_col``, ``root`` the folder a DataFrame's relative paths start from (for a Hugging Face
+            dataset object: the folder its path-only rows may be read from).
         out: if given, the Parquet is written there atomically.
         quiet: no progress bars or warnings.
         run_dir: folder for the training checkpoint (default ``<out>.run`` when ``out`` is given; without

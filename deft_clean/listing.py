@@ -123,7 +123,8 @@ def list_dataset(
             ``.tar`` shards (a path, a brace pattern or a list). See :mod:`deft_clean.readers`.
         path_col, label_col: column names in a table or DataFrame; in a Hugging Face dataset the image
             and label columns (defaults: its ``Image`` and ``ClassLabel`` columns).
-        root: for a DataFrame, the folder its relative paths are relative to.
+        root: for a DataFrame, the folder its relative paths are relative to; for a Hugging Face dataset
+            object, the folder its path-only rows (no bytes) may be read from (none without it).
         class_names: a mapping (or a JSON/CSV file of one) from raw label to prompt text.
         split: the split of a Hugging Face ``DatasetDict`` (default ``train``).
         label_key: WebDataset: the member holding the label (``cls``), or ``json:FIELD``.

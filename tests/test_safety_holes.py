@@ -314,6 +314,24 @@ def test_hf_string_image_column_reads_no_outside_file(tmp_path, monkeypatch):
         listing.images.open(1)
 
 
+def test_hf_object_path_rows_are_read_only_inside_the_given_root(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    inside, outside = tmp_path / "images", tmp_path / "elsewhere"
+    inside.mkdir()
+    outside.mkdir()
+    (inside / "a.png").write_bytes(png_bytes(1))
+    (outside / "b.png").write_bytes(png_bytes(2))
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.Value("string")})
+    rows = {"image": [str(inside / "a.png"), str(outside / "b.png")], "label": ["a", "b"]}
+    table = datasets.Dataset.from_dict(rows, features=features)  # in memory: rows are paths, no bytes
+    with pytest.raises(OSError, match="pass root="):
+        list_dataset(table).images.open(0)
+    listing = list_dataset(table, root=inside)
+    assert listing.images.open(0).mode == "RGB"
+    with pytest.raises(OSError, match="outside the dataset root"):
+        listing.images.open(1)
+
+
 # 7. duplicate WebDataset keys
 
 

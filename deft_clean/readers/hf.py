@@ -52,13 +52,17 @@ def hf_rows(
     label_col: str | None,
     id_col: str | None = None,
     labels_optional: bool = False,
+    files_root: str | os.PathLike[str] | None = None,
 ) -> Rows:
     """The rows of a saved Hugging Face dataset folder or of a ``Dataset``/``DatasetDict`` object.
 
     Rows are ``hf://<index>``, or ``hf://<index>#<id>`` with ``id_col`` (the id is for people; the index
     opens the row). ``labels_optional`` (predict): a dataset without a label column lists with ``labels=None``.
+    A row without bytes is read from its path only inside the saved dataset's folder, or, for a dataset
+    object (e.g. ``load_dataset("imagefolder", ...)``, whose rows are paths), inside ``files_root``.
     """
     lib = _datasets()
+    dataset_arg = dataset
     if isinstance(dataset, (str, os.PathLike)):
         name = str(dataset)
         try:
@@ -92,7 +96,9 @@ def hf_rows(
             )
         paths = [f"{path}#{value}" for path, value in zip(paths, dataset[id_col], strict=True)]
         options["id_col"] = id_col
-    folder = root if is_saved_dataset(root) else None  # rows may name files only inside a saved dataset
+    folder = root if is_saved_dataset(root) else None  # rows may name files only inside a saved dataset...
+    if files_root is not None and not isinstance(dataset_arg, (str, os.PathLike)):
+        folder = root = Path(files_root)  # ... or inside the folder the caller names for a dataset object
     return Rows(root, paths, labels, HFImages(dataset, image_col, folder), "hf", origin, options)
 
 
@@ -181,7 +187,7 @@ class HFImages:
             return bytes(item["bytes"])
         path = str(item["path"])
         if self.folder is None:
-            raise OSError(f"row {index} names a file ({path}) instead of holding its bytes; not read")
+            raise OSError(f"row {index} names a file ({path}) but holds no bytes; pass root= its folder to read it")
         file = Path(path) if os.path.isabs(path) else self.folder / path
         return read_file(file, root=self.folder)
 
