@@ -22,38 +22,22 @@ from .files import write_atomic
 FEATURES = "features.npy"
 PROBS = "probs.npy"
 INFO = "arrays.json"
+ARRAY_FILES = (FEATURES, PROBS, INFO)  # all that --save-arrays writes in its folder
 ROW_ORDER = (
     "row i of features.npy and probs.npy is row i of the detect Parquet (its 'path' column); rows of unusable "
     "files (status != 'ok') are NaN; probs columns follow 'classes', which is the Parquet's label_index order"
 )
 
 
-def check_arrays_dir(
-    folder: str | os.PathLike[str], *, root: Path, source: str, inputs: list[Path], overwrite: bool = False
-) -> Path:
-    """Refuse a ``--save-arrays`` folder that would change the dataset; called before any work is done.
+def check_arrays_dir(folder: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
+    """Refuse a ``--save-arrays`` folder holding an earlier run's arrays without ``overwrite``.
 
-    Args:
-        folder: where the arrays go.
-        root: the dataset root; ``source`` is ``"folder"`` or ``"table"``.
-        inputs: files the run reads (the table, a class-names file); none may be replaced.
-        overwrite: arrays of an earlier run in ``folder`` may be replaced.
+    Where the folder may be (not over an input, not inside the dataset, not overlapping another output)
+    is decided by :func:`deft_clean.safety.check_outputs`, called next to this.
     """
     target = Path(folder)
     if target.exists() and not target.is_dir():
         raise UsageError(f"{option('save_arrays')} {target} is a file; pass a folder (it is created if missing)")
-    resolved = target.resolve()
-    resolved_root = root.resolve()
-    # A new folder inside an image-folder dataset would be read as one more (empty) class next time.
-    if source in ("folder", "hf", "webdataset") and (resolved == resolved_root or resolved_root in resolved.parents):
-        raise UsageError(
-            f"{option('save_arrays')} {target} is inside the image folder {root}; choose a folder outside it"
-        )
-    for name in (FEATURES, PROBS, INFO):
-        if (resolved / name) in {p.resolve() for p in inputs}:
-            raise UsageError(
-                f"{option('save_arrays')} would replace the input file {resolved / name}; choose another folder"
-            )
     earlier = [name for name in (FEATURES, PROBS, INFO) if (target / name).exists()]
     if earlier and not overwrite:
         raise UsageError(

@@ -67,6 +67,11 @@ def _register_model_name(model: str) -> str:
             config = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as exc:
             raise UsageError(f"{option('model')} {path}: not valid JSON ({exc.msg})") from None
+        except (UnicodeDecodeError, RecursionError) as exc:
+            kind = type(exc).__name__
+            raise UsageError(f"{option('model')} {path}: not a UTF-8 JSON model config ({kind})") from None
+        if not isinstance(config, dict):
+            raise UsageError(f"{option('model')} {path}: not an open_clip model config (not a JSON object)")
         if not {"vision_cfg", "text_cfg", "embed_dim"} <= set(config):
             raise UsageError(
                 f"{option('model')} {path}: not an open_clip model config (needs embed_dim, vision_cfg, text_cfg)"

@@ -142,6 +142,7 @@ def prepare_cache(
             keys,
             stats,
             mine,
+            root=os.path.abspath(listing.root),
             size=size,
             num_workers=num_workers,
             batch_size=batch_size,
@@ -271,10 +272,14 @@ def _add_to_index(folder: Path, entries: dict[str, list]) -> None:
 
 
 class _Decode(Dataset):
-    """Decode + square-crop ``files``; items are (uint8 [S, S, 3], position in ``files``, status)."""
+    """Decode + square-crop ``files``; items are (uint8 [S, S, 3], position in ``files``, status).
 
-    def __init__(self, files: list[str], size: int) -> None:
+    Files are read like the reader reads them: regular, bounded, inside ``root`` (the dataset root).
+    """
+
+    def __init__(self, files: list[str], size: int, root: str) -> None:
         self.files = PackedStrings(files)
+        self.root = root
         self.size = size
         self.square = square_transform(size)
 
@@ -283,7 +288,7 @@ class _Decode(Dataset):
 
     def __getitem__(self, item: int) -> tuple[torch.Tensor, int, str]:
         try:
-            image = self.square(load_image(self.files[item], draft_size=self.size))
+            image = self.square(load_image(self.files[item], draft_size=self.size, root=self.root))
             return torch.from_numpy(np.array(image, dtype=np.uint8)), item, STATUS_OK
         except Exception as exc:  # any decode failure is a cached status, never a crash
             return torch.zeros(self.size, self.size, 3, dtype=torch.uint8), item, describe_failure(exc)
@@ -295,6 +300,7 @@ def _fill(
     stats: np.ndarray,
     indices: np.ndarray,
     *,
+    root: str,
     size: int,
     num_workers: int,
     batch_size: int,
@@ -309,7 +315,7 @@ def _fill(
         statuses: list[str | None] = [None] * len(chunk)
         try:
             pixels = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(chunk), size, size, 3))
-            files = _Decode([keys[i] for i in chunk], size)  # this shard's files only, not the whole listing
+            files = _Decode([keys[i] for i in chunk], size, root)  # this shard's files only, not the whole listing
             loader = DataLoader(files, batch_size=batch_size, num_workers=num_workers)
             for images, positions, batch_status in loader:
                 positions = positions.numpy()

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import DataError, UsageError, WeightsError, option
+from .errors import DataError, DeftCleanError, UsageError, WeightsError, option
 from .safety import printable
 
 MODEL_FILES = ("config.json", "model.safetensors")
@@ -247,6 +247,37 @@ def check_model_config(config: Any, file: Path) -> tuple[list[str], str]:
     return classes, backbone
 
 
+def check_model_size(config: dict[str, Any], n_classes: int, weights: Path) -> None:
+    """Refuse a config describing a model far bigger than its weights file, before any memory is allocated.
+
+    The architecture is built on the ``meta`` device (shapes only, no storage) and its tensor bytes are
+    compared with the size of ``weights``: an enlarged ``clip_config`` would otherwise allocate gigabytes
+    before the weights fail to load.
+    """
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(weights), framework="pt") as handle:  # reads the header only
+            list(handle.keys())
+    except Exception as exc:  # safetensors raises its own error type for corrupt headers
+        raise DataError(f"{weights}: cannot load weights ({type(exc).__name__}: {exc})") from None
+    meta = torch.device("meta")
+    try:
+        with torch.device(meta):
+            skeleton = build_classifier(config, n_classes=n_classes, device=meta, load_pretrained=False)
+    except DeftCleanError:
+        raise
+    except Exception:  # noqa: BLE001 - a config the meta device cannot build is checked by the real build
+        return
+    needed = sum(t.numel() * t.element_size() for t in skeleton.state_dict().values())
+    held = weights.stat().st_size
+    if needed > 2 * held + (1 << 20):  # 2x: weights saved in half precision still load
+        raise DataError(
+            f"{weights.parent / 'config.json'}: the model it describes needs {needed / 1e6:.0f} MB of weights but "
+            f"{weights.name} holds {held / 1e6:.1f} MB; retrain or restore the model folder"
+        )
+
+
 def load_model(folder: str | os.PathLike[str], *, device: str | torch.device = "cpu") -> LoadedModel:
     """Load a model folder written by ``deft-clean train``: ``(module, classes, transform)``."""
     from .transforms import eval_transform
@@ -262,10 +293,11 @@ def load_model(folder: str | os.PathLike[str], *, device: str | torch.device = "
     file = path / "config.json"
     try:
         config = json.loads(file.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise DataError(f"{file}: invalid model config ({type(exc).__name__}); retrain or restore it") from None
     classes, backbone = check_model_config(config, file)
     torch_device = torch.device(device) if isinstance(device, str) else device
+    check_model_size(config, len(classes), path / "model.safetensors")
     module = build_classifier(config, n_classes=len(classes), device=torch_device, load_pretrained=False)
     try:
         from safetensors.torch import load_file

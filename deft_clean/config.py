@@ -49,6 +49,7 @@ class DetectConfig:
 
         check_numbers(lr=(self.lr, 10.0), momentum=(self.momentum, 1.0), weight_decay=(self.weight_decay, 1.0))
         check_numbers(grad_clip=(self.grad_clip, 1e6))
+        check_counts(epochs=(self.epochs, MAX_EPOCHS))
         positive = {"n_ctx": self.n_ctx, "epochs": self.epochs, "batch_size": self.batch_size}
         for name, value in positive.items():
             if value < 1:
@@ -86,6 +87,18 @@ def check_numbers(**values: tuple[float | None, float]) -> None:
             continue
         if not math.isfinite(value) or not 0 <= value <= maximum:
             raise UsageError(f"{option(name)} must be a number between 0 and {maximum:g}, got {value}")
+
+
+MAX_EPOCHS = 10_000  # more is a typo (1e12 epochs would run forever and overflow the schedule)
+
+
+def check_counts(**values: tuple[Any, int]) -> None:
+    """Refuse a count that is not a whole number from 1 to its maximum: ``name=(value, maximum)``."""
+    from .errors import UsageError, option
+
+    for name, (value, maximum) in values.items():
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= maximum:
+            raise UsageError(f"{option(name)} must be a whole number from 1 to {maximum}, got {value}")
 
 
 def field_names(cls: type) -> set[str]:
@@ -155,6 +168,7 @@ class TrainConfig:
         check_numbers(lr=(self.lr, 10.0), weight_decay=(self.weight_decay, 1.0))
         check_numbers(label_smoothing=(self.label_smoothing, 1.0), threshold=(self.threshold, 1.0))
         check_numbers(relabel=(self.relabel, 1.0))
+        check_counts(epochs=(self.epochs, MAX_EPOCHS))
         if self.epochs < 1 or self.batch_size < 1:
             raise UsageError(
                 f"{option('epochs')} and {option('batch_size')} must be at least 1, "

@@ -24,7 +24,7 @@ from .health import health_columns
 from .listing import STATUS_OK, Listing, list_dataset
 from .results import normalize_frame, write_results
 from .runstate import StopOnSignal, config_signature, listing_signature, load_checkpoint, save_checkpoint
-from .safety import check_detect_paths
+from .safety import Output, check_detect_paths
 
 CHECKPOINT = "detect_checkpoint.pt"  # inside the run folder
 
@@ -134,7 +134,8 @@ def detect(
         config: a :class:`DetectConfig`; keyword ``options`` (any DetectConfig field, e.g.
             ``model="ViT-B-16", epochs=5``) override it.
         path_col, label_col, class_names: how to read the dataset; ``image_col`` is another name for
-            ``path_col``, ``root`` the folder a DataFrame's relative paths start from.
+            ``path_col``, ``root`` the folder a DataFrame's relative paths start from (for a Hugging Face
+            dataset object: the folder its path-only rows may be read from).
         out: if given, the Parquet is written there atomically.
         quiet: no progress bars or warnings.
         run_dir: folder for the training checkpoint (default ``<out>.run`` when ``out`` is given; without
@@ -190,18 +191,23 @@ def _check_outputs(
     """Refuse outputs that would overwrite inputs or each other; returns the run folder (None: no checkpoints)."""
     if out is not None and Path(out).is_dir():
         raise UsageError(f"{option('out')} {out} is a folder; pass a file path such as results.parquet")
-    if save_arrays is not None:
-        from .arrays import check_arrays_dir
+    from .arrays import ARRAY_FILES, check_arrays_dir
 
-        inputs = [Path(p) for p in (dataset, class_names) if isinstance(p, (str, os.PathLike)) and Path(p).is_file()]
-        check_arrays_dir(save_arrays, root=listing.root, source=listing.source, inputs=inputs, overwrite=overwrite)
+    if save_arrays is not None:
+        check_arrays_dir(save_arrays, overwrite=overwrite)
     if checkpoint_every < 0:
         raise UsageError(f"{option('checkpoint_every')} must be 0 or more, got {checkpoint_every}")
     if run_dir is None and out is not None:
         run_dir = Path(out).with_name(Path(out).name + ".run")
+    outputs = [
+        Output(out, overwrite=overwrite) if out is not None else None,
+        Output(run_dir, "run_dir", folder=True, overwrite=True) if run_dir is not None else None,
+        Output(save_arrays, "save_arrays", folder=True, overwrite=True, files=ARRAY_FILES) if save_arrays else None,
+        Output(cfg.cache, "cache", folder=True, overwrite=True) if cfg.cache is not None else None,
+    ]
     check_detect_paths(
-        dataset, root=listing.root, source=listing.source, paths=listing.paths, out=out, run_dir=run_dir,
-        overwrite=overwrite, extra_inputs=[class_names, cfg.model, cfg.pretrained],
+        dataset, root=listing.root, source=listing.source, paths=listing.paths,
+        outputs=[o for o in outputs if o is not None], extra_inputs=[class_names, cfg.model, cfg.pretrained],
     )  # fmt: skip
     return Path(run_dir) if run_dir is not None else None
 

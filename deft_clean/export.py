@@ -20,7 +20,7 @@ import pandas as pd
 from .errors import DataError, UsageError, option
 from .files import apply_umask, make_staging_dir, write_atomic
 from .results import STATUS_OK, load_results
-from .safety import check_output, is_inside, printable, real
+from .safety import Output, check_outputs, is_inside, printable, read_file, real
 from .selection import flagged_rows, kept_rows, relabelled_rows
 
 if TYPE_CHECKING:
@@ -163,11 +163,11 @@ def export_dataset(
         drop_outliers=drop_outliers,
     )
     sources = _sources(plan, root, metadata, results=results, dataset=dataset, target=target, mode=mode,
-                       overwrite=overwrite)  # fmt: skip
+                       overwrite=overwrite, listed=frame["path"], decisions=decisions)  # fmt: skip
     if mode == "csv":
         _write_table(plan, sources, target)
     else:
-        _write_folder(plan, sources, target, copy=mode == "copy")
+        _write_folder(plan, sources, target, copy=mode == "copy", root=root)
     counts = Counter(plan["role"])
     usable_total = int((frame["status"] == STATUS_OK).sum())
     return ExportSummary(
@@ -184,17 +184,22 @@ def export_dataset(
 
 def _sources(
     plan: pd.DataFrame, root: Path, metadata: dict[str, Any], *, results: Any, dataset: Any, target: Path,
-    mode: str, overwrite: bool,
+    mode: str, overwrite: bool, listed: pd.Series, decisions: Any,
 ) -> list[Path]:  # fmt: skip
     """The source file of every planned row, once ``target`` is known not to overwrite an input and every
-    source exists."""
+    source exists.
+
+    Inputs are every file the results list (exported or not), the results, the decisions and the table;
+    the dataset root (an image folder, or a table's folder) takes no folder output at all, so that
+    ``--overwrite`` can never replace a folder of source images.
+    """
     sources = [_source(root, path) for path in plan["path"]]
     table = metadata.get("dataset") if metadata.get("source") == "table" else None
-    inputs = [*sources, *([results] if isinstance(results, (str, os.PathLike)) else []), *([table] if table else [])]
+    named = [p for p in (results, decisions, table) if isinstance(p, (str, os.PathLike)) and p]
+    inputs = [*named, *(root / str(p) for p in listed)]
     folder_source = Path(dataset).is_dir() if dataset is not None else metadata.get("source", "folder") == "folder"
-    check_output(
-        target, inputs=inputs, datasets=[root] if folder_source else [], overwrite=overwrite, folder=mode != "csv"
-    )
+    datasets = [root] if folder_source or mode != "csv" else []
+    check_outputs([Output(target, folder=mode != "csv", overwrite=overwrite)], inputs=inputs, datasets=datasets)
     missing = [p for p, s in zip(plan["path"], sources, strict=True) if not s.is_file()]
     if missing:
         raise DataError(
@@ -335,7 +340,17 @@ def _folder_name(label: str) -> str:
     return label
 
 
-def _write_folder(plan: pd.DataFrame, sources: list[Path], target: Path, *, copy: bool) -> None:
+def _copy(source: Path, file: Path, root: Path) -> None:
+    """Copy through the reader's bounded read: a source swapped for a FIFO, a device or a link out is refused."""
+    try:
+        data = read_file(source, root=root)
+    except OSError as exc:
+        raise DataError(f"cannot copy {printable(source)} ({exc}); nothing was exported") from None
+    file.write_bytes(data)
+    shutil.copystat(source, file)
+
+
+def _write_folder(plan: pd.DataFrame, sources: list[Path], target: Path, *, copy: bool, root: Path) -> None:
     """Build the folder next to ``target``, then swap it in: a failure leaves any old ``target`` as it was."""
     dests = _destinations(plan)
     staging, lock = make_staging_dir(target)
@@ -344,7 +359,7 @@ def _write_folder(plan: pd.DataFrame, sources: list[Path], target: Path, *, copy
             file = staging.joinpath(*dest.parts)
             file.parent.mkdir(parents=True, exist_ok=True)
             if copy:
-                shutil.copy2(source, file)
+                _copy(source, file, root)
             else:
                 os.symlink(source.absolute(), file)
         old = None

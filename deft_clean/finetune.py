@@ -52,7 +52,7 @@ from .errors import UsageError, option
 from .files import run_lock, write_atomic
 from .probe import HeadParts, choose_hflip, fit_probe_head, head_parts, probe_clearly_better, run_warnings
 from .runstate import StopOnSignal, load_checkpoint, save_checkpoint
-from .safety import check_output
+from .safety import Output, check_outputs
 from .train_rows import Rows, labels_for, plan_rows, select_rows  # noqa: F401  (select_rows: public here too)
 from .transforms import eval_transform, train_transform
 
@@ -140,7 +140,10 @@ def _check_out(out_dir: Path, plan: Rows, cfg: TrainConfig, inputs: list[Any]) -
     datasets = [listing.root] if listing.source in ("folder", "hf", "webdataset") else []
     if val_listing is not None and val_listing.source == "folder":
         datasets.append(val_listing.root)
-    check_output(out_dir, inputs=inputs, datasets=datasets, overwrite=True, folder=True)
+    outputs = [Output(out_dir, folder=True, overwrite=True)]
+    if cfg.cache is not None:  # the cache is written too: never inside the dataset, never inside the model folder
+        outputs.append(Output(cfg.cache, "cache", folder=True, overwrite=True))
+    check_outputs(outputs, inputs=inputs, datasets=datasets)
     if out_dir.exists() and any(out_dir.iterdir()) and not cfg.resume and not cfg.overwrite:
         raise UsageError(
             f"{option('out')} {out_dir} is not empty; pass {option('resume', True)} to continue or "
@@ -257,7 +260,8 @@ def _train(
     plan = plan_rows(dataset, results, cfg, val, decisions)
     out_dir = Path(out)
     named = [dataset] if isinstance(dataset, (str, os.PathLike)) else []  # not a DataFrame or HF object
-    _check_out(out_dir, plan, cfg, [results, *named, *([val] if val is not None else [])])
+    named += [p for p in (val, decisions, cfg.backbone_weights) if isinstance(p, (str, os.PathLike)) and p]
+    _check_out(out_dir, plan, cfg, [p for p in (results, *named) if os.path.exists(p)])
     device = device_for(ranks, resolve_device(cfg.device))
     quiet = quiet or not ranks.is_main
     generator = seed_everything(cfg.seed)

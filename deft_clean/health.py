@@ -13,7 +13,6 @@ import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -43,11 +42,18 @@ class Health:
 def content_hashes(
     root: str | os.PathLike[str], paths: Sequence[str], *, images: ImageSource | None = None
 ) -> list[str | None]:
-    """sha256 of each file's bytes (row i's bytes from ``images`` when given); None for an unreadable one."""
+    """sha256 of each file's bytes (row i's bytes from ``images`` when given); None for an unreadable one.
+
+    Bytes come through the reader (``images``, else the files below ``root``): a FIFO, a device, a file
+    over the size limit or one outside the root is never read, only hashed as None.
+    """
+    from .readers.base import FileImages
+
+    source = images if images is not None else FileImages(root, paths)
     hashes: list[str | None] = []
-    for i, path in enumerate(paths):
+    for i in range(len(paths)):
         try:
-            data = images.read_bytes(i) if images is not None else (Path(root) / path).read_bytes()
+            data = source.read_bytes(i)
             hashes.append(hashlib.sha256(data).hexdigest())
         except OSError:
             hashes.append(None)

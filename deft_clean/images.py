@@ -10,7 +10,7 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, ImageOps
 
-from .safety import check_regular_file
+from .safety import read_file
 
 
 def load_image(
@@ -19,16 +19,24 @@ def load_image(
     """Open any image Pillow reads as RGB: EXIF orientation applied, first frame, alpha on white.
 
     ``draft_size`` lets JPEG decoding skip resolution that a later resize would throw away.
-    Only a regular file is opened (a FIFO would block forever), and with ``root`` only one whose real
-    path is inside it (a file swapped for a link after listing is not read).
+    The bytes come from :func:`deft_clean.safety.read_file`: only a regular file of at most 1 GiB (a FIFO
+    would block forever, a device never ends), and with ``root`` only one whose real path is inside it (a
+    file swapped for a link after listing is not read).
     Raises whatever Pillow raises for unreadable files; callers turn that into a status.
     """
-    return _decode(check_regular_file(path, root=root), draft_size)
+    data = read_file(path, root=root)
+    try:
+        return _decode(io.BytesIO(data), draft_size)
+    except Image.UnidentifiedImageError:  # name the file, not the in-memory buffer (statuses stay stable)
+        raise Image.UnidentifiedImageError(f"cannot identify image file {os.path.realpath(path)!r}") from None
 
 
 def decode_image(data: bytes, *, draft_size: int | None = None) -> Image.Image:
     """:func:`load_image` for an image held in memory (a Hugging Face row, a WebDataset member)."""
-    return _decode(io.BytesIO(data), draft_size)
+    try:
+        return _decode(io.BytesIO(data), draft_size)
+    except Image.UnidentifiedImageError:  # the default message names the buffer's address: never the same twice
+        raise Image.UnidentifiedImageError("cannot identify image file (bytes in memory)") from None
 
 
 def _decode(file: str | os.PathLike[str] | BinaryIO, draft_size: int | None) -> Image.Image:

@@ -20,7 +20,7 @@ import torch
 from .data import STATUS_OK, ImageDataset
 from .files import write_atomic
 from .readers import read_inputs
-from .safety import check_output
+from .safety import Output, check_outputs
 
 
 @dataclass
@@ -152,7 +152,7 @@ def _check_out(out: str | os.PathLike[str], model_dir: Any, inputs: Any, rows: A
     if rows.source in ("hf", "webdataset"):
         folders.append(rows.root)
     listed = [rows.root / f for f in rows.paths] if rows.source in ("table", "files") else []
-    check_output(out, inputs=[model_dir, *named, *listed], datasets=folders, overwrite=overwrite)
+    check_outputs([Output(out, overwrite=overwrite)], inputs=[model_dir, *named, *listed], datasets=folders)
 
 
 def _is_path(value: Any) -> bool:

@@ -81,17 +81,24 @@ def load_class_names(path: str | os.PathLike[str]) -> dict[str, str]:
             mapping = json.loads(file.read_text(encoding="utf-8"))
         except json.JSONDecodeError as exc:
             raise DataError(f"{file}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+        except (UnicodeDecodeError, RecursionError) as exc:
+            raise DataError(f"{file}: not a UTF-8 JSON object of class names ({type(exc).__name__})") from None
         if not isinstance(mapping, dict):
             raise DataError(f"{file}: expected a JSON object mapping labels to class names")
         return {str(k): str(v) for k, v in mapping.items()}
     mapping = {}
-    with file.open(newline="", encoding="utf-8") as handle:
-        for line_no, row in enumerate(csv.reader(handle), start=1):
-            if not row:
-                continue
-            if len(row) < 2:
-                raise DataError(f"{file}:{line_no}: expected two columns (label, class name), got {len(row)}")
-            mapping[row[0].strip()] = row[1].strip()
+    try:
+        with file.open(newline="", encoding="utf-8") as handle:
+            for line_no, row in enumerate(csv.reader(handle), start=1):
+                if not row:
+                    continue
+                if len(row) < 2:
+                    raise DataError(f"{file}:{line_no}: expected two columns (label, class name), got {len(row)}")
+                mapping[row[0].strip()] = row[1].strip()
+    except (UnicodeDecodeError, csv.Error) as exc:  # a binary file: invalid UTF-8, NUL bytes, huge fields
+        raise DataError(
+            f"{file}: not a UTF-8 CSV of (label, class name) rows ({type(exc).__name__}); pass a text file"
+        ) from None
     return mapping
 
 
@@ -116,7 +123,8 @@ def list_dataset(
             ``.tar`` shards (a path, a brace pattern or a list). See :mod:`deft_clean.readers`.
         path_col, label_col: column names in a table or DataFrame; in a Hugging Face dataset the image
             and label columns (defaults: its ``Image`` and ``ClassLabel`` columns).
-        root: for a DataFrame, the folder its relative paths are relative to.
+        root: for a DataFrame, the folder its relative paths are relative to; for a Hugging Face dataset
+            object, the folder its path-only rows (no bytes) may be read from (none without it).
         class_names: a mapping (or a JSON/CSV file of one) from raw label to prompt text.
         split: the split of a Hugging Face ``DatasetDict`` (default ``train``).
         label_key: WebDataset: the member holding the label (``cls``), or ``json:FIELD``.

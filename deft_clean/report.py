@@ -22,7 +22,7 @@ from .errors import DeftCleanError, UsageError, option
 from .evidence_check import class_noise, evidence_line
 from .export import dataset_root
 from .results import STATUS_OK, load_results
-from .safety import check_output, printable
+from .safety import Output, check_outputs, printable
 
 if TYPE_CHECKING:
     from .detection import DetectResult
@@ -137,7 +137,7 @@ def report(
     if html is not None:
         from .report_html import write_html
 
-        _check_html_out(html, results, frame, metadata, root, overwrite=overwrite)
+        _check_html_out(html, results, frame, metadata, root, overwrite=overwrite, decisions=decisions)
 
         write_html(frame, metadata, html, top=HTML_TOP if top is None else top, dataset_root=root)
     if console is not None:
@@ -153,9 +153,11 @@ def _check_html_out(
     root: Path | None,
     *,
     overwrite: bool,
+    decisions: Any = None,
 ) -> None:
-    """The page may not replace the results, the dataset table, an image, or land inside an image folder."""
-    inputs: list[Any] = [results] if isinstance(results, (str, os.PathLike)) else []
+    """The page may not replace the results, the decisions, the dataset table, an image, or land inside an
+    image folder."""
+    inputs: list[Any] = [p for p in (results, decisions) if isinstance(p, (str, os.PathLike))]
     table = metadata.get("source") == "table"
     if table and metadata.get("dataset"):
         inputs.append(metadata["dataset"])
@@ -167,7 +169,7 @@ def _check_html_out(
         inputs.extend(root / str(p) for p in frame["path"])
     elif root is not None:
         datasets.append(root)
-    check_output(html, inputs=inputs, datasets=datasets, overwrite=overwrite, option="html")
+    check_outputs([Output(html, "html", overwrite=overwrite)], inputs=inputs, datasets=datasets)
 
 
 # ----------------------------------------------------------------------------------------------------

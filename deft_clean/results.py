@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 
 from .errors import DataError, UsageError
 from .files import write_atomic
+from .safety import printable
 
 __all__ = ["SCHEMA", "STATUS_OK", "load_results", "write_results"]
 
@@ -89,7 +90,7 @@ def load_results(path: str | os.PathLike[str]) -> tuple[pd.DataFrame, dict[str, 
         raise DataError(f"{file}: not a deft-clean results file (missing {missing or 'metadata'})")
     try:
         metadata = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):  # RecursionError: nested too deep
         raise DataError(f"{file}: the deft_clean metadata is not valid JSON; rerun detect") from None
     check_table(table, metadata, file)
     return frame_from_table(table), metadata
@@ -126,6 +127,7 @@ def check_table(table: pa.Table, metadata: Any, file: Path) -> None:
             raise DataError(f"{file}: column {spec.name!r} holds {column.type}, expected {want}; rerun detect")
         if not spec.nullable and column.null_count:
             raise DataError(f"{file}: column {spec.name!r} has {column.null_count} null value(s); rerun detect")
+    _check_scores(table, file)
     for name, low in (("label_index", 0), ("predicted_index", -1)):
         column = table.column(name)
         if len(column) and (pc.min(column).as_py() < low or pc.max(column).as_py() >= len(classes)):
@@ -133,6 +135,24 @@ def check_table(table: pa.Table, metadata: Any, file: Path) -> None:
                 f"{file}: column {name!r} has values outside {low}..{len(classes) - 1} "
                 f"({len(classes)} classes); rerun detect"
             )
+
+
+def _check_scores(table: pa.Table, file: Path) -> None:
+    """Refuse NaN or out-of-range probabilities and a path listed twice (export would write one file twice)."""
+    import pyarrow.compute as pc
+
+    for name in ("p_clean", "p_predicted"):
+        if name not in table.column_names or not pa.types.is_floating(table.column(name).type):
+            continue
+        column = table.column(name)
+        bad = pc.sum(pc.or_(pc.is_nan(column), pc.or_(pc.less(column, 0), pc.greater(column, 1)))).as_py() or 0
+        if bad:
+            raise DataError(f"{file}: column {name!r} has {bad} value(s) that are NaN or outside 0..1; rerun detect")
+    paths = table.column("path")
+    if pc.count_distinct(paths).as_py() != len(paths) - paths.null_count:
+        counts = pc.value_counts(paths)
+        twice = next(str(c["values"]) for c in counts.to_pylist() if c["counts"] > 1)
+        raise DataError(f"{file}: path {printable(twice)!r} appears in more than one row; rerun detect")
 
 
 def frame_from_table(table: pa.Table) -> pd.DataFrame:

@@ -44,7 +44,7 @@ def read_rows(
         return Rows(base, paths, labels, FileImages(base, paths), "dataframe", str(base.resolve()))
     hf_options = {"split": split, "image_col": _named(path_col, "path"), "label_col": _named(label_col)}
     if hf.is_hf_object(dataset):
-        return hf.hf_rows(dataset, **hf_options, id_col=id_col)
+        return hf.hf_rows(dataset, **hf_options, id_col=id_col, files_root=root)
     if id_col is not None and not (isinstance(dataset, (str, os.PathLike)) and hf.is_saved_dataset(Path(dataset))):
         raise UsageError(f"{option('id_col')} is for Hugging Face datasets; {dataset} is not one")
     if wds.is_shards(dataset):

@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image
 
 from ..images import load_image
+from ..safety import read_file
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"})
 TABLE_EXTENSIONS = frozenset({".csv", ".parquet"})
@@ -32,7 +33,10 @@ class ImageSource(Protocol):
         ...
 
     def read_bytes(self, index: int) -> bytes:
-        """The row's encoded bytes (content hashes for duplicate detection); raises OSError if unreadable."""
+        """The row's encoded bytes (content hashes for duplicate detection); raises OSError if unreadable.
+
+        Files are read only through :func:`deft_clean.safety.read_file` (regular, inside the root, bounded).
+        """
         ...
 
 
@@ -80,4 +84,4 @@ class FileImages:
         return load_image(self.file(index), draft_size=draft_size, root=self.root)
 
     def read_bytes(self, index: int) -> bytes:
-        return self.file(index).read_bytes()
+        return read_file(self.file(index), root=self.root)

@@ -13,8 +13,10 @@ from pathlib import Path
 import pandas as pd
 
 from ..errors import DataError, UsageError, option
-from ..safety import check_name, printable
+from ..safety import check_name, printable, real
 from .base import IMAGE_EXTENSIONS, TABLE_EXTENSIONS, FileImages, Rows
+
+MAX_DEPTH = 256  # folder levels below a class folder (or predict's input folder) that listing descends
 
 
 def folder_rows(path: Path) -> Rows:
@@ -31,13 +33,7 @@ def loose_rows(paths: list[Path], *, path_col: str, label_col: str) -> Rows:
     """
     if len(paths) == 1 and paths[0].is_dir():
         root = paths[0]
-        files = sorted(
-            f.relative_to(root).as_posix()
-            for f in root.rglob("*")
-            if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS and not f.name.startswith(".")
-        )
-        for name in files:
-            check_name(name, root)
+        files = sorted(walk_images(root, root))
         if not files:
             raise DataError(f"{root}: no images found")
         labels = [f.split("/", 1)[0] for f in files] if all("/" in f for f in files) else None
@@ -65,7 +61,7 @@ def table_rows(path: Path, *, path_col: str, label_col: str) -> Rows:
 
 
 def _list_folder(root: Path) -> tuple[Path, list[str], list[str]]:
-    resolved_root = root.resolve()
+    resolved_root = real(root)
     entries = sorted(root.iterdir())
     for entry in entries:
         check_name(entry.name, root)
@@ -84,29 +80,47 @@ def _list_folder(root: Path) -> tuple[Path, list[str], list[str]]:
     labels: list[str] = []
     for class_dir in class_dirs:
         # A linked class folder is treated like a linked file: fine inside the root, refused outside it.
-        if class_dir.is_symlink() and not _inside(class_dir.resolve(), resolved_root):
+        if class_dir.is_symlink() and not _inside(real(class_dir), resolved_root):
             raise DataError(
                 f"class folder {printable(class_dir)} links outside the dataset root {printable(root)}; "
                 "refusing to read it (copy the folder in, or point detect at a folder that holds it)"
             )
-        found = []
-        for dirpath, dirnames, filenames in os.walk(class_dir, followlinks=False):
-            for name in dirnames:
-                check_name(name, dirpath)
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-            for name in sorted(filenames):
-                check_name(name, dirpath)
-                if name.startswith(".") or Path(name).suffix.lower() not in IMAGE_EXTENSIONS:
-                    continue
-                file = Path(dirpath, name)
-                if file.is_symlink() and not _inside(file.resolve(), resolved_root):
-                    raise DataError(f"{printable(file)} links outside the dataset root {root}; refusing to read it")
-                found.append(file.relative_to(root).as_posix())
+        found = walk_images(class_dir, root)
         if not found:
             raise DataError(f"class folder {class_dir} holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))})")
         paths.extend(found)
         labels.extend([class_dir.name] * len(found))
     return root, paths, labels
+
+
+def walk_images(folder: Path, root: Path) -> list[str]:
+    """Image files below ``folder`` (links not followed into folders), as sorted paths relative to ``root``.
+
+    Hidden files and folders are skipped. A linked file must resolve inside ``root``; a link loop lists
+    (and then reads as an unusable row); a folder nested deeper than ``MAX_DEPTH`` is refused in one line
+    instead of exhausting the stack.
+    """
+    resolved_root = real(root)
+    base = len(folder.parts)
+    found = []
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
+        if len(Path(dirpath).parts) - base >= MAX_DEPTH:
+            raise DataError(
+                f"{printable(folder)} has folders nested more than {MAX_DEPTH} deep (e.g. {printable(dirpath)[:200]}); "
+                "flatten the dataset"
+            )
+        for name in dirnames:
+            check_name(name, dirpath)
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            check_name(name, dirpath)
+            if name.startswith(".") or Path(name).suffix.lower() not in IMAGE_EXTENSIONS:
+                continue
+            file = Path(dirpath, name)
+            if file.is_symlink() and not _inside(real(file), resolved_root):
+                raise DataError(f"{printable(file)} links outside the dataset root {root}; refusing to read it")
+            found.append(file.relative_to(root).as_posix())
+    return found
 
 
 def read_table(table: Path) -> pd.DataFrame:
@@ -151,7 +165,7 @@ def _list_table(
     if empty:
         raise DataError(f"{table}: {len(empty)} row(s) with an empty {label_col!r}, first at row {empty[0] + row0}")
     root = table.parent if root is None else root
-    resolved_root = root.resolve()
+    resolved_root = real(root)
     paths = []
     real_paths = []
     missing_files = []
@@ -160,7 +174,7 @@ def _list_table(
         if not text:
             raise DataError(f"{table}: empty {path_col!r} at row {row + row0}")
         file = Path(text) if os.path.isabs(text) else root / text
-        resolved = file.resolve()
+        resolved = real(file)  # never raises on a link loop (the file then lists as missing)
         if not _inside(resolved, resolved_root):
             raise DataError(f"{table}: row {row + row0} path {text!r} resolves outside the dataset root {root}")
         if not resolved.is_file():

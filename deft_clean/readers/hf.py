@@ -17,7 +17,8 @@ from typing import Any
 from PIL import Image
 
 from ..errors import DataError, UsageError, option
-from ..images import decode_image, load_image
+from ..images import decode_image
+from ..safety import read_file
 from .base import Rows
 
 INSTALL = "pip install 'deft-clean[hf]'"
@@ -51,13 +52,17 @@ def hf_rows(
     label_col: str | None,
     id_col: str | None = None,
     labels_optional: bool = False,
+    files_root: str | os.PathLike[str] | None = None,
 ) -> Rows:
     """The rows of a saved Hugging Face dataset folder or of a ``Dataset``/``DatasetDict`` object.
 
     Rows are ``hf://<index>``, or ``hf://<index>#<id>`` with ``id_col`` (the id is for people; the index
     opens the row). ``labels_optional`` (predict): a dataset without a label column lists with ``labels=None``.
+    A row without bytes is read from its path only inside the saved dataset's folder, or, for a dataset
+    object (e.g. ``load_dataset("imagefolder", ...)``, whose rows are paths), inside ``files_root``.
     """
     lib = _datasets()
+    dataset_arg = dataset
     if isinstance(dataset, (str, os.PathLike)):
         name = str(dataset)
         try:
@@ -91,7 +96,10 @@ def hf_rows(
             )
         paths = [f"{path}#{value}" for path, value in zip(paths, dataset[id_col], strict=True)]
         options["id_col"] = id_col
-    return Rows(root, paths, labels, HFImages(dataset, image_col), "hf", origin, options)
+    folder = root if is_saved_dataset(root) else None  # rows may name files only inside a saved dataset...
+    if files_root is not None and not isinstance(dataset_arg, (str, os.PathLike)):
+        folder = root = Path(files_root)  # ... or inside the folder the caller names for a dataset object
+    return Rows(root, paths, labels, HFImages(dataset, image_col, folder), "hf", origin, options)
 
 
 def _object_origin(dataset: Any) -> tuple[str, Path]:
@@ -157,22 +165,31 @@ def _labels(
 
 
 class HFImages:
-    """Opens row ``i``'s image from the Arrow data as encoded bytes, decoded like a file."""
+    """Opens row ``i``'s image from the Arrow data as encoded bytes, decoded like a file.
 
-    def __init__(self, dataset: Any, column: str) -> None:
+    A row that holds no bytes but a path is read only when ``folder`` (the saved dataset's folder) is
+    known and the path (relative paths start there) lies inside it, through the reader's bounded read of
+    regular files; any other path (absolute elsewhere, relative to the working directory, a FIFO, a
+    device), a missing image or an empty one raises OSError, which makes the row unusable with a status.
+    """
+
+    def __init__(self, dataset: Any, column: str, folder: Path | None = None) -> None:
         lib = _datasets()
         self.column = column
+        self.folder = folder  # None: an in-memory dataset, whose rows may name no file at all
         self.table = dataset.select_columns([column]).cast_column(column, lib.Image(decode=False))
 
-    def _item(self, index: int) -> dict[str, Any]:
-        return self.table[int(index)][self.column]  # {"bytes": b"..." or None, "path": str or None}
+    def read_bytes(self, index: int) -> bytes:
+        item = self.table[int(index)][self.column]  # {"bytes": b"..." or None, "path": str or None}, or None
+        if not isinstance(item, dict) or (item.get("bytes") is None and not item.get("path")):
+            raise OSError(f"row {index} has no image (neither bytes nor a path)")
+        if item.get("bytes") is not None:
+            return bytes(item["bytes"])
+        path = str(item["path"])
+        if self.folder is None:
+            raise OSError(f"row {index} names a file ({path}) but holds no bytes; pass root= its folder to read it")
+        file = Path(path) if os.path.isabs(path) else self.folder / path
+        return read_file(file, root=self.folder)
 
     def open(self, index: int, *, draft_size: int | None = None) -> Image.Image:
-        item = self._item(index)
-        if item.get("bytes") is not None:
-            return decode_image(item["bytes"], draft_size=draft_size)
-        return load_image(item["path"], draft_size=draft_size)
-
-    def read_bytes(self, index: int) -> bytes:
-        item = self._item(index)
-        return item["bytes"] if item.get("bytes") is not None else Path(item["path"]).read_bytes()
+        return decode_image(self.read_bytes(index), draft_size=draft_size)

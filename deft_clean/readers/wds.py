@@ -26,6 +26,7 @@ from PIL import Image
 
 from ..errors import DataError, UsageError, option
 from ..images import decode_image
+from ..safety import MAX_FILE_BYTES, open_regular, printable
 from .base import IMAGE_EXTENSIONS, PackedStrings, Rows
 
 INSTALL = "pip install 'deft-clean[wds]'"
@@ -64,6 +65,7 @@ def wds_rows(dataset: Any, *, label_key: str = "cls", labels_optional: bool = Fa
 
     ``labels_optional`` (predict): shards without any label member list with ``labels=None``.
     """
+    check_label_key(label_key)
     shards = expand_shards(dataset)
     root = Path(os.path.commonpath([str(s.resolve().parent) for s in shards]))
     names = [s.resolve().relative_to(root).as_posix() for s in shards]
@@ -88,6 +90,16 @@ def wds_rows(dataset: Any, *, label_key: str = "cls", labels_optional: bool = Fa
     return Rows(root, paths, labels, images, "webdataset", origin, {"label_key": label_key})
 
 
+def check_label_key(label_key: str) -> None:
+    """Refuse a ``label_key`` that names no member (``""``) or a ``json:`` without its field."""
+    label_ext, colon, field = label_key.partition(":")
+    if not label_ext.strip() or (colon and not field.strip()):
+        raise UsageError(
+            f"{option('label_key', label_key)} must be a member extension such as cls, or json:FIELD with a field "
+            "name (e.g. json:label)"
+        )
+
+
 def _samples(shard: Path, label_key: str, *, optional: bool) -> list[tuple[str, tuple[int, int], str | None]]:
     """``(key, (offset, size) of the image member, label)`` per sample of one shard, in shard order.
 
@@ -99,13 +111,22 @@ def _samples(shard: Path, label_key: str, *, optional: bool) -> list[tuple[str, 
     members: dict[str, dict[str, tarfile.TarInfo]] = {}
     try:
         with tarfile.open(shard, mode="r:") as tar:  # headers only, streamed; "r:" refuses compressed data
+            last = None
             for member in tar:
                 if not member.isreg():
                     continue
                 key, ext = base_plus_ext(member.name)
                 if key is None or os.path.basename(member.name).startswith("__"):
                     continue  # webdataset skips unsplittable names and __meta__ members too
-                members.setdefault(key, {})[ext.lower()] = member
+                parts = members.setdefault(key, {})
+                if ext.lower() in parts or (key != last and len(parts)):
+                    # webdataset would yield two samples (or merge them): either way a row would be lost
+                    raise DataError(
+                        f"{printable(shard)}: sample key {printable(key)!r} appears twice ({printable(member.name)}); "
+                        "give every sample its own key"
+                    )
+                parts[ext.lower()] = member
+                last = key
             labels = {k: _read(tar, got.get(label_ext), k, shard, label_key, optional) for k, got in members.items()}
     except (tarfile.TarError, OSError, UnicodeDecodeError) as exc:
         raise DataError(f"{shard}: not a readable tar shard ({type(exc).__name__}: {exc})") from None
@@ -138,7 +159,7 @@ def _read(
 def _field(text: str, field: str, key: str, shard: Path) -> str:
     try:
         value = json.loads(text)[field]
-    except (json.JSONDecodeError, KeyError, TypeError):
+    except (json.JSONDecodeError, KeyError, TypeError, RecursionError):  # RecursionError: nested too deep
         raise DataError(
             f"{shard}: sample {key!r}: its json member has no field {field!r}; see {option('label_key')}"
         ) from None
@@ -155,7 +176,9 @@ class TarImages:
 
     def read_bytes(self, index: int) -> bytes:
         number, offset, size = (int(v) for v in self.where[index])
-        with open(self.root / self.shards[number], "rb") as handle:
+        if size > MAX_FILE_BYTES:
+            raise OSError(f"{self.shards[number]}: the member is {size} bytes, over the image limit; not read")
+        with open_regular(self.root / self.shards[number], root=self.root, limit=None) as handle:
             handle.seek(offset)
             data = handle.read(size)
         if len(data) != size:
