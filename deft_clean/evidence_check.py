@@ -48,13 +48,14 @@ import numpy as np
 
 MIN_PRECISION = 0.5  # flags expected to be wrong more often than right are withheld
 MIN_VIEW_KAPPA = 0.2  # image-text agreement beyond chance for the text view to count as independent evidence
-MIN_IMAGE_KAPPA = 0.7  # image-label agreement beyond chance that the image view alone must reach
+MIN_IMAGE_KAPPA = 0.6  # image-label agreement beyond chance that the image view alone must reach
 ALPHA = 1e-3  # one-sided significance for "beats chance"
 BOTH_SURE = 0.9  # image and text probabilities of the suggested class at which a withheld row stays flagged
 CHECK_FOLDS = 5  # folds of the all-rows probe
 MAX_PAIRS = 2000  # confused pairs judged one by one (most flagged first); the rest follow the overall verdict
-MIN_PAIR_ROWS = 10  # pairs with fewer rows labelled either are not judged on their own
+MIN_PAIR_ROWS = 50  # pairs with fewer rows labelled either follow the overall verdict (a test there is weak)
 MIN_CLASS_ROWS = 5  # classes with fewer rows are not judged on their own
+MIN_TYPICAL_FLAGS = 10  # fewer flags give no typicality estimate of their precision
 SETTLED_FRACTION = 0.01  # the clean set has settled when its last round changed at most this share of rows
 
 
@@ -91,6 +92,7 @@ class EvidenceCheck:
     flags_raised: int  # rows the selection flagged
     flags_withheld: int  # of those, rows not flagged because the evidence cannot support them
     settled: bool  # the clean set stopped changing before the round limit
+    advice: str = ""  # what to do about withheld flags
     reasons: list[str] = field(default_factory=list)  # why flags were withheld, one line each
     per_class: list[dict[str, Any]] = field(default_factory=list)
     pairs: list[dict[str, Any]] = field(default_factory=list)  # judged confused pairs, most flagged first
@@ -121,7 +123,7 @@ def evidence_line(evidence: dict[str, Any] | None) -> str | None:
     reasons = [str(r) for r in evidence.get("reasons") or []]
     body = "; ".join(reasons) if reasons else "the clean set had not settled"
     tail = f"{withheld} of {int(evidence.get('flags_raised') or 0)} flags withheld"
-    advice = (
+    advice = str(evidence.get("advice") or "") or (
         "try a model that can see these classes (--model/--pretrained)"
         if not reliable
         else "check those classes' names and a few of their images"
@@ -259,22 +261,33 @@ def judge_pairs(
     return verdicts, unseen
 
 
-def visible_classes(views: _Views) -> np.ndarray:
-    """bool [K]: the image view picks class k for rows labelled k more often than for the other rows (one-sided
-    two-proportion test at ALPHA). Noise cannot hide a class this way (at 60% noise 40% of its rows are still
-    its own, against ~7% elsewhere); a class whose images look like everyone else's fails it."""
-    k = views.n_classes
-    predicted = views.image.argmax(1)
-    counts = np.bincount(views.labels, minlength=k).astype(np.float64)
-    hits = np.bincount(views.labels[predicted == views.labels], minlength=k).astype(np.float64)
-    elsewhere = np.bincount(predicted[predicted != views.labels], minlength=k).astype(np.float64)
-    others = len(views.labels) - counts
+def sets_apart(reference: np.ndarray, picked: np.ndarray, k: int) -> np.ndarray:
+    """bool [K]: ``picked`` (ints [M]) says class c for rows where ``reference`` says c more often than for the
+    other rows (one-sided two-proportion test at ALPHA)."""
+    counts = np.bincount(reference, minlength=k).astype(np.float64)
+    hits = np.bincount(reference[picked == reference], minlength=k).astype(np.float64)
+    elsewhere = np.bincount(picked[picked != reference], minlength=k).astype(np.float64)
+    others = len(reference) - counts
     p1, p0 = hits / np.maximum(counts, 1), elsewhere / np.maximum(others, 1)
-    pooled = (hits + elsewhere) / max(len(views.labels), 1)
+    pooled = (hits + elsewhere) / max(len(reference), 1)
     sd = np.sqrt(np.maximum(pooled * (1 - pooled), 1e-12) * (1 / np.maximum(counts, 1) + 1 / np.maximum(others, 1)))
-    z = (p1 - p0) / sd
-    p_values = 0.5 * np.vectorize(math.erfc)(z / math.sqrt(2))
-    return (p_values < ALPHA) | (counts < MIN_CLASS_ROWS)
+    p_values = 0.5 * np.vectorize(math.erfc)((p1 - p0) / sd / math.sqrt(2))
+    return (p_values < ALPHA) & (counts > 0)
+
+
+def visible_classes(views: _Views, *, text_informative: bool) -> np.ndarray:
+    """bool [K]: the model sets class k's images apart: the image view picks k for rows labelled k more often
+    than for the other rows, or (when the text view is informative) the image and text views agree on k beyond
+    chance, which needs no label at all (a rare class whose label most rows wear wrongly passes that way).
+    Noise alone cannot hide a class from the first test (at 60% noise 40% of its rows are still its own,
+    against ~7% elsewhere); a class whose images look like everyone else's fails both."""
+    k = views.n_classes
+    image = views.image.argmax(1)
+    small = np.bincount(views.labels, minlength=k) < MIN_CLASS_ROWS  # too few rows to judge: not withheld
+    visible = sets_apart(views.labels, image, k) | small
+    if text_informative:
+        visible |= sets_apart(views.text.argmax(1), image, k)
+    return visible
 
 
 def per_class(
@@ -313,6 +326,7 @@ def check_evidence(
     classes: list[str],
     *,
     rounds: list[int] | None = None,
+    settled: bool | None = None,
     random_weights: bool = False,
     seed: int = 0,
     device: Any = None,
@@ -323,7 +337,8 @@ def check_evidence(
         features: [N, D] image features; labels: [N] given labels; usable: bool [N].
         text: [N, K] zero-shot posterior (never trained on labels).
         is_clean, suggested: the selection's decision per row ([N]).
-        rounds: the clean set's size after each growth round (a set still moving has not settled).
+        rounds: the clean set's size after each growth round; ``settled``: whether it stopped changing before
+            the round limit (None: judged from ``rounds``).
         random_weights: the model has random weights (``--pretrained none``): nothing it says is evidence.
     Returns:
         ``(check, withheld)``: withheld is bool [N], flagged rows the evidence cannot support.
@@ -335,73 +350,150 @@ def check_evidence(
                    n_classes)  # fmt: skip
     if len(rows) >= 2 * CHECK_FOLDS and len(np.unique(y)) > 1:
         views.image = all_rows_probe(features[rows], y, n_classes, seed=seed, device=device)
+    verdict = _verdict(views, random_weights)
+    withheld_m = _withhold(views, verdict, classes)
+    settled = _settled(rounds, len(rows)) if settled is None else settled
+    if not settled:
+        verdict.reasons.append("the clean set was still changing after the last round")
+    withheld = np.zeros(len(labels), dtype=bool)
+    withheld[rows] = withheld_m
+    accuracy, chance = verdict.accuracy, verdict.chance
+    check = EvidenceCheck(
+        reliable=verdict.reliable, image_accuracy=accuracy, image_interval=wilson(accuracy * len(y), len(y)),
+        text_accuracy=verdict.gt.observed, chance=chance, image_p_value=verdict.p_value,
+        kappa_image_label=verdict.gi.kappa, kappa_text_label=verdict.gt.kappa, kappa_image_text=verdict.it.kappa,
+        label_noise=verdict.noise, expected_flag_precision=verdict.precision, flags_raised=int(views.flagged.sum()),
+        flags_withheld=int(withheld_m.sum()), settled=settled, advice=verdict.advice, reasons=verdict.reasons,
+        per_class=per_class(views, classes, verdict.noise, 1 - accuracy, verdict.visible), pairs=verdict.pairs,
+    )  # fmt: skip
+    return check, withheld
+
+
+@dataclass
+class _Verdict:
+    """The overall figures and decision of :func:`_verdict`."""
+
+    reliable: bool
+    accuracy: float
+    chance: float
+    p_value: float
+    gi: ViewAgreement
+    gt: ViewAgreement
+    it: ViewAgreement
+    reliability: float | None  # s_G (triplet), None when the text view cannot anchor it
+    noise: float | None
+    precision: float | None
+    reasons: list[str]
+    advice: str = ""
+    visible: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
+    pairs: list[dict[str, Any]] = field(default_factory=list)
+    unseen: set[tuple[int, int]] = field(default_factory=set)
+
+
+def typical_share(views: _Views, rows: np.ndarray) -> float | None:
+    """Expected precision of the flags ``rows`` (indices) from how typical each looks of its suggested class.
+
+    A wrong label's image is an ordinary member of its true class; a flag the model raised by mistake sits on
+    a hard image, between classes. So the all-rows probe's probability of the suggested class is compared with
+    its median over the rows that class's label and the probe agree on: wrong labels exceed it half of the
+    time, mistakes rarely. Twice the share above the median estimates the precision (None: too few flags).
+    The image view alone cannot tell which flags are wrong labels when the images are weak (both sides are
+    then ordinary); it is the check for strong images and clean labels, where the triplet cannot see that the
+    few disagreements are the model's own.
+    """
+    if len(rows) < MIN_TYPICAL_FLAGS:
+        return None
+    k = views.n_classes
+    predicted = views.image.argmax(1)
+    agree = np.flatnonzero(predicted == views.labels)
+    medians = np.full(k, np.nan)
+    by_class = agree[np.argsort(views.labels[agree], kind="stable")]
+    bounds = np.searchsorted(views.labels[by_class], np.arange(k + 1))
+    for j in range(k):
+        own = by_class[bounds[j] : bounds[j + 1]]
+        if len(own) >= MIN_CLASS_ROWS:
+            medians[j] = np.median(views.image[own, j])
+    overall = float(np.median(views.image[agree, views.labels[agree]])) if len(agree) else 1.0
+    medians = np.where(np.isnan(medians), overall, medians)
+    target = views.suggested[rows].clip(0)
+    above = views.image[rows, target] >= medians[target]
+    return float(min(1.0, 2.0 * above.mean()))
+
+
+def _verdict(views: _Views, random_weights: bool) -> _Verdict:
+    """Kappas, noise, expected flag precision and the overall decision (see the module docstring)."""
+    k, y = views.n_classes, views.labels
     image_pred, text_pred = views.image.argmax(1), views.text.argmax(1)
-    gi, gt, it = agreement(y, image_pred, n_classes), agreement(y, text_pred, n_classes), agreement(
-        image_pred, text_pred, n_classes
-    )
-    prior = np.bincount(y, minlength=n_classes) / max(len(y), 1)
+    gi, gt, it = agreement(y, image_pred, k), agreement(y, text_pred, k), agreement(image_pred, text_pred, k)
+    prior = np.bincount(y, minlength=k) / max(len(y), 1)
     chance = float(prior.max()) if len(y) else 1.0
     accuracy = float(np.mean(image_pred == y)) if len(y) else 0.0
     p_value = above_chance_p(accuracy, chance, len(y))
     s_g = label_reliability(gi, gt, it)
     noise = None if s_g is None else float((1 - s_g) * (1 - float(np.dot(prior, prior))))
     flagged_share = float(views.flagged.mean()) if len(y) else 0.0
-    precision = None if noise is None or flagged_share == 0 else float(min(1.0, noise / flagged_share))
-
-    reasons: list[str] = []
+    estimates = [typical_share(views, np.flatnonzero(views.flagged))]
+    if noise is not None and flagged_share > 0:
+        estimates.append(min(1.0, noise / flagged_share))
+    known = [e for e in estimates if e is not None]
+    precision = min(known) if known else None
+    verdict = _Verdict(True, accuracy, chance, p_value, gi, gt, it, s_g, noise, precision, [])
     if random_weights:
-        reliable = False
-        reasons.append("the model has random weights (--pretrained none), so its features are not evidence")
+        verdict.reliable = False
+        verdict.reasons.append("the model has random weights (--pretrained none), so its features are not evidence")
     elif p_value >= ALPHA or gi.kappa <= 0:
-        reliable = False
-        reasons.append("the image evidence does not beat chance: this model cannot see these classes")
-    elif precision is not None:
-        reliable = precision >= MIN_PRECISION
-        if not reliable:
-            reasons.append(f"flags on it would be right only {100 * precision:.0f}% of the time")
-    else:
-        reliable = gi.kappa >= MIN_IMAGE_KAPPA
-        if not reliable:
-            reasons.append(
-                f"the text view cannot confirm the image view and the image view alone is weak (kappa "
-                f"{gi.kappa:.2f}): this model cannot see these classes well enough, or CLIP does not know their "
-                "names (--class-names)"
-            )
-    pairs, unseen = judge_pairs(views, classes, 1.0 if s_g is None else s_g)
-    visible = visible_classes(views)
-    withheld_m = np.zeros(len(rows), dtype=bool)
-    if not reliable:
-        withheld_m = views.flagged.copy()
-    if reliable and not visible.all():
-        withheld_m |= views.flagged & ~visible[views.labels]
-        hidden = [classes[k] for k in np.flatnonzero(~visible)]
-        more = f" and {len(hidden) - 5} more" if len(hidden) > 5 else ""
-        reasons.append(
-            f"the images of {', '.join(repr(c) for c in hidden[:5])}{more} look like the other classes' to this "
-            "model, so their flags are withheld"
+        verdict.reliable = False
+        verdict.reasons.append("the image evidence does not beat chance: this model cannot see these classes")
+    elif s_g is None and gi.kappa < MIN_IMAGE_KAPPA:
+        verdict.reliable = False
+        verdict.reasons.append(
+            f"the text view cannot confirm the image view and the image view alone is weak (kappa {gi.kappa:.2f}): "
+            "this model cannot see these classes well enough, or CLIP does not know their names (--class-names)"
         )
-    if reliable and unseen:
+    elif precision is not None and precision < MIN_PRECISION:
+        verdict.reliable = False
+        verdict.reasons.append(
+            f"the flagged images look like hard cases between classes rather than wrong labels (expected flag "
+            f"precision {100 * precision:.0f}%): the labels may be cleaner than the model can tell"
+        )
+        verdict.advice = "the withheld rows (withheld == true) are the model's doubts, not errors to delete"
+    return verdict
+
+
+def _withhold(views: _Views, verdict: _Verdict, classes: list[str]) -> np.ndarray:
+    """bool [M]: flags to withhold: all when unreliable; else those of hidden classes and unseen pairs."""
+    k = views.n_classes
+    reliability = verdict.reliability if verdict.reliability is not None else max(verdict.gi.kappa, 0.0)
+    verdict.pairs, verdict.unseen = judge_pairs(views, classes, reliability)
+    verdict.visible = visible_classes(views, text_informative=_text_informative(verdict.it))
+    withheld = np.zeros(len(views.labels), dtype=bool)
+    if not verdict.reliable:
+        withheld = views.flagged.copy()
+    if verdict.reliable and not verdict.visible.all():
+        withheld |= views.flagged & (~verdict.visible[views.labels] | ~verdict.visible[views.suggested.clip(0)])
+        hidden = [classes[c] for c in np.flatnonzero(~verdict.visible)]
+        more = f" and {len(hidden) - 5} more" if len(hidden) > 5 else ""
+        verdict.reasons.append(
+            f"the images of {', '.join(repr(c) for c in hidden[:5])}{more} look like the other classes' to this "
+            "model, so flags from or to them are withheld"
+        )
+    if verdict.reliable and verdict.unseen:
         lo, hi = np.minimum(views.labels, views.suggested), np.maximum(views.labels, views.suggested)
-        pair_key = set(a * n_classes + b for a, b in unseen)
-        withheld_m |= views.flagged & np.isin(lo * n_classes + hi, list(pair_key))
-        names = ", ".join(f"{classes[a]!r}/{classes[b]!r}" for a, b in sorted(unseen)[:5])
-        more = f" and {len(unseen) - 5} more" if len(unseen) > 5 else ""
-        reasons.append(f"the evidence cannot tell {names}{more} apart, so flags between them are withheld")
-    sure = _both_sure(views) if it.significant and it.kappa >= MIN_VIEW_KAPPA else np.zeros(len(rows), dtype=bool)
-    withheld_m &= ~sure
-    settled = _settled(rounds, len(rows))
-    if not settled:
-        reasons.append("the clean set was still changing after the last round")
-    withheld = np.zeros(len(labels), dtype=bool)
-    withheld[rows] = withheld_m
-    check = EvidenceCheck(
-        reliable=reliable, image_accuracy=accuracy, image_interval=wilson(accuracy * len(y), len(y)),
-        text_accuracy=gt.observed, chance=chance, image_p_value=p_value, kappa_image_label=gi.kappa,
-        kappa_text_label=gt.kappa, kappa_image_text=it.kappa, label_noise=noise, expected_flag_precision=precision,
-        flags_raised=int(views.flagged.sum()), flags_withheld=int(withheld_m.sum()), settled=settled,
-        reasons=reasons, per_class=per_class(views, classes, noise, 1 - accuracy, visible), pairs=pairs,
-    )  # fmt: skip
-    return check, withheld
+        keys = [a * k + b for a, b in verdict.unseen]
+        withheld |= views.flagged & np.isin(lo * k + hi, keys)
+        names = ", ".join(f"{classes[a]!r}/{classes[b]!r}" for a, b in sorted(verdict.unseen)[:5])
+        more = f" and {len(verdict.unseen) - 5} more" if len(verdict.unseen) > 5 else ""
+        verdict.reasons.append(
+            f"the evidence cannot tell {names}{more} apart (or their labels are swapped too often to say), so flags "
+            "between them are withheld"
+        )
+    if _text_informative(verdict.it):
+        withheld &= ~_both_sure(views)
+    return withheld
+
+
+def _text_informative(it: ViewAgreement) -> bool:
+    return it.significant and it.kappa >= MIN_VIEW_KAPPA
 
 
 def _both_sure(views: _Views) -> np.ndarray:

@@ -139,6 +139,17 @@ def test_classes_the_model_cannot_tell_apart_are_named_and_withheld(tiny_clip, t
     assert f"{CLASSES[4]!r}" in line and f"{CLASSES[5]!r}" in line
 
 
+def test_a_clean_copy_keeps_its_rows(tiny_clip, tmp_path):
+    """Strong evidence, every label right: the few rows the model doubts are hard images, not wrong labels."""
+    images, labels = toy.synthetic_images(40, N_CLASSES, seed=17)
+    toy.write_image_folder(tmp_path / "data", images, labels, CLASSES)
+    result = deft_clean.detect(tmp_path / "data", seed=0, **tiny_clip.options())
+    assert flagged_share(result) <= 0.01
+    evidence = result.metadata["evidence"]
+    if evidence["flags_raised"]:
+        assert evidence["flags_withheld"] >= evidence["flags_raised"] - 0.01 * len(images)
+
+
 def test_random_weights_are_no_evidence_and_runs_repeat(tiny_clip, tmp_path):
     images, labels = toy.synthetic_images(8, 3, seed=5)
     toy.write_image_folder(tmp_path / "data", images, labels, CLASSES[:3])
@@ -183,7 +194,8 @@ def test_strong_images_stand_alone_when_the_class_names_mean_nothing():
     noisy = toy.plant_noise(true, k, 0.1, seed=2)
     text = rng.dirichlet(np.ones(k), n)  # zero-shot prompts that know nothing of these names
     check, withheld = check_evidence(features, noisy, np.ones(n, bool), text, noisy == true, true, list("abcde"))
-    assert check.reliable and check.expected_flag_precision is None and not withheld.any()
+    assert check.reliable and check.label_noise is None and not withheld.any()
+    assert check.expected_flag_precision >= 0.8  # the flagged images are ordinary members of their true class
     check, withheld = check_evidence(  # the same at 60% noise: one view cannot tell that from weak images
         features, toy.plant_noise(true, k, 0.6, seed=2), np.ones(n, bool), text, noisy == true, true, list("abcde")
     )
@@ -219,5 +231,6 @@ def test_a_class_whose_images_look_like_the_others_keeps_its_rows():
     assert check.reliable
     assert [c["visible"] for c in check.per_class] == [True] * 5 + [False]
     assert withheld[noisy == 5].sum() == (~is_clean[noisy == 5]).sum()  # every class-5 flag withheld
-    assert not withheld[(noisy != 5) & ~is_clean].any()  # the other classes' flags stand
+    assert withheld[(noisy != 5) & ~is_clean & (suggested == 5)].all()  # nor can a flag point to it
+    assert not withheld[(noisy != 5) & ~is_clean & (suggested != 5)].any()  # the other classes' flags stand
     assert "'f'" in check.reasons[0]
