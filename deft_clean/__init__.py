@@ -22,36 +22,36 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from ._version import __version__
+from .run._version import __version__
 
 # Public names -> the module that defines them. They are imported on first use (PEP 562) so that
 # `import deft_clean` and `deft-clean --help` do not pay for importing torch.
 _EXPORTS = {
-    "DetectConfig": ".config",
-    "TrainConfig": ".config",
-    "DataError": ".errors",
-    "DeftCleanError": ".errors",
-    "UsageError": ".errors",
-    "WeightsError": ".errors",
-    "TrainResult": ".finetune",
-    "train": ".finetune",
-    "PredictResult": ".inference",
-    "predict": ".inference",
-    "LoadedModel": ".classifiers",
-    "load_model": ".classifiers",
-    "DetectResult": ".detection",
-    "detect": ".detection",
-    "load_results": ".results",
+    "DetectConfig": ".run.config",
+    "TrainConfig": ".run.config",
+    "DataError": ".run.errors",
+    "DeftCleanError": ".run.errors",
+    "UsageError": ".run.errors",
+    "WeightsError": ".run.errors",
+    "TrainResult": ".training.finetune",
+    "train": ".training.finetune",
+    "PredictResult": ".training.inference",
+    "predict": ".training.inference",
+    "LoadedModel": ".training.classifiers",
+    "load_model": ".training.classifiers",
+    "DetectResult": ".detecting.detection",
+    "detect": ".detecting.detection",
+    "load_results": ".outputs.results",
 }
 
 if TYPE_CHECKING:
-    from .classifiers import LoadedModel, load_model
-    from .config import DetectConfig, TrainConfig
-    from .detection import DetectResult, detect
-    from .errors import DataError, DeftCleanError, UsageError, WeightsError
-    from .finetune import TrainResult, train
-    from .inference import PredictResult, predict
-    from .results import load_results
+    from .detecting.detection import DetectResult, detect
+    from .outputs.results import load_results
+    from .run.config import DetectConfig, TrainConfig
+    from .run.errors import DataError, DeftCleanError, UsageError, WeightsError
+    from .training.classifiers import LoadedModel, load_model
+    from .training.finetune import TrainResult, train
+    from .training.inference import PredictResult, predict
 
 
 def __getattr__(name: str) -> Any:

@@ -1,0 +1,171 @@
+"""The samples table of every phase: list a dataset through its reader, derive classes, validate.
+
+A :class:`Listing` is what every phase works on: a row identifier per sample (a path relative to the
+dataset root for files; see :mod:`deft_clean.readers` for the other inputs), its raw label, the class list,
+the text each class gets in prompts, and the :class:`~deft_clean.readers.base.ImageSource` that opens each
+row's image. Validation happens here, at the boundary; everything downstream assumes a valid listing.
+No torch import: a bad path is refused in a fraction of a second.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ..run.errors import DataError, UsageError, option
+from .readers import read_rows
+from .readers.base import IMAGE_EXTENSIONS, TABLE_EXTENSIONS, FileImages, ImageSource
+
+__all__ = ["IMAGE_EXTENSIONS", "STATUS_OK", "TABLE_EXTENSIONS", "Listing", "list_dataset"]
+
+STATUS_OK = "ok"
+
+
+@dataclass(frozen=True)
+class Listing:
+    """A validated dataset: one entry per sample, in listing order."""
+
+    root: Path  # dataset root; every file path is relative to it
+    paths: list[str]  # row identifiers as listed: file paths relative to root with forward slashes, or
+    # "hf://<index>" (Hugging Face) and "<shard>#<key>" (WebDataset)
+    labels: list[str]  # raw label of each sample
+    classes: list[str]  # raw class labels, in class-index order
+    prompt_names: list[str]  # text used for each class in prompts, aligned with classes
+    label_indices: np.ndarray  # int64 [N], index into classes
+    source: str  # "folder", "table", "dataframe", "hf" or "webdataset"
+    images: ImageSource | None = None  # opens row i's image; None: files at root / paths[i]
+    origin: str = ""  # where the dataset is (the Parquet metadata's "dataset")
+    reader: dict[str, Any] = field(default_factory=dict)  # reader options that list it again (train, export)
+
+    def __post_init__(self) -> None:
+        if self.images is None:
+            object.__setattr__(self, "images", FileImages(self.root, self.paths))
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+
+def natural_sorted(values: Sequence[str]) -> list[str]:
+    """Sort labels so that "2" comes before "10" and "class_2" before "class_10"."""
+
+    def key(value: str) -> list[tuple[int, int | str]]:
+        return [(0, int(part)) if part.isdigit() else (1, part) for part in re.split(r"(\d+)", value)]
+
+    return sorted(set(values), key=key)
+
+
+def default_prompt_name(label: str) -> str:
+    """The text a raw label becomes in a prompt: underscores and hyphens read as spaces."""
+    return " ".join(label.replace("_", " ").replace("-", " ").split())
+
+
+def load_class_names(path: str | os.PathLike[str]) -> dict[str, str]:
+    """Read a raw-label -> prompt-text mapping from a JSON object or a two-column CSV.
+
+    A CSV header row is harmless: it becomes one more mapping that no label uses.
+    """
+    file = Path(path)
+    if not file.is_file():
+        raise UsageError(f"{option('class_names')} file not found: {file}")
+    if file.suffix.lower() == ".json":
+        try:
+            mapping = json.loads(file.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{file}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+        except (UnicodeDecodeError, RecursionError) as exc:
+            raise DataError(f"{file}: not a UTF-8 JSON object of class names ({type(exc).__name__})") from None
+        if not isinstance(mapping, dict):
+            raise DataError(f"{file}: expected a JSON object mapping labels to class names")
+        return {str(k): str(v) for k, v in mapping.items()}
+    mapping = {}
+    try:
+        with file.open(newline="", encoding="utf-8") as handle:
+            for line_no, row in enumerate(csv.reader(handle), start=1):
+                if not row:
+                    continue
+                if len(row) < 2:
+                    raise DataError(f"{file}:{line_no}: expected two columns (label, class name), got {len(row)}")
+                mapping[row[0].strip()] = row[1].strip()
+    except (UnicodeDecodeError, csv.Error) as exc:  # a binary file: invalid UTF-8, NUL bytes, huge fields
+        raise DataError(
+            f"{file}: not a UTF-8 CSV of (label, class name) rows ({type(exc).__name__}); pass a text file"
+        ) from None
+    return mapping
+
+
+def list_dataset(
+    dataset: Any,
+    *,
+    path_col: str = "path",
+    label_col: str = "label",
+    class_names: str | os.PathLike[str] | dict[str, str] | None = None,
+    root: str | os.PathLike[str] | None = None,
+    split: str | None = None,
+    label_key: str = "cls",
+    id_col: str | None = None,
+) -> Listing:
+    """List and validate a dataset.
+
+    Args:
+        dataset: an image folder (``DATASET/<class>/<image>``, nested folders allowed inside a class)
+            or a ``.csv`` / ``.parquet`` table with a path and a label column; table paths are relative
+            to the table's folder; or a pandas DataFrame of image paths (see :mod:`deft_clean.frames`);
+            or a Hugging Face dataset (saved folder, ``Dataset`` or ``DatasetDict``); or WebDataset
+            ``.tar`` shards (a path, a brace pattern or a list). See :mod:`deft_clean.readers`.
+        path_col, label_col: column names in a table or DataFrame; in a Hugging Face dataset the image
+            and label columns (defaults: its ``Image`` and ``ClassLabel`` columns).
+        root: for a DataFrame, the folder its relative paths are relative to; for a Hugging Face dataset
+            object, the folder its path-only rows (no bytes) may be read from (none without it).
+        class_names: a mapping (or a JSON/CSV file of one) from raw label to prompt text.
+        split: the split of a Hugging Face ``DatasetDict`` (default ``train``).
+        label_key: WebDataset: the member holding the label (``cls``), or ``json:FIELD``.
+        id_col: Hugging Face: a column whose value joins the row index in the ``path`` (``hf://<index>#<id>``).
+
+    Raises:
+        UsageError: the path is missing or not a dataset deft-clean reads.
+        DataError: the dataset's content is invalid (fewer than 2 classes, an empty class, missing
+            columns or labels, listed files that are missing or outside the dataset root, ...).
+    """
+    rows = read_rows(
+        dataset, path_col=path_col, label_col=label_col, root=root, split=split, label_key=label_key, id_col=id_col
+    )
+    labels = rows.labels
+    classes = natural_sorted(labels)
+    if len(classes) < 2:
+        name = "DataFrame" if isinstance(dataset, pd.DataFrame) else rows.origin if rows.source == "hf" else dataset
+        raise DataError(f"{name}: found {len(classes)} class(es) {classes}; detection needs at least 2")
+    mapping = load_class_names(class_names) if isinstance(class_names, (str, os.PathLike)) else class_names
+    if mapping is not None:
+        missing = [c for c in classes if c not in mapping]
+        if missing:
+            raise DataError(
+                f"{len(missing)} label(s) missing from {option('class_names')}, e.g. {missing[:5]}; "
+                "add them to the file"
+            )
+        prompt_names = [mapping[c] for c in classes]
+    else:
+        prompt_names = [default_prompt_name(c) for c in classes]
+    index = {c: i for i, c in enumerate(classes)}
+    label_indices = np.fromiter((index[label] for label in labels), dtype=np.int64, count=len(labels))
+    return Listing(
+        rows.root, rows.paths, labels, classes, prompt_names, label_indices, rows.source,
+        images=rows.images, origin=rows.origin, reader=rows.options,
+    )  # fmt: skip
+
+
+def relist(dataset: Any, metadata: dict[str, Any]) -> Listing:
+    """List ``dataset`` again the way detect listed it, from the results' metadata (train, thumbnails)."""
+    reader = dict(metadata.get("reader") or {})
+    path_col = reader.pop("path_col", metadata.get("path_col", "path"))
+    label_col = reader.pop("label_col", metadata.get("label_col", "label"))
+    root = metadata.get("dataset") if isinstance(dataset, pd.DataFrame) else None
+    return list_dataset(dataset, path_col=path_col, label_col=label_col, root=root, **reader)

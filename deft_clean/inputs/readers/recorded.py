@@ -1,0 +1,40 @@
+"""Images of a results file whose rows are not files (Hugging Face rows, WebDataset samples), for thumbnails.
+
+The results record where the dataset is and how it was read (metadata ``dataset``, ``source``, ``reader``);
+listing it again gives each row path its image. File sources need none of this: their rows are paths.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from PIL import Image
+
+from ...run.errors import DeftCleanError
+
+Opener = Callable[[str, int], Image.Image]  # (row path, draft size) -> RGB image
+PACKED_SOURCES = ("hf", "webdataset")
+
+
+def recorded_opener(metadata: dict[str, Any]) -> Opener | None:
+    """Opens a row's image by its ``path`` for Hugging Face / WebDataset results; None for file sources, or
+    (with a warning) when the recorded dataset cannot be listed again."""
+    if metadata.get("source") not in PACKED_SOURCES or not metadata.get("dataset"):
+        return None
+    from ..listing import relist
+
+    dataset = str(metadata["dataset"])
+    try:
+        listing = relist(dataset.split(",") if metadata["source"] == "webdataset" else dataset, metadata)
+    except DeftCleanError as exc:
+        logging.getLogger("deft_clean").warning("no thumbnails: %s", exc)
+        return None
+    index = {path: i for i, path in enumerate(listing.paths)}
+    images = listing.images
+
+    def open_row(path: str, draft_size: int) -> Image.Image:
+        return images.open(index[path], draft_size=draft_size)
+
+    return open_row
