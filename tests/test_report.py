@@ -17,8 +17,8 @@ import pytest
 from typer.testing import CliRunner
 
 from deft_clean.cli.cli import app
-from deft_clean.outputs.report import summarize
 from deft_clean.outputs.report_html import write_html
+from deft_clean.outputs.summary import summarize
 from tests.review_data import CLASSES, HOSTILE, Review, make_review
 
 runner = CliRunner()

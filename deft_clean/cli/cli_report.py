@@ -1,6 +1,6 @@
 """``deft-clean report`` and ``deft-clean export``: look at what detect flagged, and write a cleaned dataset.
 
-``register(app)`` adds both commands to the main Typer app in :mod:`deft_clean.cli`. Errors go through
+``register(app)`` adds both commands to the main Typer app in :mod:`deft_clean.cli.cli`. Errors go through
 ``cli_common._run`` like every other command.
 """
 

@@ -24,6 +24,7 @@ from ..run.errors import UsageError, option
 from ..run.files import run_lock
 from ..run.runstate import StopOnSignal, config_signature, listing_signature, load_checkpoint, save_checkpoint
 from ..run.safety import Output, check_detect_paths
+from .evidence import Evidence
 from .health import health_columns
 
 CHECKPOINT = "detect_checkpoint.pt"  # inside the run folder
@@ -75,7 +76,8 @@ class DetectResult:
         return to_html(self.frame, self.metadata)
 
     def save_arrays(self, folder: str | os.PathLike[str]) -> Path:
-        """Write ``features.npy`` [N, D], ``probs.npy`` [N, K] and ``arrays.json`` (see :mod:`deft_clean.arrays`)."""
+        """Write ``features.npy`` [N, D], ``probs.npy`` [N, K] and ``arrays.json``
+        (see :mod:`deft_clean.outputs.arrays`)."""
         from ..outputs.arrays import save_result_arrays
 
         return save_result_arrays(self, folder)
@@ -84,7 +86,7 @@ class DetectResult:
         """Counts for the end-of-run summary: samples, flagged, withheld, unusable, most-flagged classes (with
         the evidence check's estimated wrong-label share and its 95% interval, None where not estimated), and
         the evidence check's warning line (None when flags are supported)."""
-        from .evidence_check import class_noise, evidence_line
+        from ..outputs.summary import class_noise, evidence_line
 
         usable = self.frame["status"] == STATUS_OK
         flagged = usable & ~self.frame["is_clean"]
@@ -130,7 +132,7 @@ def detect(
     Args:
         dataset: image folder, .csv/.parquet table, a pandas DataFrame of image paths (absolute, or
             relative to ``root``) and labels, a Hugging Face dataset (saved folder or object) or WebDataset
-            ``.tar`` shards (see :func:`deft_clean.listing.list_dataset`).
+            ``.tar`` shards (see :func:`deft_clean.inputs.listing.list_dataset`).
         config: a :class:`DetectConfig`; keyword ``options`` (any DetectConfig field, e.g.
             ``model="ViT-B-16", epochs=5``) override it.
         path_col, label_col, class_names: how to read the dataset; ``image_col`` is another name for
@@ -145,7 +147,7 @@ def detect(
         checkpoint_every: also checkpoint every this many steps inside an epoch (0: at epoch ends).
         overwrite: replace an existing ``out`` (never an input or a file inside the dataset).
         save_arrays: a folder for ``features.npy`` [N, D] and ``probs.npy`` [N, K], rows aligned with the
-            Parquet (see :mod:`deft_clean.arrays`).
+            Parquet (see :mod:`deft_clean.outputs.arrays`).
         split: the split of a Hugging Face ``DatasetDict`` (default ``train``).
         label_key: WebDataset shards: the member holding the label (``cls``) or ``json:FIELD``.
         id_col: Hugging Face: a column shown in each row's path, ``hf://<index>#<id>``.
@@ -354,26 +356,6 @@ def _metadata(
         "evidence": selection.info.get("evidence"),
         "warnings": evidence.warnings + selection.warnings,
     }
-
-
-@dataclass
-class Evidence:
-    """What the passes over the images found, aligned with the listing."""
-
-    features: np.ndarray  # float32 [N, E] frozen image features (NaN rows: unusable files)
-    zero_shot: np.ndarray  # float32 [N, K] zero-shot posterior ("a photo of a {class}.")
-    prompts: np.ndarray  # float32 [K, E] the zero-shot prompts' text features
-    failures: dict[int, str]  # sample index -> why its file could not be used
-    scores: Any = None  # detector.Scores of the learned prompts; None in quick mode or after a fallback
-    history: list = field(default_factory=list)  # detector.EpochStats per epoch
-    text_source: str = "zero-shot"  # "learned prompts" or "zero-shot" (quick mode, or the fallback)
-    warnings: list[str] = field(default_factory=list)
-
-    @property
-    def usable(self) -> np.ndarray:
-        usable = np.ones(len(self.features), dtype=bool)
-        usable[list(self.failures)] = False
-        return usable
 
 
 def gather_evidence(

@@ -213,7 +213,7 @@ def train_prompts(
     control: TrainControl | None = None,
     cache: CachedImages | None = None,
 ) -> list[EpochStats]:
-    """Train the prompts in place on :mod:`deft_clean.engine`; return per-epoch statistics.
+    """Train the prompts in place on :mod:`deft_clean.run.engine`; return per-epoch statistics.
 
     With ``control``, the training state (prompts, optimiser, scheduler, scaler, RNG states, position in
     the epoch) is handed to ``control.save`` at the end of every epoch, every ``control.every_steps``

@@ -1,7 +1,7 @@
 """One eval-mode pass without augmentation over every sample of a listing, sharded over torchrun ranks.
 
 Phase 1 scores with it (image features, the learned prompts' scores); batches, loaders and mixed precision
-come from :mod:`deft_clean.engine`.
+come from :mod:`deft_clean.run.engine`.
 """
 
 from __future__ import annotations

@@ -19,6 +19,7 @@ thousands of rows on a CPU, and the probe runs on whatever device the features a
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -31,6 +32,26 @@ FOLDS = 10  # cross-fitting folds: each probe trains on 90% of the selected rows
 MAX_ROUNDS = 10  # clean-set growth rounds at most
 BATCHED_LIMIT = 20_000_000  # fit all folds in one L-BFGS while F x N x K stays below this (~80 MB per tensor)
 STABLE_FRACTION = 0.002  # stop growing when fewer than this fraction of rows change membership
+
+
+@dataclass
+class Evidence:
+    """What the passes over the images found, aligned with the listing."""
+
+    features: np.ndarray  # float32 [N, E] frozen image features (NaN rows: unusable files)
+    zero_shot: np.ndarray  # float32 [N, K] zero-shot posterior ("a photo of a {class}.")
+    prompts: np.ndarray  # float32 [K, E] the zero-shot prompts' text features
+    failures: dict[int, str]  # sample index -> why its file could not be used
+    scores: Any = None  # detector.Scores of the learned prompts; None in quick mode or after a fallback
+    history: list = field(default_factory=list)  # detector.EpochStats per epoch
+    text_source: str = "zero-shot"  # "learned prompts" or "zero-shot" (quick mode, or the fallback)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def usable(self) -> np.ndarray:
+        usable = np.ones(len(self.features), dtype=bool)
+        usable[list(self.failures)] = False
+        return usable
 
 
 @dataclass

@@ -45,6 +45,8 @@ from typing import Any
 
 import numpy as np
 
+from ..outputs.summary import evidence_line
+
 MIN_PRECISION = 0.5  # flags expected to be wrong more often than right are withheld
 MIN_VIEW_KAPPA = 0.2  # image-text agreement beyond chance for the text view to count as independent evidence
 MIN_IMAGE_KAPPA = 0.7  # image-label agreement beyond chance that the image view alone must reach
@@ -101,42 +103,6 @@ class EvidenceCheck:
     def warning(self) -> str | None:
         """The one terminal line, or None when nothing was withheld and the evidence is reliable."""
         return evidence_line(self.to_metadata())
-
-
-def evidence_line(evidence: dict[str, Any] | None) -> str | None:
-    """The warning for a results file's ``evidence`` metadata (None: reliable, nothing withheld, or no check)."""
-    if not isinstance(evidence, dict) or "reliable" not in evidence:
-        return None
-    reliable, withheld = bool(evidence.get("reliable")), int(evidence.get("flags_withheld") or 0)
-    if reliable and not withheld and evidence.get("settled", True):
-        return None
-    head = (
-        f"image evidence predicts the labels {100 * float(evidence.get('image_accuracy') or 0):.0f}% of the time "
-        f"where chance is {100 * float(evidence.get('chance') or 0):.0f}%"
-    )
-    if evidence.get("expected_flag_precision") is not None:
-        head += f", expected flag precision {100 * float(evidence['expected_flag_precision']):.0f}%"
-    reasons = [str(r) for r in evidence.get("reasons") or []]
-    body = "; ".join(reasons) if reasons else "the clean set had not settled"
-    tail = f"{withheld} of {int(evidence.get('flags_raised') or 0)} flags withheld"
-    advice = (
-        "try a model that can see these classes (--model/--pretrained)"
-        if not reliable
-        else "check those classes' names and a few of their images"
-    )
-    return f"{head}: {body}; {tail}; {advice}"
-
-
-def class_noise(evidence: dict[str, Any] | None) -> dict[str, tuple[float, float, float]]:
-    """class -> (estimated wrong-label share, 95% low, high) from a results file's ``evidence`` metadata."""
-    out: dict[str, tuple[float, float, float]] = {}
-    if not isinstance(evidence, dict):
-        return out
-    for entry in evidence.get("per_class") or []:
-        if isinstance(entry, dict) and entry.get("noise") is not None and entry.get("noise_interval"):
-            low, high = entry["noise_interval"]
-            out[str(entry.get("class"))] = (float(entry["noise"]), float(low), float(high))
-    return out
 
 
 def _finite(value: Any) -> Any:

@@ -1,6 +1,6 @@
 """Which rows are clean: the fused rule (default), the paper's dual-prompt rule, and health checks.
 
-The fused rule (see :mod:`deft_clean.evidence`): a seed of rows whose text evidence agrees with the given
+The fused rule (see :mod:`deft_clean.detecting.evidence`): a seed of rows whose text evidence agrees with the given
 label, visual evidence learned from selected rows only (cross-fitted linear probes grown over rounds),
 and per-class confident-learning thresholds on the visual probabilities. ``p_clean`` is the visual
 probability of the given label, which every row gets from probes that did not train on it.
@@ -21,15 +21,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..outputs.results import STATUS_OK
-
 if TYPE_CHECKING:
-    import pandas as pd
     import torch
 
     from ..inputs.data import Listing
     from ..run.config import DetectConfig
-    from .detection import Evidence
+    from .evidence import Evidence
 
 SELECTIONS = ("fused", "deft")
 # Learned prompts must keep agreeing with the label where zero-shot already does (~99% clean rows);
@@ -71,34 +68,6 @@ def deft_rule(
 ) -> np.ndarray:
     """The paper's rule on scores: bool [N]. ``rule`` is "threshold" or "threshold+argmax"."""
     return usable & dual_prompt_clean(np.nan_to_num(p_clean, nan=0.0), predicted, labels, rule)
-
-
-def usable_rows(frame: pd.DataFrame) -> np.ndarray:
-    """bool [N]: rows of a results table whose file could be read."""
-    return (frame["status"] == STATUS_OK).to_numpy()
-
-
-def flagged_rows(frame: pd.DataFrame) -> np.ndarray:
-    """bool [N]: usable rows that are not ``is_clean`` (what reports and review call flagged)."""
-    return usable_rows(frame) & ~frame["is_clean"].to_numpy(dtype=bool)
-
-
-def kept_rows(frame: pd.DataFrame, threshold: float | None = None) -> np.ndarray:
-    """bool [N]: usable rows that detect kept, or, with ``threshold``, those with ``p_clean > threshold``."""
-    if threshold is None:
-        clean = frame["is_clean"].to_numpy(dtype=bool)
-    else:
-        clean = frame["p_clean"].to_numpy(dtype=float, na_value=np.nan) > threshold
-    return clean & usable_rows(frame)
-
-
-def relabelled_rows(frame: pd.DataFrame, flagged: np.ndarray, min_p: float | None) -> np.ndarray:
-    """bool [N]: ``flagged`` rows whose suggested class is confident (``p_predicted >= min_p``); none when
-    ``min_p`` is None. Their new label is ``predicted_index`` / ``predicted_label``."""
-    if min_p is None:
-        return np.zeros(len(frame), dtype=bool)
-    p_predicted = frame["p_predicted"].to_numpy(dtype=float, na_value=np.nan)
-    return flagged & frame["predicted_label"].notna().to_numpy() & (p_predicted >= min_p)
 
 
 def prompt_agreement(
@@ -246,7 +215,7 @@ class Decision:
 
 
 def select(cfg: DetectConfig, listing: Listing, evidence: Evidence, *, device: Any) -> Decision:
-    """Apply the configured selection rule to the evidence (see :mod:`deft_clean.selection`)."""
+    """Apply the configured selection rule to the evidence (see :mod:`deft_clean.detecting.selection`)."""
 
     labels, usable, n = listing.label_indices, evidence.usable, len(listing)
     rows = np.arange(n)
@@ -309,7 +278,7 @@ def select(cfg: DetectConfig, listing: Listing, evidence: Evidence, *, device: A
 def withhold_unsupported(
     cfg: DetectConfig, listing: Listing, evidence: Evidence, decision: Decision, *, device: Any
 ) -> Decision:
-    """Run the evidence check (:mod:`deft_clean.evidence_check`) and keep the flags it cannot support.
+    """Run the evidence check (:mod:`deft_clean.detecting.evidence_check`) and keep the flags it cannot support.
 
     Withheld rows are kept (``is_clean``), marked ``withheld``, and say why in ``flag_reason``; the check's
     figures go to ``info["evidence"]`` and its one-line summary to the warnings.

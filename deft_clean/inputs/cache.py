@@ -33,9 +33,11 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from ..run.distributed import Dist
-from ..run.errors import UsageError, option
+from ..run.errors import STATUS_OK, UsageError, option
 from ..run.files import write_atomic
-from .data import STATUS_OK, CachedFailure, Listing, PackedStrings, describe_failure, load_image
+from .images import describe_failure, load_image
+from .listing import Listing
+from .readers.base import PackedStrings
 from .transforms import square_transform
 
 CACHE_VERSION = 1
@@ -51,6 +53,14 @@ INDEX_SCHEMA = pa.schema(
         ("status", pa.string()),
     ]
 )
+
+
+class CachedFailure(Exception):
+    """A listed file that was unusable when it was cached; ``status`` is the row's status text."""
+
+    def __init__(self, status: str) -> None:
+        super().__init__(status)
+        self.status = status
 
 
 @dataclass

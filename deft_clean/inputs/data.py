@@ -1,20 +1,20 @@
-"""Images of a listing as a torch Dataset (listing itself lives in :mod:`deft_clean.listing`, torch-free).
+"""Images of a listing as a torch Dataset (listing itself lives in :mod:`deft_clean.inputs.listing`, torch-free).
 
-The listing names are re-exported here for older imports (``from deft_clean.data import list_dataset``).
+The listing names are re-exported here for older imports (``from deft_clean.inputs.data import list_dataset``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from .images import load_image, to_rgb
+from .cache import CachedFailure, CachedImages
+from .images import describe_failure, load_image, to_rgb
 from .listing import (
     IMAGE_EXTENSIONS,
     STATUS_OK,
@@ -27,9 +27,6 @@ from .listing import (
 )
 from .readers.base import FileImages, ImageSource, PackedStrings
 from .readers.files import check_unique, read_table
-
-if TYPE_CHECKING:
-    from .cache import CachedImages
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -51,26 +48,12 @@ __all__ = [
 ]
 
 
-def describe_failure(exc: BaseException) -> str:
-    """A short status string for a file that could not be used."""
-    message = str(exc).splitlines()[0] if str(exc) else ""
-    return f"unreadable: {type(exc).__name__}: {message}"[:200]
-
-
-class CachedFailure(Exception):
-    """A listed file that was unusable when it was cached; ``status`` is the row's status text."""
-
-    def __init__(self, status: str) -> None:
-        super().__init__(status)
-        self.status = status
-
-
 class ImageDataset(Dataset):
     """Images of a listing, transformed; unusable files come back as zeros with a status string.
 
     Items are ``(image [3, H, W], label_index, sample_index, status)``; status is ``"ok"`` or why the
     file could not be used. A corrupt file never raises. Images come from ``images`` (the listing's
-    reader, :attr:`deft_clean.listing.Listing.images`), or from ``cache``; without either, from the files
+    reader, :attr:`deft_clean.inputs.listing.Listing.images`), or from ``cache``; without either, from the files
     ``root / paths[i]``.
     """
 
@@ -87,7 +70,7 @@ class ImageDataset(Dataset):
         images: ImageSource | None = None,
     ) -> None:
         self.root = root
-        self.cache = cache  # decoded pixels aligned to ``paths`` (see deft_clean.cache), or None
+        self.cache = cache  # decoded pixels aligned to ``paths`` (see deft_clean.inputs.cache), or None
         # Paths as one UTF-8 buffer + offsets, indices as an array: no per-sample Python objects, so
         # DataLoader workers do not copy a list of N strings page by page (fork copy-on-write + refcounts).
         self.images = images if images is not None else FileImages(root, paths)  # the listing's reader

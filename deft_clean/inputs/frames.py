@@ -1,9 +1,9 @@
 """A pandas DataFrame of image paths as a dataset: ``deft_clean.detect(frame, image_col=..., label_col=...)``.
 
 Paths are absolute, or relative to ``root``. The frame is validated here (types, relative paths without a
-root), then listed exactly like a CSV/Parquet table (:func:`deft_clean.readers.files._list_table`), so the same rules
-apply: no empty labels, every file exists, no path leaves the root. Messages number rows by position
-(``frame.iloc[row]``).
+root), then listed exactly like a CSV/Parquet table (:func:`deft_clean.inputs.readers.files._list_table`),
+so the same rules apply: no empty labels, every file exists, no path leaves the root. Messages number rows by
+position (``frame.iloc[row]``).
 """
 
 from __future__ import annotations

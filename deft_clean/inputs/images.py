@@ -13,13 +13,19 @@ from PIL import Image, ImageOps
 from ..run.safety import read_file
 
 
+def describe_failure(exc: BaseException) -> str:
+    """A short status string for a file that could not be used."""
+    message = str(exc).splitlines()[0] if str(exc) else ""
+    return f"unreadable: {type(exc).__name__}: {message}"[:200]
+
+
 def load_image(
     path: str | os.PathLike[str], *, draft_size: int | None = None, root: str | os.PathLike[str] | None = None
 ) -> Image.Image:
     """Open any image Pillow reads as RGB: EXIF orientation applied, first frame, alpha on white.
 
     ``draft_size`` lets JPEG decoding skip resolution that a later resize would throw away.
-    The bytes come from :func:`deft_clean.safety.read_file`: only a regular file of at most 1 GiB (a FIFO
+    The bytes come from :func:`deft_clean.run.safety.read_file`: only a regular file of at most 1 GiB (a FIFO
     would block forever, a device never ends), and with ``root`` only one whose real path is inside it (a
     file swapped for a link after listing is not read).
     Raises whatever Pillow raises for unreadable files; callers turn that into a status.

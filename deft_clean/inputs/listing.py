@@ -1,8 +1,8 @@
 """The samples table of every phase: list a dataset through its reader, derive classes, validate.
 
 A :class:`Listing` is what every phase works on: a row identifier per sample (a path relative to the
-dataset root for files; see :mod:`deft_clean.readers` for the other inputs), its raw label, the class list,
-the text each class gets in prompts, and the :class:`~deft_clean.readers.base.ImageSource` that opens each
+dataset root for files; see :mod:`deft_clean.inputs.readers` for the other inputs), its raw label, the class list,
+the text each class gets in prompts, and the :class:`~deft_clean.inputs.readers.base.ImageSource` that opens each
 row's image. Validation happens here, at the boundary; everything downstream assumes a valid listing.
 No torch import: a bad path is refused in a fraction of a second.
 """
@@ -21,13 +21,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..run.errors import DataError, UsageError, option
+from ..run.errors import STATUS_OK, DataError, UsageError, option
 from .readers import read_rows
 from .readers.base import IMAGE_EXTENSIONS, TABLE_EXTENSIONS, FileImages, ImageSource
 
 __all__ = ["IMAGE_EXTENSIONS", "STATUS_OK", "TABLE_EXTENSIONS", "Listing", "list_dataset"]
 
-STATUS_OK = "ok"
 
 
 @dataclass(frozen=True)
@@ -118,9 +117,9 @@ def list_dataset(
     Args:
         dataset: an image folder (``DATASET/<class>/<image>``, nested folders allowed inside a class)
             or a ``.csv`` / ``.parquet`` table with a path and a label column; table paths are relative
-            to the table's folder; or a pandas DataFrame of image paths (see :mod:`deft_clean.frames`);
+            to the table's folder; or a pandas DataFrame of image paths (see :mod:`deft_clean.inputs.frames`);
             or a Hugging Face dataset (saved folder, ``Dataset`` or ``DatasetDict``); or WebDataset
-            ``.tar`` shards (a path, a brace pattern or a list). See :mod:`deft_clean.readers`.
+            ``.tar`` shards (a path, a brace pattern or a list). See :mod:`deft_clean.inputs.readers`.
         path_col, label_col: column names in a table or DataFrame; in a Hugging Face dataset the image
             and label columns (defaults: its ``Image`` and ``ClassLabel`` columns).
         root: for a DataFrame, the folder its relative paths are relative to; for a Hugging Face dataset
@@ -169,3 +168,33 @@ def relist(dataset: Any, metadata: dict[str, Any]) -> Listing:
     label_col = reader.pop("label_col", metadata.get("label_col", "label"))
     root = metadata.get("dataset") if isinstance(dataset, pd.DataFrame) else None
     return list_dataset(dataset, path_col=path_col, label_col=label_col, root=root, **reader)
+
+
+def dataset_root(metadata: dict[str, Any], dataset: str | os.PathLike[str] | None = None) -> Path:
+    """The folder that the results' ``path`` column is relative to.
+
+    ``dataset`` overrides the location recorded by detect (for a dataset that moved): an image folder,
+    or a table file whose folder is the root.
+
+    Raises:
+        UsageError: ``dataset`` is given but does not exist.
+        DataError: the recorded dataset is unknown or no longer exists.
+    """
+    if dataset is not None:
+        path = Path(dataset)
+        if not path.exists():
+            raise UsageError(f"{option('dataset')} not found: {path}")
+        return (path if path.is_dir() else path.parent).resolve()
+    recorded = metadata.get("dataset")
+    if not recorded:
+        raise DataError(f"the results do not record where the dataset is; pass {option('dataset')}")
+    path = Path(str(recorded).split(",")[0])  # WebDataset: the shards' (first) pattern
+    if metadata.get("source") == "webdataset":
+        path = path.parent  # a pattern such as /data/shards-{000..009}.tar: its folder holds the shards
+    is_table = metadata.get("source") == "table" or (
+        metadata.get("source") is None and path.suffix.lower() in (".csv", ".parquet")
+    )
+    root = path.parent if is_table else path
+    if not root.is_dir():
+        raise DataError(f"dataset {path} (recorded by detect) no longer exists; pass {option('dataset')} to locate it")
+    return root.resolve()

@@ -33,7 +33,7 @@ def check_arrays_dir(folder: str | os.PathLike[str], *, overwrite: bool = False)
     """Refuse a ``--save-arrays`` folder holding an earlier run's arrays without ``overwrite``.
 
     Where the folder may be (not over an input, not inside the dataset, not overlapping another output)
-    is decided by :func:`deft_clean.safety.check_outputs`, called next to this.
+    is decided by :func:`deft_clean.run.safety.check_outputs`, called next to this.
     """
     target = Path(folder)
     if target.exists() and not target.is_dir():
@@ -100,7 +100,7 @@ def _save_npy(path: Path, data: np.ndarray) -> None:
 
 
 def save_result_arrays(result: Any, folder: str | os.PathLike[str]) -> Path:
-    """Save a :class:`~deft_clean.detection.DetectResult`'s features and class probabilities.
+    """Save a :class:`~deft_clean.detecting.detection.DetectResult`'s features and class probabilities.
 
     The probabilities are the cross-fitted image-evidence ones when the fused rule produced them, else (the
     ``deft`` rule, or too few rows for image evidence) the zero-shot text posterior; ``arrays.json`` says which.

@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..detecting.selection import flagged_rows, usable_rows
 from ..run.errors import DataError, UsageError, option
+from .results import flagged_rows, usable_rows
 
 DECISIONS = ("keep", "drop", "relabel")
 COLUMNS = ("path", "decision", "label")

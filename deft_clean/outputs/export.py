@@ -17,14 +17,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from ..detecting.selection import flagged_rows, kept_rows, relabelled_rows
+from ..inputs.listing import dataset_root
 from ..run.errors import DataError, UsageError, option
 from ..run.files import apply_umask, make_staging_dir, write_atomic
 from ..run.safety import Output, check_outputs, is_inside, printable, read_file, real
-from .results import STATUS_OK, load_results
+from .results import STATUS_OK, Results, flagged_rows, kept_rows, load_results, relabelled_rows
 
 if TYPE_CHECKING:
-    from ..detecting.detection import DetectResult
     from .decisions import Verdicts
 
 MODES = ("symlink", "copy", "csv")
@@ -48,36 +47,6 @@ class ExportSummary:
     def exported(self) -> int:
         """Rows in the cleaned dataset (kept + relabelled), not counting _flagged/."""
         return self.kept + self.relabelled
-
-
-def dataset_root(metadata: dict[str, Any], dataset: str | os.PathLike[str] | None = None) -> Path:
-    """The folder that the results' ``path`` column is relative to.
-
-    ``dataset`` overrides the location recorded by detect (for a dataset that moved): an image folder,
-    or a table file whose folder is the root.
-
-    Raises:
-        UsageError: ``dataset`` is given but does not exist.
-        DataError: the recorded dataset is unknown or no longer exists.
-    """
-    if dataset is not None:
-        path = Path(dataset)
-        if not path.exists():
-            raise UsageError(f"{option('dataset')} not found: {path}")
-        return (path if path.is_dir() else path.parent).resolve()
-    recorded = metadata.get("dataset")
-    if not recorded:
-        raise DataError(f"the results do not record where the dataset is; pass {option('dataset')}")
-    path = Path(str(recorded).split(",")[0])  # WebDataset: the shards' (first) pattern
-    if metadata.get("source") == "webdataset":
-        path = path.parent  # a pattern such as /data/shards-{000..009}.tar: its folder holds the shards
-    is_table = metadata.get("source") == "table" or (
-        metadata.get("source") is None and path.suffix.lower() in (".csv", ".parquet")
-    )
-    root = path.parent if is_table else path
-    if not root.is_dir():
-        raise DataError(f"dataset {path} (recorded by detect) no longer exists; pass {option('dataset')} to locate it")
-    return root.resolve()
 
 
 def refuse_packed(metadata: dict[str, Any]) -> None:
@@ -107,7 +76,7 @@ def _check_options(mode: str, relabel: float | None, keep_flagged: bool) -> None
 
 
 def export_dataset(
-    results: str | os.PathLike[str] | DetectResult,
+    results: str | os.PathLike[str] | Results,
     *,
     out: str | os.PathLike[str],
     mode: str = "symlink",
@@ -132,7 +101,7 @@ def export_dataset(
         keep_flagged: folder modes: the remaining flagged rows go to ``OUT/_flagged/<given label>/``.
         overwrite: replace a non-empty ``out`` folder (or an existing file) instead of refusing.
         dataset: where the images are now, if not where detect recorded them.
-        decisions: a review CSV (``path,decision,label``, see :mod:`deft_clean.decisions`): a human keep,
+        decisions: a review CSV (``path,decision,label``, see :mod:`deft_clean.outputs.decisions`): a human keep,
             drop or relabel replaces the automatic verdict of its row.
         drop_duplicates: export one row per ``duplicate_group`` (the first in listing order).
         drop_outliers: leave out ``is_outlier`` rows. A human decision still wins over both.

@@ -1,6 +1,6 @@
 """A detect result in a notebook: DataFrames of what was flagged, and an HTML view for Jupyter.
 
-:class:`~deft_clean.detection.DetectResult` exposes these as ``flagged()``, ``noise_rates()``,
+:class:`~deft_clean.detecting.detection.DetectResult` exposes these as ``flagged()``, ``noise_rates()``,
 ``confusions()`` and ``_repr_html_()``. They read only the result's frame and metadata, so they work the same
 on a result returned by ``detect()`` and on one built from a saved Parquet.
 """
@@ -74,7 +74,7 @@ def to_html(frame: pd.DataFrame, metadata: dict[str, Any], *, thumbnails: int = 
     n_flagged = len(worst)
     share = f"{100 * n_flagged / usable:.1f}%" if usable else "n/a"
     model = f"{metadata.get('model', '?')} ({metadata.get('pretrained', '?')})"
-    from ..detecting.evidence_check import evidence_line
+    from .summary import evidence_line
 
     warning = evidence_line(metadata.get("evidence"))
     banner = (
@@ -130,8 +130,8 @@ def to_html(frame: pd.DataFrame, metadata: dict[str, Any], *, thumbnails: int = 
 
 
 def _image_root(metadata: dict[str, Any]) -> Path | None:
+    from ..inputs.listing import dataset_root
     from ..run.errors import DeftCleanError
-    from .export import dataset_root
 
     try:
         return dataset_root(metadata)

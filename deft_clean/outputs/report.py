@@ -1,114 +1,29 @@
-"""Reports on a detect Parquet: the counts and tables (:func:`summarize`), printed as rich tables.
-
-Flagged means usable and not is_clean. A class's estimated noise rate is its flagged share of its
-usable samples. The HTML page is built from the same summary in :mod:`deft_clean.report_html`.
+"""The report on a detect Parquet: :func:`report` prints the summary (:mod:`deft_clean.outputs.summary`) as rich
+tables and writes the HTML page (:mod:`deft_clean.outputs.report_html`) after checking where it may go.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import numpy as np
 import pandas as pd
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from ..detecting.evidence_check import class_noise, evidence_line
-from ..run.errors import DeftCleanError, UsageError, option
+from ..inputs.listing import dataset_root
+from ..run.errors import DeftCleanError
 from ..run.safety import Output, check_outputs, printable
-from .export import dataset_root
-from .results import STATUS_OK, load_results
-
-if TYPE_CHECKING:
-    from ..detecting.detection import DetectResult
-
-TERMINAL_TOP = 20  # default rows of the most-suspicious table in the terminal
-HTML_TOP = 200  # default gallery size
-
-
-@dataclass(frozen=True)
-class ReportData:
-    """Counts and tables of a report, computed once from the results frame."""
-
-    samples: int  # rows in the results
-    usable: int  # rows with status "ok"
-    flagged: int  # usable rows that are not is_clean
-    unusable: int  # rows whose image could not be used
-    per_class: pd.DataFrame  # class, samples, usable, flagged, noise_rate; most flagged first
-    pairs: pd.DataFrame  # given, suggested, count over flagged rows; most frequent first
-    suspicious: pd.DataFrame  # `top` usable rows, lowest p_clean first: path, label, predicted_label, ...
-    reviewed: dict[str, int] | None = None  # with --decisions: flagged, reviewed, keep, drop, relabel
-    health: dict[str, int] | None = None  # duplicate groups, rows in them, outliers; None: not computed
-    evidence_warning: str | None = None  # the evidence check's warning (flags withheld / weak evidence); None: fine
-
-    @property
-    def flagged_pct(self) -> float:
-        """Flagged share of usable rows, in percent."""
-        return 100.0 * self.flagged / self.usable if self.usable else 0.0
-
-
-def summarize(frame: pd.DataFrame, metadata: dict[str, Any], *, top: int = TERMINAL_TOP) -> ReportData:
-    """Counts per dataset, per class and per (given, suggested) pair, plus the `top` most suspicious rows."""
-    if top < 0:
-        raise UsageError(f"{option('top')} must be 0 or more, got {top}")
-    usable = frame["status"] == STATUS_OK
-    flagged = usable & ~frame["is_clean"]
-    classes = list(metadata.get("classes") or [])
-    classes += sorted(set(frame["label"]) - set(classes))
-    per_class = pd.DataFrame(
-        {
-            "samples": frame.groupby("label").size(),
-            "usable": usable.groupby(frame["label"]).sum(),
-            "flagged": flagged.groupby(frame["label"]).sum(),
-        }
-    ).reindex(classes, fill_value=0)
-    per_class = per_class.astype("int64").rename_axis("class").reset_index()
-    per_class["noise_rate"] = per_class["flagged"] / per_class["usable"].where(per_class["usable"] > 0)
-    estimates = class_noise(metadata.get("evidence"))  # the evidence check's estimate, with its 95% interval
-    per_class["est_noise"] = [estimates.get(str(c), (np.nan, np.nan, np.nan)) for c in per_class["class"]]
-    per_class = per_class.sort_values("flagged", ascending=False, kind="stable").reset_index(drop=True)
-
-    given, suggested = frame.loc[flagged, "label"], frame.loc[flagged, "predicted_label"].fillna("?")
-    pairs = (
-        pd.DataFrame({"given": given, "suggested": suggested})
-        .value_counts(sort=False)
-        .rename("count")
-        .reset_index()
-        .sort_values(["count", "given", "suggested"], ascending=[False, True, True], kind="stable")
-        .reset_index(drop=True)
-    )
-    scored = frame[usable].assign(flagged=flagged[usable])
-    if "flag_reason" not in scored.columns:  # a frame built by hand, not read from a Parquet
-        scored = scored.assign(flag_reason=None)
-    suspicious = scored.sort_values("p_clean", kind="stable").head(top).reset_index(drop=True)
-    health = None
-    if "duplicate_group" in frame.columns and frame["outlier_score"].notna().any():
-        groups = frame["duplicate_group"].dropna()
-        health = {
-            "groups": int(groups.nunique()),
-            "duplicates": int(len(groups)),
-            "outliers": int(frame["is_outlier"].fillna(False).astype(bool).sum()),
-        }
-    return ReportData(
-        evidence_warning=evidence_line(metadata.get("evidence")),
-        health=health,
-        samples=int(len(frame)),
-        usable=int(usable.sum()),
-        flagged=int(flagged.sum()),
-        unusable=int((~usable).sum()),
-        per_class=per_class,
-        pairs=pairs,
-        suspicious=suspicious[["path", "label", "predicted_label", "p_clean", "p_predicted", "flagged", "flag_reason"]],
-    )
+from .results import Results, load_results
+from .summary import HTML_TOP, TERMINAL_TOP, ReportData, estimate, rate, summarize
 
 
 def report(
-    results: str | os.PathLike[str] | DetectResult,
+    results: str | os.PathLike[str] | Results,
     *,
     html: str | os.PathLike[str] | None = None,
     top: int | None = None,
@@ -250,12 +165,3 @@ def _title(title: str, table: pd.DataFrame, max_rows: int) -> str:
     return title if len(table) <= max_rows else f"{title}, first {max_rows} of {len(table)}"
 
 
-def estimate(value: tuple[float, float, float]) -> str:
-    """(share, low, high) -> "12.0% (9.1-15.2)", or "n/a" when not estimated."""
-    share, low, high = value
-    return "n/a" if pd.isna(share) else f"{100 * share:.1f}% ({100 * low:.1f}-{100 * high:.1f})"
-
-
-def rate(value: float) -> str:
-    """A noise rate as a percentage; "-" for a class without usable samples."""
-    return "-" if pd.isna(value) else f"{100 * value:.1f}%"

@@ -1,6 +1,6 @@
 """The HTML report: one self-contained page with the summary, a p_clean histogram, a given-vs-suggested
 heatmap and a review section where every flagged sample can be kept, dropped or relabelled
-(:mod:`deft_clean.report_review`).
+(:mod:`deft_clean.outputs.report_review`).
 
 The page loads nothing from the network: thumbnails are JPEG data URIs, the histogram and heatmap are
 inline SVG and tables, and its content security policy allows nothing else (not even an inline event
@@ -22,12 +22,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ..inputs.listing import dataset_root as recorded_dataset_root
 from ..run.errors import DeftCleanError
 from ..run.files import write_atomic
 from . import report_review as review
-from .export import dataset_root as recorded_dataset_root
-from .report import HTML_TOP, ReportData, rate, summarize
 from .results import STATUS_OK
+from .summary import HTML_TOP, ReportData, rate, summarize
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ def write_html(
 ) -> Path:
     """Write the HTML report atomically: summary, p_clean histogram, heatmap, review of the flagged samples.
 
-    The review section pages through every flagged sample (see :mod:`deft_clean.report_review`);
+    The review section pages through every flagged sample (see :mod:`deft_clean.outputs.report_review`);
     thumbnails are embedded for the ``top`` flagged samples with the lowest p_clean.
     ``dataset_root`` is where the images are; by default the dataset recorded in ``metadata``. When
     the images cannot be found the page still renders, with placeholders instead of thumbnails.

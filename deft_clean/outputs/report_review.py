@@ -3,7 +3,7 @@
 Decisions (keep / drop / relabel) are made in the page, with no server: they live in the browser's
 localStorage under a key of this detect run (reload-safe) and leave as a downloaded CSV
 ``path,decision,label`` that ``export --decisions`` and ``train --decisions`` read
-(:mod:`deft_clean.decisions`).
+(:mod:`deft_clean.outputs.decisions`).
 
 All flagged rows travel as one JSON block (``<script type="application/json">``, never executed), so
 100k flagged rows cost one parse and a page of 100 cards at a time, not 100k DOM nodes. Thumbnails

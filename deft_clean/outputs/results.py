@@ -9,20 +9,36 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..run.errors import DataError, UsageError
+from ..run.errors import STATUS_OK, DataError, UsageError
 from ..run.files import write_atomic
 from ..run.safety import printable
 
-__all__ = ["SCHEMA", "STATUS_OK", "load_results", "write_results"]
+__all__ = [
+    "SCHEMA",
+    "STATUS_OK",
+    "flagged_rows",
+    "kept_rows",
+    "load_results",
+    "relabelled_rows",
+    "usable_rows",
+    "write_results",
+]
 
 METADATA_KEY = b"deft_clean"
-STATUS_OK = "ok"  # the status of a usable row; any other status says why the file could not be used
+
+
+class Results(Protocol):
+    """A detect result held in memory (``deft_clean.DetectResult``): what the outputs read of it."""
+
+    frame: pd.DataFrame  # one row per listed sample, the SCHEMA's columns
+    metadata: dict[str, Any]  # what the Parquet's deft_clean entry holds
 
 SCHEMA = pa.schema(
     [
@@ -163,3 +179,34 @@ def frame_from_table(table: pa.Table) -> pd.DataFrame:
 def normalize_frame(frame: pd.DataFrame, metadata: dict[str, Any]) -> pd.DataFrame:
     """The frame exactly as :func:`load_results` would return it after a write."""
     return frame_from_table(to_table(frame, metadata))
+
+
+# Which rows of a results table are usable, flagged, kept or relabelled: the one definition of each.
+
+
+def usable_rows(frame: pd.DataFrame) -> np.ndarray:
+    """bool [N]: rows of a results table whose file could be read."""
+    return (frame["status"] == STATUS_OK).to_numpy()
+
+
+def flagged_rows(frame: pd.DataFrame) -> np.ndarray:
+    """bool [N]: usable rows that are not ``is_clean`` (what reports and review call flagged)."""
+    return usable_rows(frame) & ~frame["is_clean"].to_numpy(dtype=bool)
+
+
+def kept_rows(frame: pd.DataFrame, threshold: float | None = None) -> np.ndarray:
+    """bool [N]: usable rows that detect kept, or, with ``threshold``, those with ``p_clean > threshold``."""
+    if threshold is None:
+        clean = frame["is_clean"].to_numpy(dtype=bool)
+    else:
+        clean = frame["p_clean"].to_numpy(dtype=float, na_value=np.nan) > threshold
+    return clean & usable_rows(frame)
+
+
+def relabelled_rows(frame: pd.DataFrame, flagged: np.ndarray, min_p: float | None) -> np.ndarray:
+    """bool [N]: ``flagged`` rows whose suggested class is confident (``p_predicted >= min_p``); none when
+    ``min_p`` is None. Their new label is ``predicted_index`` / ``predicted_label``."""
+    if min_p is None:
+        return np.zeros(len(frame), dtype=bool)
+    p_predicted = frame["p_predicted"].to_numpy(dtype=float, na_value=np.nan)
+    return flagged & frame["predicted_label"].notna().to_numpy() & (p_predicted >= min_p)

@@ -42,7 +42,7 @@ class DetectConfig:
     seed: int = 0  # seeds prompt init, shuffling, augmentation and complementary labels
     device: str = "auto"  # "auto", "cpu", "cuda" or "cuda:N"
     num_workers: int | None = None  # DataLoader workers; None = min(8, CPU count), 0 = main process
-    cache: str | None = None  # decoded-image cache folder (see deft_clean.cache); None = decode every epoch
+    cache: str | None = None  # decoded-image cache folder (see deft_clean.inputs.cache); None = decode every epoch
 
     def __post_init__(self) -> None:
         from .errors import UsageError, option

@@ -3,7 +3,7 @@
 torchrun sets RANK, WORLD_SIZE, LOCAL_RANK (and the rendezvous variables); with WORLD_SIZE > 1 the
 process group is initialised from them (NCCL on GPU, gloo on CPU) and each rank uses cuda:LOCAL_RANK.
 Training shards each epoch's order by rank and averages gradients (DistributedDataParallel, in
-:mod:`deft_clean.engine`); scoring shards samples by rank and
+:mod:`deft_clean.run.engine`); scoring shards samples by rank and
 gathers the arrays so that every sample is scored exactly once. Only rank 0 reports and writes files.
 """
 

@@ -1,12 +1,13 @@
 """The training engine both phases run on.
 
-A phase (prompt training in :mod:`deft_clean.detector`, fine-tuning in :mod:`deft_clean.finetune`) gives
+A phase (prompt training in :mod:`deft_clean.detecting.detector`, fine-tuning in
+:mod:`deft_clean.training.finetune`) gives
 :func:`fit` a :class:`Phase`: its model, optimiser, schedule, training dataset, a loss step and the hooks
 that draw an epoch's order and record an epoch. The engine owns what both need and must do alike: mixed
 precision (chosen once, in :func:`amp_for`), the grad scaler, gradient sync between torchrun ranks
 (DistributedDataParallel), batches whose files were all unusable, progress, divergence, periodic and
 end-of-epoch checkpoints, resuming a checkpoint exactly, and stopping on SIGINT/SIGTERM. The loaders and
-batch helpers here also serve the evaluation passes (:mod:`deft_clean.evaluation`).
+batch helpers here also serve the evaluation passes (:mod:`deft_clean.detecting.evaluation`).
 """
 
 from __future__ import annotations
@@ -23,11 +24,10 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
-from ..inputs.data import STATUS_OK, ImageDataset
 from .distributed import Dist
-from .errors import DeftCleanError
+from .errors import STATUS_OK, DeftCleanError
 from .runstate import StopOnSignal, optimizer_state, restore_optimizer_state
 
 REPORT_EVERY = 10  # steps between reads of the running loss (each read waits for the GPU)
@@ -38,7 +38,7 @@ class TrainingDiverged(DeftCleanError):
 
 
 class Progressish:
-    """What the engine reports to; :mod:`deft_clean.progress` renders it with rich."""
+    """What the engine reports to; :mod:`deft_clean.run.progress` renders it with rich."""
 
     def start_task(self, description: str, total: int) -> None: ...
 
@@ -155,7 +155,7 @@ class EpochOrder(Sampler[int]):
 
 
 def make_loader(
-    dataset: ImageDataset,
+    dataset: Dataset,
     *,
     batch_size: int,
     sampler: Sequence[int] | Sampler[int] | None,
@@ -223,7 +223,7 @@ class Phase:
 
     name: str  # in messages, e.g. "prompt-training"
     model: nn.Module  # put in train mode each epoch (see ``train_mode``); wrapped in DDP with several ranks
-    dataset: ImageDataset  # the training samples, with their training transform
+    dataset: Dataset  # an inputs.data.ImageDataset: the training samples, with their training transform
     optimizer: torch.optim.Optimizer
     scheduler: Any  # a torch LR scheduler, stepped once per optimiser step
     loss: LossStep  # runs under autocast; the model it gets is the DDP wrapper when ranks are active

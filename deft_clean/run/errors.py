@@ -10,6 +10,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
+STATUS_OK = "ok"  # the status of a usable row; any other status says why the file could not be used
+
 _MARK = "\x1f"  # brackets an option reference inside a message (an ASCII unit separator: never in real text)
 _NO_VALUE = object()
 _REFERENCE = re.compile(f"{_MARK}([A-Za-z_][A-Za-z0-9_]*)(?:=(.*?))?{_MARK}")

@@ -6,7 +6,7 @@ The output folder is the contract with ``predict``/``load_model``:
 ``metrics.json`` (per-epoch loss, validation accuracy, the linear probe's accuracy, the rows trained on and
 held out) and ``checkpoint.pt`` (the last epoch's full training state, for ``--resume``).
 
-Training starts from a linear probe (see :mod:`deft_clean.probe`): the head is fitted on frozen features,
+Training starts from a linear probe (see :mod:`deft_clean.training.probe`): the head is fitted on frozen features,
 then the whole tower is fine-tuned, the head with a larger learning rate than the backbone. Without
 ``--val`` a stratified part of the kept rows is held out; the exported epoch is the best one there, the
 probe-initialised model (epoch 0) included.
@@ -114,7 +114,7 @@ def train(
         config / options: a :class:`TrainConfig` and keyword overrides of its fields.
         val: optional held-out folder or table with the same classes: accuracy every epoch, best kept.
         decisions: a review CSV (``path,decision,label``): human keep/drop/relabel decisions replace
-            the automatic verdict of their rows (see :mod:`deft_clean.decisions`).
+            the automatic verdict of their rows (see :mod:`deft_clean.outputs.decisions`).
 
     Raises:
         Interrupted: SIGINT/SIGTERM arrived; ``checkpoint.pt`` holds the state after the last finished
@@ -367,7 +367,7 @@ def _fine_tune(
     out_dir: Path, device: torch.device, generator: torch.Generator, workers: int, quiet: bool, ranks: Dist,
     spec: dict[str, Any],
 ) -> None:  # fmt: skip
-    """Fine-tune the whole model on :mod:`deft_clean.engine`, validating every epoch; fills ``outcome``."""
+    """Fine-tune the whole model on :mod:`deft_clean.run.engine`, validating every epoch; fills ``outcome``."""
     from ..run.progress import RichProgress
 
     # The epoch's order is drawn explicitly from `generator` so that a resume can redraw it and skip

@@ -1,6 +1,6 @@
 """``predict``: run an exported model over a folder, a table, image files, a Hugging Face dataset or shards.
 
-Inputs are listed by the shared readers (:func:`deft_clean.readers.read_inputs`), with labels optional.
+Inputs are listed by the shared readers (:func:`deft_clean.inputs.readers.read_inputs`), with labels optional.
 """
 
 from __future__ import annotations

@@ -127,7 +127,7 @@ def extract_features(
 ) -> Features:
     """Frozen features (float32, on ``device``) and labels of the usable images in ``batches``.
 
-    ``batches`` yields ``(images, labels, indices, status)`` as :class:`deft_clean.data.ImageDataset` does;
+    ``batches`` yields ``(images, labels, indices, status)`` as :class:`deft_clean.inputs.data.ImageDataset` does;
     with ``mirrored`` the features of the horizontally flipped images come too.
     """
     features, labels, flipped = [], [], []

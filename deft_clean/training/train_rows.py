@@ -11,10 +11,9 @@ from typing import Any
 
 import numpy as np
 
-from ..detecting.selection import kept_rows, relabelled_rows, usable_rows
 from ..inputs.listing import Listing, list_dataset, relist
 from ..outputs.decisions import Verdicts, load_verdicts
-from ..outputs.results import load_results
+from ..outputs.results import kept_rows, load_results, relabelled_rows, usable_rows
 from ..run.config import TrainConfig
 from ..run.errors import DataError, option
 from .probe import stratified_holdout

@@ -1,4 +1,4 @@
-"""Readers: one module per input kind, each listing :class:`~deft_clean.readers.base.Rows`.
+"""Readers: one module per input kind, each listing :class:`~deft_clean.inputs.readers.base.Rows`.
 
 =============  ===========================================  ==================================
 input          rows are identified by (``path`` column)     images are read from

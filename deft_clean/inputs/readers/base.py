@@ -3,7 +3,7 @@
 A reader lists its rows once, at the boundary, as :class:`Rows`: a stable row identifier per sample (the
 ``path`` column of the Parquet), the raw label, and an :class:`ImageSource` that opens row ``i``'s image.
 Everything downstream (training, scoring, health hashes) reads images only through the source, so a
-new input kind adds one module in this package and one branch in :func:`deft_clean.readers.read_rows`.
+new input kind adds one module in this package and one branch in :func:`deft_clean.inputs.readers.read_rows`.
 No torch here: listing a dataset (and refusing a bad one) stays fast.
 """
 
@@ -35,14 +35,14 @@ class ImageSource(Protocol):
     def read_bytes(self, index: int) -> bytes:
         """The row's encoded bytes (content hashes for duplicate detection); raises OSError if unreadable.
 
-        Files are read only through :func:`deft_clean.safety.read_file` (regular, inside the root, bounded).
+        Files are read only through :func:`deft_clean.run.safety.read_file` (regular, inside the root, bounded).
         """
         ...
 
 
 @dataclass(frozen=True)
 class Rows:
-    """What a reader lists, before classes are derived (see :func:`deft_clean.listing.list_dataset`)."""
+    """What a reader lists, before classes are derived (see :func:`deft_clean.inputs.listing.list_dataset`)."""
 
     root: Path  # folder the rows live in (outputs may not go inside it); relative file paths start here
     paths: list[str]  # row identifiers, the Parquet's ``path`` column: stable across listings

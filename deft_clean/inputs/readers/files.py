@@ -1,6 +1,6 @@
 """Image files on disk: a class-per-folder tree, or a CSV/Parquet table of paths and labels.
 
-Both list to paths relative to a root and read through :class:`deft_clean.readers.base.FileImages`.
+Both list to paths relative to a root and read through :class:`deft_clean.inputs.readers.base.FileImages`.
 """
 
 from __future__ import annotations
