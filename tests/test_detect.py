@@ -37,6 +37,16 @@ def test_finds_planted_symmetric_noise(detected, noisy_folder):
     assert np.mean(frame["predicted_label"].to_numpy()[flagged] == true_labels[flagged]) >= 0.8
 
 
+def test_strong_evidence_is_reliable_and_nothing_is_withheld(detected):
+    evidence = detected[0].metadata["evidence"]
+    assert evidence["reliable"] is True and evidence["flags_withheld"] == 0
+    assert not detected[0].frame["withheld"].any()
+    assert 0.2 <= evidence["label_noise"] <= 0.4  # 30% planted
+    assert evidence["expected_flag_precision"] >= 0.8
+    for entry in evidence["per_class"]:
+        assert entry["noise_interval"][0] <= entry["noise"] <= entry["noise_interval"][1]
+
+
 def test_p_clean_ranks_noisy_below_clean(detected, noisy_folder):
     frame = detected[0].frame
     truth = noisy_folder.truly_clean(frame)

@@ -31,20 +31,54 @@ def flag_precision(result, truth: dict[str, str]) -> tuple[float, int]:
     return (float(wrong.mean()) if len(flagged) else float("nan")), len(flagged)
 
 
-def test_labels_independent_of_content_are_not_flagged(tiny_clip, tmp_path, caplog):
+@pytest.fixture(scope="module")
+def random_labels(tiny_clip, tmp_path_factory):
+    """Labels assigned independently of the images, through the default detect (learned prompts)."""
+    root = tmp_path_factory.mktemp("random") / "data"
     images, _ = toy.synthetic_images(40, N_CLASSES, seed=11)
     labels = np.random.default_rng(3).integers(0, N_CLASSES, len(images))
-    toy.write_image_folder(tmp_path / "data", images, labels, CLASSES)
-    with caplog.at_level(logging.WARNING, logger="deft_clean"):
-        result = deft_clean.detect(tmp_path / "data", seed=0, **tiny_clip.options(quiet=False))
+    toy.write_image_folder(root, images, labels, CLASSES)
+    out = root.parent / "results.parquet"
+    logger = logging.getLogger("deft_clean")
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append  # type: ignore[method-assign]
+    logger.addHandler(handler)
+    try:
+        result = deft_clean.detect(root, out=out, seed=0, **tiny_clip.options(quiet=False))
+    finally:
+        logger.removeHandler(handler)
+    return result, out, [r.getMessage() for r in records], len(images)
+
+
+def test_labels_independent_of_content_are_not_flagged(random_labels):
+    result, _, messages, n_images = random_labels
     evidence = result.metadata["evidence"]
     assert evidence["reliable"] is False
     assert flagged_share(result) <= 0.01
-    assert evidence["flags_withheld"] >= 0.5 * len(images)  # the selection alone flagged most rows
+    assert evidence["flags_withheld"] >= 0.5 * n_images  # the selection alone flagged most rows
     assert result.frame["withheld"].sum() == evidence["flags_withheld"]
-    line = next(r.getMessage() for r in caplog.records if "flags withheld" in r.getMessage())
+    line = next(m for m in messages if "flags withheld" in m)
     assert "does not beat chance" in line and "--model/--pretrained" in line
     assert result.summary()["evidence_warning"] == line
+
+
+def test_the_warning_reaches_report_page_and_notebook(random_labels, tmp_path):
+    from typer.testing import CliRunner
+
+    from deft_clean.cli import app
+
+    result, out, messages, _ = random_labels
+    line = next(m for m in messages if "flags withheld" in m)
+    printed = CliRunner().invoke(app, ["report", str(out), "--html", str(tmp_path / "r.html")], env={"COLUMNS": "400"})
+    assert printed.exit_code == 0, printed.output
+    assert "warning: image evidence predicts the labels" in " ".join(printed.output.split())
+    page = (tmp_path / "r.html").read_text()
+    assert 'id="evidence-banner"' in page and page.index("evidence-banner") < page.index("<h2>Summary</h2>")
+    assert "Evidence warning." in result._repr_html_()
+    frame, metadata = deft_clean.load_results(out)
+    assert metadata["evidence"]["reliable"] is False and frame["withheld"].sum() > 0
+    assert line in metadata["warnings"]
 
 
 @pytest.fixture(scope="module")
@@ -168,3 +202,23 @@ def test_metadata_line_and_statistics():
     assert 0.47 < low < 0.57 < high < 0.67
     same = agreement(np.array([0, 1, 2, 0]), np.array([0, 1, 2, 0]), 3)
     assert same.kappa == pytest.approx(1.0)
+
+
+def test_a_class_whose_images_look_like_the_others_keeps_its_rows():
+    rng = np.random.default_rng(4)
+    k, n = 6, 1800
+    true = rng.integers(0, k, n)
+    centres = rng.normal(0, 1, (k, 16))
+    look = np.where(true == 5, rng.integers(0, 5, n), true)  # class 5's images look like a random other class
+    features = (centres[look] + 0.3 * rng.normal(0, 1, (n, 16))).astype(np.float32)
+    noisy = toy.plant_noise(true, k, 0.2, seed=3)
+    text = np.full((n, k), 0.02)
+    text[np.arange(n), look] = 0.9
+    is_clean = (noisy == true) & (true != 5)  # the selection flags the noise, and most of class 5 too
+    suggested = np.where(noisy == true, look, true)
+    check, withheld = check_evidence(features, noisy, np.ones(n, bool), text, is_clean, suggested, list("abcdef"))
+    assert check.reliable
+    assert [c["visible"] for c in check.per_class] == [True] * 5 + [False]
+    assert withheld[noisy == 5].sum() == (~is_clean[noisy == 5]).sum()  # every class-5 flag withheld
+    assert not withheld[(noisy != 5) & ~is_clean].any()  # the other classes' flags stand
+    assert "'f'" in check.reasons[0]

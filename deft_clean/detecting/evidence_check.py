@@ -28,9 +28,10 @@ share of rows, which weak evidence cannot reach at any noise level and strong ev
 noise. Above that, flags are withheld unless the class names mean something to CLIP (``--class-names``).
 The precision is then not estimated (``None``).
 
-The same test runs per confused pair of classes (on the rows labelled either, image and text views reduced
-to "which of the two"); a pair neither view can tell apart has its flags withheld and is named. A row stays
-flagged on otherwise withheld evidence only when both sides are sure (:data:`BOTH_SURE`).
+A class whose images the image view does not set apart from the others' (one-sided two-proportion test)
+has its flags withheld. The same test runs per confused pair of classes (on the rows labelled either, image
+and text views reduced to "which of the two"); a pair neither view can tell apart has its flags withheld and
+is named. A row stays flagged on otherwise withheld evidence only when both sides are sure (:data:`BOTH_SURE`).
 
 Kappas share the CLIP image encoder between the image and text views, so their errors are correlated and
 ``s_G`` is slightly underestimated on clean data (a clean set reads as ~5% noise); this errs towards keeping
@@ -55,6 +56,7 @@ BOTH_SURE = 0.9  # image and text probabilities of the suggested class at which 
 CHECK_FOLDS = 5  # folds of the all-rows probe
 MAX_PAIRS = 2000  # confused pairs judged one by one (most flagged first); the rest follow the overall verdict
 MIN_PAIR_ROWS = 10  # pairs with fewer rows labelled either are not judged on their own
+MIN_CLASS_ROWS = 5  # classes with fewer rows are not judged on their own
 SETTLED_FRACTION = 0.01  # the clean set has settled when its last round changed at most this share of rows
 
 
@@ -223,8 +225,29 @@ def judge_pairs(
     return verdicts, unseen
 
 
-def per_class(views: _Views, classes: list[str], noise: float | None, disagree: float) -> list[dict[str, Any]]:
-    """Per class: rows, image accuracy (with interval), flags raised, estimated wrong-label share (interval)."""
+def visible_classes(views: _Views) -> np.ndarray:
+    """bool [K]: the image view picks class k for rows labelled k more often than for the other rows (one-sided
+    two-proportion test at ALPHA). Noise cannot hide a class this way (at 60% noise 40% of its rows are still
+    its own, against ~7% elsewhere); a class whose images look like everyone else's fails it."""
+    k = views.n_classes
+    predicted = views.image.argmax(1)
+    counts = np.bincount(views.labels, minlength=k).astype(np.float64)
+    hits = np.bincount(views.labels[predicted == views.labels], minlength=k).astype(np.float64)
+    elsewhere = np.bincount(predicted[predicted != views.labels], minlength=k).astype(np.float64)
+    others = len(views.labels) - counts
+    p1, p0 = hits / np.maximum(counts, 1), elsewhere / np.maximum(others, 1)
+    pooled = (hits + elsewhere) / max(len(views.labels), 1)
+    sd = np.sqrt(np.maximum(pooled * (1 - pooled), 1e-12) * (1 / np.maximum(counts, 1) + 1 / np.maximum(others, 1)))
+    z = (p1 - p0) / sd
+    p_values = 0.5 * np.vectorize(math.erfc)(z / math.sqrt(2))
+    return (p_values < ALPHA) | (counts < MIN_CLASS_ROWS)
+
+
+def per_class(
+    views: _Views, classes: list[str], noise: float | None, disagree: float, visible: np.ndarray
+) -> list[dict[str, Any]]:
+    """Per class: rows, image accuracy (with interval), whether the images set it apart, flags raised,
+    estimated wrong-label share (with interval)."""
     out = []
     counts = np.bincount(views.labels, minlength=views.n_classes)
     hits = np.bincount(views.labels[views.image.argmax(1) == views.labels], minlength=views.n_classes)
@@ -234,7 +257,8 @@ def per_class(views: _Views, classes: list[str], noise: float | None, disagree: 
         low, high = wilson(float(hits[k]), n)
         entry: dict[str, Any] = {
             "class": name, "rows": n, "image_accuracy": float(hits[k] / n) if n else None,
-            "image_interval": [low, high], "flags": int(flags[k]), "noise": None, "noise_interval": None,
+            "image_interval": [low, high], "visible": bool(visible[k]), "flags": int(flags[k]), "noise": None,
+            "noise_interval": None,
         }  # fmt: skip
         if noise is not None and n and disagree > 0:
             # the overall wrong share, spread over classes as the image view's disagreement with their labels
@@ -310,13 +334,22 @@ def check_evidence(
                 "names (--class-names)"
             )
     pairs, unseen = judge_pairs(views, classes, 1.0 if s_g is None else s_g)
+    visible = visible_classes(views)
     withheld_m = np.zeros(len(rows), dtype=bool)
     if not reliable:
         withheld_m = views.flagged.copy()
-    elif unseen:
+    if reliable and not visible.all():
+        withheld_m |= views.flagged & ~visible[views.labels]
+        hidden = [classes[k] for k in np.flatnonzero(~visible)]
+        more = f" and {len(hidden) - 5} more" if len(hidden) > 5 else ""
+        reasons.append(
+            f"the images of {', '.join(repr(c) for c in hidden[:5])}{more} look like the other classes' to this "
+            "model, so their flags are withheld"
+        )
+    if reliable and unseen:
         lo, hi = np.minimum(views.labels, views.suggested), np.maximum(views.labels, views.suggested)
         pair_key = set(a * n_classes + b for a, b in unseen)
-        withheld_m = views.flagged & np.isin(lo * n_classes + hi, list(pair_key))
+        withheld_m |= views.flagged & np.isin(lo * n_classes + hi, list(pair_key))
         names = ", ".join(f"{classes[a]!r}/{classes[b]!r}" for a, b in sorted(unseen)[:5])
         more = f" and {len(unseen) - 5} more" if len(unseen) > 5 else ""
         reasons.append(f"the evidence cannot tell {names}{more} apart, so flags between them are withheld")
@@ -332,7 +365,7 @@ def check_evidence(
         text_accuracy=gt.observed, chance=chance, image_p_value=p_value, kappa_image_label=gi.kappa,
         kappa_text_label=gt.kappa, kappa_image_text=it.kappa, label_noise=noise, expected_flag_precision=precision,
         flags_raised=int(views.flagged.sum()), flags_withheld=int(withheld_m.sum()), settled=settled,
-        reasons=reasons, per_class=per_class(views, classes, noise, 1 - accuracy), pairs=pairs,
+        reasons=reasons, per_class=per_class(views, classes, noise, 1 - accuracy, visible), pairs=pairs,
     )  # fmt: skip
     return check, withheld
 

@@ -27,7 +27,7 @@ from ..run.errors import DeftCleanError
 from ..run.files import write_atomic
 from . import report_review as review
 from .results import STATUS_OK
-from .summary import HTML_TOP, ReportData, rate, summarize
+from .summary import HTML_TOP, ReportData, estimate, rate, summarize
 
 log = logging.getLogger(__name__)
 
@@ -135,13 +135,15 @@ def _classes_html(data: ReportData) -> str:
     rows = "".join(
         f'<tr data-class="{escape(str(row[0]))}"><td>{escape(str(row[0]))}</td>'
         f'<td class="n samples">{row.samples}</td><td class="n flagged">{row.flagged}</td>'
-        f'<td class="n">{rate(row.noise_rate)}</td></tr>'
+        f'<td class="n">{rate(row.noise_rate)}</td><td class="n">{escape(estimate(row.est_noise))}</td></tr>'
         for row in data.per_class.itertuples(index=False)
     )
     return (
-        "<h2>Per class</h2><p>Estimated noise rate: flagged share of the class's usable samples.</p>"
+        "<h2>Per class</h2><p>Noise rate: flagged share of the class's usable samples. Est. wrong: the evidence "
+        "check's estimate of the share of wrong labels, with its 95% interval.</p>"
         '<div class="scroll"><table id="classes"><tr><th>class</th><th class="n">samples</th>'
-        f'<th class="n">flagged</th><th class="n">noise rate</th></tr>{rows}</table></div>'
+        f'<th class="n">flagged</th><th class="n">noise rate</th><th class="n">est. wrong</th></tr>{rows}'
+        "</table></div>"
     )
 
 
