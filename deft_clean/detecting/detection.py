@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from ..inputs.listing import STATUS_OK, Listing, list_dataset
-from ..outputs.results import normalize_frame, write_results
+from ..outputs.results import flagged_rows, normalize_frame, usable_rows, write_results
 from ..run._version import __version__
 from ..run.config import DetectConfig, merge_options
 from ..run.errors import UsageError, option
@@ -88,8 +88,7 @@ class DetectResult:
         the evidence check's warning line (None when flags are supported)."""
         from ..outputs.summary import class_noise, evidence_line
 
-        usable = self.frame["status"] == STATUS_OK
-        flagged = usable & ~self.frame["is_clean"]
+        usable, flagged = usable_rows(self.frame), flagged_rows(self.frame)
         by_class = self.frame[flagged].groupby("label").size().sort_values(ascending=False, kind="stable")
         evidence = self.metadata.get("evidence")
         noise = class_noise(evidence)
@@ -175,7 +174,7 @@ def detect(
     from ..run.distributed import process_group
 
     with process_group(cfg.device) as ranks, run_lock(*((out, run_dir) if ranks.is_main else ())):
-        recorded = {"dataset": listing.origin, "source": listing.source, "path_col": path_col, "label_col": label_col}
+        recorded = {"path_col": path_col, "label_col": label_col}
         result = _detect(cfg, listing, run, ranks=ranks, quiet=quiet, recorded=recorded)
         if out is not None and ranks.is_main:
             result.save(out)
@@ -208,7 +207,8 @@ def _check_outputs(
         Output(cfg.cache, "cache", folder=True, overwrite=True) if cfg.cache is not None else None,
     ]
     check_detect_paths(
-        dataset, root=listing.root, source=listing.source, paths=listing.paths,
+        dataset, root=listing.root, paths=listing.paths, listed_files=listing.spec.listed_files,
+        dataset_folder=listing.spec.dataset_folder,
         outputs=[o for o in outputs if o is not None], extra_inputs=[class_names, cfg.model, cfg.pretrained],
     )  # fmt: skip
     return Path(run_dir) if run_dir is not None else None
@@ -335,9 +335,7 @@ def _metadata(
         "pretrained": cfg.pretrained,
         "classes": listing.classes,
         "prompt_names": listing.prompt_names,
-        "dataset": recorded["dataset"],
-        "source": recorded["source"],
-        "reader": listing.reader,
+        **listing.spec.to_metadata(),  # dataset, source, reader: how to open the dataset again
         "path_col": recorded["path_col"],
         "label_col": recorded["label_col"],
         "image_size": loaded.image_size,

@@ -122,10 +122,10 @@ def prepare_cache(
     interrupted fill keeps what it did. Under torchrun every rank decodes its share of the missing
     files, then all ranks read the merged index (``cache_dir`` must be on a filesystem they all see).
     """
-    if listing.source in ("hf", "webdataset"):
+    if listing.spec.packed:
         raise UsageError(
             f"{option('cache', str(cache_dir))}: a "
-            f"{'Hugging Face dataset' if listing.source == 'hf' else 'WebDataset'} is "
+            f"{listing.spec.name} is "
             f"already a packed, in-place store; drop {option('cache')} (it caches image files of folders and tables)"
         )
     folder = cache_folder(cache_dir, size)

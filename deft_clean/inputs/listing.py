@@ -25,8 +25,122 @@ from ..run.errors import STATUS_OK, DataError, UsageError, option
 from .readers import read_rows
 from .readers.base import IMAGE_EXTENSIONS, TABLE_EXTENSIONS, FileImages, ImageSource
 
-__all__ = ["IMAGE_EXTENSIONS", "STATUS_OK", "TABLE_EXTENSIONS", "Listing", "list_dataset"]
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "STATUS_OK",
+    "TABLE_EXTENSIONS",
+    "DatasetSpec",
+    "Listing",
+    "dataset_root",
+    "list_dataset",
+]
 
+
+
+PACKED_KINDS = ("hf", "webdataset")  # rows are not image files: no export, no file cache, thumbnails relist
+LISTED_KINDS = ("table", "dataframe", "files")  # every row names its own file, which is an input to protect
+FOLDER_KINDS = ("folder", "hf", "webdataset")  # the dataset is a folder of its own: nothing is written inside
+KIND_NAMES = {"hf": "Hugging Face dataset", "webdataset": "WebDataset"}
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """How a dataset was read: its source kind, where it is and the reader options that list it again.
+
+    A listing carries one (:attr:`Listing.spec`); detect records it once in the results' metadata
+    (``source``, ``dataset``, ``reader``), and export, report, train and the thumbnails read it back with
+    :meth:`of`. This class (with the readers, which produce the kinds) is the only code that knows what
+    each source kind allows; everything else asks it.
+    """
+
+    kind: str | None  # "folder", "table", "dataframe", "files", "hf" or "webdataset"; None: not recorded
+    location: str = ""  # the metadata's "dataset": a folder, a table, a Hugging Face dataset, shard patterns
+    reader: dict[str, Any] = field(default_factory=dict)  # reader options that list it again
+
+    @classmethod
+    def of(cls, metadata: dict[str, Any]) -> DatasetSpec:
+        """The spec a results file recorded (its metadata)."""
+        return cls(metadata.get("source"), str(metadata.get("dataset") or ""), dict(metadata.get("reader") or {}))
+
+    def to_metadata(self) -> dict[str, Any]:
+        """What detect writes into the results' metadata."""
+        return {"dataset": self.location, "source": self.kind, "reader": self.reader}
+
+    @property
+    def packed(self) -> bool:
+        """Rows are samples inside the dataset, not image files (Hugging Face, WebDataset)."""
+        return self.kind in PACKED_KINDS
+
+    @property
+    def folder(self) -> bool:
+        """An image folder (results that record no kind are from an image folder)."""
+        return self.kind in (None, "folder")
+
+    @property
+    def table(self) -> bool:
+        """A CSV/Parquet table file: the table itself is an input."""
+        return self.kind == "table"
+
+    @property
+    def listed_files(self) -> bool:
+        """Every row names its own image file (table, DataFrame, loose files): each is an input."""
+        return self.kind in LISTED_KINDS
+
+    @property
+    def dataset_folder(self) -> bool:
+        """The dataset is a folder of its own (image folder, saved Hugging Face dataset, shards' folder)."""
+        return self.kind in FOLDER_KINDS
+
+    @property
+    def name(self) -> str:
+        """The kind in a message: "Hugging Face dataset", "WebDataset", "table", ..."""
+        return KIND_NAMES.get(self.kind or "folder", self.kind or "folder")
+
+    def export_refusal(self) -> str | None:
+        """Why export cannot write this dataset as image files; None when it can."""
+        if self.kind == "hf":
+            return (
+                "export writes image folders; keep a Hugging Face dataset in its format instead: "
+                "ds.select(frame.index[frame.is_clean]) in Python (rows are hf://<index>; see README, Inputs)"
+            )
+        if self.kind == "webdataset":
+            return (
+                "export writes image folders; for WebDataset shards train on them directly "
+                "(deft-clean train SHARDS --results ... --clean-only) or filter keys in Python (see README, Inputs)"
+            )
+        return None
+
+    def relist_target(self) -> str | list[str]:
+        """What to list again: the location, or the WebDataset shard patterns it joins with ","."""
+        return self.location.split(",") if self.kind == "webdataset" else self.location
+
+    def root(self, dataset: str | os.PathLike[str] | None = None) -> Path:
+        """The folder that the results' ``path`` column is relative to.
+
+        ``dataset`` overrides the recorded location (for a dataset that moved): an image folder, or a table
+        file whose folder is the root.
+
+        Raises:
+            UsageError: ``dataset`` is given but does not exist.
+            DataError: the recorded dataset is unknown or no longer exists.
+        """
+        if dataset is not None:
+            path = Path(dataset)
+            if not path.exists():
+                raise UsageError(f"{option('dataset')} not found: {path}")
+            return (path if path.is_dir() else path.parent).resolve()
+        if not self.location:
+            raise DataError(f"the results do not record where the dataset is; pass {option('dataset')}")
+        path = Path(self.location.split(",")[0])  # WebDataset: the shards' (first) pattern
+        if self.kind == "webdataset":
+            path = path.parent  # a pattern such as /data/shards-{000..009}.tar: its folder holds the shards
+        is_table = self.kind == "table" or (self.kind is None and path.suffix.lower() in TABLE_EXTENSIONS)
+        root = path.parent if is_table else path
+        if not root.is_dir():
+            raise DataError(
+                f"dataset {path} (recorded by detect) no longer exists; pass {option('dataset')} to locate it"
+            )
+        return root.resolve()
 
 
 @dataclass(frozen=True)
@@ -51,6 +165,11 @@ class Listing:
 
     def __len__(self) -> int:
         return len(self.paths)
+
+    @property
+    def spec(self) -> DatasetSpec:
+        """How this dataset was read (what detect records in the results)."""
+        return DatasetSpec(self.source, self.origin, self.reader)
 
 
 def natural_sorted(values: Sequence[str]) -> list[str]:
@@ -171,30 +290,5 @@ def relist(dataset: Any, metadata: dict[str, Any]) -> Listing:
 
 
 def dataset_root(metadata: dict[str, Any], dataset: str | os.PathLike[str] | None = None) -> Path:
-    """The folder that the results' ``path`` column is relative to.
-
-    ``dataset`` overrides the location recorded by detect (for a dataset that moved): an image folder,
-    or a table file whose folder is the root.
-
-    Raises:
-        UsageError: ``dataset`` is given but does not exist.
-        DataError: the recorded dataset is unknown or no longer exists.
-    """
-    if dataset is not None:
-        path = Path(dataset)
-        if not path.exists():
-            raise UsageError(f"{option('dataset')} not found: {path}")
-        return (path if path.is_dir() else path.parent).resolve()
-    recorded = metadata.get("dataset")
-    if not recorded:
-        raise DataError(f"the results do not record where the dataset is; pass {option('dataset')}")
-    path = Path(str(recorded).split(",")[0])  # WebDataset: the shards' (first) pattern
-    if metadata.get("source") == "webdataset":
-        path = path.parent  # a pattern such as /data/shards-{000..009}.tar: its folder holds the shards
-    is_table = metadata.get("source") == "table" or (
-        metadata.get("source") is None and path.suffix.lower() in (".csv", ".parquet")
-    )
-    root = path.parent if is_table else path
-    if not root.is_dir():
-        raise DataError(f"dataset {path} (recorded by detect) no longer exists; pass {option('dataset')} to locate it")
-    return root.resolve()
+    """The folder that the results' ``path`` column is relative to (see :meth:`DatasetSpec.root`)."""
+    return DatasetSpec.of(metadata).root(dataset)

@@ -17,11 +17,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from ..inputs.listing import dataset_root
+from ..inputs.listing import DatasetSpec, dataset_root
 from ..run.errors import DataError, UsageError, option
 from ..run.files import apply_umask, make_staging_dir, write_atomic
 from ..run.safety import Output, check_outputs, is_inside, printable, read_file, real
-from .results import STATUS_OK, Results, flagged_rows, kept_rows, load_results, relabelled_rows
+from .results import Results, flagged_rows, kept_rows, load_results, relabelled_rows, usable_rows
 
 if TYPE_CHECKING:
     from .decisions import Verdicts
@@ -51,17 +51,9 @@ class ExportSummary:
 
 def refuse_packed(metadata: dict[str, Any]) -> None:
     """Export writes image files; a Hugging Face dataset or WebDataset is filtered in its own format instead."""
-    source = metadata.get("source")
-    if source == "hf":
-        raise UsageError(
-            "export writes image folders; keep a Hugging Face dataset in its format instead: "
-            "ds.select(frame.index[frame.is_clean]) in Python (rows are hf://<index>; see README, Inputs)"
-        )
-    if source == "webdataset":
-        raise UsageError(
-            "export writes image folders; for WebDataset shards train on them directly "
-            "(deft-clean train SHARDS --results ... --clean-only) or filter keys in Python (see README, Inputs)"
-        )
+    refusal = DatasetSpec.of(metadata).export_refusal()
+    if refusal is not None:
+        raise UsageError(refusal)
 
 
 def _check_options(mode: str, relabel: float | None, keep_flagged: bool) -> None:
@@ -138,7 +130,7 @@ def export_dataset(
     else:
         _write_folder(plan, sources, target, copy=mode == "copy", root=root)
     counts = Counter(plan["role"])
-    usable_total = int((frame["status"] == STATUS_OK).sum())
+    usable_total = int(usable_rows(frame).sum())
     return ExportSummary(
         out=target,
         mode=mode,
@@ -146,7 +138,7 @@ def export_dataset(
         relabelled=counts["relabelled"],
         flagged=counts["flagged"],
         dropped=usable_total - counts["kept"] - counts["relabelled"] - counts["flagged"],
-        unusable=int((frame["status"] != STATUS_OK).sum()),
+        unusable=int((~usable_rows(frame)).sum()),
         reviewed=0 if verdicts is None else verdicts.reviewed,
     )
 
@@ -163,10 +155,11 @@ def _sources(
     ``--overwrite`` can never replace a folder of source images.
     """
     sources = [_source(root, path) for path in plan["path"]]
-    table = metadata.get("dataset") if metadata.get("source") == "table" else None
+    spec = DatasetSpec.of(metadata)
+    table = spec.location if spec.table else None
     named = [p for p in (results, decisions, table) if isinstance(p, (str, os.PathLike)) and p]
     inputs = [*named, *(root / str(p) for p in listed)]
-    folder_source = Path(dataset).is_dir() if dataset is not None else metadata.get("source", "folder") == "folder"
+    folder_source = Path(dataset).is_dir() if dataset is not None else spec.folder
     datasets = [root] if folder_source or mode != "csv" else []
     check_outputs([Output(target, folder=mode != "csv", overwrite=overwrite)], inputs=inputs, datasets=datasets)
     missing = [p for p, s in zip(plan["path"], sources, strict=True) if not s.is_file()]

@@ -18,7 +18,7 @@ import pandas as pd
 
 from ..inputs.images import load_image
 from ..inputs.readers.recorded import recorded_opener
-from .results import STATUS_OK
+from .results import flagged_rows, usable_rows
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -29,7 +29,7 @@ THUMB_PX = 96
 
 
 def _flag_mask(frame: pd.DataFrame) -> pd.Series:
-    return (frame["status"] == STATUS_OK) & ~frame["is_clean"].astype(bool)
+    return pd.Series(flagged_rows(frame), index=frame.index)
 
 
 def flagged(frame: pd.DataFrame) -> pd.DataFrame:
@@ -40,7 +40,7 @@ def flagged(frame: pd.DataFrame) -> pd.DataFrame:
 
 def noise_rates(frame: pd.DataFrame, classes: list[str]) -> pd.DataFrame:
     """Per class (in class order): samples, usable, flagged, and noise_rate = flagged / usable (NaN if none)."""
-    usable = frame["status"] == STATUS_OK
+    usable = pd.Series(usable_rows(frame), index=frame.index)
     by_label = frame.groupby("label", sort=False)
     table = pd.DataFrame(
         {
@@ -69,7 +69,7 @@ def to_html(frame: pd.DataFrame, metadata: dict[str, Any], *, thumbnails: int = 
     """A compact HTML summary: totals, the per-class table and the most suspicious flagged samples."""
     esc = html.escape
     classes = list(metadata.get("classes", []))
-    usable = int((frame["status"] == STATUS_OK).sum())
+    usable = int(usable_rows(frame).sum())
     worst = flagged(frame)
     n_flagged = len(worst)
     share = f"{100 * n_flagged / usable:.1f}%" if usable else "n/a"

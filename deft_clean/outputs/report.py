@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from ..inputs.listing import dataset_root
+from ..inputs.listing import DatasetSpec, dataset_root
 from ..run.errors import DeftCleanError
 from ..run.safety import Output, check_outputs, printable
 from .results import Results, load_results
@@ -73,9 +73,10 @@ def _check_html_out(
     """The page may not replace the results, the decisions, the dataset table, an image, or land inside an
     image folder."""
     inputs: list[Any] = [p for p in (results, decisions) if isinstance(p, (str, os.PathLike))]
-    table = metadata.get("source") == "table"
-    if table and metadata.get("dataset"):
-        inputs.append(metadata["dataset"])
+    spec = DatasetSpec.of(metadata)
+    table = spec.table
+    if table and spec.location:
+        inputs.append(spec.location)
     if root is None:
         with contextlib.suppress(DeftCleanError):
             root = dataset_root(metadata)

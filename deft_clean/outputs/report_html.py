@@ -26,7 +26,7 @@ from ..inputs.listing import dataset_root as recorded_dataset_root
 from ..run.errors import DeftCleanError
 from ..run.files import write_atomic
 from . import report_review as review
-from .results import STATUS_OK
+from .results import flagged_rows, usable_rows
 from .summary import HTML_TOP, ReportData, estimate, rate, summarize
 
 log = logging.getLogger(__name__)
@@ -161,7 +161,7 @@ def _pairs_html(data: ReportData, max_rows: int = 50) -> str:
 
 
 def _histogram_html(frame: pd.DataFrame) -> str:
-    usable = frame["status"] == STATUS_OK
+    usable = usable_rows(frame)
     p = frame.loc[usable, "p_clean"].to_numpy(dtype=float, na_value=np.nan)
     is_flagged = ~frame.loc[usable, "is_clean"].to_numpy(dtype=bool)
     edges = np.linspace(0.0, 1.0, HISTOGRAM_BINS + 1)
@@ -194,7 +194,7 @@ def _histogram_html(frame: pd.DataFrame) -> str:
 
 
 def _heatmap_html(frame: pd.DataFrame) -> str:
-    flagged = (frame["status"] == STATUS_OK) & ~frame["is_clean"]
+    flagged = flagged_rows(frame)
     given = frame.loc[flagged, "label"].astype(str)
     suggested = frame.loc[flagged, "predicted_label"].fillna("?").astype(str)
     if not len(given):
@@ -268,7 +268,7 @@ def _health_html(frame: pd.DataFrame, max_rows: int = 50) -> str:
 
 
 def _unusable_html(frame: pd.DataFrame, max_rows: int = 50) -> str:
-    bad = frame[frame["status"] != STATUS_OK]
+    bad = frame[~usable_rows(frame)]
     if not len(bad):
         return ""
     rows = "".join(

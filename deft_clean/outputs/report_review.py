@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from ..inputs.readers.recorded import recorded_opener
-from .results import STATUS_OK
+from .results import flagged_rows
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -44,7 +44,7 @@ def review_data(frame: pd.DataFrame, metadata: dict[str, Any], *, top: int, root
     A row is ``[path, given index, suggested index (-1 unknown), p_clean, p_predicted, reason, reason kind
     index, thumbnail index (-1 none)]``.
     """
-    flagged = frame[(frame["status"] == STATUS_OK) & ~frame["is_clean"]].sort_values("p_clean", kind="stable")
+    flagged = frame[flagged_rows(frame)].sort_values("p_clean", kind="stable")
     if "flag_reason" not in flagged.columns:  # a frame built by hand, not read from a Parquet
         flagged = flagged.assign(flag_reason=None)
     classes = list(metadata.get("classes") or [])

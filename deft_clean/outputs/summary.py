@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from ..run.errors import UsageError, option
-from .results import STATUS_OK
+from .results import flagged_rows, usable_rows
 
 TERMINAL_TOP = 20  # default rows of the most-suspicious table in the terminal
 HTML_TOP = 200  # default gallery size
@@ -45,8 +45,8 @@ def summarize(frame: pd.DataFrame, metadata: dict[str, Any], *, top: int = TERMI
     """Counts per dataset, per class and per (given, suggested) pair, plus the `top` most suspicious rows."""
     if top < 0:
         raise UsageError(f"{option('top')} must be 0 or more, got {top}")
-    usable = frame["status"] == STATUS_OK
-    flagged = usable & ~frame["is_clean"]
+    usable = pd.Series(usable_rows(frame), index=frame.index)
+    flagged = pd.Series(flagged_rows(frame), index=frame.index)
     classes = list(metadata.get("classes") or [])
     classes += sorted(set(frame["label"]) - set(classes))
     per_class = pd.DataFrame(

@@ -239,18 +239,20 @@ def check_detect_paths(
     dataset: object,
     *,
     root: Path,
-    source: str,
     paths: list[str],
+    listed_files: bool,
+    dataset_folder: bool,
     outputs: Sequence[Output],
     extra_inputs: Iterable[object] = (),
 ) -> None:
     """Before any model is loaded: detect's (or train's) outputs are writable and overlap no input, no
-    dataset folder, and each other. A table's listed images are inputs; a folder, a saved Hugging Face
-    dataset or the shards' folder is a dataset (nothing is written inside it)."""
+    dataset folder, and each other. With ``listed_files`` (a table's rows) the listed images are inputs;
+    with ``dataset_folder`` (a folder, a saved Hugging Face dataset, the shards' folder) nothing is written
+    inside ``root`` (the listing's :class:`~deft_clean.inputs.listing.DatasetSpec` says which)."""
     named = [dataset, *extra_inputs]  # a DataFrame dataset (Python API) is not a path: its images are checked below
     inputs: list[str | os.PathLike[str]] = [str(x) for x in named if isinstance(x, (str, os.PathLike)) and x]
     inputs = [x for x in inputs if os.path.exists(x)]
-    datasets = [root] if source in ("folder", "hf", "webdataset") else []  # never write inside them
-    if source in ("table", "dataframe"):
+    datasets = [root] if dataset_folder else []  # never write inside them
+    if listed_files:
         inputs.extend(root / p for p in paths)
     check_outputs(outputs, inputs=inputs, datasets=datasets)

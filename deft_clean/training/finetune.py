@@ -135,10 +135,10 @@ def train(
 def _check_out(out_dir: Path, plan: Rows, cfg: TrainConfig, inputs: list[Any]) -> None:
     """Refuse an output folder that holds something else, or that is (or lies inside) an input."""
     listing, val_listing = plan.listing, plan.val_listing
-    if listing.source in ("table", "dataframe"):
+    if listing.spec.listed_files:
         inputs.extend(listing.root / p for p in listing.paths)
-    datasets = [listing.root] if listing.source in ("folder", "hf", "webdataset") else []
-    if val_listing is not None and val_listing.source == "folder":
+    datasets = [listing.root] if listing.spec.dataset_folder else []
+    if val_listing is not None and val_listing.spec.folder:
         datasets.append(val_listing.root)
     outputs = [Output(out_dir, folder=True, overwrite=True)]
     if cfg.cache is not None:  # the cache is written too: never inside the dataset, never inside the model folder

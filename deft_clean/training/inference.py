@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 import torch
 
 from ..inputs.data import STATUS_OK, ImageDataset
+from ..inputs.listing import DatasetSpec
 from ..inputs.readers import read_inputs
 from ..run.files import write_atomic
 from ..run.safety import Output, check_outputs
@@ -149,9 +150,10 @@ def _check_out(out: str | os.PathLike[str], model_dir: Any, inputs: Any, rows: A
     """``out`` may not be an input or a listed file, nor lie inside an input folder or dataset."""
     named = [p for p in ([inputs] if isinstance(inputs, (str, os.PathLike)) else inputs) if _is_path(p)]
     folders = [p for p in named if Path(p).is_dir()]
-    if rows.source in ("hf", "webdataset"):
+    spec = DatasetSpec(rows.source, rows.origin, rows.options)
+    if spec.packed:
         folders.append(rows.root)
-    listed = [rows.root / f for f in rows.paths] if rows.source in ("table", "files") else []
+    listed = [rows.root / f for f in rows.paths] if spec.listed_files else []
     check_outputs([Output(out, overwrite=overwrite)], inputs=[model_dir, *named, *listed], datasets=folders)
 
 

@@ -15,19 +15,18 @@ from PIL import Image
 from ...run.errors import DeftCleanError
 
 Opener = Callable[[str, int], Image.Image]  # (row path, draft size) -> RGB image
-PACKED_SOURCES = ("hf", "webdataset")
 
 
 def recorded_opener(metadata: dict[str, Any]) -> Opener | None:
     """Opens a row's image by its ``path`` for Hugging Face / WebDataset results; None for file sources, or
     (with a warning) when the recorded dataset cannot be listed again."""
-    if metadata.get("source") not in PACKED_SOURCES or not metadata.get("dataset"):
-        return None
-    from ..listing import relist
+    from ..listing import DatasetSpec, relist
 
-    dataset = str(metadata["dataset"])
+    spec = DatasetSpec.of(metadata)
+    if not spec.packed or not spec.location:
+        return None
     try:
-        listing = relist(dataset.split(",") if metadata["source"] == "webdataset" else dataset, metadata)
+        listing = relist(spec.relist_target(), metadata)
     except DeftCleanError as exc:
         logging.getLogger("deft_clean").warning("no thumbnails: %s", exc)
         return None
