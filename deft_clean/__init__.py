@@ -1,20 +1,21 @@
 """deft-clean: find wrong labels in image datasets with CLIP dual prompts (DeFT), then train on the rest.
 
-Architecture (one line per module in the README, "How the code is organised"):
+Architecture (one line per folder and module in the README, "How the code is organised"):
 
-- Two phases, one engine. Phase 1 (:mod:`.detection` -> :mod:`.detector`) trains prompts on a frozen CLIP
-  and scores every sample; phase 2 (:mod:`.finetune`, with :mod:`.probe`) fine-tunes a classifier
-  (:mod:`.classifiers`) on the rows phase 1 kept. Both describe themselves to :func:`.engine.fit` as a
-  ``Phase`` (model, optimiser, loss step, epoch hooks); the engine alone chooses mixed precision, syncs
-  gradients between torchrun ranks, checkpoints, resumes and stops on signals.
-- One seam per input: :mod:`.listing` lists any dataset through a reader of :mod:`.readers` (folder, table,
-  DataFrame, Hugging Face, WebDataset) into one ``Listing`` whose ``images`` open each row; a new input
-  adds a reader file, not edits across the phases, cache, health and thumbnails.
-- One place per rule: which rows are clean, flagged, kept or relabelled lives in :mod:`.selection`;
-  the on-disk contract between the phases is the Parquet of :mod:`.results`.
-- Layers: ``config``/``errors``/``_version``/``files`` at the bottom, then data and models, then the
-  phases, then reports and export, then ``cli*`` on top. Nothing imports the CLI or this ``__init__``;
-  the public names below are loaded on first use, so ``import deft_clean`` does not import torch.
+- The folders are layers, top to bottom: :mod:`.cli` -> :mod:`.training` -> :mod:`.detecting` ->
+  :mod:`.outputs` -> :mod:`.inputs` -> :mod:`.run`. A module imports its own folder and the ones below it;
+  nothing imports the CLI or this ``__init__``.
+- Two phases, one engine. Phase 1 (:mod:`.detecting.detection` -> :mod:`.detecting.detector`) trains prompts
+  on a frozen CLIP and scores every sample; phase 2 (:mod:`.training.finetune`, with :mod:`.training.probe`)
+  fine-tunes a classifier (:mod:`.training.classifiers`) on the rows phase 1 kept. Both describe themselves to
+  :func:`.run.engine.fit` as a ``Phase`` (model, optimiser, loss step, epoch hooks); the engine alone chooses
+  mixed precision, syncs gradients between torchrun ranks, checkpoints, resumes and stops on signals.
+- One seam per input: :mod:`.inputs.listing` lists any dataset through a reader of :mod:`.inputs.readers`
+  (folder, table, DataFrame, Hugging Face, WebDataset) into one ``Listing`` whose ``images`` open each row
+  and whose ``spec`` (a ``DatasetSpec``, recorded in the results) says what its source kind allows.
+- One place per rule: which rows are usable, flagged, kept or relabelled lives in :mod:`.outputs.results`,
+  the on-disk contract between the phases (the Parquet); which rows are clean in :mod:`.detecting.selection`.
+- The public names below are loaded on first use, so ``import deft_clean`` does not import torch.
 """
 
 from __future__ import annotations
