@@ -11,7 +11,7 @@ import platform
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -24,8 +24,10 @@ from ..run.errors import UsageError, option
 from ..run.files import run_lock
 from ..run.runstate import StopOnSignal, config_signature, listing_signature, load_checkpoint, save_checkpoint
 from ..run.safety import Output, check_detect_paths
-from .evidence import Evidence
 from .health import health_columns
+
+if TYPE_CHECKING:
+    from .evidence import Evidence  # imports torch: loaded where the passes run
 
 CHECKPOINT = "detect_checkpoint.pt"  # inside the run folder
 
@@ -375,6 +377,7 @@ def gather_evidence(
 
     from ..run.backbone import zero_shot_text
     from .detector import TrainControl, image_features
+    from .evidence import Evidence
     from .selection import MIN_PROMPT_AGREEMENT, prompt_agreement
 
     with passes["stop"].hinted("stopped before any training; rerun the same command (without --resume)"):
