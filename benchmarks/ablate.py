@@ -43,7 +43,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "lr0.03": {"lr": 0.03},
     "warmup2": {"warmup_epochs": 2},
     "train-threshold": {"clean_rule": "threshold"},
-    # not DetectConfig options: the training crop of deft_clean.transforms.train_transform (scale 0.5-1)
+    # not DetectConfig options: the training crop of deft_clean.inputs.transforms.train_transform (scale 0.5-1)
     "crop0.8": {"crop_scale": (0.8, 1.0)},
     "no-crop": {"crop_scale": None},
 }
@@ -84,12 +84,12 @@ def train_and_score(folder: Path, foundation: Foundation, *, seed: int, options:
     import torch
 
     from deft_clean import detector
-    from deft_clean.backbone import load_clip, resolve_device
-    from deft_clean.config import DetectConfig
-    from deft_clean.data import ImageDataset, list_dataset
-    from deft_clean.detector import DeftModel, train_prompts
-    from deft_clean.engine import seed_everything
-    from deft_clean.transforms import eval_transform, train_transform
+    from deft_clean.detecting.detector import DeftModel, train_prompts
+    from deft_clean.inputs.data import ImageDataset, list_dataset
+    from deft_clean.inputs.transforms import eval_transform, train_transform
+    from deft_clean.run.backbone import load_clip, resolve_device
+    from deft_clean.run.config import DetectConfig
+    from deft_clean.run.engine import seed_everything
 
     options = dict(options)
     crop = options.pop("crop_scale", "default")

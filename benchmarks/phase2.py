@@ -95,7 +95,7 @@ def probe_accuracy(
 
 def truth_results(results: Path, paths: list[str], truly_clean: np.ndarray, out: Path) -> Path:
     """A copy of a detect Parquet whose is_clean is the truth (for training on the truly clean rows)."""
-    from deft_clean.results import load_results, write_results
+    from deft_clean.outputs.results import load_results, write_results
 
     frame, metadata = load_results(results)
     truth = dict(zip(paths, truly_clean.tolist(), strict=True))
@@ -327,7 +327,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     import torch
 
-    from deft_clean.config import TrainConfig
+    from deft_clean.run.config import TrainConfig
 
     started = time.perf_counter()
     load_at_start = os.getloadavg()[0]

@@ -1,20 +1,21 @@
 """deft-clean: find wrong labels in image datasets with CLIP dual prompts (DeFT), then train on the rest.
 
-Architecture (one line per module in the README, "How the code is organised"):
+Architecture (one line per folder and module in the README, "How the code is organised"):
 
-- Two phases, one engine. Phase 1 (:mod:`.detection` -> :mod:`.detector`) trains prompts on a frozen CLIP
-  and scores every sample; phase 2 (:mod:`.finetune`, with :mod:`.probe`) fine-tunes a classifier
-  (:mod:`.classifiers`) on the rows phase 1 kept. Both describe themselves to :func:`.engine.fit` as a
-  ``Phase`` (model, optimiser, loss step, epoch hooks); the engine alone chooses mixed precision, syncs
-  gradients between torchrun ranks, checkpoints, resumes and stops on signals.
-- One seam per input: :mod:`.listing` lists any dataset through a reader of :mod:`.readers` (folder, table,
-  DataFrame, Hugging Face, WebDataset) into one ``Listing`` whose ``images`` open each row; a new input
-  adds a reader file, not edits across the phases, cache, health and thumbnails.
-- One place per rule: which rows are clean, flagged, kept or relabelled lives in :mod:`.selection`;
-  the on-disk contract between the phases is the Parquet of :mod:`.results`.
-- Layers: ``config``/``errors``/``_version``/``files`` at the bottom, then data and models, then the
-  phases, then reports and export, then ``cli*`` on top. Nothing imports the CLI or this ``__init__``;
-  the public names below are loaded on first use, so ``import deft_clean`` does not import torch.
+- The folders are layers, top to bottom: :mod:`.cli` -> :mod:`.training` -> :mod:`.detecting` ->
+  :mod:`.outputs` -> :mod:`.inputs` -> :mod:`.run`. A module imports its own folder and the ones below it;
+  nothing imports the CLI or this ``__init__``.
+- Two phases, one engine. Phase 1 (:mod:`.detecting.detection` -> :mod:`.detecting.detector`) trains prompts
+  on a frozen CLIP and scores every sample; phase 2 (:mod:`.training.finetune`, with :mod:`.training.probe`)
+  fine-tunes a classifier (:mod:`.training.classifiers`) on the rows phase 1 kept. Both describe themselves to
+  :func:`.run.engine.fit` as a ``Phase`` (model, optimiser, loss step, epoch hooks); the engine alone chooses
+  mixed precision, syncs gradients between torchrun ranks, checkpoints, resumes and stops on signals.
+- One seam per input: :mod:`.inputs.listing` lists any dataset through a reader of :mod:`.inputs.readers`
+  (folder, table, DataFrame, Hugging Face, WebDataset) into one ``Listing`` whose ``images`` open each row
+  and whose ``spec`` (a ``DatasetSpec``, recorded in the results) says what its source kind allows.
+- One place per rule: which rows are usable, flagged, kept or relabelled lives in :mod:`.outputs.results`,
+  the on-disk contract between the phases (the Parquet); which rows are clean in :mod:`.detecting.selection`.
+- The public names below are loaded on first use, so ``import deft_clean`` does not import torch.
 """
 
 from __future__ import annotations
@@ -22,36 +23,36 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from ._version import __version__
+from .run._version import __version__
 
 # Public names -> the module that defines them. They are imported on first use (PEP 562) so that
 # `import deft_clean` and `deft-clean --help` do not pay for importing torch.
 _EXPORTS = {
-    "DetectConfig": ".config",
-    "TrainConfig": ".config",
-    "DataError": ".errors",
-    "DeftCleanError": ".errors",
-    "UsageError": ".errors",
-    "WeightsError": ".errors",
-    "TrainResult": ".finetune",
-    "train": ".finetune",
-    "PredictResult": ".inference",
-    "predict": ".inference",
-    "LoadedModel": ".classifiers",
-    "load_model": ".classifiers",
-    "DetectResult": ".detection",
-    "detect": ".detection",
-    "load_results": ".results",
+    "DetectConfig": ".run.config",
+    "TrainConfig": ".run.config",
+    "DataError": ".run.errors",
+    "DeftCleanError": ".run.errors",
+    "UsageError": ".run.errors",
+    "WeightsError": ".run.errors",
+    "TrainResult": ".training.finetune",
+    "train": ".training.finetune",
+    "PredictResult": ".training.inference",
+    "predict": ".training.inference",
+    "LoadedModel": ".training.classifiers",
+    "load_model": ".training.classifiers",
+    "DetectResult": ".detecting.detection",
+    "detect": ".detecting.detection",
+    "load_results": ".outputs.results",
 }
 
 if TYPE_CHECKING:
-    from .classifiers import LoadedModel, load_model
-    from .config import DetectConfig, TrainConfig
-    from .detection import DetectResult, detect
-    from .errors import DataError, DeftCleanError, UsageError, WeightsError
-    from .finetune import TrainResult, train
-    from .inference import PredictResult, predict
-    from .results import load_results
+    from .detecting.detection import DetectResult, detect
+    from .outputs.results import load_results
+    from .run.config import DetectConfig, TrainConfig
+    from .run.errors import DataError, DeftCleanError, UsageError, WeightsError
+    from .training.classifiers import LoadedModel, load_model
+    from .training.finetune import TrainResult, train
+    from .training.inference import PredictResult, predict
 
 
 def __getattr__(name: str) -> Any:

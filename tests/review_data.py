@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from deft_clean.results import load_results, write_results
+from deft_clean.outputs.results import load_results, write_results
 from tests import toy
 
 HOSTILE = "<img src=x onerror=alert(1)>"

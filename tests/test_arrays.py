@@ -9,8 +9,8 @@ import pytest
 from typer.testing import CliRunner
 
 import deft_clean
-from deft_clean.arrays import load_arrays
-from deft_clean.cli import app
+from deft_clean.cli.cli import app
+from deft_clean.outputs.arrays import load_arrays
 
 runner = CliRunner()
 

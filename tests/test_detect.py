@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import deft_clean
-from deft_clean.results import REQUIRED_COLUMNS
+from deft_clean.outputs.results import REQUIRED_COLUMNS
 
 
 @pytest.fixture(scope="module")

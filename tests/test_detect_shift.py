@@ -11,8 +11,8 @@ import pytest
 from PIL import Image, ImageFilter
 
 import deft_clean
-from deft_clean.evidence import estimated_issue_counts, flag_by_class
-from deft_clean.selection import class_warnings
+from deft_clean.detecting.evidence import estimated_issue_counts, flag_by_class
+from deft_clean.detecting.selection import class_warnings
 from tests import toy
 
 from .conftest import CLASSES, N_CLASSES, NoisyFolder
@@ -150,7 +150,7 @@ def test_flag_by_class_takes_the_estimated_count_lowest_first():
 
 def test_seed_gives_every_class_its_most_text_like_rows():
     """A class the text side never confirms still enters the seed through its most text-like rows."""
-    from deft_clean.selection import MIN_SEED_SHARE, text_seed
+    from deft_clean.detecting.selection import MIN_SEED_SHARE, text_seed
 
     labels = np.repeat(np.arange(3), 20)
     zero_shot = np.full((60, 3), 0.1)

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 import deft_clean
-from deft_clean.evidence_check import agreement, check_evidence, evidence_line, wilson
+from deft_clean.detecting.evidence_check import agreement, check_evidence, wilson
+from deft_clean.outputs.summary import evidence_line
 from tests import toy
 from tests.conftest import CLASSES, N_CLASSES
 

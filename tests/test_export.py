@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from deft_clean.cli import app
-from deft_clean.errors import DataError
-from deft_clean.export import FLAGGED_DIR, export_dataset
+from deft_clean.cli.cli import app
+from deft_clean.outputs.export import FLAGGED_DIR, export_dataset
+from deft_clean.run.errors import DataError
 from tests.review_data import HOSTILE, RELABEL_MIN_P, Review, checksums, make_review
 
 runner = CliRunner()

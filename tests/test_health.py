@@ -7,7 +7,7 @@ import shutil
 import numpy as np
 import pandas as pd
 
-from deft_clean.health import content_hashes, dataset_health, group_ids, neighbours
+from deft_clean.detecting.health import content_hashes, dataset_health, group_ids, neighbours
 from tests import toy
 
 
@@ -87,9 +87,9 @@ def test_group_ids_are_components():
 def test_export_and_report_use_health_columns(tmp_path):
     from typer.testing import CliRunner
 
-    from deft_clean.cli import app
-    from deft_clean.report_html import write_html
-    from deft_clean.results import load_results, write_results
+    from deft_clean.cli.cli import app
+    from deft_clean.outputs.report_html import write_html
+    from deft_clean.outputs.results import load_results, write_results
     from tests.review_data import make_review
 
     review = make_review(tmp_path)

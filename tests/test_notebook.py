@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 import deft_clean
-from deft_clean.errors import DataError, UsageError
+from deft_clean.run.errors import DataError, UsageError
 
 
 @pytest.fixture(scope="module")

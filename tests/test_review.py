@@ -12,12 +12,12 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from deft_clean.cli import app
-from deft_clean.decisions import read_decisions
-from deft_clean.errors import DataError
-from deft_clean.export import plan_export
-from deft_clean.finetune import select_rows
-from deft_clean.report_html import write_html
+from deft_clean.cli.cli import app
+from deft_clean.outputs.decisions import read_decisions
+from deft_clean.outputs.export import plan_export
+from deft_clean.outputs.report_html import write_html
+from deft_clean.run.errors import DataError
+from deft_clean.training.finetune import select_rows
 from tests.review_data import CLASSES, HOSTILE, Review, make_review
 
 runner = CliRunner()
@@ -126,7 +126,7 @@ def test_report_counts_reviewed(review, tmp_path):
 
 
 def test_terminal_report_says_why_flagged(review, tmp_path):
-    from deft_clean.results import load_results, write_results
+    from deft_clean.outputs.results import load_results, write_results
 
     frame, metadata = load_results(review.results)
     lowest = frame[review.flagged].sort_values("p_clean").index[0]

@@ -14,9 +14,9 @@ import pandas as pd
 import pytest
 
 import deft_clean
-from deft_clean.errors import UsageError
-from deft_clean.progress import RichProgress
-from deft_clean.runstate import Interrupted
+from deft_clean.run.errors import UsageError
+from deft_clean.run.progress import RichProgress
+from deft_clean.run.runstate import Interrupted
 
 from .conftest import NoisyFolder, make_noisy_folder
 
@@ -172,7 +172,7 @@ def test_decompression_bomb_is_a_status_row_and_scores_keep_failures_only(tiny_c
 
 
 def test_scores_store_failures_compactly():
-    from deft_clean.detector import Scores
+    from deft_clean.detecting.detector import Scores
 
     n = 5
     floats = [np.zeros(n, dtype=np.float32) for _ in range(3)]
@@ -235,8 +235,8 @@ def test_torchrun_two_cpu_processes_train(noisy_folder, uninterrupted, tmp_path)
 def test_ranks_get_their_own_augmentation_streams_but_one_epoch_order():
     import torch
 
-    from deft_clean.distributed import Dist
-    from deft_clean.engine import epoch_order, rank_streams, seed_everything
+    from deft_clean.run.distributed import Dist
+    from deft_clean.run.engine import epoch_order, rank_streams, seed_everything
 
     generator = seed_everything(0)
     assert rank_streams(generator, Dist()) is generator  # one process: nothing changes

@@ -1,0 +1,490 @@
+"""``detect()``: list a dataset, train DeFT's prompts, score every sample, return (and save) the results."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import platform
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from ..inputs.listing import STATUS_OK, Listing, list_dataset
+from ..outputs.results import flagged_rows, normalize_frame, usable_rows, write_results
+from ..run._version import __version__
+from ..run.config import DetectConfig, merge_options
+from ..run.errors import UsageError, option
+from ..run.files import run_lock
+from ..run.runstate import StopOnSignal, config_signature, listing_signature, load_checkpoint, save_checkpoint
+from ..run.safety import Output, check_detect_paths
+from .health import health_columns
+
+if TYPE_CHECKING:
+    from .evidence import Evidence  # imports torch: loaded where the passes run
+
+CHECKPOINT = "detect_checkpoint.pt"  # inside the run folder
+
+
+@dataclass
+class DetectResult:
+    """What :func:`detect` returns: the per-sample frame, its metadata and training statistics."""
+
+    frame: pd.DataFrame  # one row per listed sample, columns as in results.SCHEMA
+    metadata: dict[str, Any]  # written to the Parquet under the "deft_clean" key
+    history: list[dict[str, float]] = field(default_factory=list)  # per-epoch loss, clean fraction, img/s
+    path: Path | None = None  # where the Parquet was written, if it was
+    features: np.ndarray | None = None  # float32 [N, E] frozen image features, rows aligned with frame
+    visual_probs: np.ndarray | None = None  # float32 [N, K] cross-fitted visual class probabilities (fused rule)
+    evidence: Any = None  # the Evidence behind the decision (zero-shot posterior, learned-prompt scores)
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.metadata["classes"])
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write the Parquet atomically and remember where."""
+        self.path = write_results(self.frame, self.metadata, path)
+        return self.path
+
+    def flagged(self) -> pd.DataFrame:
+        """Flagged usable rows, lowest ``p_clean`` (most suspicious) first; the index is the Parquet row."""
+        from ..outputs.notebook import flagged
+
+        return flagged(self.frame)
+
+    def noise_rates(self) -> pd.DataFrame:
+        """Per class: samples, usable, flagged and noise_rate (flagged / usable), indexed by class."""
+        from ..outputs.notebook import noise_rates
+
+        return noise_rates(self.frame, self.classes)
+
+    def confusions(self) -> pd.DataFrame:
+        """Given -> suggested label pairs among flagged rows (columns given, suggested, count), most frequent first."""
+        from ..outputs.notebook import confusions
+
+        return confusions(self.frame)
+
+    def _repr_html_(self) -> str:
+        """Jupyter's view: totals, the per-class table and thumbnails of the most suspicious samples."""
+        from ..outputs.notebook import to_html
+
+        return to_html(self.frame, self.metadata)
+
+    def save_arrays(self, folder: str | os.PathLike[str]) -> Path:
+        """Write ``features.npy`` [N, D], ``probs.npy`` [N, K] and ``arrays.json``
+        (see :mod:`deft_clean.outputs.arrays`)."""
+        from ..outputs.arrays import save_result_arrays
+
+        return save_result_arrays(self, folder)
+
+    def summary(self, top: int = 10) -> dict[str, Any]:
+        """Counts for the end-of-run summary: samples, flagged, withheld, unusable, most-flagged classes (with
+        the evidence check's estimated wrong-label share and its 95% interval, None where not estimated), and
+        the evidence check's warning line (None when flags are supported)."""
+        from ..outputs.summary import class_noise, evidence_line
+
+        usable, flagged = usable_rows(self.frame), flagged_rows(self.frame)
+        by_class = self.frame[flagged].groupby("label").size().sort_values(ascending=False, kind="stable")
+        evidence = self.metadata.get("evidence")
+        noise = class_noise(evidence)
+        withheld = self.frame["withheld"].fillna(False).astype(bool) if "withheld" in self.frame else flagged & False
+        return {
+            "samples": int(len(self.frame)),
+            "flagged": int(flagged.sum()),
+            "withheld": int(withheld.sum()),
+            "unusable": int((~usable).sum()),
+            "top_flagged_classes": [(str(k), int(v)) for k, v in by_class.head(top).items()],
+            "class_noise": {str(k): noise.get(str(k)) for k in by_class.head(top).index},
+            "reliable": None if not isinstance(evidence, dict) else bool(evidence.get("reliable")),
+            "evidence_warning": evidence_line(evidence),
+        }
+
+
+def detect(
+    dataset: Any,
+    *,
+    config: DetectConfig | None = None,
+    path_col: str = "path",
+    label_col: str = "label",
+    image_col: str | None = None,
+    root: str | os.PathLike[str] | None = None,
+    class_names: str | os.PathLike[str] | dict[str, str] | None = None,
+    out: str | os.PathLike[str] | None = None,
+    quiet: bool = False,
+    run_dir: str | os.PathLike[str] | None = None,
+    resume: bool = False,
+    checkpoint_every: int = 0,
+    overwrite: bool = False,
+    save_arrays: str | os.PathLike[str] | None = None,
+    split: str | None = None,
+    label_key: str = "cls",
+    id_col: str | None = None,
+    **options: Any,
+) -> DetectResult:
+    """Find wrong labels in a dataset with DeFT (phase 1).
+
+    Args:
+        dataset: image folder, .csv/.parquet table, a pandas DataFrame of image paths (absolute, or
+            relative to ``root``) and labels, a Hugging Face dataset (saved folder or object) or WebDataset
+            ``.tar`` shards (see :func:`deft_clean.inputs.listing.list_dataset`).
+        config: a :class:`DetectConfig`; keyword ``options`` (any DetectConfig field, e.g.
+            ``model="ViT-B-16", epochs=5``) override it.
+        path_col, label_col, class_names: how to read the dataset; ``image_col`` is another name for
+            ``path_col``, ``root`` the folder a DataFrame's relative paths start from (for a Hugging Face
+            dataset object: the folder its path-only rows may be read from).
+        out: if given, the Parquet is written there atomically.
+        quiet: no progress bars or warnings.
+        run_dir: folder for the training checkpoint (default ``<out>.run`` when ``out`` is given; without
+            either, nothing is saved). The checkpoint is removed once the Parquet is written.
+        resume: continue from the checkpoint in ``run_dir``; it must come from the same options (but
+            ``device``/``num_workers``), model and listing.
+        checkpoint_every: also checkpoint every this many steps inside an epoch (0: at epoch ends).
+        overwrite: replace an existing ``out`` (never an input or a file inside the dataset).
+        save_arrays: a folder for ``features.npy`` [N, D] and ``probs.npy`` [N, K], rows aligned with the
+            Parquet (see :mod:`deft_clean.outputs.arrays`).
+        split: the split of a Hugging Face ``DatasetDict`` (default ``train``).
+        label_key: WebDataset shards: the member holding the label (``cls``) or ``json:FIELD``.
+        id_col: Hugging Face: a column shown in each row's path, ``hf://<index>#<id>``.
+
+    Raises:
+        Interrupted: SIGINT/SIGTERM arrived (in the main thread); the checkpoint is saved and no
+            Parquet is written. Its ``exit_code`` is 130 or 143.
+
+    Returns:
+        A :class:`DetectResult`; ``result.frame`` has one row per listed sample.
+    """
+    cfg = merge_options(DetectConfig, config, options)
+    if image_col is not None and path_col not in ("path", image_col):
+        raise UsageError(f"image_col={image_col!r} and path_col={path_col!r} name the same column; pass one")
+    path_col = image_col or path_col
+    listing = list_dataset(
+        dataset, path_col=path_col, label_col=label_col, class_names=class_names, root=root, split=split,
+        label_key=label_key, id_col=id_col,
+    )  # fmt: skip
+    run_dir = _check_outputs(
+        dataset, listing, cfg, out=out, run_dir=run_dir, class_names=class_names, save_arrays=save_arrays,
+        checkpoint_every=checkpoint_every, overwrite=overwrite,
+    )  # fmt: skip
+    run = _Checkpoint.open(run_dir, cfg, listing, resume=resume, every=checkpoint_every)
+    from ..run.distributed import process_group
+
+    with process_group(cfg.device) as ranks, run_lock(*((out, run_dir) if ranks.is_main else ())):
+        recorded = {"path_col": path_col, "label_col": label_col}
+        result = _detect(cfg, listing, run, ranks=ranks, quiet=quiet, recorded=recorded)
+        if out is not None and ranks.is_main:
+            result.save(out)
+        if save_arrays is not None and ranks.is_main:
+            result.save_arrays(save_arrays)
+        if ranks.is_main:
+            run.finish()
+        return result
+
+
+def _check_outputs(
+    dataset: Any, listing: Listing, cfg: DetectConfig, *, out: Any, run_dir: Any, class_names: Any,
+    save_arrays: Any, checkpoint_every: int, overwrite: bool,
+) -> Path | None:  # fmt: skip
+    """Refuse outputs that would overwrite inputs or each other; returns the run folder (None: no checkpoints)."""
+    if out is not None and Path(out).is_dir():
+        raise UsageError(f"{option('out')} {out} is a folder; pass a file path such as results.parquet")
+    from ..outputs.arrays import ARRAY_FILES, check_arrays_dir
+
+    if save_arrays is not None:
+        check_arrays_dir(save_arrays, overwrite=overwrite)
+    if checkpoint_every < 0:
+        raise UsageError(f"{option('checkpoint_every')} must be 0 or more, got {checkpoint_every}")
+    if run_dir is None and out is not None:
+        run_dir = Path(out).with_name(Path(out).name + ".run")
+    outputs = [
+        Output(out, overwrite=overwrite) if out is not None else None,
+        Output(run_dir, "run_dir", folder=True, overwrite=True) if run_dir is not None else None,
+        Output(save_arrays, "save_arrays", folder=True, overwrite=True, files=ARRAY_FILES) if save_arrays else None,
+        Output(cfg.cache, "cache", folder=True, overwrite=True) if cfg.cache is not None else None,
+    ]
+    check_detect_paths(
+        dataset, root=listing.root, paths=listing.paths, listed_files=listing.spec.listed_files,
+        dataset_folder=listing.spec.dataset_folder,
+        outputs=[o for o in outputs if o is not None], extra_inputs=[class_names, cfg.model, cfg.pretrained],
+    )  # fmt: skip
+    return Path(run_dir) if run_dir is not None else None
+
+
+@dataclass
+class _Checkpoint:
+    """Where detect's training checkpoint lives, what must match to resume it, and the state to resume."""
+
+    path: Path | None  # None: the run is not resumable
+    signature: dict[str, Any]
+    resume: dict[str, Any] | None  # the loaded checkpoint, when resuming
+    every: int  # also checkpoint every this many steps (0: at epoch ends)
+
+    @classmethod
+    def open(
+        cls, run_dir: Path | None, cfg: DetectConfig, listing: Listing, *, resume: bool, every: int
+    ) -> _Checkpoint:
+        path = run_dir / CHECKPOINT if run_dir is not None else None
+        if resume and path is None:
+            raise UsageError(
+                f"{option('resume', True)} needs {option('run_dir')} or {option('out')} (the checkpoint lives in "
+                "<out>.run/)"
+            )
+        if not resume and path is not None and path.exists():
+            raise UsageError(f"{path} holds an unfinished run; pass --resume to continue it, or delete {path.parent}")
+        signature = {
+            "options": config_signature(cfg),
+            **listing_signature(listing.paths, listing.labels, listing.classes),
+        }
+        state = load_checkpoint(path, signature) if resume and path is not None else None
+        return cls(path, signature, state, every)
+
+    @property
+    def hint(self) -> str:
+        """What the message of a stopped run says about going on."""
+        if self.path is None:
+            return "nothing was saved (pass run_dir to make the run resumable)"
+        return f"checkpoint saved in {self.path.parent}; rerun the same command with --resume to continue"
+
+    def saver(self) -> Any:
+        """The engine's ``save`` callback (None when the run is not resumable)."""
+        if self.path is None:
+            return None
+        encoded, path = json.dumps(self.signature), self.path
+
+        def save(state: dict[str, Any]) -> None:
+            save_checkpoint(path, {**state, "signature": encoded})
+
+        return save
+
+    def finish(self) -> None:
+        """Remove the checkpoint of a run whose results are written."""
+        if self.path is not None:
+            self.path.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                self.path.parent.rmdir()  # only if empty: the user may have put other things there
+
+
+def _detect(
+    cfg: DetectConfig, listing: Listing, run: _Checkpoint, *, ranks: Any, quiet: bool, recorded: dict[str, Any]
+) -> DetectResult:
+    """Load CLIP, gather the evidence, select the clean rows and assemble the result (one rank's part)."""
+    from ..run.backbone import load_clip, resolve_device
+    from ..run.distributed import device_for
+    from ..run.engine import resolve_workers
+    from ..run.progress import RichProgress
+    from .selection import select
+
+    device = device_for(ranks, resolve_device(cfg.device))
+    quiet = quiet or not ranks.is_main  # one progress display and one set of warnings
+    loaded = load_clip(cfg.model, cfg.pretrained, device=device, quiet=quiet, announce=True, seed=cfg.seed)
+    workers = resolve_workers(cfg.num_workers)
+    with RichProgress(quiet=quiet) as progress, StopOnSignal(run.hint) as stop:
+        cache = None
+        if cfg.cache is not None:
+            from ..inputs.cache import prepare_cache
+
+            with stop.hinted("the images cached so far are kept; rerun the same command to go on"):
+                cache = prepare_cache(
+                    cfg.cache, listing, size=loaded.image_size, num_workers=workers, progress=progress, stop=stop,
+                    ranks=ranks,
+                )  # fmt: skip
+        passes = {
+            "batch_size": cfg.batch_size * 2, "image_size": loaded.image_size, "mean": loaded.mean,
+            "std": loaded.std, "device": device, "num_workers": workers, "progress": progress, "stop": stop,
+            "ranks": ranks, "cache": cache,
+        }  # fmt: skip
+        evidence = gather_evidence(
+            cfg, loaded, listing, passes, save=run.saver(), resume=run.resume, checkpoint_every=run.every
+        )
+    selection = select(cfg, listing, evidence, device=device)
+    for line in evidence.warnings + selection.warnings:
+        if not quiet:
+            logging.getLogger("deft_clean").warning(line)
+    frame = results_frame(listing, evidence, selection)
+    if cfg.health:
+        health = health_columns(
+            listing.root, listing.paths, evidence.features, evidence.usable, evidence.prompts, device=device,
+            images=listing.images,
+        )  # fmt: skip
+        frame = frame.assign(**health)
+    metadata = _metadata(cfg, listing, loaded, evidence, selection, recorded=recorded, device=device, world=ranks.world)
+    frame = normalize_frame(frame, metadata)
+    result = DetectResult(frame, metadata, [dataclasses.asdict(h) for h in evidence.history])
+    result.features = evidence.features
+    result.visual_probs = selection.visual
+    result.evidence = evidence
+    return result
+
+
+def _metadata(
+    cfg: DetectConfig, listing: Listing, loaded: Any, evidence: Evidence, selection: Any, *,
+    recorded: dict[str, Any], device: Any, world: int,
+) -> dict[str, Any]:  # fmt: skip
+    """The Parquet's metadata: what was run, on what, with which software, and what it warned about."""
+    import torch
+
+    return {
+        "deft_clean_version": __version__,
+        "kind": "detect",
+        "model": cfg.model,
+        "model_name": loaded.model_name,
+        "pretrained": cfg.pretrained,
+        "classes": listing.classes,
+        "prompt_names": listing.prompt_names,
+        **listing.spec.to_metadata(),  # dataset, source, reader: how to open the dataset again
+        "path_col": recorded["path_col"],
+        "label_col": recorded["label_col"],
+        "image_size": loaded.image_size,
+        "mean": list(loaded.mean),
+        "std": list(loaded.std),
+        "options": dataclasses.asdict(cfg),
+        "seed": cfg.seed,
+        "device": str(device),
+        "world_size": world,
+        "torch_version": torch.__version__,
+        "python_version": platform.python_version(),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "history": [dataclasses.asdict(h) for h in evidence.history],
+        "text_evidence": evidence.text_source,
+        "selection": {"rule": cfg.selection, **{k: v for k, v in selection.info.items() if k != "evidence"}},
+        "evidence": selection.info.get("evidence"),
+        "warnings": evidence.warnings + selection.warnings,
+    }
+
+
+def gather_evidence(
+    cfg: DetectConfig,
+    loaded: Any,
+    listing: Listing,
+    passes: dict[str, Any],
+    *,
+    save: Any,
+    resume: dict[str, Any] | None,
+    checkpoint_every: int,
+) -> Evidence:
+    """The frozen feature pass (zero-shot evidence), then, unless quick, DeFT's prompt training and scoring.
+
+    Learned prompts that diverge, give NaN scores or stop agreeing with zero-shot where it agrees with the
+    labels (collapse) are dropped with a warning; zero-shot evidence is used instead.
+    """
+    import torch
+
+    from ..run.backbone import zero_shot_text
+    from .detector import TrainControl, image_features
+    from .evidence import Evidence
+    from .selection import MIN_PROMPT_AGREEMENT, prompt_agreement
+
+    with passes["stop"].hinted("stopped before any training; rerun the same command (without --resume)"):
+        features, failures = image_features(loaded.model, listing, **passes)
+    text = zero_shot_text(loaded, listing.prompt_names)  # [K, E]
+    scale = float(loaded.model.logit_scale.detach().exp())
+    logits = scale * torch.from_numpy(np.nan_to_num(features)).to(text.device) @ text.t()  # [N, K]
+    evidence = Evidence(features, logits.softmax(dim=1).cpu().numpy(), text.cpu().numpy(), failures)
+    if cfg.quick:
+        return evidence
+    control = TrainControl(save, resume, every_steps=checkpoint_every, stop=passes["stop"], ranks=passes["ranks"])
+    scores = learned_scores(cfg, loaded, listing, passes, evidence, control)
+    if scores is None:
+        return evidence
+    usable = evidence.usable
+    labels = listing.label_indices
+    if np.isnan(scores.p_clean[usable]).any():
+        evidence.warnings.append("the learned prompts gave NaN scores; zero-shot prompts used instead (lower lr)")
+        return evidence
+    agreement = prompt_agreement(scores.predicted_index, evidence.zero_shot.argmax(axis=1), labels, usable)
+    if agreement < MIN_PROMPT_AGREEMENT:
+        evidence.warnings.append(
+            f"the learned prompts collapsed (they agree with only {100 * agreement:.0f}% of the labels that "
+            "zero-shot prompts confirm); zero-shot prompts used instead (try a lower lr or --ctx-init)"
+        )
+        return evidence
+    evidence.scores = scores
+    evidence.text_source = "learned prompts"
+    return evidence
+
+
+def learned_scores(
+    cfg: DetectConfig, loaded: Any, listing: Listing, passes: dict[str, Any], evidence: Evidence, control: Any
+) -> Any:
+    """Train DeFT's prompts and score every sample with them (a ``detector.Scores``); None, with a warning
+    in ``evidence``, when the training diverged."""
+    from ..run.engine import TrainingDiverged, seed_everything
+    from . import detector
+
+    # Seeded here, after the cache fill and the feature pass (their loaders draw from the global RNG), so
+    # that prompt init and augmentation are the same with and without a cache.
+    generator = seed_everything(cfg.seed)
+    model = detector.DeftModel(
+        loaded,
+        listing.prompt_names,
+        n_ctx=cfg.n_ctx,
+        ctx_init=cfg.ctx_init,
+        class_specific=cfg.class_specific,
+        vpt_tokens=cfg.vpt_tokens,
+        vpt_depth=cfg.vpt_depth,
+    ).to(passes["device"])
+    train_options = {k: passes[k] for k in ("image_size", "mean", "std", "device", "num_workers", "progress", "cache")}
+    try:
+        evidence.history = detector.train_prompts(
+            model,
+            listing,
+            epochs=cfg.epochs,
+            warmup_epochs=cfg.warmup_epochs,
+            batch_size=cfg.batch_size,
+            lr=cfg.lr,
+            momentum=cfg.momentum,
+            weight_decay=cfg.weight_decay,
+            clean_rule=cfg.clean_rule,
+            hflip=cfg.hflip,
+            grad_clip=cfg.grad_clip,
+            generator=generator,
+            control=control,
+            **train_options,
+        )
+    except TrainingDiverged as exc:
+        evidence.warnings.append(f"{exc}; the learned prompts were dropped and zero-shot prompts used (lower lr)")
+        return None
+    return detector.score_samples(model, listing, **passes)
+
+
+def results_frame(listing: Listing, evidence: Evidence, decision: Any) -> pd.DataFrame:
+    """Assemble the per-sample DataFrame of the Parquet contract from the listing and the decision."""
+    usable = evidence.usable
+    classes = np.array(listing.classes, dtype=object)
+    suggested = np.where(usable, decision.suggested, -1)
+    scores = evidence.scores
+    n = len(listing)
+    nan = np.full(n, np.nan, dtype=np.float32)
+
+    def floats(values: np.ndarray) -> pd.arrays.FloatingArray:
+        return pd.array(np.where(usable, values, np.nan), dtype="Float32")
+
+    frame = pd.DataFrame(
+        {
+            "path": listing.paths,
+            "label": listing.labels,
+            "label_index": listing.label_indices,
+            "p_clean": floats(decision.p_clean),
+            "is_clean": decision.is_clean & usable,
+            "predicted_label": np.where(usable, classes[np.clip(suggested, 0, None)], None),
+            "predicted_index": suggested,
+            "p_predicted": floats(decision.p_suggested),
+            "sim_pos": floats(scores.sim_pos if scores is not None else nan),
+            "sim_neg": floats(scores.sim_neg if scores is not None else nan),
+            "text_score": floats(decision.text_score),
+            "visual_score": floats(decision.visual_score),
+            "flag_reason": decision.reason,
+            "withheld": (decision.withheld if decision.withheld is not None else np.zeros(n, dtype=bool)) & usable,
+            "status": [evidence.failures.get(i, STATUS_OK) for i in range(n)],
+        }
+    )
+    # Nullable Float32 turns NaN into <NA> only via the mask; do it explicitly for unusable rows.
+    for column in ("p_clean", "p_predicted", "sim_pos", "sim_neg", "text_score", "visual_score"):
+        frame.loc[~usable, column] = pd.NA
+    return frame

@@ -1,0 +1,208 @@
+"""Dataset health beyond label errors: exact duplicates, near-duplicates and outliers.
+
+Exact duplicates share a file content hash. Near-duplicates are images whose frozen image features have
+cosine similarity at or above a threshold; outliers are far from their nearest neighbours and, when class
+prompt embeddings are given, from every class prompt. Similarities are computed block by block (rows x
+columns), so memory is ``block**2`` floats, never ``N**2``; time is still ``N**2 * D`` multiply-adds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+if TYPE_CHECKING:
+    from ..inputs.readers.base import ImageSource
+
+NEAR_DUPLICATE_SIM = 0.97  # cosine similarity at or above which two images are near-duplicates
+NEIGHBOURS = 10  # k of the k-nearest-neighbour distance behind the outlier score
+OUTLIER_Z = 4.0  # robust z-score above which a row is an outlier
+BLOCK = 4096  # rows and columns of one similarity block
+MAX_GROUP_ROWS = 20  # a near-duplicate group larger than this and than MAX_GROUP_SHARE of the rows is implausible
+MAX_GROUP_SHARE = 0.01
+
+
+@dataclass(frozen=True)
+class Health:
+    """Per-row health, aligned with the rows given."""
+
+    duplicate_group: np.ndarray  # int64 [N]: rows sharing an id are exact or near duplicates; -1 = unique
+    outlier_score: np.ndarray  # float32 [N]: robust z-score of the distance to neighbours (and prompts); NaN unusable
+    is_outlier: np.ndarray  # bool [N]: outlier_score > OUTLIER_Z
+    warnings: list[str] = field(default_factory=list)  # e.g. near-duplicates dropped as implausible
+
+
+def content_hashes(
+    root: str | os.PathLike[str], paths: Sequence[str], *, images: ImageSource | None = None
+) -> list[str | None]:
+    """sha256 of each file's bytes (row i's bytes from ``images`` when given); None for an unreadable one.
+
+    Bytes come through the reader (``images``, else the files below ``root``): a FIFO, a device, a file
+    over the size limit or one outside the root is never read, only hashed as None.
+    """
+    from ..inputs.readers.base import FileImages
+
+    source = images if images is not None else FileImages(root, paths)
+    hashes: list[str | None] = []
+    for i in range(len(paths)):
+        try:
+            data = source.read_bytes(i)
+            hashes.append(hashlib.sha256(data).hexdigest())
+        except OSError:
+            hashes.append(None)
+    return hashes
+
+
+def _normalise(features: np.ndarray) -> np.ndarray:
+    x = np.nan_to_num(features.astype(np.float32, copy=False))
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)  # [N, D], unit rows
+
+
+def neighbours(
+    features: np.ndarray,
+    usable: np.ndarray,
+    *,
+    k: int = NEIGHBOURS,
+    threshold: float = NEAR_DUPLICATE_SIM,
+    block: int = BLOCK,
+    device: Any = "cpu",
+) -> tuple[np.ndarray, np.ndarray]:
+    """Blockwise pass over usable rows: mean cosine similarity to the ``k`` nearest other rows, and pairs.
+
+    Returns ``(knn_sim float32 [N] (NaN unusable), pairs int64 [P, 2])``: each pair has similarity >=
+    ``threshold``; a row is paired with at most one row per column block (its most similar), so ``P`` stays
+    below ``N * ceil(N / block)``. Memory is ``block * (block + k)`` floats; the products run on ``device``.
+    """
+    import torch
+
+    rows = np.flatnonzero(usable)
+    x = torch.from_numpy(_normalise(features[rows])).to(device)  # [M, D]
+    m = len(rows)
+    k = max(1, min(k, m - 1))
+    knn = np.full(len(features), np.nan, dtype=np.float32)
+    pairs: list[np.ndarray] = []
+    for start in range(0, m, block):
+        a = x[start : start + block]  # [B, D]
+        best = torch.full((len(a), k), -torch.inf, device=x.device)  # running top-k similarities [B, k]
+        for col in range(0, m, block):
+            sim = a @ x[col : col + block].T  # [B, C]
+            if col == start:
+                sim.fill_diagonal_(-torch.inf)  # a row is not its own neighbour
+            # One edge per row and column block, to its most similar column: enough to join a tight group
+            # of near-duplicates, and a group of G identical images costs G edges per block, not G**2.
+            top, where = sim.max(dim=1)
+            hit = (top >= threshold).nonzero().squeeze(1)
+            if len(hit):
+                pairs.append(np.stack([start + hit.cpu().numpy(), col + where[hit].cpu().numpy()], axis=1))
+            merged = torch.cat([best, sim], dim=1)  # [B, k + C]
+            best = merged.topk(k, dim=1).values
+        best = best.cpu().numpy()
+        knn[rows[start : start + len(a)]] = np.where(np.isfinite(best), best, np.nan).mean(axis=1)
+    found = np.concatenate(pairs) if pairs else np.zeros((0, 2), dtype=np.int64)
+    return knn, rows[found].reshape(-1, 2)
+
+
+def group_ids(n: int, pairs: np.ndarray) -> np.ndarray:
+    """int64 [n]: connected components of the pairs (union-find), numbered 0, 1, ... in row order; -1 alone."""
+    parent = np.arange(n)
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for i, j in pairs:
+        ri, rj = root(int(i)), root(int(j))
+        if ri != rj:
+            parent[max(ri, rj)] = min(ri, rj)
+    roots = np.array([root(i) for i in range(n)])
+    sizes = np.bincount(roots, minlength=n)
+    ids = np.full(n, -1, dtype=np.int64)
+    numbering: dict[int, int] = {}
+    for i in np.flatnonzero(sizes[roots] > 1):
+        ids[i] = numbering.setdefault(int(roots[i]), len(numbering))
+    return ids
+
+
+def robust_z(values: np.ndarray) -> np.ndarray:
+    """(x - median) / (1.4826 * MAD); NaN stays NaN."""
+    finite = values[np.isfinite(values)]
+    if not len(finite):
+        return values.astype(np.float32)
+    median = np.median(finite)
+    mad = 1.4826 * np.median(np.abs(finite - median))
+    return ((values - median) / max(mad, 1e-6)).astype(np.float32)
+
+
+def dataset_health(
+    features: np.ndarray,
+    usable: np.ndarray,
+    *,
+    hashes: Sequence[str | None] | None = None,
+    prompts: np.ndarray | None = None,
+    threshold: float = NEAR_DUPLICATE_SIM,
+    k: int = NEIGHBOURS,
+    outlier_z: float = OUTLIER_Z,
+    block: int = BLOCK,
+    device: Any = "cpu",
+) -> Health:
+    """Duplicate groups and outliers of ``features`` (float32 [N, D] frozen image features).
+
+    ``hashes`` (content hashes, e.g. :func:`content_hashes`) join exact duplicates into the same groups
+    as near-duplicates; ``prompts`` (float32 [K, D] class prompt embeddings) add the distance to the
+    closest class prompt to the outlier score (its mean with the neighbour distance, as robust z-scores).
+    """
+    usable = np.asarray(usable, dtype=bool)
+    knn, pairs = neighbours(features, usable, k=k, threshold=threshold, block=block, device=device)
+    warnings = []
+    if len(pairs):
+        sizes = np.bincount(group_ids(len(features), pairs)[usable] + 1)[1:]  # rows per near-duplicate group
+        limit = max(MAX_GROUP_ROWS, MAX_GROUP_SHARE * int(usable.sum()))
+        if sizes.size and sizes.max() > limit:
+            # Features too alike to tell images apart (a small or mismatched model): one group would swallow
+            # a good part of the dataset, and --drop-duplicates would delete it. Keep exact duplicates only.
+            warnings.append(
+                f"near-duplicate search found a group of {int(sizes.max())} images (features too alike at "
+                f"cosine {threshold}); only exact duplicates are reported"
+            )
+            pairs = pairs[:0]
+    if hashes is not None:
+        first: dict[str, int] = {}
+        same = [(first.setdefault(h, i), i) for i, h in enumerate(hashes) if h is not None and usable[i]]
+        pairs = np.concatenate([pairs, np.array([p for p in same if p[0] != p[1]], dtype=np.int64).reshape(-1, 2)])
+    score = robust_z(1.0 - knn)
+    if prompts is not None:
+        closest = (_normalise(features) @ _normalise(prompts).T).max(axis=1)  # [N]
+        score = (score + robust_z(np.where(usable, 1.0 - closest, np.nan))) / 2
+    score = np.where(usable, score, np.nan).astype(np.float32)
+    return Health(group_ids(len(features), pairs), score, np.nan_to_num(score, nan=-np.inf) > outlier_z, warnings)
+
+
+def health_columns(
+    root: str | os.PathLike[str],
+    paths: Sequence[str],
+    features: np.ndarray,
+    usable: np.ndarray,
+    prompts: np.ndarray | None,
+    *,
+    device: Any,
+    images: ImageSource | None = None,
+) -> dict[str, Any]:
+    """The Parquet's health columns for a detect run: duplicate_group, outlier_score, is_outlier."""
+    hashes = content_hashes(root, paths, images=images)
+    health = dataset_health(features, usable, hashes=hashes, prompts=prompts, device=device)
+    for line in health.warnings:
+        logging.getLogger("deft_clean").warning(line)
+    return {
+        "duplicate_group": pd.array(np.where(health.duplicate_group >= 0, health.duplicate_group, None), dtype="Int64"),
+        "outlier_score": pd.array(np.where(usable, health.outlier_score, np.nan), dtype="Float32"),
+        "is_outlier": health.is_outlier & usable,
+    }

@@ -1,0 +1,97 @@
+"""Images of a listing as a torch Dataset (listing itself lives in :mod:`deft_clean.inputs.listing`, torch-free).
+
+The listing names are re-exported here for older imports (``from deft_clean.inputs.data import list_dataset``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from .cache import CachedFailure, CachedImages
+from .images import describe_failure, load_image, to_rgb
+from .listing import (
+    IMAGE_EXTENSIONS,
+    STATUS_OK,
+    TABLE_EXTENSIONS,
+    Listing,
+    default_prompt_name,
+    list_dataset,
+    load_class_names,
+    natural_sorted,
+)
+from .readers.base import FileImages, ImageSource, PackedStrings
+from .readers.files import check_unique, read_table
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "STATUS_OK",
+    "TABLE_EXTENSIONS",
+    "CachedFailure",
+    "ImageDataset",
+    "Listing",
+    "PackedStrings",
+    "check_unique",
+    "default_prompt_name",
+    "describe_failure",
+    "list_dataset",
+    "load_class_names",
+    "load_image",
+    "natural_sorted",
+    "read_table",
+    "to_rgb",
+]
+
+
+class ImageDataset(Dataset):
+    """Images of a listing, transformed; unusable files come back as zeros with a status string.
+
+    Items are ``(image [3, H, W], label_index, sample_index, status)``; status is ``"ok"`` or why the
+    file could not be used. A corrupt file never raises. Images come from ``images`` (the listing's
+    reader, :attr:`deft_clean.inputs.listing.Listing.images`), or from ``cache``; without either, from the files
+    ``root / paths[i]``.
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        paths: Sequence[str],
+        label_indices: np.ndarray,
+        transform: Callable[[Image.Image], torch.Tensor],
+        *,
+        image_size: int,
+        indices: Sequence[int] | None = None,
+        cache: CachedImages | None = None,
+        images: ImageSource | None = None,
+    ) -> None:
+        self.root = root
+        self.cache = cache  # decoded pixels aligned to ``paths`` (see deft_clean.inputs.cache), or None
+        # Paths as one UTF-8 buffer + offsets, indices as an array: no per-sample Python objects, so
+        # DataLoader workers do not copy a list of N strings page by page (fork copy-on-write + refcounts).
+        self.images = images if images is not None else FileImages(root, paths)  # the listing's reader
+        self.label_indices = np.asarray(label_indices)
+        self.transform = transform
+        self.image_size = image_size
+        self.indices = np.arange(len(paths)) if indices is None else np.asarray(indices, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, item: int) -> tuple[torch.Tensor, int, int, str]:
+        index = int(self.indices[item])
+        label = int(self.label_indices[index])
+        try:
+            if self.cache is not None:
+                image = self.cache.image(index)
+            else:
+                image = self.images.open(index, draft_size=self.image_size)
+            return self.transform(image), label, index, STATUS_OK
+        except CachedFailure as failure:
+            return torch.zeros(3, self.image_size, self.image_size), label, index, failure.status
+        except Exception as exc:  # any decode failure is a status, never a crash
+            return torch.zeros(3, self.image_size, self.image_size), label, index, describe_failure(exc)

@@ -1,0 +1,151 @@
+"""A detect result in a notebook: DataFrames of what was flagged, and an HTML view for Jupyter.
+
+:class:`~deft_clean.detecting.detection.DetectResult` exposes these as ``flagged()``, ``noise_rates()``,
+``confusions()`` and ``_repr_html_()``. They read only the result's frame and metadata, so they work the same
+on a result returned by ``detect()`` and on one built from a saved Parquet.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+
+from ..inputs.images import load_image
+from ..inputs.readers.recorded import recorded_opener
+from .results import flagged_rows, usable_rows
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+FLAGGED_COLUMNS = ["path", "label", "predicted_label", "p_clean", "p_predicted", "flag_reason"]
+THUMBNAILS = 8  # flagged samples shown in the HTML view
+THUMB_PX = 96
+
+
+def _flag_mask(frame: pd.DataFrame) -> pd.Series:
+    return pd.Series(flagged_rows(frame), index=frame.index)
+
+
+def flagged(frame: pd.DataFrame) -> pd.DataFrame:
+    """Flagged usable rows, most suspicious (lowest ``p_clean``) first; the index is the Parquet row."""
+    rows = frame.loc[_flag_mask(frame), [c for c in FLAGGED_COLUMNS if c in frame.columns]]
+    return rows.sort_values("p_clean", ascending=True, kind="stable", na_position="last")
+
+
+def noise_rates(frame: pd.DataFrame, classes: list[str]) -> pd.DataFrame:
+    """Per class (in class order): samples, usable, flagged, and noise_rate = flagged / usable (NaN if none)."""
+    usable = pd.Series(usable_rows(frame), index=frame.index)
+    by_label = frame.groupby("label", sort=False)
+    table = pd.DataFrame(
+        {
+            "samples": by_label.size(),
+            "usable": usable.groupby(frame["label"], sort=False).sum(),
+            "flagged": _flag_mask(frame).groupby(frame["label"], sort=False).sum(),
+        }
+    ).reindex(classes, fill_value=0)
+    table = table.astype("int64")
+    table["noise_rate"] = table["flagged"] / table["usable"].where(table["usable"] > 0)
+    table.index.name = "class"
+    return table
+
+
+def confusions(frame: pd.DataFrame) -> pd.DataFrame:
+    """Given -> suggested label pairs among flagged rows, with counts, most frequent first."""
+    rows = frame.loc[_flag_mask(frame), ["label", "predicted_label"]]
+    counts = rows.groupby(["label", "predicted_label"], sort=False).size()
+    table = counts.rename("count").reset_index().rename(columns={"label": "given", "predicted_label": "suggested"})
+    return table.sort_values(["count", "given", "suggested"], ascending=[False, True, True], kind="stable").reset_index(
+        drop=True
+    )
+
+
+def to_html(frame: pd.DataFrame, metadata: dict[str, Any], *, thumbnails: int = THUMBNAILS) -> str:
+    """A compact HTML summary: totals, the per-class table and the most suspicious flagged samples."""
+    esc = html.escape
+    classes = list(metadata.get("classes", []))
+    usable = int(usable_rows(frame).sum())
+    worst = flagged(frame)
+    n_flagged = len(worst)
+    share = f"{100 * n_flagged / usable:.1f}%" if usable else "n/a"
+    model = f"{metadata.get('model', '?')} ({metadata.get('pretrained', '?')})"
+    from .summary import evidence_line
+
+    warning = evidence_line(metadata.get("evidence"))
+    banner = (
+        '<p style="background:#fdecea;border:2px solid #b71c1c;padding:6px">'
+        f"<b>Evidence warning.</b> {esc(warning)}</p>"
+        if warning
+        else ""
+    )
+    parts = [
+        '<div class="deft-clean-result">',
+        banner,
+        f"<p><b>deft-clean detect</b>: {len(frame)} samples, <b>{n_flagged}</b> flagged ({share} of usable), "
+        f"{len(frame) - usable} unusable &middot; model {esc(model)} &middot; "
+        f"selection {esc(str(metadata.get('selection', {}).get('rule', '?')))}</p>",
+        '<table><thead><tr><th>class</th><th>samples</th><th>flagged</th><th>noise rate</th></tr></thead><tbody>',
+    ]
+    for name, row in noise_rates(frame, classes).iterrows():
+        rate = "" if pd.isna(row["noise_rate"]) else f"{100 * row['noise_rate']:.1f}%"
+        parts.append(
+            f"<tr><td>{esc(str(name))}</td><td>{int(row['samples'])}</td><td>{int(row['flagged'])}</td>"
+            f"<td>{rate}</td></tr>"
+        )
+    parts.append("</tbody></table>")
+    if n_flagged:
+        root = _image_root(metadata)
+        opener = recorded_opener(metadata)  # rows that are not files (Hugging Face, WebDataset)
+        parts.append(f"<p>most suspicious of the {n_flagged} flagged samples (lowest p_clean first):</p><div>")
+        for _, row in worst.head(thumbnails).iterrows():
+            path = str(row["path"])
+            image = (
+                _thumbnail(lambda s, p=path: opener(p, s))
+                if opener is not None
+                else _thumbnail(lambda s, p=path: load_image(root / p, draft_size=s, root=root))
+                if root is not None
+                else None
+            )
+            img = (
+                f'<img src="data:image/png;base64,{image}" alt="{esc(row["path"])}" '
+                f'style="display:block;max-width:{THUMB_PX}px;max-height:{THUMB_PX}px">'
+                if image
+                else f'<div style="width:{THUMB_PX}px;height:{THUMB_PX}px;background:#eee"></div>'
+            )
+            p_clean = "" if pd.isna(row["p_clean"]) else f"{float(row['p_clean']):.2f}"
+            parts.append(
+                f'<figure style="display:inline-block;margin:4px;width:{THUMB_PX + 24}px;font-size:small" '
+                f'title="{esc(str(row.get("flag_reason") or ""))}">{img}<figcaption>{esc(str(row["label"]))} '
+                f"&rarr; {esc(str(row['predicted_label']))}<br>p_clean {p_clean}<br>"
+                f"<code>{esc(str(row['path']))}</code></figcaption></figure>"
+            )
+        parts.append("</div>")
+    parts.append("</div>")
+    return "\n".join(parts)
+
+
+def _image_root(metadata: dict[str, Any]) -> Path | None:
+    from ..inputs.listing import dataset_root
+    from ..run.errors import DeftCleanError
+
+    try:
+        return dataset_root(metadata)
+    except DeftCleanError:  # the dataset moved: show the tables without thumbnails
+        return None
+
+
+def _thumbnail(open_image: Callable[[int], Image.Image]) -> str | None:
+    """A small PNG of ``open_image(draft_size)`` as base64, or None when it cannot be read (or leaves its root)."""
+    try:
+        image = open_image(2 * THUMB_PX)
+        image.thumbnail((THUMB_PX, THUMB_PX))
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+    except Exception:  # a preview must never break the notebook cell
+        return None
+    return base64.b64encode(buffer.getvalue()).decode("ascii")

@@ -1,0 +1,168 @@
+"""The report on a detect Parquet: :func:`report` prints the summary (:mod:`deft_clean.outputs.summary`) as rich
+tables and writes the HTML page (:mod:`deft_clean.outputs.report_html`) after checking where it may go.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from ..inputs.listing import DatasetSpec, dataset_root
+from ..run.errors import DeftCleanError
+from ..run.safety import Output, check_outputs, printable
+from .results import Results, load_results
+from .summary import HTML_TOP, TERMINAL_TOP, ReportData, estimate, rate, summarize
+
+
+def report(
+    results: str | os.PathLike[str] | Results,
+    *,
+    html: str | os.PathLike[str] | None = None,
+    top: int | None = None,
+    dataset: str | os.PathLike[str] | None = None,
+    decisions: str | os.PathLike[str] | None = None,
+    console: Console | None = None,
+    overwrite: bool = False,
+) -> ReportData:
+    """Print the terminal report (unless ``console`` is None) and write the HTML page if ``html`` is given.
+
+    ``top`` caps the most-suspicious table (default 20) and the HTML gallery's thumbnails (default 200).
+    ``decisions`` (a review CSV) adds how many flagged rows were reviewed and how. An existing ``html`` file
+    is only replaced with ``overwrite``; it may never be the results, the dataset table or a file inside the
+    dataset.
+    """
+    if isinstance(results, (str, os.PathLike)):
+        frame, metadata = load_results(results)
+    else:
+        frame, metadata = results.frame, results.metadata
+    data = summarize(frame, metadata, top=TERMINAL_TOP if top is None else top)
+    if decisions is not None:
+        from .decisions import review_counts
+
+        data = replace(data, reviewed=review_counts(decisions, frame, metadata))
+    root = dataset_root(metadata, dataset) if dataset is not None else None
+    if html is not None:
+        from .report_html import write_html
+
+        _check_html_out(html, results, frame, metadata, root, overwrite=overwrite, decisions=decisions)
+
+        write_html(frame, metadata, html, top=HTML_TOP if top is None else top, dataset_root=root)
+    if console is not None:
+        print_report(data, console)
+    return data
+
+
+def _check_html_out(
+    html: str | os.PathLike[str],
+    results: Any,
+    frame: pd.DataFrame,
+    metadata: dict[str, Any],
+    root: Path | None,
+    *,
+    overwrite: bool,
+    decisions: Any = None,
+) -> None:
+    """The page may not replace the results, the decisions, the dataset table, an image, or land inside an
+    image folder."""
+    inputs: list[Any] = [p for p in (results, decisions) if isinstance(p, (str, os.PathLike))]
+    spec = DatasetSpec.of(metadata)
+    table = spec.table
+    if table and spec.location:
+        inputs.append(spec.location)
+    if root is None:
+        with contextlib.suppress(DeftCleanError):
+            root = dataset_root(metadata)
+    datasets = []
+    if root is not None and table and len(frame) <= 1_000_000:
+        inputs.extend(root / str(p) for p in frame["path"])
+    elif root is not None:
+        datasets.append(root)
+    check_outputs([Output(html, "html", overwrite=overwrite)], inputs=inputs, datasets=datasets)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Terminal
+
+
+def print_report(data: ReportData, console: Console, *, max_rows: int = 30) -> None:
+    """Print the totals, per-class, pairs and most-suspicious tables; long tables stop at ``max_rows``."""
+    if data.evidence_warning:
+        console.print(Text(f"warning: {printable(data.evidence_warning)}", style="bold red"))
+    totals = Table(title="totals")
+    for column in ("samples", "usable", "flagged", "flagged %", "unusable"):
+        totals.add_column(column, justify="right")
+    totals.add_row(
+        str(data.samples), str(data.usable), str(data.flagged), f"{data.flagged_pct:.1f}", str(data.unusable)
+    )
+    console.print(totals)
+
+    title = "per class (noise rate = flagged / usable; est. wrong = the evidence check's estimate, 95%)"
+    classes = Table(title=_title(title, data.per_class, max_rows))
+    classes.add_column("class")
+    for column in ("samples", "flagged", "noise rate", "est. wrong"):
+        classes.add_column(column, justify="right")
+    for row in data.per_class.head(max_rows).itertuples(index=False):
+        classes.add_row(
+            Text(printable(row[0])), str(row.samples), str(row.flagged), rate(row.noise_rate), estimate(row.est_noise)
+        )
+    console.print(classes)
+
+    if len(data.pairs):
+        pairs = Table(title=_title("flagged: given -> suggested label", data.pairs, max_rows))
+        pairs.add_column("given")
+        pairs.add_column("suggested")
+        pairs.add_column("flagged", justify="right")
+        for row in data.pairs.head(max_rows).itertuples(index=False):
+            pairs.add_row(Text(printable(row.given)), Text(printable(row.suggested)), str(row[2]))
+        console.print(pairs)
+
+    if data.health is not None:
+        h = data.health
+        console.print(
+            Text(
+                f"health: {h['groups']} duplicate groups ({h['duplicates']} samples; export --drop-duplicates "
+                f"keeps one each), {h['outliers']} outliers (export --drop-outliers)"
+            )
+        )
+
+    if data.reviewed is not None:
+        r = data.reviewed
+        console.print(
+            Text(
+                f"reviewed {r['reviewed']} of {r['flagged']} flagged ({r['keep']} keep, {r['drop']} drop, "
+                f"{r['relabel']} relabel); {r['other']} decisions on rows detect kept"
+            )
+        )
+
+    if len(data.suspicious):
+        suspicious = Table(title=f"{len(data.suspicious)} most suspicious samples (lowest p_clean)")
+        suspicious.add_column("path", overflow="fold")
+        suspicious.add_column("given")
+        suspicious.add_column("suggested")
+        suspicious.add_column("p_clean", justify="right")
+        suspicious.add_column("why flagged", overflow="fold")
+        for row in data.suspicious.itertuples(index=False):
+            mark = "" if row.flagged else " (kept)"
+            reason = "" if pd.isna(row.flag_reason) else str(row.flag_reason)
+            suspicious.add_row(
+                Text(printable(row.path)),
+                Text(printable(row.label)),
+                Text(printable(row.predicted_label)),
+                f"{row.p_clean:.3f}{mark}",
+                Text(reason),
+            )
+        console.print(suspicious)
+
+
+def _title(title: str, table: pd.DataFrame, max_rows: int) -> str:
+    return title if len(table) <= max_rows else f"{title}, first {max_rows} of {len(table)}"
+
+

@@ -1,0 +1,279 @@
+"""The HTML report: one self-contained page with the summary, a p_clean histogram, a given-vs-suggested
+heatmap and a review section where every flagged sample can be kept, dropped or relabelled
+(:mod:`deft_clean.outputs.report_review`).
+
+The page loads nothing from the network: thumbnails are JPEG data URIs, the histogram and heatmap are
+inline SVG and tables, and its content security policy allows nothing else (not even an inline event
+handler, should a label ever slip through unescaped). Every label and path goes through html.escape.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import logging
+import os
+from datetime import datetime, timezone
+from html import escape
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ..inputs.listing import dataset_root as recorded_dataset_root
+from ..run.errors import DeftCleanError
+from ..run.files import write_atomic
+from . import report_review as review
+from .results import flagged_rows, usable_rows
+from .summary import HTML_TOP, ReportData, estimate, rate, summarize
+
+log = logging.getLogger(__name__)
+
+HISTOGRAM_BINS = 20  # p_clean bins over [0, 1]
+HEATMAP_CLASSES = 20  # heatmap axes: the classes most involved in flagged pairs; the rest become "(other)"
+
+
+def write_html(
+    frame: pd.DataFrame,
+    metadata: dict[str, Any],
+    path: str | os.PathLike[str],
+    *,
+    top: int = HTML_TOP,
+    dataset_root: Path | None = None,
+) -> Path:
+    """Write the HTML report atomically: summary, p_clean histogram, heatmap, review of the flagged samples.
+
+    The review section pages through every flagged sample (see :mod:`deft_clean.outputs.report_review`);
+    thumbnails are embedded for the ``top`` flagged samples with the lowest p_clean.
+    ``dataset_root`` is where the images are; by default the dataset recorded in ``metadata``. When
+    the images cannot be found the page still renders, with placeholders instead of thumbnails.
+    """
+    data = summarize(frame, metadata, top=0)
+    root = dataset_root if dataset_root is not None else _recorded_root(metadata)
+    page = _page(frame, metadata, data, top=top, root=root)
+
+    def write(tmp: Path) -> None:
+        tmp.write_text(page, encoding="utf-8", errors="replace")
+
+    return write_atomic(path, write)
+
+
+def _recorded_root(metadata: dict[str, Any]) -> Path | None:
+    try:
+        return recorded_dataset_root(metadata)
+    except DeftCleanError as exc:
+        log.warning("no thumbnails in the HTML report: %s", exc)
+        return None
+
+
+CSS = """
+body{font:14px/1.4 system-ui,sans-serif;margin:24px;color:#222;max-width:1800px}
+h1{font-size:22px}h2{font-size:17px;margin-top:28px}
+table{border-collapse:collapse}td,th{padding:3px 8px;border-bottom:1px solid #ddd;text-align:left}
+td.n,th.n{text-align:right;font-variant-numeric:tabular-nums}
+.meta{color:#666;word-break:break-all}.totals span{font-weight:600}
+.scroll{max-height:420px;overflow:auto;display:inline-block}
+.heat td{text-align:center;min-width:28px}.heat th.col{writing-mode:vertical-rl;transform:rotate(180deg)}
+"""
+
+
+
+def _page(frame: pd.DataFrame, metadata: dict[str, Any], data: ReportData, *, top: int, root: Path | None) -> str:
+    script_hash = base64.b64encode(hashlib.sha256(review.SCRIPT.encode()).digest()).decode()
+    # Only data: images, inline styles and this exact script may load: no network, no injected handlers.
+    csp = f"default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'sha256-{script_hash}'"
+    dataset = str(metadata.get("dataset", "?"))
+    created = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    parts = [
+        "<!doctype html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f'<meta http-equiv="Content-Security-Policy" content="{csp}">',
+        f"<title>deft-clean report: {escape(Path(dataset).name)}</title>",
+        f"<style>{CSS}{review.CSS}</style></head><body>",
+        "<h1>deft-clean report</h1>",
+        f'<p class="meta">dataset {escape(dataset)} &middot; model {escape(str(metadata.get("model", "?")))} '
+        f"&middot; detect run {escape(str(metadata.get('created', '?')))} &middot; report {created}</p>",
+        _evidence_html(data),
+        _summary_html(data),
+        _classes_html(data),
+        _pairs_html(data),
+        _histogram_html(frame),
+        _heatmap_html(frame),
+        review.review_html(review.review_data(frame, metadata, top=top, root=root), data.per_class),
+        _health_html(frame),
+        _unusable_html(frame),
+        f"<script>{review.SCRIPT}</script>",
+        "</body></html>",
+    ]
+    return "\n".join(parts)
+
+
+def _evidence_html(data: ReportData) -> str:
+    """A banner when the evidence check withheld flags or found the evidence weak (empty otherwise)."""
+    if not data.evidence_warning:
+        return ""
+    return (
+        '<div id="evidence-banner" role="alert" style="background:#fdecea;border:2px solid #b71c1c;padding:8px 12px;'
+        f'margin:8px 0"><b>Evidence warning.</b> {escape(data.evidence_warning)}</div>'
+    )
+
+
+def _summary_html(data: ReportData) -> str:
+    return (
+        '<h2>Summary</h2><p class="totals">'
+        f'<span id="n-samples">{data.samples}</span> samples, '
+        f'<span id="n-usable">{data.usable}</span> usable, '
+        f'<span id="n-flagged">{data.flagged}</span> flagged '
+        f'(<span id="flagged-pct">{data.flagged_pct:.1f}</span>% of usable), '
+        f'<span id="n-unusable">{data.unusable}</span> unusable</p>'
+    )
+
+
+def _classes_html(data: ReportData) -> str:
+    rows = "".join(
+        f'<tr data-class="{escape(str(row[0]))}"><td>{escape(str(row[0]))}</td>'
+        f'<td class="n samples">{row.samples}</td><td class="n flagged">{row.flagged}</td>'
+        f'<td class="n">{rate(row.noise_rate)}</td><td class="n">{escape(estimate(row.est_noise))}</td></tr>'
+        for row in data.per_class.itertuples(index=False)
+    )
+    return (
+        "<h2>Per class</h2><p>Noise rate: flagged share of the class's usable samples. Est. wrong: the evidence "
+        "check's estimate of the share of wrong labels, with its 95% interval.</p>"
+        '<div class="scroll"><table id="classes"><tr><th>class</th><th class="n">samples</th>'
+        f'<th class="n">flagged</th><th class="n">noise rate</th><th class="n">est. wrong</th></tr>{rows}'
+        "</table></div>"
+    )
+
+
+def _pairs_html(data: ReportData, max_rows: int = 50) -> str:
+    rows = "".join(
+        f'<tr><td>{escape(str(row.given))}</td><td>{escape(str(row.suggested))}</td><td class="n">{row[2]}</td></tr>'
+        for row in data.pairs.head(max_rows).itertuples(index=False)
+    )
+    more = f"<p>{len(data.pairs) - max_rows} more pairs not shown.</p>" if len(data.pairs) > max_rows else ""
+    return (
+        "<h2>Flagged: given &rarr; suggested label</h2>"
+        '<div class="scroll"><table id="pairs"><tr><th>given</th><th>suggested</th>'
+        f'<th class="n">flagged</th></tr>{rows}</table></div>{more}'
+    )
+
+
+def _histogram_html(frame: pd.DataFrame) -> str:
+    usable = usable_rows(frame)
+    p = frame.loc[usable, "p_clean"].to_numpy(dtype=float, na_value=np.nan)
+    is_flagged = ~frame.loc[usable, "is_clean"].to_numpy(dtype=bool)
+    edges = np.linspace(0.0, 1.0, HISTOGRAM_BINS + 1)
+    flagged_counts, _ = np.histogram(p[is_flagged], bins=edges)
+    kept_counts, _ = np.histogram(p[~is_flagged], bins=edges)
+    width, height, bar = 600, 160, 600 / HISTOGRAM_BINS
+    peak = max(int((flagged_counts + kept_counts).max()), 1)
+    bars = []
+    for i, (f, k) in enumerate(zip(flagged_counts, kept_counts, strict=True)):
+        x = i * bar
+        h_kept, h_flagged = height * k / peak, height * f / peak
+        tip = f"p_clean {edges[i]:.2f}-{edges[i + 1]:.2f}: {k} kept, {f} flagged"
+        bars.append(
+            f'<g class="bin" data-count="{int(f + k)}"><title>{tip}</title>'
+            f'<rect x="{x + 1:.1f}" y="{height - h_kept:.1f}" width="{bar - 2:.1f}" height="{h_kept:.1f}" '
+            'fill="#4a7bd0"/>'
+            f'<rect x="{x + 1:.1f}" y="{height - h_kept - h_flagged:.1f}" width="{bar - 2:.1f}" '
+            f'height="{h_flagged:.1f}" fill="#d04a4a"/></g>'
+        )
+    return (
+        '<h2>p_clean</h2><p>Usable samples by p_clean; <span style="color:#d04a4a">flagged</span> and '
+        f'<span style="color:#4a7bd0">kept</span>; tallest bar {peak}.</p>'
+        f'<svg id="histogram" xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height + 18}" '
+        f'viewBox="0 0 {width} {height + 18}" role="img">{"".join(bars)}'
+        f'<line x1="0" y1="{height}" x2="{width}" y2="{height}" stroke="#444"/>'
+        f'<text x="0" y="{height + 14}" font-size="11">0</text>'
+        f'<text x="{width / 2 - 8}" y="{height + 14}" font-size="11">0.5</text>'
+        f'<text x="{width - 8}" y="{height + 14}" font-size="11">1</text></svg>'
+    )
+
+
+def _heatmap_html(frame: pd.DataFrame) -> str:
+    flagged = flagged_rows(frame)
+    given = frame.loc[flagged, "label"].astype(str)
+    suggested = frame.loc[flagged, "predicted_label"].fillna("?").astype(str)
+    if not len(given):
+        return "<h2>Given vs suggested</h2><p>No flagged samples.</p>"
+    involvement = pd.concat([given, suggested]).value_counts(sort=False)
+    involvement = involvement.sort_values(ascending=False, kind="stable")
+    axis = list(involvement.index[:HEATMAP_CLASSES])
+    other = "(other)"
+
+    def bucket(values: pd.Series) -> pd.Series:
+        return values.where(values.isin(axis), other)
+
+    counts = pd.crosstab(bucket(given), bucket(suggested))
+    labels = axis + ([other] if len(involvement) > len(axis) else [])
+    counts = counts.reindex(index=labels, columns=labels, fill_value=0)
+    peak = max(int(counts.to_numpy().max()), 1)
+    head = "".join(f'<th class="col">{escape(c)}</th>' for c in labels)
+    rows = []
+    for g in labels:
+        cells = []
+        for s in labels:
+            n = int(counts.at[g, s])
+            shade = f"rgba(208,74,74,{0.1 + 0.9 * n / peak:.2f})" if n else "transparent"
+            cells.append(
+                f'<td data-given="{escape(g)}" data-suggested="{escape(s)}" style="background:{shade}">{n or ""}</td>'
+            )
+        rows.append(f"<tr><th>{escape(g)}</th>{''.join(cells)}</tr>")
+    note = ""
+    if len(axis) < len(labels):
+        note = f" Classes beyond the {HEATMAP_CLASSES} most involved are pooled as {other}."
+    return (
+        "<h2>Given vs suggested</h2>"
+        f"<p>Flagged samples: rows are given labels, columns suggested labels.{note}</p>"
+        f'<div class="scroll"><table class="heat" id="heatmap"><tr><th></th>{head}</tr>'
+        f"{''.join(rows)}</table></div>"
+    )
+
+
+def _health_html(frame: pd.DataFrame, max_rows: int = 50) -> str:
+    """Duplicate groups and outliers (the Parquet's health columns); empty when detect did not compute them."""
+    if "duplicate_group" not in frame.columns or not frame["outlier_score"].notna().any():
+        return ""
+    dup = frame[frame["duplicate_group"].notna()].sort_values(["duplicate_group"], kind="stable")
+    groups = dup.groupby("duplicate_group", sort=True)
+    rows = "".join(
+        f'<tr data-group="{int(g)}"><td class="n">{int(g)}</td><td>{len(members)}</td><td>'
+        + "<br>".join(
+            f"{escape(str(p))} ({escape(str(lab))})" for p, lab in zip(members["path"], members["label"], strict=True)
+        )
+        + "</td></tr>"
+        for g, members in islice(groups, max_rows)
+    )
+    more = f"<p>{groups.ngroups - max_rows} more groups not shown.</p>" if groups.ngroups > max_rows else ""
+    outliers = frame[frame["is_outlier"].fillna(False).astype(bool)].sort_values("outlier_score", ascending=False)
+    out_rows = "".join(
+        f'<tr><td>{escape(str(r.path))}</td><td>{escape(str(r.label))}</td><td class="n">{float(r.outlier_score):.1f}'
+        "</td></tr>"
+        for r in outliers.head(max_rows).itertuples(index=False)
+    )
+    out_more = f"<p>{len(outliers) - max_rows} more not shown.</p>" if len(outliers) > max_rows else ""
+    return (
+        f'<h2>Duplicates</h2><p><span id="n-dup-groups">{groups.ngroups}</span> groups of exact or near '
+        f'duplicates, <span id="n-dup-rows">{len(dup)}</span> samples; <code>export --drop-duplicates</code> '
+        'keeps the first of each.</p><div class="scroll"><table id="duplicates"><tr><th class="n">group</th>'
+        f"<th>samples</th><th>paths</th></tr>{rows}</table></div>{more}"
+        f'<h2>Outliers</h2><p><span id="n-outliers">{len(outliers)}</span> samples far from their nearest '
+        "neighbours (outlier_score: robust z-score); <code>export --drop-outliers</code> leaves them out.</p>"
+        f'<div class="scroll"><table id="outliers"><tr><th>path</th><th>label</th><th class="n">score</th></tr>'
+        f"{out_rows}</table></div>{out_more}"
+    )
+
+
+def _unusable_html(frame: pd.DataFrame, max_rows: int = 50) -> str:
+    bad = frame[~usable_rows(frame)]
+    if not len(bad):
+        return ""
+    rows = "".join(
+        f"<tr><td>{escape(str(r.path))}</td><td>{escape(str(r.status))}</td></tr>"
+        for r in bad.head(max_rows).itertuples(index=False)
+    )
+    more = f"<p>{len(bad) - max_rows} more not shown.</p>" if len(bad) > max_rows else ""
+    return f'<h2>Unusable files</h2><table id="unusable"><tr><th>path</th><th>status</th></tr>{rows}</table>{more}'

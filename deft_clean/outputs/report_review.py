@@ -1,0 +1,410 @@
+"""The review section of the HTML report: every flagged sample as data, cards rendered a page at a time.
+
+Decisions (keep / drop / relabel) are made in the page, with no server: they live in the browser's
+localStorage under a key of this detect run (reload-safe) and leave as a downloaded CSV
+``path,decision,label`` that ``export --decisions`` and ``train --decisions`` read
+(:mod:`deft_clean.outputs.decisions`).
+
+All flagged rows travel as one JSON block (``<script type="application/json">``, never executed), so
+100k flagged rows cost one parse and a page of 100 cards at a time, not 100k DOM nodes. Thumbnails
+are embedded only for the ``top`` rows with the lowest p_clean; a row costs about 150-250 bytes
+without one (path, reason, two class indices, two probabilities), a thumbnail 2-8 KB more. The
+script builds every element with textContent, so a label or path is never parsed as HTML.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import logging
+import re
+from collections.abc import Callable
+from html import escape
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+
+from ..inputs.readers.recorded import recorded_opener
+from .results import flagged_rows
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+log = logging.getLogger(__name__)
+
+THUMBNAIL_PX = 160  # longest side of an embedded thumbnail (shown at 128 px, enlarged on click)
+PAGE_SIZE = 100  # cards per page
+
+
+def review_data(frame: pd.DataFrame, metadata: dict[str, Any], *, top: int, root: Path | None) -> dict[str, Any]:
+    """The JSON the page script reads: classes, reason kinds, flagged rows (lowest p_clean first), thumbnails.
+
+    A row is ``[path, given index, suggested index (-1 unknown), p_clean, p_predicted, reason, reason kind
+    index, thumbnail index (-1 none)]``.
+    """
+    flagged = frame[flagged_rows(frame)].sort_values("p_clean", kind="stable")
+    if "flag_reason" not in flagged.columns:  # a frame built by hand, not read from a Parquet
+        flagged = flagged.assign(flag_reason=None)
+    classes = list(metadata.get("classes") or [])
+    classes += sorted(set(flagged["label"].astype(str)) - set(classes))
+    classes += sorted(set(flagged["predicted_label"].dropna().astype(str)) - set(classes))
+    index = {c: i for i, c in enumerate(classes)}
+    kinds: dict[str, int] = {}
+    thumbs: list[str] = []
+    rows, failures = [], 0
+    opener = recorded_opener(metadata) if top else None  # rows that are not files (Hugging Face, WebDataset)
+    for n, row in enumerate(flagged.itertuples(index=False)):
+        reason = None if pd.isna(row.flag_reason) else str(row.flag_reason)
+        kind = kinds.setdefault(reason_kind(reason), len(kinds))
+        thumb = -1
+        if n < top and (root is not None or opener is not None):
+            path = str(row.path)
+            uri = thumbnail(root / path, root) if opener is None else thumbnail_of(lambda s, p=path: opener(p, s))
+            failures += uri is None
+            if uri is not None:
+                thumb = len(thumbs)
+                thumbs.append(uri)
+        suggested = -1 if pd.isna(row.predicted_label) else index[str(row.predicted_label)]
+        p_predicted = None if pd.isna(row.p_predicted) else round(float(row.p_predicted), 3)
+        p_clean = round(float(row.p_clean), 4)
+        rows.append([str(row.path), index[str(row.label)], suggested, p_clean, p_predicted, reason, kind, thumb])
+    if failures:
+        log.warning("%d of %d gallery images could not be read; shown as placeholders", failures, min(top, len(rows)))
+    key = f"{metadata.get('dataset', '?')}|{metadata.get('created', '?')}"
+    return {"key": key, "classes": classes, "kinds": list(kinds), "rows": rows, "thumbs": thumbs, "page": PAGE_SIZE}
+
+
+def reason_kind(reason: str | None) -> str:
+    """A reason's wording without its class names and numbers, to filter by: "looks like", ..."""
+    if reason is None:
+        return "(no reason recorded)"
+    head = re.split(r"['\"(:;0-9]", reason, maxsplit=1)[0].strip()
+    return head or "other"
+
+
+def embed_json(value: Any) -> str:
+    """JSON safe inside a <script> element: no "<", ">" or "&" can end it or open a tag."""
+    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
+def review_html(data: dict[str, Any], flagged_per_class: pd.DataFrame) -> str:
+    """The review section: controls, progress, the cards container, the enlarge overlay and the data block."""
+    n, top = len(data["rows"]), len(data["thumbs"])
+    involved = {data["classes"][r[1]] for r in data["rows"]} | {
+        data["classes"][r[2]] for r in data["rows"] if r[2] >= 0
+    }
+    options = "".join(
+        f'<option value="{escape(str(row[0]))}">{escape(str(row[0]))} ({row.flagged} flagged)</option>'
+        for row in flagged_per_class.itertuples(index=False)
+        if row[0] in involved
+    )
+    options += "".join(
+        f'<option value="{escape(c)}">{escape(c)}</option>'
+        for c in sorted(involved - set(flagged_per_class["class"].astype(str)))
+    )
+    kinds = "".join(f'<option value="{i}">{escape(k)}</option>' for i, k in enumerate(data["kinds"]))
+    return (
+        "<h2>Review flagged samples</h2>"
+        f"<p>All {n} flagged samples, {data['page']} per page; thumbnails for the {top} with the lowest p_clean. "
+        "Decide with the buttons or keys: <kbd>k</kbd> keep the given label, <kbd>d</kbd> drop, <kbd>a</kbd> accept "
+        "the suggested label, <kbd>r</kbd> relabel to any class, <kbd>u</kbd> undo, <kbd>&larr;</kbd>/<kbd>&rarr;</kbd>"
+        " move, <kbd>e</kbd> enlarge. Decisions stay in this browser until cleared; "
+        "<code>deft-clean export --decisions decisions.csv</code> applies them.</p>"
+        '<div class="controls">'
+        '<label>Class (given or suggested) <select id="class-filter"><option value="">all</option>'
+        f"{options}</select></label>"
+        f'<label>Reason <select id="reason-filter"><option value="">all</option>{kinds}</select></label>'
+        '<label>Decision <select id="decision-filter"><option value="">all</option>'
+        '<option value="none">undecided</option><option value="keep">keep</option><option value="drop">drop'
+        '</option><option value="relabel">relabel</option></select></label>'
+        '<label>Search <input id="search" type="search" placeholder="path or reason"></label>'
+        '<label>Sort <select id="sort"><option value="p">p_clean, lowest first</option>'
+        '<option value="-p">p_clean, highest first</option><option value="class">given class</option>'
+        '<option value="reason">reason</option><option value="-pp">p_predicted, highest first</option>'
+        "</select></label></div>"
+        '<div class="controls">For the rows shown by the filters: <select id="bulk-action">'
+        '<option value="accept">accept the suggestion</option><option value="keep">keep</option>'
+        '<option value="drop">drop</option><option value="clear">clear the decision</option></select>'
+        '<label>where p_predicted &ge; <input id="bulk-min" type="number" min="0" max="1" step="0.05" value="0.9">'
+        '</label><button id="bulk-apply" type="button">apply</button></div>'
+        '<p class="progress"><span id="n-reviewed">0</span> of <span id="n-review">'
+        f'{n}</span> reviewed (<span id="n-keep">0</span> keep, <span id="n-drop">0</span> drop, '
+        '<span id="n-relabel">0</span> relabel) <button id="download" type="button">Download decisions</button> '
+        '<button id="clear-all" type="button">Clear all decisions</button></p>'
+        f'<p>Showing <span id="n-shown">{n}</span> of <span id="n-gallery">{n}</span>; page '
+        '<span id="page-no">1</span> of <span id="page-count">1</span> '
+        '<button id="prev" type="button">&larr; previous</button> <button id="next" type="button">next &rarr;'
+        '</button></p><div id="cards"></div>'
+        '<div id="lightbox" hidden><figure><img alt=""><figcaption></figcaption></figure></div>'
+        f'<script type="application/json" id="review-data">{embed_json(data)}</script>'
+    )
+
+
+def thumbnail(file: Path, root: Path) -> str | None:
+    """A small JPEG data URI of an image, or None when it cannot be read or its real path leaves ``root``."""
+    from ..inputs.images import load_image
+
+    return thumbnail_of(lambda size: load_image(file, draft_size=size, root=root))
+
+
+def thumbnail_of(open_image: Callable[[int], Image.Image]) -> str | None:
+    """:func:`thumbnail` of the image ``open_image(draft_size)`` returns (a Hugging Face row, a shard member)."""
+    try:
+        image = open_image(2 * THUMBNAIL_PX)
+        image.thumbnail((THUMBNAIL_PX, THUMBNAIL_PX))
+        buffer = io.BytesIO()
+        image.save(buffer, format="JPEG", quality=75)
+    except Exception:  # a missing or corrupt file is a placeholder, never a failed report
+        return None
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+CSS = """
+.controls{display:flex;flex-wrap:wrap;gap:6px 16px;margin:6px 0}
+.progress{font-weight:600}
+#cards{display:flex;flex-wrap:wrap;gap:10px}
+.card{margin:0;width:190px;border:2px solid #ddd;padding:6px;font-size:12px;word-break:break-all}
+.card:focus{outline:3px solid #4a7bd0}
+.card img,.card .ph{display:block;width:128px;height:128px;object-fit:contain;margin:0 auto 4px;background:#eee;
+ cursor:zoom-in}
+.card .ph{line-height:128px;text-align:center;color:#999;cursor:default}
+.card .given{color:#b00}.card .suggested{color:#070}.card .reason{color:#555;font-style:italic}
+.card .actions{display:flex;flex-wrap:wrap;gap:3px;margin-top:4px}.card .actions select{max-width:100%}
+.card button.on{background:#333;color:#fff}
+.card[data-decision=keep]{border-color:#4a7bd0}.card[data-decision=drop]{border-color:#d04a4a;opacity:.7}
+.card[data-decision=relabel]{border-color:#070}
+#lightbox{position:fixed;inset:0;background:rgba(0,0,0,.8);display:flex;align-items:center;justify-content:center}
+#lightbox[hidden]{display:none}#lightbox img{width:min(80vw,80vh);height:auto;image-rendering:auto;background:#fff}
+#lightbox figcaption{color:#fff;max-width:80vw;word-break:break-all}
+"""
+
+SCRIPT = r"""
+(function () {
+  var data = JSON.parse(document.getElementById('review-data').textContent);
+  var rows = data.rows, classes = data.classes, pageSize = data.page;
+  var storeKey = 'deft-clean-review:' + data.key;
+  var decisions = {};  // path -> [decision, label]
+  try { decisions = JSON.parse(localStorage.getItem(storeKey) || '{}') || {}; } catch (e) { decisions = {}; }
+  var $ = function (id) { return document.getElementById(id); };
+  var filters = { cls: $('class-filter'), reason: $('reason-filter'), decision: $('decision-filter'),
+                  search: $('search'), sort: $('sort') };
+  var view = [], page = 0, focus = 0;
+
+  function save() {
+    try { localStorage.setItem(storeKey, JSON.stringify(decisions)); } catch (e) { /* private mode: memory only */ }
+  }
+  function decisionOf(r) { var d = decisions[r[0]]; return d ? d[0] : 'none'; }
+  function decide(r, word, label) {
+    if (word === null) { delete decisions[r[0]]; }
+    else if (word === 'keep') { decisions[r[0]] = ['keep', classes[r[1]]]; }
+    else if (word === 'drop') { decisions[r[0]] = ['drop', '']; }
+    else if (label === classes[r[1]]) { decisions[r[0]] = ['keep', label]; }
+    else { decisions[r[0]] = ['relabel', label]; }
+  }
+  function progress() {
+    var n = { keep: 0, drop: 0, relabel: 0 }, total = 0;
+    rows.forEach(function (r) { var d = decisions[r[0]]; if (d) { n[d[0]] += 1; total += 1; } });
+    $('n-reviewed').textContent = String(total);
+    $('n-keep').textContent = String(n.keep);
+    $('n-drop').textContent = String(n.drop);
+    $('n-relabel').textContent = String(n.relabel);
+  }
+  function matches(r) {
+    var c = filters.cls.value, k = filters.reason.value, d = filters.decision.value;
+    var q = filters.search.value.toLowerCase();
+    if (c !== '' && classes[r[1]] !== c && classes[r[2]] !== c) { return false; }
+    if (k !== '' && String(r[6]) !== k) { return false; }
+    if (d !== '' && decisionOf(r) !== d) { return false; }
+    if (q && r[0].toLowerCase().indexOf(q) < 0 && (r[5] || '').toLowerCase().indexOf(q) < 0) { return false; }
+    return true;
+  }
+  function compare(a, b) {
+    var s = filters.sort.value;
+    if (s === '-p') { return b[3] - a[3]; }
+    if (s === '-pp') { return (b[4] || 0) - (a[4] || 0); }
+    if (s === 'class') { return classes[a[1]] < classes[b[1]] ? -1 : classes[a[1]] > classes[b[1]] ? 1 : a[3] - b[3]; }
+    if (s === 'reason') { return a[6] - b[6] || a[3] - b[3]; }
+    return a[3] - b[3];
+  }
+  function refilter() {
+    view = rows.filter(matches).sort(compare);
+    page = Math.min(page, Math.max(0, Math.ceil(view.length / pageSize) - 1));
+    render();
+  }
+  function el(tag, cls, text) {
+    var e = document.createElement(tag);
+    if (cls) { e.className = cls; }
+    if (text !== undefined) { e.textContent = text; }
+    return e;
+  }
+  function button(cls, text, key) {
+    var b = el('button', cls, text);
+    b.type = 'button'; b.dataset.action = key;
+    return b;
+  }
+  function fillClasses(select) {
+    if (select.options.length > 1) { return; }
+    classes.forEach(function (c) { var o = el('option', '', c); o.value = c; select.appendChild(o); });
+  }
+  function card(r, i) {
+    var fig = el('figure', 'card');
+    var given = classes[r[1]], suggested = r[2] >= 0 ? classes[r[2]] : '?';
+    fig.tabIndex = 0;
+    fig.dataset.i = String(i); fig.dataset.path = r[0];
+    fig.dataset.given = given; fig.dataset.suggested = suggested; fig.dataset.pClean = String(r[3]);
+    fig.dataset.decision = decisionOf(r);
+    if (r[7] >= 0) {
+      var img = el('img'); img.alt = ''; img.src = data.thumbs[r[7]]; img.dataset.action = 'enlarge';
+      fig.appendChild(img);
+    } else { fig.appendChild(el('div', 'ph', 'no image')); }
+    var cap = el('figcaption');
+    cap.appendChild(el('div', 'path', r[0]));
+    cap.appendChild(el('div', 'given', 'given: ' + given));
+    var pp = r[4] === null ? '' : ' (' + r[4].toFixed(2) + ')';
+    cap.appendChild(el('div', 'suggested', 'suggested: ' + suggested + pp));
+    cap.appendChild(el('div', '', 'p_clean ' + r[3].toFixed(3)));
+    if (r[5]) { cap.appendChild(el('div', 'reason', 'why: ' + r[5])); }
+    var actions = el('div', 'actions');
+    var d = decisions[r[0]];
+    var keep = button('keep', 'keep', 'keep'), drop = button('drop', 'drop', 'drop');
+    actions.appendChild(keep); actions.appendChild(drop);
+    if (r[2] >= 0 && r[2] !== r[1]) { actions.appendChild(button('accept', '\u2192 ' + suggested, 'accept')); }
+    var select = el('select', 'relabel');
+    var first = el('option', '', 'relabel to\u2026'); first.value = ''; select.appendChild(first);
+    select.addEventListener('mousedown', function () { fillClasses(select); });
+    select.addEventListener('focus', function () { fillClasses(select); });
+    actions.appendChild(select);
+    if (d) {
+      if (d[0] === 'keep') { keep.classList.add('on'); }
+      if (d[0] === 'drop') { drop.classList.add('on'); }
+      if (d[0] === 'relabel') {
+        var acc = actions.querySelector('.accept');
+        if (acc && d[1] === suggested) { acc.classList.add('on'); }
+        else { fillClasses(select); select.value = d[1]; }
+      }
+    }
+    cap.appendChild(actions);
+    cap.appendChild(el('div', 'state', d ? (d[0] === 'relabel' ? 'relabel \u2192 ' + d[1] : d[0]) : ''));
+    fig.appendChild(cap);
+    return fig;
+  }
+  function render() {
+    var box = $('cards'), pages = Math.max(1, Math.ceil(view.length / pageSize));
+    var start = page * pageSize, frag = document.createDocumentFragment();
+    view.slice(start, start + pageSize).forEach(function (r, j) { frag.appendChild(card(r, start + j)); });
+    box.replaceChildren(frag);
+    $('n-shown').textContent = String(view.length);
+    $('page-no').textContent = String(page + 1);
+    $('page-count').textContent = String(pages);
+    $('prev').disabled = page === 0;
+    $('next').disabled = page >= pages - 1;
+    progress();
+  }
+  function rowOf(fig) { return view[Number(fig.dataset.i)]; }
+  function focusCard(i) {
+    if (!view.length) { return; }
+    i = Math.max(0, Math.min(view.length - 1, i));
+    if (Math.floor(i / pageSize) !== page) { page = Math.floor(i / pageSize); render(); }
+    var fig = $('cards').querySelector('[data-i="' + i + '"]');
+    if (fig) { focus = i; fig.focus(); }
+  }
+  function act(fig, action, label) {
+    var r = rowOf(fig), d = decisions[r[0]];
+    if (action === 'enlarge') { enlarge(fig); return; }
+    if (action === 'undo') { decide(r, null); }
+    else if (action === 'accept') {
+      if (r[2] < 0) { return; }
+      var same = d && d[0] === 'relabel' && d[1] === classes[r[2]];
+      decide(r, same ? null : 'relabel', classes[r[2]]);
+    } else if (action === 'relabel') { decide(r, label ? 'relabel' : null, label); }
+    else if (d && d[0] === action) { decide(r, null); }
+    else { decide(r, action); }
+    save();
+    var i = Number(fig.dataset.i);
+    var fresh = card(r, i);
+    fig.replaceWith(fresh);
+    progress();
+    if (action !== 'relabel') { focusCard(i + (decisions[r[0]] ? 1 : 0)); } else { fresh.focus(); }
+  }
+  function enlarge(fig) {
+    var r = rowOf(fig), box = $('lightbox');
+    if (r[7] < 0) { return; }
+    box.querySelector('img').src = data.thumbs[r[7]];
+    box.querySelector('figcaption').textContent = r[0] + ' \u2014 given ' + classes[r[1]] + (r[5] ? '; ' + r[5] : '');
+    box.hidden = false;
+  }
+  $('lightbox').addEventListener('click', function () { $('lightbox').hidden = true; });
+  $('cards').addEventListener('click', function (ev) {
+    var t = ev.target, fig = t.closest('.card');
+    if (!fig) { return; }
+    focus = Number(fig.dataset.i);
+    if (t.dataset.action) { act(fig, t.dataset.action); }
+  });
+  $('cards').addEventListener('change', function (ev) {
+    if (ev.target.classList.contains('relabel')) { act(ev.target.closest('.card'), 'relabel', ev.target.value); }
+  });
+  document.addEventListener('keydown', function (ev) {
+    if (ev.ctrlKey || ev.metaKey || ev.altKey) { return; }
+    if (ev.key === 'Escape') { $('lightbox').hidden = true; return; }
+    var tag = ev.target.tagName;
+    if (tag === 'INPUT' || tag === 'SELECT' || tag === 'TEXTAREA') { return; }
+    if (tag === 'BUTTON' && (ev.key === 'Enter' || ev.key === ' ')) { return; }
+    var fig = document.activeElement && document.activeElement.closest ? document.activeElement.closest('.card') : null;
+    if (ev.key === 'ArrowRight' || ev.key === 'j') { focusCard(fig ? Number(fig.dataset.i) + 1 : focus); }
+    else if (ev.key === 'ArrowLeft') { focusCard(fig ? Number(fig.dataset.i) - 1 : focus); }
+    else if (!fig) { return; }
+    else if (ev.key === 'k') { act(fig, 'keep'); }
+    else if (ev.key === 'd') { act(fig, 'drop'); }
+    else if (ev.key === 'a') { act(fig, 'accept'); }
+    else if (ev.key === 'u') { act(fig, 'undo'); }
+    else if (ev.key === 'e' || ev.key === 'Enter') { enlarge(fig); }
+    else if (ev.key === 'r') { var s = fig.querySelector('select.relabel'); fillClasses(s); s.focus(); }
+    else { return; }
+    ev.preventDefault();
+  });
+  function csvCell(v) { v = String(v); return /[",\r\n]/.test(v) ? '"' + v.replace(/"/g, '""') + '"' : v; }
+  $('download').addEventListener('click', function () {
+    var lines = ['path,decision,label'];
+    rows.forEach(function (r) {
+      var d = decisions[r[0]];
+      if (d) { lines.push([r[0], d[0], d[1]].map(csvCell).join(',')); }
+    });
+    var a = document.createElement('a');
+    a.href = URL.createObjectURL(new Blob([lines.join('\n') + '\n'], { type: 'text/csv' }));
+    a.download = 'decisions.csv';
+    document.body.appendChild(a); a.click(); a.remove();
+  });
+  $('clear-all').addEventListener('click', function () {
+    if (window.confirm('Clear every decision made in this report?')) { decisions = {}; save(); refilter(); }
+  });
+  $('bulk-apply').addEventListener('click', function () {
+    var action = $('bulk-action').value, min = Number($('bulk-min').value) || 0;
+    view.forEach(function (r) {
+      if ((r[4] || 0) < min) { return; }
+      if (action === 'clear') { decide(r, null); }
+      else if (action === 'accept') { if (r[2] >= 0) { decide(r, 'relabel', classes[r[2]]); } }
+      else { decide(r, action); }
+    });
+    save(); refilter();
+  });
+  $('prev').addEventListener('click', function () { page -= 1; render(); });
+  $('next').addEventListener('click', function () { page += 1; render(); });
+  ['cls', 'reason', 'decision', 'sort'].forEach(function (k) {
+    filters[k].addEventListener('change', function () { page = 0; refilter(); });
+  });
+  filters.search.addEventListener('input', function () { page = 0; refilter(); });
+  filters.cls.addEventListener('change', function () {
+    var v = filters.cls.value;
+    history.replaceState(null, '', v ? '#class=' + encodeURIComponent(v) : '#');
+  });
+  if (location.hash.indexOf('#class=') === 0) {
+    filters.cls.value = decodeURIComponent(location.hash.slice(7));
+    if (filters.cls.selectedIndex < 0) { filters.cls.value = ''; }
+  }
+  refilter();
+  document.documentElement.dataset.ready = '1';
+})();
+"""

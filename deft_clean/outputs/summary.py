@@ -1,0 +1,143 @@
+"""What a results file says, as numbers and sentences: the summary behind the terminal and HTML reports
+(:func:`summarize`), and the evidence check's warning and per-class noise estimates read back from the metadata.
+
+:mod:`deft_clean.outputs.report` prints it and :mod:`deft_clean.outputs.report_html` renders it as a page.
+Flagged means usable and not is_clean. A class's estimated noise rate is its flagged share of its usable samples.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ..run.errors import UsageError, option
+from .results import flagged_rows, usable_rows
+
+TERMINAL_TOP = 20  # default rows of the most-suspicious table in the terminal
+HTML_TOP = 200  # default gallery size
+
+
+@dataclass(frozen=True)
+class ReportData:
+    """Counts and tables of a report, computed once from the results frame."""
+
+    samples: int  # rows in the results
+    usable: int  # rows with status "ok"
+    flagged: int  # usable rows that are not is_clean
+    unusable: int  # rows whose image could not be used
+    per_class: pd.DataFrame  # class, samples, usable, flagged, noise_rate; most flagged first
+    pairs: pd.DataFrame  # given, suggested, count over flagged rows; most frequent first
+    suspicious: pd.DataFrame  # `top` usable rows, lowest p_clean first: path, label, predicted_label, ...
+    reviewed: dict[str, int] | None = None  # with --decisions: flagged, reviewed, keep, drop, relabel
+    health: dict[str, int] | None = None  # duplicate groups, rows in them, outliers; None: not computed
+    evidence_warning: str | None = None  # the evidence check's warning (flags withheld / weak evidence); None: fine
+
+    @property
+    def flagged_pct(self) -> float:
+        """Flagged share of usable rows, in percent."""
+        return 100.0 * self.flagged / self.usable if self.usable else 0.0
+
+
+def summarize(frame: pd.DataFrame, metadata: dict[str, Any], *, top: int = TERMINAL_TOP) -> ReportData:
+    """Counts per dataset, per class and per (given, suggested) pair, plus the `top` most suspicious rows."""
+    if top < 0:
+        raise UsageError(f"{option('top')} must be 0 or more, got {top}")
+    usable = pd.Series(usable_rows(frame), index=frame.index)
+    flagged = pd.Series(flagged_rows(frame), index=frame.index)
+    classes = list(metadata.get("classes") or [])
+    classes += sorted(set(frame["label"]) - set(classes))
+    per_class = pd.DataFrame(
+        {
+            "samples": frame.groupby("label").size(),
+            "usable": usable.groupby(frame["label"]).sum(),
+            "flagged": flagged.groupby(frame["label"]).sum(),
+        }
+    ).reindex(classes, fill_value=0)
+    per_class = per_class.astype("int64").rename_axis("class").reset_index()
+    per_class["noise_rate"] = per_class["flagged"] / per_class["usable"].where(per_class["usable"] > 0)
+    estimates = class_noise(metadata.get("evidence"))  # the evidence check's estimate, with its 95% interval
+    per_class["est_noise"] = [estimates.get(str(c), (np.nan, np.nan, np.nan)) for c in per_class["class"]]
+    per_class = per_class.sort_values("flagged", ascending=False, kind="stable").reset_index(drop=True)
+
+    given, suggested = frame.loc[flagged, "label"], frame.loc[flagged, "predicted_label"].fillna("?")
+    pairs = (
+        pd.DataFrame({"given": given, "suggested": suggested})
+        .value_counts(sort=False)
+        .rename("count")
+        .reset_index()
+        .sort_values(["count", "given", "suggested"], ascending=[False, True, True], kind="stable")
+        .reset_index(drop=True)
+    )
+    scored = frame[usable].assign(flagged=flagged[usable])
+    if "flag_reason" not in scored.columns:  # a frame built by hand, not read from a Parquet
+        scored = scored.assign(flag_reason=None)
+    suspicious = scored.sort_values("p_clean", kind="stable").head(top).reset_index(drop=True)
+    health = None
+    if "duplicate_group" in frame.columns and frame["outlier_score"].notna().any():
+        groups = frame["duplicate_group"].dropna()
+        health = {
+            "groups": int(groups.nunique()),
+            "duplicates": int(len(groups)),
+            "outliers": int(frame["is_outlier"].fillna(False).astype(bool).sum()),
+        }
+    return ReportData(
+        evidence_warning=evidence_line(metadata.get("evidence")),
+        health=health,
+        samples=int(len(frame)),
+        usable=int(usable.sum()),
+        flagged=int(flagged.sum()),
+        unusable=int((~usable).sum()),
+        per_class=per_class,
+        pairs=pairs,
+        suspicious=suspicious[["path", "label", "predicted_label", "p_clean", "p_predicted", "flagged", "flag_reason"]],
+    )
+
+
+def evidence_line(evidence: dict[str, Any] | None) -> str | None:
+    """The warning for a results file's ``evidence`` metadata (None: reliable, nothing withheld, or no check)."""
+    if not isinstance(evidence, dict) or "reliable" not in evidence:
+        return None
+    reliable, withheld = bool(evidence.get("reliable")), int(evidence.get("flags_withheld") or 0)
+    if reliable and not withheld and evidence.get("settled", True):
+        return None
+    head = (
+        f"image evidence predicts the labels {100 * float(evidence.get('image_accuracy') or 0):.0f}% of the time "
+        f"where chance is {100 * float(evidence.get('chance') or 0):.0f}%"
+    )
+    if evidence.get("expected_flag_precision") is not None:
+        head += f", expected flag precision {100 * float(evidence['expected_flag_precision']):.0f}%"
+    reasons = [str(r) for r in evidence.get("reasons") or []]
+    body = "; ".join(reasons) if reasons else "the clean set had not settled"
+    tail = f"{withheld} of {int(evidence.get('flags_raised') or 0)} flags withheld"
+    advice = str(evidence.get("advice") or "") or (
+        "try a model that can see these classes (--model/--pretrained)"
+        if not reliable
+        else "check those classes' names and a few of their images"
+    )
+    return f"{head}: {body}; {tail}; {advice}"
+
+
+def class_noise(evidence: dict[str, Any] | None) -> dict[str, tuple[float, float, float]]:
+    """class -> (estimated wrong-label share, 95% low, high) from a results file's ``evidence`` metadata."""
+    out: dict[str, tuple[float, float, float]] = {}
+    if not isinstance(evidence, dict):
+        return out
+    for entry in evidence.get("per_class") or []:
+        if isinstance(entry, dict) and entry.get("noise") is not None and entry.get("noise_interval"):
+            low, high = entry["noise_interval"]
+            out[str(entry.get("class"))] = (float(entry["noise"]), float(low), float(high))
+    return out
+
+
+def estimate(value: tuple[float, float, float]) -> str:
+    """(share, low, high) -> "12.0% (9.1-15.2)", or "n/a" when not estimated."""
+    share, low, high = value
+    return "n/a" if pd.isna(share) else f"{100 * share:.1f}% ({100 * low:.1f}-{100 * high:.1f})"
+
+
+def rate(value: float) -> str:
+    """A noise rate as a percentage; "-" for a class without usable samples."""
+    return "-" if pd.isna(value) else f"{100 * value:.1f}%"
