@@ -189,7 +189,7 @@ class _Views:
 
 
 def _pair_verdict(views: _Views, i: int, j: int, rows: np.ndarray, reliability: float) -> dict[str, Any]:
-    """Can the views tell class i from class j on the rows labelled either? (binary image/text views).
+    """Can the views tell class i from class j on ``rows`` (labelled either, looking like either)? (binary views).
 
     Seen when the image and text views agree beyond chance, or when the image view alone agrees with the
     labels at MIN_IMAGE_KAPPA of what labels of this ``reliability`` (``s_G``) allow at all."""
@@ -214,9 +214,13 @@ def judge_pairs(
     by_class = np.argsort(views.labels, kind="stable")
     bounds = np.searchsorted(views.labels[by_class], np.arange(views.n_classes + 1))
     verdicts, unseen = [], set()
+    looks = views.image.argmax(1)
     for key, count in zip(keys[order], counts[order], strict=True):
         i, j = divmod(int(key), views.n_classes)
         rows = np.concatenate([by_class[bounds[i] : bounds[i + 1]], by_class[bounds[j] : bounds[j + 1]]])
+        # only the rows that look like one of the two: at heavy noise most rows labelled i or j are other
+        # classes, whose "i or j?" answers are arbitrary in both views and would dilute the test
+        rows = rows[(looks[rows] == i) | (looks[rows] == j)]
         if len(rows) < MIN_PAIR_ROWS:
             continue
         verdict = {"classes": [classes[i], classes[j]], "flags": int(count)}
