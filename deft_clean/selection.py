@@ -207,7 +207,10 @@ def fused_rule(
     p_suggested[rows] = probs[m, suggested_part]
     visual = np.full((n, n_classes), np.nan, dtype=np.float32)
     visual[rows] = probs
-    info = {"seed_size": evidence.seed_size, "clean_set_by_round": evidence.rounds, "text_weight": weight}
+    info = {
+        "seed_size": evidence.seed_size, "clean_set_by_round": evidence.rounds, "text_weight": weight,
+        "clean_set_converged": evidence.converged, "probe": evidence.probe,
+    }
     return Selection(is_clean, p_clean, suggested, p_suggested, visual, info)
 
 
