@@ -31,7 +31,8 @@ FOLDS = 10  # cross-fitting folds: each probe trains on 90% of the selected rows
 MAX_ROUNDS = 10  # clean-set growth rounds at most
 BATCHED_LIMIT = 20_000_000  # fit all folds in one L-BFGS while F x N x K stays below this (~80 MB per tensor)
 STABLE_FRACTION = 0.002  # stop growing when fewer than this fraction of rows change membership
-MAX_CHANGES = 2  # a row changes membership at most this often; later changes are refused (no cycles)
+MAX_CHANGES = 2  # once the set swings, a row that changed membership this often keeps its place
+SWING_FRACTION = 0.05  # the set swings when its size moves by more than this fraction of rows, then back
 FEW_ROWS = 30  # median rows a class below which the class-mean probe replaces the linear one
 LINEAR_LIMIT = 10_000_000  # N x K above which the class-mean probe replaces the linear one (cost)
 CHUNK = 1 << 22  # elements of one [rows, K] block where whole [N, K] temporaries would be too large
@@ -275,6 +276,15 @@ def choose_probe(labels: np.ndarray, n_classes: int) -> str:
     return "class-mean" if few or len(labels) * n_classes > LINEAR_LIMIT else "linear"
 
 
+def swings(rounds: list[int], current: int, proposed: int, n: int) -> bool:
+    """Whether the clean set's size went one way by more than ``SWING_FRACTION * n`` rows and now goes back
+    by as much (the oscillation a weak probe produces: 3.3k <-> 9.6k of 10k rows with 10 rows a class)."""
+    if not rounds or len(rounds) < 2:
+        return False
+    before, after = current - rounds[-2], proposed - current
+    return before * after < 0 and min(abs(before), abs(after)) > SWING_FRACTION * n
+
+
 def grow_clean_set(
     features: torch.Tensor,
     labels: np.ndarray,
@@ -288,8 +298,10 @@ def grow_clean_set(
     """Steps 2-3 of the module docstring, from ``seed_mask`` (bool [N]) until the clean set is stable.
 
     ``probe``: "linear" or "class-mean"; None chooses by size (:func:`choose_probe`). The set stops when
-    fewer than ``STABLE_FRACTION`` of the rows move; each row moves at most ``MAX_CHANGES`` times, so
-    oscillation (a set swinging between two sizes) is cut off after two rounds. ``converged`` says
+    fewer than ``STABLE_FRACTION`` of the rows move or it returns to the set of two rounds before. Once its
+    size swings (:func:`swings`), a row that has changed membership ``MAX_CHANGES`` times keeps its place,
+    so the swing dies out: every row can move only a bounded number of times. A set that grows slowly
+    without swinging is left alone (its rounds are the same as without damping). ``converged`` says
     whether the stop came before ``max_rounds``.
 
     Args:
@@ -300,22 +312,25 @@ def grow_clean_set(
     y = torch.tensor(labels, device=x.device, dtype=torch.long)
     kind = probe or choose_probe(labels, n_classes)
     fit = CrossFit(x, y, n_classes, folds=FOLDS, seed=seed) if kind == "linear" else ClassMeans(x, y, n_classes)
-    train = seed_mask.copy()
+    train, previous = seed_mask.copy(), None
     changes = np.zeros(len(labels), dtype=np.int8)  # membership changes so far, per row
     rounds: list[int] = []
-    probs, converged = None, False
+    probs, converged, damped = None, False, False
     for _ in range(max_rounds):
         if train.sum() < 2 * n_classes:
             break  # too little to fit a probe on; the caller falls back to the text evidence
         probs = fit(train).cpu().numpy()
         best = confident_class(probs, class_thresholds(probs, labels, n_classes))
-        # A row may change membership MAX_CHANGES times: a row that joined and left (or left and came back)
-        # keeps its place from then on, so no A -> B -> A cycle can last and the rounds must end.
-        move = (((best == -1) | (best == labels)) != train) & (changes < MAX_CHANGES)
-        train = train ^ move
+        move = ((best == -1) | (best == labels)) != train
+        damped = damped or swings(rounds, int(train.sum()), int((train ^ move).sum()), len(labels))
+        if damped:  # rows that already joined and left (or left and came back) keep their place from now on
+            move &= changes < MAX_CHANGES
+        new_train = train ^ move
+        cycling = previous is not None and np.array_equal(new_train, previous)  # A -> B -> A: no progress
+        previous, train = train, new_train
         changes += move
         rounds.append(int(train.sum()))
-        if move.sum() <= STABLE_FRACTION * len(labels):
+        if move.sum() <= STABLE_FRACTION * len(labels) or cycling:
             converged = True
             break
     if probs is None:
