@@ -141,8 +141,7 @@ def index_neighbours(
     """:func:`neighbours` through a faiss index (see :func:`build_index`); same return values.
 
     Each row's ``k + 1`` nearest rows are searched and the row itself dropped (exact copies tie with it, so it
-    is dropped by id, not by rank); a pair is every (row, neighbour) at or above ``threshold``, enough to join
-    any group of up to ``k + 1`` near-duplicates and larger groups through shared neighbours.
+    is dropped by id, not by rank); a pair is a row and its nearest other row when at or above ``threshold``.
     """
     rows = np.flatnonzero(usable)
     knn = np.full(len(features), np.nan, dtype=np.float32)
@@ -159,8 +158,11 @@ def index_neighbours(
     keep = np.ones_like(own)
     keep[np.arange(m), drop] = False
     sims, ids = sims[keep].reshape(m, k), ids[keep].reshape(m, k)
-    hit = (sims >= threshold) & (ids >= 0)
-    found_pairs = np.stack([np.nonzero(hit)[0], ids[hit]], axis=1)
+    # One edge per row, to its nearest other row, as the blockwise scan makes (one per block): a tight group
+    # still joins (every member's nearest is in the group), while a dense region of alike features does not
+    # chain into one giant group through every pair above the threshold.
+    hit = (sims[:, 0] >= threshold) & (ids[:, 0] >= 0)
+    found_pairs = np.stack([np.flatnonzero(hit), ids[hit, 0]], axis=1)
     valid = ids >= 0  # an IVF search can come back short of k neighbours (-1)
     knn[rows] = np.where(valid, sims, 0).sum(axis=1) / np.maximum(valid.sum(axis=1), 1)
     return knn, rows[found_pairs].reshape(-1, 2)

@@ -190,13 +190,14 @@ def test_detect_writes_health_columns(tiny_clip, tmp_path):
 
 
 def planted_near_duplicates(n: int = 4000, dim: int = 64, seed: int = 0):
-    """Clustered rows plus groups of 2-4 near-duplicates (cosine ~0.99) of random rows: features, groups."""
+    """Clustered rows plus groups of 2-3 near-duplicates (cosine ~0.99) of random rows: features, groups.
+    (Each row is joined to its nearest neighbour, so a group of up to 3 always comes out whole.)"""
     rng = np.random.default_rng(seed)
     centres = rng.normal(size=(40, dim)) * 2
     x = centres[rng.integers(0, 40, n)] + rng.normal(size=(n, dim))
     copies, groups, next_row = [], [], n
     for source in rng.choice(n, 100, replace=False):
-        size = int(rng.integers(1, 4))
+        size = int(rng.integers(1, 3))
         copies.append(x[source] + rng.normal(scale=0.05, size=(size, dim)))
         groups.append([int(source), *range(next_row, next_row + size)])
         next_row += size
