@@ -34,7 +34,7 @@ STABLE_FRACTION = 0.002  # stop growing when fewer than this fraction of rows ch
 MAX_CHANGES = 2  # once the set swings, a row that changed membership this often keeps its place
 SWING_FRACTION = 0.05  # the set swings when its size moves by more than this fraction of rows, then back
 FEW_ROWS = 30  # median rows a class below which the class-mean probe replaces the linear one
-LINEAR_LIMIT = 10_000_000  # N x K above which the class-mean probe replaces the linear one (cost)
+LINEAR_LIMIT = 5_000_000  # N x K above which the class-mean probe replaces the linear one (cost)
 CHUNK = 1 << 22  # elements of one [rows, K] block where whole [N, K] temporaries would be too large
 TEMPERATURE_ROWS = 5_000  # rows the class-mean probe's temperature is fitted on, at most
 
