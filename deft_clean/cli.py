@@ -134,6 +134,12 @@ def detect(
     hflip: Annotated[bool, typer.Option(help="Random horizontal flips while training.")] = D.hflip,
     num_workers: Workers = None,
     cache: Cache = None,
+    device_transforms: Annotated[
+        bool | None, typer.Option(help="Crop, flip and normalise uint8 batches on the device (default: on CUDA).")
+    ] = D.device_transforms,
+    compile: Annotated[
+        bool, typer.Option("--compile", help="torch.compile the image tower (falls back to eager on failure).")
+    ] = D.compile,
     seed: Annotated[int, typer.Option(help="Random seed.")] = D.seed,
     run_dir: Annotated[
         Path | None, typer.Option(help="Checkpoint folder (default: <out>.run/ next to the output).")

@@ -43,6 +43,9 @@ class DetectConfig:
     device: str = "auto"  # "auto", "cpu", "cuda" or "cuda:N"
     num_workers: int | None = None  # DataLoader workers; None = min(8, CPU count), 0 = main process
     cache: str | None = None  # decoded-image cache folder (see deft_clean.cache); None = decode every epoch
+    # uint8 batches cropped, flipped and normalised on the device (deft_clean.accel); None = on for CUDA
+    device_transforms: bool | None = None
+    compile: bool = False  # torch.compile the image tower (eager again, with a warning, if compiling fails)
 
     def __post_init__(self) -> None:
         from .errors import UsageError, option
