@@ -319,6 +319,7 @@ def grow_clean_set(
     for _ in range(max_rounds):
         if train.sum() < 2 * n_classes:
             break  # too little to fit a probe on; the caller falls back to the text evidence
+        probs = None  # the last round's [N, K] goes before the next one is made
         probs = fit(train).cpu().numpy()
         best = confident_class(probs, class_thresholds(probs, labels, n_classes))
         move = ((best == -1) | (best == labels)) != train

@@ -206,25 +206,32 @@ def fused_rule(
 
     from .evidence import flag_by_class, grow_clean_set
 
-    x = torch.as_tensor(features[rows], device=device)
-    evidence = grow_clean_set(x, labels[rows], seed_mask[rows], n_classes, seed=seed, )
+    everything = len(rows) == n
+    take = slice(None) if everything else rows  # a view, not an [N, D] / [N, K] copy, when every row is usable
+    x = torch.as_tensor(features[take], device=device)
+    evidence = grow_clean_set(x, labels[take], seed_mask[take], n_classes, seed=seed, )
     probs = evidence.probs  # [M, K] cross-fitted image evidence
     y = labels[rows]
     m = np.arange(len(rows))
-    posterior, weight = fuse(probs, text[rows], y, ~flag_by_class(probs, y, n_classes))
-    flagged_part = flag_by_class(probs, y, n_classes, order_by=posterior[m, y])
+    posterior, weight = fuse(probs, text[take], y, ~flag_by_class(probs, y, n_classes))
+    fused_label = posterior[m, y]  # [M]
+    del posterior  # one [M, K] at a time
+    flagged_part = flag_by_class(probs, y, n_classes, order_by=fused_label)
     suggested_part = probs.argmax(axis=1)  # the class the image evidence points to
 
     is_clean = np.zeros(n, dtype=bool)
     is_clean[rows] = ~flagged_part
     p_clean = np.full(n, np.nan, dtype=np.float32)
-    p_clean[rows] = posterior[m, y]
+    p_clean[rows] = fused_label
     suggested = np.full(n, -1, dtype=np.int64)
     suggested[rows] = suggested_part
     p_suggested = np.full(n, np.nan, dtype=np.float32)
     p_suggested[rows] = probs[m, suggested_part]
-    visual = np.full((n, n_classes), np.nan, dtype=np.float32)
-    visual[rows] = probs
+    if everything:
+        visual = probs
+    else:
+        visual = np.full((n, n_classes), np.nan, dtype=np.float32)
+        visual[rows] = probs
     info = {
         "seed_size": evidence.seed_size, "clean_set_by_round": evidence.rounds, "text_weight": weight,
         "clean_set_converged": evidence.converged, "probe": evidence.probe,
