@@ -129,7 +129,7 @@ def detect(
         bool, typer.Option("--quick", help="Skip prompt training: zero-shot prompts + image evidence, one pass.")
     ] = D.quick,
     health: Annotated[
-        bool, typer.Option(help="Duplicate and outlier columns (hashes every file; quadratic similarity search).")
+        bool, typer.Option(help="Duplicate and outlier columns (hashes every file; nearest-neighbour search).")
     ] = D.health,
     hflip: Annotated[bool, typer.Option(help="Random horizontal flips while training.")] = D.hflip,
     num_workers: Workers = None,

@@ -37,7 +37,7 @@ class DetectConfig:
     # evidence grows; flags from per-class thresholds. "deft": the paper's dual-prompt rule (clean_rule).
     selection: str = "fused"
     quick: bool = False  # skip prompt training: zero-shot prompts + visual evidence, one pass over the images
-    health: bool = True  # duplicate / outlier columns: hashes every file, similarity search quadratic in N
+    health: bool = True  # duplicate / outlier columns: hashes every file, nearest-neighbour search (faiss)
     hflip: bool = True  # random horizontal flips in training (turn off for digits, text, ...)
     seed: int = 0  # seeds prompt init, shuffling, augmentation and complementary labels
     device: str = "auto"  # "auto", "cpu", "cuda" or "cuda:N"

@@ -224,7 +224,10 @@ def synthetic_features(
     rng = np.random.default_rng(seed)
     means = rng.normal(0.0, 1.0, (n_classes, dim)).astype(np.float32)
     truth = rng.permutation(np.arange(n) % n_classes)
-    features = means[truth] + spread * rng.normal(0.0, 1.0, (n, dim)).astype(np.float32)
+    features = np.empty((n, dim), dtype=np.float32)
+    for start in range(0, n, 65536):  # float32 blocks: no float64 [N, D] temporary at a million rows
+        part = truth[start : start + 65536]
+        features[start : start + len(part)] = means[part] + spread * rng.standard_normal((len(part), dim), np.float32)
     given = plant_noise(truth, n_classes, noise, seed=seed + 1)
     text_means = means + 4.5 * rng.normal(0.0, 1.0, means.shape).astype(np.float32)
     text_means /= np.linalg.norm(text_means, axis=1, keepdims=True)
