@@ -247,9 +247,10 @@ def timed_stages(stages: dict[str, dict[str, float]]) -> Callable[[Any, str, str
 
 def detect_case(rows: int, *, work: Path, workers: int) -> dict[str, Any]:
     import quality
+    from quality import CLASSES
 
     import deft_clean
-    from deft_clean import detection, report_html
+    from deft_clean import backbone, detection, report_html, selection
 
     config, checkpoint = quality.build_foundation(work)
     started = time.perf_counter()
@@ -258,8 +259,9 @@ def detect_case(rows: int, *, work: Path, workers: int) -> dict[str, Any]:
     stages: dict[str, dict[str, float]] = {}
     patch = timed_stages(stages)
     patch(detection, "list_dataset", "listing")
+    patch(backbone, "load_clip", "model loading")
     patch(detection, "gather_evidence", "feature pass")
-    patch(detection, "select", "selection")
+    patch(selection, "select", "selection")  # imported inside detect at call time
     patch(detection, "health_columns", "health")
     patch(detection, "write_results", "Parquet")
     patch(report_html, "write_html", "report page")
@@ -272,11 +274,14 @@ def detect_case(rows: int, *, work: Path, workers: int) -> dict[str, Any]:
     )
     report_html.write_html(result.frame, result.metadata, out.with_suffix(".html"))
     total = time.perf_counter() - started
+    stages["other (checks, results frame, start-up)"] = {
+        "seconds": total - sum(s["seconds"] for s in stages.values()), "peak_rss_mb": float("nan"),
+    }
     frame = result.frame
-    noisy = np.array([truth[p] != label for p, label in zip(frame["path"], frame["label_index"], strict=True)])
+    noisy = np.array([CLASSES[truth[p]] != label for p, label in zip(frame["path"], frame["label"], strict=True)])
     return {
         "rows": rows, "stages": stages, "seconds": total, "writing_seconds": writing,
-        "peak_rss_mb": max(s["peak_rss_mb"] for s in stages.values()),
+        "peak_rss_mb": max(s["peak_rss_mb"] for s in stages.values() if s["peak_rss_mb"] == s["peak_rss_mb"]),
         "f1": flag_f1(~frame["is_clean"].to_numpy(dtype=bool), noisy),
     }
 
@@ -372,7 +377,8 @@ def render(results: dict[str, Any]) -> str:
             lines.append(f"error: {r['error']}")
             continue
         lines += ["| stage | seconds | peak RSS MB |", "|---|---|---|"]
-        lines += [f"| {name} | {s['seconds']:.1f} | {s['peak_rss_mb']:.0f} |" for name, s in r["stages"].items()]
+        mb = lambda v: "-" if v != v else f"{v:.0f}"  # noqa: E731 - NaN: not measured
+        lines += [f"| {name} | {s['seconds']:.1f} | {mb(s['peak_rss_mb'])} |" for name, s in r["stages"].items()]
         lines += [
             f"| **total** (detect + report page) | {r['seconds']:.1f} | {r['peak_rss_mb']:.0f} |", "",
             f"Noisy-label F1 {r['f1']:.3f}; writing the PNGs took {r['writing_seconds']:.0f} s (not counted).",
