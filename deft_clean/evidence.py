@@ -6,9 +6,11 @@ systematic flips included. This module combines them:
 
 1. start from a high-precision *seed* of rows whose text evidence agrees with the given label;
 2. fit a linear probe on the seed only and score every row with a probe that did not train on it
-   (cross-fitting: seed rows by the fold that held them out, the others by the mean of all folds);
+   (cross-fitting: seed rows by the fold that held them out, the others by the mean of all folds); with
+   many classes of few rows, or a large N x K, a nearest-class-mean probe with leave-one-out instead;
 3. the new selection is every row that confident learning does not flag (its confident class, above the
-   per-class threshold, is its label or there is none); repeat 2-3 until the set stops changing;
+   per-class threshold, is its label or there is none); repeat 2-3 until the set stops changing (a set
+   whose size swings back and forth is damped: each row may then change membership only twice);
 4. per given class, confident learning's calibrated confident joint estimates how many labels are wrong;
    that many rows, least likely label first, are flagged (:func:`flag_by_class`).
 
@@ -194,6 +196,7 @@ class CrossFit:
             probs[~mask] += p[~mask] / self.folds
         return probs
 
+
 def class_cosines(z: torch.Tensor, y: torch.Tensor, sums: torch.Tensor, held: torch.Tensor) -> torch.Tensor:
     """[B, K] cosine of unit rows ``z`` [B, D] to each class mean (``sums`` [K, D] of unit rows); a ``held``
     row's own class mean leaves the row itself out (closed form); a mean of no rows has cosine 0."""
@@ -312,6 +315,7 @@ def grow_clean_set(
     y = torch.tensor(labels, device=x.device, dtype=torch.long)
     kind = probe or choose_probe(labels, n_classes)
     fit = CrossFit(x, y, n_classes, folds=FOLDS, seed=seed) if kind == "linear" else ClassMeans(x, y, n_classes)
+    del x  # the class-mean probe keeps its own unit-length copy: one [N, D] beside the caller's, not two
     train, previous = seed_mask.copy(), None
     changes = np.zeros(len(labels), dtype=np.int8)  # membership changes so far, per row
     rounds: list[int] = []
