@@ -7,7 +7,15 @@ import shutil
 import numpy as np
 import pandas as pd
 
-from deft_clean.health import content_hashes, dataset_health, group_ids, neighbours, scan_neighbours
+from deft_clean.health import (
+    OUTLIER_Z,
+    content_hashes,
+    dataset_health,
+    group_ids,
+    neighbours,
+    robust_z,
+    scan_neighbours,
+)
 from tests import toy
 
 
@@ -216,3 +224,5 @@ def test_index_finds_the_groups_exact_search_finds():
     assert all(len({groups[i] for i in members}) == 1 and groups[members[0]] >= 0 for members in planted)
     np.testing.assert_allclose(exact[0], scanned[0], rtol=1e-4)
     assert np.corrcoef(approximate[0], exact[0])[0, 1] > 0.99  # kNN similarity behind the outlier score
+    outliers = [set(np.flatnonzero(robust_z(1 - knn) > OUTLIER_Z)) for knn in (approximate[0], exact[0])]
+    assert outliers[0] == outliers[1]  # far rows are searched again, exactly
