@@ -55,8 +55,8 @@ class VisualEvidence:
 
 def prepare_features(features: torch.Tensor) -> torch.Tensor:
     """L2-normalise then standardise each dimension over the rows: [N, D] -> [N, D] float32."""
-    x = F.normalize(features.float(), dim=1)
-    return (x - x.mean(0)) / x.std(0).clamp(min=1e-6)
+    x = F.normalize(features.float(), dim=1)  # the one [N, D] copy; the rest is in place
+    return x.sub_(x.mean(0)).div_(x.std(0).clamp(min=1e-6))
 
 
 def log_softmax(logits: torch.Tensor) -> torch.Tensor:
@@ -217,11 +217,12 @@ class ClassMeans:
     per class under an L2 penalty, and costly, F folds x L-BFGS over N x K logits). Leave-one-out replaces
     folds: a row in the training set is scored against its own class's mean without itself, in closed form,
     so one [N, D] x [D, K] product a round scores every row with a probe that did not train on it.
-    Keeps the unit-length features ([N, D] float32) and [K, D] class sums; no [N, K] besides the output.
+    Keeps the unit-length features ([N, D] float32, made in place from ``x``, which it takes over) and [K, D]
+    class sums; no [N, K] besides the output.
     """
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, n_classes: int) -> None:
-        self.z = F.normalize(x, dim=1)  # [N, D]
+        self.z = x.div_(x.norm(dim=1, keepdim=True).clamp(min=1e-12))  # [N, D] unit rows, in place: x is ours
         self.y, self.n_classes = y, n_classes
         prior = torch.bincount(y, minlength=n_classes).to(x.dtype)  # [K] all given labels
         self.log_prior = (prior / prior.sum()).clamp(min=1e-12).log()
@@ -315,7 +316,7 @@ def grow_clean_set(
     y = torch.tensor(labels, device=x.device, dtype=torch.long)
     kind = probe or choose_probe(labels, n_classes)
     fit = CrossFit(x, y, n_classes, folds=FOLDS, seed=seed) if kind == "linear" else ClassMeans(x, y, n_classes)
-    del x  # the class-mean probe keeps its own unit-length copy: one [N, D] beside the caller's, not two
+    del x  # the probe holds it: one [N, D] beside the caller's
     train, previous = seed_mask.copy(), None
     changes = np.zeros(len(labels), dtype=np.int8)  # membership changes so far, per row
     rounds: list[int] = []
