@@ -66,8 +66,9 @@ def content_hashes(
 
 
 def _normalise(features: np.ndarray) -> np.ndarray:
-    x = np.nan_to_num(features.astype(np.float32, copy=False))
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)  # [N, D], unit rows
+    x = np.nan_to_num(features.astype(np.float32, copy=True), copy=False)  # the one [N, D] copy
+    x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)  # [N, D], unit rows
+    return x
 
 
 def neighbours(
