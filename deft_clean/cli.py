@@ -18,7 +18,18 @@ from rich.table import Table
 from rich.text import Text
 
 from . import cli_report
-from .cli_common import Cache, Debug, Device, Overwrite, Quiet, Workers, _run, config_options
+from .cli_common import (
+    Cache,
+    Compile,
+    Debug,
+    Device,
+    DeviceTransforms,
+    Overwrite,
+    Quiet,
+    Workers,
+    _run,
+    config_options,
+)
 from .cli_help import HelpGroup
 from .config import CLEAN_RULES, DetectConfig, TrainConfig
 from .safety import printable
@@ -134,12 +145,8 @@ def detect(
     hflip: Annotated[bool, typer.Option(help="Random horizontal flips while training.")] = D.hflip,
     num_workers: Workers = None,
     cache: Cache = None,
-    device_transforms: Annotated[
-        bool | None, typer.Option(help="Crop, flip and normalise uint8 batches on the device (default: on CUDA).")
-    ] = D.device_transforms,
-    compile: Annotated[
-        bool, typer.Option("--compile", help="torch.compile the image tower (falls back to eager on failure).")
-    ] = D.compile,
+    device_transforms: DeviceTransforms = D.device_transforms,
+    compile: Compile = D.compile,
     seed: Annotated[int, typer.Option(help="Random seed.")] = D.seed,
     run_dir: Annotated[
         Path | None, typer.Option(help="Checkpoint folder (default: <out>.run/ next to the output).")
