@@ -56,7 +56,8 @@ class VisualEvidence:
 def prepare_features(features: torch.Tensor) -> torch.Tensor:
     """L2-normalise then standardise each dimension over the rows: [N, D] -> [N, D] float32."""
     x = F.normalize(features.float(), dim=1)  # the one [N, D] copy; the rest is in place
-    return x.sub_(x.mean(0)).div_(x.std(0).clamp(min=1e-6))
+    mean, std = x.mean(0), x.std(0).clamp(min=1e-6)  # both before the subtraction: bit-identical to (x - m) / s
+    return x.sub_(mean).div_(std)
 
 
 def log_softmax(logits: torch.Tensor) -> torch.Tensor:
