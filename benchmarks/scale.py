@@ -37,7 +37,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # for tests.toy, the offline stand-in for real CLIP weights
-SELECTION = "10000x10,50000x100,6000x200,10000x1000,100000x100,100000x1000,1000000x100"
+SELECTION = "10000x10,100000x10,50000x100,6000x200,10000x1000,100000x100,100000x1000,1000000x100"
 HEALTH = "10000,100000,1000000"
 CLEANLAB_LIMIT = 10_000_000  # rows x classes above which the cleanlab pipeline is not run (minutes and more)
 NEAR_NOISE = (0.02, 0.35)  # per-dimension perturbation of a planted near-duplicate: cosine ~0.9999 down to ~0.97
