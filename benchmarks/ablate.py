@@ -83,7 +83,7 @@ def train_and_score(folder: Path, foundation: Foundation, *, seed: int, options:
     """Train prompts like ``deft_clean.detect`` does; return positive/negative logits of every sample."""
     import torch
 
-    from deft_clean import detector
+    from deft_clean.detecting import detector
     from deft_clean.detecting.detector import DeftModel, train_prompts
     from deft_clean.inputs.data import ImageDataset, list_dataset
     from deft_clean.inputs.transforms import eval_transform, train_transform

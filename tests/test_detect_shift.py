@@ -98,7 +98,7 @@ def test_huge_lr_is_caught_and_said(tiny_clip, pair_shifted, tmp_path):
 
 def test_collapsed_prompts_fall_back_to_zero_shot(tiny_clip, pair_shifted, monkeypatch):
     """Prompts that predict one class for everything are detected by their disagreement with zero-shot."""
-    from deft_clean import detector
+    from deft_clean.detecting import detector
 
     real = detector.score_samples
 

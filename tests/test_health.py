@@ -7,7 +7,15 @@ import shutil
 import numpy as np
 import pandas as pd
 
-from deft_clean.detecting.health import content_hashes, dataset_health, group_ids, neighbours
+from deft_clean.detecting.health import (
+    OUTLIER_Z,
+    content_hashes,
+    dataset_health,
+    group_ids,
+    neighbours,
+    robust_z,
+    scan_neighbours,
+)
 from tests import toy
 
 
@@ -187,3 +195,34 @@ def test_detect_writes_health_columns(tiny_clip, tmp_path):
     paths = frame["path"].tolist()
     found = pair_set(paths, frame["duplicate_group"].fillna(-1).to_numpy(dtype=np.int64))
     assert exact <= found
+
+
+def planted_near_duplicates(n: int = 4000, dim: int = 64, seed: int = 0):
+    """Clustered rows plus groups of 2-3 near-duplicates (cosine ~0.99) of random rows: features, groups.
+    (Each row is joined to its nearest neighbour, so a group of up to 3 always comes out whole.)"""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(40, dim)) * 2
+    x = centres[rng.integers(0, 40, n)] + rng.normal(size=(n, dim))
+    copies, groups, next_row = [], [], n
+    for source in rng.choice(n, 100, replace=False):
+        size = int(rng.integers(1, 3))
+        copies.append(x[source] + rng.normal(scale=0.05, size=(size, dim)))
+        groups.append([int(source), *range(next_row, next_row + size)])
+        next_row += size
+    return np.concatenate([x, *copies]).astype(np.float32), groups
+
+
+def test_index_finds_the_groups_exact_search_finds():
+    features, planted = planted_near_duplicates()
+    usable = np.ones(len(features), dtype=bool)
+    n = len(features)
+    approximate = neighbours(features, usable, exact_rows=0)  # an IVF index
+    exact = neighbours(features, usable, exact_rows=n)  # a flat (exact) index
+    scanned = scan_neighbours(features, usable)  # the blockwise exact scan
+    groups = group_ids(n, approximate[1])
+    assert groups.tolist() == group_ids(n, exact[1]).tolist() == group_ids(n, scanned[1]).tolist()
+    assert all(len({groups[i] for i in members}) == 1 and groups[members[0]] >= 0 for members in planted)
+    np.testing.assert_allclose(exact[0], scanned[0], rtol=1e-4)
+    assert np.corrcoef(approximate[0], exact[0])[0, 1] > 0.99  # kNN similarity behind the outlier score
+    outliers = [set(np.flatnonzero(robust_z(1 - knn) > OUTLIER_Z)) for knn in (approximate[0], exact[0])]
+    assert outliers[0] == outliers[1]  # far rows are searched again, exactly

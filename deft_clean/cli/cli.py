@@ -20,7 +20,18 @@ from rich.text import Text
 from ..run.config import CLEAN_RULES, DetectConfig, TrainConfig
 from ..run.safety import printable
 from . import cli_report
-from .cli_common import Cache, Debug, Device, Overwrite, Quiet, Workers, _run, config_options
+from .cli_common import (
+    Cache,
+    Compile,
+    Debug,
+    Device,
+    DeviceTransforms,
+    Overwrite,
+    Quiet,
+    Workers,
+    _run,
+    config_options,
+)
 from .cli_help import HelpGroup
 
 app = typer.Typer(
@@ -129,11 +140,13 @@ def detect(
         bool, typer.Option("--quick", help="Skip prompt training: zero-shot prompts + image evidence, one pass.")
     ] = D.quick,
     health: Annotated[
-        bool, typer.Option(help="Duplicate and outlier columns (hashes every file; quadratic similarity search).")
+        bool, typer.Option(help="Duplicate and outlier columns (hashes every file; nearest-neighbour search).")
     ] = D.health,
     hflip: Annotated[bool, typer.Option(help="Random horizontal flips while training.")] = D.hflip,
     num_workers: Workers = None,
     cache: Cache = None,
+    device_transforms: DeviceTransforms = D.device_transforms,
+    compile: Compile = D.compile,
     seed: Annotated[int, typer.Option(help="Random seed.")] = D.seed,
     run_dir: Annotated[
         Path | None, typer.Option(help="Checkpoint folder (default: <out>.run/ next to the output).")

@@ -19,6 +19,10 @@ Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or 
 Debug = Annotated[bool, typer.Option("--debug", help="Show tracebacks instead of one-line errors.")]
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace an existing output (never an input).")]
 Workers = Annotated[int | None, typer.Option(help="DataLoader workers (default: min(8, CPUs)).")]
+DeviceTransforms = Annotated[
+    bool | None, typer.Option(help="Crop, flip and normalise uint8 batches on the device (default: on CUDA).")
+]
+Compile = Annotated[bool, typer.Option("--compile", help="torch.compile the image tower (eager again if it fails).")]
 Cache = Annotated[
     Path | None,
     typer.Option(

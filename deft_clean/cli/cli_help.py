@@ -22,7 +22,7 @@ for _panel, _names in {
     "head_init holdout optimizer label_smoothing balanced clean_only threshold relabel top_k",
     "Output": "out save_arrays run_dir resume checkpoint_every overwrite html top mode keep_flagged decisions "
     "drop_duplicates drop_outliers",
-    "Run": "num_workers cache device quiet debug help",
+    "Run": "num_workers cache device device_transforms compile quiet debug help",
 }.items():
     PANELS.update(dict.fromkeys(_names.split(), _panel))
 

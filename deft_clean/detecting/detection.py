@@ -283,6 +283,10 @@ def _detect(
     device = device_for(ranks, resolve_device(cfg.device))
     quiet = quiet or not ranks.is_main  # one progress display and one set of warnings
     loaded = load_clip(cfg.model, cfg.pretrained, device=device, quiet=quiet, announce=True, seed=cfg.seed)
+    from ..inputs.accel import compile_module, device_transforms_wanted
+
+    if cfg.compile:
+        compile_module(loaded.model.visual, "the image tower")
     workers = resolve_workers(cfg.num_workers)
     with RichProgress(quiet=quiet) as progress, StopOnSignal(run.hint) as stop:
         cache = None
@@ -298,6 +302,7 @@ def _detect(
             "batch_size": cfg.batch_size * 2, "image_size": loaded.image_size, "mean": loaded.mean,
             "std": loaded.std, "device": device, "num_workers": workers, "progress": progress, "stop": stop,
             "ranks": ranks, "cache": cache,
+            "device_transforms": device_transforms_wanted(cfg.device_transforms, device),
         }  # fmt: skip
         evidence = gather_evidence(
             cfg, loaded, listing, passes, save=run.saver(), resume=run.resume, checkpoint_every=run.every
@@ -429,7 +434,8 @@ def learned_scores(
         vpt_tokens=cfg.vpt_tokens,
         vpt_depth=cfg.vpt_depth,
     ).to(passes["device"])
-    train_options = {k: passes[k] for k in ("image_size", "mean", "std", "device", "num_workers", "progress", "cache")}
+    names = ("image_size", "mean", "std", "device", "num_workers", "progress", "cache", "device_transforms")
+    train_options = {k: passes[k] for k in names}
     try:
         evidence.history = detector.train_prompts(
             model,

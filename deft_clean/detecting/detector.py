@@ -212,24 +212,34 @@ def train_prompts(
     grad_clip: float | None = None,
     control: TrainControl | None = None,
     cache: CachedImages | None = None,
+    device_transforms: bool = False,
 ) -> list[EpochStats]:
     """Train the prompts in place on :mod:`deft_clean.run.engine`; return per-epoch statistics.
 
     With ``control``, the training state (prompts, optimiser, scheduler, scaler, RNG states, position in
     the epoch) is handed to ``control.save`` at the end of every epoch, every ``control.every_steps``
     steps and when ``control.stop`` was signalled; ``control.resume`` continues from such a state and,
-    on CPU with ``num_workers=0``, ends with exactly the prompts of an uninterrupted run.
+    on CPU with ``num_workers=0``, ends with exactly the prompts of an uninterrupted run. With
+    ``device_transforms`` the crops, flips and normalisation run on ``device`` (:mod:`deft_clean.accel`;
+    their random stream is seeded from ``generator`` but not checkpointed).
     """
+    from ..inputs.accel import DeviceTransform, uint8_transform
+
     control = control or TrainControl()
     dataset = ImageDataset(
         listing.root,
         listing.paths,
         listing.label_indices,
-        train_transform(image_size, mean, std, hflip=hflip),
+        uint8_transform(image_size) if device_transforms else train_transform(image_size, mean, std, hflip=hflip),
         image_size=image_size,
         cache=cache,
         images=listing.images,
+        blank_dtype=torch.uint8 if device_transforms else torch.float32,
     )
+    augment = None
+    if device_transforms:
+        stream = torch.Generator(device=device).manual_seed(int(torch.randint(2**62, (1,), generator=generator)))
+        augment = DeviceTransform(mean, std, train=True, hflip=hflip, generator=stream)
     optimizer = torch.optim.SGD(model.trainable_parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
     total_steps = max(1, epochs * steps_per_epoch(len(dataset), batch_size, control.ranks))
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
@@ -241,7 +251,7 @@ def train_prompts(
 
     phase = _prompt_phase(
         model, dataset, optimizer, scheduler, history, scale=scale, warmup_epochs=warmup_epochs,
-        clean_rule=clean_rule, grad_clip=grad_clip, generator=generator,
+        clean_rule=clean_rule, grad_clip=grad_clip, generator=generator, augment=augment,
     )  # fmt: skip
     run = Run(
         epochs=epochs,
@@ -263,11 +273,14 @@ def train_prompts(
 def _prompt_phase(
     model: DeftModel, dataset: ImageDataset, optimizer: torch.optim.Optimizer, scheduler: Any,
     history: list[EpochStats], *, scale: torch.Tensor, warmup_epochs: int, clean_rule: str,
-    grad_clip: float | None, generator: torch.Generator,
+    grad_clip: float | None, generator: torch.Generator, augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> Phase:  # fmt: skip
-    """Prompt training as the engine runs it: DeFT's loss, a frozen backbone, epoch statistics."""
+    """Prompt training as the engine runs it: DeFT's loss, a frozen backbone, epoch statistics; ``augment``
+    turns a uint8 batch on the device into an augmented, normalised one (device transforms)."""
 
     def loss_step(forward: nn.Module, images: torch.Tensor, labels: torch.Tensor, epoch: int) -> Any:
+        if augment is not None:
+            images = augment(images)
         features, text = forward(images)
         return deft_loss(
             features.float(),

@@ -39,6 +39,7 @@ def eval_pass(
     ranks: Dist = Dist(),
     cache: CachedImages | None = None,
     task: str | None = None,
+    device_transforms: bool = False,
 ) -> tuple[dict[str, np.ndarray], dict[int, str]]:
     """One eval-mode pass without augmentation over every sample of ``listing``.
 
@@ -46,14 +47,19 @@ def eval_pass(
     (``columns[name]`` is the shape after the batch dimension). Returns float32 arrays ``[N, *shape]``
     (NaN for unusable files) and the failures (sample index -> status). ``stop`` is checked after each
     batch; with several ``ranks`` each handles samples ``rank::world`` and every rank gets the merged arrays.
-    ``task`` names the pass on the progress display (default: the scoring pass).
+    ``task`` names the pass on the progress display (default: the scoring pass). With ``device_transforms``
+    batches travel as uint8 and are normalised on ``device`` (:mod:`deft_clean.accel`).
     """
+    from ..inputs.accel import DeviceTransform, uint8_transform
+
+    on_device = DeviceTransform(mean, std, train=False)
     dataset = ImageDataset(
         listing.root,
         listing.paths,
         listing.label_indices,
-        eval_transform(image_size, mean, std),
+        uint8_transform(image_size) if device_transforms else eval_transform(image_size, mean, std),
         image_size=image_size,
+        blank_dtype=torch.uint8 if device_transforms else torch.float32,
         indices=np.arange(ranks.rank, len(listing), ranks.world) if ranks.active else None,
         cache=cache,
         images=listing.images,
@@ -78,6 +84,7 @@ def eval_pass(
         usable = usable_mask(batch_status)
         if usable.any():
             images, lab = usable_on_device(images, labels, usable, device)
+            images = on_device(images)  # uint8 -> normalised float; a float batch passes unchanged
             with autocast():
                 values = batch_fn(images, lab)
             keep = idx[usable.numpy()]

@@ -6,9 +6,11 @@ systematic flips included. This module combines them:
 
 1. start from a high-precision *seed* of rows whose text evidence agrees with the given label;
 2. fit a linear probe on the seed only and score every row with a probe that did not train on it
-   (cross-fitting: seed rows by the fold that held them out, the others by the mean of all folds);
+   (cross-fitting: seed rows by the fold that held them out, the others by the mean of all folds); with
+   many classes of few rows, or a large N x K, a nearest-class-mean probe with leave-one-out instead;
 3. the new selection is every row that confident learning does not flag (its confident class, above the
-   per-class threshold, is its label or there is none); repeat 2-3 until the set stops changing;
+   per-class threshold, is its label or there is none); repeat 2-3 until the set stops changing (a set
+   whose size swings back and forth is damped: each row may then change membership only twice);
 4. per given class, confident learning's calibrated confident joint estimates how many labels are wrong;
    that many rows, least likely label first, are flagged (:func:`flag_by_class`).
 
@@ -29,9 +31,16 @@ PROBE_L2 = 1.0  # L2 penalty of the probe, as scikit-learn's LogisticRegression(
 PROBE_ITERS = 100  # L-BFGS iterations of a probe's first fit
 WARM_ITERS = 10  # L-BFGS iterations of a refit from the previous round's probe (its set changed a little)
 FOLDS = 10  # cross-fitting folds: each probe trains on 90% of the selected rows
+SCALE_FOLDS, SCALE_ROWS = 5, 50_000  # above SCALE_ROWS rows, 5 folds (80%) halve the linear probe's cost
 MAX_ROUNDS = 10  # clean-set growth rounds at most
 BATCHED_LIMIT = 20_000_000  # fit all folds in one L-BFGS while F x N x K stays below this (~80 MB per tensor)
 STABLE_FRACTION = 0.002  # stop growing when fewer than this fraction of rows change membership
+MAX_CHANGES = 2  # once the set swings, a row that changed membership this often keeps its place
+SWING_FRACTION = 0.05  # the set swings when its size moves by more than this fraction of rows, then back
+FEW_ROWS = 30  # median rows a class below which the class-mean probe replaces the linear one
+LINEAR_LIMIT = 5_000_000  # N x K above which the class-mean probe replaces the linear one (cost)
+CHUNK = 1 << 22  # elements of one [rows, K] block where whole [N, K] temporaries would be too large
+TEMPERATURE_ROWS = 5_000  # rows the class-mean probe's temperature is fitted on, at most
 
 
 @dataclass
@@ -62,12 +71,15 @@ class VisualEvidence:
     clean: np.ndarray  # bool [N] final selection (rows confident learning does not flag)
     seed_size: int  # rows in the initial seed
     rounds: list[int] = field(default_factory=list)  # clean-set size after each round
+    converged: bool = True  # False when the round limit stopped a set that was still changing
+    probe: str = "linear"  # "linear" (cross-fitted logistic regressions) or "class-mean" (many classes)
 
 
 def prepare_features(features: torch.Tensor) -> torch.Tensor:
     """L2-normalise then standardise each dimension over the rows: [N, D] -> [N, D] float32."""
-    x = F.normalize(features.float(), dim=1)
-    return (x - x.mean(0)) / x.std(0).clamp(min=1e-6)
+    x = F.normalize(features.float(), dim=1)  # the one [N, D] copy; the rest is in place
+    mean, std = x.mean(0), x.std(0).clamp(min=1e-6)  # both before the subtraction: bit-identical to (x - m) / s
+    return x.sub_(mean).div_(std)
 
 
 def log_softmax(logits: torch.Tensor) -> torch.Tensor:
@@ -208,6 +220,98 @@ class CrossFit:
         return probs
 
 
+def class_cosines(z: torch.Tensor, y: torch.Tensor, sums: torch.Tensor, held: torch.Tensor) -> torch.Tensor:
+    """[B, K] cosine of unit rows ``z`` [B, D] to each class mean (``sums`` [K, D] of unit rows); a ``held``
+    row's own class mean leaves the row itself out (closed form); a mean of no rows has cosine 0."""
+    dots = z @ sums.t()  # [B, K]
+    norms = sums.norm(dim=1)  # [K]
+    cos = dots / norms.clamp(min=1e-6)
+    own = dots.gather(1, y[:, None]).squeeze(1)  # [B] z . S_y, which includes z . z = 1 for a held row
+    loo_norm = (norms[y] ** 2 - 2 * own + 1).clamp(min=0).sqrt()  # |S_y - z|
+    loo = torch.where(loo_norm > 1e-3, (own - 1) / loo_norm.clamp(min=1e-6), torch.zeros_like(own))
+    cos.scatter_(1, y[:, None], torch.where(held, loo, cos.gather(1, y[:, None]).squeeze(1))[:, None])
+    return cos
+
+
+class ClassMeans:
+    """Cross-fitted nearest-class-mean probe: softmax(t * cos(row, class mean) + log prior), t fitted.
+
+    Used when there are many classes with few rows each (a linear probe there is both weak, a few rows
+    per class under an L2 penalty, and costly, F folds x L-BFGS over N x K logits). Leave-one-out replaces
+    folds: a row in the training set is scored against its own class's mean without itself, in closed form,
+    so one [N, D] x [D, K] product a round scores every row with a probe that did not train on it.
+    Keeps the unit-length features ([N, D] float32, made in place from ``x``, which it takes over) and [K, D]
+    class sums; no [N, K] besides the output.
+    """
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, n_classes: int) -> None:
+        self.z = x.div_(x.norm(dim=1, keepdim=True).clamp(min=1e-12))  # [N, D] unit rows, in place: x is ours
+        self.y, self.n_classes = y, n_classes
+        prior = torch.bincount(y, minlength=n_classes).to(x.dtype)  # [K] all given labels
+        self.log_prior = (prior / prior.sum()).clamp(min=1e-12).log()
+        self.temperature = 10.0
+
+    def fit_temperature(self, sums: torch.Tensor, mask: torch.Tensor) -> float:
+        """The t maximising the held-out log-likelihood of the label on (a sample of) the training rows."""
+        rows = torch.nonzero(mask).squeeze(1)
+        if len(rows) > TEMPERATURE_ROWS:
+            pick = torch.randperm(len(rows), generator=torch.Generator().manual_seed(0))[:TEMPERATURE_ROWS]
+            rows = rows[pick.to(rows.device)]
+        y = self.y[rows]
+        cos = class_cosines(self.z[rows], y, sums, torch.ones_like(y, dtype=torch.bool))  # [M, K]
+
+        def loss(log_t: float) -> float:
+            logits = float(np.exp(log_t)) * cos + self.log_prior
+            return float((torch.logsumexp(logits, dim=1) - logits.gather(1, y[:, None]).squeeze(1)).mean())
+
+        low, high = 0.0, float(np.log(1000.0))  # golden-section search on log t, t in [1, 1000]
+        ratio = (np.sqrt(5) - 1) / 2
+        a, b = high - ratio * (high - low), low + ratio * (high - low)
+        fa, fb = loss(a), loss(b)
+        for _ in range(20):
+            if fa < fb:
+                high, b, fb = b, a, fa
+                a = high - ratio * (high - low)
+                fa = loss(a)
+            else:
+                low, a, fa = a, b, fb
+                b = low + ratio * (high - low)
+                fb = loss(b)
+        return float(np.exp((low + high) / 2))
+
+    def __call__(self, train: np.ndarray) -> torch.Tensor:
+        """[N, K] probabilities from class means of the rows where ``train`` (bool [N]) is set."""
+        z, y = self.z, self.y
+        mask = torch.as_tensor(train, device=z.device)
+        sums = torch.zeros(self.n_classes, z.shape[1], device=z.device, dtype=z.dtype)
+        sums.index_add_(0, y[mask], z[mask])  # [K, D]
+        self.temperature = self.fit_temperature(sums, mask)
+        probs = torch.empty(z.shape[0], self.n_classes, device=z.device, dtype=z.dtype)
+        step = max(1, CHUNK // self.n_classes)
+        for start in range(0, z.shape[0], step):  # [B, K] blocks: no [N, K] temporaries
+            part = slice(start, start + step)
+            cos = class_cosines(z[part], y[part], sums, mask[part])  # [B, K]
+            logits = self.temperature * cos + self.log_prior
+            probs[part] = torch.softmax(logits, dim=1)
+        return probs
+
+
+def choose_probe(labels: np.ndarray, n_classes: int) -> str:
+    """"class-mean" when classes are many and small or N x K is large, else "linear" (see :class:`ClassMeans`)."""
+    counts = np.bincount(labels, minlength=n_classes)
+    few = float(np.median(counts[counts > 0])) < FEW_ROWS if counts.any() else False
+    return "class-mean" if few or len(labels) * n_classes > LINEAR_LIMIT else "linear"
+
+
+def swings(rounds: list[int], current: int, proposed: int, n: int) -> bool:
+    """Whether the clean set's size went one way by more than ``SWING_FRACTION * n`` rows and now goes back
+    by as much (the oscillation a weak probe produces: 3.3k <-> 9.6k of 10k rows with 10 rows a class)."""
+    if not rounds or len(rounds) < 2:
+        return False
+    before, after = current - rounds[-2], proposed - current
+    return before * after < 0 and min(abs(before), abs(after)) > SWING_FRACTION * n
+
+
 def grow_clean_set(
     features: torch.Tensor,
     labels: np.ndarray,
@@ -216,8 +320,16 @@ def grow_clean_set(
     *,
     seed: int = 0,
     max_rounds: int = MAX_ROUNDS,
+    probe: str | None = None,
 ) -> VisualEvidence:
     """Steps 2-3 of the module docstring, from ``seed_mask`` (bool [N]) until the clean set is stable.
+
+    ``probe``: "linear" or "class-mean"; None chooses by size (:func:`choose_probe`). The set stops when
+    fewer than ``STABLE_FRACTION`` of the rows move or it returns to the set of two rounds before. Once its
+    size swings (:func:`swings`), a row that has changed membership ``MAX_CHANGES`` times keeps its place,
+    so the swing dies out: every row can move only a bounded number of times. A set that grows slowly
+    without swinging is left alone (its rounds are the same as without damping). ``converged`` says
+    whether the stop came before ``max_rounds``.
 
     Args:
         features: [N, D] image features of usable rows (any scale; normalised here).
@@ -225,25 +337,35 @@ def grow_clean_set(
     """
     x = prepare_features(features)
     y = torch.tensor(labels, device=x.device, dtype=torch.long)
-    fit = CrossFit(x, y, n_classes, folds=FOLDS, seed=seed)
-    train = seed_mask.copy()
+    kind = probe or choose_probe(labels, n_classes)
+    folds = FOLDS if len(labels) <= SCALE_ROWS else SCALE_FOLDS
+    fit = CrossFit(x, y, n_classes, folds=folds, seed=seed) if kind == "linear" else ClassMeans(x, y, n_classes)
+    del x  # the probe holds it: one [N, D] beside the caller's
+    train, previous = seed_mask.copy(), None
+    changes = np.zeros(len(labels), dtype=np.int8)  # membership changes so far, per row
     rounds: list[int] = []
-    probs, previous = None, None
+    probs, converged, damped = None, False, False
     for _ in range(max_rounds):
         if train.sum() < 2 * n_classes:
             break  # too little to fit a probe on; the caller falls back to the text evidence
+        probs = None  # the last round's [N, K] goes before the next one is made
         probs = fit(train).cpu().numpy()
         best = confident_class(probs, class_thresholds(probs, labels, n_classes))
-        new_train = (best == -1) | (best == labels)
-        changed = int(np.sum(new_train != train))
+        move = ((best == -1) | (best == labels)) != train
+        damped = damped or swings(rounds, int(train.sum()), int((train ^ move).sum()), len(labels))
+        if damped:  # rows that already joined and left (or left and came back) keep their place from now on
+            move &= changes < MAX_CHANGES
+        new_train = train ^ move
         cycling = previous is not None and np.array_equal(new_train, previous)  # A -> B -> A: no progress
         previous, train = train, new_train
+        changes += move
         rounds.append(int(train.sum()))
-        if changed <= STABLE_FRACTION * len(labels) or cycling:
+        if move.sum() <= STABLE_FRACTION * len(labels) or cycling:
+            converged = True
             break
     if probs is None:
         raise ValueError(f"the seed has {int(seed_mask.sum())} rows; at least {2 * n_classes} are needed")
-    return VisualEvidence(probs.astype(np.float32), train, int(seed_mask.sum()), rounds)
+    return VisualEvidence(probs.astype(np.float32, copy=False), train, int(seed_mask.sum()), rounds, converged, kind)
 
 
 def class_thresholds(probs: np.ndarray, labels: np.ndarray, n_classes: int) -> np.ndarray:
@@ -258,10 +380,14 @@ def class_thresholds(probs: np.ndarray, labels: np.ndarray, n_classes: int) -> n
 
 def confident_class(probs: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
     """Per row, the most probable class among those at or above their threshold; -1 when none is. [N]."""
-    above = probs >= thresholds[None, :]
-    masked = np.where(above, probs, -np.inf)
-    best = masked.argmax(axis=1)
-    return np.where(above.any(axis=1), best, -1)
+    best = np.empty(len(probs), dtype=np.int64)
+    step = max(1, CHUNK // max(probs.shape[1], 1))
+    for start in range(0, len(probs), step):  # [B, K] temporaries, not [N, K]
+        part = probs[start : start + step]
+        above = part >= thresholds[None, :]
+        masked = np.where(above, part, -np.inf)
+        best[start : start + step] = np.where(above.any(axis=1), masked.argmax(axis=1), -1)
+    return best
 
 
 def estimated_issue_counts(probs: np.ndarray, labels: np.ndarray, n_classes: int) -> np.ndarray:

@@ -165,14 +165,21 @@ def label_reliability(gi: ViewAgreement, gt: ViewAgreement, it: ViewAgreement) -
 
 
 def all_rows_probe(features: np.ndarray, labels: np.ndarray, n_classes: int, *, seed: int, device: Any) -> np.ndarray:
-    """[M, K] out-of-sample class probabilities from probes fitted on all rows (cross-fitted, no selection)."""
+    """[M, K] out-of-sample class probabilities from probes fitted on all rows (cross-fitted, no selection).
+
+    The same probe family as the selection's (:func:`deft_clean.detecting.evidence.choose_probe`): linear
+    logistic regressions in CHECK_FOLDS folds, or, with many small classes or a large N x K, the leave-one-out
+    nearest-class-mean probe (one matrix product)."""
     import torch
 
-    from .evidence import CrossFit, prepare_features
+    from .evidence import ClassMeans, CrossFit, choose_probe, prepare_features
 
     x = prepare_features(torch.as_tensor(features, device=device))
     y = torch.as_tensor(labels, device=x.device, dtype=torch.long)
-    fit = CrossFit(x, y, n_classes, folds=CHECK_FOLDS, seed=seed + 1)
+    if choose_probe(labels, n_classes) == "linear":
+        fit: Any = CrossFit(x, y, n_classes, folds=CHECK_FOLDS, seed=seed + 1)
+    else:
+        fit = ClassMeans(x, y, n_classes)
     return fit(np.ones(len(labels), dtype=bool)).cpu().numpy()
 
 

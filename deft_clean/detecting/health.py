@@ -2,13 +2,17 @@
 
 Exact duplicates share a file content hash. Near-duplicates are images whose frozen image features have
 cosine similarity at or above a threshold; outliers are far from their nearest neighbours and, when class
-prompt embeddings are given, from every class prompt. Similarities are computed block by block (rows x
-columns), so memory is ``block**2`` floats, never ``N**2``; time is still ``N**2 * D`` multiply-adds.
+prompt embeddings are given, from every class prompt. Nearest neighbours come from faiss: an exact flat
+index up to ``EXACT_ROWS`` rows, an inverted-file (IVF) index above (time ~ ``N * sqrt(N) * D``; 1M x 512
+in minutes on two cores), a GPU flat index where faiss sees a GPU. Without faiss, or on a torch device
+faiss cannot use, a blockwise exact scan runs instead (memory ``block**2`` floats, time ``N**2 * D``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import logging
 import os
 from collections.abc import Sequence
@@ -27,6 +31,13 @@ OUTLIER_Z = 4.0  # robust z-score above which a row is an outlier
 BLOCK = 4096  # rows and columns of one similarity block
 MAX_GROUP_ROWS = 20  # a near-duplicate group larger than this and than MAX_GROUP_SHARE of the rows is implausible
 MAX_GROUP_SHARE = 0.01
+EXACT_ROWS = 20_000  # up to this many usable rows the neighbour search is exact (flat index)
+IVF_PROBES = 8  # inverted lists an approximate search visits (see benchmarks/results/scale.md for its recall)
+IVF_TRAIN_PER_LIST = 50  # training rows per inverted list for the IVF index's k-means
+RESEARCH_Z = 2.0  # rows whose approximate neighbours look this far (robust z) are searched again, wider
+RESEARCH_PROBES = 64  # lists visited by that second search (the first visits IVF_PROBES)
+EXACT_CHECK_Z = OUTLIER_Z - 1  # rows still this far after it get an exact search: outlier flags as exact search's
+EXACT_CHECK_ROWS = 5_000  # at most this many (the farthest first): ~1 GFLOP each at 1M x 512
 
 
 @dataclass(frozen=True)
@@ -61,8 +72,9 @@ def content_hashes(
 
 
 def _normalise(features: np.ndarray) -> np.ndarray:
-    x = np.nan_to_num(features.astype(np.float32, copy=False))
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)  # [N, D], unit rows
+    x = np.nan_to_num(features.astype(np.float32, copy=True), copy=False)  # the one [N, D] copy
+    x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)  # [N, D], unit rows
+    return x
 
 
 def neighbours(
@@ -73,8 +85,149 @@ def neighbours(
     threshold: float = NEAR_DUPLICATE_SIM,
     block: int = BLOCK,
     device: Any = "cpu",
+    exact_rows: int = EXACT_ROWS,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Blockwise pass over usable rows: mean cosine similarity to the ``k`` nearest other rows, and pairs.
+    """Mean cosine similarity of each usable row to its ``k`` nearest other rows, and near-duplicate pairs.
+
+    Returns ``(knn_sim float32 [N] (NaN unusable), pairs int64 [P, 2])``, every pair with similarity >=
+    ``threshold``. Through faiss (:func:`index_neighbours`) when it is installed and the features live on the
+    CPU or faiss has a GPU; otherwise by the exact blockwise scan (:func:`scan_neighbours`) on ``device``.
+    """
+    try:
+        import faiss
+    except ImportError:
+        faiss = None
+    on_accelerator = str(device) != "cpu"
+    if faiss is None or (on_accelerator and faiss.get_num_gpus() == 0):
+        return scan_neighbours(features, usable, k=k, threshold=threshold, block=block, device=device)
+    return index_neighbours(features, usable, k=k, threshold=threshold, exact_rows=exact_rows)
+
+
+def build_index(x: np.ndarray, *, exact_rows: int) -> Any:
+    """A faiss inner-product index holding ``x`` (float32 [M, D], unit rows): flat (exact) up to ``exact_rows``
+    rows or on a GPU, IVF with ``~2 sqrt(M)`` lists above (its k-means on ``IVF_TRAIN_PER_LIST`` rows a list)."""
+    import faiss
+
+    m, d = x.shape
+    if faiss.get_num_gpus() > 0:
+        index = faiss.index_cpu_to_all_gpus(faiss.IndexFlatIP(d))
+    elif m <= exact_rows:
+        index = faiss.IndexFlatIP(d)
+    else:
+        lists = max(1, min(int(2 * np.sqrt(m)), m // 39))
+        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, lists, faiss.METRIC_INNER_PRODUCT)
+        sample = np.random.default_rng(0).choice(m, size=min(m, IVF_TRAIN_PER_LIST * lists), replace=False)
+        index.cp.niter = 10
+        index.train(x[np.sort(sample)])
+        index.nprobe = min(IVF_PROBES, lists)
+    index.add(x)
+    return index
+
+
+def search(index: Any, x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` nearest indexed rows of every row of ``x``: (similarity float32 [M, k], id int64 [M, k]).
+
+    An IVF index on the CPU is searched list by list (faiss.contrib's big_batch_search: the queries that
+    visit a list meet its rows in one matrix product), ~10x faster than query by query; ids of -1 mark
+    fewer than ``k`` results.
+    """
+    import faiss
+
+    if isinstance(index, faiss.IndexIVF):
+        from faiss.contrib.big_batch_search import big_batch_search
+
+        with contextlib.redirect_stdout(io.StringIO()):  # it prints progress whatever its verbose says
+            return big_batch_search(index, x, k)
+    sims, ids = [], []
+    for start in range(0, len(x), 65_536):  # [B, k] results a block
+        sim, found = index.search(x[start : start + 65_536], k)
+        sims.append(sim)
+        ids.append(found)
+    return np.concatenate(sims), np.concatenate(ids)
+
+
+def research_far_rows(index: Any, x: np.ndarray, sims: np.ndarray, ids: np.ndarray) -> None:
+    """Search again, over ``RESEARCH_PROBES`` lists, the rows whose approximate neighbours look far; in place.
+
+    An IVF search misses the neighbours of a row whose cluster straddles lists it did not visit, and such a
+    row looks like an outlier (measured: 2% of 1M clustered rows at 8 lists, their neighbour similarity 0.33
+    where an exact search gives 0.53). Candidate outliers, a few percent of the rows, get the wider search,
+    whose lists include the first search's, so its results replace theirs; the rows still far after it are
+    searched exactly.
+    """
+    far = far_rows(sims, ids, RESEARCH_Z)
+    if not len(far):
+        return
+    first = index.nprobe
+    index.nprobe = min(index.nlist, RESEARCH_PROBES)
+    try:
+        sims[far], ids[far] = search(index, x[far], sims.shape[1])
+    finally:
+        index.nprobe = first
+    # An approximate search only ever misses neighbours, so a row's approximate distance is an upper bound:
+    # rows below EXACT_CHECK_Z cannot be outliers, and the few above it are searched exactly.
+    far = far_rows(sims, ids, EXACT_CHECK_Z)[:EXACT_CHECK_ROWS]
+    if len(far):
+        import faiss
+
+        sims[far], ids[far] = faiss.knn(x[far], x, sims.shape[1], metric=faiss.METRIC_INNER_PRODUCT)
+
+
+def far_rows(sims: np.ndarray, ids: np.ndarray, z: float) -> np.ndarray:
+    """Rows whose mean similarity to their found neighbours has a robust z-score of distance above ``z`` (or
+    that found none), farthest first. ``sims``, ``ids``: [M, k + 1] search results (column 0: usually the row)."""
+    valid = ids[:, 1:] >= 0
+    mean = np.where(valid, sims[:, 1:], 0).sum(axis=1) / np.maximum(valid.sum(axis=1), 1)
+    score = np.where(valid.any(axis=1), robust_z(1.0 - mean), np.inf)
+    far = np.flatnonzero(score > z)
+    return far[np.argsort(-score[far], kind="stable")]
+
+
+def index_neighbours(
+    features: np.ndarray, usable: np.ndarray, *, k: int, threshold: float, exact_rows: int = EXACT_ROWS
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`neighbours` through a faiss index (see :func:`build_index`); same return values.
+
+    Each row's ``k + 1`` nearest rows are searched and the row itself dropped (exact copies tie with it, so it
+    is dropped by id, not by rank); a pair is a row and its nearest other row when at or above ``threshold``.
+    """
+    rows = np.flatnonzero(usable)
+    knn = np.full(len(features), np.nan, dtype=np.float32)
+    m = len(rows)
+    if m < 2:
+        return knn, np.zeros((0, 2), dtype=np.int64)
+    x = _normalise(features[rows])  # [M, D] float32, unit rows
+    index = build_index(x, exact_rows=exact_rows)
+    k = max(1, min(k, m - 1))
+    sims, ids = search(index, x, k + 1)  # [M, k + 1] each, best first
+    if hasattr(index, "nprobe") and index.nprobe < index.nlist:
+        research_far_rows(index, x, sims, ids)
+    own = ids == np.arange(m)[:, None]
+    # Drop the row itself (or, when it was not returned, the last neighbour) to keep k others.
+    drop = np.where(own.any(axis=1), own.argmax(axis=1), k)
+    keep = np.ones_like(own)
+    keep[np.arange(m), drop] = False
+    sims, ids = sims[keep].reshape(m, k), ids[keep].reshape(m, k)
+    # One edge per row, to its nearest other row, as the blockwise scan makes (one per block): a tight group
+    # still joins (every member's nearest is in the group), while a dense region of alike features does not
+    # chain into one giant group through every pair above the threshold.
+    hit = (sims[:, 0] >= threshold) & (ids[:, 0] >= 0)
+    found_pairs = np.stack([np.flatnonzero(hit), ids[hit, 0]], axis=1)
+    valid = ids >= 0  # an IVF search can come back short of k neighbours (-1)
+    knn[rows] = np.where(valid, sims, 0).sum(axis=1) / np.maximum(valid.sum(axis=1), 1)
+    return knn, rows[found_pairs].reshape(-1, 2)
+
+
+def scan_neighbours(
+    features: np.ndarray,
+    usable: np.ndarray,
+    *,
+    k: int = NEIGHBOURS,
+    threshold: float = NEAR_DUPLICATE_SIM,
+    block: int = BLOCK,
+    device: Any = "cpu",
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact blockwise pass over usable rows: mean cosine similarity to the ``k`` nearest other rows, and pairs.
 
     Returns ``(knn_sim float32 [N] (NaN unusable), pairs int64 [P, 2])``: each pair has similarity >=
     ``threshold``; a row is paired with at most one row per column block (its most similar), so ``P`` stays
@@ -142,6 +295,15 @@ def robust_z(values: np.ndarray) -> np.ndarray:
     return ((values - median) / max(mad, 1e-6)).astype(np.float32)
 
 
+def closest_prompt(features: np.ndarray, prompts: np.ndarray, *, step: int = 65_536) -> np.ndarray:
+    """float32 [N]: each row's highest cosine similarity to a class prompt ([K, D]), ``step`` rows at a time."""
+    unit_prompts = _normalise(prompts)  # [K, D]
+    closest = np.empty(len(features), dtype=np.float32)
+    for start in range(0, len(features), step):
+        closest[start : start + step] = (_normalise(features[start : start + step]) @ unit_prompts.T).max(axis=1)
+    return closest
+
+
 def dataset_health(
     features: np.ndarray,
     usable: np.ndarray,
@@ -153,6 +315,7 @@ def dataset_health(
     outlier_z: float = OUTLIER_Z,
     block: int = BLOCK,
     device: Any = "cpu",
+    exact_rows: int = EXACT_ROWS,
 ) -> Health:
     """Duplicate groups and outliers of ``features`` (float32 [N, D] frozen image features).
 
@@ -161,7 +324,9 @@ def dataset_health(
     closest class prompt to the outlier score (its mean with the neighbour distance, as robust z-scores).
     """
     usable = np.asarray(usable, dtype=bool)
-    knn, pairs = neighbours(features, usable, k=k, threshold=threshold, block=block, device=device)
+    knn, pairs = neighbours(
+        features, usable, k=k, threshold=threshold, block=block, device=device, exact_rows=exact_rows
+    )
     warnings = []
     if len(pairs):
         sizes = np.bincount(group_ids(len(features), pairs)[usable] + 1)[1:]  # rows per near-duplicate group
@@ -180,7 +345,7 @@ def dataset_health(
         pairs = np.concatenate([pairs, np.array([p for p in same if p[0] != p[1]], dtype=np.int64).reshape(-1, 2)])
     score = robust_z(1.0 - knn)
     if prompts is not None:
-        closest = (_normalise(features) @ _normalise(prompts).T).max(axis=1)  # [N]
+        closest = closest_prompt(features, prompts)  # [N]
         score = (score + robust_z(np.where(usable, 1.0 - closest, np.nan))) / 2
     score = np.where(usable, score, np.nan).astype(np.float32)
     return Health(group_ids(len(features), pairs), score, np.nan_to_num(score, nan=-np.inf) > outlier_z, warnings)

@@ -36,6 +36,7 @@ MOST_OF_A_CLASS = 0.8  # a class with more than this fraction flagged gets a war
 MIN_CLASS_ROWS = 5  # classes with fewer usable rows are not judged
 FUSION_WEIGHTS = (0.0, 0.125, 0.25, 0.5, 1.0)  # exponents of the text posterior tried by fuse()
 MIN_SEED_SHARE = 0.1  # every class seeds at least this fraction of its rows (its most text-like ones)
+FUSE_BLOCK = 1 << 22  # elements of one [rows, K] block in fuse(): memory stays flat with N x K
 
 
 class TooFewRows(ValueError):
@@ -113,19 +114,36 @@ def fuse(visual: np.ndarray, text: np.ndarray, labels: np.ndarray, kept: np.ndar
     shifted benchmark it lifts the ROC-AUC of pair noise (the text side keeps flipped labels unlikely) and
     chooses ~0 where the text side is weak.
     """
-    rows = np.arange(len(labels))
-    log_v = np.log(np.clip(visual, 1e-12, 1.0))
-    log_t = np.log(np.clip(text, 1e-12, 1.0))
-    best_weight, best_ll, best_post = 0.0, -np.inf, visual
-    for weight in FUSION_WEIGHTS:
-        logits = log_v + weight * log_t
-        logits -= logits.max(axis=1, keepdims=True)
-        posterior = np.exp(logits)
-        posterior /= posterior.sum(axis=1, keepdims=True)
-        ll = float(np.mean(np.log(np.clip(posterior[rows, labels][kept], 1e-12, 1.0)))) if kept.any() else 0.0
+    step = max(1, FUSE_BLOCK // max(visual.shape[1], 1))  # [B, K] float64 blocks, never [N, K] ones
+    totals = np.zeros(len(FUSION_WEIGHTS))
+    for start in range(0, len(labels), step):
+        part = slice(start, start + step)
+        rows, keep = np.arange(len(labels[part])), kept[part]
+        log_v = np.log(np.clip(visual[part], 1e-12, 1.0))
+        log_t = np.log(np.clip(text[part], 1e-12, 1.0))
+        for i, weight in enumerate(FUSION_WEIGHTS):
+            posterior = _posterior(log_v, log_t, weight)
+            totals[i] += np.log(np.clip(posterior[rows, labels[part]][keep], 1e-12, 1.0)).sum()
+    best_weight, best_ll = 0.0, -np.inf
+    for weight, total in zip(FUSION_WEIGHTS, totals, strict=True):
+        ll = float(total / kept.sum()) if kept.any() else 0.0
         if ll > best_ll + 1e-9:
-            best_weight, best_ll, best_post = weight, ll, posterior
-    return best_post.astype(np.float32), best_weight
+            best_weight, best_ll = weight, ll
+    fused = np.empty(visual.shape, dtype=np.float32)
+    for start in range(0, len(labels), step):
+        part = slice(start, start + step)
+        log_v, log_t = np.log(np.clip(visual[part], 1e-12, 1.0)), np.log(np.clip(text[part], 1e-12, 1.0))
+        fused[part] = _posterior(log_v, log_t, best_weight)
+    return fused, best_weight
+
+
+def _posterior(log_v: np.ndarray, log_t: np.ndarray, weight: float) -> np.ndarray:
+    """softmax(log_v + weight * log_t) over classes, float64 [B, K]."""
+    logits = log_v + weight * log_t
+    logits -= logits.max(axis=1, keepdims=True)
+    posterior = np.exp(logits)
+    posterior /= posterior.sum(axis=1, keepdims=True)
+    return posterior
 
 
 def fused_rule(
@@ -157,26 +175,36 @@ def fused_rule(
 
     from .evidence import flag_by_class, grow_clean_set
 
-    x = torch.as_tensor(features[rows], device=device)
-    evidence = grow_clean_set(x, labels[rows], seed_mask[rows], n_classes, seed=seed, )
+    everything = len(rows) == n
+    take = slice(None) if everything else rows  # a view, not an [N, D] / [N, K] copy, when every row is usable
+    x = torch.as_tensor(features[take], device=device)
+    evidence = grow_clean_set(x, labels[take], seed_mask[take], n_classes, seed=seed, )
     probs = evidence.probs  # [M, K] cross-fitted image evidence
     y = labels[rows]
     m = np.arange(len(rows))
-    posterior, weight = fuse(probs, text[rows], y, ~flag_by_class(probs, y, n_classes))
-    flagged_part = flag_by_class(probs, y, n_classes, order_by=posterior[m, y])
+    posterior, weight = fuse(probs, text[take], y, ~flag_by_class(probs, y, n_classes))
+    fused_label = posterior[m, y]  # [M]
+    del posterior  # one [M, K] at a time
+    flagged_part = flag_by_class(probs, y, n_classes, order_by=fused_label)
     suggested_part = probs.argmax(axis=1)  # the class the image evidence points to
 
     is_clean = np.zeros(n, dtype=bool)
     is_clean[rows] = ~flagged_part
     p_clean = np.full(n, np.nan, dtype=np.float32)
-    p_clean[rows] = posterior[m, y]
+    p_clean[rows] = fused_label
     suggested = np.full(n, -1, dtype=np.int64)
     suggested[rows] = suggested_part
     p_suggested = np.full(n, np.nan, dtype=np.float32)
     p_suggested[rows] = probs[m, suggested_part]
-    visual = np.full((n, n_classes), np.nan, dtype=np.float32)
-    visual[rows] = probs
-    info = {"seed_size": evidence.seed_size, "clean_set_by_round": evidence.rounds, "text_weight": weight}
+    if everything:
+        visual = probs
+    else:
+        visual = np.full((n, n_classes), np.nan, dtype=np.float32)
+        visual[rows] = probs
+    info = {
+        "seed_size": evidence.seed_size, "clean_set_by_round": evidence.rounds, "text_weight": weight,
+        "clean_set_converged": evidence.converged, "probe": evidence.probe,
+    }
     return Selection(is_clean, p_clean, suggested, p_suggested, visual, info)
 
 

@@ -68,8 +68,10 @@ class ImageDataset(Dataset):
         indices: Sequence[int] | None = None,
         cache: CachedImages | None = None,
         images: ImageSource | None = None,
+        blank_dtype: torch.dtype = torch.float32,
     ) -> None:
         self.root = root
+        self.blank_dtype = blank_dtype  # of the zeros an unusable file gets: the transform's output dtype
         self.cache = cache  # decoded pixels aligned to ``paths`` (see deft_clean.inputs.cache), or None
         # Paths as one UTF-8 buffer + offsets, indices as an array: no per-sample Python objects, so
         # DataLoader workers do not copy a list of N strings page by page (fork copy-on-write + refcounts).
@@ -92,6 +94,10 @@ class ImageDataset(Dataset):
                 image = self.images.open(index, draft_size=self.image_size)
             return self.transform(image), label, index, STATUS_OK
         except CachedFailure as failure:
-            return torch.zeros(3, self.image_size, self.image_size), label, index, failure.status
+            return self.blank(), label, index, failure.status
         except Exception as exc:  # any decode failure is a status, never a crash
-            return torch.zeros(3, self.image_size, self.image_size), label, index, describe_failure(exc)
+            return self.blank(), label, index, describe_failure(exc)
+
+    def blank(self) -> torch.Tensor:
+        """[3, S, S] zeros standing in for an unusable file (a batch must have one dtype)."""
+        return torch.zeros(3, self.image_size, self.image_size, dtype=getattr(self, "blank_dtype", torch.float32))

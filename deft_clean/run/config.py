@@ -37,12 +37,15 @@ class DetectConfig:
     # evidence grows; flags from per-class thresholds. "deft": the paper's dual-prompt rule (clean_rule).
     selection: str = "fused"
     quick: bool = False  # skip prompt training: zero-shot prompts + visual evidence, one pass over the images
-    health: bool = True  # duplicate / outlier columns: hashes every file, similarity search quadratic in N
+    health: bool = True  # duplicate / outlier columns: hashes every file, nearest-neighbour search (faiss)
     hflip: bool = True  # random horizontal flips in training (turn off for digits, text, ...)
     seed: int = 0  # seeds prompt init, shuffling, augmentation and complementary labels
     device: str = "auto"  # "auto", "cpu", "cuda" or "cuda:N"
     num_workers: int | None = None  # DataLoader workers; None = min(8, CPU count), 0 = main process
     cache: str | None = None  # decoded-image cache folder (see deft_clean.inputs.cache); None = decode every epoch
+    # uint8 batches cropped, flipped and normalised on the device (deft_clean.inputs.accel); None = on for CUDA
+    device_transforms: bool | None = None
+    compile: bool = False  # torch.compile the image tower (eager again, with a warning, if compiling fails)
 
     def __post_init__(self) -> None:
         from .errors import UsageError, option

@@ -21,7 +21,7 @@ from typing import Any
 from .errors import DataError, UsageError
 from .files import write_atomic
 
-VOLATILE_OPTIONS = ("device", "num_workers", "cache")  # may change between an interrupted run and its resume
+VOLATILE_OPTIONS = ("device", "num_workers", "cache", "device_transforms", "compile")  # may change on resume
 
 
 class Interrupted(BaseException):
