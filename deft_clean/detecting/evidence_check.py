@@ -29,9 +29,10 @@ noise. Above that, flags are withheld unless the class names mean something to C
 The precision is then not estimated (``None``).
 
 A class whose images the image view does not set apart from the others' (one-sided two-proportion test)
-has its flags withheld. The same test runs per confused pair of classes (on the rows labelled either, image
-and text views reduced to "which of the two"); a pair neither view can tell apart has its flags withheld and
-is named. A row stays flagged on otherwise withheld evidence only when both sides are sure (:data:`BOTH_SURE`).
+has its flags withheld. The same test runs per confused pair of classes, on the rows labelled either that
+look like either, with image and text views reduced to "which of the two"; a pair neither view can tell
+apart has its flags withheld and is named. A row stays flagged on otherwise withheld evidence only when both
+sides are sure (:data:`BOTH_SURE`).
 
 Kappas share the CLIP image encoder between the image and text views, so their errors are correlated and
 ``s_G`` is slightly underestimated on clean data (a clean set reads as ~5% noise); this errs towards keeping

@@ -10,6 +10,7 @@ No torch import: a bad path is refused in a fraction of a second.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import re
@@ -22,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from ..run.errors import STATUS_OK, DataError, UsageError, option
+from ..run.safety import read_file
 from .readers import read_rows
 from .readers.base import IMAGE_EXTENSIONS, TABLE_EXTENSIONS, FileImages, ImageSource
 
@@ -186,6 +188,9 @@ def default_prompt_name(label: str) -> str:
     return " ".join(label.replace("_", " ").replace("-", " ").split())
 
 
+CLASS_NAMES_BYTES = 64 << 20  # a class-names file is read whole; a bigger one is refused
+
+
 def load_class_names(path: str | os.PathLike[str]) -> dict[str, str]:
     """Read a raw-label -> prompt-text mapping from a JSON object or a two-column CSV.
 
@@ -196,23 +201,27 @@ def load_class_names(path: str | os.PathLike[str]) -> dict[str, str]:
         raise UsageError(f"{option('class_names')} file not found: {file}")
     if file.suffix.lower() == ".json":
         try:
-            mapping = json.loads(file.read_text(encoding="utf-8"))
+            mapping = json.loads(read_file(file, limit=CLASS_NAMES_BYTES).decode("utf-8"))
         except json.JSONDecodeError as exc:
             raise DataError(f"{file}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
         except (UnicodeDecodeError, RecursionError) as exc:
             raise DataError(f"{file}: not a UTF-8 JSON object of class names ({type(exc).__name__})") from None
+        except OSError as exc:  # a FIFO or a file over the limit, swapped in after the check above
+            raise DataError(f"{option('class_names')} {exc}") from None
         if not isinstance(mapping, dict):
             raise DataError(f"{file}: expected a JSON object mapping labels to class names")
         return {str(k): str(v) for k, v in mapping.items()}
     mapping = {}
     try:
-        with file.open(newline="", encoding="utf-8") as handle:
-            for line_no, row in enumerate(csv.reader(handle), start=1):
-                if not row:
-                    continue
-                if len(row) < 2:
-                    raise DataError(f"{file}:{line_no}: expected two columns (label, class name), got {len(row)}")
-                mapping[row[0].strip()] = row[1].strip()
+        text = read_file(file, limit=CLASS_NAMES_BYTES).decode("utf-8")
+        for line_no, row in enumerate(csv.reader(io.StringIO(text, newline="")), start=1):
+            if not row:
+                continue
+            if len(row) < 2:
+                raise DataError(f"{file}:{line_no}: expected two columns (label, class name), got {len(row)}")
+            mapping[row[0].strip()] = row[1].strip()
+    except OSError as exc:  # a FIFO or a file over the limit, swapped in after the check above
+        raise DataError(f"{option('class_names')} {exc}") from None
     except (UnicodeDecodeError, csv.Error) as exc:  # a binary file: invalid UTF-8, NUL bytes, huge fields
         raise DataError(
             f"{file}: not a UTF-8 CSV of (label, class name) rows ({type(exc).__name__}); pass a text file"
