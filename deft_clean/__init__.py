@@ -42,11 +42,12 @@ _EXPORTS = {
     "load_model": ".training.classifiers",
     "DetectResult": ".detecting.detection",
     "detect": ".detecting.detection",
+    "load": ".detecting.detection",
     "load_results": ".outputs.results",
 }
 
 if TYPE_CHECKING:
-    from .detecting.detection import DetectResult, detect
+    from .detecting.detection import DetectResult, detect, load
     from .outputs.results import load_results
     from .run.config import DetectConfig, TrainConfig
     from .run.errors import DataError, DeftCleanError, UsageError, WeightsError
@@ -81,6 +82,7 @@ __all__ = [
     "WeightsError",
     "__version__",
     "detect",
+    "load",
     "load_model",
     "load_results",
     "predict",

@@ -117,6 +117,11 @@ def html_counts(page: str) -> dict:
     }
 
 
+def thumbnails(page: str) -> list[str]:
+    found = re.search(r'<script type="application/json" id="review-thumbs">(.*?)</script>', page, re.S)
+    return [uri.split(",", 1)[1] for uri in json.loads(found.group(1))] if found else []
+
+
 def review_rows(page: str) -> list:
     found = re.search(r'<script type="application/json" id="review-data">(.*?)</script>', page, re.S)
     return json.loads(found.group(1))["rows"] if found else []
@@ -133,7 +138,8 @@ def test_html_counts_escaping_and_self_contained(review, tmp_path):
         k: want[k] for k in ("samples", "usable", "flagged", "unusable")
     }
     assert {escape(k): v for k, v in want["per_class"].items()} == got["per_class"]
-    assert got["rows"] == want["flagged"] and got["thumbnails"] == 4  # every flagged row; thumbnails capped by --top
+    assert got["rows"] == want["flagged"] and got["thumbnails"] == want["flagged"]  # every flagged row has its image
+    assert len(thumbnails(page)) == want["flagged"]  # in their own block, parsed when a page needs them
     assert got["histogram"] == want["usable"] and got["heatmap"] == want["flagged"]
     # Every label is text: the hostile class never appears unescaped, not even in an attribute.
     assert HOSTILE not in page and escape(HOSTILE) in page

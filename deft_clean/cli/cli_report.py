@@ -39,11 +39,21 @@ def report(
     ] = None,
     top: Annotated[
         int | None,
-        typer.Option(help="Most suspicious samples to show: terminal table (default 20), HTML gallery (default 200)."),
+        typer.Option(
+            help="Most suspicious samples to show: terminal table (default 20), large HTML thumbnails (default 200)."
+        ),
     ] = None,
     dataset: Dataset = None,
     overwrite: Overwrite = False,
     decisions: Decisions = None,
+    model: Annotated[
+        Path | None,
+        typer.Option(metavar="MODEL_DIR", help="A train output folder: draw its training curves in the HTML page."),
+    ] = None,
+    predictions: Annotated[
+        Path | None,
+        typer.Option(metavar="FILE", help="A predict Parquet of labelled images: draw its confusion matrix."),
+    ] = None,
     quiet: Quiet = False,
     debug: Debug = False,
 ) -> None:
@@ -52,6 +62,7 @@ def report(
 
     console = None if quiet else Console(highlight=False)
     options = {"html": html, "top": top, "dataset": dataset, "console": console, "overwrite": overwrite}
+    options |= {"model": model, "predictions": predictions}
     _run(debug, quiet, lambda: run_report(results, decisions=decisions, **options))
     if console is not None and html is not None:
         console.print(Text(f"HTML report: {html}"))

@@ -71,6 +71,29 @@ class DetectResult:
 
         return confusions(self.frame)
 
+    def __repr__(self) -> str:
+        """A few lines (rows, flagged, withheld, the evidence verdict, the model), not the whole frame."""
+        from ..outputs.summary import describe
+
+        return describe(self.frame, self.metadata, self.path)
+
+    def to_cleanlab(self) -> pd.DataFrame:
+        """cleanlab's label-issue table (``Datalab.get_issues("label")``'s columns: is_label_issue, label_score,
+        given_label, predicted_label) for the usable rows, indexed by Parquet row."""
+        from ..outputs.handoff import cleanlab_issues
+
+        return cleanlab_issues(self.frame)
+
+    def to_fiftyone(self, folder: str | os.PathLike[str], *, dataset: str | os.PathLike[str] | None = None) -> Path:
+        """Write ``folder/labels.csv`` for FiftyOne's CSV importer (see :mod:`deft_clean.outputs.handoff`);
+        ``dataset`` is where the images are when they moved. Image files only (folders, tables, DataFrames)."""
+        from ..inputs.listing import DatasetSpec, dataset_root
+        from ..outputs.handoff import write_fiftyone
+
+        if DatasetSpec.of(self.metadata).packed:
+            raise UsageError("to_fiftyone needs image files; a Hugging Face dataset or shards hold their images")
+        return write_fiftyone(self.frame, dataset_root(self.metadata, dataset), folder)
+
     def _repr_html_(self) -> str:
         """Jupyter's view: totals, the per-class table and thumbnails of the most suspicious samples."""
         from ..outputs.notebook import to_html
@@ -105,6 +128,16 @@ class DetectResult:
             "reliable": None if not isinstance(evidence, dict) else bool(evidence.get("reliable")),
             "evidence_warning": evidence_line(evidence),
         }
+
+
+def load(path: str | os.PathLike[str]) -> DetectResult:
+    """A saved results Parquet as the :class:`DetectResult` detect returned (frame, metadata, history; no
+    features or probabilities: ``--save-arrays`` keeps those). ``load_results`` still gives (frame, metadata)."""
+    from ..outputs.results import load_results
+
+    frame, metadata = load_results(path)
+    history = metadata.get("history")
+    return DetectResult(frame, metadata, list(history) if isinstance(history, list) else [], path=Path(path))
 
 
 def detect(

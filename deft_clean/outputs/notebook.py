@@ -16,8 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from ..inputs.images import load_image
-from ..inputs.readers.recorded import recorded_opener
+from ..inputs.readers.recorded import row_opener
 from .results import flagged_rows, usable_rows
 
 if TYPE_CHECKING:
@@ -89,7 +88,7 @@ def to_html(frame: pd.DataFrame, metadata: dict[str, Any], *, thumbnails: int = 
         f"<p><b>deft-clean detect</b>: {len(frame)} samples, <b>{n_flagged}</b> flagged ({share} of usable), "
         f"{len(frame) - usable} unusable &middot; model {esc(model)} &middot; "
         f"selection {esc(str(metadata.get('selection', {}).get('rule', '?')))}</p>",
-        '<table><thead><tr><th>class</th><th>samples</th><th>flagged</th><th>noise rate</th></tr></thead><tbody>',
+        "<table><thead><tr><th>class</th><th>samples</th><th>flagged</th><th>noise rate</th></tr></thead><tbody>",
     ]
     for name, row in noise_rates(frame, classes).iterrows():
         rate = "" if pd.isna(row["noise_rate"]) else f"{100 * row['noise_rate']:.1f}%"
@@ -99,18 +98,11 @@ def to_html(frame: pd.DataFrame, metadata: dict[str, Any], *, thumbnails: int = 
         )
     parts.append("</tbody></table>")
     if n_flagged:
-        root = _image_root(metadata)
-        opener = recorded_opener(metadata)  # rows that are not files (Hugging Face, WebDataset)
+        opener = row_opener(metadata, _image_root(metadata))  # a file below the root, a HF row, a shard member
         parts.append(f"<p>most suspicious of the {n_flagged} flagged samples (lowest p_clean first):</p><div>")
         for _, row in worst.head(thumbnails).iterrows():
             path = str(row["path"])
-            image = (
-                _thumbnail(lambda s, p=path: opener(p, s))
-                if opener is not None
-                else _thumbnail(lambda s, p=path: load_image(root / p, draft_size=s, root=root))
-                if root is not None
-                else None
-            )
+            image = None if opener is None else _thumbnail(lambda s, p=path: opener(p, s))
             img = (
                 f'<img src="data:image/png;base64,{image}" alt="{esc(row["path"])}" '
                 f'style="display:block;max-width:{THUMB_PX}px;max-height:{THUMB_PX}px">'

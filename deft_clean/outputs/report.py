@@ -5,6 +5,7 @@ tables and writes the HTML page (:mod:`deft_clean.outputs.report_html`) after ch
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 from dataclasses import replace
 from pathlib import Path
@@ -16,10 +17,12 @@ from rich.table import Table
 from rich.text import Text
 
 from ..inputs.listing import DatasetSpec, dataset_root
-from ..run.errors import DeftCleanError
-from ..run.safety import Output, check_outputs, printable
+from ..run.errors import DataError, DeftCleanError
+from ..run.safety import Output, check_outputs, printable, read_file
 from .results import Results, load_results
 from .summary import HTML_TOP, TERMINAL_TOP, ReportData, estimate, rate, summarize
+
+MAX_METRICS_BYTES = 64 << 20  # a train folder's metrics.json is a few KB; anything near this is not one
 
 
 def report(
@@ -31,13 +34,16 @@ def report(
     decisions: str | os.PathLike[str] | None = None,
     console: Console | None = None,
     overwrite: bool = False,
+    model: str | os.PathLike[str] | None = None,
+    predictions: str | os.PathLike[str] | None = None,
 ) -> ReportData:
     """Print the terminal report (unless ``console`` is None) and write the HTML page if ``html`` is given.
 
     ``top`` caps the most-suspicious table (default 20) and the HTML gallery's thumbnails (default 200).
     ``decisions`` (a review CSV) adds how many flagged rows were reviewed and how. An existing ``html`` file
     is only replaced with ``overwrite``; it may never be the results, the dataset table or a file inside the
-    dataset.
+    dataset. ``model`` (a train output folder) adds its training curves from ``metrics.json`` to the page,
+    ``predictions`` (a predict Parquet with labels) its confusion matrix.
     """
     if isinstance(results, (str, os.PathLike)):
         frame, metadata = load_results(results)
@@ -52,9 +58,10 @@ def report(
     if html is not None:
         from .report_html import write_html
 
-        _check_html_out(html, results, frame, metadata, root, overwrite=overwrite, decisions=decisions)
-
-        write_html(frame, metadata, html, top=HTML_TOP if top is None else top, dataset_root=root)
+        extra = [p for p in (model, predictions) if p is not None]
+        _check_html_out(html, results, frame, metadata, root, overwrite=overwrite, decisions=decisions, extra=extra)
+        pictures = {"training": read_metrics(model), "predictions": read_predictions(predictions)}
+        write_html(frame, metadata, html, top=HTML_TOP if top is None else top, dataset_root=root, **pictures)
     if console is not None:
         print_report(data, console)
     return data
@@ -69,10 +76,11 @@ def _check_html_out(
     *,
     overwrite: bool,
     decisions: Any = None,
+    extra: list[Any] | None = None,
 ) -> None:
-    """The page may not replace the results, the decisions, the dataset table, an image, or land inside an
-    image folder."""
-    inputs: list[Any] = [p for p in (results, decisions) if isinstance(p, (str, os.PathLike))]
+    """The page may not replace the results, the decisions, the dataset table, an image, a model folder or
+    predictions it draws, or land inside an image folder."""
+    inputs: list[Any] = [p for p in (results, decisions, *(extra or [])) if isinstance(p, (str, os.PathLike))]
     spec = DatasetSpec.of(metadata)
     table = spec.table
     if table and spec.location:
@@ -86,6 +94,38 @@ def _check_html_out(
     elif root is not None:
         datasets.append(root)
     check_outputs([Output(html, "html", overwrite=overwrite)], inputs=inputs, datasets=datasets)
+
+
+def read_metrics(model: str | os.PathLike[str] | None) -> dict[str, Any] | None:
+    """A train output folder's ``metrics.json`` (bounded regular-file read), for the page's training curves."""
+    if model is None:
+        return None
+    path = Path(model) / "metrics.json"
+    try:
+        value = json.loads(read_file(path, limit=MAX_METRICS_BYTES))
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path}: cannot read the training metrics ({exc})") from None
+    if not isinstance(value, dict):
+        raise DataError(f"{path}: expected a JSON object of training metrics")
+    return value
+
+
+def read_predictions(path: str | os.PathLike[str] | None) -> pd.DataFrame | None:
+    """The ``label`` and ``predicted_label`` columns of a predict Parquet, for the page's confusion matrix."""
+    if path is None:
+        return None
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(pa.BufferReader(read_file(path)), columns=["label", "predicted_label"])
+    except (OSError, ValueError, KeyError) as exc:
+        raise DataError(f"{path}: cannot read labelled predictions ({exc}); predict a labelled folder") from None
+    frame = table.to_pandas()
+    for column in frame.columns:
+        if not all(v is None or isinstance(v, str) for v in frame[column]):
+            raise DataError(f"{path}: column {column!r} must hold strings")
+    return frame
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -164,5 +204,3 @@ def print_report(data: ReportData, console: Console, *, max_rows: int = 30) -> N
 
 def _title(title: str, table: pd.DataFrame, max_rows: int) -> str:
     return title if len(table) <= max_rows else f"{title}, first {max_rows} of {len(table)}"
-
-

@@ -1,6 +1,6 @@
-"""The HTML report: one self-contained page with the summary, a p_clean histogram, a given-vs-suggested
-heatmap and a review section where every flagged sample can be kept, dropped or relabelled
-(:mod:`deft_clean.outputs.report_review`).
+"""The HTML report: one self-contained page that opens on the most suspicious images (the review section,
+:mod:`deft_clean.outputs.report_review`, under the evidence banner), then the summary, per-class and pair
+tables, a p_clean histogram, a given-vs-suggested heatmap, training curves, duplicate and outlier galleries.
 
 The page loads nothing from the network: thumbnails are JPEG data URIs, the histogram and heatmap are
 inline SVG and tables, and its content security policy allows nothing else (not even an inline event
@@ -23,9 +23,11 @@ import numpy as np
 import pandas as pd
 
 from ..inputs.listing import dataset_root as recorded_dataset_root
+from ..inputs.readers.recorded import Opener, row_opener
 from ..run.errors import DeftCleanError
 from ..run.files import write_atomic
 from . import report_review as review
+from .charts import confusion_svg, history_svg
 from .results import flagged_rows, usable_rows
 from .summary import HTML_TOP, ReportData, estimate, rate, summarize
 
@@ -33,6 +35,9 @@ log = logging.getLogger(__name__)
 
 HISTOGRAM_BINS = 20  # p_clean bins over [0, 1]
 HEATMAP_CLASSES = 20  # heatmap axes: the classes most involved in flagged pairs; the rest become "(other)"
+GALLERY_GROUPS = 50  # duplicate groups shown as thumbnails
+GALLERY_MEMBERS = 6  # thumbnails per duplicate group
+GALLERY_PX = 112  # duplicate and outlier thumbnails
 
 
 def write_html(
@@ -42,17 +47,24 @@ def write_html(
     *,
     top: int = HTML_TOP,
     dataset_root: Path | None = None,
+    thumbnails: int = review.MAX_THUMBNAILS,
+    training: dict[str, Any] | None = None,
+    predictions: pd.DataFrame | None = None,
 ) -> Path:
-    """Write the HTML report atomically: summary, p_clean histogram, heatmap, review of the flagged samples.
+    """Write the HTML report atomically: the flagged samples first, then summary, tables and pictures.
 
     The review section pages through every flagged sample (see :mod:`deft_clean.outputs.report_review`);
-    thumbnails are embedded for the ``top`` flagged samples with the lowest p_clean.
-    ``dataset_root`` is where the images are; by default the dataset recorded in ``metadata``. When
-    the images cannot be found the page still renders, with placeholders instead of thumbnails.
+    the first ``thumbnails`` flagged samples (lowest p_clean first) get a thumbnail, the ``top`` most
+    suspicious a large one. ``dataset_root`` is where the images are; by default the dataset recorded in
+    ``metadata``. When the images cannot be found the page still renders, with placeholders.
+    ``training`` (a model folder's metrics.json) adds phase 2's curves, ``predictions`` (a predict Parquet
+    with a ``label`` column) its confusion matrix; detect's own per-epoch history is drawn when recorded.
     """
     data = summarize(frame, metadata, top=0)
     root = dataset_root if dataset_root is not None else _recorded_root(metadata)
-    page = _page(frame, metadata, data, top=top, root=root)
+    opener = row_opener(metadata, root)
+    page = _page(frame, metadata, data, top=top, opener=opener, thumbnails=thumbnails)
+    page = page.replace("<!--pictures-->", _pictures_html(metadata, training, predictions))
 
     def write(tmp: Path) -> None:
         tmp.write_text(page, encoding="utf-8", errors="replace")
@@ -76,16 +88,28 @@ td.n,th.n{text-align:right;font-variant-numeric:tabular-nums}
 .meta{color:#666;word-break:break-all}.totals span{font-weight:600}
 .scroll{max-height:420px;overflow:auto;display:inline-block}
 .heat td{text-align:center;min-width:28px}.heat th.col{writing-mode:vertical-rl;transform:rotate(180deg)}
+.gallery{display:flex;flex-wrap:wrap;gap:10px}.group{display:flex;gap:4px;border:1px solid #ccc;padding:4px}
+.gallery figure{margin:0;width:116px;font-size:11px;word-break:break-all}
+.gallery img,.gallery .ph{display:block;width:112px;height:112px;object-fit:contain;background:#eee}
+.group-head{font-size:12px;width:100%}.chart{display:inline-block;margin:0 16px 8px 0}
 """
 
 
-
-def _page(frame: pd.DataFrame, metadata: dict[str, Any], data: ReportData, *, top: int, root: Path | None) -> str:
+def _page(
+    frame: pd.DataFrame,
+    metadata: dict[str, Any],
+    data: ReportData,
+    *,
+    top: int,
+    opener: Opener | None,
+    thumbnails: int,
+) -> str:
     script_hash = base64.b64encode(hashlib.sha256(review.SCRIPT.encode()).digest()).decode()
     # Only data: images, inline styles and this exact script may load: no network, no injected handlers.
     csp = f"default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'sha256-{script_hash}'"
     dataset = str(metadata.get("dataset", "?"))
     created = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    cards = review.review_data(frame, metadata, top=top, opener=opener, thumbnails=thumbnails)
     parts = [
         "<!doctype html>",
         '<html lang="en"><head><meta charset="utf-8">',
@@ -96,18 +120,45 @@ def _page(frame: pd.DataFrame, metadata: dict[str, Any], data: ReportData, *, to
         f'<p class="meta">dataset {escape(dataset)} &middot; model {escape(str(metadata.get("model", "?")))} '
         f"&middot; detect run {escape(str(metadata.get('created', '?')))} &middot; report {created}</p>",
         _evidence_html(data),
+        review.review_html(cards, data.per_class),
         _summary_html(data),
         _classes_html(data),
         _pairs_html(data),
         _histogram_html(frame),
         _heatmap_html(frame),
-        review.review_html(review.review_data(frame, metadata, top=top, root=root), data.per_class),
-        _health_html(frame),
+        "<!--pictures-->",
+        _health_html(frame, opener),
         _unusable_html(frame),
         f"<script>{review.SCRIPT}</script>",
         "</body></html>",
     ]
     return "\n".join(parts)
+
+
+def _pictures_html(metadata: dict[str, Any], training: dict[str, Any] | None, predictions: pd.DataFrame | None) -> str:
+    """Detect's and train's per-epoch curves and predict's confusion matrix (empty when none is known)."""
+    charts = [
+        history_svg(
+            metadata.get("history"),
+            chart_id="detect-curves",
+            title="detect: prompt training per epoch",
+            names={"loss": "loss", "clean_fraction": "clean share"},
+        )
+    ]
+    if training:
+        charts.append(
+            history_svg(
+                training.get("history"),
+                chart_id="train-curves",
+                title="train: fine-tuning per epoch",
+                names={"loss": "loss", "val_accuracy": "held-out accuracy"},
+            )
+        )
+    if predictions is not None and "label" in predictions.columns:
+        labelled = predictions[predictions["label"].notna() & predictions["predicted_label"].notna()]
+        charts.append(confusion_svg(labelled["label"], labelled["predicted_label"]))
+    charts = [c for c in charts if c]
+    return f'<h2>Training and prediction</h2><div id="pictures">{"".join(charts)}</div>' if charts else ""
 
 
 def _evidence_html(data: ReportData) -> str:
@@ -149,7 +200,8 @@ def _classes_html(data: ReportData) -> str:
 
 def _pairs_html(data: ReportData, max_rows: int = 50) -> str:
     rows = "".join(
-        f'<tr><td>{escape(str(row.given))}</td><td>{escape(str(row.suggested))}</td><td class="n">{row[2]}</td></tr>'
+        f'<tr data-given="{escape(str(row.given))}" data-suggested="{escape(str(row.suggested))}">'
+        f'<td>{escape(str(row.given))}</td><td>{escape(str(row.suggested))}</td><td class="n">{row[2]}</td></tr>'
         for row in data.pairs.head(max_rows).itertuples(index=False)
     )
     more = f"<p>{len(data.pairs) - max_rows} more pairs not shown.</p>" if len(data.pairs) > max_rows else ""
@@ -233,38 +285,56 @@ def _heatmap_html(frame: pd.DataFrame) -> str:
     )
 
 
-def _health_html(frame: pd.DataFrame, max_rows: int = 50) -> str:
-    """Duplicate groups and outliers (the Parquet's health columns); empty when detect did not compute them."""
+def _health_html(frame: pd.DataFrame, opener: Opener | None, max_rows: int = GALLERY_GROUPS) -> str:
+    """Duplicate groups (side by side) and outliers as thumbnail galleries; empty when detect did not compute
+    the health columns. ``duplicate_kind`` and ``duplicate_similarity`` are shown when the file has them."""
     if "duplicate_group" not in frame.columns or not frame["outlier_score"].notna().any():
         return ""
     dup = frame[frame["duplicate_group"].notna()].sort_values(["duplicate_group"], kind="stable")
     groups = dup.groupby("duplicate_group", sort=True)
-    rows = "".join(
-        f'<tr data-group="{int(g)}"><td class="n">{int(g)}</td><td>{len(members)}</td><td>'
-        + "<br>".join(
-            f"{escape(str(p))} ({escape(str(lab))})" for p, lab in zip(members["path"], members["label"], strict=True)
+    boxes = []
+    for g, members in islice(groups, max_rows):
+        kind = _first(members, "duplicate_kind")
+        similarity = _first(members, "duplicate_similarity")
+        head = f"group {int(g)}: {len(members)} samples" + (f", {escape(str(kind))}" if kind is not None else "")
+        head += f", similarity {float(similarity):.3f}" if similarity is not None else ""
+        figures = "".join(
+            _figure(opener, str(r.path), f"{r.label}") for r in members.head(GALLERY_MEMBERS).itertuples(index=False)
         )
-        + "</td></tr>"
-        for g, members in islice(groups, max_rows)
-    )
+        more = f"<figure>+{len(members) - GALLERY_MEMBERS} more</figure>" if len(members) > GALLERY_MEMBERS else ""
+        boxes.append(
+            f'<div class="group" data-group="{int(g)}"><div><div class="group-head">{head}</div>'
+            f'<div class="gallery">{figures}{more}</div></div></div>'
+        )
     more = f"<p>{groups.ngroups - max_rows} more groups not shown.</p>" if groups.ngroups > max_rows else ""
     outliers = frame[frame["is_outlier"].fillna(False).astype(bool)].sort_values("outlier_score", ascending=False)
-    out_rows = "".join(
-        f'<tr><td>{escape(str(r.path))}</td><td>{escape(str(r.label))}</td><td class="n">{float(r.outlier_score):.1f}'
-        "</td></tr>"
+    out_figures = "".join(
+        _figure(opener, str(r.path), f"{r.label} · score {float(r.outlier_score):.1f}")
         for r in outliers.head(max_rows).itertuples(index=False)
     )
     out_more = f"<p>{len(outliers) - max_rows} more not shown.</p>" if len(outliers) > max_rows else ""
     return (
         f'<h2>Duplicates</h2><p><span id="n-dup-groups">{groups.ngroups}</span> groups of exact or near '
         f'duplicates, <span id="n-dup-rows">{len(dup)}</span> samples; <code>export --drop-duplicates</code> '
-        'keeps the first of each.</p><div class="scroll"><table id="duplicates"><tr><th class="n">group</th>'
-        f"<th>samples</th><th>paths</th></tr>{rows}</table></div>{more}"
+        f'keeps the first of each.</p><div class="gallery" id="duplicates">{"".join(boxes)}</div>{more}'
         f'<h2>Outliers</h2><p><span id="n-outliers">{len(outliers)}</span> samples far from their nearest '
         "neighbours (outlier_score: robust z-score); <code>export --drop-outliers</code> leaves them out.</p>"
-        f'<div class="scroll"><table id="outliers"><tr><th>path</th><th>label</th><th class="n">score</th></tr>'
-        f"{out_rows}</table></div>{out_more}"
+        f'<div class="gallery" id="outliers">{out_figures}</div>{out_more}'
     )
+
+
+def _first(members: pd.DataFrame, column: str) -> Any:
+    """A group's value of an optional column (None when the file lacks it or it is null)."""
+    if column not in members.columns or not members[column].notna().any():
+        return None
+    return members[column].dropna().iloc[0]
+
+
+def _figure(opener: Opener | None, path: str, caption: str) -> str:
+    uri = None if opener is None else review.thumbnail_of(lambda s: opener(path, s), px=GALLERY_PX)
+    image = f'<img src="{uri}" alt="">' if uri else '<div class="ph">no image</div>'
+    caption = f"<figcaption>{escape(caption)}<br>{escape(path)}</figcaption>"
+    return f'<figure data-path="{escape(path)}">{image}{caption}</figure>'
 
 
 def _unusable_html(frame: pd.DataFrame, max_rows: int = 50) -> str:

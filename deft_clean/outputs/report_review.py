@@ -6,10 +6,14 @@ localStorage under a key of this detect run (reload-safe) and leave as a downloa
 (:mod:`deft_clean.outputs.decisions`).
 
 All flagged rows travel as one JSON block (``<script type="application/json">``, never executed), so
-100k flagged rows cost one parse and a page of 100 cards at a time, not 100k DOM nodes. Thumbnails
-are embedded only for the ``top`` rows with the lowest p_clean; a row costs about 150-250 bytes
-without one (path, reason, two class indices, two probabilities), a thumbnail 2-8 KB more. The
-script builds every element with textContent, so a label or path is never parsed as HTML.
+100k flagged rows cost one parse and a page of 100 cards at a time, not 100k DOM nodes. Every flagged row
+gets a thumbnail (up to ``MAX_THUMBNAILS``, lowest p_clean first): the ``top`` most suspicious at
+``THUMBNAIL_PX``, the rest smaller. They travel in a second JSON block that the script parses when the
+first page needs it, and an image is only decoded when its card is on the page shown. Images are opened
+through :func:`deft_clean.inputs.readers.recorded.row_opener`, never from a path taken as it stands.
+A row costs about 150-250 bytes without its thumbnail, a thumbnail 2-8 KB more. The script builds every
+element with textContent, so a label or path is never parsed as HTML, and keeps decisions in a ``Map``
+(a path named ``constructor`` or ``__proto__`` is an ordinary key).
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from ..inputs.readers.recorded import recorded_opener
+from ..inputs.readers.recorded import Opener
 from .results import flagged_rows
 
 if TYPE_CHECKING:
@@ -34,19 +38,32 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-THUMBNAIL_PX = 160  # longest side of an embedded thumbnail (shown at 128 px, enlarged on click)
+THUMBNAIL_PX = 160  # longest side of the `top` most suspicious rows' thumbnails (enlarged on click)
+SMALL_PX = 112  # longest side of the other flagged rows' thumbnails
+MAX_THUMBNAILS = 20_000  # flagged rows with a thumbnail, lowest p_clean first (~2-3 KB each past `top`)
 PAGE_SIZE = 100  # cards per page
+GIVE_UP = 100  # when the first this many images all fail, stop trying (placeholders for the rest)
 
 
-def review_data(frame: pd.DataFrame, metadata: dict[str, Any], *, top: int, root: Path | None) -> dict[str, Any]:
+def review_data(
+    frame: pd.DataFrame,
+    metadata: dict[str, Any],
+    *,
+    top: int,
+    opener: Opener | None,
+    thumbnails: int = MAX_THUMBNAILS,
+) -> dict[str, Any]:
     """The JSON the page script reads: classes, reason kinds, flagged rows (lowest p_clean first), thumbnails.
 
     A row is ``[path, given index, suggested index (-1 unknown), p_clean, p_predicted, reason, reason kind
-    index, thumbnail index (-1 none)]``.
+    index, thumbnail index (-1 none), image evidence, text evidence]`` (the last two null when not recorded).
+    The first ``thumbnails`` rows get a thumbnail from ``opener`` (None: placeholders), the first ``top``
+    of them at full size.
     """
     flagged = frame[flagged_rows(frame)].sort_values("p_clean", kind="stable")
-    if "flag_reason" not in flagged.columns:  # a frame built by hand, not read from a Parquet
-        flagged = flagged.assign(flag_reason=None)
+    for column in ("flag_reason", "visual_score", "text_score"):  # a frame built by hand, or an older file
+        if column not in flagged.columns:
+            flagged = flagged.assign(**{column: None})
     classes = list(metadata.get("classes") or [])
     classes += sorted(set(flagged["label"].astype(str)) - set(classes))
     classes += sorted(set(flagged["predicted_label"].dropna().astype(str)) - set(classes))
@@ -54,26 +71,32 @@ def review_data(frame: pd.DataFrame, metadata: dict[str, Any], *, top: int, root
     kinds: dict[str, int] = {}
     thumbs: list[str] = []
     rows, failures = [], 0
-    opener = recorded_opener(metadata) if top else None  # rows that are not files (Hugging Face, WebDataset)
     for n, row in enumerate(flagged.itertuples(index=False)):
+        if failures == n == GIVE_UP:  # not one image found: the dataset is not where the results say
+            opener = None
         reason = None if pd.isna(row.flag_reason) else str(row.flag_reason)
         kind = kinds.setdefault(reason_kind(reason), len(kinds))
         thumb = -1
-        if n < top and (root is not None or opener is not None):
-            path = str(row.path)
-            uri = thumbnail(root / path, root) if opener is None else thumbnail_of(lambda s, p=path: opener(p, s))
+        if n < thumbnails and opener is not None:
+            uri = thumbnail_of(lambda s, p=str(row.path): opener(p, s), px=THUMBNAIL_PX if n < top else SMALL_PX)
             failures += uri is None
             if uri is not None:
                 thumb = len(thumbs)
                 thumbs.append(uri)
         suggested = -1 if pd.isna(row.predicted_label) else index[str(row.predicted_label)]
-        p_predicted = None if pd.isna(row.p_predicted) else round(float(row.p_predicted), 3)
-        p_clean = round(float(row.p_clean), 4)
-        rows.append([str(row.path), index[str(row.label)], suggested, p_clean, p_predicted, reason, kind, thumb])
+        rows.append(
+            [str(row.path), index[str(row.label)], suggested, round(float(row.p_clean), 4), _round(row.p_predicted)]
+            + [reason, kind, thumb, _round(row.visual_score), _round(row.text_score)]
+        )
     if failures:
-        log.warning("%d of %d gallery images could not be read; shown as placeholders", failures, min(top, len(rows)))
+        tried = min(thumbnails, len(rows)) if opener is not None else failures  # None: gave up after GIVE_UP
+        log.warning("%d of %d gallery images could not be read; shown as placeholders", failures, tried)
     key = f"{metadata.get('dataset', '?')}|{metadata.get('created', '?')}"
     return {"key": key, "classes": classes, "kinds": list(kinds), "rows": rows, "thumbs": thumbs, "page": PAGE_SIZE}
+
+
+def _round(value: Any) -> float | None:
+    return None if value is None or pd.isna(value) else round(float(value), 3)
 
 
 def reason_kind(reason: str | None) -> str:
@@ -91,8 +114,8 @@ def embed_json(value: Any) -> str:
 
 
 def review_html(data: dict[str, Any], flagged_per_class: pd.DataFrame) -> str:
-    """The review section: controls, progress, the cards container, the enlarge overlay and the data block."""
-    n, top = len(data["rows"]), len(data["thumbs"])
+    """The review section: the cards (first on the page), controls, progress, the enlarge overlay and the data."""
+    n = len(data["rows"])
     involved = {data["classes"][r[1]] for r in data["rows"]} | {
         data["classes"][r[2]] for r in data["rows"] if r[2] >= 0
     }
@@ -106,16 +129,19 @@ def review_html(data: dict[str, Any], flagged_per_class: pd.DataFrame) -> str:
         for c in sorted(involved - set(flagged_per_class["class"].astype(str)))
     )
     kinds = "".join(f'<option value="{i}">{escape(k)}</option>' for i, k in enumerate(data["kinds"]))
+    payload = {k: v for k, v in data.items() if k != "thumbs"}
     return (
-        "<h2>Review flagged samples</h2>"
-        f"<p>All {n} flagged samples, {data['page']} per page; thumbnails for the {top} with the lowest p_clean. "
-        "Decide with the buttons or keys: <kbd>k</kbd> keep the given label, <kbd>d</kbd> drop, <kbd>a</kbd> accept "
-        "the suggested label, <kbd>r</kbd> relabel to any class, <kbd>u</kbd> undo, <kbd>&larr;</kbd>/<kbd>&rarr;</kbd>"
-        " move, <kbd>e</kbd> enlarge. Decisions stay in this browser until cleared; "
-        "<code>deft-clean export --decisions decisions.csv</code> applies them.</p>"
+        '<section id="review"><h2>Most suspicious first</h2>'
+        f'<p class="lead">{n} flagged samples, lowest p_clean first: the given label, the suggested one and why. '
+        "Click a class in the tables below, or a heatmap cell, to show only its cards. Keys: <kbd>k</kbd> keep, "
+        "<kbd>d</kbd> drop, <kbd>a</kbd> accept the suggestion, <kbd>r</kbd> relabel, <kbd>u</kbd> undo, "
+        "<kbd>&larr;</kbd>/<kbd>&rarr;</kbd> move, <kbd>e</kbd> enlarge; "
+        "<code>deft-clean export --decisions decisions.csv</code> applies the downloaded decisions.</p>"
         '<div class="controls">'
         '<label>Class (given or suggested) <select id="class-filter"><option value="">all</option>'
         f"{options}</select></label>"
+        '<span id="pair-chip" hidden>given <b id="pair-given"></b> &rarr; suggested <b id="pair-suggested"></b> '
+        '<button id="pair-clear" type="button">&times;</button></span>'
         f'<label>Reason <select id="reason-filter"><option value="">all</option>{kinds}</select></label>'
         '<label>Decision <select id="decision-filter"><option value="">all</option>'
         '<option value="none">undecided</option><option value="keep">keep</option><option value="drop">drop'
@@ -125,21 +151,22 @@ def review_html(data: dict[str, Any], flagged_per_class: pd.DataFrame) -> str:
         '<option value="-p">p_clean, highest first</option><option value="class">given class</option>'
         '<option value="reason">reason</option><option value="-pp">p_predicted, highest first</option>'
         "</select></label></div>"
+        '<p class="progress"><span id="n-reviewed">0</span> of <span id="n-review">'
+        f'{n}</span> reviewed (<span id="n-keep">0</span> keep, <span id="n-drop">0</span> drop, '
+        '<span id="n-relabel">0</span> relabel) <button id="download" type="button">Download decisions</button> '
+        '<button id="clear-all" type="button">Clear all decisions</button> &middot; '
+        f'showing <span id="n-shown">{n}</span> of <span id="n-gallery">{n}</span>; page '
+        '<span id="page-no">1</span> of <span id="page-count">1</span> '
+        '<button id="prev" type="button">&larr; previous</button> <button id="next" type="button">next &rarr;'
+        '</button></p><div id="cards"></div>'
         '<div class="controls">For the rows shown by the filters: <select id="bulk-action">'
         '<option value="accept">accept the suggestion</option><option value="keep">keep</option>'
         '<option value="drop">drop</option><option value="clear">clear the decision</option></select>'
         '<label>where p_predicted &ge; <input id="bulk-min" type="number" min="0" max="1" step="0.05" value="0.9">'
-        '</label><button id="bulk-apply" type="button">apply</button></div>'
-        '<p class="progress"><span id="n-reviewed">0</span> of <span id="n-review">'
-        f'{n}</span> reviewed (<span id="n-keep">0</span> keep, <span id="n-drop">0</span> drop, '
-        '<span id="n-relabel">0</span> relabel) <button id="download" type="button">Download decisions</button> '
-        '<button id="clear-all" type="button">Clear all decisions</button></p>'
-        f'<p>Showing <span id="n-shown">{n}</span> of <span id="n-gallery">{n}</span>; page '
-        '<span id="page-no">1</span> of <span id="page-count">1</span> '
-        '<button id="prev" type="button">&larr; previous</button> <button id="next" type="button">next &rarr;'
-        '</button></p><div id="cards"></div>'
+        '</label><button id="bulk-apply" type="button">apply</button></div></section>'
         '<div id="lightbox" hidden><figure><img alt=""><figcaption></figcaption></figure></div>'
-        f'<script type="application/json" id="review-data">{embed_json(data)}</script>'
+        f'<script type="application/json" id="review-data">{embed_json(payload)}</script>'
+        f'<script type="application/json" id="review-thumbs">{embed_json(data["thumbs"])}</script>'
     )
 
 
@@ -150,13 +177,14 @@ def thumbnail(file: Path, root: Path) -> str | None:
     return thumbnail_of(lambda size: load_image(file, draft_size=size, root=root))
 
 
-def thumbnail_of(open_image: Callable[[int], Image.Image]) -> str | None:
-    """:func:`thumbnail` of the image ``open_image(draft_size)`` returns (a Hugging Face row, a shard member)."""
+def thumbnail_of(open_image: Callable[[int], Image.Image], *, px: int = THUMBNAIL_PX) -> str | None:
+    """A JPEG data URI of ``open_image(draft_size)`` at most ``px`` a side (a file, a Hugging Face row, a shard
+    member), or None when it cannot be read."""
     try:
-        image = open_image(2 * THUMBNAIL_PX)
-        image.thumbnail((THUMBNAIL_PX, THUMBNAIL_PX))
+        image = open_image(2 * px)
+        image.thumbnail((px, px))
         buffer = io.BytesIO()
-        image.save(buffer, format="JPEG", quality=75)
+        image.save(buffer, format="JPEG", quality=75 if px >= THUMBNAIL_PX else 65)
     except Exception:  # a missing or corrupt file is a placeholder, never a failed report
         return None
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
@@ -166,12 +194,16 @@ CSS = """
 .controls{display:flex;flex-wrap:wrap;gap:6px 16px;margin:6px 0}
 .progress{font-weight:600}
 #cards{display:flex;flex-wrap:wrap;gap:10px}
-.card{margin:0;width:190px;border:2px solid #ddd;padding:6px;font-size:12px;word-break:break-all}
+.lead{margin:4px 0}#pair-chip{background:#fdecea;padding:2px 6px;border-radius:4px}
+.card{margin:0;width:200px;border:2px solid #ddd;padding:6px;font-size:12px;word-break:break-all}
 .card:focus{outline:3px solid #4a7bd0}
-.card img,.card .ph{display:block;width:128px;height:128px;object-fit:contain;margin:0 auto 4px;background:#eee;
- cursor:zoom-in}
-.card .ph{line-height:128px;text-align:center;color:#999;cursor:default}
+.card img,.card .ph{display:block;width:188px;height:188px;object-fit:contain;margin:0 auto 4px;background:#eee;
+ cursor:zoom-in;image-rendering:auto}
+.card .ph{line-height:188px;text-align:center;color:#999;cursor:default}
+.card .pair{font-size:14px;font-weight:600}.card .path{color:#666}
 .card .given{color:#b00}.card .suggested{color:#070}.card .reason{color:#555;font-style:italic}
+#classes tr[data-class],#pairs tr[data-given],#heatmap td[data-given]{cursor:pointer}
+#classes tr[data-class]:hover,#pairs tr[data-given]:hover{background:#f3f6fc}
 .card .actions{display:flex;flex-wrap:wrap;gap:3px;margin-top:4px}.card .actions select{max-width:100%}
 .card button.on{background:#333;color:#fff}
 .card[data-decision=keep]{border-color:#4a7bd0}.card[data-decision=drop]{border-color:#d04a4a;opacity:.7}
@@ -186,27 +218,39 @@ SCRIPT = r"""
   var data = JSON.parse(document.getElementById('review-data').textContent);
   var rows = data.rows, classes = data.classes, pageSize = data.page;
   var storeKey = 'deft-clean-review:' + data.key;
-  var decisions = {};  // path -> [decision, label]
-  try { decisions = JSON.parse(localStorage.getItem(storeKey) || '{}') || {}; } catch (e) { decisions = {}; }
+  // path -> [decision, label]. A Map, not an object: a path named "constructor", "toString" or "__proto__"
+  // would otherwise find Object.prototype's members and read as already reviewed.
+  var decisions = new Map();
+  try {
+    var stored = JSON.parse(localStorage.getItem(storeKey) || '{}') || {};
+    Object.keys(stored).forEach(function (k) { if (Array.isArray(stored[k])) { decisions.set(k, stored[k]); } });
+  } catch (e) { decisions = new Map(); }
+  var thumbs = null;  // parsed when a card first needs one
+  function thumb(i) {
+    if (thumbs === null) { thumbs = JSON.parse(document.getElementById('review-thumbs').textContent); }
+    return thumbs[i];
+  }
+  var pair = null;  // [given, suggested] from a heatmap cell or a pairs-table row
   var $ = function (id) { return document.getElementById(id); };
   var filters = { cls: $('class-filter'), reason: $('reason-filter'), decision: $('decision-filter'),
                   search: $('search'), sort: $('sort') };
   var view = [], page = 0, focus = 0;
 
   function save() {
-    try { localStorage.setItem(storeKey, JSON.stringify(decisions)); } catch (e) { /* private mode: memory only */ }
+    try { localStorage.setItem(storeKey, JSON.stringify(Object.fromEntries(decisions))); }
+    catch (e) { /* private mode: memory only */ }
   }
-  function decisionOf(r) { var d = decisions[r[0]]; return d ? d[0] : 'none'; }
+  function decisionOf(r) { var d = decisions.get(r[0]); return d ? d[0] : 'none'; }
   function decide(r, word, label) {
-    if (word === null) { delete decisions[r[0]]; }
-    else if (word === 'keep') { decisions[r[0]] = ['keep', classes[r[1]]]; }
-    else if (word === 'drop') { decisions[r[0]] = ['drop', '']; }
-    else if (label === classes[r[1]]) { decisions[r[0]] = ['keep', label]; }
-    else { decisions[r[0]] = ['relabel', label]; }
+    if (word === null) { decisions.delete(r[0]); }
+    else if (word === 'keep') { decisions.set(r[0], ['keep', classes[r[1]]]); }
+    else if (word === 'drop') { decisions.set(r[0], ['drop', '']); }
+    else if (label === classes[r[1]]) { decisions.set(r[0], ['keep', label]); }
+    else { decisions.set(r[0], ['relabel', label]); }
   }
   function progress() {
     var n = { keep: 0, drop: 0, relabel: 0 }, total = 0;
-    rows.forEach(function (r) { var d = decisions[r[0]]; if (d) { n[d[0]] += 1; total += 1; } });
+    rows.forEach(function (r) { var d = decisions.get(r[0]); if (d) { n[d[0]] += 1; total += 1; } });
     $('n-reviewed').textContent = String(total);
     $('n-keep').textContent = String(n.keep);
     $('n-drop').textContent = String(n.drop);
@@ -216,6 +260,7 @@ SCRIPT = r"""
     var c = filters.cls.value, k = filters.reason.value, d = filters.decision.value;
     var q = filters.search.value.toLowerCase();
     if (c !== '' && classes[r[1]] !== c && classes[r[2]] !== c) { return false; }
+    if (pair && (classes[r[1]] !== pair[0] || (r[2] >= 0 ? classes[r[2]] : '?') !== pair[1])) { return false; }
     if (k !== '' && String(r[6]) !== k) { return false; }
     if (d !== '' && decisionOf(r) !== d) { return false; }
     if (q && r[0].toLowerCase().indexOf(q) < 0 && (r[5] || '').toLowerCase().indexOf(q) < 0) { return false; }
@@ -257,18 +302,25 @@ SCRIPT = r"""
     fig.dataset.given = given; fig.dataset.suggested = suggested; fig.dataset.pClean = String(r[3]);
     fig.dataset.decision = decisionOf(r);
     if (r[7] >= 0) {
-      var img = el('img'); img.alt = ''; img.src = data.thumbs[r[7]]; img.dataset.action = 'enlarge';
+      var img = el('img'); img.alt = ''; img.decoding = 'async'; img.src = thumb(r[7]);
+      img.dataset.action = 'enlarge';
       fig.appendChild(img);
     } else { fig.appendChild(el('div', 'ph', 'no image')); }
     var cap = el('figcaption');
-    cap.appendChild(el('div', 'path', r[0]));
-    cap.appendChild(el('div', 'given', 'given: ' + given));
+    var head = el('div', 'pair');
     var pp = r[4] === null ? '' : ' (' + r[4].toFixed(2) + ')';
-    cap.appendChild(el('div', 'suggested', 'suggested: ' + suggested + pp));
-    cap.appendChild(el('div', '', 'p_clean ' + r[3].toFixed(3)));
+    head.appendChild(el('span', 'given', given));
+    head.appendChild(document.createTextNode(' \u2192 '));
+    head.appendChild(el('span', 'suggested', suggested + pp));
+    cap.appendChild(head);
+    var evidence = 'p_clean ' + r[3].toFixed(3);
+    if (r[8] !== null && r[8] !== undefined) { evidence += ' \u00b7 image ' + r[8].toFixed(2); }
+    if (r[9] !== null && r[9] !== undefined) { evidence += ' \u00b7 text ' + r[9].toFixed(2); }
+    cap.appendChild(el('div', 'evidence', evidence));
+    cap.appendChild(el('div', 'path', r[0]));
     if (r[5]) { cap.appendChild(el('div', 'reason', 'why: ' + r[5])); }
     var actions = el('div', 'actions');
-    var d = decisions[r[0]];
+    var d = decisions.get(r[0]);
     var keep = button('keep', 'keep', 'keep'), drop = button('drop', 'drop', 'drop');
     actions.appendChild(keep); actions.appendChild(drop);
     if (r[2] >= 0 && r[2] !== r[1]) { actions.appendChild(button('accept', '\u2192 ' + suggested, 'accept')); }
@@ -312,7 +364,7 @@ SCRIPT = r"""
     if (fig) { focus = i; fig.focus(); }
   }
   function act(fig, action, label) {
-    var r = rowOf(fig), d = decisions[r[0]];
+    var r = rowOf(fig), d = decisions.get(r[0]);
     if (action === 'enlarge') { enlarge(fig); return; }
     if (action === 'undo') { decide(r, null); }
     else if (action === 'accept') {
@@ -327,12 +379,12 @@ SCRIPT = r"""
     var fresh = card(r, i);
     fig.replaceWith(fresh);
     progress();
-    if (action !== 'relabel') { focusCard(i + (decisions[r[0]] ? 1 : 0)); } else { fresh.focus(); }
+    if (action !== 'relabel') { focusCard(i + (decisions.has(r[0]) ? 1 : 0)); } else { fresh.focus(); }
   }
   function enlarge(fig) {
     var r = rowOf(fig), box = $('lightbox');
     if (r[7] < 0) { return; }
-    box.querySelector('img').src = data.thumbs[r[7]];
+    box.querySelector('img').src = thumb(r[7]);
     box.querySelector('figcaption').textContent = r[0] + ' \u2014 given ' + classes[r[1]] + (r[5] ? '; ' + r[5] : '');
     box.hidden = false;
   }
@@ -369,7 +421,7 @@ SCRIPT = r"""
   $('download').addEventListener('click', function () {
     var lines = ['path,decision,label'];
     rows.forEach(function (r) {
-      var d = decisions[r[0]];
+      var d = decisions.get(r[0]);
       if (d) { lines.push([r[0], d[0], d[1]].map(csvCell).join(',')); }
     });
     var a = document.createElement('a');
@@ -378,7 +430,7 @@ SCRIPT = r"""
     document.body.appendChild(a); a.click(); a.remove();
   });
   $('clear-all').addEventListener('click', function () {
-    if (window.confirm('Clear every decision made in this report?')) { decisions = {}; save(); refilter(); }
+    if (window.confirm('Clear every decision made in this report?')) { decisions = new Map(); save(); refilter(); }
   });
   $('bulk-apply').addEventListener('click', function () {
     var action = $('bulk-action').value, min = Number($('bulk-min').value) || 0;
@@ -399,6 +451,32 @@ SCRIPT = r"""
   filters.cls.addEventListener('change', function () {
     var v = filters.cls.value;
     history.replaceState(null, '', v ? '#class=' + encodeURIComponent(v) : '#');
+  });
+  function setClass(v) {
+    filters.cls.value = v;
+    if (v && filters.cls.value !== v) {  // a class with no flagged rows: an option that shows none
+      var o = el('option', '', v); o.value = v; filters.cls.appendChild(o); filters.cls.value = v;
+    }
+    history.replaceState(null, '', v ? '#class=' + encodeURIComponent(v) : '#');
+  }
+  function setPair(p) {
+    pair = p;
+    $('pair-chip').hidden = !p;
+    if (p) { $('pair-given').textContent = p[0]; $('pair-suggested').textContent = p[1]; }
+  }
+  $('pair-clear').addEventListener('click', function () { setPair(null); page = 0; refilter(); });
+  // Clicking a class row, a pairs-table row or a heatmap cell shows only its cards.
+  document.addEventListener('click', function (ev) {
+    var t = ev.target.closest ? ev.target : ev.target.parentElement;
+    if (!t) { return; }
+    var cell = t.closest('#heatmap td[data-given], #pairs tr[data-given]');
+    var row = t.closest('#classes tr[data-class]');
+    if (cell && cell.dataset.given !== '(other)' && cell.dataset.suggested !== '(other)') {
+      setClass(''); setPair([cell.dataset.given, cell.dataset.suggested]);
+    } else if (row) { setPair(null); setClass(row.dataset.class); }
+    else { return; }
+    page = 0; refilter();
+    $('review').scrollIntoView();
   });
   if (location.hash.indexOf('#class=') === 0) {
     filters.cls.value = decodeURIComponent(location.hash.slice(7));

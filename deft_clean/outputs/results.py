@@ -40,6 +40,7 @@ class Results(Protocol):
     frame: pd.DataFrame  # one row per listed sample, the SCHEMA's columns
     metadata: dict[str, Any]  # what the Parquet's deft_clean entry holds
 
+
 SCHEMA = pa.schema(
     [
         pa.field("path", pa.string(), nullable=False),  # as listed, relative to the dataset root

@@ -141,3 +141,28 @@ def estimate(value: tuple[float, float, float]) -> str:
 def rate(value: float) -> str:
     """A noise rate as a percentage; "-" for a class without usable samples."""
     return "-" if pd.isna(value) else f"{100 * value:.1f}%"
+
+
+def describe(frame: pd.DataFrame, metadata: dict[str, Any], path: Any = None) -> str:
+    """A few lines about a result (its repr): rows, flagged, withheld, the evidence verdict, the model."""
+    usable, flagged = usable_rows(frame), flagged_rows(frame)
+    withheld = int(frame["withheld"].fillna(False).astype(bool).sum()) if "withheld" in frame.columns else 0
+    n_usable = int(usable.sum())
+    share = f" ({100 * int(flagged.sum()) / n_usable:.1f}% of usable)" if n_usable else ""
+    evidence = metadata.get("evidence")
+    if not isinstance(evidence, dict) or "reliable" not in evidence:
+        verdict = "not checked"
+    else:
+        verdict = "reliable" if evidence.get("reliable") else "unreliable"
+        warning = evidence_line(evidence)
+        verdict += f": {warning}" if warning else ""
+    lines = [
+        f"DetectResult{f' ({path})' if path else ''}",
+        f"  rows {len(frame)}, usable {n_usable}, flagged {int(flagged.sum())}{share}, withheld {withheld}",
+        f"  evidence {verdict}",
+        f"  model {metadata.get('model', '?')} ({metadata.get('pretrained', '?')}), "
+        f"{len(metadata.get('classes') or [])} classes, selection "
+        f"{(metadata.get('selection') or {}).get('rule', '?') if isinstance(metadata.get('selection'), dict) else '?'}",
+        "  .flagged() .noise_rates() .confusions() .to_cleanlab() .to_fiftyone(folder) .frame .metadata",
+    ]
+    return "\n".join(lines)

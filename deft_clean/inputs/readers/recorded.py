@@ -1,13 +1,16 @@
-"""Images of a results file whose rows are not files (Hugging Face rows, WebDataset samples), for thumbnails.
+"""Images of a results file's rows, for thumbnails: the one way the report and the notebook view open them.
 
 The results record where the dataset is and how it was read (metadata ``dataset``, ``source``, ``reader``);
-listing it again gives each row path its image. File sources need none of this: their rows are paths.
+listing it again gives each row path of a Hugging Face dataset or WebDataset shards its image. File sources
+are opened below the dataset root (the recorded one, or the ``--dataset`` that replaces it) through the
+bounded, root-checked read, so a row path from the results never opens a file outside the dataset.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from PIL import Image
@@ -37,3 +40,17 @@ def recorded_opener(metadata: dict[str, Any]) -> Opener | None:
         return images.open(index[path], draft_size=draft_size)
 
     return open_row
+
+
+def row_opener(metadata: dict[str, Any], root: Path | None) -> Opener | None:
+    """Opens any row's image by its ``path``: packed sources through :func:`recorded_opener`, file sources
+    below ``root`` (None: no images; the caller shows placeholders)."""
+    opener = recorded_opener(metadata)
+    if opener is not None or root is None:
+        return opener
+    from ..images import load_image
+
+    def open_file(path: str, draft_size: int) -> Image.Image:
+        return load_image(root / path, draft_size=draft_size, root=root)
+
+    return open_file
