@@ -78,7 +78,7 @@ def review_data(
         kind = kinds.setdefault(reason_kind(reason), len(kinds))
         thumb = -1
         if n < thumbnails and opener is not None:
-            uri = thumbnail_of(lambda s, p=str(row.path): opener(p, s), px=THUMBNAIL_PX if n < top else SMALL_PX)
+            uri = thumbnail_of(lambda s, p=str(row.path), o=opener: o(p, s), px=THUMBNAIL_PX if n < top else SMALL_PX)
             failures += uri is None
             if uri is not None:
                 thumb = len(thumbs)
