@@ -4,7 +4,7 @@
   names and meanings (``is_label_issue``, ``label_score``: higher means the given label is more likely right,
   ``given_label``, ``predicted_label``), one row per usable sample indexed by its Parquet row.
 - :func:`write_fiftyone` writes a folder FiftyOne imports as ``fo.types.CSVDataset`` (``labels.csv``, absolute
-  ``filepath`` per image) and :func:`fiftyone_fields` gives the parsers that turn its columns into
+  ``filepath`` per image, an empty ``data/``) and :func:`fiftyone_fields` gives the parsers that turn its columns into
   FiftyOne fields (``ground_truth`` and ``suggested`` as ``Classification``, ``p_clean`` a float, the flags
   booleans). :func:`load_fiftyone` is the two together. The importer reads only the CSV: no image is opened
   here, and every ``filepath`` is the dataset root joined with a row path that cannot leave it.
@@ -92,7 +92,7 @@ def write_fiftyone(frame: pd.DataFrame, root: Path, out: str | os.PathLike[str])
     """Write ``out/labels.csv`` (atomically) for ``fo.Dataset.from_dir(out, dataset_type=fo.types.CSVDataset,
     fields=fiftyone_fields())``; returns ``out``. The images stay where they are."""
     folder = Path(out)
-    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "data").mkdir(parents=True, exist_ok=True)  # the importer wants it; filepaths are absolute
     table = fiftyone_rows(frame, root)
 
     def write(tmp: Path) -> None:
