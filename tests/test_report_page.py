@@ -7,6 +7,7 @@ real size whose image area is not a blank placeholder.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -200,3 +201,29 @@ def test_paths_named_like_object_members_are_not_reviewed(tmp_path, browser):  #
     assert browser.find_element("id", "n-reviewed").text == "1"
     assert by_path["cat/__proto__"].get_attribute("data-decision") == "keep"
     assert by_path["cat/constructor"].get_attribute("data-decision") == "none"
+
+
+def test_report_cli_draws_a_model_and_predictions(tmp_path):
+    from typer.testing import CliRunner
+
+    from deft_clean.cli.cli import app
+
+    review = make_review(tmp_path)
+    model = tmp_path / "model"
+    model.mkdir()
+    history = [{"epoch": e, "loss": 1.0 / e, "val_accuracy": 0.5 + 0.1 * e} for e in range(1, 4)]
+    (model / "metrics.json").write_text(json.dumps({"history": history}))
+    predictions = tmp_path / "predictions.parquet"
+    pd.DataFrame({"path": ["a", "b"], "label": ["cat", "cat"], "predicted_label": ["cat", "dog [x]"]}).to_parquet(
+        predictions
+    )
+    out = tmp_path / "r.html"
+    args = ["report", str(review.results), "--html", str(out), "--model", str(model), "--predictions", str(predictions)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    page = out.read_text(encoding="utf-8")
+    assert page.count('class="series"') == 2 and 'id="train-curves"' in page
+    assert page.count('class="cell"') == 4 and "accuracy 50.0% on 2 labelled images" in page
+    (model / "metrics.json").write_text("[1, 2]")
+    result = CliRunner().invoke(app, [*args, "--overwrite"])
+    assert result.exit_code == 1 and "expected a JSON object of training metrics" in result.stderr

@@ -74,8 +74,9 @@ def confusion_svg(given: pd.Series, predicted: pd.Series, *, chart_id: str = "co
     given, predicted = given.astype(str), predicted.fillna("?").astype(str)
     if not len(given):
         return ""
-    common = list(given.value_counts().index[:CONFUSION_CLASSES])
-    labels = sorted(common) + (["(other)"] if given.nunique() > len(common) else [])
+    seen = pd.concat([given, predicted]).value_counts()  # a class only ever predicted has a column and a row
+    common = list(seen.index[:CONFUSION_CLASSES])
+    labels = sorted(common) + (["(other)"] if len(seen) > len(common) else [])
     counts = pd.crosstab(given.where(given.isin(common), "(other)"), predicted.where(predicted.isin(common), "(other)"))
     counts = counts.reindex(index=labels, columns=labels, fill_value=0)
     cell, margin = 22, 110
@@ -101,8 +102,8 @@ def confusion_svg(given: pd.Series, predicted: pd.Series, *, chart_id: str = "co
             )
     accuracy = float((given == predicted).mean())
     return (
-        f'<figure class="chart"><svg id="{escape(chart_id)}" xmlns="http://www.w3.org/2000/svg" width="{size}" '
-        f'height="{size}" viewBox="0 0 {size} {size}" role="img">{"".join(parts)}</svg>'
+        f'<figure class="chart"><svg id="{escape(chart_id)}" xmlns="http://www.w3.org/2000/svg" width="{size + 80}" '
+        f'height="{size}" viewBox="0 0 {size + 80} {size}" role="img">{"".join(parts)}</svg>'
         f"<figcaption>rows: label, columns: prediction; shade: share of the row; accuracy {100 * accuracy:.1f}% on "
         f"{len(given)} labelled images</figcaption></figure>"
     )
