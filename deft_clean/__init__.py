@@ -1,6 +1,6 @@
 """deft-clean: find wrong labels in image datasets with CLIP dual prompts (DeFT), then train on the rest.
 
-Architecture (one line per folder and module in the README, "How the code is organised"):
+Architecture (one line per folder and module in docs/architecture.md, "How the code is organised"):
 
 - The folders are layers, top to bottom: :mod:`.cli` -> :mod:`.training` -> :mod:`.detecting` ->
   :mod:`.outputs` -> :mod:`.inputs` -> :mod:`.run`. A module imports its own folder and the ones below it;

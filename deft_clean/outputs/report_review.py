@@ -201,7 +201,8 @@ CSS = """
  cursor:zoom-in;image-rendering:auto}
 .card .ph{line-height:188px;text-align:center;color:#999;cursor:default}
 .card .pair{font-size:14px;font-weight:600}.card .path{color:#666}
-.card .given{color:#b00}.card .suggested{color:#070}.card .reason{color:#555;font-style:italic}
+.card .given{color:#b00}.card .suggested{color:#070}
+.card .reason{color:#555;font-style:italic}.card .reason,.card .evidence{word-break:normal;overflow-wrap:anywhere}
 #classes tr[data-class],#pairs tr[data-given],#heatmap td[data-given]{cursor:pointer}
 #classes tr[data-class]:hover,#pairs tr[data-given]:hover{background:#f3f6fc}
 .card .actions{display:flex;flex-wrap:wrap;gap:3px;margin-top:4px}.card .actions select{max-width:100%}
@@ -314,8 +315,10 @@ SCRIPT = r"""
     head.appendChild(el('span', 'suggested', suggested + pp));
     cap.appendChild(head);
     var evidence = 'p_clean ' + r[3].toFixed(3);
-    if (r[8] !== null && r[8] !== undefined) { evidence += ' \u00b7 image ' + r[8].toFixed(2); }
-    if (r[9] !== null && r[9] !== undefined) { evidence += ' \u00b7 text ' + r[9].toFixed(2); }
+    var given_p = [];  // the given label's probability under each kind of evidence
+    if (r[8] !== null && r[8] !== undefined) { given_p.push('image ' + r[8].toFixed(2)); }
+    if (r[9] !== null && r[9] !== undefined) { given_p.push('text ' + r[9].toFixed(2)); }
+    if (given_p.length) { evidence += '; given label: ' + given_p.join(', '); }
     cap.appendChild(el('div', 'evidence', evidence));
     cap.appendChild(el('div', 'path', r[0]));
     if (r[5]) { cap.appendChild(el('div', 'reason', 'why: ' + r[5])); }
