@@ -227,3 +227,19 @@ def test_report_cli_draws_a_model_and_predictions(tmp_path):
     (model / "metrics.json").write_text("[1, 2]")
     result = CliRunner().invoke(app, [*args, "--overwrite"])
     assert result.exit_code == 1 and "expected a JSON object of training metrics" in result.stderr
+
+
+def test_report_thumbnails_option_caps_the_images(tmp_path):
+    from typer.testing import CliRunner
+
+    from deft_clean.cli.cli import app
+
+    review = make_review(tmp_path)
+    out = tmp_path / "r.html"
+    result = CliRunner().invoke(app, ["report", str(review.results), "--html", str(out), "--thumbnails", "2"])
+    assert result.exit_code == 0, result.output
+    assert out.read_text(encoding="utf-8").count("data:image/jpeg;base64,") == 2
+    result = CliRunner().invoke(
+        app, ["report", str(review.results), "--html", str(tmp_path / "s.html"), "--thumbnails", "-1"]
+    )
+    assert result.exit_code == 2 and "--thumbnails must be 0 or more" in result.stderr

@@ -54,6 +54,10 @@ def report(
         Path | None,
         typer.Option(metavar="FILE", help="A predict Parquet of labelled images: draw its confusion matrix."),
     ] = None,
+    thumbnails: Annotated[
+        int | None,
+        typer.Option(metavar="N", help="Flagged samples with an image in the HTML page, lowest p_clean first (5000)."),
+    ] = None,
     quiet: Quiet = False,
     debug: Debug = False,
 ) -> None:
@@ -62,7 +66,7 @@ def report(
 
     console = None if quiet else Console(highlight=False)
     options = {"html": html, "top": top, "dataset": dataset, "console": console, "overwrite": overwrite}
-    options |= {"model": model, "predictions": predictions}
+    options |= {"model": model, "predictions": predictions, "thumbnails": thumbnails}
     _run(debug, quiet, lambda: run_report(results, decisions=decisions, **options))
     if console is not None and html is not None:
         console.print(Text(f"HTML report: {html}"))

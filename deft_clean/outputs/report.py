@@ -17,7 +17,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ..inputs.listing import DatasetSpec, dataset_root
-from ..run.errors import DataError, DeftCleanError
+from ..run.errors import DataError, DeftCleanError, UsageError, option
 from ..run.safety import Output, check_outputs, printable, read_file
 from .results import Results, load_results
 from .summary import HTML_TOP, TERMINAL_TOP, ReportData, estimate, rate, summarize
@@ -36,6 +36,7 @@ def report(
     overwrite: bool = False,
     model: str | os.PathLike[str] | None = None,
     predictions: str | os.PathLike[str] | None = None,
+    thumbnails: int | None = None,
 ) -> ReportData:
     """Print the terminal report (unless ``console`` is None) and write the HTML page if ``html`` is given.
 
@@ -43,7 +44,8 @@ def report(
     ``decisions`` (a review CSV) adds how many flagged rows were reviewed and how. An existing ``html`` file
     is only replaced with ``overwrite``; it may never be the results, the dataset table or a file inside the
     dataset. ``model`` (a train output folder) adds its training curves from ``metrics.json`` to the page,
-    ``predictions`` (a predict Parquet with labels) its confusion matrix.
+    ``predictions`` (a predict Parquet with labels) its confusion matrix. ``thumbnails`` caps the flagged rows
+    that get an image on the page (default 5,000, lowest p_clean first).
     """
     if isinstance(results, (str, os.PathLike)):
         frame, metadata = load_results(results)
@@ -60,7 +62,11 @@ def report(
 
         extra = [p for p in (model, predictions) if p is not None]
         _check_html_out(html, results, frame, metadata, root, overwrite=overwrite, decisions=decisions, extra=extra)
+        if thumbnails is not None and thumbnails < 0:
+            raise UsageError(f"{option('thumbnails')} must be 0 or more, got {thumbnails}")
         pictures = {"training": read_metrics(model), "predictions": read_predictions(predictions)}
+        if thumbnails is not None:
+            pictures["thumbnails"] = thumbnails
         write_html(frame, metadata, html, top=HTML_TOP if top is None else top, dataset_root=root, **pictures)
     if console is not None:
         print_report(data, console)

@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 
 THUMBNAIL_PX = 160  # longest side of the `top` most suspicious rows' thumbnails (enlarged on click)
 SMALL_PX = 112  # longest side of the other flagged rows' thumbnails
-MAX_THUMBNAILS = 20_000  # flagged rows with a thumbnail, lowest p_clean first (~2-3 KB each past `top`)
+MAX_THUMBNAILS = 5_000  # default: flagged rows with a thumbnail, lowest p_clean first (3-8 KB, 4-20 ms each)
 PAGE_SIZE = 100  # cards per page
 GIVE_UP = 100  # when the first this many images all fail, stop trying (placeholders for the rest)
 
