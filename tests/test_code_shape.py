@@ -136,7 +136,7 @@ def test_library_modules_do_not_import_the_cli_or_the_package_init():
 
 def test_the_readme_names_the_same_layers():
     chain = " -> ".join(f"`{name}`" for name in reversed(LAYERS))
-    assert chain in README.read_text(), f"README should state the layers as {chain}"
+    assert chain in README.read_text(), f"docs/architecture.md should state the layers as {chain}"
 
 
 def test_every_kind_of_import_is_seen():
