@@ -25,6 +25,7 @@ import pandas as pd
 from ..inputs.listing import dataset_root as recorded_dataset_root
 from ..run.errors import DeftCleanError
 from ..run.files import write_atomic
+from ..run.ownership import HTML_MARKER
 from . import report_review as review
 from .results import flagged_rows, usable_rows
 from .summary import HTML_TOP, ReportData, estimate, rate, summarize
@@ -79,7 +80,6 @@ td.n,th.n{text-align:right;font-variant-numeric:tabular-nums}
 """
 
 
-
 def _page(frame: pd.DataFrame, metadata: dict[str, Any], data: ReportData, *, top: int, root: Path | None) -> str:
     script_hash = base64.b64encode(hashlib.sha256(review.SCRIPT.encode()).digest()).decode()
     # Only data: images, inline styles and this exact script may load: no network, no injected handlers.
@@ -89,6 +89,7 @@ def _page(frame: pd.DataFrame, metadata: dict[str, Any], data: ReportData, *, to
     parts = [
         "<!doctype html>",
         '<html lang="en"><head><meta charset="utf-8">',
+        HTML_MARKER,  # lets a later --overwrite know this page is deft-clean's own
         f'<meta http-equiv="Content-Security-Policy" content="{csp}">',
         f"<title>deft-clean report: {escape(Path(dataset).name)}</title>",
         f"<style>{CSS}{review.CSS}</style></head><body>",

@@ -167,7 +167,7 @@ def _one_lock(path: Path) -> Iterator[None]:
 def check_writable(path: str | os.PathLike[str], *, option: str = "out") -> None:
     """Fail early when ``path`` cannot be created: a parent is a file, or the folder is not writable."""
     target = Path(path).absolute()
-    ancestor = target.parent
+    ancestor = target if target.is_dir() else target.parent  # an existing folder output is written into
     while not ancestor.exists() and not ancestor.is_symlink():
         ancestor = ancestor.parent
     if not ancestor.is_dir():
