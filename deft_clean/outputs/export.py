@@ -114,10 +114,11 @@ def export_dataset(
     root = dataset_root(metadata, dataset)
     target = Path(out)
     _check_out(target, mode=mode)
-    with run_lock(target):  # a second export to the same place fails at once
-        return _export(frame, metadata, root, target, results=results, mode=mode, relabel=relabel,
-                       keep_flagged=keep_flagged, overwrite=overwrite, dataset=dataset, decisions=decisions,
-                       drop_duplicates=drop_duplicates, drop_outliers=drop_outliers)  # fmt: skip
+    return _export(
+        frame, metadata, root, target, results=results, mode=mode, relabel=relabel, keep_flagged=keep_flagged,
+        overwrite=overwrite, dataset=dataset, decisions=decisions, drop_duplicates=drop_duplicates,
+        drop_outliers=drop_outliers,
+    )  # fmt: skip
 
 
 def _export(
@@ -125,7 +126,7 @@ def _export(
     relabel: float | None, keep_flagged: bool, overwrite: bool, dataset: Any, decisions: Any,
     drop_duplicates: bool, drop_outliers: bool,
 ) -> ExportSummary:  # fmt: skip
-    """:func:`export_dataset` once the output is locked."""
+    """:func:`export_dataset` once the options and the results are read."""
     from .decisions import load_verdicts
 
     verdicts = load_verdicts(decisions, frame, metadata)
@@ -139,10 +140,11 @@ def _export(
     )
     sources = _sources(plan, root, metadata, results=results, dataset=dataset, target=target, mode=mode,
                        overwrite=overwrite, listed=frame["path"], decisions=decisions)  # fmt: skip
-    if mode == "csv":
-        _write_table(plan, sources, target)
-    else:
-        _write_folder(plan, sources, target, copy=mode == "copy", root=root)
+    with run_lock(target):  # after the checks (the lock file sits beside the output); a second export fails at once
+        if mode == "csv":
+            _write_table(plan, sources, target)
+        else:
+            _write_folder(plan, sources, target, copy=mode == "copy", root=root)
     counts = Counter(plan["role"])
     usable_total = int(usable_rows(frame).sum())
     return ExportSummary(

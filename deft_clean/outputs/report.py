@@ -17,6 +17,7 @@ from rich.text import Text
 
 from ..inputs.listing import DatasetSpec, dataset_root
 from ..run.errors import DeftCleanError
+from ..run.files import run_lock
 from ..run.safety import Output, check_outputs, printable
 from .results import Results, load_results
 from .summary import HTML_TOP, TERMINAL_TOP, ReportData, estimate, rate, summarize
@@ -53,8 +54,8 @@ def report(
         from .report_html import write_html
 
         _check_html_out(html, results, frame, metadata, root, overwrite=overwrite, decisions=decisions)
-
-        write_html(frame, metadata, html, top=HTML_TOP if top is None else top, dataset_root=root)
+        with run_lock(html):  # after the check (the lock file sits beside the page); a second report fails at once
+            write_html(frame, metadata, html, top=HTML_TOP if top is None else top, dataset_root=root)
     if console is not None:
         print_report(data, console)
     return data
@@ -164,5 +165,3 @@ def print_report(data: ReportData, console: Console, *, max_rows: int = 30) -> N
 
 def _title(title: str, table: pd.DataFrame, max_rows: int) -> str:
     return title if len(table) <= max_rows else f"{title}, first {max_rows} of {len(table)}"
-
-
