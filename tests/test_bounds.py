@@ -133,6 +133,12 @@ def test_detect_numbers_are_bounded(tiny_clip, tmp_path, extra, fragment):
     assert not (tmp_path / "r.parquet").exists()
 
 
+def test_n_ctx_is_bounded_by_the_models_text_tower(tiny_clip, tmp_path):
+    data = make_noisy_folder(tmp_path / "data", per_class=2, rate=0.0, seed=3).root
+    args = ["detect", str(data), "--out", str(tmp_path / "r.parquet"), *tiny_clip.cli_args()]
+    fails(runner.invoke(app, [*args, "--n-ctx", "40"]), 2, "--n-ctx", "holds 32 tokens")  # the tiny CLIP's 32
+
+
 @pytest.mark.parametrize(
     ("extra", "fragment"),
     [
@@ -149,7 +155,9 @@ def test_predict_numbers_are_bounded(trained, tmp_path, extra, fragment):
     assert not (tmp_path / "p.parquet").exists()
 
 
-@pytest.mark.parametrize(("size", "fragment"), [("100000", "at most 2048"), ("4096", "2048"), ("200", "4x"), ("8", "16")])
+@pytest.mark.parametrize(
+    ("size", "fragment"), [("100000", "at most 2048"), ("4096", "2048"), ("200", "4x"), ("8", "16")]
+)
 def test_train_image_size_is_bounded_by_the_model(trained, tmp_path, size, fragment):
     data, results, _ = trained
     args = ["train", str(data), "--results", str(results), "--out", str(tmp_path / "m"), "--device", "cpu"]
