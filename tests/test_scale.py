@@ -74,7 +74,8 @@ def test_interrupted_detect_resumes_to_identical_results(
     assert "--resume" in str(stopped.value)
     assert signal.getsignal(signal.SIGINT) is before  # handlers restored
     assert sorted(p.name for p in tmp_path.iterdir()) == ["results.parquet.run"]  # no Parquet, no temp file
-    assert [p.name for p in (tmp_path / "results.parquet.run").iterdir()] == ["detect_checkpoint.pt"]
+    run_folder = sorted(p.name for p in (tmp_path / "results.parquet.run").iterdir())
+    assert run_folder == [".deft-clean-manifest.json", "detect_checkpoint.pt"]  # the manifest: the checkpoint is ours
 
     resumed = deft_clean.detect(noisy_folder.root, out=out, resume=True, checkpoint_every=every, **options(tiny_clip))
     np.testing.assert_array_equal(
