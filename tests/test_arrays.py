@@ -93,14 +93,23 @@ def test_save_arrays_never_writes_into_the_dataset(tiny_clip, small_folder, tmp_
 def test_save_arrays_replaces_an_earlier_run_only_with_overwrite(tiny_clip, small_folder, tmp_path):
     arrays = tmp_path / "arrays"
     arrays.mkdir()
-    (arrays / "features.npy").write_bytes(b"an earlier run")
+    (arrays / "features.npy").write_bytes(b"not written by deft-clean")
     args = ["detect", str(small_folder), "--out", str(tmp_path / "r.parquet"), "--save-arrays", str(arrays), "--quick"]
+    for extra in ((), ("--overwrite",)):  # a foreign features.npy is replaced by neither
+        result = runner.invoke(app, [*args, *extra, *tiny_clip.cli_args()])
+        assert result.exit_code == 2 and "did not write" in result.stderr, result.output
+        assert "--overwrite" not in result.stderr
+    assert (arrays / "features.npy").read_bytes() == b"not written by deft-clean"
+    assert not (tmp_path / "r.parquet").exists()
+    (arrays / "features.npy").unlink()
+    (arrays / "notes.txt").write_text("mine")
+    assert runner.invoke(app, [*args, *tiny_clip.cli_args()]).exit_code == 0
+    (tmp_path / "r.parquet").unlink()
     result = runner.invoke(app, [*args, *tiny_clip.cli_args()])
     assert result.exit_code == 2 and "already holds features.npy" in result.stderr, result.output
-    assert (arrays / "features.npy").read_bytes() == b"an earlier run" and not (tmp_path / "r.parquet").exists()
     result = runner.invoke(app, [*args, "--overwrite", *tiny_clip.cli_args()])
     assert result.exit_code == 0, result.output
-    assert load_arrays(arrays)[0].shape[0] == 12
+    assert load_arrays(arrays)[0].shape[0] == 12 and (arrays / "notes.txt").read_text() == "mine"
 
 
 def test_run_dir_that_is_a_file_is_refused(tiny_clip, small_folder, tmp_path):

@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 from deft_clean.cli.cli import app
 from deft_clean.outputs.export import FLAGGED_DIR, export_dataset
 from deft_clean.run.errors import DataError
+from deft_clean.run.ownership import MANIFEST
 from tests.review_data import HOSTILE, RELABEL_MIN_P, Review, checksums, make_review
 
 runner = CliRunner()
@@ -29,7 +30,8 @@ def export(review: Review, out: Path, *args: str):
 
 def exported_files(out: Path) -> dict[str, Path]:
     """OUT-relative path -> the source file it stands for (a link's target, or the copy itself)."""
-    return {p.relative_to(out).as_posix(): p.resolve() for p in sorted(out.rglob("*")) if p.is_symlink() or p.is_file()}
+    files = (p for p in sorted(out.rglob("*")) if (p.is_symlink() or p.is_file()) and p.name != MANIFEST)
+    return {p.relative_to(out).as_posix(): p.resolve() for p in files}
 
 
 def sources_by_label(review: Review, rows: pd.Series, label_column: str = "label") -> dict[str, list[Path]]:
@@ -128,17 +130,27 @@ def test_library_summary(review, tmp_path):
     assert summary.dropped == flagged - summary.relabelled
 
 
-def test_refuses_a_non_empty_folder_unless_overwrite(review, tmp_path):
+def test_a_folder_deft_clean_did_not_write_is_never_written_into(review, tmp_path):
     out = tmp_path / "clean"
     out.mkdir()
     (out / "stale.txt").write_text("old")
-    result = export(review, out)
-    assert result.exit_code == 2 and "--overwrite" in result.stderr
+    for extra in ((), ("--overwrite",)):
+        result = export(review, out, *extra)
+        assert result.exit_code == 2 and "did not write it" in result.stderr, result.output
+        assert "--overwrite" not in result.stderr
     assert [p.name for p in out.iterdir()] == ["stale.txt"]
-    result = export(review, out, "--overwrite")
+
+
+def test_overwrite_replaces_an_earlier_export_and_keeps_foreign_files(review, tmp_path):
+    out = tmp_path / "clean"
+    assert export(review, out).exit_code == 0
+    (out / "notes.txt").write_text("mine")
+    result = export(review, out, "--relabel", str(RELABEL_MIN_P))
+    assert result.exit_code == 2 and "--overwrite" in result.stderr
+    result = export(review, out, "--relabel", str(RELABEL_MIN_P), "--overwrite")
     assert result.exit_code == 0, result.output
-    assert not (out / "stale.txt").exists()
-    assert len(exported_files(out)) == int(review.frame["is_clean"].sum())
+    assert (out / "notes.txt").read_text() == "mine"
+    assert len(exported_files(out)) == int(review.frame["is_clean"].sum()) + 3 + 1  # + notes.txt
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".clean")]  # no staging left behind
 
 
@@ -146,6 +158,9 @@ def test_refuses_an_existing_table_unless_overwrite(review, tmp_path):
     out = tmp_path / "clean.csv"
     out.write_text("keep me")
     assert export(review, out, "--mode", "csv").exit_code == 2 and out.read_text() == "keep me"
+    assert export(review, out, "--mode", "csv", "--overwrite").exit_code == 2 and out.read_text() == "keep me"
+    out.unlink()
+    assert export(review, out, "--mode", "csv").exit_code == 0
     assert export(review, out, "--mode", "csv", "--overwrite").exit_code == 0
     assert out.read_text().startswith("path,label,")
 

@@ -107,7 +107,10 @@ def test_detect_refuses_an_out_inside_the_dataset(tiny_clip, small_folder):
 def test_detect_refuses_an_existing_out_without_overwrite(tiny_clip, small_folder, tmp_path):
     out = tmp_path / "r.parquet"
     out.write_bytes(b"earlier results")
-    fails(detect(tiny_clip, small_folder, out), 2, "exists", "--overwrite")
+    for extra in ((), ("--overwrite",)):  # not a file deft-clean wrote: replaced by neither (issue 27)
+        assert "--overwrite" not in fails(
+            detect(tiny_clip, small_folder, out, *extra), 2, "not a file deft-clean wrote"
+        )
     assert out.read_bytes() == b"earlier results"
 
 
@@ -177,8 +180,14 @@ def test_report_refuses_to_write_onto_results_or_images(review):
 def test_report_refuses_an_existing_html_without_overwrite(review, tmp_path):
     page = tmp_path / "r.html"
     page.write_text("mine")
-    fails(runner.invoke(app, ["report", str(review.results), "--html", str(page), "-q"]), 2, "--overwrite")
+    args = ["report", str(review.results), "--html", str(page), "-q"]
+    fails(runner.invoke(app, args), 2, "not a file deft-clean wrote")
+    fails(runner.invoke(app, [*args, "--overwrite"]), 2, "not a file deft-clean wrote")
     assert page.read_text() == "mine"
+    page.unlink()
+    assert runner.invoke(app, args).exit_code == 0
+    fails(runner.invoke(app, args), 2, "--overwrite")  # its own page: replaced only with --overwrite
+    assert runner.invoke(app, [*args, "--overwrite"]).exit_code == 0
 
 
 def test_export_never_destroys_its_own_input(review, tmp_path):

@@ -74,7 +74,8 @@ def test_interrupted_detect_resumes_to_identical_results(
     assert "--resume" in str(stopped.value)
     assert signal.getsignal(signal.SIGINT) is before  # handlers restored
     assert sorted(p.name for p in tmp_path.iterdir()) == ["results.parquet.run"]  # no Parquet, no temp file
-    assert [p.name for p in (tmp_path / "results.parquet.run").iterdir()] == ["detect_checkpoint.pt"]
+    run_folder = sorted(p.name for p in (tmp_path / "results.parquet.run").iterdir())
+    assert run_folder == [".deft-clean-manifest.json", "detect_checkpoint.pt"]  # the manifest: the checkpoint is ours
 
     resumed = deft_clean.detect(noisy_folder.root, out=out, resume=True, checkpoint_every=every, **options(tiny_clip))
     np.testing.assert_array_equal(
@@ -120,7 +121,7 @@ def test_sigint_to_cli_exits_130_with_one_line_and_no_output(tiny_clip, noisy_fo
     lines = stderr.strip().splitlines()
     assert len(lines) == 1 and "SIGINT" in lines[0] and "--resume" in lines[0], stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["results.parquet.run"]
-    assert [p.name for p in checkpoint.parent.iterdir()] == [checkpoint.name]
+    assert sorted(p.name for p in checkpoint.parent.iterdir()) == [".deft-clean-manifest.json", checkpoint.name]
 
 
 def test_interrupted_train_resumes_to_identical_weights(tiny_clip, noisy_folder, uninterrupted, tmp_path, monkeypatch):
@@ -134,7 +135,8 @@ def test_interrupted_train_resumes_to_identical_weights(tiny_clip, noisy_folder,
             deft_clean.train(noisy_folder.root, results=uninterrupted.path, out=tmp_path / "cut", **options)
     assert stopped.value.exit_code == 143
     # no model.safetensors; best.safetensors (the best epoch so far on the held-out rows) may be there
-    assert sorted(p.name for p in (tmp_path / "cut").iterdir()) == ["best.safetensors", "checkpoint.pt"]
+    cut = sorted(p.name for p in (tmp_path / "cut").iterdir())
+    assert cut == [".deft-clean-manifest.json", "best.safetensors", "checkpoint.pt"]  # the manifest comes first
     deft_clean.train(noisy_folder.root, results=uninterrupted.path, out=tmp_path / "cut", resume=True, **options)
     full = load_file(str(tmp_path / "full" / "model.safetensors"))
     resumed = load_file(str(tmp_path / "cut" / "model.safetensors"))
@@ -215,6 +217,7 @@ def test_torchrun_two_cpu_processes_train(noisy_folder, uninterrupted, tmp_path)
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert sorted(p.name for p in out.iterdir()) == [
+        ".deft-clean-manifest.json",
         "best.safetensors",
         "checkpoint.pt",
         "config.json",

@@ -22,6 +22,7 @@ from ..run._version import __version__
 from ..run.config import DetectConfig, merge_options
 from ..run.errors import UsageError, option
 from ..run.files import run_lock
+from ..run.ownership import MANIFEST, read_manifest, write_manifest
 from ..run.runstate import StopOnSignal, config_signature, listing_signature, load_checkpoint, save_checkpoint
 from ..run.safety import Output, check_detect_paths
 from .health import health_columns
@@ -291,6 +292,9 @@ class _Checkpoint:
         encoded, path = json.dumps(self.signature), self.path
 
         def save(state: dict[str, Any]) -> None:
+            if not (path.parent / MANIFEST).exists():  # before the checkpoint: an interrupted run's file is ours
+                path.parent.mkdir(parents=True, exist_ok=True)
+                write_manifest(path.parent, [CHECKPOINT])
             save_checkpoint(path, {**state, "signature": encoded})
 
         return save
@@ -299,6 +303,8 @@ class _Checkpoint:
         """Remove the checkpoint of a run whose results are written."""
         if self.path is not None:
             self.path.unlink(missing_ok=True)
+            if read_manifest(self.path.parent) == [CHECKPOINT]:
+                (self.path.parent / MANIFEST).unlink(missing_ok=True)
             with contextlib.suppress(OSError):
                 self.path.parent.rmdir()  # only if empty: the user may have put other things there
 

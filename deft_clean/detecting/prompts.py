@@ -46,6 +46,15 @@ class DualPromptLearner(nn.Module):
         self.n_ctx = n_ctx
         placeholder = " ".join(["X"] * n_ctx)
         tokens = tokenizer([f"{placeholder} {name}." for name in prompt_names]).to(device)  # [K, context_length]
+        length = int(tokens.shape[1])
+        if n_ctx + 3 > length:  # start, the contexts, a class-name token, "." (or end) must fit the text tower
+            from ..run.errors import UsageError, option
+
+            what = option("ctx_init") if ctx_init else option("n_ctx")
+            raise UsageError(
+                f"{what} gives {n_ctx} context tokens, but this model's text tower holds {length} tokens "
+                f"(at most {length - 3} contexts)"
+            )
         pool_index = text.pool_index(tokens)
         if text.causal:
             # Later tokens never change the pooled one, so cutting after the longest prompt is exact.

@@ -17,7 +17,10 @@ changed file is decoded again into a new shard (the old row stays as garbage unt
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import os
+import shutil
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -34,7 +37,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..run.distributed import Dist
 from ..run.errors import STATUS_OK, UsageError, option
-from ..run.files import write_atomic
+from ..run.files import raise_if_disk_full, write_atomic
 from .images import describe_failure, load_image
 from .listing import Listing
 from .readers.base import PackedStrings
@@ -304,6 +307,53 @@ class _Decode(Dataset):
             return torch.zeros(self.size, self.size, 3, dtype=torch.uint8), item, describe_failure(exc)
 
 
+def _new_shard(tmp: Path, shape: tuple[int, ...]) -> tuple[np.memmap, int]:
+    """A memory-mapped ``.npy`` of ``shape`` whose blocks are all allocated on disk first, and the descriptor
+    that holds its lock (the caller closes it).
+
+    Writing through a map onto a sparse file that the disk cannot hold kills the process with SIGBUS; with
+    the space reserved up front, a full disk is one ENOSPC here instead. The temporary stays flock'ed while
+    this process lives, so that :func:`_remove_stale_shards` knows a killed writer's.
+    """
+    try:
+        pixels = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
+        fd = os.open(tmp, os.O_RDWR)
+        try:
+            try:
+                os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
+            except OSError as exc:
+                if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                    raise
+                if shutil.disk_usage(tmp.parent).free < os.fstat(fd).st_size:  # no fallocate here: check instead
+                    raise OSError(errno.ENOSPC, "No space left on device") from None
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BaseException:
+            os.close(fd)
+            raise
+    except BaseException as exc:
+        tmp.unlink(missing_ok=True)
+        raise_if_disk_full(exc, tmp)
+        raise
+    return pixels, fd
+
+
+def _remove_stale_shards(folder: Path) -> None:
+    """Remove ``shard-*.npy.tmp`` files whose writer was killed (their lock is free)."""
+    for path in folder.glob("shard-*.npy.tmp"):
+        try:
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            continue  # a live writer's
+        else:
+            path.unlink(missing_ok=True)
+        finally:
+            os.close(fd)
+
+
 def _fill(
     folder: Path,
     keys: list[str],
@@ -318,13 +368,14 @@ def _fill(
     stop: Any,
 ) -> None:
     per_shard = max(1, SHARD_BYTES // (size * size * 3))
+    _remove_stale_shards(folder)
     for start in range(0, len(indices), per_shard):
         chunk = indices[start : start + per_shard]
         name = f"shard-{uuid.uuid4().hex[:16]}.npy"
         tmp = folder / (name + ".tmp")
         statuses: list[str | None] = [None] * len(chunk)
+        pixels, lock = _new_shard(tmp, (len(chunk), size, size, 3))
         try:
-            pixels = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(chunk), size, size, 3))
             files = _Decode([keys[i] for i in chunk], size, root)  # this shard's files only, not the whole listing
             loader = DataLoader(files, batch_size=batch_size, num_workers=num_workers)
             for images, positions, batch_status in loader:
@@ -342,6 +393,7 @@ def _fill(
             os.replace(tmp, folder / name)
         finally:
             tmp.unlink(missing_ok=True)
+            os.close(lock)
         _add_to_index(
             folder,
             {

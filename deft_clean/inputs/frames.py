@@ -38,7 +38,7 @@ def list_frame(
                 f"{NAME}: column {path_col!r} must hold image file paths (str or Path), "
                 f"but row {row} holds a {type(value).__name__}"
             )
-    paths = ["" if pd.isna(v) else os.fspath(v).strip() for v in values]
+    paths = ["" if pd.isna(v) else os.fspath(v) for v in values]  # byte for byte, never stripped
     if root is None:
         relative = [p for p in paths if p and not os.path.isabs(p)]
         if relative:

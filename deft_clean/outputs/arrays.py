@@ -18,6 +18,7 @@ import numpy as np
 
 from ..run.errors import DataError, UsageError, option
 from ..run.files import write_atomic
+from ..run.ownership import owned_entry, read_manifest, write_manifest
 
 FEATURES = "features.npy"
 PROBS = "probs.npy"
@@ -30,7 +31,8 @@ ROW_ORDER = (
 
 
 def check_arrays_dir(folder: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
-    """Refuse a ``--save-arrays`` folder holding an earlier run's arrays without ``overwrite``.
+    """Refuse a ``--save-arrays`` folder holding an earlier run's arrays without ``overwrite``, and one holding
+    array files that deft-clean did not write (its manifest does not list them) whatever ``overwrite`` says.
 
     Where the folder may be (not over an input, not inside the dataset, not overlapping another output)
     is decided by :func:`deft_clean.run.safety.check_outputs`, called next to this.
@@ -38,7 +40,14 @@ def check_arrays_dir(folder: str | os.PathLike[str], *, overwrite: bool = False)
     target = Path(folder)
     if target.exists() and not target.is_dir():
         raise UsageError(f"{option('save_arrays')} {target} is a file; pass a folder (it is created if missing)")
-    earlier = [name for name in (FEATURES, PROBS, INFO) if (target / name).exists()]
+    earlier = [name for name in ARRAY_FILES if os.path.lexists(target / name)]
+    listed = (read_manifest(target) or []) if earlier else []
+    foreign = [name for name in earlier if name not in listed or owned_entry(target, name) is None]
+    if foreign:  # not ours: replaced by neither run, --overwrite or not
+        raise UsageError(
+            f"{option('save_arrays')} {target} holds {', '.join(foreign)}, which deft-clean did not write there; "
+            "move it or choose another folder"
+        )
     if earlier and not overwrite:
         raise UsageError(
             f"{option('save_arrays')} {target} already holds {', '.join(earlier)}; pass {option('overwrite', True)} "
@@ -75,6 +84,7 @@ def save_arrays(
     }
     text = json.dumps(info, indent=2) + "\n"
     write_atomic(target / INFO, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    write_manifest(target, [*(read_manifest(target) or []), *ARRAY_FILES])  # last; what was listed stays listed
     return target
 
 

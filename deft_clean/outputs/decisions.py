@@ -99,7 +99,8 @@ def read_decisions(path: str | os.PathLike[str], frame: pd.DataFrame, metadata: 
 
         def cell(name: str, cells: list[str] = cells) -> str:
             i = col.get(name)
-            return cells[i].strip() if i is not None and i < len(cells) else ""
+            text = cells[i] if i is not None and i < len(cells) else ""
+            return text if name == "path" else text.strip()  # a path byte for byte: " a.png" is another file
 
         p, word, new = cell("path"), cell("decision").lower(), cell("label")
         if word not in DECISIONS:

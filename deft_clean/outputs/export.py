@@ -19,7 +19,8 @@ import pandas as pd
 
 from ..inputs.listing import DatasetSpec, dataset_root
 from ..run.errors import DataError, UsageError, option
-from ..run.files import apply_umask, make_staging_dir, write_atomic
+from ..run.files import apply_umask, make_staging_dir, raise_if_disk_full, run_lock, write_atomic
+from ..run.ownership import check_folder_owned, check_parents, remove_listed, write_manifest
 from ..run.safety import Output, check_outputs, is_inside, printable, read_file, real
 from .results import Results, flagged_rows, kept_rows, load_results, relabelled_rows, usable_rows
 
@@ -91,7 +92,9 @@ def export_dataset(
         relabel: a flagged usable row with ``p_predicted >= relabel`` is exported under its
             ``predicted_label`` instead of being dropped.
         keep_flagged: folder modes: the remaining flagged rows go to ``OUT/_flagged/<given label>/``.
-        overwrite: replace a non-empty ``out`` folder (or an existing file) instead of refusing.
+        overwrite: replace what an earlier export wrote in ``out`` (the files its manifest lists; foreign
+            files stay) or an earlier exported table. A non-empty folder without a manifest, or a file
+            deft-clean did not write, is refused with or without it.
         dataset: where the images are now, if not where detect recorded them.
         decisions: a review CSV (``path,decision,label``, see :mod:`deft_clean.outputs.decisions`): a human keep,
             drop or relabel replaces the automatic verdict of its row.
@@ -111,7 +114,19 @@ def export_dataset(
     root = dataset_root(metadata, dataset)
     target = Path(out)
     _check_out(target, mode=mode)
+    return _export(
+        frame, metadata, root, target, results=results, mode=mode, relabel=relabel, keep_flagged=keep_flagged,
+        overwrite=overwrite, dataset=dataset, decisions=decisions, drop_duplicates=drop_duplicates,
+        drop_outliers=drop_outliers,
+    )  # fmt: skip
 
+
+def _export(
+    frame: pd.DataFrame, metadata: dict[str, Any], root: Path, target: Path, *, results: Any, mode: str,
+    relabel: float | None, keep_flagged: bool, overwrite: bool, dataset: Any, decisions: Any,
+    drop_duplicates: bool, drop_outliers: bool,
+) -> ExportSummary:  # fmt: skip
+    """:func:`export_dataset` once the options and the results are read."""
     from .decisions import load_verdicts
 
     verdicts = load_verdicts(decisions, frame, metadata)
@@ -125,10 +140,11 @@ def export_dataset(
     )
     sources = _sources(plan, root, metadata, results=results, dataset=dataset, target=target, mode=mode,
                        overwrite=overwrite, listed=frame["path"], decisions=decisions)  # fmt: skip
-    if mode == "csv":
-        _write_table(plan, sources, target)
-    else:
-        _write_folder(plan, sources, target, copy=mode == "copy", root=root)
+    with run_lock(target):  # after the checks (the lock file sits beside the output); a second export fails at once
+        if mode == "csv":
+            _write_table(plan, sources, target)
+        else:
+            _write_folder(plan, sources, target, copy=mode == "copy", root=root)
     counts = Counter(plan["role"])
     usable_total = int(usable_rows(frame).sum())
     return ExportSummary(
@@ -264,7 +280,12 @@ def _write_table(plan: pd.DataFrame, sources: list[Path], target: Path) -> None:
 
     def write(tmp: Path) -> None:
         if target.suffix.lower() == ".parquet":
-            table.to_parquet(tmp, index=False)
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            arrow = pa.Table.from_pandas(table, preserve_index=False)
+            marker = {**(arrow.schema.metadata or {}), b"deft_clean_export": b"1"}  # see run.ownership
+            pq.write_table(arrow.replace_schema_metadata(marker), tmp)
         else:
             table.to_csv(tmp, index=False)
         apply_umask(tmp)
@@ -303,18 +324,31 @@ def _folder_name(label: str) -> str:
 
 
 def _copy(source: Path, file: Path, root: Path) -> None:
-    """Copy through the reader's bounded read: a source swapped for a FIFO, a device or a link out is refused."""
+    """Copy through the reader's bounded read: a source swapped for a FIFO, a device or a link out is refused.
+
+    The copy gets the umask's permissions (a new file of yours), not the source's mode; its times are kept.
+    """
     try:
         data = read_file(source, root=root)
     except OSError as exc:
         raise DataError(f"cannot copy {printable(source)} ({exc}); nothing was exported") from None
     file.write_bytes(data)
-    shutil.copystat(source, file)
+    info = source.stat()
+    os.utime(file, ns=(info.st_atime_ns, info.st_mtime_ns))
 
 
 def _write_folder(plan: pd.DataFrame, sources: list[Path], target: Path, *, copy: bool, root: Path) -> None:
-    """Build the folder next to ``target``, then swap it in: a failure leaves any old ``target`` as it was."""
+    """Build the folder next to ``target``, then move it in; a failure leaves any old ``target`` as it was.
+
+    A new or empty ``target`` is swapped in whole. One that holds an earlier export (its manifest says what
+    that export wrote; :func:`export_dataset` was given ``overwrite``) keeps every foreign file: only the
+    listed files are removed before the new ones move in.
+    """
     dests = _destinations(plan)
+    names = [d.as_posix() for d in dests]
+    earlier = check_folder_owned(target, overwrite=True, names=names)
+    if earlier is not None:
+        check_parents(target, names)
     staging, lock = make_staging_dir(target)
     try:
         for source, dest in zip(sources, dests, strict=True):
@@ -324,15 +358,31 @@ def _write_folder(plan: pd.DataFrame, sources: list[Path], target: Path, *, copy
                 _copy(source, file, root)
             else:
                 os.symlink(source.absolute(), file)
-        old = None
-        if target.exists():
-            old = target.with_name(f"{staging.name}.old")
-            os.replace(target, old)
-        os.replace(staging, target)
-    except BaseException:
+        if earlier is None:
+            write_manifest(staging, names)  # last: the folder is complete
+            if target.exists():
+                target.rmdir()  # empty (checked); never a tree of someone else's files
+            os.replace(staging, target)
+        else:
+            _move_in(staging, target, names, earlier)
+    except BaseException as exc:
         shutil.rmtree(staging, ignore_errors=True)
+        raise_if_disk_full(exc, target)
         raise
     finally:
         os.close(lock)
-    if old is not None:
-        shutil.rmtree(old)
+    shutil.rmtree(staging, ignore_errors=True)
+
+
+def _move_in(staging: Path, target: Path, names: list[str], earlier: list[str]) -> None:
+    """Replace an earlier export's files in ``target`` by the staged ones; foreign files are left alone.
+
+    The manifest first lists both sets, so that an interruption leaves nothing deft-clean wrote unlisted.
+    """
+    write_manifest(target, [*earlier, *names])
+    remove_listed(target, earlier)
+    for name in names:
+        dest = target / name
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(staging / name, dest)
+    write_manifest(target, names)

@@ -18,6 +18,7 @@ from rich.text import Text
 
 from ..inputs.listing import DatasetSpec, dataset_root
 from ..run.errors import DataError, DeftCleanError, UsageError, option
+from ..run.files import run_lock
 from ..run.safety import Output, check_outputs, printable, read_file
 from .results import Results, load_results
 from .summary import HTML_TOP, TERMINAL_TOP, ReportData, estimate, rate, summarize
@@ -67,7 +68,8 @@ def report(
         pictures = {"training": read_metrics(model), "predictions": read_predictions(predictions)}
         if thumbnails is not None:
             pictures["thumbnails"] = thumbnails
-        write_html(frame, metadata, html, top=HTML_TOP if top is None else top, dataset_root=root, **pictures)
+        with run_lock(html):  # after the check (the lock file sits beside the page); a second report fails at once
+            write_html(frame, metadata, html, top=HTML_TOP if top is None else top, dataset_root=root, **pictures)
     if console is not None:
         print_report(data, console)
     return data

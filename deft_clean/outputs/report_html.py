@@ -26,6 +26,7 @@ from ..inputs.listing import dataset_root as recorded_dataset_root
 from ..inputs.readers.recorded import Opener, row_opener
 from ..run.errors import DeftCleanError
 from ..run.files import write_atomic
+from ..run.ownership import HTML_MARKER
 from . import report_review as review
 from .charts import confusion_svg, history_svg
 from .results import flagged_rows, usable_rows
@@ -113,6 +114,7 @@ def _page(
     parts = [
         "<!doctype html>",
         '<html lang="en"><head><meta charset="utf-8">',
+        HTML_MARKER,  # lets a later --overwrite know this page is deft-clean's own
         f'<meta http-equiv="Content-Security-Policy" content="{csp}">',
         f"<title>deft-clean report: {escape(Path(dataset).name)}</title>",
         f"<style>{CSS}{review.CSS}</style></head><body>",

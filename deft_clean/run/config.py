@@ -57,6 +57,8 @@ class DetectConfig:
         for name, value in positive.items():
             if value < 1:
                 raise UsageError(f"{option(name)} must be at least 1, got {value}")
+        check_counts(n_ctx=(self.n_ctx, MAX_N_CTX), batch_size=(self.batch_size, MAX_BATCH))
+        check_workers(self.num_workers)
         if self.vpt_tokens < 0:
             raise UsageError(f"{option('vpt_tokens')} must be 0 or more, got {self.vpt_tokens}")
         if not 0 <= self.warmup_epochs <= self.epochs:
@@ -93,6 +95,35 @@ def check_numbers(**values: tuple[float | None, float]) -> None:
 
 
 MAX_EPOCHS = 10_000  # more is a typo (1e12 epochs would run forever and overflow the schedule)
+# CLIP's text tower holds 77 tokens: start, the contexts, the class name, "." and end must all fit
+MAX_N_CTX = 64
+MAX_BATCH = 1 << 16  # a bigger batch does not fit any accelerator's memory at 224 px
+MAX_WORKERS = 256  # DataLoader worker processes; more is a typo (each is a process with its own memory)
+# Phase 2's input size: at most 4x the backbone's own (a ViT's position embedding is interpolated to it, a
+# 4096 px input for a 32 px model is 16,384x the activations) and a fixed cap whatever the backbone says.
+MAX_IMAGE_SIZE = 2048
+IMAGE_SIZE_FACTOR = 4
+
+
+def check_workers(value: int | None) -> None:
+    """Refuse a negative or absurd ``--num-workers`` (None: the default)."""
+    from .errors import UsageError, option
+
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_WORKERS):
+        raise UsageError(f"{option('num_workers')} must be a whole number from 0 to {MAX_WORKERS}, got {value}")
+
+
+def check_image_size(size: int, native: int | None) -> None:
+    """Refuse a phase-2 input size below 16 px or above ``IMAGE_SIZE_FACTOR`` x the backbone's ``native`` size
+    (and ``MAX_IMAGE_SIZE``; ``native`` None: that cap only), before any image or activation is allocated."""
+    from .errors import UsageError, option
+
+    limit = MAX_IMAGE_SIZE if native is None else min(MAX_IMAGE_SIZE, IMAGE_SIZE_FACTOR * max(int(native), 16))
+    if isinstance(size, bool) or not isinstance(size, int) or not 16 <= size <= limit:
+        why = f"at most {MAX_IMAGE_SIZE}"
+        if native is not None:
+            why = f"{IMAGE_SIZE_FACTOR}x this backbone's own {native} px, {why}"
+        raise UsageError(f"{option('image_size')} must be from 16 to {limit} px ({why}), got {size}")
 
 
 def check_counts(**values: tuple[Any, int]) -> None:
@@ -172,6 +203,9 @@ class TrainConfig:
         check_numbers(label_smoothing=(self.label_smoothing, 1.0), threshold=(self.threshold, 1.0))
         check_numbers(relabel=(self.relabel, 1.0))
         check_counts(epochs=(self.epochs, MAX_EPOCHS))
+        check_workers(self.num_workers)
+        if self.image_size is not None:
+            check_image_size(self.image_size, None)  # the backbone's own bound is checked once it is known
         if self.epochs < 1 or self.batch_size < 1:
             raise UsageError(
                 f"{option('epochs')} and {option('batch_size')} must be at least 1, "

@@ -99,6 +99,9 @@ def epoch_order(n: int, generator: torch.Generator) -> list[int]:
 
 
 def resolve_workers(num_workers: int | None) -> int:
+    from .config import check_workers
+
+    check_workers(num_workers)
     return min(8, os.cpu_count() or 1) if num_workers is None else num_workers
 
 

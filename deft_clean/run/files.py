@@ -77,13 +77,18 @@ def clean_stale_temps(folder: Path, name: str) -> None:
 
 def raise_if_disk_full(exc: BaseException, target: Path) -> None:
     """Turn ENOSPC (or torch's zip writer failing on it) into one line that names the file."""
-    full = isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    full = isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
     if not full and isinstance(exc, RuntimeError) and "inline_container" in str(exc):
         with contextlib.suppress(OSError):
             full = shutil.disk_usage(target.parent).free < 64 * 1024 * 1024
-        full = full or "No space left" in str(exc)
+    # torch's zip writer and safetensors wrap the OS error in their own types: only the text is left
+    text = str(exc) if isinstance(exc, Exception) else ""
+    full = full or any(s in text for s in ("No space left", "StorageFull", "File too large", "FileTooLarge"))
     if full:
-        raise DiskFullError(f"no space left on the device while writing {target}; free some space and rerun") from None
+        raise DiskFullError(
+            f"no space left on the device (or over the file-size limit) while writing {target}; free some space "
+            "and rerun"
+        ) from None
 
 
 def write_atomic(path: str | os.PathLike[str], write: Callable[[Path], None]) -> Path:
@@ -167,7 +172,7 @@ def _one_lock(path: Path) -> Iterator[None]:
 def check_writable(path: str | os.PathLike[str], *, option: str = "out") -> None:
     """Fail early when ``path`` cannot be created: a parent is a file, or the folder is not writable."""
     target = Path(path).absolute()
-    ancestor = target.parent
+    ancestor = target if target.is_dir() else target.parent  # an existing folder output is written into
     while not ancestor.exists() and not ancestor.is_symlink():
         ancestor = ancestor.parent
     if not ancestor.is_dir():

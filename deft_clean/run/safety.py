@@ -20,6 +20,7 @@ from typing import BinaryIO
 from .errors import DataError, UsageError
 from .errors import option as ref
 from .files import check_writable
+from .ownership import check_file_owned, check_folder_owned
 
 # C0 controls, DEL and C1 controls: ESC/OSC sequences in a label or file name must not reach a terminal.
 _CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F, *range(0x80, 0xA0))}
@@ -70,7 +71,9 @@ def check_output(
             ``out`` may be none of them, may not lie inside an input folder and, when it is a folder, may
             contain none of them.
         datasets: image-folder dataset roots: nothing may be written inside them.
-        overwrite: an existing ``out`` may be replaced (never an input, never inside a dataset).
+        overwrite: an existing ``out`` may be replaced (never an input, never inside a dataset): a file only
+            when it is a regular file deft-clean wrote (:mod:`deft_clean.run.ownership`); a folder is reused,
+            and the command removes only what its manifest lists.
         folder: ``out`` is a folder that will be replaced as a whole.
         files: with ``folder``, the only entries written inside it (``--save-arrays``: the three array
             files); an input elsewhere in the folder is left alone, so it is no collision.
@@ -99,11 +102,10 @@ def check_output(
     if folder and path.exists() and not path.is_dir():
         raise UsageError(f"{ref(option)} {out} is a file; pass a folder")
     check_writable(out, option=option)
-    if not overwrite and (path.exists() or path.is_symlink()):
-        if not folder and path.is_dir():
-            raise UsageError(f"{ref(option)} {out} is a folder; pass a file path")
-        if not folder or any(path.iterdir()):
-            raise UsageError(f"{ref(option)} {out} exists; pass {ref('overwrite', True)} to replace it")
+    if not folder:
+        check_file_owned(out, option=option, overwrite=overwrite)  # only a regular file deft-clean wrote
+    elif not overwrite:
+        check_folder_owned(out, option=option)
 
 
 def _covers(folder: Path, path: Path, files: Sequence[str]) -> bool:

@@ -186,16 +186,24 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 def data_config(
     spec: dict[str, Any], model: nn.Module, *, image_size: int | None = None
 ) -> tuple[int, tuple[float, ...], tuple[float, ...]]:
-    """Input size, mean and std for a classifier."""
+    """Input size, mean and std for a classifier; an ``image_size`` asked for is bounded by the backbone's own
+    (see :func:`deft_clean.run.config.check_image_size`) before any image is decoded at that size."""
+    from ..run.config import check_image_size
+
     if spec["backbone"] == "clip":
         from ..run.backbone import OPENAI_MEAN, OPENAI_STD
 
-        size = image_size or int(spec.get("image_size") or 224)
-        return size, tuple(spec.get("mean") or OPENAI_MEAN), tuple(spec.get("std") or OPENAI_STD)
+        native = int(spec.get("image_size") or 224)
+        if image_size is not None:
+            check_image_size(image_size, native)
+        return image_size or native, tuple(spec.get("mean") or OPENAI_MEAN), tuple(spec.get("std") or OPENAI_STD)
     from timm.data import resolve_data_config
 
     resolved = resolve_data_config({}, model=model)
-    return image_size or int(resolved["input_size"][-1]), tuple(resolved["mean"]), tuple(resolved["std"])
+    native = int(resolved["input_size"][-1])
+    if image_size is not None:
+        check_image_size(image_size, native)
+    return image_size or native, tuple(resolved["mean"]), tuple(resolved["std"])
 
 
 @dataclass
@@ -232,6 +240,7 @@ def check_model_config(config: Any, file: Path) -> tuple[list[str], str]:
             raise bad("timm_name", "must be a plain timm model name")
     elif not isinstance(config.get("model_name"), str) or not SAFE_NAME.fullmatch(config["model_name"]):
         raise bad("model_name", f"is {printable(config.get('model_name'))!r}, not a plain model name")
+    _check_clip_config(config.get("clip_config"), bad)
     size = config.get("image_size")
     if isinstance(size, bool) or not isinstance(size, int) or not 8 <= size <= 4096:
         raise bad("image_size", f"must be a whole number of pixels between 8 and 4096, got {printable(size)}")
@@ -245,6 +254,31 @@ def check_model_config(config: Any, file: Path) -> tuple[list[str], str]:
         ):
             raise bad(field, "must be a list of 3 finite numbers")
     return classes, backbone
+
+
+# The biggest open_clip towers (ViT-bigG: 48 layers, width 1664, 16 heads) with room to spare; a config asking
+# for more is damaged or hostile, and building 2,000 layers even on the meta device takes 40 s.
+ARCHITECTURE_CAPS = {"layers": 256, "width": 16384, "heads": 256, "embed_dim": 16384, "mlp_ratio": 64}
+
+
+def _check_clip_config(clip_config: Any, bad: Callable[[str, str], DataError]) -> None:
+    """Refuse a ``clip_config`` whose towers are bigger than any real CLIP, before anything is built."""
+    if clip_config is None:
+        return
+    if not isinstance(clip_config, dict):
+        raise bad("clip_config", "must be a JSON object")
+    towers = {"clip_config": clip_config, **{k: v for k, v in clip_config.items() if k in ("vision_cfg", "text_cfg")}}
+    for where, tower in towers.items():
+        if not isinstance(tower, dict):
+            raise bad(where, "must be a JSON object")
+        for key, cap in ARCHITECTURE_CAPS.items():
+            value = tower.get(key)
+            values = value if isinstance(value, list) else [value]
+            if len(values) > 16:  # a ResNet's layers are a list of 4 stages
+                raise bad(f"{where}.{key}", f"lists {len(values)} values, more than any real model")
+            for v in values if value is not None else []:
+                if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v <= cap:
+                    raise bad(f"{where}.{key}", f"must be a number from 1 to {cap}, got {printable(v)}")
 
 
 def check_model_size(config: dict[str, Any], n_classes: int, weights: Path) -> None:

@@ -50,6 +50,7 @@ from ..run.engine import (
 )
 from ..run.errors import UsageError, option
 from ..run.files import run_lock, write_atomic
+from ..run.ownership import check_folder_owned, remove_listed, write_manifest
 from ..run.runstate import StopOnSignal, load_checkpoint, save_checkpoint
 from ..run.safety import Output, check_outputs
 from .classifiers import build_classifier, data_config, model_spec
@@ -59,6 +60,8 @@ from .train_rows import Rows, labels_for, plan_rows, select_rows  # noqa: F401  
 CHECKPOINT = "checkpoint.pt"
 WEIGHTS = "model.safetensors"
 BEST_WEIGHTS = "best.safetensors"
+# every file train writes in its folder: its manifest lists them, --overwrite removes only them
+MODEL_FOLDER_FILES = ("config.json", "metrics.json", WEIGHTS, BEST_WEIGHTS, CHECKPOINT)
 
 
 @dataclass
@@ -132,8 +135,9 @@ def train(
         )
 
 
-def _check_out(out_dir: Path, plan: Rows, cfg: TrainConfig, inputs: list[Any]) -> None:
-    """Refuse an output folder that holds something else, or that is (or lies inside) an input."""
+def _check_out(out_dir: Path, plan: Rows, cfg: TrainConfig, inputs: list[Any]) -> list[str] | None:
+    """Refuse an output folder that holds something else, or that is (or lies inside) an input; returns the
+    manifest entries of an earlier run's folder (None: a new or empty folder)."""
     listing, val_listing = plan.listing, plan.val_listing
     if listing.spec.listed_files:
         inputs.extend(listing.root / p for p in listing.paths)
@@ -144,11 +148,32 @@ def _check_out(out_dir: Path, plan: Rows, cfg: TrainConfig, inputs: list[Any]) -
     if cfg.cache is not None:  # the cache is written too: never inside the dataset, never inside the model folder
         outputs.append(Output(cfg.cache, "cache", folder=True, overwrite=True))
     check_outputs(outputs, inputs=inputs, datasets=datasets)
-    if out_dir.exists() and any(out_dir.iterdir()) and not cfg.resume and not cfg.overwrite:
+    # a folder deft-clean did not write is refused, --overwrite or not; one it wrote needs --resume or --overwrite
+    earlier = check_folder_owned(out_dir, overwrite=True, names=MODEL_FOLDER_FILES)
+    if earlier is not None and not cfg.resume and not cfg.overwrite:
         raise UsageError(
             f"{option('out')} {out_dir} is not empty; pass {option('resume', True)} to continue or "
             f"{option('overwrite', True)} to replace it"
         )
+    return earlier
+
+
+def _named_inputs(dataset: Any, results: Path, val: Any, decisions: Any, cfg: TrainConfig, plan: Rows) -> list[Any]:
+    """The existing files and folders train reads: the dataset, results, --val, --decisions, the weights."""
+    named = [dataset] if isinstance(dataset, (str, os.PathLike)) else []  # not a DataFrame or HF object
+    named += [p for p in (val, decisions, cfg.backbone_weights) if isinstance(p, (str, os.PathLike)) and p]
+    if cfg.backbone == "clip":  # the CLIP config and checkpoint it loads: never replaced by config.json, checkpoint.pt
+        named += [plan.metadata.get(k) for k in ("model", "pretrained") if isinstance(plan.metadata.get(k), str)]
+    return [p for p in (results, *named) if p and os.path.exists(p)]
+
+
+def _prepare_out(out_dir: Path, earlier: list[str] | None, cfg: TrainConfig) -> None:
+    """Create the model folder and its manifest before any file is written (so an interrupted run's
+    checkpoint is deft-clean's own); ``--overwrite`` first removes what the earlier run listed."""
+    if earlier is not None and cfg.overwrite and not cfg.resume:
+        remove_listed(out_dir, earlier)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_manifest(out_dir, MODEL_FOLDER_FILES)
 
 
 @dataclass
@@ -259,9 +284,9 @@ def _train(
 
     plan = plan_rows(dataset, results, cfg, val, decisions)
     out_dir = Path(out)
-    named = [dataset] if isinstance(dataset, (str, os.PathLike)) else []  # not a DataFrame or HF object
-    named += [p for p in (val, decisions, cfg.backbone_weights) if isinstance(p, (str, os.PathLike)) and p]
-    _check_out(out_dir, plan, cfg, [p for p in (results, *named) if os.path.exists(p)])
+    earlier = _check_out(out_dir, plan, cfg, _named_inputs(dataset, results, val, decisions, cfg, plan))
+    if ranks.is_main:
+        _prepare_out(out_dir, earlier, cfg)
     device = device_for(ranks, resolve_device(cfg.device))
     quiet = quiet or not ranks.is_main
     generator = seed_everything(cfg.seed)
@@ -386,8 +411,6 @@ def _fine_tune(
         outcome.probe, outcome.best_epoch, outcome.hflip = saved["probe"], saved["best_epoch"], saved["hflip"]
         outcome.probe_right = saved.get("probe_right")
     sets.train.transform = train_transform(sets.size, sets.mean, sets.std, hflip=outcome.hflip)
-    if ranks.is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
     if outcome.probe and sets.val is not None and not cfg.resume:
         # Epoch 0, the probe-initialised model, competes with the fine-tuned epochs.
         right = evaluate_rows(model, sets.val, device=device, workers=workers)
@@ -418,7 +441,9 @@ def _fine_tune(
 
     def state() -> dict[str, Any]:
         run = {
-            "probe": outcome.probe, "probe_right": outcome.probe_right, "best_epoch": outcome.best_epoch,
+            "probe": outcome.probe,
+            "probe_right": outcome.probe_right,
+            "best_epoch": outcome.best_epoch,
             "hflip": outcome.hflip,
         }
         return {
@@ -503,9 +528,7 @@ def save_weights(model: nn.Module, path: Path) -> None:
     write_atomic(path, lambda tmp: save_file(tensors, str(tmp)))
 
 
-def parameter_groups(
-    model: nn.Module, parts: HeadParts | None, *, lr: float, head_lr: float
-) -> list[dict[str, Any]]:
+def parameter_groups(model: nn.Module, parts: HeadParts | None, *, lr: float, head_lr: float) -> list[dict[str, Any]]:
     """The trainable parameters as optimiser groups: backbone first (``lr``), then the head (``head_lr``)."""
     head = {id(p) for p in parts.head.parameters()} if parts is not None else set()
     trainable = [p for p in model.parameters() if p.requires_grad]

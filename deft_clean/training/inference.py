@@ -20,7 +20,7 @@ import torch
 from ..inputs.data import STATUS_OK, ImageDataset
 from ..inputs.listing import DatasetSpec
 from ..inputs.readers import read_inputs
-from ..run.files import write_atomic
+from ..run.files import run_lock, write_atomic
 from ..run.safety import Output, check_outputs
 
 
@@ -57,14 +57,35 @@ def predict(
     """
     from ..run.backbone import resolve_device
     from ..run.engine import resolve_workers
+
+    _check_numbers(top_k=top_k, batch_size=batch_size, num_workers=num_workers)
+    torch_device = resolve_device(device)
+    rows = read_inputs(inputs, path_col=path_col, label_col=label_col, split=split, label_key=label_key)
+    if out is not None:
+        _check_out(out, model_dir, inputs, rows, overwrite=overwrite)
+    with run_lock(out):  # a second predict to the same file fails at once
+        return _predict(model_dir, rows, out=out, top_k=top_k, batch_size=batch_size, device=torch_device,
+                        num_workers=resolve_workers(num_workers), quiet=quiet)  # fmt: skip
+
+
+def _check_numbers(*, top_k: int, batch_size: int, num_workers: int | None) -> None:
+    """Refuse ``top_k``/``batch_size`` below 1 (or absurd) and a negative worker count, before any work."""
+    from ..run.config import MAX_BATCH, check_counts, check_workers
+
+    check_counts(top_k=(top_k, 1_000_000), batch_size=(batch_size, MAX_BATCH))
+    check_workers(num_workers)
+
+
+def _predict(
+    model_dir: Any, rows: Any, *, out: Any, top_k: int, batch_size: int, device: torch.device, num_workers: int,
+    quiet: bool,
+) -> PredictResult:  # fmt: skip
+    """:func:`predict` once the inputs are listed and the output checked and locked."""
     from ..run.progress import RichProgress
     from .classifiers import load_model
 
-    torch_device = resolve_device(device)
-    rows = read_inputs(inputs, path_col=path_col, label_col=label_col, split=split, label_key=label_key)
+    torch_device = device
     root, files, labels = rows.root, rows.paths, rows.labels
-    if out is not None:
-        _check_out(out, model_dir, inputs, rows, overwrite=overwrite)
     loaded = load_model(model_dir, device=torch_device)
     size = int(loaded.config["image_size"])
     dataset = ImageDataset(
@@ -73,7 +94,7 @@ def predict(
     with RichProgress(quiet=quiet) as progress:
         top_i, top_p, status = _top_k(
             loaded.module, dataset, k=min(top_k, len(loaded.classes)), batch_size=batch_size,
-            num_workers=resolve_workers(num_workers), device=torch_device, progress=progress,
+            num_workers=num_workers, device=torch_device, progress=progress,
         )  # fmt: skip
     names = np.array(loaded.classes, dtype=object)
     ok = np.array([s == STATUS_OK for s in status])

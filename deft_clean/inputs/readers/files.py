@@ -170,14 +170,14 @@ def _list_table(
     real_paths = []
     missing_files = []
     for row, value in enumerate(frame[path_col]):
-        text = "" if pd.isna(value) else str(value).strip()
+        text = "" if pd.isna(value) else str(value)  # byte for byte: " a.png" and "a.png" are two files
         if not text:
             raise DataError(f"{table}: empty {path_col!r} at row {row + row0}")
         file = Path(text) if os.path.isabs(text) else root / text
         resolved = real(file)  # never raises on a link loop (the file then lists as missing)
         if not _inside(resolved, resolved_root):
             raise DataError(f"{table}: row {row + row0} path {text!r} resolves outside the dataset root {root}")
-        if not resolved.is_file():
+        if not os.path.exists(resolved):  # a FIFO, a device or a folder exists: an unusable row when read
             missing_files.append(text)
         real_paths.append(str(resolved))
         paths.append(resolved.relative_to(resolved_root).as_posix() if os.path.isabs(text) else Path(text).as_posix())
