@@ -10,7 +10,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 from rich.console import Console
 
-from ..run.errors import DeftCleanError
+from ..run.errors import RESULT_WARNING, DeftCleanError
 from ..run.safety import printable
 
 T = TypeVar("T")
@@ -45,8 +45,11 @@ def config_options(cls: type, parameters: dict[str, Any], **overrides: Any) -> d
 
 def _run(debug: bool, quiet: bool, call: Callable[[], T]) -> T:
     """Run a library call; map DeftCleanError (and anything unexpected) to one stderr line + exit code."""
-    logging.basicConfig(level=logging.ERROR if quiet else logging.WARNING, format="warning: %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="warning: %(message)s")
     err = Console(stderr=True, highlight=False, soft_wrap=True)
+    log = logging.getLogger("deft_clean")
+    if quiet:  # --quiet hides progress and the summary, never a warning that changes what the results mean
+        log.addFilter(_results_only)
     try:
         return call()
     except DeftCleanError as exc:
@@ -62,3 +65,10 @@ def _run(debug: bool, quiet: bool, call: Callable[[], T]) -> T:
             raise
         err.print(f"error: {type(exc).__name__}: {printable(exc)} (rerun with --debug for the traceback)", markup=False)
         raise typer.Exit(1) from None
+    finally:
+        log.removeFilter(_results_only)
+
+
+def _results_only(record: logging.LogRecord) -> bool:
+    """Under --quiet: errors, and the warnings that change what the results mean (:func:`warn_result`)."""
+    return record.levelno >= logging.ERROR or bool(getattr(record, RESULT_WARNING, False))

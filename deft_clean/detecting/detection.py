@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import logging
 import os
 import platform
 from dataclasses import dataclass, field
@@ -20,7 +19,7 @@ from ..inputs.listing import STATUS_OK, Listing, list_dataset
 from ..outputs.results import flagged_rows, normalize_frame, usable_rows, write_results
 from ..run._version import __version__
 from ..run.config import DetectConfig, merge_options
-from ..run.errors import UsageError, option
+from ..run.errors import UsageError, option, warn_result
 from ..run.files import run_lock
 from ..run.ownership import MANIFEST, read_manifest, write_manifest
 from ..run.runstate import StopOnSignal, config_signature, listing_signature, load_checkpoint, save_checkpoint
@@ -348,8 +347,7 @@ def _detect(
         )
     selection = select(cfg, listing, evidence, device=device)
     for line in evidence.warnings + selection.warnings:
-        if not quiet:
-            logging.getLogger("deft_clean").warning(line)
+        warn_result(line)  # even when quiet: these change what the flags mean
     frame = results_frame(listing, evidence, selection)
     if cfg.health:
         health = health_columns(

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
-import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -21,6 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
+
+from ..run.errors import warn_result
 
 if TYPE_CHECKING:
     from ..inputs.readers.base import ImageSource
@@ -365,7 +366,7 @@ def health_columns(
     hashes = content_hashes(root, paths, images=images)
     health = dataset_health(features, usable, hashes=hashes, prompts=prompts, device=device)
     for line in health.warnings:
-        logging.getLogger("deft_clean").warning(line)
+        warn_result(line)
     return {
         "duplicate_group": pd.array(np.where(health.duplicate_group >= 0, health.duplicate_group, None), dtype="Int64"),
         "outlier_score": pd.array(np.where(usable, health.outlier_score, np.nan), dtype="Float32"),

@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from ..inputs.listing import DatasetSpec, dataset_root
+from ..inputs.listing import DatasetSpec
+from ..inputs.readers.recorded import checked_root
 from ..run.errors import DataError, UsageError, option
 from ..run.files import apply_umask, make_staging_dir, raise_if_disk_full, run_lock, write_atomic
 from ..run.ownership import check_folder_owned, check_parents, remove_listed, write_manifest
@@ -111,7 +112,7 @@ def export_dataset(
     else:
         frame, metadata = results.frame, results.metadata
     refuse_packed(metadata)
-    root = dataset_root(metadata, dataset)
+    root = checked_root(metadata, frame["path"].astype(str).tolist(), dataset)
     target = Path(out)
     _check_out(target, mode=mode)
     return _export(

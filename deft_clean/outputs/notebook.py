@@ -98,7 +98,7 @@ def to_html(frame: pd.DataFrame, metadata: dict[str, Any], *, thumbnails: int = 
         )
     parts.append("</tbody></table>")
     if n_flagged:
-        opener = row_opener(metadata, _image_root(metadata))  # a file below the root, a HF row, a shard member
+        opener = row_opener(metadata, _image_root(metadata, frame))  # a file below the root, a HF row, a shard member
         parts.append(f"<p>most suspicious of the {n_flagged} flagged samples (lowest p_clean first):</p><div>")
         for _, row in worst.head(thumbnails).iterrows():
             path = str(row["path"])
@@ -121,12 +121,15 @@ def to_html(frame: pd.DataFrame, metadata: dict[str, Any], *, thumbnails: int = 
     return "\n".join(parts)
 
 
-def _image_root(metadata: dict[str, Any]) -> Path | None:
-    from ..inputs.listing import dataset_root
+def _image_root(metadata: dict[str, Any], frame: pd.DataFrame) -> Path | None:
+    from ..inputs.listing import DatasetSpec
+    from ..inputs.readers.recorded import checked_root
     from ..run.errors import DeftCleanError
 
+    if DatasetSpec.of(metadata).packed:
+        return None  # rows are samples: recorded_opener opens them
     try:
-        return dataset_root(metadata)
+        return checked_root(metadata, frame["path"].astype(str).tolist())
     except DeftCleanError:  # the dataset moved: show the tables without thumbnails
         return None
 

@@ -17,7 +17,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ..inputs.listing import DatasetSpec, dataset_root
-from ..run.errors import DataError, DeftCleanError, UsageError, option
+from ..run.errors import DataError, DeftCleanError, UsageError, option, warn_result
 from ..run.files import run_lock
 from ..run.safety import Output, check_outputs, printable, read_file
 from .results import Results, load_results
@@ -57,7 +57,7 @@ def report(
         from .decisions import review_counts
 
         data = replace(data, reviewed=review_counts(decisions, frame, metadata))
-    root = dataset_root(metadata, dataset) if dataset is not None else None
+    root = _given_root(metadata, frame, dataset)
     if html is not None:
         from .report_html import write_html
 
@@ -72,7 +72,20 @@ def report(
             write_html(frame, metadata, html, top=HTML_TOP if top is None else top, dataset_root=root, **pictures)
     if console is not None:
         print_report(data, console)
+    elif data.evidence_warning:  # quiet: no summary, but the line that says what the flags mean
+        warn_result(printable(data.evidence_warning))
     return data
+
+
+def _given_root(metadata: dict[str, Any], frame: pd.DataFrame, dataset: Any) -> Path | None:
+    """The ``--dataset`` folder the thumbnails come from, once the rows are ones its reader lists; None without."""
+    if dataset is None:
+        return None
+    if DatasetSpec.of(metadata).packed:
+        return dataset_root(metadata, dataset)
+    from ..inputs.readers.recorded import checked_root
+
+    return checked_root(metadata, frame["path"].astype(str).tolist(), dataset)
 
 
 def _check_html_out(
@@ -205,7 +218,7 @@ def print_report(data: ReportData, console: Console, *, max_rows: int = 30) -> N
                 Text(printable(row.label)),
                 Text(printable(row.predicted_label)),
                 f"{row.p_clean:.3f}{mark}",
-                Text(reason),
+                Text(printable(reason)),  # a results file's text: escapes never reach the terminal
             )
         console.print(suspicious)
 

@@ -22,8 +22,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ..inputs.listing import DatasetSpec
 from ..inputs.listing import dataset_root as recorded_dataset_root
-from ..inputs.readers.recorded import Opener, row_opener
+from ..inputs.readers.recorded import Opener, checked_root, row_opener
 from ..run.errors import DeftCleanError
 from ..run.files import write_atomic
 from ..run.ownership import HTML_MARKER
@@ -62,7 +63,7 @@ def write_html(
     with a ``label`` column) its confusion matrix; detect's own per-epoch history is drawn when recorded.
     """
     data = summarize(frame, metadata, top=0)
-    root = dataset_root if dataset_root is not None else _recorded_root(metadata)
+    root = dataset_root if dataset_root is not None else _recorded_root(metadata, frame)
     opener = row_opener(metadata, root)
     page = _page(frame, metadata, data, top=top, opener=opener, thumbnails=thumbnails)
     page = page.replace("<!--pictures-->", _pictures_html(metadata, training, predictions))
@@ -73,9 +74,12 @@ def write_html(
     return write_atomic(path, write)
 
 
-def _recorded_root(metadata: dict[str, Any]) -> Path | None:
+def _recorded_root(metadata: dict[str, Any], frame: pd.DataFrame) -> Path | None:
+    """Where the thumbnails come from: the recorded dataset, once the rows are ones its reader lists."""
     try:
-        return recorded_dataset_root(metadata)
+        if DatasetSpec.of(metadata).packed:  # rows are samples, opened through their reader (recorded_opener)
+            return recorded_dataset_root(metadata)
+        return checked_root(metadata, frame["path"].astype(str).tolist())
     except DeftCleanError as exc:
         log.warning("no thumbnails in the HTML report: %s", exc)
         return None

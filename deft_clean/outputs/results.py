@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 from ..run.errors import STATUS_OK, DataError, UsageError
 from ..run.files import write_atomic
 from ..run.safety import printable
+from .metadata_check import check_metadata
 
 __all__ = [
     "SCHEMA",
@@ -70,13 +71,29 @@ OPTIONAL_COLUMNS = (
 )  # fmt: skip
 
 
+# Probabilities are clipped to [0, 1] and cosines to [-1, 1] when written: float32 rounding can give 1.0000001,
+# which the read-back would rightly refuse as out of range.
+PROBABILITY_COLUMNS = ("p_clean", "p_predicted", "text_score", "visual_score")
+COSINE_COLUMNS = ("sim_pos", "sim_neg")
+
+
 def to_table(frame: pd.DataFrame, metadata: dict[str, Any]) -> pa.Table:
     """A DataFrame with the contract's columns -> an Arrow table with schema and metadata."""
     missing = [c for c in OPTIONAL_COLUMNS if c not in frame.columns]
     if missing:
         frame = frame.assign(**{c: None for c in missing})
+    frame = _clipped(frame)
     table = pa.Table.from_pandas(frame[list(REQUIRED_COLUMNS)], schema=SCHEMA, preserve_index=False)
     return table.replace_schema_metadata({METADATA_KEY: json.dumps(metadata).encode()})
+
+
+def _clipped(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with probabilities in [0, 1] and cosines in [-1, 1] (nulls and NaN stay as they are)."""
+    bounds = {**{c: (0.0, 1.0) for c in PROBABILITY_COLUMNS}, **{c: (-1.0, 1.0) for c in COSINE_COLUMNS}}
+    present = {c: b for c, b in bounds.items() if c in frame.columns and pd.api.types.is_numeric_dtype(frame[c])}
+    if not present:
+        return frame
+    return frame.assign(**{c: frame[c].clip(low, high) for c, (low, high) in present.items()})
 
 
 def write_results(frame: pd.DataFrame, metadata: dict[str, Any], path: str | os.PathLike[str]) -> Path:
@@ -152,6 +169,34 @@ def check_table(table: pa.Table, metadata: Any, file: Path) -> None:
                 f"{file}: column {name!r} has values outside {low}..{len(classes) - 1} "
                 f"({len(classes)} classes); rerun detect"
             )
+    _check_labels(table, classes, file)
+    check_metadata(metadata, file)
+
+
+def _check_labels(table: pa.Table, classes: list[str], file: Path) -> None:
+    """Refuse a label text that disagrees with its index (export follows one, train the other), and a usable
+    row without a score (every report sorts and every export chooses by it)."""
+    import pyarrow.compute as pc
+
+    names = pa.array(classes, pa.string())
+    for text, index in (("label", "label_index"), ("predicted_label", "predicted_index")):
+        indices = table.column(index)
+        known = pc.greater_equal(indices, 0)
+        expected = pc.take(names, pc.if_else(known, indices, 0))
+        given = table.column(text)
+        same = pc.if_else(known, pc.equal(given, expected), pc.is_null(given))
+        bad = pc.invert(pc.fill_null(same, False))
+        count = pc.sum(bad).as_py() or 0
+        if count:
+            row = pc.index(bad, True).as_py()
+            raise DataError(
+                f"{file}: row {row} ({printable(str(table.column('path')[row]))!r}) has {text} "
+                f"{printable(str(given[row]))!r} but {index} {indices[row]} ({count} row(s) disagree); rerun detect"
+            )
+    usable = pc.equal(table.column("status"), STATUS_OK)
+    unscored = pc.sum(pc.and_(usable, pc.is_null(table.column("p_clean")))).as_py() or 0
+    if unscored:
+        raise DataError(f"{file}: {unscored} usable row(s) have no p_clean; rerun detect")
 
 
 def _check_scores(table: pa.Table, file: Path) -> None:

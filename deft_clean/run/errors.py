@@ -7,10 +7,19 @@ The CLI prints that one line on stderr and exits with ``error.exit_code``.
 
 from __future__ import annotations
 
+import logging
 import re
 from typing import Any
 
 STATUS_OK = "ok"  # the status of a usable row; any other status says why the file could not be used
+RESULT_WARNING = "deft_clean_result"  # set on a log record whose warning changes what the results mean
+
+
+def warn_result(message: str) -> None:
+    """Log a warning that changes what the results mean (flags withheld, prompts collapsed, duplicate groups
+    dropped, a clean set that did not settle). The CLI shows it on stderr even with ``--quiet``, which hides
+    only progress and the summary."""
+    logging.getLogger("deft_clean").warning("%s", message, extra={RESULT_WARNING: True})
 
 _MARK = "\x1f"  # brackets an option reference inside a message (an ASCII unit separator: never in real text)
 _NO_VALUE = object()

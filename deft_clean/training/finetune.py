@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 import math
 import os
 import shutil
@@ -48,7 +47,7 @@ from ..run.engine import (
     usable_mask,
     usable_on_device,
 )
-from ..run.errors import UsageError, option
+from ..run.errors import UsageError, option, warn_result
 from ..run.files import run_lock, write_atomic
 from ..run.ownership import check_folder_owned, remove_listed, write_manifest
 from ..run.runstate import StopOnSignal, load_checkpoint, save_checkpoint
@@ -301,8 +300,7 @@ def _train(
 
     def note(message: str) -> None:
         notes.append(message)
-        if not quiet:
-            logging.getLogger("deft_clean").warning("%s", message)
+        warn_result(message)  # even when quiet: it says what the exported model is
 
     parts = head_parts(model)
     outcome = Outcome()

@@ -16,6 +16,7 @@ from ..outputs.decisions import Verdicts, load_verdicts
 from ..outputs.results import kept_rows, load_results, relabelled_rows, usable_rows
 from ..run.config import TrainConfig
 from ..run.errors import DataError, option
+from ..run.safety import printable
 from .probe import stratified_holdout
 
 
@@ -60,6 +61,16 @@ def check_match(listing: Listing, frame: Any, metadata: dict[str, Any], results:
         raise DataError(
             f"{results} lists {len(frame)} samples, the dataset {len(listing)}, or their paths differ; "
             "run detect on this dataset first"
+        )
+    given = frame["label"].astype(str).to_numpy()
+    changed = np.flatnonzero(given != np.asarray(listing.labels, dtype=object))
+    if len(changed):  # labels fixed in the table after detect: its verdicts judged the old ones
+        i = int(changed[0])
+        raise DataError(
+            f"{len(changed)} row(s) of the dataset have other labels than {results} judged, e.g. "
+            f"{printable(listing.paths[i])!r}: {printable(listing.labels[i])!r} now, {printable(given[i])!r} "
+            f"then; rerun detect on the dataset as it is, or record fixes in {option('decisions')} "
+            "(path,decision,label)"
         )
 
 
