@@ -5,8 +5,8 @@ close as a JPEG re-encode, so features only propose candidate pairs. Each candid
 decoded through the reader, reduced to ``THUMB`` x ``THUMB`` grayscale thumbnails and compared:
 
 - similarity: the Pearson correlation of the two thumbnails (brightness and contrast drop out), the best
-  over shifts of up to ``SHIFT`` pixels (a moved crop) and over blurring one side (a copy resized down and
-  back is a blurred original); 1.0 = the same picture;
+  over shifts of up to ``SHIFT`` pixels (a moved crop) and over blurring either side (a copy resized down
+  and back is a blurred original); 1.0 = the same picture;
 - residual: after that alignment and a least-squares contrast fit, the mean absolute difference of the
   worst 4x4 block, as a share of full scale. A look-alike differs somewhere (a stroke, a corner); a copy
   differs a little everywhere (compression noise, blur).
@@ -73,38 +73,43 @@ def _aligned(a: np.ndarray, b: np.ndarray, dy: int, dx: int) -> tuple[np.ndarray
 def _compare(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Correlation and worst-block residual of aligned crops ``a``, ``b`` (float32 [P, h, w]): two [P] arrays."""
     p, h, w = a.shape
-    ac = a - a.mean(axis=(1, 2), keepdims=True)
-    bc = b - b.mean(axis=(1, 2), keepdims=True)
-    aa, bb = (ac * ac).sum(axis=(1, 2)), (bc * bc).sum(axis=(1, 2))
-    corr = (ac * bc).sum(axis=(1, 2)) / np.sqrt(np.maximum(aa * bb, 1e-12))
-    alpha = (ac * bc).sum(axis=(1, 2)) / np.maximum(aa, 1e-12)  # contrast fit b ~ alpha * a (+ offset)
-    r = np.abs(bc - alpha[:, None, None] * ac) / 255.0  # [P, h, w]
-    r = r[:, : h // 4 * 4, : w // 4 * 4].reshape(p, h // 4, 4, w // 4, 4).mean(axis=(2, 4))  # [P, h/4, w/4]
-    residual = r.reshape(p, -1).max(axis=1)
+    a, b = a.reshape(p, h * w), b.reshape(p, h * w)  # [P, h*w] (views where a crop is contiguous: not written)
+    mean_a, mean_b = a.mean(axis=1), b.mean(axis=1)
+    ac, bc = a - mean_a[:, None], b - mean_b[:, None]
+    aa, bb, ab = np.einsum("ij,ij->i", ac, ac), np.einsum("ij,ij->i", bc, bc), np.einsum("ij,ij->i", ac, bc)
+    corr = ab / np.sqrt(np.maximum(aa * bb, 1e-12))
+    alpha = ab / np.maximum(aa, 1e-12)  # contrast fit b ~ alpha * a (+ offset)
+    r = np.abs(bc - alpha[:, None] * ac).reshape(p, h, w)[:, : h // 4 * 4, : w // 4 * 4]  # [P, h', w'] (x 255)
+    residual = r.reshape(p, h // 4, 4, w // 4, 4).mean(axis=(2, 4)).reshape(p, -1).max(axis=1) / 255.0
     flat_a, flat_b = aa < FLAT**2 * h * w, bb < FLAT**2 * h * w
     both = flat_a & flat_b  # two flat images: alike when their brightness is
-    gap = np.abs(a.mean(axis=(1, 2)) - b.mean(axis=(1, 2))) / 255.0
+    gap = np.abs(mean_a - mean_b) / 255.0
     corr = np.where(both, 1.0 - gap, np.where(flat_a | flat_b, 0.0, corr))
     return corr.astype(np.float32), np.where(both, gap, residual).astype(np.float32)
+
+
+def alignments() -> list[tuple[int, int, int, int]]:
+    """(first's layer, second's layer, dy, dx) of every comparison made: the sharp thumbnails at every shift
+    up to ``SHIFT`` (a moved crop), a blurred one against a sharp one unshifted (a resized copy)."""
+    shifts = [(0, 0, dy, dx) for dy in range(-SHIFT, SHIFT + 1) for dx in range(-SHIFT, SHIFT + 1)]
+    return [*shifts, (1, 0, 0, 0), (0, 1, 0, 0)]
 
 
 def pixel_similarity(first: np.ndarray, second: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(similarity float32 [P], residual float32 [P]) of thumbnail pairs ``first``, ``second`` (uint8 [P, 2, S, S]).
 
-    Similarity is the best correlation over shifts and over (sharp, sharp), (blurred, sharp), (sharp,
-    blurred); residual the least worst-block residual over the same alignments.
+    Similarity is the best correlation over :func:`alignments`, residual the least worst-block residual.
     """
     best = np.full(len(first), -1.0, dtype=np.float32)
     least = np.full(len(first), np.inf, dtype=np.float32)
     for start in range(0, len(first), CHUNK):
         a = first[start : start + CHUNK].astype(np.float32)  # [C, 2, S, S]
         b = second[start : start + CHUNK].astype(np.float32)
-        for x, y in ((a[:, 0], b[:, 0]), (a[:, 1], b[:, 0]), (a[:, 0], b[:, 1])):
-            for dy in range(-SHIFT, SHIFT + 1):
-                for dx in range(-SHIFT, SHIFT + 1):
-                    corr, residual = _compare(*_aligned(x, y, dy, dx))
-                    best[start : start + CHUNK] = np.maximum(best[start : start + CHUNK], corr)
-                    least[start : start + CHUNK] = np.minimum(least[start : start + CHUNK], residual)
+        here = slice(start, start + len(a))
+        for la, lb, dy, dx in alignments():
+            corr, residual = _compare(*_aligned(a[:, la], b[:, lb], dy, dx))
+            best[here] = np.maximum(best[here], corr)
+            least[here] = np.minimum(least[here], residual)
     return best, least
 
 
