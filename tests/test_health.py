@@ -81,7 +81,7 @@ def test_exact_duplicates_by_content(tmp_path):
     assert hashes[-1] is None
     rng = np.random.default_rng(0)
     features = rng.normal(size=(len(paths), 16)).astype(np.float32)  # features alone would find nothing
-    health = dataset_health(features, np.ones(len(paths), dtype=bool), hashes=hashes, threshold=0.999)
+    health = dataset_health(features, np.ones(len(paths), dtype=bool), hashes=hashes, feature_threshold=0.999)
     groups = health.duplicate_group
     assert groups[0] == groups[8] >= 0 and groups[5] == groups[9] >= 0 and groups[0] != groups[5]
     assert (groups[[1, 2, 3, 4, 6, 7, 10]] == -1).all()
@@ -108,6 +108,8 @@ def test_export_and_report_use_health_columns(tmp_path):
     frame.loc[clean[0], ["outlier_score", "is_outlier"]] = (9.0, True)
     frame["duplicate_group"] = pd.array([None] * len(frame), dtype="Int64")
     frame.loc[[clean[1], clean[2], clean[3]], "duplicate_group"] = 0
+    frame["duplicate_kind"] = None
+    frame.loc[[clean[1], clean[2], clean[3]], "duplicate_kind"] = "near"
     results = write_results(frame, metadata, tmp_path / "health.parquet")
     runner = CliRunner()
 

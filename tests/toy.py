@@ -251,3 +251,33 @@ def synthetic_features(
         p = np.exp(logits)
         text[start : start + 65536] = p / p.sum(axis=1, keepdims=True)
     return features, truth, given, text
+
+
+def planted_copy(image, kind: str):
+    """``image`` (PIL, grayscale) changed the way a copy of it in a real dataset would be: (copy, file suffix).
+
+    kind: ``jpeg`` (re-encoded at quality 75), ``shift`` (1 pixel right), ``bright`` / ``dark`` (brightness
+    +-10%), ``resize`` (down to 75% and back up), ``upscale`` (twice the size).
+    """
+    import io
+
+    from PIL import ImageEnhance
+
+    w, h = image.size
+    if kind == "jpeg":
+        buffer = io.BytesIO()
+        image.save(buffer, "JPEG", quality=75)
+        return Image.open(io.BytesIO(buffer.getvalue())), ".jpg"
+    if kind == "shift":
+        pixels = np.asarray(image)
+        moved = np.zeros_like(pixels)
+        moved[:, 1:] = pixels[:, :-1]
+        return Image.fromarray(moved), ".png"
+    if kind in ("bright", "dark"):
+        return ImageEnhance.Brightness(image).enhance(1.1 if kind == "bright" else 0.9), ".png"
+    if kind == "resize":
+        small = image.resize((w * 3 // 4, h * 3 // 4), Image.BILINEAR)
+        return small.resize((w, h), Image.BILINEAR), ".png"
+    if kind == "upscale":
+        return image.resize((2 * w, 2 * h), Image.BICUBIC), ".png"
+    raise ValueError(kind)

@@ -94,6 +94,14 @@ SaveArrays = Annotated[
     ),
 ]
 
+DuplicateThreshold = Annotated[
+    float,
+    typer.Option(
+        help="Pixel similarity (thumbnail correlation, 1 = the same picture) at which two images the features "
+        "propose are near-duplicates; lower finds more, higher only the closest copies."
+    ),
+]
+
 
 @app.command()
 def detect(
@@ -142,6 +150,7 @@ def detect(
     health: Annotated[
         bool, typer.Option(help="Duplicate and outlier columns (hashes every file; nearest-neighbour search).")
     ] = D.health,
+    duplicate_threshold: DuplicateThreshold = D.duplicate_threshold,
     hflip: Annotated[bool, typer.Option(help="Random horizontal flips while training.")] = D.hflip,
     num_workers: Workers = None,
     cache: Cache = None,
@@ -168,9 +177,8 @@ def detect(
     started = time.monotonic()
     call = lambda: run_detect(  # noqa: E731
         dataset, path_col=path_col, label_col=label_col, image_col=image_col, split=split, label_key=label_key,
-        id_col=id_col, class_names=class_names, out=out, quiet=quiet,
-        run_dir=run_dir, resume=resume, checkpoint_every=checkpoint_every, overwrite=overwrite,
-        save_arrays=save_arrays, **options,
+        id_col=id_col, class_names=class_names, out=out, quiet=quiet, run_dir=run_dir, resume=resume,
+        checkpoint_every=checkpoint_every, overwrite=overwrite, save_arrays=save_arrays, **options,
     )  # fmt: skip
     result = _interruptible(lambda: _run(debug, quiet, call))
     if not quiet:

@@ -17,7 +17,7 @@ PANELS: dict[str, str] = {}
 for _panel, _names in {
     "Input": "path_col label_col image_col split id_col label_key class_names val dataset results inputs model_dir",
     "Model": "model pretrained n_ctx ctx_init class_specific vpt_tokens vpt_depth backbone backbone_weights "
-    "image_size selection clean_rule quick health",
+    "image_size selection clean_rule quick health duplicate_threshold",
     "Training": "epochs warmup_epochs batch_size lr momentum weight_decay grad_clip hflip seed head_lr_scale "
     "head_init holdout optimizer label_smoothing balanced clean_only threshold relabel top_k",
     "Output": "out save_arrays run_dir resume checkpoint_every overwrite html top mode keep_flagged decisions "
@@ -51,6 +51,7 @@ METAVARS = {
     "dataset": "DATASET",
     "threshold": "T",
     "relabel": "MIN_P",
+    "duplicate_threshold": "SIM",
 }
 
 

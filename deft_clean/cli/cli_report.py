@@ -91,7 +91,10 @@ def export(
     dataset: Dataset = None,
     decisions: Decisions = None,
     drop_duplicates: Annotated[
-        bool, typer.Option("--drop-duplicates", help="Export one sample per duplicate_group (exact or near).")
+        bool,
+        typer.Option(
+            "--drop-duplicates", help="Export one sample per duplicate_group (exact and pixel-confirmed near copies)."
+        ),
     ] = False,
     drop_outliers: Annotated[bool, typer.Option("--drop-outliers", help="Leave out is_outlier samples.")] = False,
     quiet: Quiet = False,

@@ -349,13 +349,15 @@ def _detect(
     for line in evidence.warnings + selection.warnings:
         warn_result(line)  # even when quiet: these change what the flags mean
     frame = results_frame(listing, evidence, selection)
+    health_warnings: list[str] = []
     if cfg.health:
         health = health_columns(
             listing.root, listing.paths, evidence.features, evidence.usable, evidence.prompts, device=device,
-            images=listing.images,
+            images=listing.images, threshold=cfg.duplicate_threshold,
         )  # fmt: skip
-        frame = frame.assign(**health)
+        frame, health_warnings = frame.assign(**health.columns), health.warnings
     metadata = _metadata(cfg, listing, loaded, evidence, selection, recorded=recorded, device=device, world=ranks.world)
+    metadata["warnings"] += health_warnings
     frame = normalize_frame(frame, metadata)
     result = DetectResult(frame, metadata, [dataclasses.asdict(h) for h in evidence.history])
     result.features = evidence.features

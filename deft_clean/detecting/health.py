@@ -1,8 +1,9 @@
 """Dataset health beyond label errors: exact duplicates, near-duplicates and outliers.
 
-Exact duplicates share a file content hash. Near-duplicates are images whose frozen image features have
-cosine similarity at or above a threshold; outliers are far from their nearest neighbours and, when class
-prompt embeddings are given, from every class prompt. Nearest neighbours come from faiss: an exact flat
+Exact duplicates share a file content hash. Near-duplicates are proposed by the frozen image features
+(cosine at or above ``CANDIDATE_SIM`` among each row's nearest neighbours) and confirmed on the decoded
+pixels (:mod:`deft_clean.detecting.duplicates`); outliers are far from their nearest neighbours and, when
+class prompt embeddings are given, from every class prompt. Nearest neighbours come from faiss: an exact flat
 index up to ``EXACT_ROWS`` rows, an inverted-file (IVF) index above (time ~ ``N * sqrt(N) * D``; 1M x 512
 in minutes on two cores), a GPU flat index where faiss sees a GPU. Without faiss, or on a torch device
 faiss cannot use, a blockwise exact scan runs instead (memory ``block**2`` floats, time ``N**2 * D``).
@@ -22,11 +23,12 @@ import numpy as np
 import pandas as pd
 
 from ..run.errors import warn_result
+from .duplicates import CANDIDATE_SIM, DUPLICATE_THRESHOLD, Thumbnails, compare_rows, confirm, group_details
 
 if TYPE_CHECKING:
     from ..inputs.readers.base import ImageSource
 
-NEAR_DUPLICATE_SIM = 0.97  # cosine similarity at or above which two images are near-duplicates
+NEAR_DUPLICATE_SIM = 0.97  # without images to confirm with: feature cosine at or above which rows are near-duplicates
 NEIGHBOURS = 10  # k of the k-nearest-neighbour distance behind the outlier score
 OUTLIER_Z = 4.0  # robust z-score above which a row is an outlier
 BLOCK = 4096  # rows and columns of one similarity block
@@ -46,9 +48,11 @@ class Health:
     """Per-row health, aligned with the rows given."""
 
     duplicate_group: np.ndarray  # int64 [N]: rows sharing an id are exact or near duplicates; -1 = unique
+    duplicate_kind: np.ndarray  # object [N]: "exact" (another row of the group has the same bytes), "near", None
+    duplicate_similarity: np.ndarray  # float32 [N]: pixel similarity to the group's first row (its own: best match)
     outlier_score: np.ndarray  # float32 [N]: robust z-score of the distance to neighbours (and prompts); NaN unusable
     is_outlier: np.ndarray  # bool [N]: outlier_score > OUTLIER_Z
-    warnings: list[str] = field(default_factory=list)  # e.g. near-duplicates dropped as implausible
+    warnings: list[str] = field(default_factory=list)  # e.g. a near-duplicate group dropped as implausible
 
 
 def content_hashes(
@@ -87,12 +91,14 @@ def neighbours(
     block: int = BLOCK,
     device: Any = "cpu",
     exact_rows: int = EXACT_ROWS,
+    per_row: int = 1,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Mean cosine similarity of each usable row to its ``k`` nearest other rows, and near-duplicate pairs.
 
-    Returns ``(knn_sim float32 [N] (NaN unusable), pairs int64 [P, 2])``, every pair with similarity >=
-    ``threshold``. Through faiss (:func:`index_neighbours`) when it is installed and the features live on the
-    CPU or faiss has a GPU; otherwise by the exact blockwise scan (:func:`scan_neighbours`) on ``device``.
+    Returns ``(knn_sim float32 [N] (NaN unusable), pairs int64 [P, 2])``: each row paired with those of its
+    ``per_row`` nearest other rows (at most ``k``) whose similarity is >= ``threshold``. Through faiss
+    (:func:`index_neighbours`) when it is installed and the features live on the CPU or faiss has a GPU;
+    otherwise by the exact blockwise scan (:func:`scan_neighbours`) on ``device``.
     """
     try:
         import faiss
@@ -100,8 +106,8 @@ def neighbours(
         faiss = None
     on_accelerator = str(device) != "cpu"
     if faiss is None or (on_accelerator and faiss.get_num_gpus() == 0):
-        return scan_neighbours(features, usable, k=k, threshold=threshold, block=block, device=device)
-    return index_neighbours(features, usable, k=k, threshold=threshold, exact_rows=exact_rows)
+        return scan_neighbours(features, usable, k=k, threshold=threshold, block=block, device=device, per_row=per_row)
+    return index_neighbours(features, usable, k=k, threshold=threshold, exact_rows=exact_rows, per_row=per_row)
 
 
 def build_index(x: np.ndarray, *, exact_rows: int) -> Any:
@@ -185,12 +191,14 @@ def far_rows(sims: np.ndarray, ids: np.ndarray, z: float) -> np.ndarray:
 
 
 def index_neighbours(
-    features: np.ndarray, usable: np.ndarray, *, k: int, threshold: float, exact_rows: int = EXACT_ROWS
-) -> tuple[np.ndarray, np.ndarray]:
+    features: np.ndarray, usable: np.ndarray, *, k: int, threshold: float, exact_rows: int = EXACT_ROWS,
+    per_row: int = 1,
+) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
     """:func:`neighbours` through a faiss index (see :func:`build_index`); same return values.
 
     Each row's ``k + 1`` nearest rows are searched and the row itself dropped (exact copies tie with it, so it
-    is dropped by id, not by rank); a pair is a row and its nearest other row when at or above ``threshold``.
+    is dropped by id, not by rank); a pair is a row and one of its ``per_row`` nearest other rows at or above
+    ``threshold``.
     """
     rows = np.flatnonzero(usable)
     knn = np.full(len(features), np.nan, dtype=np.float32)
@@ -209,14 +217,22 @@ def index_neighbours(
     keep = np.ones_like(own)
     keep[np.arange(m), drop] = False
     sims, ids = sims[keep].reshape(m, k), ids[keep].reshape(m, k)
-    # One edge per row, to its nearest other row, as the blockwise scan makes (one per block): a tight group
-    # still joins (every member's nearest is in the group), while a dense region of alike features does not
-    # chain into one giant group through every pair above the threshold.
-    hit = (sims[:, 0] >= threshold) & (ids[:, 0] >= 0)
-    found_pairs = np.stack([np.flatnonzero(hit), ids[hit, 0]], axis=1)
     valid = ids >= 0  # an IVF search can come back short of k neighbours (-1)
     knn[rows] = np.where(valid, sims, 0).sum(axis=1) / np.maximum(valid.sum(axis=1), 1)
-    return knn, rows[found_pairs].reshape(-1, 2)
+    return knn, rows[nearest_pairs(sims, ids, threshold, per_row)].reshape(-1, 2)
+
+
+def nearest_pairs(sims: np.ndarray, ids: np.ndarray, threshold: float, per_row: int) -> np.ndarray:
+    """int64 [P, 2]: (row, neighbour) for each of a row's ``per_row`` nearest (``sims``, ``ids``: [M, k], best
+    first, ids -1 for none) at or above ``threshold``.
+
+    One edge per row (``per_row=1``, features alone decide): a tight group still joins (every member's
+    nearest is in the group), while a dense region of alike features does not chain into one giant group
+    through every pair above the threshold. Pixel-confirmed candidates may take several per row.
+    """
+    sims, ids = sims[:, :per_row], ids[:, :per_row]
+    hit = (sims >= threshold) & (ids >= 0)  # [M, per_row]
+    return np.stack([np.nonzero(hit)[0], ids[hit]], axis=1).astype(np.int64)
 
 
 def scan_neighbours(
@@ -227,12 +243,13 @@ def scan_neighbours(
     threshold: float = NEAR_DUPLICATE_SIM,
     block: int = BLOCK,
     device: Any = "cpu",
+    per_row: int = 1,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Exact blockwise pass over usable rows: mean cosine similarity to the ``k`` nearest other rows, and pairs.
 
-    Returns ``(knn_sim float32 [N] (NaN unusable), pairs int64 [P, 2])``: each pair has similarity >=
-    ``threshold``; a row is paired with at most one row per column block (its most similar), so ``P`` stays
-    below ``N * ceil(N / block)``. Memory is ``block * (block + k)`` floats; the products run on ``device``.
+    Returns ``(knn_sim float32 [N] (NaN unusable), pairs int64 [P, 2])``: each row paired with those of its
+    ``per_row`` nearest other rows whose similarity is >= ``threshold`` (as :func:`index_neighbours`).
+    Memory is ``block * (block + k)`` floats; the products run on ``device``.
     """
     import torch
 
@@ -245,20 +262,19 @@ def scan_neighbours(
     for start in range(0, m, block):
         a = x[start : start + block]  # [B, D]
         best = torch.full((len(a), k), -torch.inf, device=x.device)  # running top-k similarities [B, k]
+        best_ids = torch.full((len(a), k), -1, dtype=torch.long, device=x.device)  # and their rows [B, k]
         for col in range(0, m, block):
             sim = a @ x[col : col + block].T  # [B, C]
             if col == start:
                 sim.fill_diagonal_(-torch.inf)  # a row is not its own neighbour
-            # One edge per row and column block, to its most similar column: enough to join a tight group
-            # of near-duplicates, and a group of G identical images costs G edges per block, not G**2.
-            top, where = sim.max(dim=1)
-            hit = (top >= threshold).nonzero().squeeze(1)
-            if len(hit):
-                pairs.append(np.stack([start + hit.cpu().numpy(), col + where[hit].cpu().numpy()], axis=1))
+            cols = torch.arange(col, col + sim.shape[1], device=x.device).expand(len(a), -1)  # [B, C]
             merged = torch.cat([best, sim], dim=1)  # [B, k + C]
-            best = merged.topk(k, dim=1).values
-        best = best.cpu().numpy()
+            top = merged.topk(k, dim=1)
+            best, best_ids = top.values, torch.cat([best_ids, cols], dim=1).gather(1, top.indices)
+        best, best_ids = best.cpu().numpy(), best_ids.cpu().numpy()
         knn[rows[start : start + len(a)]] = np.where(np.isfinite(best), best, np.nan).mean(axis=1)
+        found = nearest_pairs(best, np.where(np.isfinite(best), best_ids, -1), threshold, per_row)
+        pairs.append(found + np.array([start, 0]))
     found = np.concatenate(pairs) if pairs else np.zeros((0, 2), dtype=np.int64)
     return knn, rows[found].reshape(-1, 2)
 
@@ -311,7 +327,10 @@ def dataset_health(
     *,
     hashes: Sequence[str | None] | None = None,
     prompts: np.ndarray | None = None,
-    threshold: float = NEAR_DUPLICATE_SIM,
+    images: ImageSource | None = None,
+    threshold: float = DUPLICATE_THRESHOLD,
+    feature_threshold: float | None = None,
+    names: Sequence[str] | None = None,
     k: int = NEIGHBOURS,
     outlier_z: float = OUTLIER_Z,
     block: int = BLOCK,
@@ -320,36 +339,89 @@ def dataset_health(
 ) -> Health:
     """Duplicate groups and outliers of ``features`` (float32 [N, D] frozen image features).
 
-    ``hashes`` (content hashes, e.g. :func:`content_hashes`) join exact duplicates into the same groups
-    as near-duplicates; ``prompts`` (float32 [K, D] class prompt embeddings) add the distance to the
-    closest class prompt to the outlier score (its mean with the neighbour distance, as robust z-scores).
+    With ``images`` (the rows' reader), each row's ``k`` nearest rows at feature cosine >= ``feature_threshold``
+    (default ``CANDIDATE_SIM``) are candidates, and a candidate pair is a near-duplicate when its decoded
+    thumbnails have pixel similarity >= ``threshold`` (see :mod:`deft_clean.detecting.duplicates`). Without
+    ``images``, a row and its nearest row at cosine >= ``feature_threshold`` (default ``NEAR_DUPLICATE_SIM``)
+    are, and similarities are feature cosines. ``hashes`` (content hashes, e.g. :func:`content_hashes`) join
+    exact duplicates into the same groups; ``prompts`` (float32 [K, D] class prompt embeddings) add the
+    distance to the closest class prompt to the outlier score (its mean with the neighbour distance, as
+    robust z-scores). ``names`` (e.g. paths) name the rows of a dropped group in its warning.
     """
     usable = np.asarray(usable, dtype=bool)
+    thumbs = Thumbnails(images) if images is not None else None
+    if feature_threshold is None:
+        feature_threshold = CANDIDATE_SIM if thumbs is not None else NEAR_DUPLICATE_SIM
     knn, pairs = neighbours(
-        features, usable, k=k, threshold=threshold, block=block, device=device, exact_rows=exact_rows
-    )
-    warnings = []
-    if len(pairs):
-        sizes = np.bincount(group_ids(len(features), pairs)[usable] + 1)[1:]  # rows per near-duplicate group
-        limit = max(MAX_GROUP_ROWS, MAX_GROUP_SHARE * int(usable.sum()))
-        if sizes.size and sizes.max() > limit:
-            # Features too alike to tell images apart (a small or mismatched model): one group would swallow
-            # a good part of the dataset, and --drop-duplicates would delete it. Keep exact duplicates only.
-            warnings.append(
-                f"near-duplicate search found a group of {int(sizes.max())} images (features too alike at "
-                f"cosine {threshold}); only exact duplicates are reported"
-            )
-            pairs = pairs[:0]
+        features, usable, k=k, threshold=feature_threshold, block=block, device=device, exact_rows=exact_rows,
+        per_row=k if thumbs is not None else 1,
+    )  # fmt: skip
+    if thumbs is not None:
+        pairs, _ = confirm(thumbs, pairs, threshold=threshold)
+    pairs, warnings = drop_oversized(pairs, usable, names)
     if hashes is not None:
         first: dict[str, int] = {}
         same = [(first.setdefault(h, i), i) for i, h in enumerate(hashes) if h is not None and usable[i]]
         pairs = np.concatenate([pairs, np.array([p for p in same if p[0] != p[1]], dtype=np.int64).reshape(-1, 2)])
+    groups = group_ids(len(features), pairs)
+    kind, similarity = group_details(groups, hashes, _similarity_to(features, hashes, thumbs))
     score = robust_z(1.0 - knn)
     if prompts is not None:
         closest = closest_prompt(features, prompts)  # [N]
         score = (score + robust_z(np.where(usable, 1.0 - closest, np.nan))) / 2
     score = np.where(usable, score, np.nan).astype(np.float32)
-    return Health(group_ids(len(features), pairs), score, np.nan_to_num(score, nan=-np.inf) > outlier_z, warnings)
+    outlier = np.nan_to_num(score, nan=-np.inf) > outlier_z
+    return Health(groups, kind, similarity, score, outlier, warnings)
+
+
+def drop_oversized(pairs: np.ndarray, usable: np.ndarray, names: Sequence[str] | None) -> tuple[np.ndarray, list[str]]:
+    """The near-duplicate pairs less those of implausibly large groups, and one warning per group dropped.
+
+    A group over ``MAX_GROUP_ROWS`` rows and ``MAX_GROUP_SHARE`` of the usable rows is more likely a chain of
+    look-alikes (or features too alike, without pixel confirmation) than copies of one picture, and
+    --drop-duplicates would delete all but one of it: its rows are reported unique unless their bytes match.
+    """
+    if not len(pairs):
+        return pairs, []
+    groups = group_ids(len(usable), pairs)
+    sizes = np.bincount(groups[groups >= 0])  # rows per near-duplicate group
+    limit = max(MAX_GROUP_ROWS, int(MAX_GROUP_SHARE * int(usable.sum())))
+    warnings = []
+    for g in np.flatnonzero(sizes > limit):
+        rows = np.flatnonzero(groups == g)
+        shown = ", ".join(str(names[i]) if names is not None else f"row {i}" for i in rows[:5])
+        warnings.append(
+            f"a near-duplicate group of {len(rows)} images (more than {limit}) was dropped as implausible: "
+            f"{shown}{', ...' if len(rows) > 5 else ''}; they are reported unique unless their bytes are "
+            "identical; a higher --duplicate-threshold splits such groups"
+        )
+    return pairs[sizes[groups[pairs[:, 0]]] <= limit], warnings
+
+
+def _similarity_to(features: np.ndarray, hashes: Sequence[str | None] | None, thumbs: Thumbnails | None) -> Any:
+    """``similarity_to(rows, firsts)`` for :func:`group_details`: pixel similarity (1.0 for the same bytes)
+    with thumbnails, else feature cosine."""
+
+    def similarity_to(rows: np.ndarray, firsts: np.ndarray) -> np.ndarray:
+        if thumbs is None:
+            a, b = _normalise(features[rows]), _normalise(features[firsts])  # [M, D] each
+            return (a * b).sum(axis=1).astype(np.float32)
+        sims = compare_rows(thumbs, np.stack([rows, firsts], axis=1))[0]
+        if hashes is not None:
+            pairs = zip(rows, firsts, strict=True)
+            same = np.array([hashes[i] is not None and hashes[i] == hashes[j] for i, j in pairs], dtype=bool)
+            sims[same] = 1.0
+        return sims
+
+    return similarity_to
+
+
+@dataclass(frozen=True)
+class HealthColumns:
+    """What a detect run adds to the Parquet, and what it warns about (for the metadata's warnings)."""
+
+    columns: dict[str, Any]  # duplicate_group, duplicate_kind, duplicate_similarity, outlier_score, is_outlier
+    warnings: list[str]
 
 
 def health_columns(
@@ -361,14 +433,25 @@ def health_columns(
     *,
     device: Any,
     images: ImageSource | None = None,
-) -> dict[str, Any]:
-    """The Parquet's health columns for a detect run: duplicate_group, outlier_score, is_outlier."""
-    hashes = content_hashes(root, paths, images=images)
-    health = dataset_health(features, usable, hashes=hashes, prompts=prompts, device=device)
+    threshold: float = DUPLICATE_THRESHOLD,
+) -> HealthColumns:
+    """The Parquet's health columns for a detect run; near-duplicates confirmed on the decoded images."""
+    from ..inputs.readers.base import FileImages
+
+    source = images if images is not None else FileImages(root, paths)
+    hashes = content_hashes(root, paths, images=source)
+    health = dataset_health(
+        features, usable, hashes=hashes, prompts=prompts, images=source, threshold=threshold, names=paths,
+        device=device,
+    )  # fmt: skip
     for line in health.warnings:
         warn_result(line)
-    return {
-        "duplicate_group": pd.array(np.where(health.duplicate_group >= 0, health.duplicate_group, None), dtype="Int64"),
+    grouped = health.duplicate_group >= 0
+    columns = {
+        "duplicate_group": pd.array(np.where(grouped, health.duplicate_group, None), dtype="Int64"),
+        "duplicate_kind": pd.array(health.duplicate_kind, dtype=object),
+        "duplicate_similarity": pd.array(np.where(grouped, health.duplicate_similarity, np.nan), dtype="Float32"),
         "outlier_score": pd.array(np.where(usable, health.outlier_score, np.nan), dtype="Float32"),
         "is_outlier": health.is_outlier & usable,
     }
+    return HealthColumns(columns, list(health.warnings))

@@ -23,7 +23,7 @@ from ..run.errors import DataError, UsageError, option
 from ..run.files import apply_umask, make_staging_dir, raise_if_disk_full, run_lock, write_atomic
 from ..run.ownership import check_folder_owned, check_parents, remove_listed, write_manifest
 from ..run.safety import Output, check_outputs, is_inside, printable, read_file, real
-from .results import Results, flagged_rows, kept_rows, load_results, relabelled_rows, usable_rows
+from .results import DUPLICATE_KINDS, Results, flagged_rows, kept_rows, load_results, relabelled_rows, usable_rows
 
 if TYPE_CHECKING:
     from .decisions import Verdicts
@@ -99,7 +99,8 @@ def export_dataset(
         dataset: where the images are now, if not where detect recorded them.
         decisions: a review CSV (``path,decision,label``, see :mod:`deft_clean.outputs.decisions`): a human keep,
             drop or relabel replaces the automatic verdict of its row.
-        drop_duplicates: export one row per ``duplicate_group`` (the first in listing order).
+        drop_duplicates: export one row per ``duplicate_group`` (the first in listing order) among the rows
+            whose ``duplicate_kind`` is exact or near (a file without that column drops none).
         drop_outliers: leave out ``is_outlier`` rows. A human decision still wins over both.
 
     Raises:
@@ -215,7 +216,10 @@ def plan_export(
     if drop_outliers and "is_outlier" in frame.columns:
         role[frame["is_outlier"].fillna(False).to_numpy(dtype=bool)] = None
     if drop_duplicates and "duplicate_group" in frame.columns:
-        group = frame["duplicate_group"].where(role.notna())
+        # Only exact and pixel-confirmed near copies go; a group from a file without duplicate_kind (features
+        # alone, which group look-alike distinct images) is left whole.
+        kind = frame["duplicate_kind"] if "duplicate_kind" in frame.columns else pd.Series(None, index=frame.index)
+        group = frame["duplicate_group"].where(role.notna() & kind.isin(DUPLICATE_KINDS))
         role[group.notna() & group.duplicated()] = None  # the first of each group stays
     label = frame["predicted_label"].where(moved, frame["label"]).astype(str)
     if verdicts is not None:

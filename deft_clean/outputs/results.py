@@ -59,6 +59,8 @@ SCHEMA = pa.schema(
         pa.field("flag_reason", pa.string()),  # why the row is flagged (or its flag withheld); null otherwise
         pa.field("withheld", pa.bool_()),  # flagged by the selection, kept because the evidence cannot support it
         pa.field("duplicate_group", pa.int64()),  # rows sharing it are exact or near duplicates; null = unique
+        pa.field("duplicate_kind", pa.string()),  # "exact" (same bytes as another row of the group), "near"; null
+        pa.field("duplicate_similarity", pa.float32()),  # pixel similarity to the group's first row; null = unique
         pa.field("outlier_score", pa.float32()),  # robust z-score of the distance to neighbours; null if unusable
         pa.field("is_outlier", pa.bool_()),  # outlier_score above health.OUTLIER_Z
         pa.field("status", pa.string(), nullable=False),  # "ok" or why the file could not be used
@@ -68,13 +70,15 @@ REQUIRED_COLUMNS = tuple(SCHEMA.names)
 # Added in 0.2 (fused selection): a file without them (an older version's, or hand-made) reads as null.
 OPTIONAL_COLUMNS = (
     "text_score", "visual_score", "flag_reason", "withheld", "duplicate_group", "outlier_score", "is_outlier",
+    "duplicate_kind", "duplicate_similarity",  # added in issue 27 (pixel-confirmed duplicates)
 )  # fmt: skip
+DUPLICATE_KINDS = ("exact", "near")
 
 
 # Probabilities are clipped to [0, 1] and cosines to [-1, 1] when written: float32 rounding can give 1.0000001,
 # which the read-back would rightly refuse as out of range.
 PROBABILITY_COLUMNS = ("p_clean", "p_predicted", "text_score", "visual_score")
-COSINE_COLUMNS = ("sim_pos", "sim_neg")
+COSINE_COLUMNS = ("sim_pos", "sim_neg", "duplicate_similarity")
 
 
 def to_table(frame: pd.DataFrame, metadata: dict[str, Any]) -> pa.Table:
@@ -210,11 +214,28 @@ def _check_scores(table: pa.Table, file: Path) -> None:
         bad = pc.sum(pc.or_(pc.is_nan(column), pc.or_(pc.less(column, 0), pc.greater(column, 1)))).as_py() or 0
         if bad:
             raise DataError(f"{file}: column {name!r} has {bad} value(s) that are NaN or outside 0..1; rerun detect")
+    _check_duplicates(table, file)
     paths = table.column("path")
     if pc.count_distinct(paths).as_py() != len(paths) - paths.null_count:
         counts = pc.value_counts(paths)
         twice = next(str(c["values"]) for c in counts.to_pylist() if c["counts"] > 1)
         raise DataError(f"{file}: path {printable(twice)!r} appears in more than one row; rerun detect")
+
+
+def _check_duplicates(table: pa.Table, file: Path) -> None:
+    """Refuse a duplicate_kind other than exact/near/null, or a duplicate_similarity NaN or outside -1..1."""
+    import pyarrow.compute as pc
+
+    kinds = table.column("duplicate_kind")
+    odd = pc.sum(pc.invert(pc.is_in(kinds.drop_null(), pa.array(DUPLICATE_KINDS)))).as_py() or 0
+    if odd:
+        raise DataError(f"{file}: column 'duplicate_kind' has {odd} value(s) other than exact or near; rerun detect")
+    column = table.column("duplicate_similarity")
+    bad = pc.sum(pc.or_(pc.is_nan(column), pc.or_(pc.less(column, -1), pc.greater(column, 1)))).as_py() or 0
+    if bad:
+        raise DataError(
+            f"{file}: column 'duplicate_similarity' has {bad} value(s) that are NaN or outside -1..1; rerun detect"
+        )
 
 
 def frame_from_table(table: pa.Table) -> pd.DataFrame:

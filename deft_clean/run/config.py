@@ -38,6 +38,9 @@ class DetectConfig:
     selection: str = "fused"
     quick: bool = False  # skip prompt training: zero-shot prompts + visual evidence, one pass over the images
     health: bool = True  # duplicate / outlier columns: hashes every file, nearest-neighbour search (faiss)
+    # pixel similarity (thumbnail correlation, 1.0 = the same picture) at which feature-search candidates are
+    # near-duplicates (deft_clean.detecting.duplicates; measured in benchmarks/results/duplicates.md)
+    duplicate_threshold: float = 0.988
     hflip: bool = True  # random horizontal flips in training (turn off for digits, text, ...)
     seed: int = 0  # seeds prompt init, shuffling, augmentation and complementary labels
     device: str = "auto"  # "auto", "cpu", "cuda" or "cuda:N"
@@ -53,6 +56,10 @@ class DetectConfig:
         check_numbers(lr=(self.lr, 10.0), momentum=(self.momentum, 1.0), weight_decay=(self.weight_decay, 1.0))
         check_numbers(grad_clip=(self.grad_clip, 1e6))
         check_counts(epochs=(self.epochs, MAX_EPOCHS))
+        if not 0.0 < self.duplicate_threshold <= 1.0:  # also refuses NaN
+            raise UsageError(
+                f"{option('duplicate_threshold')} must be a pixel similarity in (0, 1], got {self.duplicate_threshold}"
+            )
         positive = {"n_ctx": self.n_ctx, "epochs": self.epochs, "batch_size": self.batch_size}
         for name, value in positive.items():
             if value < 1:
