@@ -52,7 +52,7 @@ def text_view_warning(test: ViewAgreement, classes: list[str], prompt_names: lis
     """The warning line of a run whose text view is uninformative, with a ``--class-names`` example."""
     codes = code_like_names(prompt_names)
     head = (
-        f"the class names tell CLIP nothing (zero-shot prompts agree with {100 * test.observed:.0f}% of the labels "
+        f"the text view is uninformative (zero-shot prompts agree with {100 * test.observed:.0f}% of the labels "
         f"where chance is {100 * test.chance:.0f}%): the seed and the clean set come from the image evidence alone"
     )
     if codes:
@@ -62,7 +62,7 @@ def text_view_warning(test: ViewAgreement, classes: list[str], prompt_names: lis
             f"(two columns, e.g. a line '{raw},tench')"
         )
     else:
-        head += "; if CLIP does not know these names, give better ones with --class-names names.csv"
+        head += "; if CLIP does not know these class names, give better ones with --class-names names.csv"
     return head
 
 

@@ -336,11 +336,11 @@ def withhold_unsupported(
     for i in np.flatnonzero(withheld):
         decision.reason[i] = f"withheld (the evidence cannot support it): {decision.reason[i]}"
     if not evidence.text_informative:
-        from .opaque import text_view_warning
+        from .opaque import code_like_names, text_view_warning
 
         note = text_view_warning(evidence.text_test, listing.classes, listing.prompt_names)
         decision.warnings.insert(0, note)
-        if not check.reliable and not check.advice:
+        if not check.reliable and not check.advice and code_like_names(listing.prompt_names):
             check.advice = "give CLIP the classes' names with --class-names, or try a model that can see them"
     decision.info["evidence"] = check.to_metadata()
     line = check.warning()
