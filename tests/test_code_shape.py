@@ -1,5 +1,5 @@
 """The package's shape: short functions, no import cycles between its modules, and layers that import
-downward only (see README, "How the code is organised").
+downward only (see docs/architecture.md, "How the code is organised").
 
 Every module of every subpackage is read, and every import in it counts: relative or absolute, at module
 level, inside a function, or under ``if TYPE_CHECKING:``. A deferred import cannot form a cycle at import
@@ -12,10 +12,10 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "deft_clean"
-README = PACKAGE.parent / "README.md"
+README = PACKAGE.parent / "docs" / "architecture.md"
 MAX_LINES = 80  # longest function or method, decorators and docstring included
 
-# The layers, bottom first (README, "How the code is organised"): a module imports its own folder and the
+# The layers, bottom first (docs/architecture.md): a module imports its own folder and the
 # folders below it, never one above. The package's __init__ and __main__ sit on top of all of them.
 LAYERS = ("run", "inputs", "outputs", "detecting", "training", "cli")
 TOP = ("deft_clean", "deft_clean.__main__")
