@@ -415,13 +415,16 @@ def gather_evidence(
     """The frozen feature pass (zero-shot evidence), then, unless quick, DeFT's prompt training and scoring.
 
     Learned prompts that diverge, give NaN scores or stop agreeing with zero-shot where it agrees with the
-    labels (collapse) are dropped with a warning; zero-shot evidence is used instead.
+    labels (collapse) are dropped with a warning; zero-shot evidence is used instead. Where the zero-shot
+    prompts know nothing of the class names (:mod:`deft_clean.detecting.opaque`), the learned prompts are
+    judged against the rows the image evidence alone confirms instead.
     """
     import torch
 
     from ..run.backbone import zero_shot_text
     from .detector import TrainControl, image_features
     from .evidence import Evidence
+    from .opaque import collapse_anchor, judge_text_view
     from .selection import MIN_PROMPT_AGREEMENT, prompt_agreement
 
     with passes["stop"].hinted("stopped before any training; rerun the same command (without --resume)"):
@@ -430,6 +433,7 @@ def gather_evidence(
     scale = float(loaded.model.logit_scale.detach().exp())
     logits = scale * torch.from_numpy(np.nan_to_num(features)).to(text.device) @ text.t()  # [N, K]
     evidence = Evidence(features, logits.softmax(dim=1).cpu().numpy(), text.cpu().numpy(), failures)
+    judge_text_view(evidence, listing.label_indices, len(listing.classes))
     if cfg.quick:
         return evidence
     control = TrainControl(save, resume, every_steps=checkpoint_every, stop=passes["stop"], ranks=passes["ranks"])
@@ -441,11 +445,16 @@ def gather_evidence(
     if np.isnan(scores.p_clean[usable]).any():
         evidence.warnings.append("the learned prompts gave NaN scores; zero-shot prompts used instead (lower lr)")
         return evidence
-    agreement = prompt_agreement(scores.predicted_index, evidence.zero_shot.argmax(axis=1), labels, usable)
+    anchor = collapse_anchor(evidence, labels, len(listing.classes), seed=cfg.seed, device=passes["device"])
+    agreement = prompt_agreement(scores.predicted_index, anchor, labels, usable)
     if agreement < MIN_PROMPT_AGREEMENT:
+        if evidence.text_informative:
+            line = "collapsed (they agree with only {:.0f}% of the labels that zero-shot prompts confirm)"
+        else:  # names CLIP cannot read give the prompts nothing to start from: weak, not collapsed
+            line = "are weak (they agree with only {:.0f}% of the labels that the image evidence confirms)"
         evidence.warnings.append(
-            f"the learned prompts collapsed (they agree with only {100 * agreement:.0f}% of the labels that "
-            "zero-shot prompts confirm); zero-shot prompts used instead (try a lower lr or --ctx-init)"
+            f"the learned prompts {line.format(100 * agreement)}; zero-shot prompts used instead (try a lower lr "
+            "or --ctx-init)"
         )
         return evidence
     evidence.scores = scores

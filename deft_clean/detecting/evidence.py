@@ -55,6 +55,9 @@ class Evidence:
     history: list = field(default_factory=list)  # detector.EpochStats per epoch
     text_source: str = "zero-shot"  # "learned prompts" or "zero-shot" (quick mode, or the fallback)
     warnings: list[str] = field(default_factory=list)
+    text_test: Any = None  # evidence_check.ViewAgreement of zero-shot vs the labels (opaque.text_view_test)
+    text_informative: bool = True  # the zero-shot prompts know the classes (opaque.text_informative)
+    image_seed: np.ndarray | None = None  # bool [N] the image-only seed, made once where the text is uninformative
 
     @property
     def usable(self) -> np.ndarray:

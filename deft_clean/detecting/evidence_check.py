@@ -59,6 +59,11 @@ MAX_PAIRS = 2000  # confused pairs judged one by one (most flagged first); the r
 MIN_PAIR_ROWS = 50  # pairs with fewer rows labelled either follow the overall verdict (a test there is weak)
 MIN_CLASS_ROWS = 5  # classes with fewer rows are not judged on their own
 MIN_TYPICAL_FLAGS = 10  # fewer flags give no typicality estimate of their precision
+SPLIT_PARTS = 3  # the split view: one probe per part, each row judged by the two probes of the other parts
+# The split view's two probes must agree at this kappa for flags to stand on it: probes on the same image
+# encoder share their mistakes on ambiguous images, which the triplet reads as label noise. Measured: dimly
+# seen classes, clean labels 0.41-0.45; strong digits at 60% symmetric noise 0.51-0.66 (thin: see docs).
+MIN_SPLIT_KAPPA = 0.5
 SETTLED_FRACTION = 0.01  # the clean set has settled when its last round changed at most this share of rows
 
 
@@ -99,6 +104,10 @@ class EvidenceCheck:
     reasons: list[str] = field(default_factory=list)  # why flags were withheld, one line each
     per_class: list[dict[str, Any]] = field(default_factory=list)
     pairs: list[dict[str, Any]] = field(default_factory=list)  # judged confused pairs, most flagged first
+    text_informative: bool = True  # the zero-shot prompts know the classes (else the split image view anchors)
+    views: list[str] = field(default_factory=lambda: ["image", "text"])  # the label-free views judged
+    kappa_image_split: float | None = None  # agreement of the two split-view probes (None: not computed)
+    image_reliability: float | None = None  # share of rows a split-view probe is informed on (sqrt of that kappa)
 
     def to_metadata(self) -> dict[str, Any]:
         data = asdict(self)
@@ -184,6 +193,44 @@ def all_rows_probe(features: np.ndarray, labels: np.ndarray, n_classes: int, *, 
     return fit(np.ones(len(labels), dtype=bool)).cpu().numpy()
 
 
+def split_views(
+    features: np.ndarray, labels: np.ndarray, n_classes: int, *, seed: int, device: Any
+) -> tuple[np.ndarray, np.ndarray]:
+    """Two label-free image views of every row, from probes trained on disjoint rows: (int [M], int [M]).
+
+    The rows fall into SPLIT_PARTS stratified parts; one probe (the selection's family) is fitted on each part's
+    labels alone, and a row is judged by the probes of the two other parts, neither of which saw it or each
+    other's rows. Their label-noise errors are then independent, so their agreement beyond chance estimates
+    how often each is informed (kappa ~ s^2) with no text view and no trust in the labels: two probes trained
+    on 60%-noisy thirds of strong images still agree; on images the model cannot see they agree by chance."""
+    import torch
+
+    from .evidence import balance_weights, choose_probe, fit_probes, fold_ids, prepare_features
+
+    x = prepare_features(torch.as_tensor(features, device=device))
+    y = torch.as_tensor(labels, device=x.device, dtype=torch.long)
+    part = fold_ids(labels, SPLIT_PARTS, seed + 2)
+    parts = torch.as_tensor(part, device=x.device)
+    predictions = []  # [N] per probe
+    if choose_probe(labels, n_classes) == "linear":
+        weights = torch.zeros(SPLIT_PARTS, len(labels), device=x.device)
+        for p in range(SPLIT_PARTS):
+            weights[p, parts == p] = balance_weights(y[parts == p], y, n_classes)
+        w, b = fit_probes(x, y, n_classes, weights)
+        predictions = [(x @ w[p] + b[p]).argmax(1).cpu().numpy() for p in range(SPLIT_PARTS)]
+    else:  # nearest class mean of each part's rows
+        z = torch.nn.functional.normalize(x, dim=1)
+        step = max(1, (1 << 22) // max(n_classes, 1))
+        for p in range(SPLIT_PARTS):
+            sums = torch.zeros(n_classes, z.shape[1], device=z.device).index_add_(0, y[parts == p], z[parts == p])
+            means = torch.nn.functional.normalize(sums, dim=1)  # [K, D]
+            predictions.append(torch.cat([(z[i : i + step] @ means.t()).argmax(1) for i in range(0, len(z), step)])
+                               .cpu().numpy())  # fmt: skip
+    stacked = np.stack(predictions)  # [P, N]
+    m = np.arange(len(labels))
+    return stacked[(part + 1) % SPLIT_PARTS, m], stacked[(part + 2) % SPLIT_PARTS, m]
+
+
 @dataclass
 class _Views:
     """The three views over the usable rows (index m), and the flags raised there."""
@@ -194,6 +241,8 @@ class _Views:
     flagged: np.ndarray  # bool [M]
     suggested: np.ndarray  # int64 [M]
     n_classes: int
+    split: tuple[np.ndarray, np.ndarray] | None = None  # two split-view predictions [M] (no text view to anchor)
+    text_informative: bool = True  # the zero-shot prompts know the classes
 
 
 def _pair_verdict(views: _Views, i: int, j: int, rows: np.ndarray, reliability: float) -> dict[str, Any]:
@@ -208,7 +257,18 @@ def _pair_verdict(views: _Views, i: int, j: int, rows: np.ndarray, reliability: 
     seen = (it.significant and it.kappa >= MIN_VIEW_KAPPA) or (
         gi.significant and gi.kappa >= MIN_IMAGE_KAPPA * reliability
     )
+    if views.split is not None:
+        seen = seen or _split_tells_apart(views.split, i, j, rows)
     return {"kappa_image_label": gi.kappa, "kappa_image_text": it.kappa, "rows": int(len(rows)), "seen": bool(seen)}
+
+
+def _split_tells_apart(split: tuple[np.ndarray, np.ndarray], i: int, j: int, rows: np.ndarray) -> bool:
+    """The two split-view probes (trained on disjoint rows, neither on these) agree on "i or j?" beyond chance,
+    on the ``rows`` both put in one of the two: the label-free stand-in for the image-text test of a pair."""
+    a, b = split[0][rows], split[1][rows]
+    both = np.isin(a, (i, j)) & np.isin(b, (i, j))
+    ab = agreement((a[both] == j).astype(np.int64), (b[both] == j).astype(np.int64), 2)
+    return bool(ab.significant and ab.kappa >= MIN_VIEW_KAPPA)
 
 
 def judge_pairs(
@@ -308,6 +368,7 @@ def check_evidence(
     random_weights: bool = False,
     seed: int = 0,
     device: Any = None,
+    text_informative: bool = True,
 ) -> tuple[EvidenceCheck, np.ndarray]:
     """Measure the evidence behind a selection and decide which of its flags to withhold.
 
@@ -318,6 +379,8 @@ def check_evidence(
         rounds: the clean set's size after each growth round; ``settled``: whether it stopped changing before
             the round limit (None: judged from ``rounds``).
         random_weights: the model has random weights (``--pretrained none``): nothing it says is evidence.
+        text_informative: the zero-shot prompts know the classes (:func:`opaque.text_informative`); where they
+            do not, or the text view does not anchor the triplet, the split image view (:func:`split_views`) does.
     Returns:
         ``(check, withheld)``: withheld is bool [N], flagged rows the evidence cannot support.
     """
@@ -326,8 +389,11 @@ def check_evidence(
     y = labels[rows]
     views = _Views(y, np.zeros((len(rows), n_classes), np.float32), text[rows], ~is_clean[rows], suggested[rows],
                    n_classes)  # fmt: skip
+    views.text_informative = text_informative
     if len(rows) >= 2 * CHECK_FOLDS and len(np.unique(y)) > 1:
         views.image = all_rows_probe(features[rows], y, n_classes, seed=seed, device=device)
+        if not _text_anchors(views):
+            views.split = split_views(features[rows], y, n_classes, seed=seed, device=device)
     verdict = _verdict(views, random_weights)
     withheld_m = _withhold(views, verdict, classes)
     settled = _settled(rounds, len(rows)) if settled is None else settled
@@ -343,8 +409,21 @@ def check_evidence(
         label_noise=verdict.noise, expected_flag_precision=verdict.precision, flags_raised=int(views.flagged.sum()),
         flags_withheld=int(withheld_m.sum()), settled=settled, advice=verdict.advice, reasons=verdict.reasons,
         per_class=per_class(views, classes, verdict.noise, 1 - accuracy, verdict.visible), pairs=verdict.pairs,
+        text_informative=text_informative, views=_view_names(views, verdict),
+        kappa_image_split=verdict.split_kappa, image_reliability=verdict.image_reliability,
     )  # fmt: skip
     return check, withheld
+
+
+def _text_anchors(views: _Views) -> bool:
+    """The text view can anchor the triplet: it knows the classes and agrees with the image view."""
+    k = views.n_classes
+    return views.text_informative and _text_informative(agreement(views.image.argmax(1), views.text.argmax(1), k))
+
+
+def _view_names(views: _Views, verdict: _Verdict) -> list[str]:
+    """The label-free views the verdict rests on, for the metadata."""
+    return ["image", *(["text"] if verdict.text_anchor else []), *(["image-split"] if views.split is not None else [])]
 
 
 @dataclass
@@ -366,6 +445,9 @@ class _Verdict:
     visible: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
     pairs: list[dict[str, Any]] = field(default_factory=list)
     unseen: set[tuple[int, int]] = field(default_factory=set)
+    split_kappa: float | None = None  # kappa of the two split-view probes (None: not computed)
+    image_reliability: float | None = None  # sqrt of it: the share of rows one such probe is informed on
+    text_anchor: bool = False  # the text view anchored s_G (the triplet G, I, T)
 
 
 def typical_share(views: _Views, rows: np.ndarray) -> float | None:
@@ -407,7 +489,11 @@ def _verdict(views: _Views, random_weights: bool) -> _Verdict:
     chance = float(prior.max()) if len(y) else 1.0
     accuracy = float(np.mean(image_pred == y)) if len(y) else 0.0
     p_value = above_chance_p(accuracy, chance, len(y))
-    s_g = label_reliability(gi, gt, it)
+    s_g = label_reliability(gi, gt, it) if views.text_informative else None
+    text_anchor = s_g is not None
+    split = _split_agreement(views) if s_g is None else None  # (G-A, G-B, A-B) of the split view
+    if split is not None:
+        s_g = label_reliability(*split)
     noise = None if s_g is None else float((1 - s_g) * (1 - float(np.dot(prior, prior))))
     flagged_share = float(views.flagged.mean()) if len(y) else 0.0
     estimates = [typical_share(views, np.flatnonzero(views.flagged))]
@@ -415,7 +501,10 @@ def _verdict(views: _Views, random_weights: bool) -> _Verdict:
         estimates.append(min(1.0, noise / flagged_share))
     known = [e for e in estimates if e is not None]
     precision = min(known) if known else None
-    verdict = _Verdict(True, accuracy, chance, p_value, gi, gt, it, s_g, noise, precision, [])
+    verdict = _Verdict(True, accuracy, chance, p_value, gi, gt, it, s_g, noise, precision, [], text_anchor=text_anchor)
+    if split is not None:
+        verdict.split_kappa = split[2].kappa
+        verdict.image_reliability = math.sqrt(max(split[2].kappa, 0.0))
     if random_weights:
         verdict.reliable = False
         verdict.reasons.append("the model has random weights (--pretrained none), so its features are not evidence")
@@ -428,6 +517,13 @@ def _verdict(views: _Views, random_weights: bool) -> _Verdict:
             f"the text view cannot confirm the image view and the image view alone is weak (kappa {gi.kappa:.2f}): "
             "this model cannot see these classes well enough, or CLIP does not know their names (--class-names)"
         )
+    elif split is not None and s_g is not None and split[2].kappa < MIN_SPLIT_KAPPA:
+        verdict.reliable = False
+        verdict.reasons.append(
+            f"two image probes trained on disjoint rows agree at kappa {verdict.split_kappa:.2f} only: the images "
+            "are too weak for flags to be mostly right, and the text view cannot help (CLIP does not know the "
+            "class names: --class-names)"
+        )
     elif precision is not None and precision < MIN_PRECISION:
         verdict.reliable = False
         verdict.reasons.append(
@@ -438,12 +534,22 @@ def _verdict(views: _Views, random_weights: bool) -> _Verdict:
     return verdict
 
 
+def _split_agreement(views: _Views) -> tuple[ViewAgreement, ViewAgreement, ViewAgreement] | None:
+    """Agreements label-probe A, label-probe B and A-B of the split view (None: not computed)."""
+    if views.split is None:
+        return None
+    a, b = views.split
+    k, y = views.n_classes, views.labels
+    return agreement(y, a, k), agreement(y, b, k), agreement(a, b, k)
+
+
 def _withhold(views: _Views, verdict: _Verdict, classes: list[str]) -> np.ndarray:
     """bool [M]: flags to withhold: all when unreliable; else those of hidden classes and unseen pairs."""
     k = views.n_classes
     reliability = verdict.reliability if verdict.reliability is not None else max(verdict.gi.kappa, 0.0)
     verdict.pairs, verdict.unseen = judge_pairs(views, classes, reliability)
-    verdict.visible = visible_classes(views, text_informative=_text_informative(verdict.it))
+    text_used = views.text_informative and _text_informative(verdict.it)
+    verdict.visible = visible_classes(views, text_informative=text_used)
     withheld = np.zeros(len(views.labels), dtype=bool)
     if not verdict.reliable:
         withheld = views.flagged.copy()
@@ -465,7 +571,7 @@ def _withhold(views: _Views, verdict: _Verdict, classes: list[str]) -> np.ndarra
             f"the evidence cannot tell {names}{more} apart (or their labels are swapped too often to say), so flags "
             "between them are withheld"
         )
-    if _text_informative(verdict.it):
+    if text_used:
         withheld &= ~_both_sure(views)
     return withheld
 

@@ -105,6 +105,17 @@ def text_seed(
     return seed
 
 
+def fused_seed(cfg: DetectConfig, listing: Listing, evidence: Evidence, *, device: Any) -> np.ndarray:
+    """The fused rule's seed, bool [N]: :func:`text_seed` where the zero-shot prompts know the classes, else the
+    rows the image evidence alone confirms (:func:`deft_clean.detecting.opaque.image_seed`)."""
+    labels, usable = listing.label_indices, evidence.usable
+    if evidence.text_informative:
+        return text_seed(usable, labels, evidence.zero_shot, evidence.scores, cfg.clean_rule)
+    from .opaque import seed_from_images
+
+    return seed_from_images(evidence, labels, len(listing.classes), seed=cfg.seed, device=device)
+
+
 def fuse(visual: np.ndarray, text: np.ndarray, labels: np.ndarray, kept: np.ndarray) -> tuple[np.ndarray, float]:
     """Product of experts ``P ~ visual * text^a``, with ``a`` chosen by the data: ([M, K] posterior, a).
 
@@ -271,7 +282,7 @@ def select(cfg: DetectConfig, listing: Listing, evidence: Evidence, *, device: A
             {"seed_size": None}, [],
         )
     else:
-        seed_mask = text_seed(usable, labels, evidence.zero_shot, scores, cfg.clean_rule)
+        seed_mask = fused_seed(cfg, listing, evidence, device=device)
         try:
             text = scores.probs if scores is not None else evidence.zero_shot  # [N, K]
             fused = fused_rule(
@@ -318,11 +329,19 @@ def withhold_unsupported(
         evidence.features, labels, usable, evidence.zero_shot, decision.is_clean, decision.suggested,
         listing.classes, rounds=decision.info.get("clean_set_by_round"),
         random_weights=cfg.pretrained.strip().lower() in ("none", ""), seed=cfg.seed, device=device,
+        text_informative=evidence.text_informative,
     )  # fmt: skip
     decision.is_clean = decision.is_clean | withheld
     decision.withheld = withheld
     for i in np.flatnonzero(withheld):
         decision.reason[i] = f"withheld (the evidence cannot support it): {decision.reason[i]}"
+    if not evidence.text_informative:
+        from .opaque import code_like_names, text_view_warning
+
+        note = text_view_warning(evidence.text_test, listing.classes, listing.prompt_names)
+        decision.warnings.insert(0, note)
+        if not check.reliable and not check.advice and code_like_names(listing.prompt_names):
+            check.advice = "give CLIP the classes' names with --class-names, or try a model that can see them"
     decision.info["evidence"] = check.to_metadata()
     line = check.warning()
     if line:
@@ -342,7 +361,16 @@ def text_only(
         reason[i] = f"the text evidence points to {classes[text_pred[i]]!r}"
     nan = np.full(len(listing), np.nan, dtype=np.float32)
     decision = Decision(
-        is_clean, text_score, text_pred, nan, text_score, nan, reason, None, {"note": note}, [note],
+        is_clean,
+        text_score,
+        text_pred,
+        nan,
+        text_score,
+        nan,
+        reason,
+        None,
+        {"note": note},
+        [note],
     )
     decision.warnings += class_warnings(is_clean, labels, usable, classes)
     return decision
