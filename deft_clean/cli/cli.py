@@ -123,8 +123,18 @@ def detect(
     class_specific: Annotated[bool, typer.Option(help="One context per class instead of shared.")] = D.class_specific,
     vpt_tokens: Annotated[int, typer.Option(help="Visual prompt tokens per layer (0: no VPT).")] = D.vpt_tokens,
     vpt_depth: Annotated[int | None, typer.Option(help="Vision layers with prompts (default: all).")] = D.vpt_depth,
-    epochs: Annotated[int, typer.Option(help="Training epochs.")] = D.epochs,
+    epochs: Annotated[int, typer.Option(help="Training epochs at most (early stop may end sooner).")] = D.epochs,
     warmup_epochs: Annotated[int, typer.Option(help="Epochs on given labels before selection.")] = D.warmup_epochs,
+    images_per_epoch: Annotated[
+        str,
+        typer.Option(
+            metavar="auto|all|N",
+            help="Images per training epoch: auto (a stratified sample: 50 a class, at least 2,048), all, or N.",
+        ),
+    ] = str(D.images_per_epoch),
+    early_stop: Annotated[
+        bool, typer.Option(help="Stop training when the prompts' clean set stops moving (a collapse always stops).")
+    ] = D.early_stop,
     batch_size: Annotated[int, typer.Option(help="Batch size.")] = D.batch_size,
     lr: Annotated[float, typer.Option(help="SGD learning rate (cosine schedule).")] = D.lr,
     momentum: Annotated[float, typer.Option(help="SGD momentum.")] = D.momentum,
@@ -144,6 +154,9 @@ def detect(
     ] = D.health,
     hflip: Annotated[bool, typer.Option(help="Random horizontal flips while training.")] = D.hflip,
     num_workers: Workers = None,
+    threads: Annotated[
+        int | None, typer.Option(help="torch CPU threads (default: the usable cores minus the workers).")
+    ] = None,
     cache: Cache = None,
     device_transforms: DeviceTransforms = D.device_transforms,
     compile: Compile = D.compile,

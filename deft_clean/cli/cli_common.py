@@ -18,7 +18,9 @@ Device = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or summary.")]
 Debug = Annotated[bool, typer.Option("--debug", help="Show tracebacks instead of one-line errors.")]
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace an existing output (never an input).")]
-Workers = Annotated[int | None, typer.Option(help="DataLoader workers (default: min(8, CPUs)).")]
+Workers = Annotated[
+    int | None, typer.Option(help="DataLoader workers (default: none on 2 usable cores or fewer, else half of them).")
+]
 DeviceTransforms = Annotated[
     bool | None, typer.Option(help="Crop, flip and normalise uint8 batches on the device (default: on CUDA).")
 ]

@@ -37,6 +37,7 @@ from ..run.engine import (
 )
 from ..run.runstate import StopOnSignal
 from .evaluation import eval_pass
+from .monitor import EpochCheck, TrainingMonitor, stratified_order
 from .prompts import DualPromptLearner, PromptFeatures
 from .selection import dual_prompt_clean
 from .vpt import add_visual_prompts
@@ -50,6 +51,10 @@ class EpochStats:
     loss: float  # mean total loss over the epoch
     clean_fraction: float  # fraction of usable training samples selected as clean
     samples_per_second: float
+    agreement: float | None = None  # learned top-1 == label on the rows zero-shot confirms (monitor)
+    clean_change: float | None = None  # share of rows whose clean flag changed since their last visit
+    stop: str = ""  # why training ended after this epoch: "collapse", "still" (nothing moved) or ""
+    images: int = 0  # images the epoch trained on (its sample: see detecting.monitor)
 
 
 @dataclass
@@ -188,6 +193,8 @@ class TrainControl:
     every_steps: int = 0  # also save every this many steps inside an epoch; 0 = at epoch ends only
     stop: StopOnSignal | None = None  # checked after each step: save, then raise Interrupted
     ranks: Dist = Dist()  # torchrun processes: epoch order sharded, gradients averaged
+    monitor: TrainingMonitor | None = None  # judges every epoch: a collapse stops at once, a still set early
+    budget: int | None = None  # rows per epoch (a stratified sample, redrawn each epoch); None = every row
 
 
 def train_prompts(
@@ -241,7 +248,8 @@ def train_prompts(
         stream = torch.Generator(device=device).manual_seed(int(torch.randint(2**62, (1,), generator=generator)))
         augment = DeviceTransform(mean, std, train=True, hflip=hflip, generator=stream)
     optimizer = torch.optim.SGD(model.trainable_parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
-    total_steps = max(1, epochs * steps_per_epoch(len(dataset), batch_size, control.ranks))
+    epoch_size = control.budget or len(dataset)
+    total_steps = max(1, epochs * steps_per_epoch(epoch_size, batch_size, control.ranks))
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
     scale = model.scale().to(device)
     history: list[EpochStats] = []
@@ -251,7 +259,7 @@ def train_prompts(
 
     phase = _prompt_phase(
         model, dataset, optimizer, scheduler, history, scale=scale, warmup_epochs=warmup_epochs,
-        clean_rule=clean_rule, grad_clip=grad_clip, generator=generator, augment=augment,
+        clean_rule=clean_rule, grad_clip=grad_clip, generator=generator, augment=augment, control=control,
     )  # fmt: skip
     run = Run(
         epochs=epochs,
@@ -274,22 +282,32 @@ def _prompt_phase(
     model: DeftModel, dataset: ImageDataset, optimizer: torch.optim.Optimizer, scheduler: Any,
     history: list[EpochStats], *, scale: torch.Tensor, warmup_epochs: int, clean_rule: str,
     grad_clip: float | None, generator: torch.Generator, augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    control: TrainControl,
 ) -> Phase:  # fmt: skip
     """Prompt training as the engine runs it: DeFT's loss, a frozen backbone, epoch statistics; ``augment``
-    turns a uint8 batch on the device into an augmented, normalised one (device transforms)."""
+    turns a uint8 batch on the device into an augmented, normalised one (device transforms). The epoch's
+    rows and the judgement after it come from ``control.budget`` and ``control.monitor``."""
+    monitor, budget = control.monitor, control.budget
+    given = np.asarray(dataset.label_indices)  # [N]
+    n_classes = int(model.prompts.prefix.shape[0])  # K
 
     def loss_step(forward: nn.Module, images: torch.Tensor, labels: torch.Tensor, epoch: int) -> Any:
         if augment is not None:
             images = augment(images)
         features, text = forward(images)
-        return deft_loss(
-            features.float(),
-            PromptFeatures(text.positive.float(), text.negative.float()),
-            scale,
-            labels,
-            warmup=epoch < warmup_epochs,
-            clean_rule=clean_rule,
-        )
+        features, text = features.float(), PromptFeatures(text.positive.float(), text.negative.float())
+        loss, clean = deft_loss(
+            features, text, scale, labels, warmup=epoch < warmup_epochs, clean_rule=clean_rule
+        )  # fmt: skip
+        if monitor is not None:
+            with torch.no_grad():
+                positive = features.detach() @ text.positive.detach().t()  # [B, K]
+                # in warm-up every row is "clean" to the loss; the flag that moves is the dual-prompt rule's
+                p_yes = torch.sigmoid(scale * (positive - features.detach() @ text.negative.detach().t()))
+                rows = torch.arange(labels.shape[0], device=labels.device)
+                flags = dual_prompt_clean(p_yes[rows, labels], positive.argmax(dim=1), labels, clean_rule)
+            monitor.record(positive.argmax(dim=1), flags)
+        return loss, clean
 
     def train_mode() -> None:
         model.train()
@@ -297,7 +315,20 @@ def _prompt_phase(
 
     def end_epoch(totals: EpochTotals) -> None:
         speed = totals.samples / totals.seconds
-        history.append(EpochStats(totals.epoch, totals.loss, totals.clean_fraction, speed))
+        check = EpochCheck(None, None, "")
+        if monitor is not None:
+            before = history[-1] if history else None
+            previous = EpochCheck(before.agreement, before.clean_change, before.stop) if before else None
+            check = monitor.judge(totals.epoch, previous, scale.device)
+        history.append(
+            EpochStats(totals.epoch, totals.loss, totals.clean_fraction, speed, check.agreement, check.clean_change,
+                       check.stop, totals.samples)
+        )  # fmt: skip
+
+    def draw_order() -> list[int]:
+        if budget is None:
+            return epoch_order(len(dataset), generator)
+        return stratified_order(given, budget, n_classes, generator)
 
     return Phase(
         name="prompt-training",
@@ -306,7 +337,7 @@ def _prompt_phase(
         optimizer=optimizer,
         scheduler=scheduler,
         loss=loss_step,
-        draw_order=lambda: epoch_order(len(dataset), generator),
+        draw_order=draw_order,
         state=lambda: {
             "trainable": model.trainable_state(),
             "history": json.dumps([dataclasses.asdict(h) for h in history]),
@@ -316,6 +347,9 @@ def _prompt_phase(
         metrics=("loss", "clean"),
         grad_clip=grad_clip,
         parameters=model.trainable_parameters(),
+        epoch_size=min(budget, len(dataset)) if budget is not None else None,
+        see_rows=monitor.see_rows if monitor is not None else None,
+        finished=lambda: bool(history) and history[-1].stop != "",
     )
 
 

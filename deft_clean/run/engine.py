@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -98,8 +97,11 @@ def epoch_order(n: int, generator: torch.Generator) -> list[int]:
     return torch.randperm(n, generator=generator).tolist()
 
 
-def resolve_workers(num_workers: int | None) -> int:
-    return min(8, os.cpu_count() or 1) if num_workers is None else num_workers
+def resolve_workers(num_workers: int | None, threads: int | None = None) -> int:
+    """DataLoader workers: as given, or what fits the usable cores beside ``threads`` (see run.cores)."""
+    from .cores import plan_cpu
+
+    return plan_cpu(num_workers, threads)[0]
 
 
 class EpochSums:
@@ -214,7 +216,7 @@ class EpochTotals:
     loss: float  # mean loss per sample
     clean_fraction: float  # fraction of the samples the loss step called clean (0 when it says nothing)
     seconds: float
-    samples: int  # samples in the training dataset
+    samples: int  # samples the epoch visited (the epoch size)
 
 
 @dataclass
@@ -234,6 +236,10 @@ class Phase:
     metrics: tuple[str, ...] = ("loss",)  # running means shown on the progress display ("loss", "clean")
     grad_clip: float | None = None  # max gradient norm (unscaled); None = no clipping
     parameters: list[nn.Parameter] | None = None  # the ones clipped; None = every parameter that requires grad
+    epoch_size: int | None = None  # positions ``draw_order`` returns per epoch; None = the whole dataset
+    see_rows: Callable[[torch.Tensor], None] | None = None  # gets the dataset rows [B] of each batch's usable
+    # samples (CPU int64) right before its loss step
+    finished: Callable[[], bool] | None = None  # checked before each epoch: True ends training early
 
 
 @dataclass
@@ -265,7 +271,8 @@ class _Loop:
         self.phase, self.run = phase, run
         self.amp = amp_for(run.device)
         self.scaler = self.amp.scaler()
-        self.steps = steps_per_epoch(len(phase.dataset), run.batch_size, run.ranks)
+        self.epoch_size = phase.epoch_size or len(phase.dataset)
+        self.steps = steps_per_epoch(self.epoch_size, run.batch_size, run.ranks)
         self.parameters = phase.parameters or [p for p in phase.model.parameters() if p.requires_grad]
         self.start_epoch, self.skip_steps = 0, 0
         self.sums = EpochSums(run.device)
@@ -302,7 +309,9 @@ class _Loop:
             "sums": json.dumps(self.sums.values()),
         }
 
-    def step(self, images: torch.Tensor, labels: torch.Tensor, status: Sequence[str], epoch: int) -> None:
+    def step(
+        self, images: torch.Tensor, labels: torch.Tensor, status: Sequence[str], epoch: int, rows: torch.Tensor
+    ) -> None:
         """One optimiser step on a batch; a batch without usable files is skipped (with ranks, it joins
         the gradient average with zeros, as DDP needs every rank to run backward every step)."""
         phase, run = self.phase, self.run
@@ -311,6 +320,8 @@ class _Loop:
         if empty and not run.ranks.active:
             return
         images, labels = usable_on_device(images, labels, torch.ones_like(usable) if empty else usable, run.device)
+        if phase.see_rows is not None:
+            phase.see_rows(rows[:0] if empty else rows[usable])
         with self.amp.autocast():
             loss, clean = phase.loss(self.forward, images, labels, epoch)
         n = int(labels.shape[0])
@@ -363,19 +374,19 @@ class _Loop:
         if self.skip_steps == 0:
             self.sums = EpochSums(run.device)
         if run.progress is not None:
-            run.progress.start_epoch(epoch + 1, run.epochs, len(phase.dataset))
+            run.progress.start_epoch(epoch + 1, run.epochs, self.epoch_size)
             if self.skip_steps:
                 run.progress.advance(min(self.skip_steps * run.batch_size, len(order)))
-        for images, labels, _, status in self.loader:
+        for images, labels, rows, status in self.loader:
             step += 1
-            self.step(images, labels, status, epoch)
+            self.step(images, labels, status, epoch, rows)
             self.after_step(epoch, step, len(status), epoch_start)
         self.skip_steps = 0
         elapsed = max(time.perf_counter() - started, 1e-9)
         totals = self.sums.values()
         loss, clean, seen = run.ranks.sum([totals["loss"], totals["clean"], totals["seen"]], run.device)
         seen = max(seen, 1)
-        phase.end_epoch(EpochTotals(epoch + 1, loss / seen, clean / seen, elapsed, len(phase.dataset)))
+        phase.end_epoch(EpochTotals(epoch + 1, loss / seen, clean / seen, elapsed, self.epoch_size))
         self.save(self.snapshot(epoch + 1, 0, run.generator.get_state()))
         if run.stop is not None:
             if run.ranks.any(run.stop.requested, run.device):
@@ -393,4 +404,6 @@ def fit(phase: Phase, run: Run) -> None:
     """
     loop = _Loop(phase, run)
     for epoch in range(loop.start_epoch, run.epochs):
+        if phase.finished is not None and phase.finished():
+            break  # early stop (also when resuming a run that had stopped: its last checkpoint says so)
         loop.epoch(epoch)
