@@ -11,7 +11,6 @@ from deft_clean.detecting import monitor as monitor_module
 from deft_clean.detecting.monitor import TrainingMonitor, epoch_budget, stratified_order
 from deft_clean.run.config import DetectConfig
 from deft_clean.run.cores import cgroup_cores, plan_cpu
-from deft_clean.run.distributed import Dist
 from deft_clean.run.errors import UsageError
 
 from .test_detect_shift import defaults, pair_shifted  # noqa: F401  (fixture)
@@ -19,12 +18,12 @@ from .test_detect_shift import defaults, pair_shifted  # noqa: F401  (fixture)
 
 def test_a_collapse_stops_training_at_once_and_says_so(tiny_clip, pair_shifted, monkeypatch):  # noqa: F811
     """Forced collapse: the learned prompts predict class 0 for every row from the first batch on."""
-    real = TrainingMonitor.record
+    real = TrainingMonitor.judge
 
-    def collapsed(self, predicted, clean):
-        real(self, torch.zeros_like(predicted), clean)
+    def collapsed(self, epoch, previous, predicted, clean):
+        return real(self, epoch, previous, np.zeros_like(predicted), clean)
 
-    monkeypatch.setattr(TrainingMonitor, "record", collapsed)
+    monkeypatch.setattr(TrainingMonitor, "judge", collapsed)
     result = deft_clean.detect(pair_shifted.root, **defaults(tiny_clip))  # 10 epochs at most
     assert len(result.history) <= 2
     assert result.history[-1]["stop"] == "collapse"
@@ -65,7 +64,7 @@ def test_stratified_order_covers_every_class_and_redraws_the_same_from_a_seed():
 def test_epoch_budget():
     labels = np.arange(100_000) % 10
     assert epoch_budget("all", labels, 10) is None
-    assert epoch_budget("auto", labels[:1500], 10) is None  # a small dataset trains on every row
+    assert epoch_budget("auto", labels[:1000], 10) is None  # a small dataset trains on every row
     assert epoch_budget("auto", labels, 10) == max(
         monitor_module.IMAGES_PER_CLASS * 10, monitor_module.MIN_EPOCH_IMAGES
     )
@@ -78,15 +77,23 @@ def test_epoch_budget():
 
 
 def test_nothing_moving_stops_after_the_warmup():
-    labels = np.zeros(4, dtype=np.int64)
-    judge = TrainingMonitor(labels, np.ones(4, dtype=bool), warmup_epochs=1, early_stop=True, ranks=Dist())
+    labels = np.arange(4000) % 10
+    usable = np.ones(4000, dtype=bool)
+    judge = TrainingMonitor(labels, usable, usable, warmup_epochs=1, early_stop=True, seed=0)
+    assert 512 <= len(judge.watch) <= 530 and np.bincount(labels[judge.watch]).min() >= 50  # stratified
+    m = len(judge.watch)
+    right, clean = labels[judge.watch], np.ones(m, dtype=bool)
     checks = []
     for epoch in (1, 2, 3):
-        judge.see_rows(torch.arange(4))
-        judge.record(torch.zeros(4, dtype=torch.long), torch.ones(4, dtype=torch.bool))
-        checks.append(judge.judge(epoch, checks[-1] if checks else None, torch.device("cpu")))
+        checks.append(judge.judge(epoch, checks[-1] if checks else None, right, clean))
     assert [c.stop for c in checks] == ["", "still", "still"]
     assert checks[1].clean_change == 0.0 and checks[1].agreement == 1.0
+    patient = TrainingMonitor(labels, usable, usable, warmup_epochs=1, early_stop=False, seed=0)
+    first = patient.judge(1, None, right, clean)
+    assert patient.judge(2, first, right, clean).stop == ""  # the paper's schedule: no early stop
+    wrong = np.zeros(m, dtype=np.int64)
+    down = patient.judge(3, patient.judge(2, first, wrong, clean), wrong, clean)
+    assert down.stop == "collapse"  # a collapse stops even then
 
 
 def test_threads_and_workers_fit_the_cores(tmp_path):

@@ -129,7 +129,7 @@ def detect(
         str,
         typer.Option(
             metavar="auto|all|N",
-            help="Images per training epoch: auto (a stratified sample: 50 a class, at least 2,048), all, or N.",
+            help="Images per training epoch: auto (a stratified sample: 50 a class, at least 1,024), all, or N.",
         ),
     ] = str(D.images_per_epoch),
     early_stop: Annotated[

@@ -425,7 +425,7 @@ def monitored(control: Any, cfg: DetectConfig, listing: Listing, evidence: Evide
     labels = listing.label_indices
     anchor = evidence.usable & (evidence.zero_shot.argmax(axis=1) == labels)  # bool [N] rows zero-shot confirms
     monitor = TrainingMonitor(
-        labels, anchor, warmup_epochs=cfg.warmup_epochs, early_stop=cfg.early_stop, ranks=control.ranks
+        labels, evidence.usable, anchor, warmup_epochs=cfg.warmup_epochs, early_stop=cfg.early_stop, seed=cfg.seed
     )
     budget = epoch_budget(cfg.images_per_epoch, labels, len(listing.classes))
     return dataclasses.replace(control, monitor=monitor, budget=budget)

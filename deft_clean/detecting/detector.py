@@ -260,6 +260,9 @@ def train_prompts(
     phase = _prompt_phase(
         model, dataset, optimizer, scheduler, history, scale=scale, warmup_epochs=warmup_epochs,
         clean_rule=clean_rule, grad_clip=grad_clip, generator=generator, augment=augment, control=control,
+        look=watcher(model, listing, control, clean_rule=clean_rule, batch_size=batch_size * 2, image_size=image_size,
+                     mean=mean, std=std, device=device, num_workers=num_workers, cache=cache,
+                     device_transforms=device_transforms),
     )  # fmt: skip
     run = Run(
         epochs=epochs,
@@ -282,11 +285,12 @@ def _prompt_phase(
     model: DeftModel, dataset: ImageDataset, optimizer: torch.optim.Optimizer, scheduler: Any,
     history: list[EpochStats], *, scale: torch.Tensor, warmup_epochs: int, clean_rule: str,
     grad_clip: float | None, generator: torch.Generator, augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
-    control: TrainControl,
+    control: TrainControl, look: Callable[[], tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> Phase:  # fmt: skip
     """Prompt training as the engine runs it: DeFT's loss, a frozen backbone, epoch statistics; ``augment``
     turns a uint8 batch on the device into an augmented, normalised one (device transforms). The epoch's
-    rows and the judgement after it come from ``control.budget`` and ``control.monitor``."""
+    rows and the judgement after it come from ``control.budget`` and ``control.monitor`` (which ``look``
+    feeds: the watched rows' predictions and clean flags, scored in eval mode)."""
     monitor, budget = control.monitor, control.budget
     given = np.asarray(dataset.label_indices)  # [N]
     n_classes = int(model.prompts.prefix.shape[0])  # K
@@ -296,18 +300,7 @@ def _prompt_phase(
             images = augment(images)
         features, text = forward(images)
         features, text = features.float(), PromptFeatures(text.positive.float(), text.negative.float())
-        loss, clean = deft_loss(
-            features, text, scale, labels, warmup=epoch < warmup_epochs, clean_rule=clean_rule
-        )  # fmt: skip
-        if monitor is not None:
-            with torch.no_grad():
-                positive = features.detach() @ text.positive.detach().t()  # [B, K]
-                # in warm-up every row is "clean" to the loss; the flag that moves is the dual-prompt rule's
-                p_yes = torch.sigmoid(scale * (positive - features.detach() @ text.negative.detach().t()))
-                rows = torch.arange(labels.shape[0], device=labels.device)
-                flags = dual_prompt_clean(p_yes[rows, labels], positive.argmax(dim=1), labels, clean_rule)
-            monitor.record(positive.argmax(dim=1), flags)
-        return loss, clean
+        return deft_loss(features, text, scale, labels, warmup=epoch < warmup_epochs, clean_rule=clean_rule)
 
     def train_mode() -> None:
         model.train()
@@ -319,7 +312,7 @@ def _prompt_phase(
         if monitor is not None:
             before = history[-1] if history else None
             previous = EpochCheck(before.agreement, before.clean_change, before.stop) if before else None
-            check = monitor.judge(totals.epoch, previous, scale.device)
+            check = monitor.judge(totals.epoch, previous, *look())
         history.append(
             EpochStats(totals.epoch, totals.loss, totals.clean_fraction, speed, check.agreement, check.clean_change,
                        check.stop, totals.samples)
@@ -348,9 +341,41 @@ def _prompt_phase(
         grad_clip=grad_clip,
         parameters=model.trainable_parameters(),
         epoch_size=min(budget, len(dataset)) if budget is not None else None,
-        see_rows=monitor.see_rows if monitor is not None else None,
         finished=lambda: bool(history) and history[-1].stop != "",
     )
+
+
+def watcher(
+    model: DeftModel, listing: Listing, control: TrainControl, *, clean_rule: str, **loader: Any
+) -> Callable[[], tuple[np.ndarray, np.ndarray]] | None:
+    """The monitor's eyes: a function that scores ``control.monitor.watch`` in eval mode and returns their
+    positive-prompt top-1 and dual-prompt clean flags ([M] each); None without a monitor."""
+    monitor = control.monitor
+    if monitor is None:
+        return None
+
+    def look() -> tuple[np.ndarray, np.ndarray]:
+        model.eval()  # the engine puts the model back in train mode at the next epoch's start
+        scale = float(model.scale())
+        with torch.no_grad(), amp_for(loader["device"]).autocast():
+            text = model.text_features()
+        positive_text, negative_text = text.positive.float(), text.negative.float()
+
+        def batch_fn(images: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+            features = model.image_features(images).float()  # [B, E]
+            positive, negative = features @ positive_text.t(), features @ negative_text.t()  # [B, K]
+            rows = torch.arange(labels.shape[0], device=labels.device)
+            p_yes = torch.sigmoid(scale * (positive[rows, labels] - negative[rows, labels]))
+            predicted = positive.argmax(dim=1)
+            return {"predicted": predicted, "clean": dual_prompt_clean(p_yes, predicted, labels, clean_rule)}
+
+        arrays, _ = eval_pass(
+            batch_fn, {"predicted": (), "clean": ()}, listing, rows=monitor.watch, ranks=control.ranks, **loader
+        )
+        predicted, clean = arrays["predicted"][monitor.watch], arrays["clean"][monitor.watch]
+        return np.nan_to_num(predicted, nan=-1).astype(np.int64), np.nan_to_num(clean, nan=0) > 0.5
+
+    return look
 
 
 def image_features(clip: nn.Module, listing: Listing, **loader: Any) -> tuple[np.ndarray, dict[int, str]]:

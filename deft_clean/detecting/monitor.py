@@ -5,11 +5,11 @@ every image. ``images_per_epoch="auto"`` trains each epoch on a fresh stratified
 ``min(N, max(IMAGES_PER_CLASS * K, MIN_EPOCH_IMAGES))`` rows, so the cost of prompt training stops growing
 with N once the classes are covered (datasets below the budget train on every row, as before).
 
-After every epoch :class:`TrainingMonitor` reads what the training passes already computed (no extra pass):
+After every epoch :class:`TrainingMonitor` scores a fixed stratified set of ``WATCH_ROWS`` rows in eval mode:
   agreement     the positive prompts' top-1 equals the label on rows where zero-shot does (the seed rows);
                 below ``MIN_PROMPT_AGREEMENT`` and no higher than the epoch before, the prompts collapsed:
                 training stops at once and says so (at epoch 2 at the latest for prompts collapsed from the start);
-  clean change  the share of this epoch's rows whose dual-prompt clean flag differs from their last one;
+  clean change  the share of watched rows whose dual-prompt clean flag changed during the epoch;
                 when it stays below ``STILL_CHANGE`` and the agreement moves less than ``STILL_AGREEMENT``
                 (both after the warm-up), nothing is being learned any more and training stops early.
 """
@@ -21,13 +21,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..run.distributed import Dist
 from .selection import MIN_PROMPT_AGREEMENT
 
 IMAGES_PER_CLASS = 50  # auto budget: rows per class and epoch
-MIN_EPOCH_IMAGES = 2048  # auto budget: rows per epoch at least (small datasets: every row)
-STILL_CHANGE = 0.04  # clean flags that changed since a row's last visit, below which the set stands still
-STILL_AGREEMENT = 0.01  # agreement moving less than this (absolute) between epochs: no progress either
+MIN_EPOCH_IMAGES = 1024  # auto budget: rows per epoch at least (smaller datasets: every row)
+WATCH_ROWS, WATCH_PER_CLASS = 512, 4  # rows scored after every epoch: max(these, 4 a class), at most N
+STILL_CHANGE = 0.06  # watched rows whose clean flag changed in an epoch, below which the set stands still
+STILL_AGREEMENT = 0.02  # agreement moving less than this (absolute) between epochs: no progress either
 STOP_COLLAPSE, STOP_STILL = "collapse", "still"  # EpochStats.stop: why training ended after this epoch
 
 
@@ -79,37 +79,40 @@ def collapsed(agreement: float | None, previous: EpochCheck | None) -> bool:
 
 
 class TrainingMonitor:
-    """Collects the training passes' predictions and clean flags per row, judges each finished epoch.
+    """Judges each finished epoch on a fixed, stratified set of watched rows, scored in eval mode.
 
-    ``labels`` [N] are the given labels; ``anchor`` (bool [N]) marks the rows whose zero-shot prediction
-    equals the label (None: no judgement of collapse). With ``early_stop`` off, only a collapse stops
-    training. Per-batch tensors stay on the device until the epoch ends (no synchronisation per step).
+    ``labels`` [N] are the given labels, ``usable`` bool [N]; ``anchor`` (bool [N]) marks the rows whose
+    zero-shot prediction equals the label (None: no judgement of collapse). The training passes cannot be
+    used for this: their random crops and flips (digits flipped are other digits) put the prompts' agreement
+    at ~50% where an eval pass of the same prompts gives >80%. With ``early_stop`` off, only a collapse stops
+    training.
     """
 
     def __init__(
-        self, labels: np.ndarray, anchor: np.ndarray | None, *, warmup_epochs: int, early_stop: bool, ranks: Dist
-    ) -> None:
+        self, labels: np.ndarray, usable: np.ndarray, anchor: np.ndarray | None, *, warmup_epochs: int,
+        early_stop: bool, seed: int,
+    ) -> None:  # fmt: skip
         self.labels, self.anchor = labels, anchor
-        self.warmup_epochs, self.early_stop, self.ranks = warmup_epochs, early_stop, ranks
-        self.last_clean = np.full(len(labels), -1, dtype=np.int8)  # [N] clean flag at the last visit, -1 never
-        self.rows: torch.Tensor | None = None
-        self.batches: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        self.warmup_epochs, self.early_stop = warmup_epochs, early_stop
+        n_classes = int(labels.max()) + 1 if len(labels) else 1
+        rows = np.flatnonzero(usable)
+        size = max(WATCH_PER_CLASS * n_classes, WATCH_ROWS)
+        if size < len(rows):
+            order = stratified_order(labels[rows], size, n_classes, torch.Generator().manual_seed(seed))
+            rows = np.sort(rows[order])
+        self.watch = rows  # int64 [M] listing rows scored after every epoch
+        self.last_clean: np.ndarray | None = None  # bool [M] their clean flags after the last epoch
 
-    def see_rows(self, rows: torch.Tensor) -> None:
-        self.rows = rows
-
-    def record(self, predicted: torch.Tensor, clean: torch.Tensor) -> None:
-        """The batch's positive-prompt top-1 [B] and clean mask [B] (rows from the last :meth:`see_rows`)."""
-        if self.rows is not None and len(self.rows) == len(predicted):
-            self.batches.append((self.rows, predicted.detach(), clean.detach()))
-
-    def judge(self, epoch: int, previous: EpochCheck | None, device: torch.device) -> EpochCheck:
-        """Judge the finished ``epoch`` (1-based) from its batches; ``previous`` is the last epoch's check."""
-        counts = self._counts()
-        anchor_seen, agree, revisited, changed = self.ranks.sum(counts, device)
-        self.batches = []
-        agreement = agree / anchor_seen if anchor_seen else None
-        change = changed / revisited if revisited else None
+    def judge(self, epoch: int, previous: EpochCheck | None, predicted: np.ndarray, clean: np.ndarray) -> EpochCheck:
+        """Judge the finished ``epoch`` (1-based) from the watched rows' positive-prompt top-1 and dual-prompt
+        clean flag (both [M], aligned with ``watch``); ``previous`` is the last epoch's check."""
+        agreement = None
+        if self.anchor is not None:
+            on_anchor = self.anchor[self.watch]
+            if on_anchor.any():
+                agreement = float(np.mean(predicted[on_anchor] == self.labels[self.watch][on_anchor]))
+        change = None if self.last_clean is None else float(np.mean(self.last_clean != clean))
+        self.last_clean = clean.copy()
         stop = ""
         if collapsed(agreement, previous):
             stop = STOP_COLLAPSE
@@ -120,24 +123,6 @@ class TrainingMonitor:
             if change is not None and change < STILL_CHANGE and steady:
                 stop = STOP_STILL
         return EpochCheck(agreement, change, stop)
-
-    def _counts(self) -> list[float]:
-        """[seed rows seen, of them learned top-1 == label, rows seen before, of them clean flag changed]."""
-        if not self.batches:
-            return [0.0, 0.0, 0.0, 0.0]
-        rows = torch.cat([b[0] for b in self.batches]).numpy()
-        predicted = torch.cat([b[1] for b in self.batches]).cpu().numpy()
-        clean = torch.cat([b[2] for b in self.batches]).cpu().numpy().astype(np.int8)
-        anchor_seen = agree = 0.0
-        if self.anchor is not None:
-            on_anchor = self.anchor[rows]
-            anchor_seen = float(on_anchor.sum())
-            agree = float((predicted[on_anchor] == self.labels[rows][on_anchor]).sum())
-        before = self.last_clean[rows]
-        seen = before >= 0
-        changed = float((before[seen] != clean[seen]).sum())
-        self.last_clean[rows] = clean
-        return [anchor_seen, agree, float(seen.sum()), changed]
 
 
 def agreement_line(epoch: int, agreement: float) -> str:

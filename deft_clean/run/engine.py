@@ -237,8 +237,6 @@ class Phase:
     grad_clip: float | None = None  # max gradient norm (unscaled); None = no clipping
     parameters: list[nn.Parameter] | None = None  # the ones clipped; None = every parameter that requires grad
     epoch_size: int | None = None  # positions ``draw_order`` returns per epoch; None = the whole dataset
-    see_rows: Callable[[torch.Tensor], None] | None = None  # gets the dataset rows [B] of each batch's usable
-    # samples (CPU int64) right before its loss step
     finished: Callable[[], bool] | None = None  # checked before each epoch: True ends training early
 
 
@@ -309,9 +307,7 @@ class _Loop:
             "sums": json.dumps(self.sums.values()),
         }
 
-    def step(
-        self, images: torch.Tensor, labels: torch.Tensor, status: Sequence[str], epoch: int, rows: torch.Tensor
-    ) -> None:
+    def step(self, images: torch.Tensor, labels: torch.Tensor, status: Sequence[str], epoch: int) -> None:
         """One optimiser step on a batch; a batch without usable files is skipped (with ranks, it joins
         the gradient average with zeros, as DDP needs every rank to run backward every step)."""
         phase, run = self.phase, self.run
@@ -320,8 +316,6 @@ class _Loop:
         if empty and not run.ranks.active:
             return
         images, labels = usable_on_device(images, labels, torch.ones_like(usable) if empty else usable, run.device)
-        if phase.see_rows is not None:
-            phase.see_rows(rows[:0] if empty else rows[usable])
         with self.amp.autocast():
             loss, clean = phase.loss(self.forward, images, labels, epoch)
         n = int(labels.shape[0])
@@ -377,9 +371,9 @@ class _Loop:
             run.progress.start_epoch(epoch + 1, run.epochs, self.epoch_size)
             if self.skip_steps:
                 run.progress.advance(min(self.skip_steps * run.batch_size, len(order)))
-        for images, labels, rows, status in self.loader:
+        for images, labels, _, status in self.loader:
             step += 1
-            self.step(images, labels, status, epoch, rows)
+            self.step(images, labels, status, epoch)
             self.after_step(epoch, step, len(status), epoch_start)
         self.skip_steps = 0
         elapsed = max(time.perf_counter() - started, 1e-9)
