@@ -176,8 +176,7 @@ def detect(
     from ..run.cores import plan_cpu, torch_threads
     from ..run.distributed import process_group
 
-    threads = plan_cpu(cfg.num_workers, cfg.threads)[1]
-    locked = (out, run_dir)
+    threads, locked = plan_cpu(cfg.num_workers, cfg.threads)[1], (out, run_dir)
     with process_group(cfg.device) as ranks, run_lock(*(locked if ranks.is_main else ())), torch_threads(threads):
         recorded = {"path_col": path_col, "label_col": label_col}
         result = _detect(cfg, listing, run, ranks=ranks, quiet=quiet, recorded=recorded)

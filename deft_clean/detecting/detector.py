@@ -221,10 +221,8 @@ def train_prompts(
     cache: CachedImages | None = None,
     device_transforms: bool = False,
 ) -> list[EpochStats]:
-    """Train the prompts in place on :mod:`deft_clean.run.engine`; return per-epoch statistics.
-
-    With ``control``, the training state (prompts, optimiser, scheduler, scaler, RNG states, position in
-    the epoch) is handed to ``control.save`` at the end of every epoch, every ``control.every_steps``
+    """Train the prompts in place on :mod:`deft_clean.run.engine`; return per-epoch statistics. With
+    ``control``, the training state (prompts, optimiser, scheduler, scaler, RNG states, position in the epoch) is handed to ``control.save`` at the end of every epoch, every ``control.every_steps``
     steps and when ``control.stop`` was signalled; ``control.resume`` continues from such a state and,
     on CPU with ``num_workers=0``, ends with exactly the prompts of an uninterrupted run. With
     ``device_transforms`` the crops, flips and normalisation run on ``device`` (:mod:`deft_clean.accel`;
@@ -248,8 +246,7 @@ def train_prompts(
         stream = torch.Generator(device=device).manual_seed(int(torch.randint(2**62, (1,), generator=generator)))
         augment = DeviceTransform(mean, std, train=True, hflip=hflip, generator=stream)
     optimizer = torch.optim.SGD(model.trainable_parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
-    epoch_size = control.budget or len(dataset)
-    total_steps = max(1, epochs * steps_per_epoch(epoch_size, batch_size, control.ranks))
+    total_steps = max(1, epochs * steps_per_epoch(control.budget or len(dataset), batch_size, control.ranks))
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
     scale = model.scale().to(device)
     history: list[EpochStats] = []
@@ -260,8 +257,8 @@ def train_prompts(
     phase = _prompt_phase(
         model, dataset, optimizer, scheduler, history, scale=scale, warmup_epochs=warmup_epochs,
         clean_rule=clean_rule, grad_clip=grad_clip, generator=generator, augment=augment, control=control,
-        look=watcher(model, listing, control, clean_rule=clean_rule, batch_size=batch_size * 2, image_size=image_size,
-                     mean=mean, std=std, device=device, num_workers=num_workers, cache=cache,
+        look=watcher(model, listing, control, clean_rule=clean_rule, batch_size=batch_size * 2, cache=cache,
+                     image_size=image_size, mean=mean, std=std, device=device, num_workers=num_workers,
                      device_transforms=device_transforms),
     )  # fmt: skip
     run = Run(

@@ -49,8 +49,7 @@ def eval_pass(
     (NaN for unusable files) and the failures (sample index -> status). ``stop`` is checked after each
     batch; with several ``ranks`` each handles samples ``rank::world`` and every rank gets the merged arrays.
     ``task`` names the pass on the progress display (default: the scoring pass). With ``device_transforms``
-    batches travel as uint8 and are normalised on ``device`` (:mod:`deft_clean.accel`). ``rows`` (int [M]):
-    visit only these rows (the others stay NaN), e.g. the training monitor's watched rows.
+    batches travel as uint8 and are normalised on ``device`` (:mod:`deft_clean.accel`). ``rows``: only these.
     """
     from ..inputs.accel import DeviceTransform, uint8_transform
 
