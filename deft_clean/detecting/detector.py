@@ -222,11 +222,12 @@ def train_prompts(
     device_transforms: bool = False,
 ) -> list[EpochStats]:
     """Train the prompts in place on :mod:`deft_clean.run.engine`; return per-epoch statistics. With
-    ``control``, the training state (prompts, optimiser, scheduler, scaler, RNG states, position in the epoch) is handed to ``control.save`` at the end of every epoch, every ``control.every_steps``
-    steps and when ``control.stop`` was signalled; ``control.resume`` continues from such a state and,
-    on CPU with ``num_workers=0``, ends with exactly the prompts of an uninterrupted run. With
-    ``device_transforms`` the crops, flips and normalisation run on ``device`` (:mod:`deft_clean.accel`;
-    their random stream is seeded from ``generator`` but not checkpointed).
+    ``control``, the training state (prompts, optimiser, scheduler, scaler, RNG states, position in the epoch)
+    is handed to ``control.save`` at the end of every epoch, every ``control.every_steps`` steps and when
+    ``control.stop`` was signalled; ``control.resume`` continues from such a state and, on CPU with
+    ``num_workers=0``, ends with exactly the prompts of an uninterrupted run. With ``device_transforms`` the
+    crops, flips and normalisation run on ``device`` (:mod:`deft_clean.accel`; their random stream is seeded
+    from ``generator`` but not checkpointed). ``control.budget`` / ``control.monitor``: see detecting.monitor.
     """
     from ..inputs.accel import DeviceTransform, uint8_transform
 
