@@ -39,6 +39,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # for tests.toy, the offline stand-in for real CLIP weights
 SELECTION = "10000x10,100000x10,50000x100,6000x200,10000x1000,100000x100,100000x1000,1000000x100"
 HEALTH = "10000,100000,1000000"
+# harder selection cases (part "hard"): separability, rows per class and noise varied around 10k x 1,000
+HARD = (
+    "10000x1000:3:1.5:0.2,10000x1000:2:1.5:0.2,10000x1000:3:1.5:0.4,10000x100:3:1.5:0.2,30000x1000:3:1.5:0.2,"
+    "100000x1000:3:1.5:0.2"
+)
 CLEANLAB_LIMIT = 10_000_000  # rows x classes above which the cleanlab pipeline is not run (minutes and more)
 NEAR_NOISE = (0.02, 0.35)  # per-dimension perturbation of a planted near-duplicate: cosine ~0.9999 down to ~0.97
 
@@ -103,11 +108,16 @@ def cleanlab_pipeline(features: np.ndarray, labels: np.ndarray, *, seed: int) ->
     return find_label_issues(labels, probs)
 
 
-def selection_case(rows: int, classes: int, *, cleanlab: bool, seed: int = 0) -> dict[str, Any]:
+def selection_case(
+    rows: int, classes: int, *, cleanlab: bool, seed: int = 0, spread: float = 1.0, text_spread: float = 4.5,
+    noise: float = 0.2,
+) -> dict[str, Any]:
     from deft_clean.detecting.selection import fused_rule, text_seed
     from tests.toy import synthetic_features
 
-    features, truth, given, text = synthetic_features(rows, classes, noise=0.2, seed=seed)
+    features, truth, given, text = synthetic_features(
+        rows, classes, noise=noise, seed=seed, spread=spread, text_spread=text_spread
+    )
     noisy = given != truth
     usable = np.ones(rows, dtype=bool)
     inputs_mb = rss_mb()
@@ -125,6 +135,7 @@ def selection_case(rows: int, classes: int, *, cleanlab: bool, seed: int = 0) ->
         "rounds": selection.info["clean_set_by_round"],
         "converged": selection.info.get("clean_set_converged"),
         "probe": selection.info.get("probe"),
+        "zero_shot_accuracy": float(np.mean(text.argmax(axis=1) == truth)),
     }
     del selection
     if cleanlab and rows * classes <= CLEANLAB_LIMIT:
@@ -304,10 +315,17 @@ def run_case(kind: str, spec: str, args: argparse.Namespace) -> dict[str, Any]:
 
 def one_case(case: str, args: argparse.Namespace) -> dict[str, Any]:
     set_threads(args.threads)
-    kind, spec = case.split(":")
+    kind, spec = case.split(":", 1)
     if kind == "selection":
         rows, classes = (int(v) for v in spec.split("x"))
         return selection_case(rows, classes, cleanlab=args.cleanlab)
+    if kind == "hard":  # ROWSxCLASSES:spread:text_spread:noise
+        size, spread, text_spread, noise = spec.split(":")
+        rows, classes = (int(v) for v in size.split("x"))
+        return selection_case(
+            rows, classes, cleanlab=args.cleanlab, spread=float(spread), text_spread=float(text_spread),
+            noise=float(noise),
+        )  # fmt: skip
     if kind == "health":
         return health_case(int(spec), exact_limit=args.exact_limit)
     return detect_case(int(spec), work=args.work_dir, workers=args.num_workers)
@@ -357,6 +375,7 @@ def render(results: dict[str, Any]) -> str:
                 f"| {key} | {r['seconds']:.1f} | {r['peak_rss_mb']:.0f} ({r['inputs_rss_mb']:.0f}) | {fmt_rounds(r)} | "
                 f"{r['f1']:.3f} |"
             )
+    lines += render_hard(results)
     lines += [
         "", "## Health (`dataset_health`, N x 512 features, 1% planted near-duplicates)", "",
         "| rows | seconds | peak RSS MB (inputs) | planted pairs found | exact-search pairs | their recall |",
@@ -390,11 +409,45 @@ def render(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def hard_key(key: str) -> list[float]:
+    size, *rest = key.split(":")
+    return [*(int(v) for v in size.split("x")), *(float(v) for v in rest)]
+
+
+def render_hard(results: dict[str, Any]) -> list[str]:
+    """The harder-data section: overlapping classes, a weaker zero-shot stand-in, several noise rates."""
+    lines = [
+        "", "## Selection on harder data (overlapping classes, weaker text evidence)", "",
+        "Case `ROWSxCLASSES:spread:text_spread:noise`: rows are class mean + spread x N(0, I) (1 = well apart, "
+        "3 = overlapping), the zero-shot stand-in's class means are perturbed by text_spread, noise is the "
+        "symmetric flip rate. `before`: the same script on the commit before the round-loop change.", "",
+        "| case | zero-shot acc | version | seconds | probe | rounds | noisy F1 | cleanlab pipeline s | its F1 |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    versions = [("after", results.get("hard", {})), ("before", results.get("hard:before", {}))]
+    keys = sorted({k for _, v in versions for k in v}, key=hard_key)
+    for key in keys:
+        for version, records in versions:
+            r = records.get(key)
+            if r is None:
+                continue
+            if "error" in r:
+                lines.append(f"| {key} | - | {version} | error: {r['error']} |")
+                continue
+            cleanlab = f"{r['cleanlab_seconds']:.1f} | {r['cleanlab_f1']:.3f}" if "cleanlab_seconds" in r else "- | -"
+            lines.append(
+                f"| {key} | {r.get('zero_shot_accuracy', float('nan')):.3f} | {version} | {r['seconds']:.1f} | "
+                f"{r['probe']} | {fmt_rounds(r)} | {r['f1']:.3f} | {cleanlab} |"
+            )
+    return lines
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--parts", default="selection,health,detect", help="comma-separated parts to run")
+    parser.add_argument("--parts", default="selection,health,detect", help="comma-separated; also: hard")
     parser.add_argument("--selection", default=SELECTION, help="rows x classes cases, comma-separated")
     parser.add_argument("--health", default=HEALTH, help="row counts, comma-separated")
+    parser.add_argument("--hard", default=HARD, help="harder selection cases ROWSxCLASSES:spread:text_spread:noise")
     parser.add_argument("--detect-rows", default="100000", help="image counts for the end-to-end run")
     parser.add_argument("--no-cleanlab", dest="cleanlab", action="store_false", help="skip the cleanlab pipeline")
     parser.add_argument("--exact-limit", type=int, default=100_000, help="health: exact-search recall up to here")
@@ -419,7 +472,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     results = json.loads(store.read_text()) if store.is_file() else {}
     results["meta"] = {"machine": f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs",
                        "threads": args.threads}
-    specs = {"selection": args.selection, "health": args.health, "detect": args.detect_rows}
+    specs = {"selection": args.selection, "health": args.health, "detect": args.detect_rows, "hard": args.hard}
     for part in args.parts.split(","):
         for spec in filter(None, specs[part].split(",")):
             print(f"{part} {spec} ...", flush=True)

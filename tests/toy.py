@@ -224,14 +224,16 @@ def faded(images: Sequence, keep: float, *, noise: float = 40.0, seed: int = 0) 
 
 
 def synthetic_features(
-    n: int, n_classes: int, *, dim: int = 512, noise: float = 0.2, spread: float = 1.0, seed: int = 0
+    n: int, n_classes: int, *, dim: int = 512, noise: float = 0.2, spread: float = 1.0, seed: int = 0,
+    text_spread: float = 4.5,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Frozen-feature stand-in for scale tests and benchmarks: Gaussian classes in ``dim`` dimensions.
 
     Returns ``(features float32 [N, D], true labels [N], given labels [N] with ``noise`` symmetric flips,
     text posterior float32 [N, K])``. Rows are ``class mean + spread * N(0, I)`` (class means N(0, I), so
     rows of a class have cosine ~0.5 and of two classes ~0); the text posterior is a softmax over cosines
-    to perturbed class means, a zero-shot stand-in that agrees with the true label on most rows.
+    to perturbed class means (``text_spread``: how far), a zero-shot stand-in that agrees with the true label
+    on most rows. A larger ``spread`` makes the classes overlap (harder data).
     """
     rng = np.random.default_rng(seed)
     means = rng.normal(0.0, 1.0, (n_classes, dim)).astype(np.float32)
@@ -241,7 +243,7 @@ def synthetic_features(
         part = truth[start : start + 65536]
         features[start : start + len(part)] = means[part] + spread * rng.standard_normal((len(part), dim), np.float32)
     given = plant_noise(truth, n_classes, noise, seed=seed + 1)
-    text_means = means + 4.5 * rng.normal(0.0, 1.0, means.shape).astype(np.float32)
+    text_means = means + text_spread * rng.normal(0.0, 1.0, means.shape).astype(np.float32)
     text_means /= np.linalg.norm(text_means, axis=1, keepdims=True)
     text = np.empty((n, n_classes), dtype=np.float32)
     for start in range(0, n, 65536):  # [B, K] at a time: the posterior is the only [N, K] array

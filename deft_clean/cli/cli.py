@@ -22,12 +22,17 @@ from ..run.safety import printable
 from . import cli_report
 from .cli_common import (
     Cache,
+    ClassNames,
     Compile,
     Debug,
     Device,
     DeviceTransforms,
+    EarlyStop,
+    ImagesPerEpoch,
+    LabelKey,
     Overwrite,
     Quiet,
+    Threads,
     Workers,
     _run,
     config_options,
@@ -118,12 +123,8 @@ def detect(
     image_col: ImageCol = None,
     split: Split = None,
     id_col: IdCol = None,
-    label_key: Annotated[
-        str, typer.Option(help="WebDataset: the member holding the label, e.g. cls, or json:FIELD.")
-    ] = "cls",
-    class_names: Annotated[
-        Path | None, typer.Option(help="JSON object or two-column CSV: raw label -> prompt text.")
-    ] = None,
+    label_key: LabelKey = "cls",
+    class_names: ClassNames = None,
     n_ctx: Annotated[int, typer.Option(help="Learnable context tokens per prompt.")] = D.n_ctx,
     ctx_init: Annotated[
         str | None, typer.Option(help="Initialise contexts from these words, e.g. 'a photo of a'.")
@@ -131,8 +132,10 @@ def detect(
     class_specific: Annotated[bool, typer.Option(help="One context per class instead of shared.")] = D.class_specific,
     vpt_tokens: Annotated[int, typer.Option(help="Visual prompt tokens per layer (0: no VPT).")] = D.vpt_tokens,
     vpt_depth: Annotated[int | None, typer.Option(help="Vision layers with prompts (default: all).")] = D.vpt_depth,
-    epochs: Annotated[int, typer.Option(help="Training epochs.")] = D.epochs,
+    epochs: Annotated[int, typer.Option(help="Training epochs at most (early stop may end sooner).")] = D.epochs,
     warmup_epochs: Annotated[int, typer.Option(help="Epochs on given labels before selection.")] = D.warmup_epochs,
+    images_per_epoch: ImagesPerEpoch = str(D.images_per_epoch),
+    early_stop: EarlyStop = D.early_stop,
     batch_size: Annotated[int, typer.Option(help="Batch size.")] = D.batch_size,
     lr: Annotated[float, typer.Option(help="SGD learning rate (cosine schedule).")] = D.lr,
     momentum: Annotated[float, typer.Option(help="SGD momentum.")] = D.momentum,
@@ -153,6 +156,7 @@ def detect(
     duplicate_threshold: DuplicateThreshold = D.duplicate_threshold,
     hflip: Annotated[bool, typer.Option(help="Random horizontal flips while training.")] = D.hflip,
     num_workers: Workers = None,
+    threads: Threads = None,
     cache: Cache = None,
     device_transforms: DeviceTransforms = D.device_transforms,
     compile: Compile = D.compile,

@@ -18,7 +18,22 @@ Device = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or summary.")]
 Debug = Annotated[bool, typer.Option("--debug", help="Show tracebacks instead of one-line errors.")]
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace an existing output (never an input).")]
-Workers = Annotated[int | None, typer.Option(help="DataLoader workers (default: min(8, CPUs)).")]
+ImagesPerEpoch = Annotated[
+    str,
+    typer.Option(
+        metavar="auto|all|N",
+        help="Images per training epoch: auto (a stratified sample: 50 a class, at least 1,024), all, or N.",
+    ),
+]
+EarlyStop = Annotated[
+    bool, typer.Option(help="Stop training when the prompts' clean set stops moving (a collapse always stops).")
+]
+Threads = Annotated[int | None, typer.Option(help="torch CPU threads (default: the usable cores minus the workers).")]
+LabelKey = Annotated[str, typer.Option(help="WebDataset: the member holding the label, e.g. cls, or json:FIELD.")]
+ClassNames = Annotated[Path | None, typer.Option(help="JSON object or two-column CSV: raw label -> prompt text.")]
+Workers = Annotated[
+    int | None, typer.Option(help="DataLoader workers (default: none on 2 usable cores or fewer, else half of them).")
+]
 DeviceTransforms = Annotated[
     bool | None, typer.Option(help="Crop, flip and normalise uint8 batches on the device (default: on CUDA).")
 ]

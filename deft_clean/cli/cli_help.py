@@ -18,11 +18,12 @@ for _panel, _names in {
     "Input": "path_col label_col image_col split id_col label_key class_names val dataset results inputs model_dir",
     "Model": "model pretrained n_ctx ctx_init class_specific vpt_tokens vpt_depth backbone backbone_weights "
     "image_size selection clean_rule quick health duplicate_threshold",
-    "Training": "epochs warmup_epochs batch_size lr momentum weight_decay grad_clip hflip seed head_lr_scale "
+    "Training": "epochs warmup_epochs images_per_epoch early_stop batch_size lr momentum weight_decay grad_clip "
+    "hflip seed head_lr_scale "
     "head_init holdout optimizer label_smoothing balanced clean_only threshold relabel top_k",
     "Output": "out save_arrays run_dir resume checkpoint_every overwrite html top mode keep_flagged decisions "
     "drop_duplicates drop_outliers",
-    "Run": "num_workers cache device device_transforms compile quiet debug help",
+    "Run": "num_workers threads cache device device_transforms compile quiet debug help",
 }.items():
     PANELS.update(dict.fromkeys(_names.split(), _panel))
 

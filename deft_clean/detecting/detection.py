@@ -206,9 +206,11 @@ def detect(
         checkpoint_every=checkpoint_every, overwrite=overwrite,
     )  # fmt: skip
     run = _Checkpoint.open(run_dir, cfg, listing, resume=resume, every=checkpoint_every)
+    from ..run.cores import plan_cpu, torch_threads
     from ..run.distributed import process_group
 
-    with process_group(cfg.device) as ranks, run_lock(*((out, run_dir) if ranks.is_main else ())):
+    threads, locked = plan_cpu(cfg.num_workers, cfg.threads)[1], (out, run_dir)
+    with process_group(cfg.device) as ranks, run_lock(*(locked if ranks.is_main else ())), torch_threads(threads):
         recorded = {"path_col": path_col, "label_col": label_col}
         result = _detect(cfg, listing, run, ranks=ranks, quiet=quiet, recorded=recorded)
         if out is not None and ranks.is_main:
@@ -325,7 +327,7 @@ def _detect(
 
     if cfg.compile:
         compile_module(loaded.model.visual, "the image tower")
-    workers = resolve_workers(cfg.num_workers)
+    workers = resolve_workers(cfg.num_workers, cfg.threads)
     with RichProgress(quiet=quiet) as progress, StopOnSignal(run.hint) as stop:
         cache = None
         if cfg.cache is not None:
@@ -437,6 +439,7 @@ def gather_evidence(
     if cfg.quick:
         return evidence
     control = TrainControl(save, resume, every_steps=checkpoint_every, stop=passes["stop"], ranks=passes["ranks"])
+    control = monitored(control, cfg, listing, evidence)
     scores = learned_scores(cfg, loaded, listing, passes, evidence, control)
     if scores is None:
         return evidence
@@ -460,6 +463,19 @@ def gather_evidence(
     evidence.scores = scores
     evidence.text_source = "learned prompts"
     return evidence
+
+
+def monitored(control: Any, cfg: DetectConfig, listing: Listing, evidence: Evidence) -> Any:
+    """``control`` with the epoch budget and the per-epoch judge (:mod:`deft_clean.detecting.monitor`)."""
+    from .monitor import TrainingMonitor, epoch_budget
+
+    labels = listing.label_indices
+    anchor = evidence.usable & (evidence.zero_shot.argmax(axis=1) == labels)  # bool [N] rows zero-shot confirms
+    monitor = TrainingMonitor(
+        labels, evidence.usable, anchor, warmup_epochs=cfg.warmup_epochs, early_stop=cfg.early_stop, seed=cfg.seed
+    )
+    budget = epoch_budget(cfg.images_per_epoch, labels, len(listing.classes))
+    return dataclasses.replace(control, monitor=monitor, budget=budget)
 
 
 def learned_scores(
@@ -504,6 +520,12 @@ def learned_scores(
     except TrainingDiverged as exc:
         evidence.warnings.append(f"{exc}; the learned prompts were dropped and zero-shot prompts used (lower lr)")
         return None
+    last = evidence.history[-1] if evidence.history else None
+    if last is not None and last.stop == "collapse":
+        from .monitor import agreement_line
+
+        evidence.warnings.append(agreement_line(last.epoch, last.agreement or 0.0))
+        return None  # no scoring pass for prompts that are dropped anyway
     return detector.score_samples(model, listing, **passes)
 
 

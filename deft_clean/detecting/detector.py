@@ -37,6 +37,7 @@ from ..run.engine import (
 )
 from ..run.runstate import StopOnSignal
 from .evaluation import eval_pass
+from .monitor import EpochCheck, TrainingMonitor, stratified_order
 from .prompts import DualPromptLearner, PromptFeatures
 from .selection import dual_prompt_clean
 from .vpt import add_visual_prompts
@@ -50,6 +51,10 @@ class EpochStats:
     loss: float  # mean total loss over the epoch
     clean_fraction: float  # fraction of usable training samples selected as clean
     samples_per_second: float
+    agreement: float | None = None  # learned top-1 == label on the rows zero-shot confirms (monitor)
+    clean_change: float | None = None  # share of rows whose clean flag changed since their last visit
+    stop: str = ""  # why training ended after this epoch: "collapse", "still" (nothing moved) or ""
+    images: int = 0  # images the epoch trained on (its sample: see detecting.monitor)
 
 
 @dataclass
@@ -188,6 +193,8 @@ class TrainControl:
     every_steps: int = 0  # also save every this many steps inside an epoch; 0 = at epoch ends only
     stop: StopOnSignal | None = None  # checked after each step: save, then raise Interrupted
     ranks: Dist = Dist()  # torchrun processes: epoch order sharded, gradients averaged
+    monitor: TrainingMonitor | None = None  # judges every epoch: a collapse stops at once, a still set early
+    budget: int | None = None  # rows per epoch (a stratified sample, redrawn each epoch); None = every row
 
 
 def train_prompts(
@@ -214,14 +221,13 @@ def train_prompts(
     cache: CachedImages | None = None,
     device_transforms: bool = False,
 ) -> list[EpochStats]:
-    """Train the prompts in place on :mod:`deft_clean.run.engine`; return per-epoch statistics.
-
-    With ``control``, the training state (prompts, optimiser, scheduler, scaler, RNG states, position in
-    the epoch) is handed to ``control.save`` at the end of every epoch, every ``control.every_steps``
-    steps and when ``control.stop`` was signalled; ``control.resume`` continues from such a state and,
-    on CPU with ``num_workers=0``, ends with exactly the prompts of an uninterrupted run. With
-    ``device_transforms`` the crops, flips and normalisation run on ``device`` (:mod:`deft_clean.accel`;
-    their random stream is seeded from ``generator`` but not checkpointed).
+    """Train the prompts in place on :mod:`deft_clean.run.engine`; return per-epoch statistics. With
+    ``control``, the training state (prompts, optimiser, scheduler, scaler, RNG states, position in the epoch)
+    is handed to ``control.save`` at the end of every epoch, every ``control.every_steps`` steps and when
+    ``control.stop`` was signalled; ``control.resume`` continues from such a state and, on CPU with
+    ``num_workers=0``, ends with exactly the prompts of an uninterrupted run. With ``device_transforms`` the
+    crops, flips and normalisation run on ``device`` (:mod:`deft_clean.accel`; their random stream is seeded
+    from ``generator`` but not checkpointed). ``control.budget`` / ``control.monitor``: see detecting.monitor.
     """
     from ..inputs.accel import DeviceTransform, uint8_transform
 
@@ -241,7 +247,7 @@ def train_prompts(
         stream = torch.Generator(device=device).manual_seed(int(torch.randint(2**62, (1,), generator=generator)))
         augment = DeviceTransform(mean, std, train=True, hflip=hflip, generator=stream)
     optimizer = torch.optim.SGD(model.trainable_parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
-    total_steps = max(1, epochs * steps_per_epoch(len(dataset), batch_size, control.ranks))
+    total_steps = max(1, epochs * steps_per_epoch(control.budget or len(dataset), batch_size, control.ranks))
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
     scale = model.scale().to(device)
     history: list[EpochStats] = []
@@ -251,7 +257,10 @@ def train_prompts(
 
     phase = _prompt_phase(
         model, dataset, optimizer, scheduler, history, scale=scale, warmup_epochs=warmup_epochs,
-        clean_rule=clean_rule, grad_clip=grad_clip, generator=generator, augment=augment,
+        clean_rule=clean_rule, grad_clip=grad_clip, generator=generator, augment=augment, control=control,
+        look=watcher(model, listing, control, clean_rule=clean_rule, batch_size=batch_size * 2, cache=cache,
+                     image_size=image_size, mean=mean, std=std, device=device, num_workers=num_workers,
+                     device_transforms=device_transforms),
     )  # fmt: skip
     run = Run(
         epochs=epochs,
@@ -274,22 +283,22 @@ def _prompt_phase(
     model: DeftModel, dataset: ImageDataset, optimizer: torch.optim.Optimizer, scheduler: Any,
     history: list[EpochStats], *, scale: torch.Tensor, warmup_epochs: int, clean_rule: str,
     grad_clip: float | None, generator: torch.Generator, augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    control: TrainControl, look: Callable[[], tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> Phase:  # fmt: skip
     """Prompt training as the engine runs it: DeFT's loss, a frozen backbone, epoch statistics; ``augment``
-    turns a uint8 batch on the device into an augmented, normalised one (device transforms)."""
+    turns a uint8 batch on the device into an augmented, normalised one (device transforms). The epoch's
+    rows and the judgement after it come from ``control.budget`` and ``control.monitor`` (which ``look``
+    feeds: the watched rows' predictions and clean flags, scored in eval mode)."""
+    monitor, budget = control.monitor, control.budget
+    given = np.asarray(dataset.label_indices)  # [N]
+    n_classes = int(model.prompts.prefix.shape[0])  # K
 
     def loss_step(forward: nn.Module, images: torch.Tensor, labels: torch.Tensor, epoch: int) -> Any:
         if augment is not None:
             images = augment(images)
         features, text = forward(images)
-        return deft_loss(
-            features.float(),
-            PromptFeatures(text.positive.float(), text.negative.float()),
-            scale,
-            labels,
-            warmup=epoch < warmup_epochs,
-            clean_rule=clean_rule,
-        )
+        features, text = features.float(), PromptFeatures(text.positive.float(), text.negative.float())
+        return deft_loss(features, text, scale, labels, warmup=epoch < warmup_epochs, clean_rule=clean_rule)
 
     def train_mode() -> None:
         model.train()
@@ -297,7 +306,20 @@ def _prompt_phase(
 
     def end_epoch(totals: EpochTotals) -> None:
         speed = totals.samples / totals.seconds
-        history.append(EpochStats(totals.epoch, totals.loss, totals.clean_fraction, speed))
+        check = EpochCheck(None, None, "")
+        if monitor is not None:
+            before = history[-1] if history else None
+            previous = EpochCheck(before.agreement, before.clean_change, before.stop) if before else None
+            check = monitor.judge(totals.epoch, previous, *look())
+        history.append(
+            EpochStats(totals.epoch, totals.loss, totals.clean_fraction, speed, check.agreement, check.clean_change,
+                       check.stop, totals.samples)
+        )  # fmt: skip
+
+    def draw_order() -> list[int]:
+        if budget is None:
+            return epoch_order(len(dataset), generator)
+        return stratified_order(given, budget, n_classes, generator)
 
     return Phase(
         name="prompt-training",
@@ -306,7 +328,7 @@ def _prompt_phase(
         optimizer=optimizer,
         scheduler=scheduler,
         loss=loss_step,
-        draw_order=lambda: epoch_order(len(dataset), generator),
+        draw_order=draw_order,
         state=lambda: {
             "trainable": model.trainable_state(),
             "history": json.dumps([dataclasses.asdict(h) for h in history]),
@@ -316,7 +338,42 @@ def _prompt_phase(
         metrics=("loss", "clean"),
         grad_clip=grad_clip,
         parameters=model.trainable_parameters(),
+        epoch_size=min(budget, len(dataset)) if budget is not None else None,
+        finished=lambda: bool(history) and history[-1].stop != "",
     )
+
+
+def watcher(
+    model: DeftModel, listing: Listing, control: TrainControl, *, clean_rule: str, **loader: Any
+) -> Callable[[], tuple[np.ndarray, np.ndarray]] | None:
+    """The monitor's eyes: a function that scores ``control.monitor.watch`` in eval mode and returns their
+    positive-prompt top-1 and dual-prompt clean flags ([M] each); None without a monitor."""
+    monitor = control.monitor
+    if monitor is None:
+        return None
+
+    def look() -> tuple[np.ndarray, np.ndarray]:
+        model.eval()  # the engine puts the model back in train mode at the next epoch's start
+        scale = float(model.scale())
+        with torch.no_grad(), amp_for(loader["device"]).autocast():
+            text = model.text_features()
+        positive_text, negative_text = text.positive.float(), text.negative.float()
+
+        def batch_fn(images: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+            features = model.image_features(images).float()  # [B, E]
+            positive, negative = features @ positive_text.t(), features @ negative_text.t()  # [B, K]
+            rows = torch.arange(labels.shape[0], device=labels.device)
+            p_yes = torch.sigmoid(scale * (positive[rows, labels] - negative[rows, labels]))
+            predicted = positive.argmax(dim=1)
+            return {"predicted": predicted, "clean": dual_prompt_clean(p_yes, predicted, labels, clean_rule)}
+
+        arrays, _ = eval_pass(
+            batch_fn, {"predicted": (), "clean": ()}, listing, rows=monitor.watch, ranks=control.ranks, **loader
+        )
+        predicted, clean = arrays["predicted"][monitor.watch], arrays["clean"][monitor.watch]
+        return np.nan_to_num(predicted, nan=-1).astype(np.int64), np.nan_to_num(clean, nan=0) > 0.5
+
+    return look
 
 
 def image_features(clip: nn.Module, listing: Listing, **loader: Any) -> tuple[np.ndarray, dict[int, str]]:

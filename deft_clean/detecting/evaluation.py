@@ -40,6 +40,7 @@ def eval_pass(
     cache: CachedImages | None = None,
     task: str | None = None,
     device_transforms: bool = False,
+    rows: np.ndarray | None = None,
 ) -> tuple[dict[str, np.ndarray], dict[int, str]]:
     """One eval-mode pass without augmentation over every sample of ``listing``.
 
@@ -48,11 +49,12 @@ def eval_pass(
     (NaN for unusable files) and the failures (sample index -> status). ``stop`` is checked after each
     batch; with several ``ranks`` each handles samples ``rank::world`` and every rank gets the merged arrays.
     ``task`` names the pass on the progress display (default: the scoring pass). With ``device_transforms``
-    batches travel as uint8 and are normalised on ``device`` (:mod:`deft_clean.accel`).
+    batches travel as uint8 and are normalised on ``device`` (:mod:`deft_clean.accel`). ``rows``: only these.
     """
     from ..inputs.accel import DeviceTransform, uint8_transform
 
     on_device = DeviceTransform(mean, std, train=False)
+    visited = np.arange(len(listing)) if rows is None else np.asarray(rows, dtype=np.int64)
     dataset = ImageDataset(
         listing.root,
         listing.paths,
@@ -60,7 +62,7 @@ def eval_pass(
         uint8_transform(image_size) if device_transforms else eval_transform(image_size, mean, std),
         image_size=image_size,
         blank_dtype=torch.uint8 if device_transforms else torch.float32,
-        indices=np.arange(ranks.rank, len(listing), ranks.world) if ranks.active else None,
+        indices=visited[ranks.rank :: ranks.world] if ranks.active else visited,
         cache=cache,
         images=listing.images,
     )
@@ -73,9 +75,9 @@ def eval_pass(
     autocast = amp_for(device).autocast
     if progress is not None:
         if task is None:
-            progress.start_scoring(n)
+            progress.start_scoring(len(visited))
         else:
-            progress.start_task(task, n)
+            progress.start_task(task, len(visited))
     for images, labels, indices, batch_status in loader:
         idx = indices.numpy()
         for i, s in zip(idx, batch_status, strict=True):

@@ -23,8 +23,15 @@ class DetectConfig:
     class_specific: bool = False  # one context per class (CoOp's CSC) instead of one shared context
     vpt_tokens: int = 20  # visual prompt tokens per layer (0 disables VPT)
     vpt_depth: int | None = None  # number of leading vision layers that get prompts; None = all
-    epochs: int = 10  # training epochs
+    epochs: int = 10  # training epochs at most (the paper's 10; early_stop may end sooner)
     warmup_epochs: int = 1  # epochs on given labels before clean/noisy selection starts
+    # Images one epoch trains on: "auto" = a stratified sample of min(N, max(IMAGES_PER_CLASS x K,
+    # MIN_EPOCH_IMAGES)) rows, redrawn each epoch (cost stops growing with N); "all" = every row (the paper);
+    # or a number of rows.
+    images_per_epoch: int | str = "auto"
+    # stop training when the learned prompts' clean set stops moving (see detecting.monitor); a collapse
+    # (learned prompts leave the labels zero-shot confirms) always stops at once
+    early_stop: bool = True
     batch_size: int = 64  # training batch size
     lr: float = 0.03  # SGD learning rate (cosine schedule per step)
     momentum: float = 0.9  # SGD momentum
@@ -44,7 +51,8 @@ class DetectConfig:
     hflip: bool = True  # random horizontal flips in training (turn off for digits, text, ...)
     seed: int = 0  # seeds prompt init, shuffling, augmentation and complementary labels
     device: str = "auto"  # "auto", "cpu", "cuda" or "cuda:N"
-    num_workers: int | None = None  # DataLoader workers; None = min(8, CPU count), 0 = main process
+    num_workers: int | None = None  # DataLoader workers; None = fits the usable cores (run.cores), 0 = main process
+    threads: int | None = None  # torch intra-op threads; None = the usable cores minus the workers
     cache: str | None = None  # decoded-image cache folder (see deft_clean.inputs.cache); None = decode every epoch
     # uint8 batches cropped, flipped and normalised on the device (deft_clean.inputs.accel); None = on for CUDA
     device_transforms: bool | None = None
@@ -83,6 +91,22 @@ class DetectConfig:
             raise UsageError(f"{option('selection', 'deft')} needs trained prompts; drop {option('quick', True)}")
         if self.clean_rule not in CLEAN_RULES:
             raise UsageError(f"{option('clean_rule')} must be one of {', '.join(CLEAN_RULES)}, got {self.clean_rule!r}")
+        check_images_per_epoch(self.images_per_epoch)
+        if isinstance(self.images_per_epoch, str) and self.images_per_epoch.isdigit():
+            object.__setattr__(self, "images_per_epoch", int(self.images_per_epoch))  # "5000" from the CLI
+        if self.threads is not None:
+            check_counts(threads=(self.threads, 4096))
+
+
+def check_images_per_epoch(value: int | str) -> None:
+    """``images_per_epoch`` is "auto", "all" or a whole number of at least 1 (a numeric string too)."""
+    from .errors import UsageError, option
+
+    if isinstance(value, str) and (value in ("auto", "all") or value.isdigit() and int(value) >= 1):
+        return
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+        return
+    raise UsageError(f"{option('images_per_epoch')} must be auto, all or a number of images (>= 1), got {value!r}")
 
 
 def check_numbers(**values: tuple[float | None, float]) -> None:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -98,11 +97,14 @@ def epoch_order(n: int, generator: torch.Generator) -> list[int]:
     return torch.randperm(n, generator=generator).tolist()
 
 
-def resolve_workers(num_workers: int | None) -> int:
+def resolve_workers(num_workers: int | None, threads: int | None = None) -> int:
+    """DataLoader workers: as given, or what fits the usable cores beside ``threads`` (see run.cores)."""
     from .config import check_workers
+    from .cores import plan_cpu
 
     check_workers(num_workers)
-    return min(8, os.cpu_count() or 1) if num_workers is None else num_workers
+
+    return plan_cpu(num_workers, threads)[0]
 
 
 class EpochSums:
@@ -217,7 +219,7 @@ class EpochTotals:
     loss: float  # mean loss per sample
     clean_fraction: float  # fraction of the samples the loss step called clean (0 when it says nothing)
     seconds: float
-    samples: int  # samples in the training dataset
+    samples: int  # samples the epoch visited (the epoch size)
 
 
 @dataclass
@@ -237,6 +239,8 @@ class Phase:
     metrics: tuple[str, ...] = ("loss",)  # running means shown on the progress display ("loss", "clean")
     grad_clip: float | None = None  # max gradient norm (unscaled); None = no clipping
     parameters: list[nn.Parameter] | None = None  # the ones clipped; None = every parameter that requires grad
+    epoch_size: int | None = None  # positions ``draw_order`` returns per epoch; None = the whole dataset
+    finished: Callable[[], bool] | None = None  # checked before each epoch: True ends training early
 
 
 @dataclass
@@ -268,7 +272,8 @@ class _Loop:
         self.phase, self.run = phase, run
         self.amp = amp_for(run.device)
         self.scaler = self.amp.scaler()
-        self.steps = steps_per_epoch(len(phase.dataset), run.batch_size, run.ranks)
+        self.epoch_size = phase.epoch_size or len(phase.dataset)
+        self.steps = steps_per_epoch(self.epoch_size, run.batch_size, run.ranks)
         self.parameters = phase.parameters or [p for p in phase.model.parameters() if p.requires_grad]
         self.start_epoch, self.skip_steps = 0, 0
         self.sums = EpochSums(run.device)
@@ -366,7 +371,7 @@ class _Loop:
         if self.skip_steps == 0:
             self.sums = EpochSums(run.device)
         if run.progress is not None:
-            run.progress.start_epoch(epoch + 1, run.epochs, len(phase.dataset))
+            run.progress.start_epoch(epoch + 1, run.epochs, self.epoch_size)
             if self.skip_steps:
                 run.progress.advance(min(self.skip_steps * run.batch_size, len(order)))
         for images, labels, _, status in self.loader:
@@ -378,7 +383,7 @@ class _Loop:
         totals = self.sums.values()
         loss, clean, seen = run.ranks.sum([totals["loss"], totals["clean"], totals["seen"]], run.device)
         seen = max(seen, 1)
-        phase.end_epoch(EpochTotals(epoch + 1, loss / seen, clean / seen, elapsed, len(phase.dataset)))
+        phase.end_epoch(EpochTotals(epoch + 1, loss / seen, clean / seen, elapsed, self.epoch_size))
         self.save(self.snapshot(epoch + 1, 0, run.generator.get_state()))
         if run.stop is not None:
             if run.ranks.any(run.stop.requested, run.device):
@@ -396,4 +401,6 @@ def fit(phase: Phase, run: Run) -> None:
     """
     loop = _Loop(phase, run)
     for epoch in range(loop.start_epoch, run.epochs):
+        if phase.finished is not None and phase.finished():
+            break  # early stop (also when resuming a run that had stopped: its last checkpoint says so)
         loop.epoch(epoch)

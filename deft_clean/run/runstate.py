@@ -21,7 +21,7 @@ from typing import Any
 from .errors import DataError, UsageError
 from .files import write_atomic
 
-VOLATILE_OPTIONS = ("device", "num_workers", "cache", "device_transforms", "compile")  # may change on resume
+VOLATILE_OPTIONS = ("device", "num_workers", "threads", "cache", "device_transforms", "compile")  # may change on resume
 
 
 class Interrupted(BaseException):

@@ -1,0 +1,204 @@
+"""What a detect costs: default detect, ``--quick`` and the cleanlab pipeline at 1k / 10k / 100k images (CPU,
+tiny CLIP), with the F1 of each, and a projection of ViT-B-16 at 1M images on a GPU from measured rates.
+
+Images: MNIST digit PNGs shifted by up to 2 px with 20% symmetric noise, written once by
+``scale.write_digit_folder`` (the same data as scale.py's end-to-end run). Each case runs in a fresh
+subprocess with the library's defaults (threads and workers chosen by ``deft_clean.run.cores``):
+  default   ``deft_clean.detect(folder)`` (prompt training with the epoch budget and early stop),
+  quick     ``deft_clean.detect(folder, quick=True)``,
+  paper     ``deft_clean.detect(folder, epochs=10, images_per_epoch="all", early_stop=False)`` (the schedule
+            before issue 29; only where ``--paper`` lists the size),
+  cleanlab  model loading + the frozen feature pass + scale.py's 5-fold LogisticRegression probe +
+            ``cleanlab.filter.find_label_issues``.
+The GPU projection multiplies the images each step visits by img/s measured on an H100
+(benchmarks/results/speed_cuda_after.json: ViT-B-16 training epoch and scoring pass) and adds the selection
+seconds measured on CPU (scale.json); it is arithmetic on measured rates, not a GPU run.
+
+    python benchmarks/cost.py                                # 1k, 10k, 100k (long on a shared 2-core CPU)
+    python benchmarks/cost.py --sizes 1000,10000 --methods default,quick,cleanlab
+
+Results accumulate in benchmarks/results/cost.json (keyed by size and method) and are rendered to cost.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+METHODS = ("default", "quick", "cleanlab", "paper")
+GPU_ROWS, GPU_CLASSES = 1_000_000, 1000  # the projected case: an ImageNet-sized dataset
+
+
+def flagged_truth(frame: Any, truth: dict[str, int]) -> tuple[np.ndarray, np.ndarray]:
+    from quality import CLASSES
+
+    noisy = np.array([CLASSES[truth[p]] != label for p, label in zip(frame["path"], frame["label"], strict=True)])
+    return ~frame["is_clean"].to_numpy(dtype=bool), noisy
+
+
+def run_method(method: str, rows: int, work: Path) -> dict[str, Any]:
+    """One case in this process: seconds (the call, model loading included) and F1 of the flags."""
+    import quality
+    import scale
+
+    import deft_clean
+
+    config, checkpoint = quality.build_foundation(work)
+    folder, truth = scale.write_digit_folder(work / f"digits-{rows}", rows)
+    common = {"model": str(config), "pretrained": str(checkpoint), "device": "cpu", "quiet": True, "seed": 0}
+    started = time.perf_counter()
+    if method == "cleanlab":
+        return cleanlab_case(folder, truth, common, started)
+    options = {"quick": {"quick": True}, "paper": {"epochs": 10, "images_per_epoch": "all", "early_stop": False}}
+    result = deft_clean.detect(folder, **common, **options.get(method, {}))
+    seconds = time.perf_counter() - started
+    flagged, noisy = flagged_truth(result.frame, truth)
+    return {
+        "seconds": seconds, "f1": scale.flag_f1(flagged, noisy), "epochs": len(result.history),
+        "images_trained": int(sum(h["images"] for h in result.history)),
+        "stop": result.history[-1]["stop"] if result.history else "", "text_evidence": result.metadata["text_evidence"],
+        "warnings": result.metadata["warnings"],
+    }  # fmt: skip
+
+
+def cleanlab_case(folder: Path, truth: dict[str, int], common: dict[str, Any], started: float) -> dict[str, Any]:
+    import scale
+    import torch
+    from quality import CLASSES
+
+    from deft_clean.detecting.detector import image_features
+    from deft_clean.inputs.listing import list_dataset
+    from deft_clean.run.backbone import load_clip
+    from deft_clean.run.cores import plan_cpu, torch_threads
+
+    workers, threads = plan_cpu(None, None)
+    with torch_threads(threads):
+        listing = list_dataset(folder)
+        loaded = load_clip(common["model"], common["pretrained"], device=torch.device("cpu"), quiet=True)
+        features, _ = image_features(
+            loaded.model, listing, batch_size=128, image_size=loaded.image_size, mean=loaded.mean, std=loaded.std,
+            device=torch.device("cpu"), num_workers=workers,
+        )  # fmt: skip
+        features_seconds = time.perf_counter() - started
+        issues = scale.cleanlab_pipeline(features, listing.label_indices, seed=0)
+    seconds = time.perf_counter() - started
+    noisy = np.array([CLASSES[truth[p]] != label for p, label in zip(listing.paths, listing.labels, strict=True)])
+    return {"seconds": seconds, "features_seconds": features_seconds, "f1": scale.flag_f1(issues, noisy)}
+
+
+def gpu_projection(results: dict[str, Any]) -> list[str]:
+    """ViT-B-16 at 1M images x 1,000 classes on an H100, from measured rates (see the module docstring)."""
+    from deft_clean.detecting.monitor import IMAGES_PER_CLASS, MIN_EPOCH_IMAGES, WATCH_PER_CLASS, WATCH_ROWS
+
+    speed = json.loads((ROOT / "benchmarks" / "results" / "speed_cuda_after.json").read_text())
+    row = next(r for r in speed["throughput"] if r["model"] == "ViT-B-16")
+    train, score = float(row["epoch_img_s"]), float(row["scoring_img_s"])
+    scale_file = ROOT / "benchmarks" / "results" / "scale.json"
+    selection = json.loads(scale_file.read_text()).get("selection", {}) if scale_file.is_file() else {}
+    sel_1m = selection.get("1000000x100", {}).get("seconds", float("nan"))
+    sel_100k = selection.get("100000x1000", {}).get("seconds", float("nan"))
+    sel = max(sel_1m, 10 * sel_100k)  # 1M x 1,000 is not measured: 10x the 100k x 1,000 case, at least 1M x 100
+    budget = max(IMAGES_PER_CLASS * GPU_CLASSES, MIN_EPOCH_IMAGES)
+    watch = max(WATCH_ROWS, WATCH_PER_CLASS * GPU_CLASSES)
+    passes = GPU_ROWS / score  # the frozen feature pass, at the scoring rate (an upper bound: no VPT tokens)
+    quick = passes + sel
+    paper = passes + 10 * GPU_ROWS / train + GPU_ROWS / score + sel
+    new_max = passes + 10 * (budget / train + watch / score) + GPU_ROWS / score + sel
+    new_half = passes + 5 * (budget / train + watch / score) + GPU_ROWS / score + sel
+    hours = lambda s: f"{s / 3600:.2f} h"  # noqa: E731
+    return [
+        "", f"## Projection: ViT-B-16, {GPU_ROWS:,} images x {GPU_CLASSES:,} classes, one H100 (no GPU run)", "",
+        f"Rates measured on an H100 (speed_cuda_after.json): training epoch {train:.0f} img/s, scoring pass "
+        f"{score:.0f} img/s; selection {sel:.0f} s (CPU, scale.json: max of 1M x 100 and 10x 100k x 1,000). "
+        f"The epoch budget at 1,000 classes is {budget:,} images; the monitor scores {watch:,} rows an epoch.", "",
+        "| run | what it does | projected |", "|---|---|---|",
+        f"| --quick | feature pass + selection | {hours(quick)} |",
+        f"| default, 10 epochs (no early stop) | + 10 x {budget:,} training images + scoring pass | {hours(new_max)} |",
+        f"| default, early stop at 5 epochs | + 5 x {budget:,} training images + scoring pass | {hours(new_half)} |",
+        f"| before issue 29 (paper schedule) | + 10 x {GPU_ROWS:,} training images + scoring pass | {hours(paper)} |",
+        "", "The cleanlab pipeline at 1M x 1,000 was not projected: its scikit-learn probe is not measured there "
+        "(100k x 100 took ~117 s on CPU).",
+    ]  # fmt: skip
+
+
+def render(results: dict[str, Any]) -> str:
+    meta = results.get("meta", {})
+    lines = [
+        "# Cost of a detect: default vs --quick vs the cleanlab pipeline (CPU, tiny CLIP)", "",
+        f"Generated by `benchmarks/cost.py` ({meta.get('machine', '')}; library defaults for threads and workers; "
+        "other jobs shared the 2 cores, so times are upper bounds and only ratios measured in the same hour "
+        "compare). Digit PNGs, 20% symmetric noise, 10 classes; seconds include model loading.", "",
+        "| images | method | seconds | x --quick | noisy F1 | epochs (stop) | images trained |",
+        "|---|---|---|---|---|---|---|",
+    ]  # fmt: skip
+    for size in sorted(results.get("cases", {}), key=int):
+        cases = results["cases"][size]
+        quick = cases.get("quick", {}).get("seconds")
+        for method in METHODS:
+            r = cases.get(method)
+            if r is None:
+                continue
+            if "error" in r:
+                lines.append(f"| {int(size):,} | {method} | error: {r['error']} |")
+                continue
+            ratio = f"{r['seconds'] / quick:.2f}" if quick else "-"
+            epochs = f"{r['epochs']} ({r['stop'] or 'limit'})" if "epochs" in r and r["epochs"] else "-"
+            lines.append(
+                f"| {int(size):,} | {method} | {r['seconds']:.1f} | {ratio} | {r['f1']:.3f} | {epochs} | "
+                f"{r.get('images_trained', '-')} |"
+            )
+    lines += gpu_projection(results)
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", default="1000,10000,100000")
+    parser.add_argument("--methods", default="default,quick,cleanlab")
+    parser.add_argument("--paper", default="1000,10000", help="sizes that also run the pre-issue-29 schedule")
+    parser.add_argument("--work-dir", type=Path, default=ROOT / "benchmarks" / ".work")
+    parser.add_argument("--out-dir", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--render", action="store_true", help="only re-render cost.md from cost.json")
+    parser.add_argument("--case", help=argparse.SUPPRESS)  # internal: METHOD:ROWS, prints its JSON
+    args = parser.parse_args(argv)
+    if args.case:
+        method, rows = args.case.split(":")
+        print(json.dumps(run_method(method, int(rows), args.work_dir)))
+        return
+    store = args.out_dir / "cost.json"
+    results = json.loads(store.read_text()) if store.is_file() else {}
+    results["meta"] = {"machine": f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs"}
+    paper = set(filter(None, args.paper.split(",")))
+    for size in filter(None, args.sizes.split(",")):
+        methods = [m for m in args.methods.split(",") if m != "paper"] + (["paper"] if size in paper else [])
+        for method in methods if not args.render else []:
+            print(f"{size} {method} ...", flush=True)
+            env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "benchmarks")])}
+            command = [sys.executable, str(Path(__file__).resolve()), "--case", f"{method}:{size}",
+                       "--work-dir", str(args.work_dir)]  # fmt: skip
+            done = subprocess.run(command, capture_output=True, text=True, env=env)
+            record = (json.loads(done.stdout.strip().splitlines()[-1]) if done.returncode == 0
+                      else {"error": done.stderr.strip().splitlines()[-1:]})  # fmt: skip
+            print(f"  {json.dumps(record)[:300]}", flush=True)
+            results = {**(json.loads(store.read_text()) if store.is_file() else results), "meta": results["meta"]}
+            results.setdefault("cases", {}).setdefault(size, {})[method] = record
+            store.write_text(json.dumps(results, indent=1))
+    (args.out_dir / "cost.md").write_text(render(results))
+    print((args.out_dir / "cost.md").read_text())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,134 @@
+"""Prompt training that stops when it has learned: an image budget per epoch, and a judgement every epoch.
+
+The prompts are a few thousand numbers shared by K classes: they need every class covered each epoch, not
+every image. ``images_per_epoch="auto"`` trains each epoch on a fresh stratified sample of
+``min(N, max(IMAGES_PER_CLASS * K, MIN_EPOCH_IMAGES))`` rows, so the cost of prompt training stops growing
+with N once the classes are covered (datasets below the budget train on every row, as before).
+
+After every epoch :class:`TrainingMonitor` scores a fixed stratified set of ``WATCH_ROWS`` rows in eval mode:
+  agreement     the positive prompts' top-1 equals the label on rows where zero-shot does (the seed rows);
+                below ``MIN_PROMPT_AGREEMENT`` and no higher than the epoch before, the prompts collapsed:
+                training stops at once and says so (at epoch 2 at the latest for prompts collapsed from the start);
+  clean change  the share of watched rows whose dual-prompt clean flag changed during the epoch;
+                when it stays below ``STILL_CHANGE`` and the agreement moves less than ``STILL_AGREEMENT``
+                (both after the warm-up), nothing is being learned any more and training stops early.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .selection import MIN_PROMPT_AGREEMENT
+
+IMAGES_PER_CLASS = 50  # auto budget: rows per class and epoch
+MIN_EPOCH_IMAGES = 1024  # auto budget: rows per epoch at least (smaller datasets: every row)
+WATCH_ROWS, WATCH_PER_CLASS = 512, 4  # rows scored after every epoch: max(these, 4 a class), at most N
+STILL_CHANGE = 0.06  # watched rows whose clean flag changed in an epoch, below which the set stands still
+STILL_AGREEMENT = 0.02  # agreement moving less than this (absolute) between epochs: no progress either
+STOP_COLLAPSE, STOP_STILL = "collapse", "still"  # EpochStats.stop: why training ended after this epoch
+
+
+def epoch_budget(images_per_epoch: int | str, labels: np.ndarray, n_classes: int) -> int | None:
+    """Rows one epoch trains on; None = every row (``"all"``, or a budget at least N)."""
+    n = len(labels)
+    if images_per_epoch == "all":
+        return None
+    if images_per_epoch == "auto":
+        budget = max(IMAGES_PER_CLASS * n_classes, MIN_EPOCH_IMAGES)
+    else:
+        budget = int(images_per_epoch)
+    return None if budget >= n else budget
+
+
+def stratified_order(labels: np.ndarray, budget: int, n_classes: int, generator: torch.Generator) -> list[int]:
+    """A random order of ~``budget`` rows, each class sampled in proportion to its size but at least
+    ``min(its rows, budget / 2K)`` rows (rare classes stay covered). Drawn from ``generator`` only, so a
+    resumed run redraws the same sample."""
+    n = len(labels)
+    perm = torch.randperm(n, generator=generator).numpy()  # [N]
+    counts = np.bincount(labels, minlength=n_classes)  # [K]
+    quota = np.maximum(np.ceil(budget * counts / max(n, 1)), budget // (2 * max(n_classes, 1)))
+    quota = np.minimum(quota, counts).astype(np.int64)
+    drawn = labels[perm]  # [N] class of each drawn position
+    grouped = np.argsort(drawn, kind="stable")  # positions grouped by class, random order inside a class
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])  # [K]
+    rank = np.empty(n, dtype=np.int64)
+    rank[grouped] = np.arange(n) - starts[drawn[grouped]]  # [N] rank of each position within its class
+    keep = np.flatnonzero(rank < quota[drawn])  # positions in draw order
+    return perm[keep].tolist()
+
+
+@dataclass
+class EpochCheck:
+    """What the monitor found in one epoch (stored in detector.EpochStats)."""
+
+    agreement: float | None  # learned top-1 == label on seed rows (None: no seed row seen)
+    clean_change: float | None  # clean flags changed since the rows' last visit (None: none seen before)
+    stop: str  # "" (go on), STOP_COLLAPSE or STOP_STILL
+
+
+def collapsed(agreement: float | None, previous: EpochCheck | None) -> bool:
+    """Below ``MIN_PROMPT_AGREEMENT`` and not recovering: the epoch before was no better. The first epoch is
+    never judged alone: its running agreement includes the first batches of prompts that start random."""
+    if agreement is None or agreement >= MIN_PROMPT_AGREEMENT or previous is None or previous.agreement is None:
+        return False
+    return agreement <= previous.agreement
+
+
+class TrainingMonitor:
+    """Judges each finished epoch on a fixed, stratified set of watched rows, scored in eval mode.
+
+    ``labels`` [N] are the given labels, ``usable`` bool [N]; ``anchor`` (bool [N]) marks the rows whose
+    zero-shot prediction equals the label (None: no judgement of collapse). The training passes cannot be
+    used for this: their random crops and flips (digits flipped are other digits) put the prompts' agreement
+    at ~50% where an eval pass of the same prompts gives >80%. With ``early_stop`` off, only a collapse stops
+    training.
+    """
+
+    def __init__(
+        self, labels: np.ndarray, usable: np.ndarray, anchor: np.ndarray | None, *, warmup_epochs: int,
+        early_stop: bool, seed: int,
+    ) -> None:  # fmt: skip
+        self.labels, self.anchor = labels, anchor
+        self.warmup_epochs, self.early_stop = warmup_epochs, early_stop
+        n_classes = int(labels.max()) + 1 if len(labels) else 1
+        rows = np.flatnonzero(usable)
+        size = max(WATCH_PER_CLASS * n_classes, WATCH_ROWS)
+        if size < len(rows):
+            order = stratified_order(labels[rows], size, n_classes, torch.Generator().manual_seed(seed))
+            rows = np.sort(rows[order])
+        self.watch = rows  # int64 [M] listing rows scored after every epoch
+        self.last_clean: np.ndarray | None = None  # bool [M] their clean flags after the last epoch
+
+    def judge(self, epoch: int, previous: EpochCheck | None, predicted: np.ndarray, clean: np.ndarray) -> EpochCheck:
+        """Judge the finished ``epoch`` (1-based) from the watched rows' positive-prompt top-1 and dual-prompt
+        clean flag (both [M], aligned with ``watch``); ``previous`` is the last epoch's check."""
+        agreement = None
+        if self.anchor is not None:
+            on_anchor = self.anchor[self.watch]
+            if on_anchor.any():
+                agreement = float(np.mean(predicted[on_anchor] == self.labels[self.watch][on_anchor]))
+        change = None if self.last_clean is None else float(np.mean(self.last_clean != clean))
+        self.last_clean = clean.copy()
+        stop = ""
+        if collapsed(agreement, previous):
+            stop = STOP_COLLAPSE
+        elif self.early_stop and epoch > self.warmup_epochs and previous is not None:
+            steady = (
+                agreement is None or previous.agreement is None or abs(agreement - previous.agreement) < STILL_AGREEMENT
+            )
+            if change is not None and change < STILL_CHANGE and steady:
+                stop = STOP_STILL
+        return EpochCheck(agreement, change, stop)
+
+
+def agreement_line(epoch: int, agreement: float) -> str:
+    """The warning of a collapse found during training."""
+    return (
+        f"the learned prompts collapsed in epoch {epoch} (they agree with only {100 * agreement:.0f}% of the "
+        "labels that zero-shot prompts confirm); training stopped there and zero-shot prompts were used "
+        "instead (try a lower lr or --ctx-init)"
+    )

@@ -1,0 +1,113 @@
+"""Prompt training that stops when it has learned: epoch budget, per-epoch judgement, threads that fit."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import deft_clean
+from deft_clean.detecting import monitor as monitor_module
+from deft_clean.detecting.monitor import TrainingMonitor, epoch_budget, stratified_order
+from deft_clean.run.config import DetectConfig
+from deft_clean.run.cores import cgroup_cores, plan_cpu
+from deft_clean.run.errors import UsageError
+
+from .test_detect_shift import defaults, pair_shifted  # noqa: F401  (fixture)
+
+
+def test_a_collapse_stops_training_at_once_and_says_so(tiny_clip, pair_shifted, monkeypatch):  # noqa: F811
+    """Forced collapse: the learned prompts predict class 0 for every row from the first batch on."""
+    real = TrainingMonitor.judge
+
+    def collapsed(self, epoch, previous, predicted, clean):
+        return real(self, epoch, previous, np.zeros_like(predicted), clean)
+
+    monkeypatch.setattr(TrainingMonitor, "judge", collapsed)
+    result = deft_clean.detect(pair_shifted.root, **defaults(tiny_clip))  # 10 epochs at most
+    assert len(result.history) <= 2
+    assert result.history[-1]["stop"] == "collapse"
+    assert result.metadata["text_evidence"] == "zero-shot"
+    lines = [line for line in result.metadata["warnings"] if "collapsed" in line]
+    assert len(lines) == 1 and "training stopped" in lines[0] and "epoch 2" in lines[0], lines
+    assert result.frame["sim_pos"].isna().all()  # no scoring pass for dropped prompts
+
+
+def test_the_papers_schedule_stays_available(tiny_clip, pair_shifted):  # noqa: F811
+    options = {**tiny_clip.options(epochs=3), "early_stop": False, "images_per_epoch": "all"}
+    result = deft_clean.detect(pair_shifted.root, **options)
+    assert [h["epoch"] for h in result.history] == [1, 2, 3]
+    assert all(h["stop"] == "" for h in result.history)
+    assert all(h["images"] == len(result.frame) for h in result.history)
+    assert all(h["agreement"] is not None and 0 <= h["agreement"] <= 1 for h in result.history)
+    assert result.history[-1]["clean_change"] is not None
+
+
+def test_a_budget_trains_each_epoch_on_a_stratified_sample(tiny_clip, pair_shifted):  # noqa: F811
+    options = {**tiny_clip.options(epochs=2), "early_stop": False, "images_per_epoch": 100}
+    result = deft_clean.detect(pair_shifted.root, **options)
+    assert [h["images"] for h in result.history] == [100, 100]
+
+
+def test_stratified_order_covers_every_class_and_redraws_the_same_from_a_seed():
+    labels = np.repeat(np.arange(5), [1000, 500, 100, 10, 2])
+    order = stratified_order(labels, 300, 5, torch.Generator().manual_seed(0))
+    counts = np.bincount(labels[order], minlength=5)
+    assert 280 <= len(order) <= 340 and len(set(order)) == len(order)
+    assert counts[4] == 2 and counts[3] == 10 and counts[2] >= 30  # rare classes covered
+    assert counts[0] > counts[1] > counts[2]  # otherwise in proportion
+    again = stratified_order(labels, 300, 5, torch.Generator().manual_seed(0))
+    assert order == again
+    assert order != stratified_order(labels, 300, 5, torch.Generator().manual_seed(1))
+
+
+def test_epoch_budget():
+    labels = np.arange(100_000) % 10
+    assert epoch_budget("all", labels, 10) is None
+    assert epoch_budget("auto", labels[:1000], 10) is None  # a small dataset trains on every row
+    assert epoch_budget("auto", labels, 10) == max(
+        monitor_module.IMAGES_PER_CLASS * 10, monitor_module.MIN_EPOCH_IMAGES
+    )
+    assert epoch_budget("auto", np.arange(300_000) % 1000, 1000) == monitor_module.IMAGES_PER_CLASS * 1000
+    assert epoch_budget(5000, labels, 10) == 5000
+    assert DetectConfig(images_per_epoch="5000").images_per_epoch == 5000
+    for bad in ("some", 0, -3, "1.5", True):
+        with pytest.raises(UsageError, match="images_per_epoch"):
+            DetectConfig(images_per_epoch=bad)
+
+
+def test_nothing_moving_stops_after_the_warmup():
+    labels = np.arange(4000) % 10
+    usable = np.ones(4000, dtype=bool)
+    judge = TrainingMonitor(labels, usable, usable, warmup_epochs=1, early_stop=True, seed=0)
+    assert 512 <= len(judge.watch) <= 530 and np.bincount(labels[judge.watch]).min() >= 50  # stratified
+    m = len(judge.watch)
+    right, clean = labels[judge.watch], np.ones(m, dtype=bool)
+    checks = []
+    for epoch in (1, 2, 3):
+        checks.append(judge.judge(epoch, checks[-1] if checks else None, right, clean))
+    assert [c.stop for c in checks] == ["", "still", "still"]
+    assert checks[1].clean_change == 0.0 and checks[1].agreement == 1.0
+    patient = TrainingMonitor(labels, usable, usable, warmup_epochs=1, early_stop=False, seed=0)
+    first = patient.judge(1, None, right, clean)
+    assert patient.judge(2, first, right, clean).stop == ""  # the paper's schedule: no early stop
+    wrong = np.zeros(m, dtype=np.int64)
+    down = patient.judge(3, patient.judge(2, first, wrong, clean), wrong, clean)
+    assert down.stop == "collapse"  # a collapse stops even then
+
+
+def test_threads_and_workers_fit_the_cores(tmp_path):
+    assert plan_cpu(None, None, cores=2) == (0, 2)
+    assert plan_cpu(None, None, cores=1) == (0, 1)
+    assert plan_cpu(None, None, cores=16) == (8, 8)
+    assert plan_cpu(None, None, cores=6) == (3, 3)
+    assert plan_cpu(2, None, cores=2) == (2, 1)  # a given value is kept; the other fits around it
+    assert plan_cpu(None, 4, cores=16) == (8, 4)
+    assert plan_cpu(0, 3, cores=2) == (0, 3)
+    quota = tmp_path / "cpu.max"
+    quota.write_text("150000 100000\n")
+    assert cgroup_cores(quota) == 1.5
+    quota.write_text("max 100000\n")
+    assert cgroup_cores(quota) is None or cgroup_cores(quota) > 0  # v1 files may still give a quota
+    with pytest.raises(UsageError, match="threads"):
+        DetectConfig(threads=0)
