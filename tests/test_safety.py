@@ -485,6 +485,8 @@ def test_labels_with_escape_sequences_are_shown_escaped(review, tmp_path):
     evil = "\x1b]0;pwned\x07\x1b[31mred"
     frame.loc[frame.index[0], "label"] = evil
     frame.loc[frame.index[0], "path"] = f"{evil}.png"
+    metadata = {**metadata, "classes": [*metadata["classes"], evil]}  # label and index must agree
+    frame.loc[frame.index[0], "label_index"] = len(metadata["classes"]) - 1
     results = write_results(frame, metadata, tmp_path / "evil.parquet")
     result = runner.invoke(app, ["report", str(results)])
     assert result.exit_code == 0, result.output
@@ -538,7 +540,10 @@ def test_duplicate_paths_in_a_table_are_refused(small_folder):
 def test_export_with_a_very_long_label_is_one_line(review, tmp_path):
     frame, metadata = load_results(review.results)
     long = "x" * 10_000
-    frame["label"] = frame["label"].where(frame.index != frame[frame["is_clean"]].index[0], long)
+    row = frame[frame["is_clean"]].index[0]
+    frame.loc[row, "label"] = long
+    metadata = {**metadata, "classes": [*metadata["classes"], long]}  # label and index must agree
+    frame.loc[row, "label_index"] = len(metadata["classes"]) - 1
     results = write_results(frame, metadata, tmp_path / "long.parquet")
     result = runner.invoke(app, ["export", str(results), "--out", str(tmp_path / "out")])
     fails(result, 1, "too long", "--mode csv")

@@ -21,6 +21,7 @@ import errno
 import fcntl
 import os
 import shutil
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -316,9 +317,11 @@ def _new_shard(tmp: Path, shape: tuple[int, ...]) -> tuple[np.memmap, int]:
     this process lives, so that :func:`_remove_stale_shards` knows a killed writer's.
     """
     try:
-        pixels = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
-        fd = os.open(tmp, os.O_RDWR)
+        # Create and lock the file before mapping it: another rank's stale-shard sweep must never see it unlocked.
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666)
         try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            pixels = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
             try:
                 os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
             except OSError as exc:
@@ -326,7 +329,6 @@ def _new_shard(tmp: Path, shape: tuple[int, ...]) -> tuple[np.memmap, int]:
                     raise
                 if shutil.disk_usage(tmp.parent).free < os.fstat(fd).st_size:  # no fallocate here: check instead
                     raise OSError(errno.ENOSPC, "No space left on device") from None
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BaseException:
             os.close(fd)
             raise
@@ -335,6 +337,9 @@ def _new_shard(tmp: Path, shape: tuple[int, ...]) -> tuple[np.memmap, int]:
         raise_if_disk_full(exc, tmp)
         raise
     return pixels, fd
+
+
+STALE_SECONDS = 60  # a shard temporary untouched this long, with its lock free, was left by a killed writer
 
 
 def _remove_stale_shards(folder: Path) -> None:
@@ -349,7 +354,8 @@ def _remove_stale_shards(folder: Path) -> None:
         except OSError:
             continue  # a live writer's
         else:
-            path.unlink(missing_ok=True)
+            if time.time() - os.fstat(fd).st_mtime > STALE_SECONDS:  # a writer that is just starting is not stale
+                path.unlink(missing_ok=True)
         finally:
             os.close(fd)
 

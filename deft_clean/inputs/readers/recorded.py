@@ -9,6 +9,7 @@ bounded, root-checked read, so a row path from the results never opens a file ou
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -80,11 +81,13 @@ def checked_root(metadata: dict[str, Any], paths: Sequence[str], dataset: Any = 
             listed = set(relist(target, metadata).paths)
         except DeftCleanError as exc:
             raise DataError(f"cannot list the recorded dataset again to check the results' rows: {exc}") from None
-        stray = [p for p in paths if p not in listed]
+        stray = [p for p in paths if p not in listed and _present(root, str(p))]  # missing: the caller says
         where = f"the {spec.name} {target}"
     else:
         real_root = real(root)
-        stray = [p for p in paths if not _plain_image(root, real_root, str(p), IMAGE_EXTENSIONS)]
+        stray = [
+            p for p in paths if _present(root, str(p)) and not _plain_image(root, real_root, str(p), IMAGE_EXTENSIONS)
+        ]
         where = f"{root} as image files"
     if stray:
         raise DataError(
@@ -104,6 +107,14 @@ def _relist_target(spec: Any, dataset: Any) -> str | None:
     if spec.folder or spec.table:
         return spec.location or None
     return None
+
+
+def _present(root: Path, path: str) -> bool:
+    """Whether a row's file (or a link in its place) is there; a missing file is the caller's error to report."""
+    try:
+        return os.path.lexists(root / path)
+    except (OSError, ValueError):
+        return True
 
 
 def _plain_image(root: Path, real_root: Path, path: str, extensions: frozenset[str]) -> bool:
