@@ -112,3 +112,16 @@ def folder_rows(root: Path) -> list[dict]:
     """The images of an image folder as table rows: path relative to ``root``, label = class folder."""
     return [{"path": p.relative_to(root).as_posix(), "label": p.parent.name} for p in sorted(root.rglob("*.png"))]
 
+
+def collapse_prompts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make the learned prompts predict class 0 for every image (a collapse the detector must catch)."""
+    from deft_clean.detecting import detector
+
+    real = detector.score_samples
+
+    def collapsed(*args, **kwargs):
+        scores = real(*args, **kwargs)
+        scores.predicted_index[:] = 0
+        return scores
+
+    monkeypatch.setattr(detector, "score_samples", collapsed)

@@ -15,7 +15,7 @@ from deft_clean.detecting.evidence import estimated_issue_counts, flag_by_class
 from deft_clean.detecting.selection import class_warnings
 from tests import toy
 
-from .conftest import CLASSES, N_CLASSES, NoisyFolder
+from .conftest import CLASSES, N_CLASSES, NoisyFolder, collapse_prompts
 
 
 def washed_out(image: Image.Image, seed: int) -> Image.Image:
@@ -98,16 +98,7 @@ def test_huge_lr_is_caught_and_said(tiny_clip, pair_shifted, tmp_path):
 
 def test_collapsed_prompts_fall_back_to_zero_shot(tiny_clip, pair_shifted, monkeypatch):
     """Prompts that predict one class for everything are detected by their disagreement with zero-shot."""
-    from deft_clean.detecting import detector
-
-    real = detector.score_samples
-
-    def collapsed(*args, **kwargs):
-        scores = real(*args, **kwargs)
-        scores.predicted_index[:] = 0
-        return scores
-
-    monkeypatch.setattr(detector, "score_samples", collapsed)
+    collapse_prompts(monkeypatch)
     result = deft_clean.detect(pair_shifted.root, epochs=1, **defaults(tiny_clip))
     assert result.metadata["text_evidence"] == "zero-shot"
     assert any("collapsed" in line for line in result.metadata["warnings"])

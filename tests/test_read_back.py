@@ -24,7 +24,7 @@ from deft_clean.run.errors import DataError
 from deft_clean.run.runstate import Interrupted
 from tests import toy
 
-from .conftest import CLASSES, N_CLASSES, make_noisy_folder
+from .conftest import CLASSES, N_CLASSES, collapse_prompts, make_noisy_folder
 from .test_scale import interrupt_at
 
 runner = CliRunner()
@@ -48,16 +48,7 @@ def _detect(kind: str, tiny_clip, base: Path, monkeypatch) -> Path:
     if kind == "unusable":
         (folder / CLASSES[0] / "zz-broken.png").write_bytes(b"not a png")
     if kind == "collapsed":
-        from deft_clean.detecting import detector
-
-        real = detector.score_samples
-
-        def collapsed(*args, **kwargs):
-            scores = real(*args, **kwargs)
-            scores.predicted_index[:] = 0
-            return scores
-
-        monkeypatch.setattr(detector, "score_samples", collapsed)
+        collapse_prompts(monkeypatch)
     if kind == "resumed":
         with monkeypatch.context() as patch:
             interrupt_at(patch, "start_epoch", 2, signal.SIGINT)
