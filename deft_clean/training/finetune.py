@@ -284,6 +284,7 @@ def _train(
     plan = plan_rows(dataset, results, cfg, val, decisions)
     out_dir = Path(out)
     earlier = _check_out(out_dir, plan, cfg, _named_inputs(dataset, results, val, decisions, cfg, plan))
+    ranks.barrier()  # every rank has checked the folder before rank 0 writes its manifest there
     if ranks.is_main:
         _prepare_out(out_dir, earlier, cfg)
     device = device_for(ranks, resolve_device(cfg.device))
