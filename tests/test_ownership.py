@@ -120,6 +120,33 @@ def test_report_and_predict_never_replace_a_file_of_yours(review, trained, tmp_p
     assert tree(tmp_path) == before and tree(model) == model_before
 
 
+def test_overwrite_replaces_only_a_deft_clean_file_of_the_same_kind(review, trained, tmp_path):
+    """A report never replaces the results or predictions it sits beside; predict never replaces results."""
+    data, results, model = trained
+    predictions = tmp_path / "predictions.parquet"
+    base = ["predict", str(model), str(data), "--device", "cpu", "-q"]
+    assert runner.invoke(app, [*base, "--out", str(predictions)]).exit_code == 0
+    page = tmp_path / "page.html"
+    assert runner.invoke(app, ["report", str(review.results), "--html", str(page), "-q"]).exit_code == 0
+    table = tmp_path / "table.csv"
+    assert runner.invoke(app, ["export", str(review.results), "--out", str(table), "--mode", "csv"]).exit_code == 0
+    other = tmp_path / "other-results.parquet"
+    shutil.copyfile(review.results, other)
+    before = tree(tmp_path)
+    for target, kind in ((predictions, "predictions"), (other, "results"), (table, "export")):
+        args = ["report", str(review.results), "--html", str(target), "-q", "--overwrite"]
+        fails(runner.invoke(app, args), 2, f"holds deft-clean {kind}, not report")
+    for target in (other, page, table):
+        fails(runner.invoke(app, [*base, "--out", str(target), "--overwrite"]), 2, "not predictions")
+    for target in (predictions, other):
+        args = ["export", str(review.results), "--out", str(target), "--mode", "csv", "--overwrite"]
+        fails(runner.invoke(app, args), 2, "not export")
+    assert tree(tmp_path) == before
+    # the same kind is still replaced on request
+    assert runner.invoke(app, [*base, "--out", str(predictions), "--overwrite"]).exit_code == 0
+    assert runner.invoke(app, ["report", str(review.results), "--html", str(page), "-q", "--overwrite"]).exit_code == 0
+
+
 @pytest.mark.parametrize("extra", [(), ("--overwrite",), ("--resume",)])
 def test_train_never_writes_into_a_home_folder(trained, tmp_path, extra):
     home = fake_home(tmp_path)

@@ -238,7 +238,7 @@ def _check_outputs(
     if run_dir is None and out is not None:
         run_dir = Path(out).with_name(Path(out).name + ".run")
     outputs = [
-        Output(out, overwrite=overwrite) if out is not None else None,
+        Output(out, overwrite=overwrite, kind="results") if out is not None else None,
         Output(run_dir, "run_dir", folder=True, overwrite=True) if run_dir is not None else None,
         Output(save_arrays, "save_arrays", folder=True, overwrite=True, files=ARRAY_FILES) if save_arrays else None,
         Output(cfg.cache, "cache", folder=True, overwrite=True) if cfg.cache is not None else None,

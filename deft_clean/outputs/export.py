@@ -179,7 +179,8 @@ def _sources(
     inputs = [*named, *(root / str(p) for p in listed)]
     folder_source = Path(dataset).is_dir() if dataset is not None else spec.folder
     datasets = [root] if folder_source or mode != "csv" else []
-    check_outputs([Output(target, folder=mode != "csv", overwrite=overwrite)], inputs=inputs, datasets=datasets)
+    output = Output(target, folder=mode != "csv", overwrite=overwrite, kind="export")
+    check_outputs([output], inputs=inputs, datasets=datasets)
     missing = [p for p, s in zip(plan["path"], sources, strict=True) if not s.is_file()]
     if missing:
         raise DataError(

@@ -114,7 +114,7 @@ def _check_html_out(
         inputs.extend(root / str(p) for p in frame["path"])
     elif root is not None:
         datasets.append(root)
-    check_outputs([Output(html, "html", overwrite=overwrite)], inputs=inputs, datasets=datasets)
+    check_outputs([Output(html, "html", overwrite=overwrite, kind="report")], inputs=inputs, datasets=datasets)
 
 
 def read_metrics(model: str | os.PathLike[str] | None) -> dict[str, Any] | None:

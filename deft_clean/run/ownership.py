@@ -28,7 +28,9 @@ MAX_MANIFEST_BYTES = 256 << 20  # an export of a few million files; a bigger one
 HTML_MARKER = '<meta name="generator" content="deft-clean">'  # in the head of every HTML report
 # a --mode csv export's header line: the marker of a CSV table deft-clean wrote
 EXPORT_CSV_HEADER = "path,label,original_label,p_clean,relabelled"
-PARQUET_KEYS = (b"deft_clean", b"deft_clean_predict", b"deft_clean_export")  # results, predictions, exports
+# the Parquet metadata key of each kind of table deft-clean writes
+PARQUET_KINDS = {b"deft_clean": "results", b"deft_clean_predict": "predictions", b"deft_clean_export": "export"}
+PARQUET_KEYS = tuple(PARQUET_KINDS)
 
 
 def write_manifest(folder: str | os.PathLike[str], files: Iterable[str | PurePosixPath]) -> Path:
@@ -187,9 +189,13 @@ def check_folder_owned(
     return entries
 
 
-def check_file_owned(path: str | os.PathLike[str], *, option: str = "out", overwrite: bool = False) -> None:
+def check_file_owned(
+    path: str | os.PathLike[str], *, option: str = "out", overwrite: bool = False, kind: str | None = None
+) -> None:
     """Refuse to replace anything at ``path`` but a regular file with deft-clean's marker (and only with
-    ``overwrite``): a device, a FIFO, a folder, a link or a foreign file stays as it is."""
+    ``overwrite``): a device, a FIFO, a folder, a link or a foreign file stays as it is. With ``kind``
+    (``"results"``, ``"predictions"``, ``"export"``, ``"report"``) only a file of that kind is replaced: a
+    report never replaces the results or predictions it was asked to sit beside."""
     target = Path(path)
     try:
         mode = os.lstat(target).st_mode
@@ -198,40 +204,50 @@ def check_file_owned(path: str | os.PathLike[str], *, option: str = "out", overw
     if stat.S_ISDIR(mode):
         raise UsageError(f"{ref(option)} {path} is a folder; pass a file path")
     if not stat.S_ISREG(mode):
-        kind = "a symlink" if stat.S_ISLNK(mode) else "not a regular file (a device, a FIFO or a socket)"
-        raise UsageError(f"{ref(option)} {path} is {kind}; deft-clean never replaces it, choose another path")
-    if not written_by_deft_clean(target):
+        what = "a symlink" if stat.S_ISLNK(mode) else "not a regular file (a device, a FIFO or a socket)"
+        raise UsageError(f"{ref(option)} {path} is {what}; deft-clean never replaces it, choose another path")
+    found = written_kind(target)
+    if found is None:
         raise UsageError(
             f"{ref(option)} {path} exists and is not a file deft-clean wrote; deft-clean never replaces it, "
             "choose another path"
+        )
+    if kind is not None and found != kind:
+        raise UsageError(
+            f"{ref(option)} {path} holds deft-clean {found}, not {kind}; deft-clean replaces a file only with "
+            "one of the same kind, choose another path"
         )
     if not overwrite:
         raise UsageError(f"{ref(option)} {path} exists; pass {ref('overwrite', True)} to replace it")
 
 
-def written_by_deft_clean(path: Path) -> bool:
-    """True when regular file ``path`` carries deft-clean's marker: Parquet metadata, the HTML generator tag,
-    the export CSV header."""
+def written_kind(path: Path) -> str | None:
+    """What deft-clean wrote at regular file ``path`` (``"results"``, ``"predictions"``, ``"export"``,
+    ``"report"``), by its marker; ``None`` for anything else (a link, a device, a foreign file)."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
     except OSError:
-        return False
+        return None
     with os.fdopen(fd, "rb") as handle:
         if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
-            return False
+            return None
         head = handle.read(8192)
         if head.startswith(b"PAR1"):
-            return _parquet_marked(handle)
+            return _parquet_kind(handle)
     if head.lstrip().lower().startswith(b"<!doctype html"):
-        return HTML_MARKER.encode() in head
-    return head.split(b"\n", 1)[0].rstrip(b"\r") == EXPORT_CSV_HEADER.encode()
+        return "report" if HTML_MARKER.encode() in head else None
+    return "export" if head.split(b"\n", 1)[0].rstrip(b"\r") == EXPORT_CSV_HEADER.encode() else None
 
 
-def _parquet_marked(handle: object) -> bool:
+def _parquet_kind(handle: object) -> str | None:
     try:
         import pyarrow.parquet as pq
 
         metadata = pq.read_schema(handle).metadata or {}
     except Exception:  # noqa: BLE001 - a damaged or foreign file is simply not ours
-        return False
-    return any(key in metadata for key in PARQUET_KEYS)
+        return None
+    # an export table keeps its results' metadata beside its own key: the export key decides
+    for key in (b"deft_clean_export", b"deft_clean_predict", b"deft_clean"):
+        if key in metadata:
+            return PARQUET_KINDS[key]
+    return None

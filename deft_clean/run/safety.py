@@ -60,6 +60,7 @@ def check_output(
     folder: bool = False,
     option: str = "out",
     files: Sequence[str] = (),
+    kind: str | None = None,
 ) -> None:
     """Refuse an output that would write onto an input, into a dataset folder, or over an existing file.
 
@@ -77,6 +78,8 @@ def check_output(
         folder: ``out`` is a folder that will be replaced as a whole.
         files: with ``folder``, the only entries written inside it (``--save-arrays``: the three array
             files); an input elsewhere in the folder is left alone, so it is no collision.
+        kind: for a file, what it holds (``"results"``, ``"predictions"``, ``"export"``, ``"report"``):
+            ``--overwrite`` replaces only a deft-clean file of the same kind.
 
     Raises:
         UsageError: with one line naming ``out`` and what it collides with.
@@ -103,7 +106,7 @@ def check_output(
         raise UsageError(f"{ref(option)} {out} is a file; pass a folder")
     check_writable(out, option=option)
     if not folder:
-        check_file_owned(out, option=option, overwrite=overwrite)  # only a regular file deft-clean wrote
+        check_file_owned(out, option=option, overwrite=overwrite, kind=kind)  # a deft-clean file of that kind
     elif not overwrite:
         check_folder_owned(out, option=option)
 
@@ -193,6 +196,7 @@ class Output:
     folder: bool = False  # a folder written (and, with overwrite, replaced) as a whole
     overwrite: bool = False  # an existing one may be replaced (a folder: a non-empty one may be reused)
     files: tuple[str, ...] = ()  # a folder of which only these entries are written; (): all of it
+    kind: str | None = None  # a file: what it holds, so --overwrite replaces only a file of the same kind
 
 
 def check_outputs(
@@ -216,7 +220,7 @@ def check_outputs(
     for output in named:
         check_output(
             output.path, inputs=inputs, datasets=datasets, overwrite=output.overwrite, folder=output.folder,
-            option=output.option,
+            option=output.option, kind=output.kind,
         )  # fmt: skip
     for i, first in enumerate(named):
         for second in named[i + 1 :]:

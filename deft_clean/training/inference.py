@@ -175,7 +175,8 @@ def _check_out(out: str | os.PathLike[str], model_dir: Any, inputs: Any, rows: A
     if spec.packed:
         folders.append(rows.root)
     listed = [rows.root / f for f in rows.paths] if spec.listed_files else []
-    check_outputs([Output(out, overwrite=overwrite)], inputs=[model_dir, *named, *listed], datasets=folders)
+    output = Output(out, overwrite=overwrite, kind="predictions")
+    check_outputs([output], inputs=[model_dir, *named, *listed], datasets=folders)
 
 
 def _is_path(value: Any) -> bool:
