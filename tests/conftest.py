@@ -86,6 +86,30 @@ def make_noisy_folder(root: Path, *, per_class: int = 40, rate: float = 0.3, see
     return NoisyFolder(root, {p: CLASSES[int(t)] for p, t in zip(paths, labels, strict=True)})
 
 
+def fails(result, code: int, *fragments: str) -> str:
+    """A CLI run (typer's CliRunner) that failed with ``code`` and one ``error: `` line holding ``fragments``."""
+    assert result.exit_code == code, result.output
+    message = result.stderr.strip()
+    assert message.startswith("error: ") and len(message.splitlines()) == 1, message
+    assert "rerun with --debug" not in message, message
+    for fragment in fragments:
+        assert fragment in message, message
+    return message
+
+
+def detected_and_trained(tiny_clip: TinyClip, base: Path, *, seed: int) -> tuple[Path, Path, Path]:
+    """A small noisy folder under ``base``, its ``detect --quick`` results and a model trained for one epoch."""
+    import deft_clean
+
+    noisy = make_noisy_folder(base / "data", per_class=8, rate=0.2, seed=seed)
+    results = base / "results.parquet"
+    deft_clean.detect(noisy.root, out=results, quick=True, **tiny_clip.options())
+    model = base / "model"
+    deft_clean.train(noisy.root, results=results, out=model, epochs=1, device="cpu", num_workers=0, quiet=True,
+                     hflip=False)  # fmt: skip
+    return noisy.root, results, model
+
+
 @pytest.fixture(scope="session")
 def noisy_folder(tmp_path_factory: pytest.TempPathFactory) -> NoisyFolder:
     return make_noisy_folder(tmp_path_factory.mktemp("noisy") / "data")

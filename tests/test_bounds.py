@@ -23,21 +23,11 @@ from deft_clean.inputs.data import list_dataset
 from deft_clean.run.errors import DataError
 from tests.review_data import make_review
 
-from .conftest import make_noisy_folder, write_table
+from .conftest import detected_and_trained, fails, make_noisy_folder, write_table
 
 runner = CliRunner()
 FAST = {"device": "cpu", "num_workers": 0, "quiet": True, "hflip": False}
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def fails(result, code: int, *fragments: str) -> str:
-    assert result.exit_code == code, result.output
-    message = result.stderr.strip()
-    assert message.startswith("error: ") and len(message.splitlines()) == 1, message
-    assert "rerun with --debug" not in message, message
-    for fragment in fragments:
-        assert fragment in message, message
-    return message
 
 
 def limited(args: list[str], limit: int, home: Path) -> subprocess.CompletedProcess:
@@ -65,13 +55,7 @@ def one_line(done: subprocess.CompletedProcess, code: int, *fragments: str) -> N
 
 @pytest.fixture(scope="module")
 def trained(tiny_clip, tmp_path_factory):
-    base = tmp_path_factory.mktemp("bounds")
-    noisy = make_noisy_folder(base / "data", per_class=8, rate=0.2, seed=6)
-    results = base / "results.parquet"
-    deft_clean.detect(noisy.root, out=results, quick=True, **tiny_clip.options())
-    model = base / "model"
-    deft_clean.train(noisy.root, results=results, out=model, epochs=1, **FAST)
-    return noisy.root, results, model
+    return detected_and_trained(tiny_clip, tmp_path_factory.mktemp("bounds"), seed=6)
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from deft_clean.run.files import run_lock
 from deft_clean.run.ownership import MANIFEST, read_manifest, remove_owned, write_manifest
 from tests.review_data import Review, make_review
 
-from .conftest import make_noisy_folder
+from .conftest import detected_and_trained, fails
 
 runner = CliRunner()
 FAST = {"device": "cpu", "num_workers": 0, "quiet": True, "hflip": False}
@@ -63,16 +63,6 @@ def fake_home(folder: Path) -> Path:
     return home
 
 
-def fails(result, code: int, *fragments: str) -> str:
-    assert result.exit_code == code, result.output
-    message = result.stderr.strip()
-    assert message.startswith("error: ") and len(message.splitlines()) == 1, message
-    assert "rerun with --debug" not in message, message
-    for fragment in fragments:
-        assert fragment in message, message
-    return message
-
-
 @pytest.fixture()
 def review(tmp_path: Path) -> Review:
     return make_review(tmp_path)
@@ -81,13 +71,7 @@ def review(tmp_path: Path) -> Review:
 @pytest.fixture(scope="module")
 def trained(tiny_clip, tmp_path_factory):
     """A small folder, its detect --quick results and a model trained for one epoch on it."""
-    base = tmp_path_factory.mktemp("owned")
-    noisy = make_noisy_folder(base / "data", per_class=8, rate=0.2, seed=4)
-    results = base / "results.parquet"
-    deft_clean.detect(noisy.root, out=results, quick=True, **tiny_clip.options())
-    model = base / "model"
-    deft_clean.train(noisy.root, results=results, out=model, epochs=1, **FAST)
-    return noisy.root, results, model
+    return detected_and_trained(tiny_clip, tmp_path_factory.mktemp("owned"), seed=4)
 
 
 # ----------------------------------------------------------------------------------------------------
