@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import deft_clean
+from deft_clean.detecting import monitor
 from deft_clean.detecting.evidence_check import check_evidence
 from deft_clean.detecting.opaque import code_like_names, text_informative, text_view_test
 from tests import toy
@@ -74,10 +75,25 @@ def test_strong_images_with_codes_for_names_find_the_wrong_labels(tiny_clip, tmp
     assert evidence["label_noise"] == pytest.approx(rate, abs=0.1)  # the split view anchors the estimate
 
 
-def test_the_run_says_what_it_did_and_suggests_class_names(tiny_clip, tmp_path, strong_images, caplog):
+def test_the_run_says_what_it_did_and_suggests_class_names(tiny_clip, tmp_path, strong_images, caplog, monkeypatch):
     images, true = strong_images
+    watched = []  # the rows each epoch's judge compares the prompts with
+    init = monitor.TrainingMonitor.__init__
+
+    def spy(self, labels, usable, anchor, **options):
+        watched.append(anchor)
+        init(self, labels, usable, anchor, **options)
+
+    monkeypatch.setattr(monitor.TrainingMonitor, "__init__", spy)
     with caplog.at_level(logging.WARNING, logger="deft_clean"):
-        _, _, _, result = run_opaque(tiny_clip, tmp_path / "data", images, true, "symmetric", 0.4, caplog=caplog)
+        _, noisy, _, result = run_opaque(tiny_clip, tmp_path / "data", images, true, "symmetric", 0.4, caplog=caplog)
+    # every epoch is judged against the rows the images confirm, not zero-shot's (random rows on codes)
+    paths = [f"{CODES[int(label)]}/{i:05d}.png" for i, label in enumerate(noisy)]  # as write_image_folder names them
+    rows = result.frame.set_index("path").index.get_indexer(paths)
+    right = np.zeros(len(rows), dtype=bool)
+    right[rows] = noisy == true  # in listing order
+    assert len(watched) == 1 and watched[0].sum() >= 50
+    assert right[watched[0]].mean() >= 0.9, right[watched[0]].mean()  # 60% of all rows are right
     messages = [r.getMessage() for r in caplog.records]
     line = next(m for m in messages if "text view is uninformative" in m)
     assert "--class-names" in line and repr(CODES[0]) in line and "image evidence alone" in line

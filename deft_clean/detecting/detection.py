@@ -439,16 +439,17 @@ def gather_evidence(
     if cfg.quick:
         return evidence
     control = TrainControl(save, resume, every_steps=checkpoint_every, stop=passes["stop"], ranks=passes["ranks"])
-    control = monitored(control, cfg, listing, evidence)
+    usable = evidence.usable
+    labels = listing.label_indices
+    # what the learned prompts are judged against, every epoch and at the end: zero-shot, or the image seed
+    anchor = collapse_anchor(evidence, labels, len(listing.classes), seed=cfg.seed, device=passes["device"])
+    control = monitored(control, cfg, listing, evidence, usable & (anchor == labels))
     scores = learned_scores(cfg, loaded, listing, passes, evidence, control)
     if scores is None:
         return evidence
-    usable = evidence.usable
-    labels = listing.label_indices
     if np.isnan(scores.p_clean[usable]).any():
         evidence.warnings.append("the learned prompts gave NaN scores; zero-shot prompts used instead (lower lr)")
         return evidence
-    anchor = collapse_anchor(evidence, labels, len(listing.classes), seed=cfg.seed, device=passes["device"])
     agreement = prompt_agreement(scores.predicted_index, anchor, labels, usable)
     if agreement < MIN_PROMPT_AGREEMENT:
         if evidence.text_informative:
@@ -465,12 +466,13 @@ def gather_evidence(
     return evidence
 
 
-def monitored(control: Any, cfg: DetectConfig, listing: Listing, evidence: Evidence) -> Any:
-    """``control`` with the epoch budget and the per-epoch judge (:mod:`deft_clean.detecting.monitor`)."""
+def monitored(control: Any, cfg: DetectConfig, listing: Listing, evidence: Evidence, anchor: np.ndarray) -> Any:
+    """``control`` with the epoch budget and the per-epoch judge (:mod:`deft_clean.detecting.monitor`), which
+    judges the prompts on ``anchor`` (bool [N]): the rows zero-shot confirms, or the image seed's rows where
+    the text view is uninformative (zero-shot on codes confirms random rows: every prompt would look collapsed)."""
     from .monitor import TrainingMonitor, epoch_budget
 
     labels = listing.label_indices
-    anchor = evidence.usable & (evidence.zero_shot.argmax(axis=1) == labels)  # bool [N] rows zero-shot confirms
     monitor = TrainingMonitor(
         labels, evidence.usable, anchor, warmup_epochs=cfg.warmup_epochs, early_stop=cfg.early_stop, seed=cfg.seed
     )
@@ -524,7 +526,7 @@ def learned_scores(
     if last is not None and last.stop == "collapse":
         from .monitor import agreement_line
 
-        evidence.warnings.append(agreement_line(last.epoch, last.agreement or 0.0))
+        evidence.warnings.append(agreement_line(last.epoch, last.agreement or 0.0, evidence.text_informative))
         return None  # no scoring pass for prompts that are dropped anyway
     return detector.score_samples(model, listing, **passes)
 

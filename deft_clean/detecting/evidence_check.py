@@ -527,8 +527,8 @@ def _verdict(views: _Views, random_weights: bool) -> _Verdict:
     elif precision is not None and precision < MIN_PRECISION:
         verdict.reliable = False
         verdict.reasons.append(
-            f"the flagged images look like hard cases between classes rather than wrong labels (expected flag "
-            f"precision {100 * precision:.0f}%): the labels may be cleaner than the model can tell"
+            "the flagged images look like hard cases between classes rather than wrong labels: the labels may be "
+            "cleaner than the model can tell"
         )
         verdict.advice = "the withheld rows (withheld == true) are the model's doubts, not errors to delete"
     return verdict

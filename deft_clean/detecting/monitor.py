@@ -125,10 +125,13 @@ class TrainingMonitor:
         return EpochCheck(agreement, change, stop)
 
 
-def agreement_line(epoch: int, agreement: float) -> str:
-    """The warning of a collapse found during training."""
-    return (
-        f"the learned prompts collapsed in epoch {epoch} (they agree with only {100 * agreement:.0f}% of the "
-        "labels that zero-shot prompts confirm); training stopped there and zero-shot prompts were used "
-        "instead (try a lower lr or --ctx-init)"
-    )
+def agreement_line(epoch: int, agreement: float, text_informative: bool = True) -> str:
+    """The warning of a collapse found during training: against zero-shot, or the image seed on opaque names."""
+    if text_informative:
+        what = f"collapsed in epoch {epoch} (they agree with only {100 * agreement:.0f}% of the labels that zero-shot"
+        what += " prompts confirm)"
+    else:  # names CLIP cannot read give the prompts nothing to start from: weak, not collapsed
+        what = f"are weak in epoch {epoch} (they agree with only {100 * agreement:.0f}% of the labels that the image"
+        what += " evidence confirms)"
+    tail = "training stopped there and zero-shot prompts were used instead (try a lower lr or --ctx-init)"
+    return f"the learned prompts {what}; {tail}"
