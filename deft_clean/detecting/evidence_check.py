@@ -32,7 +32,9 @@ A class whose images the image view does not set apart from the others' (one-sid
 has its flags withheld. The same test runs per confused pair of classes, on the rows labelled either that
 look like either, with image and text views reduced to "which of the two"; a pair neither view can tell
 apart has its flags withheld and is named. A row stays flagged on otherwise withheld evidence only when both
-sides are sure (:data:`BOTH_SURE`).
+sides are sure (:data:`BOTH_SURE`). Where the images are strong (``k_GI >= MIN_IMAGE_KAPPA``) and the flags would
+still be right less than half of the time (a clean or nearly clean set: the doubts are hard images), the
+flags whose image is not an ordinary member of its suggested class are cleared instead (:func:`_clear`).
 
 Kappas share the CLIP image encoder between the image and text views, so their errors are correlated and
 ``s_G`` is slightly underestimated on clean data (a clean set reads as ~5% noise); this errs towards keeping
@@ -100,6 +102,7 @@ class EvidenceCheck:
     flags_raised: int  # rows the selection flagged
     flags_withheld: int  # of those, rows not flagged because the evidence cannot support them
     settled: bool  # the clean set stopped changing before the round limit
+    flags_cleared: int = 0  # of those raised, hard cases between classes returned to the clean set (not withheld)
     advice: str = ""  # what to do about withheld flags
     reasons: list[str] = field(default_factory=list)  # why flags were withheld, one line each
     per_class: list[dict[str, Any]] = field(default_factory=list)
@@ -382,7 +385,8 @@ def check_evidence(
         text_informative: the zero-shot prompts know the classes (:func:`opaque.text_informative`); where they
             do not, or the text view does not anchor the triplet, the split image view (:func:`split_views`) does.
     Returns:
-        ``(check, withheld)``: withheld is bool [N], flagged rows the evidence cannot support.
+        ``(check, withheld, cleared)``: bool [N] each: flagged rows the evidence cannot support (kept, marked
+        ``withheld``), and flags returned to the clean set as hard cases between classes (:func:`_clear`).
     """
     n_classes = len(classes)
     rows = np.flatnonzero(usable)
@@ -396,23 +400,42 @@ def check_evidence(
             views.split = split_views(features[rows], y, n_classes, seed=seed, device=device)
     verdict = _verdict(views, random_weights)
     withheld_m = _withhold(views, verdict, classes)
+    cleared_m = _clear(views, verdict) & ~withheld_m
     settled = _settled(rounds, len(rows)) if settled is None else settled
     if not settled:
         verdict.reasons.append("the clean set was still changing after the last round")
-    withheld = np.zeros(len(labels), dtype=bool)
-    withheld[rows] = withheld_m
+    withheld, cleared = np.zeros(len(labels), dtype=bool), np.zeros(len(labels), dtype=bool)
+    withheld[rows], cleared[rows] = withheld_m, cleared_m
     accuracy, chance = verdict.accuracy, verdict.chance
     check = EvidenceCheck(
         reliable=verdict.reliable, image_accuracy=accuracy, image_interval=wilson(accuracy * len(y), len(y)),
         text_accuracy=verdict.gt.observed, chance=chance, image_p_value=verdict.p_value,
         kappa_image_label=verdict.gi.kappa, kappa_text_label=verdict.gt.kappa, kappa_image_text=verdict.it.kappa,
         label_noise=verdict.noise, expected_flag_precision=verdict.precision, flags_raised=int(views.flagged.sum()),
-        flags_withheld=int(withheld_m.sum()), settled=settled, advice=verdict.advice, reasons=verdict.reasons,
+        flags_withheld=int(withheld_m.sum()), flags_cleared=int(cleared_m.sum()), settled=settled,
+        advice=verdict.advice, reasons=verdict.reasons,
         per_class=per_class(views, classes, verdict.noise, 1 - accuracy, verdict.visible), pairs=verdict.pairs,
         text_informative=text_informative, views=_view_names(views, verdict),
         kappa_image_split=verdict.split_kappa, image_reliability=verdict.image_reliability,
     )  # fmt: skip
-    return check, withheld
+    return check, withheld, cleared
+
+
+def _clear(views: _Views, verdict: _Verdict) -> np.ndarray:
+    """bool [M]: flags returned to the clean set as hard cases: where most flags look like hard images between
+    classes (expected precision below MIN_PRECISION) on strong images, the flags whose image is not an ordinary
+    member of its suggested class (:func:`typical`). Wrong labels are ordinary members of their true class half
+    of the time or more, the model's own doubts rarely: a clean copy keeps nearly all its rows, a copy with 1%
+    wrong labels keeps the flags most likely to be right, and the verdict stays reliable."""
+    if not verdict.hard_cases:
+        return np.zeros(len(views.labels), dtype=bool)
+    cleared = views.flagged & ~typical(views)
+    verdict.reasons.append(
+        f"{int(cleared.sum())} of {int(views.flagged.sum())} flags looked like hard cases between classes rather "
+        "than wrong labels and were cleared (flag_reason says so); the labels may be cleaner than the model can "
+        "tell"
+    )
+    return cleared
 
 
 def _text_anchors(views: _Views) -> bool:
@@ -448,6 +471,7 @@ class _Verdict:
     split_kappa: float | None = None  # kappa of the two split-view probes (None: not computed)
     image_reliability: float | None = None  # sqrt of it: the share of rows one such probe is informed on
     text_anchor: bool = False  # the text view anchored s_G (the triplet G, I, T)
+    hard_cases: bool = False  # most flags are hard cases between classes: only the typical ones stand
 
 
 def typical_share(views: _Views, rows: np.ndarray) -> float | None:
@@ -463,6 +487,12 @@ def typical_share(views: _Views, rows: np.ndarray) -> float | None:
     """
     if len(rows) < MIN_TYPICAL_FLAGS:
         return None
+    return float(min(1.0, 2.0 * typical(views)[rows].mean()))
+
+
+def typical(views: _Views) -> np.ndarray:
+    """bool [M]: the all-rows probe puts the row's suggested class at or above that class's median over the
+    rows whose label it agrees with (an ordinary member of the suggested class; see :func:`typical_share`)."""
     k = views.n_classes
     predicted = views.image.argmax(1)
     agree = np.flatnonzero(predicted == views.labels)
@@ -475,9 +505,8 @@ def typical_share(views: _Views, rows: np.ndarray) -> float | None:
             medians[j] = np.median(views.image[own, j])
     overall = float(np.median(views.image[agree, views.labels[agree]])) if len(agree) else 1.0
     medians = np.where(np.isnan(medians), overall, medians)
-    target = views.suggested[rows].clip(0)
-    above = views.image[rows, target] >= medians[target]
-    return float(min(1.0, 2.0 * above.mean()))
+    target = views.suggested.clip(0)
+    return (views.image[np.arange(len(target)), target] >= medians[target]) & (views.suggested >= 0)
 
 
 def _verdict(views: _Views, random_weights: bool) -> _Verdict:
@@ -524,6 +553,8 @@ def _verdict(views: _Views, random_weights: bool) -> _Verdict:
             "are too weak for flags to be mostly right, and the text view cannot help (CLIP does not know the "
             "class names: --class-names)"
         )
+    elif precision is not None and precision < MIN_PRECISION and gi.kappa >= MIN_IMAGE_KAPPA:
+        verdict.hard_cases = True  # strong images, few wrong labels: the atypical flags are cleared, see _clear
     elif precision is not None and precision < MIN_PRECISION:
         verdict.reliable = False
         verdict.reasons.append(

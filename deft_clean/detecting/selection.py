@@ -325,16 +325,18 @@ def withhold_unsupported(
     from .evidence_check import check_evidence
 
     labels, usable = listing.label_indices, evidence.usable
-    check, withheld = check_evidence(
+    check, withheld, cleared = check_evidence(
         evidence.features, labels, usable, evidence.zero_shot, decision.is_clean, decision.suggested,
         listing.classes, rounds=decision.info.get("clean_set_by_round"),
         random_weights=cfg.pretrained.strip().lower() in ("none", ""), seed=cfg.seed, device=device,
         text_informative=evidence.text_informative,
     )  # fmt: skip
-    decision.is_clean = decision.is_clean | withheld
+    decision.is_clean = decision.is_clean | withheld | cleared
     decision.withheld = withheld
     for i in np.flatnonzero(withheld):
         decision.reason[i] = f"withheld (the evidence cannot support it): {decision.reason[i]}"
+    for i in np.flatnonzero(cleared):
+        decision.reason[i] = f"cleared (a hard case between classes, not a wrong label): {decision.reason[i]}"
     if not evidence.text_informative:
         from .opaque import code_like_names, text_view_warning
 

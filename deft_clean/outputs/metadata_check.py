@@ -90,6 +90,7 @@ EVIDENCE_FIELDS: dict[str, Check] = {
     "image_interval": INTERVAL,
     "flags_raised": _int,
     "flags_withheld": _int,
+    "flags_cleared": _int,
     "advice": _text,
     "reasons": _list_of(_text),
     "per_class": _list_of(PER_CLASS),

@@ -101,8 +101,15 @@ def evidence_line(evidence: dict[str, Any] | None) -> str | None:
     if not isinstance(evidence, dict) or "reliable" not in evidence:
         return None
     reliable, withheld = bool(evidence.get("reliable")), int(evidence.get("flags_withheld") or 0)
+    cleared, raised = int(evidence.get("flags_cleared") or 0), int(evidence.get("flags_raised") or 0)
     if reliable and not withheld and evidence.get("settled", True):
-        return None
+        if not cleared:
+            return None
+        return (
+            f"{cleared} of {raised} flags looked like hard cases between classes rather than wrong labels and were "
+            f"cleared (flag_reason says so), {raised - cleared} stay flagged: the labels may be cleaner than the "
+            "model can tell"
+        )
     head = (
         f"image evidence predicts the labels {100 * float(evidence.get('image_accuracy') or 0):.0f}% of the time "
         f"where chance is {100 * float(evidence.get('chance') or 0):.0f}%"
