@@ -108,7 +108,14 @@ def test_a_read_only_train_out_is_refused_before_loading(trained, tmp_path):
 
 @pytest.mark.parametrize(
     ("extra", "fragment"),
-    [(["--n-ctx", "100000"], "--n-ctx"), (["--num-workers", "-1"], "--num-workers"), (["--batch-size", "0"], "batch")],
+    [
+        (["--n-ctx", "100000"], "--n-ctx"),
+        (["--num-workers", "-1"], "--num-workers"),
+        (["--batch-size", "0"], "batch"),
+        (["--vpt-tokens", "1000000000"], "--vpt-tokens"),
+        (["--vpt-depth", "-3"], "--vpt-depth"),
+        (["--vpt-depth", "1000", "--epochs", "1"], "vision layers"),  # the tiny CLIP has 3
+    ],
 )
 def test_detect_numbers_are_bounded(tiny_clip, tmp_path, extra, fragment):
     data = make_noisy_folder(tmp_path / "data", per_class=2, rate=0.0, seed=3).root

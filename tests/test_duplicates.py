@@ -141,7 +141,7 @@ def test_oversized_group_is_dropped_with_a_warning_that_names_it(tmp_path):
     assert "blank00.png" in health.warnings[0] and "--duplicate-threshold" in health.warnings[0]
 
 
-def test_detect_and_drop_duplicates_keep_every_distinct_image(planted, tiny_clip, tmp_path):
+def test_detect_and_drop_duplicates_keep_every_distinct_image(planted, tiny_clip, tmp_path, caplog):
     """The real pipeline: detect (pixel-confirmed health), the Parquet's columns, export --drop-duplicates."""
     from typer.testing import CliRunner
 
@@ -175,6 +175,24 @@ def test_detect_and_drop_duplicates_keep_every_distinct_image(planted, tiny_clip
     n_files = sum(1 for f in exported.rglob("*") if f.is_file() and f.suffix not in (".csv", ".json"))  # images
     dropped = int(grouped.sum() - frame["duplicate_group"].nunique())
     assert dropped >= exact.sum() and n_files == len(planted.paths) - dropped
+
+    # a crafted file calls distinct images exact and near copies: export checks the files and keeps them all
+    from deft_clean.outputs.results import write_results
+
+    lone = [i for i, k in enumerate(planted.kind) if k == "distinct"][:5]
+    crafted = frame.copy()
+    crafted["duplicate_group"] = crafted["duplicate_group"].astype("Int64")
+    crafted.loc[lone[:3], "duplicate_group"], crafted.loc[lone[3:], "duplicate_group"] = 900, 901
+    crafted.loc[lone[:3], "duplicate_kind"], crafted.loc[lone[3:], "duplicate_kind"] = "exact", "near"
+    lying = write_results(crafted, metadata, tmp_path / "lying.parquet")
+    again = tmp_path / "export2"
+    args = ["export", str(lying), "-o", str(again), "--mode", "copy", "--keep-flagged", "--drop-duplicates"]
+    done = CliRunner().invoke(app, args)
+    assert done.exit_code == 0, done.output
+    kept = {hashlib.sha256(f.read_bytes()).hexdigest() for f in again.rglob("*.png")}
+    assert {hashlib.sha256((planted.root / planted.paths[i]).read_bytes()).hexdigest() for i in lone} <= kept
+    assert any("5 row(s) the results file calls duplicates are not copies" in r.getMessage() for r in caplog.records)
+    assert sum(1 for _ in again.rglob("*.png")) == n_files  # the real copies are still dropped
 
 
 def test_parquet_round_trips_the_new_columns(tmp_path):

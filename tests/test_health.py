@@ -110,6 +110,9 @@ def test_export_and_report_use_health_columns(tmp_path):
     frame.loc[[clean[1], clean[2], clean[3]], "duplicate_group"] = 0
     frame["duplicate_kind"] = None
     frame.loc[[clean[1], clean[2], clean[3]], "duplicate_kind"] = "near"
+    original = (review.root / frame.at[clean[1], "path"]).read_bytes()
+    for i in clean[[2, 3]]:  # real copies: export checks the files before it drops a row as a duplicate
+        (review.root / frame.at[i, "path"]).write_bytes(original)
     results = write_results(frame, metadata, tmp_path / "health.parquet")
     runner = CliRunner()
 

@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 import deft_clean
 from deft_clean.cli.cli import app
 from deft_clean.run.errors import DataError
-from deft_clean.run.files import run_lock
+from deft_clean.run.files import LOCK_MARK, run_lock
 from deft_clean.run.ownership import MANIFEST, read_manifest, remove_owned, write_manifest
 from tests.review_data import Review, make_review
 
@@ -252,6 +252,25 @@ def test_a_second_command_on_a_locked_output_fails_at_once(review, trained, tmp_
     assert runner.invoke(app, ["export", str(review.results), "--out", str(out)]).exit_code == 0
 
 
+def test_a_file_or_link_where_the_lock_goes_is_the_users(review, tmp_path):
+    """The lock beside an output is deft-clean's only when it holds deft-clean's mark: a user's file of that
+    name is refused and kept, a dangling symlink there is refused and its target never created."""
+    mine = tmp_path / ".clean.lock"
+    mine.write_text("notes")
+    elsewhere = tmp_path / "elsewhere" / "created.txt"
+    (tmp_path / ".r.html.lock").symlink_to(elsewhere)
+    before = tree(tmp_path)
+    fails(runner.invoke(app, ["export", str(review.results), "--out", str(tmp_path / "clean")]), 2, "not a deft")
+    fails(runner.invoke(app, ["report", str(review.results), "--html", str(tmp_path / "r.html"), "-q"]), 2, "lock")
+    assert tree(tmp_path) == before and not elsewhere.exists() and not elsewhere.parent.exists()
+    mine.write_bytes(LOCK_MARK)  # a lock a crashed run left (deft-clean's mark) is taken over and removed
+    with run_lock(tmp_path / "clean"):
+        pass
+    assert not mine.exists()
+    assert runner.invoke(app, ["export", str(review.results), "--out", str(tmp_path / "clean")]).exit_code == 0
+    assert not mine.exists()
+
+
 # ----------------------------------------------------------------------------------------------------
 # 4. copies get the umask, not the source's mode
 
@@ -271,3 +290,49 @@ def test_export_copy_gets_the_umask(review, tmp_path):
         os.umask(previous)
     modes = {stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "c").rglob("*.png")}
     assert modes == {0o640}
+
+
+# ----------------------------------------------------------------------------------------------------
+# results files are data: every score column in range, no terminal escapes on the page
+
+
+@pytest.mark.parametrize(
+    ("column", "value"), [("text_score", float("nan")), ("sim_pos", 9.0), ("outlier_score", float("inf"))]
+)
+def test_score_columns_out_of_range_are_refused(review, tmp_path, column, value):
+    from deft_clean.outputs.results import load_results, write_results
+
+    frame, metadata = load_results(review.results)
+    frame[column] = frame[column].astype(float)
+    frame.loc[0, column] = value
+    crafted = tmp_path / "crafted.parquet"
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(write_results(frame, metadata, crafted))
+    values = table.column(column).to_pylist()
+    values[0] = value  # written as given: to_table clips cosines and NaN becomes null, a crafted file need not
+    table = table.set_column(
+        table.schema.get_field_index(column), column, pa.array(values, table.schema.field(column).type)
+    )
+    pq.write_table(table, crafted)
+    with pytest.raises(DataError, match=column):
+        load_results(crafted)
+
+
+def test_the_page_shows_control_characters_as_escapes(review, tmp_path):
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(review.results)
+    reasons = table.column("flag_reason").to_pylist()
+    first = table.column("is_clean").to_pylist().index(False)  # a flagged row: its reason is on the page
+    reasons[first] = "looks like \x1b[31mred\x1b[0m \u202etxt.exe"
+    import pyarrow as pa
+
+    crafted = tmp_path / "esc.parquet"
+    index = table.schema.get_field_index("flag_reason")
+    pq.write_table(table.set_column(index, "flag_reason", pa.array(reasons, pa.string())), crafted)
+    page = tmp_path / "r.html"
+    assert runner.invoke(app, ["report", str(crafted), "--html", str(page), "-q"]).exit_code == 0
+    text = page.read_text()
+    assert "\x1b" not in text and "\u202e" not in text

@@ -386,7 +386,7 @@ def test_configs_refuse_nan_and_infinity():
 # 10. damaged checkpoints
 
 
-@pytest.mark.parametrize("kind", ["empty", "garbage", "truncated", "missing"])
+@pytest.mark.parametrize("kind", ["empty", "garbage", "text", "truncated", "missing"])
 def test_damaged_checkpoint_is_one_line_naming_the_file(tmp_path, kind):
     path = tmp_path / "ckpt.pt"
     save_checkpoint(path, {"signature": json.dumps({"a": 1}), "x": torch.zeros(1000)})
@@ -394,6 +394,8 @@ def test_damaged_checkpoint_is_one_line_naming_the_file(tmp_path, kind):
         path.write_bytes(b"")
     elif kind == "garbage":
         path.write_bytes(b"\x89garbage" * 50)
+    elif kind == "text":  # "echo junk > checkpoint.pt": pickle reads it as a key that does not exist
+        path.write_bytes(b"junk\n")
     elif kind == "truncated":
         path.write_bytes(path.read_bytes()[:300])
     if kind == "missing":

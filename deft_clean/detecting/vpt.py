@@ -39,7 +39,12 @@ def add_visual_prompts(clip: nn.Module, n_tokens: int, depth: int | None = None)
     blocks = vision_blocks(clip)
     width, patch = vision_width_and_patch(clip)
     bound = math.sqrt(6.0 / (3 * patch * patch + width))  # as in VPT: uniform Xavier over patch dims
-    depth = len(blocks) if depth is None else max(0, min(depth, len(blocks)))
+    if depth is not None and not 0 <= depth <= len(blocks):
+        from ..run.errors import UsageError, option
+
+        layers = len(blocks)
+        raise UsageError(f"{option('vpt_depth')} {depth}: this model has {layers} vision layers; give 0 to {layers}")
+    depth = len(blocks) if depth is None else depth
     parameters = []
     for i in range(depth):
         if isinstance(blocks[i], PromptedBlock):

@@ -132,6 +132,10 @@ def _export(
     from .decisions import load_verdicts
 
     verdicts = load_verdicts(decisions, frame, metadata)
+    if drop_duplicates:
+        from .copies import confirmed_copies
+
+        frame = confirmed_copies(frame, root, metadata)  # the files, not the results' word, say what is a copy
     plan = plan_export(
         frame,
         relabel=relabel,

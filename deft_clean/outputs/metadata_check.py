@@ -106,9 +106,9 @@ FIELDS: dict[str, Check] = {
     "model_name": _optional(_text),
     "pretrained": _optional(_text),
     "created": _optional(_text),
-    "image_size": _optional(_int),
+    "image_size": _optional(lambda v: _int(v) and 16 <= v <= 4096),  # px: what a model can be given
     "mean": _optional(_list_of(_number, 3)),
-    "std": _optional(_list_of(_number, 3)),
+    "std": _optional(_list_of(lambda v: _number(v) and v > 0, 3)),  # divides every pixel
     "options": _optional(lambda v: isinstance(v, dict)),
     "history": _optional(_list_of(lambda v: isinstance(v, dict))),
     "text_evidence": _optional(_text),

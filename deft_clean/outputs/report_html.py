@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import html
 import logging
 import os
 from datetime import datetime, timezone
-from html import escape
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -28,10 +28,18 @@ from ..inputs.readers.recorded import Opener, checked_root, row_opener
 from ..run.errors import DeftCleanError
 from ..run.files import write_atomic
 from ..run.ownership import HTML_MARKER
+from ..run.safety import printable
 from . import report_review as review
 from .charts import confusion_svg, history_svg
 from .results import flagged_rows, usable_rows
 from .summary import HTML_TOP, ReportData, estimate, rate, summarize
+
+
+def escape(text: object) -> str:
+    """HTML-escaped, with control and format characters (ESC, U+202E, ...) shown as escapes (run.safety.printable):
+    a results file's text must not reorder or hide what the page shows."""
+    return html.escape(printable(text))
+
 
 log = logging.getLogger(__name__)
 

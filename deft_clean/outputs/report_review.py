@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from ..inputs.readers.recorded import Opener
+from ..run.safety import printable
 from .results import flagged_rows
 
 if TYPE_CHECKING:
@@ -74,7 +75,7 @@ def review_data(
     for n, row in enumerate(flagged.itertuples(index=False)):
         if failures == n == GIVE_UP:  # not one image found: the dataset is not where the results say
             opener = None
-        reason = None if pd.isna(row.flag_reason) else str(row.flag_reason)
+        reason = None if pd.isna(row.flag_reason) else printable(row.flag_reason)  # shown, never a key
         kind = kinds.setdefault(reason_kind(reason), len(kinds))
         thumb = -1
         if n < thumbnails and opener is not None:

@@ -7,6 +7,7 @@ entry, ``deft_clean``, as a JSON object (version, model, pretrained, classes, op
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any, Protocol
@@ -207,13 +208,18 @@ def _check_scores(table: pa.Table, file: Path) -> None:
     """Refuse NaN or out-of-range probabilities and a path listed twice (export would write one file twice)."""
     import pyarrow.compute as pc
 
-    for name in ("p_clean", "p_predicted"):
+    ranges = {c: (0, 1) for c in PROBABILITY_COLUMNS}
+    ranges.update({c: (-1, 1) for c in COSINE_COLUMNS if c != "duplicate_similarity"})  # that one: below
+    ranges["outlier_score"] = (-math.inf, math.inf)  # any finite distance
+    for name, (low, high) in ranges.items():
         if name not in table.column_names or not pa.types.is_floating(table.column(name).type):
             continue
         column = table.column(name)
-        bad = pc.sum(pc.or_(pc.is_nan(column), pc.or_(pc.less(column, 0), pc.greater(column, 1)))).as_py() or 0
+        outside = pc.or_(pc.less(column, low), pc.greater(column, high))
+        bad = pc.sum(pc.or_(pc.or_(pc.is_nan(column), pc.is_inf(column)), outside)).as_py() or 0
         if bad:
-            raise DataError(f"{file}: column {name!r} has {bad} value(s) that are NaN or outside 0..1; rerun detect")
+            span = "finite" if math.isinf(high) else f"inside {low:g}..{high:g}"
+            raise DataError(f"{file}: column {name!r} has {bad} value(s) that are not {span}; rerun detect")
     _check_duplicates(table, file)
     paths = table.column("path")
     if pc.count_distinct(paths).as_py() != len(paths) - paths.null_count:

@@ -74,8 +74,13 @@ class DetectConfig:
                 raise UsageError(f"{option(name)} must be at least 1, got {value}")
         check_counts(n_ctx=(self.n_ctx, MAX_N_CTX), batch_size=(self.batch_size, MAX_BATCH))
         check_workers(self.num_workers)
-        if self.vpt_tokens < 0:
-            raise UsageError(f"{option('vpt_tokens')} must be 0 or more, got {self.vpt_tokens}")
+        if not 0 <= self.vpt_tokens <= MAX_VPT_TOKENS:
+            raise UsageError(f"{option('vpt_tokens')} must be from 0 to {MAX_VPT_TOKENS}, got {self.vpt_tokens}")
+        if self.vpt_depth is not None and not 0 <= self.vpt_depth <= MAX_VPT_DEPTH:
+            raise UsageError(
+                f"{option('vpt_depth')} must be from 0 to the model's vision layers (at most {MAX_VPT_DEPTH}), "
+                f"got {self.vpt_depth}"
+            )
         if not 0 <= self.warmup_epochs <= self.epochs:
             raise UsageError(
                 f"{option('warmup_epochs')} must be between 0 and {option('epochs')} ({self.epochs}), "
@@ -128,6 +133,9 @@ def check_numbers(**values: tuple[float | None, float]) -> None:
 MAX_EPOCHS = 10_000  # more is a typo (1e12 epochs would run forever and overflow the schedule)
 # CLIP's text tower holds 77 tokens: start, the contexts, the class name, "." and end must all fit
 MAX_N_CTX = 64
+# visual prompt tokens per layer: VPT uses 1-200; each adds to every layer's attention (quadratic in tokens)
+MAX_VPT_TOKENS = 256
+MAX_VPT_DEPTH = 1000  # checked against the model's own vision layers when the prompts are installed
 MAX_BATCH = 1 << 16  # a bigger batch does not fit any accelerator's memory at 224 px
 MAX_WORKERS = 256  # DataLoader worker processes; more is a typo (each is a process with its own memory)
 # Phase 2's input size: at most 4x the backbone's own (a ViT's position embedding is interpolated to it, a

@@ -12,6 +12,7 @@ import errno
 import fcntl
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -140,6 +141,9 @@ def run_lock(*paths: str | os.PathLike[str] | None) -> Iterator[None]:
         yield
 
 
+LOCK_MARK = b"deft-clean lock\n"  # what a lock file holds: a file beside an output without it is the user's
+
+
 @contextlib.contextmanager
 def _one_lock(path: Path) -> Iterator[None]:
     lock = path.parent / f".{path.name}.lock"
@@ -148,25 +152,66 @@ def _one_lock(path: Path) -> Iterator[None]:
     except OSError as exc:
         raise UsageError(f"cannot create {path.parent} ({exc.strerror}); choose another {ref('out')}") from None
     while True:
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+        fd = _open_lock(lock)
         if not _try_lock(fd):
             os.close(fd)
             raise UsageError(
                 f"another deft-clean run is writing {path}; wait for it to finish or choose another {ref('out')}"
             )
         try:
-            same = os.stat(lock).st_ino == os.fstat(fd).st_ino
+            same = os.stat(lock, follow_symlinks=False).st_ino == os.fstat(fd).st_ino
         except FileNotFoundError:
             same = False
-        if same:
+        if same and _marked(fd, lock):
             break
         os.close(fd)  # the previous holder removed the file between our open and lock: take the new one
     try:
         yield
     finally:
         with contextlib.suppress(OSError):
-            lock.unlink()
+            if os.stat(lock, follow_symlinks=False).st_ino == os.fstat(fd).st_ino:
+                lock.unlink()  # ours: created by this run or a crashed one (it holds LOCK_MARK)
         os.close(fd)
+
+
+def _open_lock(lock: Path) -> int:
+    """An fd on the lock file: created (and marked) when missing; never through a symlink, never a special file."""
+    flags = os.O_RDWR | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    with contextlib.suppress(FileNotFoundError):
+        if not stat.S_ISREG(os.lstat(lock).st_mode):  # a device node, FIFO or symlink is never opened
+            raise _foreign(lock, "is not a regular file")
+    try:
+        fd = os.open(lock, flags | os.O_CREAT | os.O_EXCL, 0o666)
+    except FileExistsError:
+        try:
+            fd = os.open(lock, flags)
+        except OSError as exc:  # ELOOP: a symlink (dangling or not) sits where the lock goes
+            raise _foreign(lock, f"cannot be opened as a lock ({exc.strerror})") from None
+    except OSError as exc:  # a read-only file system, no permission, no space
+        raise UsageError(f"cannot write the lock file {lock} ({exc.strerror}); choose another {ref('out')}") from None
+    else:
+        if _try_lock(fd):  # marked under the lock, so a second run never reads a half-written file as ours
+            os.write(fd, LOCK_MARK)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise _foreign(lock, "is not a regular file")
+    return fd
+
+
+def _marked(fd: int, lock: Path) -> bool:
+    """True for deft-clean's own lock file (it holds LOCK_MARK); raise for anything else under that name."""
+    if os.pread(fd, len(LOCK_MARK) + 1, 0) == LOCK_MARK:
+        return True
+    os.close(fd)
+    raise _foreign(lock, "is not a deft-clean lock file")
+
+
+def _foreign(lock: Path, what: str) -> UsageError:
+    return UsageError(
+        f"{lock} {what}: deft-clean keeps its lock under that name beside the output and does not touch files "
+        f"it did not write; move it away or choose another {ref('out')}"
+    )
 
 
 def check_writable(path: str | os.PathLike[str], *, option: str = "out") -> None:
