@@ -121,15 +121,15 @@ def review_html(data: dict[str, Any], flagged_per_class: pd.DataFrame) -> str:
         data["classes"][r[2]] for r in data["rows"] if r[2] >= 0
     }
     options = "".join(
-        f'<option value="{escape(str(row[0]))}">{escape(str(row[0]))} ({row.flagged} flagged)</option>'
+        f'<option value="{escape(str(row[0]))}">{escape(printable(row[0]))} ({row.flagged} flagged)</option>'
         for row in flagged_per_class.itertuples(index=False)
         if row[0] in involved
     )
     options += "".join(
-        f'<option value="{escape(c)}">{escape(c)}</option>'
+        f'<option value="{escape(c)}">{escape(printable(c))}</option>'
         for c in sorted(involved - set(flagged_per_class["class"].astype(str)))
     )
-    kinds = "".join(f'<option value="{i}">{escape(k)}</option>' for i, k in enumerate(data["kinds"]))
+    kinds = "".join(f'<option value="{i}">{escape(printable(k))}</option>' for i, k in enumerate(data["kinds"]))
     payload = {k: v for k, v in data.items() if k != "thumbs"}
     return (
         '<section id="review"><h2>Most suspicious first</h2>'
