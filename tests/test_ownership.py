@@ -336,3 +336,13 @@ def test_the_page_shows_control_characters_as_escapes(review, tmp_path):
     assert runner.invoke(app, ["report", str(crafted), "--html", str(page), "-q"]).exit_code == 0
     text = page.read_text()
     assert "\x1b" not in text and "\u202e" not in text
+
+
+@pytest.mark.parametrize(("key", "value"), [("image_size", -5), ("image_size", 100_000), ("std", [0.5, 0.0, 0.5])])
+def test_metadata_a_model_cannot_be_given_is_refused(review, tmp_path, key, value):
+    from deft_clean.outputs.results import load_results, write_results
+
+    frame, metadata = load_results(review.results)
+    crafted = write_results(frame, {**metadata, key: value}, tmp_path / "crafted.parquet")
+    with pytest.raises(DataError, match=key):
+        load_results(crafted)
