@@ -59,10 +59,10 @@ def test_clean_only_beats_all_rows(noisy_run, tmp_path, backbone, extra):
             **FAST,
         )
         accuracy[clean_only] = deft_clean.predict(out, [heldout], device="cpu", num_workers=0, quiet=True).accuracy
-    # measured: clip 0.99 vs 0.975, timm:test_vit 0.98 vs 0.55 (seeded, CPU). Both start from a linear
+    # measured: clip 1.0 vs 0.975-0.992, timm:test_vit 0.98 vs 0.55 (seeded, CPU). Both start from a linear
     # probe and keep their best epoch on held-out kept rows (a winning probe is refitted on every kept row),
-    # which lifts the noisy baseline a lot for CLIP.
-    assert accuracy[True] >= accuracy[False] + 0.01, accuracy
+    # which lifts the noisy baseline a lot for CLIP: clean-only must beat it by a point, or be perfect.
+    assert accuracy[True] >= min(accuracy[False] + 0.01, 1.0), accuracy
 
 
 def test_export_load_predict_reproduces_logits(noisy_run, tmp_path):

@@ -218,8 +218,8 @@ def _check_scores(table: pa.Table, file: Path) -> None:
         outside = pc.or_(pc.less(column, low), pc.greater(column, high))
         bad = pc.sum(pc.or_(pc.or_(pc.is_nan(column), pc.is_inf(column)), outside)).as_py() or 0
         if bad:
-            span = "finite" if math.isinf(high) else f"inside {low:g}..{high:g}"
-            raise DataError(f"{file}: column {name!r} has {bad} value(s) that are not {span}; rerun detect")
+            span = "NaN or infinite" if math.isinf(high) else f"NaN or outside {low:g}..{high:g}"
+            raise DataError(f"{file}: column {name!r} has {bad} value(s) that are {span}; rerun detect")
     _check_duplicates(table, file)
     paths = table.column("path")
     if pc.count_distinct(paths).as_py() != len(paths) - paths.null_count:
