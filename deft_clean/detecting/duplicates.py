@@ -2,14 +2,8 @@
 
 Frozen CLIP features put look-alike distinct images (two handwritten ones, two photos of one product) as
 close as a JPEG re-encode, so features only propose candidate pairs. Each candidate's two images are
-decoded through the reader, reduced to ``THUMB`` x ``THUMB`` grayscale thumbnails and compared:
-
-- similarity: the Pearson correlation of the two thumbnails (brightness and contrast drop out), the best
-  over shifts of up to ``SHIFT`` pixels (a moved crop) and over blurring either side (a copy resized down
-  and back is a blurred original); 1.0 = the same picture;
-- residual: after that alignment and a least-squares contrast fit, the mean absolute difference of the
-  worst 4x4 block, as a share of full scale. A look-alike differs somewhere (a stroke, a corner); a copy
-  differs a little everywhere (compression noise, blur).
+decoded through the reader and compared as grayscale thumbnails, by similarity and worst-block residual
+(:mod:`deft_clean.inputs.pixels`).
 
 A pair is a near-duplicate when its similarity is at least the threshold and its residual at most
 ``MAX_RESIDUAL``. Measured on 2,000 MNIST and 1,797 upscaled 8x8 digits (``benchmarks/duplicates.py``):
