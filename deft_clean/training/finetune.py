@@ -14,6 +14,7 @@ probe-initialised model (epoch 0) included.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -128,10 +129,11 @@ def train(
     from ..run.distributed import process_group
 
     cfg = merge_options(TrainConfig, config, options)
-    with process_group(cfg.device) as ranks, run_lock(out if ranks.is_main else None):
+    with process_group(cfg.device) as ranks, contextlib.ExitStack() as held:
         return _train(
-            dataset, results=Path(results), out=out, cfg=cfg, val=val, decisions=decisions, quiet=quiet, ranks=ranks
-        )
+            dataset, results=Path(results), out=out, cfg=cfg, val=val, decisions=decisions, quiet=quiet, ranks=ranks,
+            held=held,
+        )  # fmt: skip
 
 
 def _check_out(out_dir: Path, plan: Rows, cfg: TrainConfig, inputs: list[Any]) -> list[str] | None:
@@ -277,6 +279,7 @@ def _train(
     decisions: str | os.PathLike[str] | None,
     quiet: bool,
     ranks: Dist,
+    held: contextlib.ExitStack,
 ) -> TrainResult:
     from ..run.backbone import resolve_device
     from ..run.distributed import device_for
@@ -284,6 +287,7 @@ def _train(
     plan = plan_rows(dataset, results, cfg, val, decisions)
     out_dir = Path(out)
     earlier = _check_out(out_dir, plan, cfg, _named_inputs(dataset, results, val, decisions, cfg, plan))
+    held.enter_context(run_lock(out_dir if ranks.is_main else None))  # after the check: its file sits beside out
     ranks.barrier()  # every rank has checked the folder before rank 0 writes its manifest there
     if ranks.is_main:
         _prepare_out(out_dir, earlier, cfg)
