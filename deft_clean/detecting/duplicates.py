@@ -38,7 +38,7 @@ def confirm(
         return candidates.reshape(0, 2), np.zeros(0, dtype=np.float32)
     pairs = np.unique(np.sort(candidates, axis=1), axis=0)  # (i, j) and (j, i) are compared once
     pairs = pairs[pairs[:, 0] != pairs[:, 1]]
-    similarity, residual = compare_rows(thumbs, pairs)
+    similarity, residual = compare_rows(thumbs, pairs, threshold=threshold)
     near = (similarity >= threshold) & (residual <= MAX_RESIDUAL)
     return pairs[near], similarity[near]
 

@@ -63,22 +63,30 @@ def _aligned(a: np.ndarray, b: np.ndarray, dy: int, dx: int) -> tuple[np.ndarray
     )
 
 
-def _compare(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Correlation and worst-block residual of aligned crops ``a``, ``b`` (float32 [P, h, w]): two [P] arrays."""
+def _correlation(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Centred crops, dot products and means of aligned crops ``a``, ``b`` (float32 [P, h, w]), and their
+    correlation: (ac, bc, aa, bb, ab, mean_a, mean_b, corr), ``ac``/``bc`` [P, h*w], the rest [P]."""
     p, h, w = a.shape
     a, b = a.reshape(p, h * w), b.reshape(p, h * w)  # [P, h*w] (views where a crop is contiguous: not written)
     mean_a, mean_b = a.mean(axis=1), b.mean(axis=1)
     ac, bc = a - mean_a[:, None], b - mean_b[:, None]
     aa, bb, ab = np.einsum("ij,ij->i", ac, ac), np.einsum("ij,ij->i", bc, bc), np.einsum("ij,ij->i", ac, bc)
+    flat_a, flat_b = aa < FLAT**2 * h * w, bb < FLAT**2 * h * w
+    both = flat_a & flat_b  # two flat images: alike when their brightness is
     corr = ab / np.sqrt(np.maximum(aa * bb, 1e-12))
+    corr = np.where(both, 1.0 - np.abs(mean_a - mean_b) / 255.0, np.where(flat_a | flat_b, 0.0, corr))
+    return ac, bc, aa, bb, ab, mean_a, mean_b, corr.astype(np.float32)
+
+
+def _compare(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Correlation and worst-block residual of aligned crops ``a``, ``b`` (float32 [P, h, w]): two [P] arrays."""
+    p, h, w = a.shape
+    ac, bc, aa, bb, ab, mean_a, mean_b, corr = _correlation(a, b)
     alpha = ab / np.maximum(aa, 1e-12)  # contrast fit b ~ alpha * a (+ offset)
     r = np.abs(bc - alpha[:, None] * ac).reshape(p, h, w)[:, : h // 4 * 4, : w // 4 * 4]  # [P, h', w'] (x 255)
     residual = r.reshape(p, h // 4, 4, w // 4, 4).mean(axis=(2, 4)).reshape(p, -1).max(axis=1) / 255.0
-    flat_a, flat_b = aa < FLAT**2 * h * w, bb < FLAT**2 * h * w
-    both = flat_a & flat_b  # two flat images: alike when their brightness is
-    gap = np.abs(mean_a - mean_b) / 255.0
-    corr = np.where(both, 1.0 - gap, np.where(flat_a | flat_b, 0.0, corr))
-    return corr.astype(np.float32), np.where(both, gap, residual).astype(np.float32)
+    both = (aa < FLAT**2 * h * w) & (bb < FLAT**2 * h * w)
+    return corr, np.where(both, np.abs(mean_a - mean_b) / 255.0, residual).astype(np.float32)
 
 
 def alignments() -> list[tuple[int, int, int, int]]:
@@ -88,10 +96,15 @@ def alignments() -> list[tuple[int, int, int, int]]:
     return [*shifts, (1, 0, 0, 0), (0, 1, 0, 0)]
 
 
-def pixel_similarity(first: np.ndarray, second: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def pixel_similarity(
+    first: np.ndarray, second: np.ndarray, *, threshold: float | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """(similarity float32 [P], residual float32 [P]) of thumbnail pairs ``first``, ``second`` (uint8 [P, 2, S, S]).
 
     Similarity is the best correlation over :func:`alignments`, residual the least worst-block residual.
+    With ``threshold``, the residual is computed only for pairs whose similarity reaches it (the others are
+    not near-duplicates whatever their residual: inf); the correlations are cheap, the residual is not, and
+    most feature candidates are look-alikes below the threshold.
     """
     best = np.full(len(first), -1.0, dtype=np.float32)
     least = np.full(len(first), np.inf, dtype=np.float32)
@@ -100,13 +113,19 @@ def pixel_similarity(first: np.ndarray, second: np.ndarray) -> tuple[np.ndarray,
         b = second[start : start + CHUNK].astype(np.float32)
         here = slice(start, start + len(a))
         for la, lb, dy, dx in alignments():
-            corr, residual = _compare(*_aligned(a[:, la], b[:, lb], dy, dx))
-            best[here] = np.maximum(best[here], corr)
-            least[here] = np.minimum(least[here], residual)
+            best[here] = np.maximum(best[here], _correlation(*_aligned(a[:, la], b[:, lb], dy, dx))[-1])
+        close = np.flatnonzero(best[here] >= threshold) if threshold is not None else np.arange(len(a))
+        if not len(close):
+            continue
+        for la, lb, dy, dx in alignments():
+            residual = _compare(*_aligned(a[close, la], b[close, lb], dy, dx))[1]
+            least[start + close] = np.minimum(least[start + close], residual)
     return best, least
 
 
-def compare_rows(thumbs: Thumbnails, pairs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def compare_rows(
+    thumbs: Thumbnails, pairs: np.ndarray, *, threshold: float | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """:func:`pixel_similarity` of row pairs (int64 [P, 2]); a pair with an unreadable row gets (NaN, inf)."""
     similarity = np.full(len(pairs), np.nan, dtype=np.float32)
     residual = np.full(len(pairs), np.inf, dtype=np.float32)
@@ -115,5 +134,5 @@ def compare_rows(thumbs: Thumbnails, pairs: np.ndarray) -> tuple[np.ndarray, np.
         both = pairs[readable]
         first = np.stack([thumbs.get(int(i)) for i in both[:, 0]])  # [P', 2, S, S]
         second = np.stack([thumbs.get(int(j)) for j in both[:, 1]])
-        similarity[readable], residual[readable] = pixel_similarity(first, second)
+        similarity[readable], residual[readable] = pixel_similarity(first, second, threshold=threshold)
     return similarity, residual
