@@ -64,8 +64,8 @@ def _aligned(a: np.ndarray, b: np.ndarray, dy: int, dx: int) -> tuple[np.ndarray
 
 
 def _correlation(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, ...]:
-    """Centred crops, dot products and means of aligned crops ``a``, ``b`` (float32 [P, h, w]), and their
-    correlation: (ac, bc, aa, bb, ab, mean_a, mean_b, corr), ``ac``/``bc`` [P, h*w], the rest [P]."""
+    """Centred crops, dot products and the flat-image cases of aligned crops ``a``, ``b`` (float32 [P, h, w]),
+    and their correlation: (ac, bc, aa, ab, gap, both, corr), ``ac``/``bc`` [P, h*w], the rest [P]."""
     p, h, w = a.shape
     a, b = a.reshape(p, h * w), b.reshape(p, h * w)  # [P, h*w] (views where a crop is contiguous: not written)
     mean_a, mean_b = a.mean(axis=1), b.mean(axis=1)
@@ -73,20 +73,20 @@ def _correlation(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, ...]:
     aa, bb, ab = np.einsum("ij,ij->i", ac, ac), np.einsum("ij,ij->i", bc, bc), np.einsum("ij,ij->i", ac, bc)
     flat_a, flat_b = aa < FLAT**2 * h * w, bb < FLAT**2 * h * w
     both = flat_a & flat_b  # two flat images: alike when their brightness is
+    gap = np.abs(mean_a - mean_b) / 255.0
     corr = ab / np.sqrt(np.maximum(aa * bb, 1e-12))
-    corr = np.where(both, 1.0 - np.abs(mean_a - mean_b) / 255.0, np.where(flat_a | flat_b, 0.0, corr))
-    return ac, bc, aa, bb, ab, mean_a, mean_b, corr.astype(np.float32)
+    corr = np.where(both, 1.0 - gap, np.where(flat_a | flat_b, 0.0, corr))
+    return ac, bc, aa, ab, gap, both, corr.astype(np.float32)
 
 
 def _compare(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Correlation and worst-block residual of aligned crops ``a``, ``b`` (float32 [P, h, w]): two [P] arrays."""
     p, h, w = a.shape
-    ac, bc, aa, bb, ab, mean_a, mean_b, corr = _correlation(a, b)
+    ac, bc, aa, ab, gap, both, corr = _correlation(a, b)
     alpha = ab / np.maximum(aa, 1e-12)  # contrast fit b ~ alpha * a (+ offset)
     r = np.abs(bc - alpha[:, None] * ac).reshape(p, h, w)[:, : h // 4 * 4, : w // 4 * 4]  # [P, h', w'] (x 255)
     residual = r.reshape(p, h // 4, 4, w // 4, 4).mean(axis=(2, 4)).reshape(p, -1).max(axis=1) / 255.0
-    both = (aa < FLAT**2 * h * w) & (bb < FLAT**2 * h * w)
-    return corr, np.where(both, np.abs(mean_a - mean_b) / 255.0, residual).astype(np.float32)
+    return corr, np.where(both, gap, residual).astype(np.float32)
 
 
 def alignments() -> list[tuple[int, int, int, int]]:
