@@ -83,13 +83,14 @@ def train_and_score(folder: Path, foundation: Foundation, *, seed: int, options:
     """Train prompts like ``deft_clean.detect`` does; return positive/negative logits of every sample."""
     import torch
 
-    from deft_clean.detecting import detector
-    from deft_clean.detecting.detector import DeftModel, train_prompts
-    from deft_clean.inputs.data import ImageDataset, list_dataset
+    from deft_clean.detecting import prompt_training as detector
+    from deft_clean.detecting.prompt_training import train_prompts
+    from deft_clean.inputs.dataset import ImageDataset, list_dataset
     from deft_clean.inputs.transforms import eval_transform, train_transform
-    from deft_clean.run.backbone import load_clip, resolve_device
-    from deft_clean.run.config import DetectConfig
+    from deft_clean.models.clip import load_clip, resolve_device
+    from deft_clean.models.deft import DeftModel
     from deft_clean.run.engine import seed_everything
+    from deft_clean.run.options import DetectConfig
 
     options = dict(options)
     crop = options.pop("crop_scale", "default")

@@ -82,7 +82,9 @@ def timed(method: str) -> dict[str, dict[str, float]]:
     their seconds to the returned dict (scale.timed_stages)."""
     import scale
 
-    from deft_clean.detecting import detection, detector, selection
+    from deft_clean.detecting import detect as detection
+    from deft_clean.detecting import prompt_training as detector
+    from deft_clean.detecting import selection
 
     stages: dict[str, dict[str, float]] = {}
     patch = scale.timed_stages(stages)
@@ -99,9 +101,9 @@ def cleanlab_case(folder: Path, truth: dict[str, int], common: dict[str, Any], s
     import torch
     from quality import CLASSES
 
-    from deft_clean.detecting.detector import image_features
+    from deft_clean.detecting.passes import image_features
     from deft_clean.inputs.listing import list_dataset
-    from deft_clean.run.backbone import load_clip
+    from deft_clean.models.clip import load_clip
     from deft_clean.run.cores import plan_cpu, torch_threads
 
     workers, threads = plan_cpu(None, None)
@@ -121,7 +123,7 @@ def cleanlab_case(folder: Path, truth: dict[str, int], common: dict[str, Any], s
 
 def gpu_projection(results: dict[str, Any]) -> list[str]:
     """ViT-B-16 at 1M images x 1,000 classes on an H100, from measured rates (see the module docstring)."""
-    from deft_clean.detecting.monitor import IMAGES_PER_CLASS, MIN_EPOCH_IMAGES, WATCH_PER_CLASS, WATCH_ROWS
+    from deft_clean.detecting.early_stop import IMAGES_PER_CLASS, MIN_EPOCH_IMAGES, WATCH_PER_CLASS, WATCH_ROWS
 
     speed = json.loads((ROOT / "benchmarks" / "results" / "speed_cuda_after.json").read_text())
     row = next(r for r in speed["throughput"] if r["model"] == "ViT-B-16")

@@ -115,7 +115,8 @@ def score(paths: list[str], groups: np.ndarray, truth: dict[str, tuple[int, str]
 def run(work: Path) -> dict:
     import deft_clean
     from benchmarks.quality import build_foundation
-    from deft_clean.detecting import detection, health
+    from deft_clean.detecting import detect as detection
+    from deft_clean.detecting import health
     from deft_clean.inputs.readers.base import FileImages
 
     config, checkpoint = build_foundation(work)

@@ -57,11 +57,12 @@ def image_speeds(
     from speed import model_config
 
     import deft_clean
-    from deft_clean.detecting.detector import DeftModel, deft_loss, score_samples, train_prompts
-    from deft_clean.detecting.prompts import PromptFeatures
-    from deft_clean.inputs.accel import DeviceTransform, compile_module, uint8_transform
-    from deft_clean.inputs.data import ImageDataset, list_dataset
-    from deft_clean.run.backbone import load_clip, resolve_device
+    from deft_clean.detecting.passes import score_samples
+    from deft_clean.detecting.prompt_training import train_prompts
+    from deft_clean.inputs.dataset import ImageDataset, list_dataset
+    from deft_clean.inputs.device_transforms import DeviceTransform, uint8_transform
+    from deft_clean.models.clip import compile_module, load_clip, resolve_device
+    from deft_clean.models.deft import DeftModel, PromptFeatures, deft_loss
     from deft_clean.run.engine import amp_for, seed_everything
 
     device = resolve_device(device_name)
@@ -137,7 +138,7 @@ def scale_seconds(rows: int, classes: int, *, device_name: str) -> dict[str, flo
 
     from deft_clean.detecting.health import dataset_health
     from deft_clean.detecting.selection import fused_rule, text_seed
-    from deft_clean.run.backbone import resolve_device
+    from deft_clean.models.clip import resolve_device
     from tests.toy import synthetic_features
 
     device = resolve_device(device_name)

@@ -28,7 +28,7 @@ def rate(listing, transform, size: int, cache, batch_size: int = 64) -> float:
     """img/s of one pass over the listing (after a warm-up batch)."""
     import torch
 
-    from deft_clean.inputs.data import ImageDataset
+    from deft_clean.inputs.dataset import ImageDataset
 
     dataset = ImageDataset(listing.root, listing.paths, listing.label_indices, transform, image_size=size, cache=cache)
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=0)
@@ -47,8 +47,8 @@ def main() -> None:
     args = parser.parse_args()
     set_threads(1)
 
-    from deft_clean.inputs.cache import prepare_cache
-    from deft_clean.inputs.data import list_dataset
+    from deft_clean.inputs.dataset import list_dataset
+    from deft_clean.inputs.image_cache import prepare_cache
     from deft_clean.inputs.transforms import eval_transform, train_transform
 
     mean, std = (0.48, 0.46, 0.41), (0.27, 0.26, 0.28)

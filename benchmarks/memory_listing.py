@@ -72,7 +72,7 @@ class PooledPixels:
         self.project = torch.randn(3, dim, generator=generator)
         positive = torch.nn.functional.normalize(torch.randn(n_classes, dim, generator=generator), dim=1)
         negative = torch.nn.functional.normalize(torch.randn(n_classes, dim, generator=generator), dim=1)
-        from deft_clean.detecting.prompts import PromptFeatures
+        from deft_clean.models.deft import PromptFeatures
 
         self.text = PromptFeatures(positive, negative)
 
@@ -105,8 +105,8 @@ def main() -> None:
 
     import torch
 
-    from deft_clean.detecting.detector import score_samples
-    from deft_clean.inputs.data import list_dataset
+    from deft_clean.detecting.passes import score_samples
+    from deft_clean.inputs.dataset import list_dataset
 
     torch.set_num_threads(1)
     phases: list[tuple[str, float, float]] = [("imports (torch, deft_clean)", peak_rss_mib(), 0.0)]
@@ -141,7 +141,7 @@ def main() -> None:
         assert not odd, list(odd.items())[:3]
 
         # The decoded-image cache: index lookup for every row (300 distinct files are decoded once).
-        from deft_clean.inputs.cache import prepare_cache
+        from deft_clean.inputs.image_cache import prepare_cache
 
         started = time.perf_counter()
         cache = prepare_cache(Path(tmp) / "cache", listing, size=args.image_size, num_workers=args.num_workers)

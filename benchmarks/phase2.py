@@ -149,7 +149,7 @@ def run_setting(
         run, detected = q.run_deft(folder, paths, *foundation, seed=setting.seed, device=args.device, num_workers=0)
         detected.save(results)
         detect_seconds = run.seconds
-    from deft_clean import load_results
+    from deft_clean.deft_clean import load_results
 
     frame, _ = load_results(results)
     kept = frame.set_index("path").loc[paths, "is_clean"].to_numpy(dtype=bool)
@@ -327,7 +327,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     import torch
 
-    from deft_clean.run.config import TrainConfig
+    from deft_clean.run.options import TrainConfig
 
     started = time.perf_counter()
     load_at_start = os.getloadavg()[0]

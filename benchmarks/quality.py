@@ -157,7 +157,7 @@ def encode(
     import torch
 
     from deft_clean.inputs.transforms import eval_transform
-    from deft_clean.run.backbone import encode_image, load_clip, resolve_device
+    from deft_clean.models.clip import encode_image, load_clip, resolve_device
 
     dev = resolve_device(device)
     loaded = load_clip(str(config), str(checkpoint), device=dev, quiet=True)
@@ -316,7 +316,7 @@ def run_deft(
 def run_deft_rule(result: Any, paths: list[str]) -> MethodRun:
     """The paper's dual-prompt rule on the prompts ``result`` trained (no second training run)."""
     from deft_clean.detecting.selection import deft_rule
-    from deft_clean.run.config import DetectConfig
+    from deft_clean.run.options import DetectConfig
 
     evidence = result.evidence
     if evidence.scores is None:  # the prompts fell back to zero-shot: the rule has nothing to judge

@@ -262,9 +262,10 @@ def detect_case(rows: int, *, work: Path, workers: int) -> dict[str, Any]:
     from quality import CLASSES
 
     import deft_clean
-    from deft_clean.detecting import detection, selection
-    from deft_clean.outputs import report_html
-    from deft_clean.run import backbone
+    from deft_clean.detecting import detect as detection
+    from deft_clean.detecting import selection
+    from deft_clean.models import clip as backbone
+    from deft_clean.outputs import html_report as report_html
 
     config, checkpoint = quality.build_foundation(work)
     started = time.perf_counter()

@@ -107,10 +107,11 @@ def throughput(
     """
     import torch
 
-    from deft_clean.detecting.detector import DeftModel, deft_loss, score_samples, train_prompts
-    from deft_clean.detecting.prompts import PromptFeatures
-    from deft_clean.inputs.data import list_dataset
-    from deft_clean.run.backbone import load_clip, resolve_device
+    from deft_clean.detecting.passes import score_samples
+    from deft_clean.detecting.prompt_training import train_prompts
+    from deft_clean.inputs.dataset import list_dataset
+    from deft_clean.models.clip import load_clip, resolve_device
+    from deft_clean.models.deft import DeftModel, PromptFeatures, deft_loss
     from deft_clean.run.engine import amp_for, seed_everything
 
     device = resolve_device(device_name)
@@ -129,7 +130,7 @@ def throughput(
     common: dict[str, Any] = {"device": device, "num_workers": num_workers, **image}
     fill_seconds = None
     if cache_dir is not None:
-        from deft_clean.inputs.cache import prepare_cache
+        from deft_clean.inputs.image_cache import prepare_cache
 
         started = time.perf_counter()
         common["cache"] = prepare_cache(cache_dir, listing, size=loaded.image_size, num_workers=num_workers)
@@ -143,7 +144,7 @@ def throughput(
     epoch_ips = history[-1].samples_per_second
 
     # 2. the same step on batches already on the device: no decode, no augmentation, no transfer
-    from deft_clean.inputs.data import ImageDataset
+    from deft_clean.inputs.dataset import ImageDataset
     from deft_clean.inputs.transforms import train_transform
 
     dataset = ImageDataset(

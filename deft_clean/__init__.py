@@ -5,9 +5,9 @@ Architecture (one line per folder and module in docs/architecture.md, "How the c
 - The folders are layers, top to bottom: :mod:`.cli` -> :mod:`.training` -> :mod:`.detecting` ->
   :mod:`.outputs` -> :mod:`.inputs` -> :mod:`.run`. A module imports its own folder and the ones below it;
   nothing imports the CLI or this ``__init__``.
-- Two phases, one engine. Phase 1 (:mod:`.detecting.detection` -> :mod:`.detecting.detector`) trains prompts
-  on a frozen CLIP and scores every sample; phase 2 (:mod:`.training.finetune`, with :mod:`.training.probe`)
-  fine-tunes a classifier (:mod:`.training.classifiers`) on the rows phase 1 kept. Both describe themselves to
+- Two phases, one engine. Phase 1 (:mod:`.detecting.detect` -> :mod:`.detecting.prompt_training`) trains prompts
+  on a frozen CLIP and scores every sample; phase 2 (:mod:`.training.finetune`, with :mod:`.training.linear_probe`)
+  fine-tunes a classifier (:mod:`.models.classifier`) on the rows phase 1 kept. Both describe themselves to
   :func:`.run.engine.fit` as a ``Phase`` (model, optimiser, loss step, epoch hooks); the engine alone chooses
   mixed precision, syncs gradients between torchrun ranks, checkpoints, resumes and stops on signals.
 - One seam per input: :mod:`.inputs.listing` lists any dataset through a reader of :mod:`.inputs.readers`
@@ -28,32 +28,32 @@ from .run._version import __version__
 # Public names -> the module that defines them. They are imported on first use (PEP 562) so that
 # `import deft_clean` and `deft-clean --help` do not pay for importing torch.
 _EXPORTS = {
-    "DetectConfig": ".run.config",
-    "TrainConfig": ".run.config",
+    "DetectConfig": ".run.options",
+    "TrainConfig": ".run.options",
     "DataError": ".run.errors",
     "DeftCleanError": ".run.errors",
     "UsageError": ".run.errors",
     "WeightsError": ".run.errors",
     "TrainResult": ".training.finetune",
     "train": ".training.finetune",
-    "PredictResult": ".training.inference",
-    "predict": ".training.inference",
-    "LoadedModel": ".training.classifiers",
-    "load_model": ".training.classifiers",
-    "DetectResult": ".detecting.detection",
-    "detect": ".detecting.detection",
-    "load": ".detecting.detection",
+    "PredictResult": ".training.predict",
+    "predict": ".training.predict",
+    "LoadedModel": ".models.classifier",
+    "load_model": ".models.classifier",
+    "DetectResult": ".detecting.detect",
+    "detect": ".detecting.detect",
+    "load": ".detecting.detect",
     "load_results": ".outputs.results",
 }
 
 if TYPE_CHECKING:
-    from .detecting.detection import DetectResult, detect, load
+    from .detecting.detect import DetectResult, detect, load
+    from .models.classifier import LoadedModel, load_model
     from .outputs.results import load_results
-    from .run.config import DetectConfig, TrainConfig
     from .run.errors import DataError, DeftCleanError, UsageError, WeightsError
-    from .training.classifiers import LoadedModel, load_model
+    from .run.options import DetectConfig, TrainConfig
     from .training.finetune import TrainResult, train
-    from .training.inference import PredictResult, predict
+    from .training.predict import PredictResult, predict
 
 
 def __getattr__(name: str) -> Any:

@@ -1,4 +1,4 @@
-from deft_clean.cli import main
+from .cli import main
 
 if __name__ == "__main__":
     main()

@@ -139,7 +139,7 @@ def folder_rows(root: Path) -> list[dict]:
 
 def collapse_prompts(monkeypatch: pytest.MonkeyPatch) -> None:
     """Make the learned prompts predict class 0 for every image (a collapse the detector must catch)."""
-    from deft_clean.detecting import detector
+    from deft_clean.detecting import prompt_training as detector
 
     real = detector.score_samples
 

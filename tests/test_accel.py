@@ -10,12 +10,12 @@ import pytest
 import torch
 
 import deft_clean
-from deft_clean.detecting.detector import image_features
-from deft_clean.inputs import accel
-from deft_clean.inputs.accel import CompiledOrEager, DeviceTransform, compile_module, uint8_transform
+from deft_clean.detecting.passes import image_features
+from deft_clean.inputs import device_transforms as accel
+from deft_clean.inputs.device_transforms import DeviceTransform, uint8_transform
 from deft_clean.inputs.listing import list_dataset
 from deft_clean.inputs.transforms import eval_transform
-from deft_clean.run.backbone import load_clip
+from deft_clean.models.clip import CompiledOrEager, compile_module, load_clip
 from tests import toy
 
 MEAN, STD = (0.48, 0.46, 0.41), (0.27, 0.26, 0.28)

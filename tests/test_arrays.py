@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 import deft_clean
-from deft_clean.cli.cli import app
+from deft_clean.cli.app import app
 from deft_clean.outputs.arrays import load_arrays
 
 runner = CliRunner()

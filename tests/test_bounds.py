@@ -18,8 +18,8 @@ import pytest
 from typer.testing import CliRunner
 
 import deft_clean
-from deft_clean.cli.cli import app
-from deft_clean.inputs.data import list_dataset
+from deft_clean.cli.app import app
+from deft_clean.inputs.dataset import list_dataset
 from deft_clean.run.errors import DataError
 from tests.review_data import make_review
 

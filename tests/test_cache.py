@@ -12,11 +12,11 @@ import torch
 from PIL import Image
 
 import deft_clean
-from deft_clean.inputs import cache as cache_module
-from deft_clean.inputs.cache import cache_folder, prepare_cache
-from deft_clean.inputs.data import ImageDataset, list_dataset
+from deft_clean.inputs import image_cache as cache_module
+from deft_clean.inputs.dataset import ImageDataset, list_dataset
+from deft_clean.inputs.image_cache import cache_folder, prepare_cache
 from deft_clean.inputs.transforms import eval_transform
-from deft_clean.run.runstate import Interrupted, StopOnSignal
+from deft_clean.run.checkpoints import Interrupted, StopOnSignal
 
 from .test_scale import noisy_folder, options, uninterrupted  # noqa: F401  (module fixtures)
 

@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 import deft_clean
-from deft_clean.cli.cli import app
+from deft_clean.cli.app import app
 from tests.conftest import folder_rows, write_table
 
 runner = CliRunner()

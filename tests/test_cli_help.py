@@ -8,14 +8,14 @@ import sys
 import pytest
 from typer.testing import CliRunner
 
-from deft_clean.cli.cli import app
+from deft_clean.cli.app import app
 
 runner = CliRunner()
 
 # Runs the CLI in a fresh interpreter and reports whether torch got imported on the way.
 PROBE = """
 import sys
-from deft_clean.cli.cli import main
+from deft_clean.cli.app import main
 try:
     main({args!r})
 except SystemExit as exc:

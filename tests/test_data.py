@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from deft_clean.inputs.data import list_dataset, load_class_names, load_image
+from deft_clean.inputs.dataset import list_dataset, load_class_names, load_image
 
 
 def test_folder_listing_nested_and_filtered(small_folder):

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image, ImageFilter
 
 import deft_clean
-from deft_clean.detecting.evidence import estimated_issue_counts, flag_by_class
+from deft_clean.detecting.confident import estimated_issue_counts, flag_by_class
 from deft_clean.detecting.selection import class_warnings
 from tests import toy
 

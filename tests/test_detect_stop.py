@@ -7,11 +7,11 @@ import pytest
 import torch
 
 import deft_clean
-from deft_clean.detecting import monitor as monitor_module
-from deft_clean.detecting.monitor import TrainingMonitor, epoch_budget, stratified_order
-from deft_clean.run.config import DetectConfig
+from deft_clean.detecting import early_stop as monitor_module
+from deft_clean.detecting.early_stop import TrainingMonitor, epoch_budget, stratified_order
 from deft_clean.run.cores import cgroup_cores, plan_cpu
 from deft_clean.run.errors import UsageError
+from deft_clean.run.options import DetectConfig
 
 from .test_detect_shift import defaults, pair_shifted  # noqa: F401  (fixture)
 

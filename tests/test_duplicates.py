@@ -13,11 +13,11 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from deft_clean.detecting.duplicates import DUPLICATE_THRESHOLD
 from deft_clean.detecting.health import content_hashes, dataset_health
+from deft_clean.inputs.pixel_similarity import DUPLICATE_THRESHOLD
 from deft_clean.inputs.readers.base import FileImages
-from deft_clean.run.config import DetectConfig
 from deft_clean.run.errors import DataError, UsageError
+from deft_clean.run.options import DetectConfig
 from tests import toy
 from tests.toy import planted_copy
 
@@ -146,7 +146,7 @@ def test_detect_and_drop_duplicates_keep_every_distinct_image(planted, tiny_clip
     from typer.testing import CliRunner
 
     import deft_clean
-    from deft_clean.cli.cli import app
+    from deft_clean.cli.app import app
 
     out = tmp_path / "results.parquet"
     result = deft_clean.detect(planted.root, out=out, seed=0, **tiny_clip.options(quick=True))
@@ -232,7 +232,7 @@ def test_duplicate_threshold_is_validated(value):
 def test_duplicate_threshold_on_the_command_line(tmp_path):
     from typer.testing import CliRunner
 
-    from deft_clean.cli.cli import app
+    from deft_clean.cli.app import app
 
     done = CliRunner().invoke(app, ["detect", str(tmp_path), "--duplicate-threshold", "1.2"])
     assert done.exit_code != 0 and "--duplicate-threshold" in done.output

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from deft_clean.cli.cli import app
+from deft_clean.cli.app import app
 from deft_clean.outputs.export import FLAGGED_DIR, export_dataset
 from deft_clean.run.errors import DataError
 from deft_clean.run.ownership import MANIFEST

@@ -95,8 +95,8 @@ def test_group_ids_are_components():
 def test_export_and_report_use_health_columns(tmp_path):
     from typer.testing import CliRunner
 
-    from deft_clean.cli.cli import app
-    from deft_clean.outputs.report_html import write_html
+    from deft_clean.cli.app import app
+    from deft_clean.outputs.html_report import write_html
     from deft_clean.outputs.results import load_results, write_results
     from tests.review_data import make_review
 

@@ -19,10 +19,10 @@ import pytest
 from typer.testing import CliRunner
 
 import deft_clean
-from deft_clean.cli.cli import app
+from deft_clean.cli.app import app
 from deft_clean.inputs.listing import list_dataset
 from deft_clean.outputs.export import export_dataset
-from deft_clean.outputs.report import report
+from deft_clean.outputs.terminal_report import report
 from deft_clean.run.errors import DataError, UsageError
 
 from .conftest import make_noisy_folder
@@ -174,8 +174,8 @@ def test_webdataset_shards_give_the_folder_verdicts(tiny_clip, folder, folder_ru
 
 
 def test_webdataset_detect_resumes_to_identical_results(tiny_clip, folder, tmp_path, monkeypatch):
+    from deft_clean.run.checkpoints import Interrupted
     from deft_clean.run.progress import RichProgress
-    from deft_clean.run.runstate import Interrupted
 
     pattern = write_shards(folder, tmp_path / "shards")
     straight = deft_clean.detect(pattern, label_key="json:label", **options(tiny_clip))
@@ -246,7 +246,7 @@ def test_missing_dataset_is_a_usage_error_without_importing_torch(tmp_path):
     code = (
         "import sys\n"
         "from typer.testing import CliRunner\n"
-        "from deft_clean.cli.cli import app\n"
+        "from deft_clean.cli.app import app\n"
         f"done = CliRunner().invoke(app, ['detect', {str(tmp_path / 'nope')!r}])\n"
         "print(done.exit_code, 'torch' in sys.modules)\n"
         "print(done.output)\n"

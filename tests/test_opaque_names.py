@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 import deft_clean
-from deft_clean.detecting import monitor
+from deft_clean.detecting import early_stop as monitor
 from deft_clean.detecting.evidence_check import check_evidence
-from deft_clean.detecting.opaque import code_like_names, text_informative, text_view_test
+from deft_clean.detecting.opaque_names import code_like_names, text_informative, text_view_test
 from tests import toy
 from tests.conftest import N_CLASSES
 

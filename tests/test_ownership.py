@@ -18,7 +18,7 @@ import pytest
 from typer.testing import CliRunner
 
 import deft_clean
-from deft_clean.cli.cli import app
+from deft_clean.cli.app import app
 from deft_clean.run.errors import DataError
 from deft_clean.run.files import LOCK_MARK, run_lock
 from deft_clean.run.ownership import MANIFEST, read_manifest, remove_owned, write_manifest

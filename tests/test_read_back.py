@@ -18,10 +18,10 @@ import pytest
 from typer.testing import CliRunner
 
 import deft_clean
-from deft_clean.cli.cli import app
+from deft_clean.cli.app import app
 from deft_clean.outputs.results import METADATA_KEY, load_results, write_results
+from deft_clean.run.checkpoints import Interrupted
 from deft_clean.run.errors import DataError
-from deft_clean.run.runstate import Interrupted
 from tests import toy
 
 from .conftest import CLASSES, N_CLASSES, collapse_prompts, make_noisy_folder

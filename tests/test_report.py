@@ -16,8 +16,8 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from deft_clean.cli.cli import app
-from deft_clean.outputs.report_html import write_html
+from deft_clean.cli.app import app
+from deft_clean.outputs.html_report import write_html
 from deft_clean.outputs.summary import summarize
 from tests.review_data import CLASSES, HOSTILE, Review, make_review
 
@@ -31,7 +31,7 @@ def review(tmp_path: Path) -> Review:
 
 
 def expected_counts(results: Path) -> dict:
-    """Counts computed straight from the Parquet, independently of deft_clean.outputs.report."""
+    """Counts computed straight from the Parquet, independently of deft_clean.outputs.terminal_report."""
     frame = pd.read_parquet(results)
     usable = frame["status"] == "ok"
     flagged = usable & ~frame["is_clean"]

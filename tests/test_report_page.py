@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 from PIL import Image, ImageStat
 
-from deft_clean.outputs.report_html import write_html
+from deft_clean.outputs.html_report import write_html
 from deft_clean.outputs.results import load_results, write_results
 from tests.review_data import CLASSES, make_review
 from tests.test_review import browser, wait_for  # noqa: F401  (the fixture)
@@ -209,7 +209,7 @@ def test_paths_named_like_object_members_are_not_reviewed(tmp_path, browser):  #
 def test_report_cli_draws_a_model_and_predictions(tmp_path):
     from typer.testing import CliRunner
 
-    from deft_clean.cli.cli import app
+    from deft_clean.cli.app import app
 
     review = make_review(tmp_path)
     model = tmp_path / "model"
@@ -235,7 +235,7 @@ def test_report_cli_draws_a_model_and_predictions(tmp_path):
 def test_report_thumbnails_option_caps_the_images(tmp_path):
     from typer.testing import CliRunner
 
-    from deft_clean.cli.cli import app
+    from deft_clean.cli.app import app
 
     review = make_review(tmp_path)
     out = tmp_path / "r.html"

@@ -12,12 +12,12 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from deft_clean.cli.cli import app
-from deft_clean.outputs.decisions import read_decisions
+from deft_clean.cli.app import app
 from deft_clean.outputs.export import plan_export
-from deft_clean.outputs.report_html import write_html
+from deft_clean.outputs.html_report import write_html
+from deft_clean.outputs.review_decisions import read_decisions
 from deft_clean.run.errors import DataError
-from deft_clean.training.finetune import select_rows
+from deft_clean.training.train_rows import select_rows
 from tests.review_data import CLASSES, HOSTILE, Review, make_review
 
 runner = CliRunner()

@@ -20,15 +20,15 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from deft_clean.cli.cli import app
-from deft_clean.inputs.data import list_dataset, load_image
+from deft_clean.cli.app import app
+from deft_clean.inputs.dataset import list_dataset, load_image
+from deft_clean.models.classifier import load_model
 from deft_clean.outputs.results import load_results, write_results
-from deft_clean.run.config import DetectConfig, TrainConfig
+from deft_clean.run.checkpoints import load_checkpoint, save_checkpoint
 from deft_clean.run.errors import DataError, UsageError
 from deft_clean.run.files import DiskFullError, run_lock, write_atomic
-from deft_clean.run.runstate import load_checkpoint, save_checkpoint
+from deft_clean.run.options import DetectConfig, TrainConfig
 from deft_clean.run.safety import printable
-from deft_clean.training.classifiers import load_model
 from tests.conftest import folder_rows, write_table
 from tests.review_data import Review, checksums, make_review
 
@@ -263,7 +263,7 @@ def test_image_reads_stay_inside_the_root(review, tmp_path):
     link = swap_for_link(review, secret)
     with pytest.raises(OSError, match="outside the dataset root"):
         load_image(link, root=review.root)
-    from deft_clean.outputs.report_review import thumbnail as _thumbnail
+    from deft_clean.outputs.html_review import thumbnail as _thumbnail
 
     assert _thumbnail(link, review.root) is None
 
@@ -314,7 +314,7 @@ def test_fifo_is_an_unusable_row_not_a_hang(tiny_clip, small_folder, tmp_path):
 
 
 def test_second_signal_stops_a_stuck_run_at_once():
-    from deft_clean.run.runstate import Interrupted, StopOnSignal
+    from deft_clean.run.checkpoints import Interrupted, StopOnSignal
 
     with pytest.raises(Interrupted, match="second signal"), StopOnSignal("rerun") as stop:
         os.kill(os.getpid(), signal.SIGINT)
@@ -506,7 +506,7 @@ def test_error_messages_escape_control_characters(tmp_path):
 
 
 def test_rebuilding_a_model_prints_no_random_init_warning(tiny_clip, caplog):
-    from deft_clean.training.classifiers import _clip_architecture
+    from deft_clean.models.classifier import _clip_architecture
 
     config = json.loads(tiny_clip.config.read_text())
     with caplog.at_level("WARNING"):

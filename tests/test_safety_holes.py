@@ -22,12 +22,12 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from deft_clean.cli.cli import app
+from deft_clean.cli.app import app
 from deft_clean.detecting.health import content_hashes
-from deft_clean.inputs.data import describe_failure, list_dataset, load_image
+from deft_clean.inputs.dataset import describe_failure, list_dataset, load_image
 from deft_clean.outputs.results import load_results, write_results
-from deft_clean.run.config import DetectConfig, TrainConfig
 from deft_clean.run.errors import DataError, UsageError
+from deft_clean.run.options import DetectConfig, TrainConfig
 from deft_clean.run.safety import MAX_FILE_BYTES, Output, check_outputs, printable, read_file
 from tests import toy
 from tests.review_data import Review, checksums, make_review
@@ -455,7 +455,7 @@ def test_enlarged_clip_config_is_refused_before_allocating(tmp_path):
     import torch
     from safetensors.torch import save_file
 
-    from deft_clean.training.classifiers import load_model
+    from deft_clean.models.classifier import load_model
 
     folder = tmp_path / "model"
     folder.mkdir()

@@ -14,9 +14,9 @@ import pandas as pd
 import pytest
 
 import deft_clean
+from deft_clean.run.checkpoints import Interrupted
 from deft_clean.run.errors import UsageError
 from deft_clean.run.progress import RichProgress
-from deft_clean.run.runstate import Interrupted
 
 from .conftest import NoisyFolder, make_noisy_folder
 
@@ -174,7 +174,7 @@ def test_decompression_bomb_is_a_status_row_and_scores_keep_failures_only(tiny_c
 
 
 def test_scores_store_failures_compactly():
-    from deft_clean.detecting.detector import Scores
+    from deft_clean.detecting.passes import Scores
 
     n = 5
     floats = [np.zeros(n, dtype=np.float32) for _ in range(3)]

@@ -7,8 +7,8 @@ import time
 import numpy as np
 import torch
 
-from deft_clean.detecting import evidence
-from deft_clean.detecting.evidence import MAX_ROUNDS, grow_clean_set
+from deft_clean.detecting import probes as evidence
+from deft_clean.detecting.probes import MAX_ROUNDS, grow_clean_set
 from deft_clean.detecting.selection import fused_rule, text_seed
 from tests.toy import synthetic_features
 

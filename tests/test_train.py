@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 import deft_clean
-from deft_clean.cli.cli import app
+from deft_clean.cli.app import app
 from tests import toy
 
 from .conftest import CLASSES, N_CLASSES, make_noisy_folder
@@ -93,7 +93,7 @@ def test_export_load_predict_reproduces_logits(noisy_run, tmp_path):
         state = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=True)["model"]
         assert all(torch.equal(state[k], exported[k]) for k in state)
     image = next(heldout.rglob("*.png"))
-    x = loaded.transform(deft_clean.inputs.data.load_image(image)).unsqueeze(0)
+    x = loaded.transform(deft_clean.inputs.dataset.load_image(image)).unsqueeze(0)
     with torch.no_grad():
         probs = loaded.module(x).softmax(1)[0]
     pred = deft_clean.predict(out, [image], device="cpu", num_workers=0, quiet=True).frame.iloc[0]
@@ -280,7 +280,7 @@ def test_timm_head_is_fitted_first(noisy_run, tmp_path):
 
 
 def test_probe_keeps_its_place_only_when_clearly_better():
-    from deft_clean.training.probe import probe_clearly_better
+    from deft_clean.training.linear_probe import probe_clearly_better
 
     right = np.ones(100, dtype=bool)
     tuned = right.copy()
@@ -296,7 +296,7 @@ def test_probe_keeps_its_place_only_when_clearly_better():
 
 
 def test_stratified_holdout():
-    from deft_clean.training.probe import stratified_holdout
+    from deft_clean.training.linear_probe import stratified_holdout
 
     labels = np.array([0] * 50 + [1] * 5 + [2] * 1)
     held = stratified_holdout(labels, fraction=0.1, seed=0)
@@ -306,7 +306,7 @@ def test_stratified_holdout():
 
 
 def test_linear_probe_fits_separable_features():
-    from deft_clean.training.probe import fit_linear_probe
+    from deft_clean.training.linear_probe import fit_linear_probe
 
     generator = torch.Generator().manual_seed(0)
     labels = torch.arange(4).repeat(25)  # [100]
@@ -328,7 +328,7 @@ def test_cli_summary_names_the_validation(noisy_run, tmp_path):
 
 
 def test_flips_follow_the_probe_unless_asked():
-    from deft_clean.training.probe import choose_hflip
+    from deft_clean.training.linear_probe import choose_hflip
 
     notes: list[str] = []
     assert choose_hflip(None, {"train_accuracy": 0.99, "mirrored_accuracy": 0.4}, notes.append) is False

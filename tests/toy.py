@@ -172,7 +172,7 @@ def pretrain_tiny_clip(
     import torch.nn.functional as F
 
     from deft_clean.inputs.transforms import train_transform
-    from deft_clean.run.backbone import OPENAI_MEAN, OPENAI_STD
+    from deft_clean.models.clip import OPENAI_MEAN, OPENAI_STD
 
     config_file = write_model_config(config_path)
     open_clip.add_model_config(config_file)

@@ -3,6 +3,6 @@
 ``deft_clean.cli:main`` is the ``deft-clean`` entry point (pyproject.toml).
 """
 
-from .cli import app, main
+from .app import app, main
 
 __all__ = ["app", "main"]

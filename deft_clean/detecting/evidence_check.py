@@ -180,12 +180,12 @@ def label_reliability(gi: ViewAgreement, gt: ViewAgreement, it: ViewAgreement) -
 def all_rows_probe(features: np.ndarray, labels: np.ndarray, n_classes: int, *, seed: int, device: Any) -> np.ndarray:
     """[M, K] out-of-sample class probabilities from probes fitted on all rows (cross-fitted, no selection).
 
-    The same probe family as the selection's (:func:`deft_clean.detecting.evidence.choose_probe`): linear
+    The same probe family as the selection's (:func:`deft_clean.detecting.probes.choose_probe`): linear
     logistic regressions in CHECK_FOLDS folds, or, with many small classes or a large N x K, the leave-one-out
     nearest-class-mean probe (one matrix product)."""
     import torch
 
-    from .evidence import ClassMeans, CrossFit, choose_probe, prepare_features
+    from .probes import ClassMeans, CrossFit, choose_probe, prepare_features
 
     x = prepare_features(torch.as_tensor(features, device=device))
     y = torch.as_tensor(labels, device=x.device, dtype=torch.long)
@@ -208,7 +208,7 @@ def split_views(
     on 60%-noisy thirds of strong images still agree; on images the model cannot see they agree by chance."""
     import torch
 
-    from .evidence import balance_weights, choose_probe, fit_probes, fold_ids, prepare_features
+    from .probes import balance_weights, choose_probe, fit_probes, fold_ids, prepare_features
 
     x = prepare_features(torch.as_tensor(features, device=device))
     y = torch.as_tensor(labels, device=x.device, dtype=torch.long)

@@ -2,7 +2,7 @@
 
 Exact duplicates share a file content hash. Near-duplicates are proposed by the frozen image features
 (cosine at or above ``CANDIDATE_SIM`` among each row's nearest neighbours) and confirmed on the decoded
-pixels (:mod:`deft_clean.detecting.duplicates`); outliers are far from their nearest neighbours and, when
+pixels (:mod:`deft_clean.detecting.near_duplicates`); outliers are far from their nearest neighbours and, when
 class prompt embeddings are given, from every class prompt. Nearest neighbours come from faiss: an exact flat
 index up to ``EXACT_ROWS`` rows, an inverted-file (IVF) index above (time ~ ``N * sqrt(N) * D``; 1M x 512
 in minutes on two cores), a GPU flat index where faiss sees a GPU. Without faiss, or on a torch device
@@ -22,8 +22,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from ..inputs.pixel_similarity import CANDIDATE_SIM, DUPLICATE_THRESHOLD, Thumbnails, compare_rows
 from ..run.errors import warn_result
-from .duplicates import CANDIDATE_SIM, DUPLICATE_THRESHOLD, Thumbnails, compare_rows, confirm, group_details
+from .near_duplicates import confirm, group_details
 
 if TYPE_CHECKING:
     from ..inputs.readers.base import ImageSource
@@ -341,7 +342,7 @@ def dataset_health(
 
     With ``images`` (the rows' reader), each row's ``k`` nearest rows at feature cosine >= ``feature_threshold``
     (default ``CANDIDATE_SIM``) are candidates, and a candidate pair is a near-duplicate when its decoded
-    thumbnails have pixel similarity >= ``threshold`` (see :mod:`deft_clean.detecting.duplicates`). Without
+    thumbnails have pixel similarity >= ``threshold`` (see :mod:`deft_clean.detecting.near_duplicates`). Without
     ``images``, a row and its nearest row at cosine >= ``feature_threshold`` (default ``NEAR_DUPLICATE_SIM``)
     are, and similarities are feature cosines. ``hashes`` (content hashes, e.g. :func:`content_hashes`) join
     exact duplicates into the same groups; ``prompts`` (float32 [K, D] class prompt embeddings) add the

@@ -1,6 +1,6 @@
 """Which rows are clean: the fused rule (default), the paper's dual-prompt rule, and health checks.
 
-The fused rule (see :mod:`deft_clean.detecting.evidence`): a seed of rows whose text evidence agrees with the given
+The fused rule (see :mod:`deft_clean.detecting.probes`): a seed of rows whose text evidence agrees with the given
 label, visual evidence learned from selected rows only (cross-fitted linear probes grown over rounds),
 and per-class confident-learning thresholds on the visual probabilities. ``p_clean`` is the visual
 probability of the given label, which every row gets from probes that did not train on it.
@@ -24,9 +24,10 @@ import numpy as np
 if TYPE_CHECKING:
     import torch
 
-    from ..inputs.data import Listing
-    from ..run.config import DetectConfig
-    from .evidence import Evidence
+    from ..inputs.dataset import Listing
+    from ..run.options import DetectConfig
+    from .passes import Evidence
+
 
 SELECTIONS = ("fused", "deft")
 # Learned prompts must keep agreeing with the label where zero-shot already does (~99% clean rows);
@@ -55,19 +56,12 @@ class Selection:
     info: dict = field(default_factory=dict)  # seed size, rounds, ... for the metadata
 
 
-def dual_prompt_clean(p_clean: Any, predicted: Any, labels: Any, rule: str) -> Any:
-    """The paper's rule, on numpy arrays or torch tensors alike: p_clean > 0.5, and with
-    ``threshold+argmax`` also the positive prompts' top-1 class == the given label. Returns bool [N]."""
-    clean = p_clean > 0.5
-    if rule == "threshold+argmax":
-        clean = clean & (predicted == labels)
-    return clean
-
-
 def deft_rule(
     p_clean: np.ndarray, predicted: np.ndarray, labels: np.ndarray, usable: np.ndarray, rule: str
 ) -> np.ndarray:
     """The paper's rule on scores: bool [N]. ``rule`` is "threshold" or "threshold+argmax"."""
+    from ..models.deft import dual_prompt_clean
+
     return usable & dual_prompt_clean(np.nan_to_num(p_clean, nan=0.0), predicted, labels, rule)
 
 
@@ -107,11 +101,11 @@ def text_seed(
 
 def fused_seed(cfg: DetectConfig, listing: Listing, evidence: Evidence, *, device: Any) -> np.ndarray:
     """The fused rule's seed, bool [N]: :func:`text_seed` where the zero-shot prompts know the classes, else the
-    rows the image evidence alone confirms (:func:`deft_clean.detecting.opaque.image_seed`)."""
+    rows the image evidence alone confirms (:func:`deft_clean.detecting.opaque_names.image_seed`)."""
     labels, usable = listing.label_indices, evidence.usable
     if evidence.text_informative:
         return text_seed(usable, labels, evidence.zero_shot, evidence.scores, cfg.clean_rule)
-    from .opaque import seed_from_images
+    from .opaque_names import seed_from_images
 
     return seed_from_images(evidence, labels, len(listing.classes), seed=cfg.seed, device=device)
 
@@ -184,7 +178,8 @@ def fused_rule(
         raise TooFewRows(f"{int(seed_mask[rows].sum())} seed rows for {n_classes} classes")
     import torch
 
-    from .evidence import flag_by_class, grow_clean_set
+    from .confident import flag_by_class
+    from .probes import grow_clean_set
 
     everything = len(rows) == n
     take = slice(None) if everything else rows  # a view, not an [N, D] / [N, K] copy, when every row is usable
@@ -338,7 +333,7 @@ def withhold_unsupported(
     for i in np.flatnonzero(cleared):
         decision.reason[i] = f"cleared (a hard case between classes, not a wrong label): {decision.reason[i]}"
     if not evidence.text_informative:
-        from .opaque import code_like_names, text_view_warning
+        from .opaque_names import code_like_names, text_view_warning
 
         note = text_view_warning(evidence.text_test, listing.classes, listing.prompt_names)
         decision.warnings.insert(0, note)
@@ -376,3 +371,4 @@ def text_only(
     )
     decision.warnings += class_warnings(is_clean, labels, usable, classes)
     return decision
+

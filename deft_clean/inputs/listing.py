@@ -245,7 +245,7 @@ def list_dataset(
     Args:
         dataset: an image folder (``DATASET/<class>/<image>``, nested folders allowed inside a class)
             or a ``.csv`` / ``.parquet`` table with a path and a label column; table paths are relative
-            to the table's folder; or a pandas DataFrame of image paths (see :mod:`deft_clean.inputs.frames`);
+            to the table's folder; or a pandas DataFrame of image paths (see :mod:`deft_clean.inputs.readers.frame`);
             or a Hugging Face dataset (saved folder, ``Dataset`` or ``DatasetDict``); or WebDataset
             ``.tar`` shards (a path, a brace pattern or a list). See :mod:`deft_clean.inputs.readers`.
         path_col, label_col: column names in a table or DataFrame; in a Hugging Face dataset the image

@@ -110,7 +110,7 @@ def _save_npy(path: Path, data: np.ndarray) -> None:
 
 
 def save_result_arrays(result: Any, folder: str | os.PathLike[str]) -> Path:
-    """Save a :class:`~deft_clean.detecting.detection.DetectResult`'s features and class probabilities.
+    """Save a :class:`~deft_clean.detecting.detect.DetectResult`'s features and class probabilities.
 
     The probabilities are the cross-fitted image-evidence ones when the fused rule produced them, else (the
     ``deft`` rule, or too few rows for image evidence) the zero-shot text posterior; ``arrays.json`` says which.

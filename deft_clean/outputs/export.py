@@ -23,10 +23,18 @@ from ..run.errors import DataError, UsageError, option
 from ..run.files import apply_umask, make_staging_dir, raise_if_disk_full, run_lock, write_atomic
 from ..run.ownership import check_folder_owned, check_parents, remove_listed, write_manifest
 from ..run.safety import Output, check_outputs, is_inside, printable, read_file, real
-from .results import DUPLICATE_KINDS, Results, flagged_rows, kept_rows, load_results, relabelled_rows, usable_rows
+from .results import (
+    DUPLICATE_KINDS,
+    Results,
+    flagged_rows,
+    kept_rows,
+    load_results,
+    relabelled_rows,
+    usable_rows,
+)
 
 if TYPE_CHECKING:
-    from .decisions import Verdicts
+    from .review_decisions import Verdicts
 
 MODES = ("symlink", "copy", "csv")
 FLAGGED_DIR = "_flagged"  # --keep-flagged puts flagged rows under OUT/_flagged/<given label>/
@@ -97,7 +105,7 @@ def export_dataset(
             files stay) or an earlier exported table. A non-empty folder without a manifest, or a file
             deft-clean did not write, is refused with or without it.
         dataset: where the images are now, if not where detect recorded them.
-        decisions: a review CSV (``path,decision,label``, see :mod:`deft_clean.outputs.decisions`): a human keep,
+        decisions: a review CSV (``path,decision,label``, see :mod:`deft_clean.outputs.review_decisions`): a human keep,
             drop or relabel replaces the automatic verdict of its row.
         drop_duplicates: export one row per ``duplicate_group`` (the first in listing order) among the rows
             whose ``duplicate_kind`` is exact or near (a file without that column drops none).
@@ -129,11 +137,11 @@ def _export(
     drop_duplicates: bool, drop_outliers: bool,
 ) -> ExportSummary:  # fmt: skip
     """:func:`export_dataset` once the options and the results are read."""
-    from .decisions import load_verdicts
+    from .review_decisions import load_verdicts
 
     verdicts = load_verdicts(decisions, frame, metadata)
     if drop_duplicates:
-        from .copies import confirmed_copies
+        from .duplicate_groups import confirmed_copies
 
         frame = confirmed_copies(frame, root, metadata)  # the files, not the results' word, say what is a copy
     plan = plan_export(

@@ -1,6 +1,6 @@
 """A detect result in a notebook: DataFrames of what was flagged, and an HTML view for Jupyter.
 
-:class:`~deft_clean.detecting.detection.DetectResult` exposes these as ``flagged()``, ``noise_rates()``,
+:class:`~deft_clean.detecting.detect.DetectResult` exposes these as ``flagged()``, ``noise_rates()``,
 ``confusions()`` and ``_repr_html_()``. They read only the result's frame and metadata, so they work the same
 on a result returned by ``detect()`` and on one built from a saved Parquet.
 """

@@ -1,7 +1,7 @@
 """What a results file says, as numbers and sentences: the summary behind the terminal and HTML reports
 (:func:`summarize`), and the evidence check's warning and per-class noise estimates read back from the metadata.
 
-:mod:`deft_clean.outputs.report` prints it and :mod:`deft_clean.outputs.report_html` renders it as a page.
+:mod:`deft_clean.outputs.terminal_report` prints it and :mod:`deft_clean.outputs.html_report` renders it as a page.
 Flagged means usable and not is_clean. A class's estimated noise rate is its flagged share of its usable samples.
 """
 

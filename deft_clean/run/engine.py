@@ -1,13 +1,13 @@
 """The training engine both phases run on.
 
-A phase (prompt training in :mod:`deft_clean.detecting.detector`, fine-tuning in
+A phase (prompt training in :mod:`deft_clean.detecting.prompt_training`, fine-tuning in
 :mod:`deft_clean.training.finetune`) gives
 :func:`fit` a :class:`Phase`: its model, optimiser, schedule, training dataset, a loss step and the hooks
 that draw an epoch's order and record an epoch. The engine owns what both need and must do alike: mixed
 precision (chosen once, in :func:`amp_for`), the grad scaler, gradient sync between torchrun ranks
 (DistributedDataParallel), batches whose files were all unusable, progress, divergence, periodic and
 end-of-epoch checkpoints, resuming a checkpoint exactly, and stopping on SIGINT/SIGTERM. The loaders and
-batch helpers here also serve the evaluation passes (:mod:`deft_clean.detecting.evaluation`).
+batch helpers here also serve the evaluation passes (:mod:`deft_clean.detecting.passes`).
 """
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from .checkpoints import StopOnSignal, optimizer_state, restore_optimizer_state
 from .distributed import Dist
 from .errors import STATUS_OK, DeftCleanError
-from .runstate import StopOnSignal, optimizer_state, restore_optimizer_state
 
 REPORT_EVERY = 10  # steps between reads of the running loss (each read waits for the GPU)
 
@@ -99,8 +99,8 @@ def epoch_order(n: int, generator: torch.Generator) -> list[int]:
 
 def resolve_workers(num_workers: int | None, threads: int | None = None) -> int:
     """DataLoader workers: as given, or what fits the usable cores beside ``threads`` (see run.cores)."""
-    from .config import check_workers
     from .cores import plan_cpu
+    from .options import check_workers
 
     check_workers(num_workers)
 
@@ -228,7 +228,7 @@ class Phase:
 
     name: str  # in messages, e.g. "prompt-training"
     model: nn.Module  # put in train mode each epoch (see ``train_mode``); wrapped in DDP with several ranks
-    dataset: Dataset  # an inputs.data.ImageDataset: the training samples, with their training transform
+    dataset: Dataset  # an inputs.dataset.ImageDataset: the training samples, with their training transform
     optimizer: torch.optim.Optimizer
     scheduler: Any  # a torch LR scheduler, stepped once per optimiser step
     loss: LossStep  # runs under autocast; the model it gets is the DDP wrapper when ranks are active

@@ -6,7 +6,7 @@ The output folder is the contract with ``predict``/``load_model``:
 ``metrics.json`` (per-epoch loss, validation accuracy, the linear probe's accuracy, the rows trained on and
 held out) and ``checkpoint.pt`` (the last epoch's full training state, for ``--resume``).
 
-Training starts from a linear probe (see :mod:`deft_clean.training.probe`): the head is fitted on frozen features,
+Training starts from a linear probe (see :mod:`deft_clean.training.linear_probe`): the head is fitted on frozen features,
 then the whole tower is fine-tuned, the head with a larger learning rate than the backbone. Without
 ``--val`` a stratified part of the kept rows is held out; the exported epoch is the best one there, the
 probe-initialised model (epoch 0) included.
@@ -30,10 +30,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import RandomSampler, WeightedRandomSampler
 
-from ..inputs.data import ImageDataset
+from ..inputs.dataset import ImageDataset
 from ..inputs.transforms import eval_transform, train_transform
+from ..models.classifier import build_classifier, data_config, model_spec
 from ..run._version import __version__
-from ..run.config import TrainConfig, merge_options
+from ..run.checkpoints import StopOnSignal, load_checkpoint, save_checkpoint
 from ..run.distributed import Dist
 from ..run.engine import (
     EpochTotals,
@@ -50,11 +51,17 @@ from ..run.engine import (
 )
 from ..run.errors import UsageError, option, warn_result
 from ..run.files import run_lock, write_atomic
+from ..run.options import TrainConfig, merge_options
 from ..run.ownership import check_folder_owned, remove_listed, write_manifest
-from ..run.runstate import StopOnSignal, load_checkpoint, save_checkpoint
 from ..run.safety import Output, check_outputs
-from .classifiers import build_classifier, data_config, model_spec
-from .probe import HeadParts, choose_hflip, fit_probe_head, head_parts, probe_clearly_better, run_warnings
+from .linear_probe import (
+    HeadParts,
+    choose_hflip,
+    fit_probe_head,
+    head_parts,
+    probe_clearly_better,
+    run_warnings,
+)
 from .train_rows import Rows, labels_for, plan_rows, select_rows  # noqa: F401  (select_rows: public here too)
 
 CHECKPOINT = "checkpoint.pt"
@@ -117,7 +124,7 @@ def train(
         config / options: a :class:`TrainConfig` and keyword overrides of its fields.
         val: optional held-out folder or table with the same classes: accuracy every epoch, best kept.
         decisions: a review CSV (``path,decision,label``): human keep/drop/relabel decisions replace
-            the automatic verdict of their rows (see :mod:`deft_clean.outputs.decisions`).
+            the automatic verdict of their rows (see :mod:`deft_clean.outputs.review_decisions`).
 
     Raises:
         Interrupted: SIGINT/SIGTERM arrived; ``checkpoint.pt`` holds the state after the last finished
@@ -229,7 +236,7 @@ def _caches(cfg: TrainConfig, plan: Rows, size: int, workers: int, quiet: bool, 
     """The decoded-image caches of the training and validation sets (None, None without ``cfg.cache``)."""
     if cfg.cache is None:
         return None, None
-    from ..inputs.cache import prepare_cache
+    from ..inputs.image_cache import prepare_cache
     from ..run.progress import RichProgress
 
     cache = val_cache = None
@@ -281,7 +288,7 @@ def _train(
     ranks: Dist,
     held: contextlib.ExitStack,
 ) -> TrainResult:
-    from ..run.backbone import resolve_device
+    from ..models.clip import resolve_device
     from ..run.distributed import device_for
 
     plan = plan_rows(dataset, results, cfg, val, decisions)

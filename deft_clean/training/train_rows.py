@@ -12,12 +12,12 @@ from typing import Any
 import numpy as np
 
 from ..inputs.listing import Listing, list_dataset, relist
-from ..outputs.decisions import Verdicts, load_verdicts
 from ..outputs.results import kept_rows, load_results, relabelled_rows, usable_rows
-from ..run.config import TrainConfig
+from ..outputs.review_decisions import Verdicts, load_verdicts
 from ..run.errors import DataError, option
+from ..run.options import TrainConfig
 from ..run.safety import printable
-from .probe import stratified_holdout
+from .linear_probe import stratified_holdout
 
 
 def select_rows(

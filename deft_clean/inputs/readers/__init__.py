@@ -37,8 +37,8 @@ def read_rows(
     from . import hf, wds
 
     if _is_dataframe(dataset):
-        from ..frames import list_frame
         from .base import FileImages
+        from .frame import list_frame
 
         base, paths, labels = list_frame(dataset, path_col=path_col, label_col=label_col, root=root)
         return Rows(base, paths, labels, FileImages(base, paths), "dataframe", str(base.resolve()))

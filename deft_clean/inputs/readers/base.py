@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image
 
 from ...run.safety import read_file
-from ..images import load_image
+from ..decode import load_image
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"})
 TABLE_EXTENSIONS = frozenset({".csv", ".parquet"})

@@ -18,7 +18,7 @@ from PIL import Image
 
 from ...run.errors import DataError, UsageError, option
 from ...run.safety import read_file
-from ..images import decode_image
+from ..decode import decode_image
 from .base import Rows
 
 INSTALL = "pip install 'deft-clean[hf]'"

@@ -50,7 +50,7 @@ def row_opener(metadata: dict[str, Any], root: Path | None) -> Opener | None:
     opener = recorded_opener(metadata)
     if opener is not None or root is None:
         return opener
-    from ..images import load_image
+    from ..decode import load_image
 
     def open_file(path: str, draft_size: int) -> Image.Image:
         return load_image(root / path, draft_size=draft_size, root=root)

@@ -26,7 +26,7 @@ from PIL import Image
 
 from ...run.errors import DataError, UsageError, option
 from ...run.safety import MAX_FILE_BYTES, open_regular, printable
-from ..images import decode_image
+from ..decode import decode_image
 from .base import IMAGE_EXTENSIONS, PackedStrings, Rows
 
 INSTALL = "pip install 'deft-clean[wds]'"

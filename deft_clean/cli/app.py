@@ -17,10 +17,10 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from ..run.config import CLEAN_RULES, DetectConfig, TrainConfig
+from ..run.options import CLEAN_RULES, DetectConfig, TrainConfig
 from ..run.safety import printable
-from . import cli_report
-from .cli_common import (
+from . import report as cli_report
+from .common import (
     Cache,
     ClassNames,
     Compile,
@@ -37,7 +37,7 @@ from .cli_common import (
     _run,
     config_options,
 )
-from .cli_help import HelpGroup
+from .help import HelpGroup
 
 app = typer.Typer(
     name="deft-clean",
@@ -176,7 +176,7 @@ def detect(
 ) -> None:
     """Phase 1: learn positive/negative prompts and write per-sample clean probabilities to Parquet."""
     options = config_options(DetectConfig, locals(), grad_clip=grad_clip or None)
-    from ..detecting.detection import detect as run_detect
+    from ..detecting.detect import detect as run_detect
 
     started = time.monotonic()
     call = lambda: run_detect(  # noqa: E731
@@ -191,7 +191,7 @@ def detect(
 
 def _interruptible(call: Callable[[], T]) -> T:
     """Turn a run stopped by SIGINT/SIGTERM (checkpoint saved) into one stderr line and exit 130/143."""
-    from ..run.runstate import Interrupted
+    from ..run.checkpoints import Interrupted
 
     try:
         return call()
@@ -337,7 +337,7 @@ def predict(
     debug: Debug = False,
 ) -> None:
     """Predict classes with an exported model; prints accuracy when the input has labels."""
-    from ..training.inference import predict as run_predict
+    from ..training.predict import predict as run_predict
 
     result = _run(
         debug,

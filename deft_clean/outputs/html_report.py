@@ -1,5 +1,5 @@
 """The HTML report: one self-contained page that opens on the most suspicious images (the review section,
-:mod:`deft_clean.outputs.report_review`, under the evidence banner), then the summary, per-class and pair
+:mod:`deft_clean.outputs.html_review`, under the evidence banner), then the summary, per-class and pair
 tables, a p_clean histogram, a given-vs-suggested heatmap, training curves, duplicate and outlier galleries.
 
 The page loads nothing from the network: thumbnails are JPEG data URIs, the histogram and heatmap are
@@ -29,7 +29,7 @@ from ..run.errors import DeftCleanError
 from ..run.files import write_atomic
 from ..run.ownership import HTML_MARKER
 from ..run.safety import printable
-from . import report_review as review
+from . import html_review as review
 from .charts import confusion_svg, history_svg
 from .results import flagged_rows, usable_rows
 from .summary import HTML_TOP, ReportData, estimate, rate, summarize
@@ -63,7 +63,7 @@ def write_html(
 ) -> Path:
     """Write the HTML report atomically: the flagged samples first, then summary, tables and pictures.
 
-    The review section pages through every flagged sample (see :mod:`deft_clean.outputs.report_review`);
+    The review section pages through every flagged sample (see :mod:`deft_clean.outputs.html_review`);
     the first ``thumbnails`` flagged samples (lowest p_clean first) get a thumbnail, the ``top`` most
     suspicious a large one. ``dataset_root`` is where the images are; by default the dataset recorded in
     ``metadata``. When the images cannot be found the page still renders, with placeholders.

@@ -18,16 +18,22 @@ import pandas as pd
 from ..inputs.listing import STATUS_OK, Listing, list_dataset
 from ..outputs.results import flagged_rows, normalize_frame, usable_rows, write_results
 from ..run._version import __version__
-from ..run.config import DetectConfig, merge_options
+from ..run.checkpoints import (
+    StopOnSignal,
+    config_signature,
+    listing_signature,
+    load_checkpoint,
+    save_checkpoint,
+)
 from ..run.errors import UsageError, option, warn_result
 from ..run.files import run_lock
+from ..run.options import DetectConfig, merge_options
 from ..run.ownership import MANIFEST, read_manifest, write_manifest
-from ..run.runstate import StopOnSignal, config_signature, listing_signature, load_checkpoint, save_checkpoint
 from ..run.safety import Output, check_detect_paths
 from .health import health_columns
 
 if TYPE_CHECKING:
-    from .evidence import Evidence  # imports torch: loaded where the passes run
+    from .passes import Evidence  # imports torch: loaded where the passes run
 
 CHECKPOINT = "detect_checkpoint.pt"  # inside the run folder
 
@@ -314,7 +320,7 @@ def _detect(
     cfg: DetectConfig, listing: Listing, run: _Checkpoint, *, ranks: Any, quiet: bool, recorded: dict[str, Any]
 ) -> DetectResult:
     """Load CLIP, gather the evidence, select the clean rows and assemble the result (one rank's part)."""
-    from ..run.backbone import load_clip, resolve_device
+    from ..models.clip import load_clip, resolve_device
     from ..run.distributed import device_for
     from ..run.engine import resolve_workers
     from ..run.progress import RichProgress
@@ -323,7 +329,8 @@ def _detect(
     device = device_for(ranks, resolve_device(cfg.device))
     quiet = quiet or not ranks.is_main  # one progress display and one set of warnings
     loaded = load_clip(cfg.model, cfg.pretrained, device=device, quiet=quiet, announce=True, seed=cfg.seed)
-    from ..inputs.accel import compile_module, device_transforms_wanted
+    from ..inputs.device_transforms import device_transforms_wanted
+    from ..models.clip import compile_module
 
     if cfg.compile:
         compile_module(loaded.model.visual, "the image tower")
@@ -331,7 +338,7 @@ def _detect(
     with RichProgress(quiet=quiet) as progress, StopOnSignal(run.hint) as stop:
         cache = None
         if cfg.cache is not None:
-            from ..inputs.cache import prepare_cache
+            from ..inputs.image_cache import prepare_cache
 
             with stop.hinted("the images cached so far are kept; rerun the same command to go on"):
                 cache = prepare_cache(
@@ -418,15 +425,15 @@ def gather_evidence(
 
     Learned prompts that diverge, give NaN scores or stop agreeing with zero-shot where it agrees with the
     labels (collapse) are dropped with a warning; zero-shot evidence is used instead. Where the zero-shot
-    prompts know nothing of the class names (:mod:`deft_clean.detecting.opaque`), the learned prompts are
+    prompts know nothing of the class names (:mod:`deft_clean.detecting.opaque_names`), the learned prompts are
     judged against the rows the image evidence alone confirms instead.
     """
     import torch
 
-    from ..run.backbone import zero_shot_text
-    from .detector import TrainControl, image_features
-    from .evidence import Evidence
-    from .opaque import collapse_anchor, judge_text_view
+    from ..models.clip import zero_shot_text
+    from .opaque_names import collapse_anchor, judge_text_view
+    from .passes import Evidence, image_features
+    from .prompt_training import TrainControl
     from .selection import MIN_PROMPT_AGREEMENT, prompt_agreement
 
     with passes["stop"].hinted("stopped before any training; rerun the same command (without --resume)"):
@@ -467,10 +474,10 @@ def gather_evidence(
 
 
 def monitored(control: Any, cfg: DetectConfig, listing: Listing, evidence: Evidence, anchor: np.ndarray) -> Any:
-    """``control`` with the epoch budget and the per-epoch judge (:mod:`deft_clean.detecting.monitor`), which
+    """``control`` with the epoch budget and the per-epoch judge (:mod:`deft_clean.detecting.early_stop`), which
     judges the prompts on ``anchor`` (bool [N]): the rows zero-shot confirms, or the image seed's rows where
     the text view is uninformative (zero-shot on codes confirms random rows: every prompt would look collapsed)."""
-    from .monitor import TrainingMonitor, epoch_budget
+    from .early_stop import TrainingMonitor, epoch_budget
 
     labels = listing.label_indices
     monitor = TrainingMonitor(
@@ -486,7 +493,7 @@ def learned_scores(
     """Train DeFT's prompts and score every sample with them (a ``detector.Scores``); None, with a warning
     in ``evidence``, when the training diverged."""
     from ..run.engine import TrainingDiverged, seed_everything
-    from . import detector
+    from . import prompt_training as detector
 
     # Seeded here, after the cache fill and the feature pass (their loaders draw from the global RNG), so
     # that prompt init and augmentation are the same with and without a cache.
@@ -524,7 +531,7 @@ def learned_scores(
         return None
     last = evidence.history[-1] if evidence.history else None
     if last is not None and last.stop == "collapse":
-        from .monitor import agreement_line
+        from .early_stop import agreement_line
 
         evidence.warnings.append(agreement_line(last.epoch, last.agreement or 0.0, evidence.text_informative))
         return None  # no scoring pass for prompts that are dropped anyway

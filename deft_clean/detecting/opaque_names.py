@@ -77,7 +77,7 @@ def image_seed(
     probability of the label, so that the next probe can learn every class."""
     import torch
 
-    from . import evidence as ev
+    from . import probes as ev
 
     rows = np.flatnonzero(usable)
     y = labels[rows]

@@ -1,4 +1,5 @@
-"""Everything that touches open_clip: loading a CLIP model, its preprocessing, and its internals.
+"""Everything that touches open_clip: loading a CLIP model, its preprocessing, its internals,
+and ``torch.compile`` with an eager fallback.
 
 Other modules reach open_clip only through the functions here, so a change in open_clip's layout is
 fixed in one file.
@@ -10,13 +11,15 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
-from .errors import UsageError, WeightsError, option
+from ..run.errors import UsageError, WeightsError, option
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -318,3 +321,32 @@ def vision_width_and_patch(clip: nn.Module) -> tuple[int, int]:
     patch = visual.patch_size
     patch_side = int(patch[0] if isinstance(patch, (tuple, list)) else patch)
     return int(visual.transformer.width), patch_side
+
+
+class CompiledOrEager:
+    """A callable running ``torch.compile(function)``; if compiling or the compiled call fails, it warns once
+    and runs ``function`` eagerly from then on (a missing C++ compiler, an unsupported op, an old GPU)."""
+
+    def __init__(self, function: Callable[..., Any], name: str) -> None:
+        self.eager, self.name = function, name
+        self.compiled: Callable[..., Any] | None = torch.compile(function)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self.compiled is not None:
+            try:
+                return self.compiled(*args, **kwargs)
+            except Exception as exc:  # noqa: BLE001 - any failure to compile falls back to eager
+                logging.getLogger("deft_clean").warning(
+                    "torch.compile failed for %s (%s: %s); running it eagerly", self.name, type(exc).__name__,
+                    str(exc).splitlines()[0][:200] if str(exc) else "",
+                )
+                self.compiled = None
+        return self.eager(*args, **kwargs)
+
+
+def compile_module(module: torch.nn.Module, name: str) -> torch.nn.Module:
+    """Make ``module``'s forward a :class:`CompiledOrEager` in place (its parameters and state dict unchanged)."""
+    if not isinstance(module.__dict__.get("forward"), CompiledOrEager):
+        module.forward = CompiledOrEager(module.forward, name)
+    return module
+

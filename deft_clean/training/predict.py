@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from ..inputs.data import STATUS_OK, ImageDataset
+from ..inputs.dataset import STATUS_OK, ImageDataset
 from ..inputs.listing import DatasetSpec
 from ..inputs.readers import read_inputs
 from ..run.files import run_lock, write_atomic
@@ -55,7 +55,7 @@ def predict(
     member) the result has accuracy overall and per class. ``out`` may not be an input, lie inside an
     input folder, or (without ``overwrite``) exist.
     """
-    from ..run.backbone import resolve_device
+    from ..models.clip import resolve_device
     from ..run.engine import resolve_workers
 
     _check_numbers(top_k=top_k, batch_size=batch_size, num_workers=num_workers)
@@ -70,7 +70,7 @@ def predict(
 
 def _check_numbers(*, top_k: int, batch_size: int, num_workers: int | None) -> None:
     """Refuse ``top_k``/``batch_size`` below 1 (or absurd) and a negative worker count, before any work."""
-    from ..run.config import MAX_BATCH, check_counts, check_workers
+    from ..run.options import MAX_BATCH, check_counts, check_workers
 
     check_counts(top_k=(top_k, 1_000_000), batch_size=(batch_size, MAX_BATCH))
     check_workers(num_workers)
@@ -81,8 +81,8 @@ def _predict(
     quiet: bool,
 ) -> PredictResult:  # fmt: skip
     """:func:`predict` once the inputs are listed and the output checked and locked."""
+    from ..models.classifier import load_model
     from ..run.progress import RichProgress
-    from .classifiers import load_model
 
     torch_device = device
     root, files, labels = rows.root, rows.paths, rows.labels

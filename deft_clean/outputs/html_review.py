@@ -3,7 +3,7 @@
 Decisions (keep / drop / relabel) are made in the page, with no server: they live in the browser's
 localStorage under a key of this detect run (reload-safe) and leave as a downloaded CSV
 ``path,decision,label`` that ``export --decisions`` and ``train --decisions`` read
-(:mod:`deft_clean.outputs.decisions`).
+(:mod:`deft_clean.outputs.review_decisions`).
 
 All flagged rows travel as one JSON block (``<script type="application/json">``, never executed), so
 100k flagged rows cost one parse and a page of 100 cards at a time, not 100k DOM nodes. Every flagged row
@@ -173,7 +173,7 @@ def review_html(data: dict[str, Any], flagged_per_class: pd.DataFrame) -> str:
 
 def thumbnail(file: Path, root: Path) -> str | None:
     """A small JPEG data URI of an image, or None when it cannot be read or its real path leaves ``root``."""
-    from ..inputs.images import load_image
+    from ..inputs.decode import load_image
 
     return thumbnail_of(lambda size: load_image(file, draft_size=size, root=root))
 

@@ -51,7 +51,7 @@ Cache = Annotated[
 def config_options(cls: type, parameters: dict[str, Any], **overrides: Any) -> dict[str, Any]:
     """The options of config dataclass ``cls`` among a command's ``parameters`` (matched by name, so that a
     new config field needs only its Typer option), paths as strings; ``overrides`` win."""
-    from ..run.config import field_names
+    from ..run.options import field_names
 
     names = field_names(cls)
     options = {k: str(v) if isinstance(v, Path) else v for k, v in parameters.items() if k in names}

@@ -1,4 +1,4 @@
-"""What runs on the accelerator: uint8 batches normalised and augmented there, and torch.compile with a fallback.
+"""What runs on the accelerator: uint8 batches normalised and augmented there.
 
 On a GPU the input pipeline, not the model, bounds a detect epoch (~1,000 img/s of ViT-B/16 on an H100
 where the model alone does several times that): every worker decodes, crops, flips, converts to float and
@@ -10,10 +10,8 @@ Scoring (no augmentation) gives the same tensors as the CPU path up to float rou
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Callable
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -87,30 +85,3 @@ def device_transforms_wanted(requested: bool | None, device: torch.device) -> bo
     """Device transforms as asked; when not asked, on for CUDA (where they pay), off elsewhere."""
     return device.type == "cuda" if requested is None else requested
 
-
-class CompiledOrEager:
-    """A callable running ``torch.compile(function)``; if compiling or the compiled call fails, it warns once
-    and runs ``function`` eagerly from then on (a missing C++ compiler, an unsupported op, an old GPU)."""
-
-    def __init__(self, function: Callable[..., Any], name: str) -> None:
-        self.eager, self.name = function, name
-        self.compiled: Callable[..., Any] | None = torch.compile(function)
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        if self.compiled is not None:
-            try:
-                return self.compiled(*args, **kwargs)
-            except Exception as exc:  # noqa: BLE001 - any failure to compile falls back to eager
-                logging.getLogger("deft_clean").warning(
-                    "torch.compile failed for %s (%s: %s); running it eagerly", self.name, type(exc).__name__,
-                    str(exc).splitlines()[0][:200] if str(exc) else "",
-                )
-                self.compiled = None
-        return self.eager(*args, **kwargs)
-
-
-def compile_module(module: torch.nn.Module, name: str) -> torch.nn.Module:
-    """Make ``module``'s forward a :class:`CompiledOrEager` in place (its parameters and state dict unchanged)."""
-    if not isinstance(module.__dict__.get("forward"), CompiledOrEager):
-        module.forward = CompiledOrEager(module.forward, name)
-    return module

@@ -39,7 +39,7 @@ from torch.utils.data import DataLoader, Dataset
 from ..run.distributed import Dist
 from ..run.errors import STATUS_OK, UsageError, option
 from ..run.files import raise_if_disk_full, write_atomic
-from .images import describe_failure, load_image
+from .decode import describe_failure, load_image
 from .listing import Listing
 from .readers.base import PackedStrings
 from .transforms import square_transform

@@ -3,7 +3,7 @@
 Frozen CLIP features put look-alike distinct images (two handwritten ones, two photos of one product) as
 close as a JPEG re-encode, so features only propose candidate pairs. Each candidate's two images are
 decoded through the reader and compared as grayscale thumbnails, by similarity and worst-block residual
-(:mod:`deft_clean.inputs.pixels`).
+(:mod:`deft_clean.inputs.pixel_similarity`).
 
 A pair is a near-duplicate when its similarity is at least the threshold and its residual at most
 ``MAX_RESIDUAL``. Measured on 2,000 MNIST and 1,797 upscaled 8x8 digits (``benchmarks/duplicates.py``):
@@ -18,15 +18,11 @@ from typing import Any
 
 import numpy as np
 
-from ..inputs.pixels import (  # noqa: F401 - the health pass imports them from here
-    CANDIDATE_SIM,
+from ..inputs.pixel_similarity import (
     DUPLICATE_THRESHOLD,
     MAX_RESIDUAL,
-    THUMB,
     Thumbnails,
     compare_rows,
-    pixel_similarity,
-    thumbnail,
 )
 
 

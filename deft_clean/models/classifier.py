@@ -127,7 +127,7 @@ def build_classifier(
     """Backbone + head. With ``load_pretrained`` the backbone gets its pretrained weights."""
     if spec["backbone"] == "clip":
         if load_pretrained:
-            from ..run.backbone import load_clip
+            from .clip import load_clip
 
             clip = load_clip(spec["model"], spec["pretrained"], device=device, quiet=quiet).model
         else:
@@ -187,11 +187,11 @@ def data_config(
     spec: dict[str, Any], model: nn.Module, *, image_size: int | None = None
 ) -> tuple[int, tuple[float, ...], tuple[float, ...]]:
     """Input size, mean and std for a classifier; an ``image_size`` asked for is bounded by the backbone's own
-    (see :func:`deft_clean.run.config.check_image_size`) before any image is decoded at that size."""
-    from ..run.config import check_image_size
+    (see :func:`deft_clean.run.options.check_image_size`) before any image is decoded at that size."""
+    from ..run.options import check_image_size
 
     if spec["backbone"] == "clip":
-        from ..run.backbone import OPENAI_MEAN, OPENAI_STD
+        from .clip import OPENAI_MEAN, OPENAI_STD
 
         native = int(spec.get("image_size") or 224)
         if image_size is not None:

@@ -1,5 +1,5 @@
 """The report on a detect Parquet: :func:`report` prints the summary (:mod:`deft_clean.outputs.summary`) as rich
-tables and writes the HTML page (:mod:`deft_clean.outputs.report_html`) after checking where it may go.
+tables and writes the HTML page (:mod:`deft_clean.outputs.html_report`) after checking where it may go.
 """
 
 from __future__ import annotations
@@ -54,12 +54,12 @@ def report(
         frame, metadata = results.frame, results.metadata
     data = summarize(frame, metadata, top=TERMINAL_TOP if top is None else top)
     if decisions is not None:
-        from .decisions import review_counts
+        from .review_decisions import review_counts
 
         data = replace(data, reviewed=review_counts(decisions, frame, metadata))
     root = _given_root(metadata, frame, dataset)
     if html is not None:
-        from .report_html import write_html
+        from .html_report import write_html
 
         extra = [p for p in (model, predictions) if p is not None]
         _check_html_out(html, results, frame, metadata, root, overwrite=overwrite, decisions=decisions, extra=extra)

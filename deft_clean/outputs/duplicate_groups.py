@@ -2,7 +2,7 @@
 
 A results file is data, not instructions: its ``duplicate_kind`` column could call distinct images copies.
 So a row keeps its kind only when the files agree: an ``exact`` row's bytes equal another member's, a ``near``
-row's thumbnail is within the pixel threshold of another member's (:mod:`deft_clean.inputs.pixels`, the test
+row's thumbnail is within the pixel threshold of another member's (:mod:`deft_clean.inputs.pixel_similarity`, the test
 detect used). Rows the files do not confirm lose their kind and are exported like any other row.
 """
 
@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..inputs.pixels import DUPLICATE_THRESHOLD, MAX_RESIDUAL, pixel_similarity, thumbnail
+from ..inputs.pixel_similarity import DUPLICATE_THRESHOLD, MAX_RESIDUAL, pixel_similarity, thumbnail
 from ..run.errors import warn_result
 from ..run.safety import read_file
 from .results import DUPLICATE_KINDS
@@ -79,7 +79,7 @@ class _Files:
 
     def thumb(self, path: str) -> np.ndarray | None:
         if path not in self.thumbs:
-            from ..inputs.images import load_image
+            from ..inputs.decode import load_image
 
             try:
                 self.thumbs[path] = thumbnail(load_image(self.root / path, root=self.root))

@@ -29,7 +29,7 @@ class DetectConfig:
     # MIN_EPOCH_IMAGES)) rows, redrawn each epoch (cost stops growing with N); "all" = every row (the paper);
     # or a number of rows.
     images_per_epoch: int | str = "auto"
-    # stop training when the learned prompts' clean set stops moving (see detecting.monitor); a collapse
+    # stop training when the learned prompts' clean set stops moving (see detecting.early_stop); a collapse
     # (learned prompts leave the labels zero-shot confirms) always stops at once
     early_stop: bool = True
     batch_size: int = 64  # training batch size
@@ -46,15 +46,15 @@ class DetectConfig:
     quick: bool = False  # skip prompt training: zero-shot prompts + visual evidence, one pass over the images
     health: bool = True  # duplicate / outlier columns: hashes every file, nearest-neighbour search (faiss)
     # pixel similarity (thumbnail correlation, 1.0 = the same picture) at which feature-search candidates are
-    # near-duplicates (deft_clean.detecting.duplicates; measured in benchmarks/results/duplicates.md)
+    # near-duplicates (deft_clean.detecting.near_duplicates; measured in benchmarks/results/duplicates.md)
     duplicate_threshold: float = 0.988
     hflip: bool = True  # random horizontal flips in training (turn off for digits, text, ...)
     seed: int = 0  # seeds prompt init, shuffling, augmentation and complementary labels
     device: str = "auto"  # "auto", "cpu", "cuda" or "cuda:N"
     num_workers: int | None = None  # DataLoader workers; None = fits the usable cores (run.cores), 0 = main process
     threads: int | None = None  # torch intra-op threads; None = the usable cores minus the workers
-    cache: str | None = None  # decoded-image cache folder (see deft_clean.inputs.cache); None = decode every epoch
-    # uint8 batches cropped, flipped and normalised on the device (deft_clean.inputs.accel); None = on for CUDA
+    cache: str | None = None  # decoded-image cache folder (see deft_clean.inputs.image_cache); None = decode every epoch
+    # uint8 batches cropped, flipped and normalised on the device (deft_clean.inputs.device_transforms); None = on for CUDA
     device_transforms: bool | None = None
     compile: bool = False  # torch.compile the image tower (eager again, with a warning, if compiling fails)
 

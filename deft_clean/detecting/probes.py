@@ -21,11 +21,12 @@ thousands of rows on a CPU, and the probe runs on whatever device the features a
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from .confident import CHUNK, class_thresholds, confident_class
 
 PROBE_L2 = 1.0  # L2 penalty of the probe, as scikit-learn's LogisticRegression(C=1) (sum of losses + 0.5|W|^2)
 PROBE_ITERS = 100  # L-BFGS iterations of a probe's first fit
@@ -42,31 +43,7 @@ MIN_SETTLE_ROUNDS = 3  # churn is judged from this round on (the first rounds gr
 CHURN_SHARE = 0.8  # returning rows (they moved before) above this share of a round's movers: the set churns
 FEW_ROWS = 30  # median rows a class below which the class-mean probe replaces the linear one
 LINEAR_LIMIT = 5_000_000  # N x K above which the class-mean probe replaces the linear one (cost)
-CHUNK = 1 << 22  # elements of one [rows, K] block where whole [N, K] temporaries would be too large
 TEMPERATURE_ROWS = 5_000  # rows the class-mean probe's temperature is fitted on, at most
-
-
-@dataclass
-class Evidence:
-    """What the passes over the images found, aligned with the listing."""
-
-    features: np.ndarray  # float32 [N, E] frozen image features (NaN rows: unusable files)
-    zero_shot: np.ndarray  # float32 [N, K] zero-shot posterior ("a photo of a {class}.")
-    prompts: np.ndarray  # float32 [K, E] the zero-shot prompts' text features
-    failures: dict[int, str]  # sample index -> why its file could not be used
-    scores: Any = None  # detector.Scores of the learned prompts; None in quick mode or after a fallback
-    history: list = field(default_factory=list)  # detector.EpochStats per epoch
-    text_source: str = "zero-shot"  # "learned prompts" or "zero-shot" (quick mode, or the fallback)
-    warnings: list[str] = field(default_factory=list)
-    text_test: Any = None  # evidence_check.ViewAgreement of zero-shot vs the labels (opaque.text_view_test)
-    text_informative: bool = True  # the zero-shot prompts know the classes (opaque.text_informative)
-    image_seed: np.ndarray | None = None  # bool [N] the image-only seed, made once where the text is uninformative
-
-    @property
-    def usable(self) -> np.ndarray:
-        usable = np.ones(len(self.features), dtype=bool)
-        usable[list(self.failures)] = False
-        return usable
 
 
 @dataclass
@@ -399,64 +376,3 @@ def grow_clean_set(
         raise ValueError(f"the seed has {int(seed_mask.sum())} rows; at least {2 * n_classes} are needed")
     return VisualEvidence(probs.astype(np.float32, copy=False), train, int(seed_mask.sum()), rounds, converged, kind)
 
-
-def class_thresholds(probs: np.ndarray, labels: np.ndarray, n_classes: int) -> np.ndarray:
-    """Confident learning's per-class thresholds: mean probability of class k over rows labelled k. [K]."""
-    thresholds = np.ones(n_classes, dtype=np.float64)
-    for k in range(n_classes):
-        rows = labels == k
-        if rows.any():
-            thresholds[k] = float(probs[rows, k].mean())
-    return thresholds
-
-
-def confident_class(probs: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
-    """Per row, the most probable class among those at or above their threshold; -1 when none is. [N]."""
-    best = np.empty(len(probs), dtype=np.int64)
-    step = max(1, CHUNK // max(probs.shape[1], 1))
-    for start in range(0, len(probs), step):  # [B, K] temporaries, not [N, K]
-        part = probs[start : start + step]
-        above = part >= thresholds[None, :]
-        masked = np.where(above, part, -np.inf)
-        best[start : start + step] = np.where(above.any(axis=1), masked.argmax(axis=1), -1)
-    return best
-
-
-def estimated_issue_counts(probs: np.ndarray, labels: np.ndarray, n_classes: int) -> np.ndarray:
-    """How many rows of each given class are mislabelled, from the calibrated confident joint. int64 [K].
-
-    The confident joint counts rows labelled i whose confident class (see :func:`confident_class`) is j;
-    each row of it is rescaled to the number of rows labelled i (rows with no confident class are
-    otherwise lost), and the off-diagonal mass of row i is class i's estimated number of wrong labels.
-    """
-    best = confident_class(probs, class_thresholds(probs, labels, n_classes))
-    counted = best >= 0
-    joint = np.zeros((n_classes, n_classes), dtype=np.float64)
-    np.add.at(joint, (labels[counted], best[counted]), 1.0)
-    given = np.bincount(labels, minlength=n_classes).astype(np.float64)
-    row_sums = joint.sum(axis=1)
-    calibrated = joint * (given / np.maximum(row_sums, 1.0))[:, None]
-    issues = given - np.diag(calibrated)
-    return np.rint(np.clip(issues, 0, given)).astype(np.int64)
-
-
-def flag_by_class(
-    probs: np.ndarray, labels: np.ndarray, n_classes: int, *, order_by: np.ndarray | None = None
-) -> np.ndarray:
-    """bool [N]: per given class, its estimated number of wrong labels, taken lowest probability of the label
-    first; a row whose most probable class is its label is never flagged (as cleanlab's prune_by_class).
-
-    The count comes from confident learning; the order from the probability of the given label (or
-    ``order_by`` [N], lower = flagged first), which ranks noisy below clean rows far better than a fixed
-    threshold separates them.
-    """
-    counts = estimated_issue_counts(probs, labels, n_classes)
-    self_confidence = probs[np.arange(len(labels)), labels] if order_by is None else order_by
-    flagged = np.zeros(len(labels), dtype=bool)
-    for k in range(n_classes):
-        rows = np.flatnonzero(labels == k)
-        if counts[k] == 0 or len(rows) == 0:
-            continue
-        order = rows[np.argsort(self_confidence[rows], kind="stable")]
-        flagged[order[: counts[k]]] = True
-    return flagged & (probs.argmax(axis=1) != labels)

@@ -1,6 +1,6 @@
 """``deft-clean report`` and ``deft-clean export``: look at what detect flagged, and write a cleaned dataset.
 
-``register(app)`` adds both commands to the main Typer app in :mod:`deft_clean.cli.cli`. Errors go through
+``register(app)`` adds both commands to the main Typer app in :mod:`deft_clean.cli.app`. Errors go through
 ``cli_common._run`` like every other command.
 """
 
@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
-from .cli_common import Debug, Overwrite, Quiet, _run
+from .common import Debug, Overwrite, Quiet, _run
 
 Results = Annotated[Path, typer.Argument(help="Parquet written by detect.")]
 Decisions = Annotated[
@@ -62,7 +62,7 @@ def report(
     debug: Debug = False,
 ) -> None:
     """Show what detect flagged: totals, per-class noise, label pairs, the most suspicious samples."""
-    from ..outputs.report import report as run_report
+    from ..outputs.terminal_report import report as run_report
 
     console = None if quiet else Console(highlight=False)
     options = {"html": html, "top": top, "dataset": dataset, "console": console, "overwrite": overwrite}

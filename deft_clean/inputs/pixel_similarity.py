@@ -1,6 +1,6 @@
 """Pixel similarity of two images: grayscale thumbnails compared over small shifts and a blur.
 
-Shared by the health pass (:mod:`deft_clean.detecting.duplicates`, which confirms feature-search candidates)
+Shared by the health pass (:mod:`deft_clean.detecting.near_duplicates`, which confirms feature-search candidates)
 and export (which re-confirms a results file's duplicate groups before ``--drop-duplicates`` drops a row).
 
 - similarity: the Pearson correlation of the two thumbnails (brightness and contrast drop out), the best

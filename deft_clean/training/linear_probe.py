@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ..inputs.data import ImageDataset
+from ..inputs.dataset import ImageDataset
 from ..run.engine import usable_mask
 
 if TYPE_CHECKING:
@@ -127,7 +127,7 @@ def extract_features(
 ) -> Features:
     """Frozen features (float32, on ``device``) and labels of the usable images in ``batches``.
 
-    ``batches`` yields ``(images, labels, indices, status)`` as :class:`deft_clean.inputs.data.ImageDataset` does;
+    ``batches`` yields ``(images, labels, indices, status)`` as :class:`deft_clean.inputs.dataset.ImageDataset` does;
     with ``mirrored`` the features of the horizontally flipped images come too.
     """
     features, labels, flipped = [], [], []

@@ -1,6 +1,6 @@
 """Images of a listing as a torch Dataset (listing itself lives in :mod:`deft_clean.inputs.listing`, torch-free).
 
-The listing names are re-exported here for older imports (``from deft_clean.inputs.data import list_dataset``).
+The listing names are re-exported here for older imports (``from deft_clean.inputs.dataset import list_dataset``).
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from .cache import CachedFailure, CachedImages
-from .images import describe_failure, load_image, to_rgb
+from .decode import describe_failure, load_image, to_rgb
+from .image_cache import CachedFailure, CachedImages
 from .listing import (
     IMAGE_EXTENSIONS,
     STATUS_OK,
@@ -72,7 +72,7 @@ class ImageDataset(Dataset):
     ) -> None:
         self.root = root
         self.blank_dtype = blank_dtype  # of the zeros an unusable file gets: the transform's output dtype
-        self.cache = cache  # decoded pixels aligned to ``paths`` (see deft_clean.inputs.cache), or None
+        self.cache = cache  # decoded pixels aligned to ``paths`` (see deft_clean.inputs.image_cache), or None
         # Paths as one UTF-8 buffer + offsets, indices as an array: no per-sample Python objects, so
         # DataLoader workers do not copy a list of N strings page by page (fork copy-on-write + refcounts).
         self.images = images if images is not None else FileImages(root, paths)  # the listing's reader

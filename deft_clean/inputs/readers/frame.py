@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..run.errors import DataError, UsageError
+from ...run.errors import DataError, UsageError
 
 NAME = "DataFrame"  # how messages name the input
 
@@ -25,7 +25,7 @@ def list_frame(
 
     Without ``root`` every path must be absolute, and the root is their deepest common folder.
     """
-    from .readers.files import _list_table, require_columns
+    from .files import _list_table, require_columns
 
     require_columns(
         frame, (path_col, label_col), f"{NAME}: no column(s)", "name them with image_col=/label_col=",

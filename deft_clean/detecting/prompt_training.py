@@ -17,32 +17,17 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from ..inputs.cache import CachedImages
-from ..inputs.data import STATUS_OK, ImageDataset, Listing
+from ..inputs.dataset import ImageDataset, Listing
+from ..inputs.image_cache import CachedImages
 from ..inputs.transforms import train_transform
-from ..run.backbone import LoadedClip, TextEncoder, encode_image, freeze, logit_scale
+from ..models.deft import DeftModel, PromptFeatures, deft_loss, dual_prompt_clean
+from ..run.checkpoints import StopOnSignal
 from ..run.distributed import Dist
-from ..run.engine import (
-    EpochTotals,
-    Phase,
-    Progressish,
-    Run,
-    amp_for,
-    epoch_order,
-    fit,
-    steps_per_epoch,
-)
-from ..run.runstate import StopOnSignal
-from .evaluation import eval_pass
-from .monitor import EpochCheck, TrainingMonitor, stratified_order
-from .prompts import DualPromptLearner, PromptFeatures
-from .selection import dual_prompt_clean
-from .vpt import add_visual_prompts
-
-P_MIN = 1e-5  # probabilities are clamped before log, as in the reference
+from ..run.engine import EpochTotals, Phase, Progressish, Run, amp_for, epoch_order, fit, steps_per_epoch
+from .early_stop import EpochCheck, TrainingMonitor, stratified_order
+from .passes import eval_pass
 
 
 @dataclass
@@ -54,134 +39,7 @@ class EpochStats:
     agreement: float | None = None  # learned top-1 == label on the rows zero-shot confirms (monitor)
     clean_change: float | None = None  # share of rows whose clean flag changed since their last visit
     stop: str = ""  # why training ended after this epoch: "collapse", "still" (nothing moved) or ""
-    images: int = 0  # images the epoch trained on (its sample: see detecting.monitor)
-
-
-@dataclass
-class Scores:
-    """Per-sample output of the scoring pass; arrays are aligned with the listing."""
-
-    p_clean: np.ndarray  # float32 [N], NaN for unusable files
-    sim_pos: np.ndarray  # float32 [N] cosine(image, positive prompt of the given label)
-    sim_neg: np.ndarray  # float32 [N] cosine(image, negative prompt of the given label)
-    predicted_index: np.ndarray  # int64 [N], -1 for unusable files
-    p_predicted: np.ndarray  # float32 [N] softmax over positive prompts at the prediction
-    p_label: np.ndarray  # float32 [N] softmax over positive prompts at the given label
-    failures: dict[int, str]  # sample index -> why its file could not be used; usable files are absent
-    probs: np.ndarray | None = None  # float32 [N, K] softmax over the positive prompts (the text posterior)
-
-    @property
-    def usable(self) -> np.ndarray:
-        """bool [N]: the file could be read."""
-        usable = np.ones(len(self.p_clean), dtype=bool)
-        usable[list(self.failures)] = False
-        return usable
-
-    def status(self) -> list[str]:
-        """Per-sample status strings ("ok" or the failure), built only when the output needs them."""
-        status = [STATUS_OK] * len(self.p_clean)
-        for index, reason in self.failures.items():
-            status[index] = reason
-        return status
-
-
-class DeftModel(nn.Module):
-    """CLIP with dual text prompts and visual prompt tokens; only the prompts train."""
-
-    def __init__(
-        self,
-        loaded: LoadedClip,
-        prompt_names: list[str],
-        *,
-        n_ctx: int,
-        ctx_init: str | None,
-        class_specific: bool,
-        vpt_tokens: int,
-        vpt_depth: int | None,
-    ) -> None:
-        super().__init__()
-        self.clip = loaded.model
-        freeze(self.clip)
-        self.prompts = DualPromptLearner(
-            TextEncoder(self.clip),
-            loaded.tokenizer,
-            prompt_names,
-            n_ctx=n_ctx,
-            ctx_init=ctx_init,
-            class_specific=class_specific,
-        )
-        # VPT parameters live inside the wrapped vision blocks; keep a list for the optimiser.
-        self.visual_prompts = add_visual_prompts(self.clip, vpt_tokens, vpt_depth)
-
-    def trainable_parameters(self) -> list[nn.Parameter]:
-        return [self.prompts.ctx_pos, self.prompts.ctx_neg, *self.visual_prompts]
-
-    def trainable_state(self) -> dict[str, torch.Tensor]:
-        """The learned tensors only (contexts and visual prompts), detached copies on CPU."""
-        names = {id(p): n for n, p in self.named_parameters()}
-        return {names[id(p)]: p.detach().cpu().clone() for p in self.trainable_parameters()}
-
-    @torch.no_grad()
-    def load_trainable_state(self, state: dict[str, torch.Tensor]) -> None:
-        """Copy tensors saved by :meth:`trainable_state` back into the parameters."""
-        parameters = dict(self.named_parameters())
-        for name, value in state.items():
-            parameters[name].copy_(value)
-
-    def text_features(self) -> PromptFeatures:
-        return self.prompts()
-
-    def image_features(self, images: torch.Tensor) -> torch.Tensor:
-        return encode_image(self.clip, images)  # [B, E]
-
-    def scale(self) -> torch.Tensor:
-        return logit_scale(self.clip)
-
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, PromptFeatures]:
-        """Image features [B, E] and the prompts' text features (one training step's forward pass)."""
-        return self.image_features(images), self.text_features()
-
-
-def deft_loss(
-    image_features: torch.Tensor,
-    text: PromptFeatures,
-    scale: torch.Tensor,
-    labels: torch.Tensor,
-    *,
-    warmup: bool,
-    clean_rule: str,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """DeFT's L_sim + L_dp for one batch of usable samples.
-
-    Args:
-        image_features: [B, E] normalised, with gradient to the visual prompts.
-        text: positive/negative prompt features, [K, E] each.
-        labels: [B] given labels.
-    Returns:
-        (loss scalar, clean mask [B]); the loss is finite even when no sample is selected.
-    """
-    n_classes = text.positive.shape[0]
-    positive = scale * image_features @ text.positive.t()  # [B, K]; grads: VPT, positive context
-    negative = scale * image_features.detach() @ text.negative.t()  # [B, K]; grads: negative context
-    p_yes = torch.sigmoid(positive.detach() - negative)  # [B, K] = softmax([pos, neg])[0] per class
-    rows = torch.arange(labels.shape[0], device=labels.device)
-
-    if warmup:
-        clean = torch.ones_like(labels, dtype=torch.bool)
-        target = labels
-    else:
-        clean = dual_prompt_clean(p_yes.detach()[rows, labels], positive.detach().argmax(dim=1), labels, clean_rule)
-        target = torch.where(clean, labels, positive.detach().argmax(dim=1))
-
-    # complementary label: any class but the target, uniformly
-    complementary = (target + torch.randint(1, n_classes, target.shape, device=target.device)) % n_classes
-    loss_dp = -(
-        p_yes[rows, target].clamp(P_MIN, 1.0).log() + (1 - p_yes[rows, complementary]).clamp(P_MIN, 1.0).log()
-    ).mean()
-
-    ce = F.cross_entropy(positive, labels, reduction="none")  # [B]
-    loss_sim = (ce * clean).sum() / clean.sum().clamp(min=1)
-    return loss_sim + loss_dp, clean
+    images: int = 0  # images the epoch trained on (its sample: see detecting.early_stop)
 
 
 @dataclass
@@ -227,9 +85,9 @@ def train_prompts(
     ``control.stop`` was signalled; ``control.resume`` continues from such a state and, on CPU with
     ``num_workers=0``, ends with exactly the prompts of an uninterrupted run. With ``device_transforms`` the
     crops, flips and normalisation run on ``device`` (:mod:`deft_clean.accel`; their random stream is seeded
-    from ``generator`` but not checkpointed). ``control.budget`` / ``control.monitor``: see detecting.monitor.
+    from ``generator`` but not checkpointed). ``control.budget`` / ``control.monitor``: see detecting.early_stop.
     """
-    from ..inputs.accel import DeviceTransform, uint8_transform
+    from ..inputs.device_transforms import DeviceTransform, uint8_transform
 
     control = control or TrainControl()
     dataset = ImageDataset(
@@ -375,62 +233,3 @@ def watcher(
 
     return look
 
-
-def image_features(clip: nn.Module, listing: Listing, **loader: Any) -> tuple[np.ndarray, dict[int, str]]:
-    """Frozen, L2-normalised image features of every sample: ([N, E] float32, NaN rows for unusable files;
-    failures). ``loader`` takes :func:`eval_pass`'s keyword options."""
-    clip.eval()
-    width = int(getattr(clip.visual, "output_dim", 0) or clip.embed_dim)  # E
-
-    def batch_fn(images: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {"features": encode_image(clip, images)}
-
-    arrays, failures = eval_pass(batch_fn, {"features": (width,)}, listing, task="image features", **loader)
-    return arrays["features"], failures
-
-
-def score_samples(model: DeftModel, listing: Listing, **loader: Any) -> Scores:
-    """Eval-mode pass without augmentation over every sample: p_clean, similarities, prediction.
-
-    ``loader`` takes :func:`eval_pass`'s keyword options (batch size, image size, device, ranks, ...).
-    """
-    model.eval()
-    autocast = amp_for(loader["device"]).autocast
-    scale = float(model.scale())
-    with torch.no_grad(), autocast():
-        text = model.text_features()
-    positive_text, negative_text = text.positive.float(), text.negative.float()
-
-    def batch_fn(images: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
-        features = model.image_features(images).float()  # [B, E]
-        cos_pos = features @ positive_text.t()  # [B, K]
-        cos_neg = features @ negative_text.t()  # [B, K]
-        rows = torch.arange(cos_pos.shape[0], device=cos_pos.device)
-        probs = (scale * cos_pos).softmax(dim=1)
-        top_p, top_i = probs.max(dim=1)
-        return {
-            "sim_pos": cos_pos[rows, labels],
-            "sim_neg": cos_neg[rows, labels],
-            "predicted": top_i,
-            "p_predicted": top_p,
-            "p_label": probs[rows, labels],
-            "probs": probs,
-        }
-
-    names = ("sim_pos", "sim_neg", "predicted", "p_predicted", "p_label")
-    columns: dict[str, tuple[int, ...]] = {name: () for name in names}
-    columns["probs"] = (positive_text.shape[0],)
-    arrays, failures = eval_pass(batch_fn, columns, listing, **loader)
-    sim_pos, sim_neg = arrays["sim_pos"], arrays["sim_neg"]
-    predicted = np.where(np.isnan(arrays["predicted"]), -1, arrays["predicted"]).astype(np.int64)
-    p_clean = 1.0 / (1.0 + np.exp(-scale * (sim_pos.astype(np.float64) - sim_neg)))
-    return Scores(
-        p_clean=p_clean.astype(np.float32),
-        sim_pos=sim_pos,
-        sim_neg=sim_neg,
-        predicted_index=predicted,
-        p_predicted=arrays["p_predicted"],
-        p_label=arrays["p_label"],
-        failures=failures,
-        probs=arrays["probs"],
-    )

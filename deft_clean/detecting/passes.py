@@ -1,0 +1,235 @@
+"""One eval-mode pass without augmentation over every sample of a listing, sharded over torchrun ranks.
+
+Phase 1 scores with it (image features, the learned prompts' scores); batches, loaders and mixed precision
+come from :mod:`deft_clean.run.engine`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..inputs.dataset import STATUS_OK, ImageDataset, Listing
+from ..inputs.image_cache import CachedImages
+from ..inputs.transforms import eval_transform
+from ..models.clip import encode_image
+from ..models.deft import DeftModel
+from ..run.checkpoints import StopOnSignal
+from ..run.distributed import Dist
+from ..run.engine import (
+    Progressish,
+    amp_for,
+    make_loader,
+    usable_mask,
+    usable_on_device,
+)
+
+
+@dataclass
+class Scores:
+    """Per-sample output of the scoring pass; arrays are aligned with the listing."""
+
+    p_clean: np.ndarray  # float32 [N], NaN for unusable files
+    sim_pos: np.ndarray  # float32 [N] cosine(image, positive prompt of the given label)
+    sim_neg: np.ndarray  # float32 [N] cosine(image, negative prompt of the given label)
+    predicted_index: np.ndarray  # int64 [N], -1 for unusable files
+    p_predicted: np.ndarray  # float32 [N] softmax over positive prompts at the prediction
+    p_label: np.ndarray  # float32 [N] softmax over positive prompts at the given label
+    failures: dict[int, str]  # sample index -> why its file could not be used; usable files are absent
+    probs: np.ndarray | None = None  # float32 [N, K] softmax over the positive prompts (the text posterior)
+
+    @property
+    def usable(self) -> np.ndarray:
+        """bool [N]: the file could be read."""
+        usable = np.ones(len(self.p_clean), dtype=bool)
+        usable[list(self.failures)] = False
+        return usable
+
+    def status(self) -> list[str]:
+        """Per-sample status strings ("ok" or the failure), built only when the output needs them."""
+        status = [STATUS_OK] * len(self.p_clean)
+        for index, reason in self.failures.items():
+            status[index] = reason
+        return status
+
+
+def image_features(clip: nn.Module, listing: Listing, **loader: Any) -> tuple[np.ndarray, dict[int, str]]:
+    """Frozen, L2-normalised image features of every sample: ([N, E] float32, NaN rows for unusable files;
+    failures). ``loader`` takes :func:`eval_pass`'s keyword options."""
+    clip.eval()
+    width = int(getattr(clip.visual, "output_dim", 0) or clip.embed_dim)  # E
+
+    def batch_fn(images: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"features": encode_image(clip, images)}
+
+    arrays, failures = eval_pass(batch_fn, {"features": (width,)}, listing, task="image features", **loader)
+    return arrays["features"], failures
+
+
+def score_samples(model: DeftModel, listing: Listing, **loader: Any) -> Scores:
+    """Eval-mode pass without augmentation over every sample: p_clean, similarities, prediction.
+
+    ``loader`` takes :func:`eval_pass`'s keyword options (batch size, image size, device, ranks, ...).
+    """
+    model.eval()
+    autocast = amp_for(loader["device"]).autocast
+    scale = float(model.scale())
+    with torch.no_grad(), autocast():
+        text = model.text_features()
+    positive_text, negative_text = text.positive.float(), text.negative.float()
+
+    def batch_fn(images: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        features = model.image_features(images).float()  # [B, E]
+        cos_pos = features @ positive_text.t()  # [B, K]
+        cos_neg = features @ negative_text.t()  # [B, K]
+        rows = torch.arange(cos_pos.shape[0], device=cos_pos.device)
+        probs = (scale * cos_pos).softmax(dim=1)
+        top_p, top_i = probs.max(dim=1)
+        return {
+            "sim_pos": cos_pos[rows, labels],
+            "sim_neg": cos_neg[rows, labels],
+            "predicted": top_i,
+            "p_predicted": top_p,
+            "p_label": probs[rows, labels],
+            "probs": probs,
+        }
+
+    names = ("sim_pos", "sim_neg", "predicted", "p_predicted", "p_label")
+    columns: dict[str, tuple[int, ...]] = {name: () for name in names}
+    columns["probs"] = (positive_text.shape[0],)
+    arrays, failures = eval_pass(batch_fn, columns, listing, **loader)
+    sim_pos, sim_neg = arrays["sim_pos"], arrays["sim_neg"]
+    predicted = np.where(np.isnan(arrays["predicted"]), -1, arrays["predicted"]).astype(np.int64)
+    p_clean = 1.0 / (1.0 + np.exp(-scale * (sim_pos.astype(np.float64) - sim_neg)))
+    return Scores(
+        p_clean=p_clean.astype(np.float32),
+        sim_pos=sim_pos,
+        sim_neg=sim_neg,
+        predicted_index=predicted,
+        p_predicted=arrays["p_predicted"],
+        p_label=arrays["p_label"],
+        failures=failures,
+        probs=arrays["probs"],
+    )
+
+BatchFn = Callable[[torch.Tensor, torch.Tensor], dict[str, torch.Tensor]]
+
+
+@torch.no_grad()
+def eval_pass(
+    batch_fn: BatchFn,
+    columns: dict[str, tuple[int, ...]],
+    listing: Listing,
+    *,
+    batch_size: int,
+    image_size: int,
+    mean: tuple[float, float, float],
+    std: tuple[float, float, float],
+    device: torch.device,
+    num_workers: int,
+    progress: Progressish | None = None,
+    stop: StopOnSignal | None = None,
+    ranks: Dist = Dist(),
+    cache: CachedImages | None = None,
+    task: str | None = None,
+    device_transforms: bool = False,
+    rows: np.ndarray | None = None,
+) -> tuple[dict[str, np.ndarray], dict[int, str]]:
+    """One eval-mode pass without augmentation over every sample of ``listing``.
+
+    ``batch_fn(images [B, 3, H, W], labels [B])`` returns per-sample tensors, one per name of ``columns``
+    (``columns[name]`` is the shape after the batch dimension). Returns float32 arrays ``[N, *shape]``
+    (NaN for unusable files) and the failures (sample index -> status). ``stop`` is checked after each
+    batch; with several ``ranks`` each handles samples ``rank::world`` and every rank gets the merged arrays.
+    ``task`` names the pass on the progress display (default: the scoring pass). With ``device_transforms``
+    batches travel as uint8 and are normalised on ``device`` (:mod:`deft_clean.accel`). ``rows``: only these.
+    """
+    from ..inputs.device_transforms import DeviceTransform, uint8_transform
+
+    on_device = DeviceTransform(mean, std, train=False)
+    visited = np.arange(len(listing)) if rows is None else np.asarray(rows, dtype=np.int64)
+    dataset = ImageDataset(
+        listing.root,
+        listing.paths,
+        listing.label_indices,
+        uint8_transform(image_size) if device_transforms else eval_transform(image_size, mean, std),
+        image_size=image_size,
+        blank_dtype=torch.uint8 if device_transforms else torch.float32,
+        indices=visited[ranks.rank :: ranks.world] if ranks.active else visited,
+        cache=cache,
+        images=listing.images,
+    )
+    loader = make_loader(
+        dataset, batch_size=batch_size, sampler=None, generator=None, num_workers=num_workers, device=device
+    )
+    n = len(listing)
+    arrays = {name: np.full((n, *shape), np.nan, dtype=np.float32) for name, shape in columns.items()}
+    failures: dict[int, str] = {}  # only failures are kept: memory stays O(N) numbers, not N objects
+    autocast = amp_for(device).autocast
+    if progress is not None:
+        if task is None:
+            progress.start_scoring(len(visited))
+        else:
+            progress.start_task(task, len(visited))
+    for images, labels, indices, batch_status in loader:
+        idx = indices.numpy()
+        for i, s in zip(idx, batch_status, strict=True):
+            if s != STATUS_OK:
+                failures[int(i)] = s
+        usable = usable_mask(batch_status)
+        if usable.any():
+            images, lab = usable_on_device(images, labels, usable, device)
+            images = on_device(images)  # uint8 -> normalised float; a float batch passes unchanged
+            with autocast():
+                values = batch_fn(images, lab)
+            keep = idx[usable.numpy()]
+            for name, value in values.items():
+                arrays[name][keep] = value.float().cpu().numpy()
+        if progress is not None:
+            progress.advance(len(batch_status))
+        if stop is not None and not ranks.active:  # with ranks, all check together below
+            stop.check()
+    if ranks.active:
+        _merge_ranks(arrays, failures, dataset.indices, ranks)
+        if stop is not None and ranks.any(stop.requested, device):
+            stop.follow()
+            stop.check()
+    return arrays, failures
+
+
+def _merge_ranks(arrays: dict[str, np.ndarray], failures: dict[int, str], mine: Any, ranks: Dist) -> None:
+    """Fill ``arrays`` and ``failures`` with every rank's part, in place."""
+    parts = ranks.all_gather((mine, {name: a[mine] for name, a in arrays.items()}, failures))
+    for index, part, part_failures in parts:  # type: ignore[misc]
+        for name, values in part.items():
+            arrays[name][index] = values
+        failures.update(part_failures)
+
+
+@dataclass
+class Evidence:
+    """What the passes over the images found, aligned with the listing."""
+
+    features: np.ndarray  # float32 [N, E] frozen image features (NaN rows: unusable files)
+    zero_shot: np.ndarray  # float32 [N, K] zero-shot posterior ("a photo of a {class}.")
+    prompts: np.ndarray  # float32 [K, E] the zero-shot prompts' text features
+    failures: dict[int, str]  # sample index -> why its file could not be used
+    scores: Any = None  # detector.Scores of the learned prompts; None in quick mode or after a fallback
+    history: list = field(default_factory=list)  # detector.EpochStats per epoch
+    text_source: str = "zero-shot"  # "learned prompts" or "zero-shot" (quick mode, or the fallback)
+    warnings: list[str] = field(default_factory=list)
+    text_test: Any = None  # evidence_check.ViewAgreement of zero-shot vs the labels (opaque.text_view_test)
+    text_informative: bool = True  # the zero-shot prompts know the classes (opaque.text_informative)
+    image_seed: np.ndarray | None = None  # bool [N] the image-only seed, made once where the text is uninformative
+
+    @property
+    def usable(self) -> np.ndarray:
+        usable = np.ones(len(self.features), dtype=bool)
+        usable[list(self.failures)] = False
+        return usable
+
