@@ -85,12 +85,13 @@ def train_and_score(folder: Path, foundation: Foundation, *, seed: int, options:
 
     from deft_clean.detecting import prompt_training as detector
     from deft_clean.detecting.prompt_training import train_prompts
-    from deft_clean.inputs.dataset import ImageDataset, list_dataset
+    from deft_clean.inputs.dataset import ImageDataset
+    from deft_clean.inputs.listing import list_dataset
     from deft_clean.inputs.transforms import eval_transform, train_transform
     from deft_clean.models.clip import load_clip, resolve_device
     from deft_clean.models.deft import DeftModel
     from deft_clean.run.engine import seed_everything
-    from deft_clean.run.options import DetectConfig
+    from deft_clean.run.options import DetectConfig, PassOptions
 
     options = dict(options)
     crop = options.pop("crop_scale", "default")
@@ -108,11 +109,8 @@ def train_and_score(folder: Path, foundation: Foundation, *, seed: int, options:
     if crop != "default":
         detector.train_transform = partial(crop_transform, scale=crop)
     try:
-        history = train_prompts(
-            model, listing, epochs=cfg.epochs, warmup_epochs=cfg.warmup_epochs, batch_size=cfg.batch_size, lr=cfg.lr,
-            momentum=cfg.momentum, weight_decay=cfg.weight_decay, clean_rule=cfg.clean_rule, hflip=cfg.hflip,
-            grad_clip=cfg.grad_clip, device=dev, generator=generator, num_workers=num_workers, **image,
-        )
+        passes = PassOptions(batch_size=cfg.batch_size * 2, device=dev, num_workers=num_workers, **image)
+        history = train_prompts(model, listing, cfg, passes, generator=generator)
     finally:
         detector.train_transform = train_transform
     seconds = time.perf_counter() - started

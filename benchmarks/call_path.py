@@ -21,7 +21,7 @@ def toy_module():
     try:
         from deft_clean.deft_clean import testing as toy  # after the toy CLIP moved into the package
     except ImportError:
-        from tests import toy
+        from deft_clean import testing as toy
     return toy
 
 
@@ -39,7 +39,7 @@ def build(work: Path) -> tuple[Path, Path, Path]:
 
 
 def trace(argv: list[str]) -> tuple[set[str], set[str], list[str]]:
-    from deft_clean.cli import main as cli_main  # noqa: F401  (import before profiling)
+    from deft_clean.cli.app import main as cli_main  # noqa: F401  (import before profiling)
 
     modules: set[str] = set()
     functions: set[str] = set()

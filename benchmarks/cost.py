@@ -105,15 +105,14 @@ def cleanlab_case(folder: Path, truth: dict[str, int], common: dict[str, Any], s
     from deft_clean.inputs.listing import list_dataset
     from deft_clean.models.clip import load_clip
     from deft_clean.run.cores import plan_cpu, torch_threads
+    from deft_clean.run.options import PassOptions
 
     workers, threads = plan_cpu(None, None)
     with torch_threads(threads):
         listing = list_dataset(folder)
         loaded = load_clip(common["model"], common["pretrained"], device=torch.device("cpu"), quiet=True)
-        features, _ = image_features(
-            loaded.model, listing, batch_size=128, image_size=loaded.image_size, mean=loaded.mean, std=loaded.std,
-            device=torch.device("cpu"), num_workers=workers,
-        )  # fmt: skip
+        passes = PassOptions(128, loaded.image_size, loaded.mean, loaded.std, torch.device("cpu"), workers)
+        features, _ = image_features(loaded.model, listing, passes)
         features_seconds = time.perf_counter() - started
         issues = scale.cleanlab_pipeline(features, listing.label_indices, seed=0)
     seconds = time.perf_counter() - started

@@ -22,7 +22,7 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 
 import deft_clean  # noqa: E402
-from tests import toy  # noqa: E402
+from deft_clean import testing as toy  # noqa: E402
 
 CLASSES = toy.SHAPE_CLASSES[:6]
 

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))  # for tests.toy and benchmarks.quality
+sys.path.insert(0, str(ROOT))  # for benchmarks.quality
 
 KINDS = ("exact", "jpeg", "shift", "bright", "dark", "resize", "upscale")
 PER_KIND = 30
@@ -45,7 +45,7 @@ def distinct_digits(n_mnist: int, n_small: int) -> tuple[list, list[int]]:
     from PIL import Image
 
     from benchmarks.quality import SPLIT_B
-    from tests import toy
+    from deft_clean import testing as toy
 
     mnist, mnist_y = toy.digit_images("mnist")
     small, small_y = toy.digit_images("digits")
@@ -63,7 +63,7 @@ def distinct_digits(n_mnist: int, n_small: int) -> tuple[list, list[int]]:
 def write_folder(root: Path, images: list, labels: list[int], *, seed: int = 0) -> dict[str, tuple[int, str]]:
     """The distinct images and the planted copies as ``root/<digit>/<name>``: path -> (picture id, kind)."""
     from benchmarks.quality import CLASSES
-    from tests.toy import planted_copy
+    from deft_clean.testing import planted_copy
 
     truth: dict[str, tuple[int, str]] = {}
     for i, (im, y) in enumerate(zip(images, labels, strict=True)):

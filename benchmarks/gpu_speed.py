@@ -8,7 +8,7 @@ For ``--model`` (default open_clip ViT-B-16, random weights: speed does not depe
   quick_img_s          a whole ``deft_clean.detect(quick=True)`` on the same images (model loading, feature pass,
                        selection, health), images / seconds, second of two runs;
 then ``selection.fused_rule`` and ``health.dataset_health`` on ``--rows`` x ``--classes`` synthetic 512-d
-features (``tests.toy.synthetic_features``) on the device: seconds and noisy-label F1.
+features (``deft_clean.testing.synthetic_features``) on the device: seconds and noisy-label F1.
 Goals on an H100 (issue 23): detect epoch >= 3,000 img/s, scoring >= 6,000 img/s, selection + health for
 1M x 1000 <= 5 minutes.
 
@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))  # tests.toy (synthetic data, tiny CLIP)
+sys.path.insert(0, str(ROOT))  # for the benchmarks package
 sys.path.insert(0, str(ROOT / "benchmarks"))  # speed.py's helpers
 
 VARIANTS = {  # name -> (torch.compile, device transforms)
@@ -59,11 +59,13 @@ def image_speeds(
     import deft_clean
     from deft_clean.detecting.passes import score_samples
     from deft_clean.detecting.prompt_training import train_prompts
-    from deft_clean.inputs.dataset import ImageDataset, list_dataset
+    from deft_clean.inputs.dataset import ImageDataset
     from deft_clean.inputs.device_transforms import DeviceTransform, uint8_transform
+    from deft_clean.inputs.listing import list_dataset
     from deft_clean.models.clip import compile_module, load_clip, resolve_device
     from deft_clean.models.deft import DeftModel, PromptFeatures, deft_loss
     from deft_clean.run.engine import amp_for, seed_everything
+    from deft_clean.run.options import DetectConfig, PassOptions
 
     device = resolve_device(device_name)
     listing = list_dataset(folder)
@@ -78,10 +80,12 @@ def image_speeds(
     ).to(device)
     common = {"image_size": loaded.image_size, "mean": loaded.mean, "std": loaded.std, "device": device,
               "num_workers": workers, "device_transforms": device_transforms}
-    history = train_prompts(
-        model, listing, epochs=epochs, warmup_epochs=epochs, batch_size=batch_size, lr=0.01, momentum=0.9,
-        weight_decay=5e-4, clean_rule="threshold+argmax", hflip=True, generator=generator, grad_clip=1.0, **common,
+    schedule = DetectConfig(
+        epochs=epochs, warmup_epochs=epochs, batch_size=batch_size, lr=0.01, momentum=0.9, weight_decay=5e-4,
+        clean_rule="threshold+argmax", hflip=True, grad_clip=1.0,
     )
+    passes = PassOptions(batch_size=batch_size * 2, **common)
+    history = train_prompts(model, listing, schedule, passes, generator=generator)
     speeds = {"detect_epoch_img_s": history[-1].samples_per_second}
 
     # compute only: uint8 batches already on the device (the device transform is part of the step when on)
@@ -115,7 +119,7 @@ def image_speeds(
     for _ in range(2):  # the first pass pays start-up (and compilation of the eval graph)
         sync(device)
         started = time.perf_counter()
-        score_samples(model, listing, batch_size=batch_size * 2, **common)
+        score_samples(model, listing, passes)
         sync(device)
         speeds["scoring_img_s"] = n / (time.perf_counter() - started)
 
@@ -139,7 +143,7 @@ def scale_seconds(rows: int, classes: int, *, device_name: str) -> dict[str, flo
     from deft_clean.detecting.health import dataset_health
     from deft_clean.detecting.selection import fused_rule, text_seed
     from deft_clean.models.clip import resolve_device
-    from tests.toy import synthetic_features
+    from deft_clean.testing import synthetic_features
 
     device = resolve_device(device_name)
     features, truth, given, text = synthetic_features(rows, classes, noise=0.2, seed=0)

@@ -47,8 +47,8 @@ def main() -> None:
     args = parser.parse_args()
     set_threads(1)
 
-    from deft_clean.inputs.dataset import list_dataset
     from deft_clean.inputs.image_cache import prepare_cache
+    from deft_clean.inputs.listing import list_dataset
     from deft_clean.inputs.transforms import eval_transform, train_transform
 
     mean, std = (0.48, 0.46, 0.41), (0.27, 0.26, 0.28)

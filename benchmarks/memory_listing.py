@@ -106,7 +106,8 @@ def main() -> None:
     import torch
 
     from deft_clean.detecting.passes import score_samples
-    from deft_clean.inputs.dataset import list_dataset
+    from deft_clean.inputs.listing import list_dataset
+    from deft_clean.run.options import PassOptions
 
     torch.set_num_threads(1)
     phases: list[tuple[str, float, float]] = [("imports (torch, deft_clean)", peak_rss_mib(), 0.0)]
@@ -123,13 +124,15 @@ def main() -> None:
             return score_samples(
                 PooledPixels(len(listing.classes)),  # type: ignore[arg-type]
                 listing,
-                batch_size=args.batch_size,
-                image_size=args.image_size,
-                mean=(0.5, 0.5, 0.5),
-                std=(0.5, 0.5, 0.5),
-                device=torch.device("cpu"),
-                num_workers=args.num_workers,
-                cache=cache,
+                PassOptions(
+                    batch_size=args.batch_size,
+                    image_size=args.image_size,
+                    mean=(0.5, 0.5, 0.5),
+                    std=(0.5, 0.5, 0.5),
+                    device=torch.device("cpu"),
+                    num_workers=args.num_workers,
+                    cache=cache,
+                ),
             )
 
         started = time.perf_counter()

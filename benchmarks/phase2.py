@@ -72,7 +72,7 @@ TARGETS: dict[str, Callable[[], Target]] = {name: quality_target(name) for name 
 
 
 def plant(target: Target, setting: q.Setting) -> np.ndarray:
-    from tests import toy
+    from deft_clean import testing as toy
 
     pixels = np.stack([np.asarray(im.convert("L").resize((28, 28)), dtype=np.float32) for im in target.train_images])
     return toy.plant_noise(

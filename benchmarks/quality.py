@@ -48,7 +48,7 @@ from typing import Any
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))  # for tests.toy, the offline stand-in for real CLIP weights
+sys.path.insert(0, str(ROOT))  # for the benchmarks package
 CLASSES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 SPLIT_A, SPLIT_B, SPLIT_C = slice(0, 2000), slice(2000, 4000), slice(4000, 5000)
 PRETRAIN = {"steps": 1200, "lr": 1e-3, "batch_size": 64, "seed": 0}
@@ -136,7 +136,7 @@ def set_threads(threads: int) -> None:
 
 def build_foundation(work: Path) -> tuple[Path, Path]:
     """Pretrain the tiny CLIP on MNIST part A once; reuse it if the same recipe is cached in ``work``."""
-    from tests import toy
+    from deft_clean import testing as toy
 
     folder = work / "foundation"
     config, checkpoint, recipe = folder / "tiny-clip.json", folder / "tiny.pt", folder / "recipe.json"
@@ -217,7 +217,7 @@ def target_classes(name: str) -> list[str]:
 
 def target_images(name: str) -> tuple[list, np.ndarray, list, np.ndarray]:
     """(noisy-set images, their true labels, held-out images, their labels) of a target."""
-    from tests import toy
+    from deft_clean import testing as toy
 
     name = base_target(name)
     if name in WEAK:
@@ -260,7 +260,7 @@ def prepare(name: str, config: Path, checkpoint: Path, *, device: str) -> Data:
 
 
 def noisy_labels(setting: Setting, data: Data) -> np.ndarray:
-    from tests import toy
+    from deft_clean import testing as toy
 
     pixels = np.stack([np.asarray(im.convert("L").resize((28, 28)), dtype=np.float32) for im in data.images_b])
     return toy.plant_noise(
@@ -270,7 +270,7 @@ def noisy_labels(setting: Setting, data: Data) -> np.ndarray:
 
 def write_folder(root: Path, images: Sequence, labels: np.ndarray, classes: Sequence[str] = CLASSES) -> list[str]:
     """Write an image folder once (a marker file records that it is complete); return paths in input order."""
-    from tests import toy
+    from deft_clean import testing as toy
 
     marker = root / ".complete.json"
     if marker.is_file():

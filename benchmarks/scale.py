@@ -1,7 +1,7 @@
 """Scale of deft-clean's selection and health, and an end-to-end ``detect --quick`` on many image files (CPU).
 
 Three parts, each case in a fresh subprocess so that its peak RSS (VmHWM) is its own:
-  selection  ``selection.fused_rule`` on synthetic 512-d features (``tests.toy.synthetic_features``: Gaussian
+  selection  ``selection.fused_rule`` on synthetic 512-d features (``deft_clean.testing.synthetic_features``: Gaussian
              classes, 20% symmetric noise, a zero-shot-like text posterior) at rows x classes, beside what a
              cleanlab user runs on the same features (5-fold scikit-learn LogisticRegression probe +
              ``cleanlab.filter.find_label_issues``) where that finishes in reasonable time;
@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))  # for tests.toy, the offline stand-in for real CLIP weights
+sys.path.insert(0, str(ROOT))  # for the benchmarks package
 SELECTION = "10000x10,100000x10,50000x100,6000x200,10000x1000,100000x100,100000x1000,1000000x100"
 HEALTH = "10000,100000,1000000"
 # harder selection cases (part "hard"): separability, rows per class and noise varied around 10k x 1,000
@@ -114,7 +114,7 @@ def selection_case(
     noise: float = 0.2, cleanlab_limit: int = CLEANLAB_LIMIT,
 ) -> dict[str, Any]:
     from deft_clean.detecting.selection import fused_rule, text_seed
-    from tests.toy import synthetic_features
+    from deft_clean.testing import synthetic_features
 
     features, truth, given, text = synthetic_features(
         rows, classes, noise=noise, seed=seed, spread=spread, text_spread=text_spread
@@ -213,7 +213,7 @@ def write_digit_folder(root: Path, rows: int, *, seed: int = 0) -> tuple[Path, d
     them in a wrong folder; returns the folder and {relative path: true class}."""
     from quality import CLASSES
 
-    from tests import toy
+    from deft_clean import testing as toy
 
     truth_file = root / "truth.json"
     if truth_file.is_file():

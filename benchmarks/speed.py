@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))  # for tests.toy, the offline stand-in for real CLIP weights
+sys.path.insert(0, str(ROOT))  # for the benchmarks package
 N_CLASSES = 10
 
 
@@ -50,7 +50,7 @@ def set_threads(threads: int | None) -> None:
 
 def write_synthetic_folder(root: Path, n: int, *, size: int, seed: int = 0) -> Path:
     """``n`` synthetic class images of ``size`` px, saved as JPEG (quality 90) like a typical photo dataset."""
-    from tests import toy
+    from deft_clean import testing as toy
 
     marker = root / ".complete"
     if marker.is_file():
@@ -75,7 +75,7 @@ def model_config(name: str, work: Path) -> str:
     """open_clip model name, or a written config JSON for the tiny model."""
     if name != "tiny":
         return name
-    from tests import toy
+    from deft_clean import testing as toy
 
     return str(toy.write_model_config(work / "tiny-clip.json"))
 
@@ -109,10 +109,11 @@ def throughput(
 
     from deft_clean.detecting.passes import score_samples
     from deft_clean.detecting.prompt_training import train_prompts
-    from deft_clean.inputs.dataset import list_dataset
+    from deft_clean.inputs.listing import list_dataset
     from deft_clean.models.clip import load_clip, resolve_device
     from deft_clean.models.deft import DeftModel, PromptFeatures, deft_loss
     from deft_clean.run.engine import amp_for, seed_everything
+    from deft_clean.run.options import DetectConfig, PassOptions
 
     device = resolve_device(device_name)
     listing = list_dataset(folder)
@@ -137,10 +138,12 @@ def throughput(
         fill_seconds = time.perf_counter() - started
 
     # 1. real epochs; the last one is timed (earlier ones pay worker start-up, cudnn autotuning, caches)
-    history = train_prompts(
-        model, listing, epochs=epochs, warmup_epochs=epochs, batch_size=batch_size, lr=0.01, momentum=0.9,
-        weight_decay=5e-4, clean_rule="threshold+argmax", hflip=True, generator=generator, grad_clip=1.0, **common,
+    schedule = DetectConfig(
+        epochs=epochs, warmup_epochs=epochs, batch_size=batch_size, lr=0.01, momentum=0.9, weight_decay=5e-4,
+        clean_rule="threshold+argmax", hflip=True, grad_clip=1.0,
     )
+    passes = PassOptions(batch_size=batch_size * 2, **common)
+    history = train_prompts(model, listing, schedule, passes, generator=generator)
     epoch_ips = history[-1].samples_per_second
 
     # 2. the same step on batches already on the device: no decode, no augmentation, no transfer
@@ -185,7 +188,7 @@ def throughput(
     for _ in range(2):
         sync(device)
         started = time.perf_counter()
-        score_samples(model, listing, batch_size=batch_size * 2, **common)
+        score_samples(model, listing, passes)
         sync(device)
         scoring_seconds = time.perf_counter() - started
     peak_gpu = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None

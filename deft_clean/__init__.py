@@ -3,8 +3,8 @@
 Architecture (one line per folder and module in docs/architecture.md, "How the code is organised"):
 
 - The folders are layers, top to bottom: :mod:`.cli` -> :mod:`.training` -> :mod:`.detecting` ->
-  :mod:`.outputs` -> :mod:`.inputs` -> :mod:`.run`. A module imports its own folder and the ones below it;
-  nothing imports the CLI or this ``__init__``.
+  :mod:`.outputs` -> :mod:`.models` -> :mod:`.inputs` -> :mod:`.run`. A module imports its own folder and the
+  ones below it; nothing imports the CLI or this ``__init__``.
 - Two phases, one engine. Phase 1 (:mod:`.detecting.detect` -> :mod:`.detecting.prompt_training`) trains prompts
   on a frozen CLIP and scores every sample; phase 2 (:mod:`.training.finetune`, with :mod:`.training.linear_probe`)
   fine-tunes a classifier (:mod:`.models.classifier`) on the rows phase 1 kept. Both describe themselves to

@@ -31,14 +31,13 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))  # for tests.toy: synthetic data and a tiny CLIP, so that the walkthrough runs offline
 
 CLASSES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 
 
 def build_foundation_model(out: Path, *, steps: int) -> tuple[Path, Path]:
     """Pretrain the tiny CLIP once (reused on later runs); returns (model config JSON, checkpoint)."""
-    from tests import toy
+    from deft_clean import testing as toy
 
     config, checkpoint, recipe = out / "tiny-clip.json", out / "tiny-clip.pt", out / "tiny-clip.recipe.json"
     if checkpoint.is_file() and recipe.is_file() and json.loads(recipe.read_text()) == {"steps": steps}:
@@ -55,7 +54,7 @@ def build_foundation_model(out: Path, *, steps: int) -> tuple[Path, Path]:
 
 def write_digit_folders(out: Path, *, n_noisy: int, n_test: int, rate: float, seed: int) -> tuple[Path, Path, int]:
     """A folder with planted label noise and a clean held-out folder; returns (noisy, test, wrong labels)."""
-    from tests import toy
+    from deft_clean import testing as toy
 
     images, labels = toy.digit_images("mnist")
     part = slice(2000, 2000 + n_noisy)

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests import toy
+from deft_clean import testing as toy
 
 N_CLASSES = 6
 CLASSES = toy.SHAPE_CLASSES[:N_CLASSES]
@@ -67,6 +67,17 @@ class NoisyFolder:
 
     def truly_clean(self, frame) -> np.ndarray:
         return (frame["path"].map(self.true_label) == frame["label"]).to_numpy()
+
+
+# Fixtures that pretrain or run the tiny CLIP: a test that uses one (directly or through another fixture) is
+# end-to-end, and `pytest -m "not e2e"` leaves it out.
+E2E_FIXTURES = {"tiny_clip"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if E2E_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.e2e)
 
 
 @pytest.fixture(scope="session")
@@ -139,13 +150,13 @@ def folder_rows(root: Path) -> list[dict]:
 
 def collapse_prompts(monkeypatch: pytest.MonkeyPatch) -> None:
     """Make the learned prompts predict class 0 for every image (a collapse the detector must catch)."""
-    from deft_clean.detecting import prompt_training as detector
+    from deft_clean.detecting import passes
 
-    real = detector.score_samples
+    real = passes.score_samples
 
     def collapsed(*args, **kwargs):
         scores = real(*args, **kwargs)
         scores.predicted_index[:] = 0
         return scores
 
-    monkeypatch.setattr(detector, "score_samples", collapsed)
+    monkeypatch.setattr(passes, "score_samples", collapsed)

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from deft_clean import testing as toy
 from deft_clean.outputs.results import load_results, write_results
-from tests import toy
 
 HOSTILE = "<img src=x onerror=alert(1)>"
 CLASSES = ["cat", "dog [x]", HOSTILE]

@@ -3,6 +3,7 @@ augmentation is a crop/flip of the image, and --compile runs (or falls back to e
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import numpy as np
@@ -10,13 +11,14 @@ import pytest
 import torch
 
 import deft_clean
+from deft_clean import testing as toy
 from deft_clean.detecting.passes import image_features
 from deft_clean.inputs import device_transforms as accel
 from deft_clean.inputs.device_transforms import DeviceTransform, uint8_transform
 from deft_clean.inputs.listing import list_dataset
 from deft_clean.inputs.transforms import eval_transform
 from deft_clean.models.clip import CompiledOrEager, compile_module, load_clip
-from tests import toy
+from deft_clean.run.options import PassOptions
 
 MEAN, STD = (0.48, 0.46, 0.41), (0.27, 0.26, 0.28)
 
@@ -63,10 +65,9 @@ def test_random_crops_vary_stay_in_range_and_follow_the_seed():
 def test_feature_pass_with_device_transforms_equals_the_cpu_path(tiny_clip, noisy_folder):
     loaded = load_clip(str(tiny_clip.config), str(tiny_clip.checkpoint), device=torch.device("cpu"), quiet=True)
     listing = list_dataset(noisy_folder.root)
-    options = {"batch_size": 32, "image_size": loaded.image_size, "mean": loaded.mean, "std": loaded.std,
-               "device": torch.device("cpu"), "num_workers": 0}
-    cpu, _ = image_features(loaded.model, listing, **options)
-    device, _ = image_features(loaded.model, listing, device_transforms=True, **options)
+    passes = PassOptions(32, loaded.image_size, loaded.mean, loaded.std, torch.device("cpu"))
+    cpu, _ = image_features(loaded.model, listing, passes)
+    device, _ = image_features(loaded.model, listing, dataclasses.replace(passes, device_transforms=True))
     np.testing.assert_allclose(device, cpu, atol=1e-5)
 
 

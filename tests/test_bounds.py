@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 import deft_clean
 from deft_clean.cli.app import app
-from deft_clean.inputs.dataset import list_dataset
+from deft_clean.inputs.listing import list_dataset
 from deft_clean.run.errors import DataError
 from tests.review_data import make_review
 

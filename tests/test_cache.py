@@ -13,8 +13,9 @@ from PIL import Image
 
 import deft_clean
 from deft_clean.inputs import image_cache as cache_module
-from deft_clean.inputs.dataset import ImageDataset, list_dataset
+from deft_clean.inputs.dataset import ImageDataset
 from deft_clean.inputs.image_cache import cache_folder, prepare_cache
+from deft_clean.inputs.listing import list_dataset
 from deft_clean.inputs.transforms import eval_transform
 from deft_clean.run.checkpoints import Interrupted, StopOnSignal
 

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from deft_clean.inputs.dataset import list_dataset, load_class_names, load_image
+from deft_clean.inputs.decode import load_image
+from deft_clean.inputs.listing import list_dataset, load_class_names
 
 
 def test_folder_listing_nested_and_filtered(small_folder):

@@ -11,9 +11,9 @@ import pytest
 from PIL import Image, ImageFilter
 
 import deft_clean
+from deft_clean import testing as toy
 from deft_clean.detecting.confident import estimated_issue_counts, flag_by_class
 from deft_clean.detecting.selection import class_warnings
-from tests import toy
 
 from .conftest import CLASSES, N_CLASSES, NoisyFolder, collapse_prompts
 

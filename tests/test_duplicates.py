@@ -13,13 +13,13 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from deft_clean import testing as toy
 from deft_clean.detecting.health import content_hashes, dataset_health
 from deft_clean.inputs.pixel_similarity import DUPLICATE_THRESHOLD
 from deft_clean.inputs.readers.base import FileImages
 from deft_clean.run.errors import DataError, UsageError
 from deft_clean.run.options import DetectConfig
-from tests import toy
-from tests.toy import planted_copy
+from deft_clean.testing import planted_copy
 
 NEAR_KINDS = ("jpeg", "shift", "bright", "dark", "resize", "upscale")
 

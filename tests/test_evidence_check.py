@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 import deft_clean
+from deft_clean import testing as toy
 from deft_clean.detecting.evidence_check import agreement, check_evidence, wilson
 from deft_clean.outputs.summary import evidence_line
-from tests import toy
 from tests.conftest import CLASSES, N_CLASSES
 
 DIM_KEEP = 0.013  # contrast left by toy.faded: a probe on the tiny CLIP's features is right ~55-65% of the time

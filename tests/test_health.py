@@ -7,6 +7,7 @@ import shutil
 import numpy as np
 import pandas as pd
 
+from deft_clean import testing as toy
 from deft_clean.detecting.health import (
     OUTLIER_Z,
     content_hashes,
@@ -16,7 +17,6 @@ from deft_clean.detecting.health import (
     robust_z,
     scan_neighbours,
 )
-from tests import toy
 
 
 def clustered(n_per_class: int = 60, n_classes: int = 4, dim: int = 32, seed: int = 0):

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 import deft_clean
+from deft_clean import testing as toy
 from deft_clean.detecting import early_stop as monitor
 from deft_clean.detecting.evidence_check import check_evidence
 from deft_clean.detecting.opaque_names import code_like_names, text_informative, text_view_test
-from tests import toy
 from tests.conftest import N_CLASSES
 
 CODES = [f"n0{1440764 + 7919 * k:07d}" for k in range(N_CLASSES)]  # WordNet-like ids the tiny CLIP never read

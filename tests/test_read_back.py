@@ -18,11 +18,11 @@ import pytest
 from typer.testing import CliRunner
 
 import deft_clean
+from deft_clean import testing as toy
 from deft_clean.cli.app import app
 from deft_clean.outputs.results import METADATA_KEY, load_results, write_results
 from deft_clean.run.checkpoints import Interrupted
 from deft_clean.run.errors import DataError
-from tests import toy
 
 from .conftest import CLASSES, N_CLASSES, collapse_prompts, make_noisy_folder
 from .test_scale import interrupt_at

@@ -6,7 +6,6 @@ import json
 import re
 import shutil
 import subprocess
-import time
 from html import escape
 from pathlib import Path
 from urllib.parse import quote
@@ -215,16 +214,14 @@ def test_html_for_100k_rows_is_quick_and_small(tmp_path):
             "status": np.where(np.arange(n) % 1000 == 0, "unreadable: OSError: truncated", "ok"),
         }
     )
-    start = time.perf_counter()
     out = write_html(frame, {"classes": classes}, tmp_path / "big.html", top=200, dataset_root=tmp_path)
-    elapsed = time.perf_counter() - start
     page = out.read_text(encoding="utf-8")
     got = html_counts(page)
     usable = frame["status"] == "ok"
     assert got["samples"] == n and got["flagged"] == int((usable & ~frame["is_clean"]).sum())
     assert got["rows"] == got["flagged"] and got["histogram"] == int(usable.sum())
     assert got["heatmap"] == got["flagged"]  # classes beyond the top 20 are pooled, not lost
-    assert elapsed < 5 and out.stat().st_size < 100 * got["flagged"]  # no reasons here: about 55 bytes a row
+    assert out.stat().st_size < 100 * got["flagged"]  # no reasons here: about 55 bytes a row
 
 
 def test_report_after_dataset_moved(review, tmp_path):

@@ -21,7 +21,8 @@ import torch
 from typer.testing import CliRunner
 
 from deft_clean.cli.app import app
-from deft_clean.inputs.dataset import list_dataset, load_image
+from deft_clean.inputs.decode import load_image
+from deft_clean.inputs.listing import list_dataset
 from deft_clean.models.classifier import load_model
 from deft_clean.outputs.results import load_results, write_results
 from deft_clean.run.checkpoints import load_checkpoint, save_checkpoint
@@ -424,12 +425,16 @@ def test_detect_resume_with_a_damaged_checkpoint(tiny_clip, small_folder, tmp_pa
 # 11. unwritable outputs are found before any work; a full disk is one line
 
 
-def test_out_under_a_regular_file_fails_before_loading_the_model(tiny_clip, small_folder, tmp_path):
+def test_out_under_a_regular_file_fails_before_loading_the_model(tiny_clip, small_folder, tmp_path, monkeypatch):
+    import deft_clean.models.clip as clip
+
+    def never(*args, **kwargs):
+        raise AssertionError("the model was loaded before the output was checked")
+
+    monkeypatch.setattr(clip, "load_clip", never)
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    started = time.perf_counter()
     fails(detect(tiny_clip, small_folder, blocker / "r.parquet"), 2, "not a folder")
-    assert time.perf_counter() - started < 20
 
 
 def test_disk_full_is_one_line(tmp_path):
@@ -447,11 +452,9 @@ def test_disk_full_is_one_line(tmp_path):
 
 def test_offline_hub_model_fails_fast(small_folder, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    started = time.perf_counter()
     args = ["detect", str(small_folder), "--out", str(tmp_path / "r.parquet"), "--model", "ViT-B-32"]
     result = runner.invoke(app, [*args, "--pretrained", "openai", "--device", "cpu", "-q"])
     fails(result, 1, "HF_HUB_OFFLINE")
-    assert time.perf_counter() - started < 10
 
 
 # 13. permissions follow the umask; stale temporaries are cleaned up

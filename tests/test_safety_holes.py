@@ -22,14 +22,15 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
+from deft_clean import testing as toy
 from deft_clean.cli.app import app
 from deft_clean.detecting.health import content_hashes
-from deft_clean.inputs.dataset import describe_failure, list_dataset, load_image
+from deft_clean.inputs.decode import describe_failure, load_image
+from deft_clean.inputs.listing import list_dataset
 from deft_clean.outputs.results import load_results, write_results
 from deft_clean.run.errors import DataError, UsageError
 from deft_clean.run.options import DetectConfig, TrainConfig
 from deft_clean.run.safety import MAX_FILE_BYTES, Output, check_outputs, printable, read_file
-from tests import toy
 from tests.review_data import Review, checksums, make_review
 
 runner = CliRunner()

@@ -173,16 +173,6 @@ def test_decompression_bomb_is_a_status_row_and_scores_keep_failures_only(tiny_c
     assert (frame.drop(index="red/zz_bomb.png")["status"] == "ok").all()
 
 
-def test_scores_store_failures_compactly():
-    from deft_clean.detecting.passes import Scores
-
-    n = 5
-    floats = [np.zeros(n, dtype=np.float32) for _ in range(3)]
-    scores = Scores(*floats, np.zeros(n, np.int64), np.zeros(n), np.zeros(n), {3: "bad"})
-    assert scores.usable.tolist() == [True, True, True, False, True]
-    assert scores.status() == ["ok", "ok", "ok", "bad", "ok"]
-
-
 def test_torchrun_two_cpu_processes_score_every_sample_once(tiny_clip, noisy_folder, uninterrupted, tmp_path):
     out = tmp_path / "results.parquet"
     opts = options(tiny_clip)

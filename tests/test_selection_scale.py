@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import torch
 
 from deft_clean.detecting import probes as evidence
 from deft_clean.detecting.probes import MAX_ROUNDS, grow_clean_set
 from deft_clean.detecting.selection import fused_rule, text_seed
-from tests.toy import synthetic_features
+from deft_clean.testing import synthetic_features
 
 
 def flag_f1(flagged: np.ndarray, noisy: np.ndarray) -> float:
@@ -21,14 +19,11 @@ def test_thousand_classes_ten_rows_each_converge():
     features, truth, given, text = synthetic_features(10_000, 1000, noise=0.2, seed=0)
     usable = np.ones(len(given), dtype=bool)
     seed_mask = text_seed(usable, given, text, None, "threshold")
-    started = time.perf_counter()
     selection = fused_rule(features, given, usable, seed_mask, text, 1000, seed=0)
-    seconds = time.perf_counter() - started
     rounds = selection.info["clean_set_by_round"]
     assert len(rounds) < MAX_ROUNDS and selection.info["clean_set_converged"]
     assert selection.info["probe"] == "class-mean"
-    assert flag_f1(~selection.is_clean, given != truth) >= 0.95
-    assert seconds < 60
+    assert flag_f1(~selection.is_clean, given != truth) >= 0.95  # its time: benchmarks/scale.py
 
 
 def test_a_probe_that_alternates_cannot_make_the_set_cycle(monkeypatch):

@@ -12,8 +12,8 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 import deft_clean
+from deft_clean import testing as toy
 from deft_clean.cli.app import app
-from tests import toy
 
 from .conftest import CLASSES, N_CLASSES, make_noisy_folder
 

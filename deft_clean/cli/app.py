@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from ..run.options import CLEAN_RULES, DetectConfig, TrainConfig
+from ..run.options import CLEAN_RULES, DetectConfig, ReadOptions, TrainConfig
 from ..run.safety import printable
 from . import report as cli_report
 from .common import (
@@ -179,11 +179,12 @@ def detect(
     from ..detecting.detect import detect as run_detect
 
     started = time.monotonic()
+    reading = {"path_col": path_col, "label_col": label_col, "image_col": image_col, "split": split}
+    reading |= {"label_key": label_key, "id_col": id_col, "class_names": class_names}
     call = lambda: run_detect(  # noqa: E731
-        dataset, path_col=path_col, label_col=label_col, image_col=image_col, split=split, label_key=label_key,
-        id_col=id_col, class_names=class_names, out=out, quiet=quiet, run_dir=run_dir, resume=resume,
+        dataset, reading=ReadOptions.of(**reading), out=out, quiet=quiet, run_dir=run_dir, resume=resume,
         checkpoint_every=checkpoint_every, overwrite=overwrite, save_arrays=save_arrays, **options,
-    )  # fmt: skip
+    )
     result = _interruptible(lambda: _run(debug, quiet, call))
     if not quiet:
         _print_detect_summary(result.summary(), out, elapsed=time.monotonic() - started, arrays=save_arrays)

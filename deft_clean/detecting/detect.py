@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from ..inputs.listing import STATUS_OK, Listing, list_dataset
+from ..inputs.listing import Listing, list_dataset
 from ..outputs.results import flagged_rows, normalize_frame, usable_rows, write_results
 from ..run._version import __version__
 from ..run.checkpoints import (
@@ -25,15 +25,16 @@ from ..run.checkpoints import (
     load_checkpoint,
     save_checkpoint,
 )
-from ..run.errors import UsageError, option, warn_result
+from ..run.errors import STATUS_OK, UsageError, option, warn_result
 from ..run.files import run_lock
-from ..run.options import DetectConfig, merge_options
+from ..run.options import DetectConfig, PassOptions, ReadOptions, merge_options
 from ..run.ownership import MANIFEST, read_manifest, write_manifest
 from ..run.safety import Output, check_detect_paths
 from .health import health_columns
 
 if TYPE_CHECKING:
     from .passes import Evidence  # imports torch: loaded where the passes run
+    from .selection import Decision
 
 CHECKPOINT = "detect_checkpoint.pt"  # inside the run folder
 
@@ -150,6 +151,7 @@ def detect(
     dataset: Any,
     *,
     config: DetectConfig | None = None,
+    reading: ReadOptions | None = None,
     path_col: str = "path",
     label_col: str = "label",
     image_col: str | None = None,
@@ -175,6 +177,7 @@ def detect(
             ``.tar`` shards (see :func:`deft_clean.inputs.listing.list_dataset`).
         config: a :class:`DetectConfig`; keyword ``options`` (any DetectConfig field, e.g.
             ``model="ViT-B-16", epochs=5``) override it.
+        reading: how to read the dataset, as one :class:`ReadOptions`; or its fields as keywords:
         path_col, label_col, class_names: how to read the dataset; ``image_col`` is another name for
             ``path_col``, ``root`` the folder a DataFrame's relative paths start from (for a Hugging Face
             dataset object: the folder its path-only rows may be read from).
@@ -200,15 +203,13 @@ def detect(
         A :class:`DetectResult`; ``result.frame`` has one row per listed sample.
     """
     cfg = merge_options(DetectConfig, config, options)
-    if image_col is not None and path_col not in ("path", image_col):
-        raise UsageError(f"image_col={image_col!r} and path_col={path_col!r} name the same column; pass one")
-    path_col = image_col or path_col
-    listing = list_dataset(
-        dataset, path_col=path_col, label_col=label_col, class_names=class_names, root=root, split=split,
-        label_key=label_key, id_col=id_col,
-    )  # fmt: skip
+    reading = reading or ReadOptions.of(
+        path_col=path_col, label_col=label_col, image_col=image_col, root=root, class_names=class_names,
+        split=split, label_key=label_key, id_col=id_col,
+    )
+    listing = list_dataset(dataset, reading)
     run_dir = _check_outputs(
-        dataset, listing, cfg, out=out, run_dir=run_dir, class_names=class_names, save_arrays=save_arrays,
+        dataset, listing, cfg, out=out, run_dir=run_dir, class_names=reading.class_names, save_arrays=save_arrays,
         checkpoint_every=checkpoint_every, overwrite=overwrite,
     )  # fmt: skip
     run = _Checkpoint.open(run_dir, cfg, listing, resume=resume, every=checkpoint_every)
@@ -217,8 +218,7 @@ def detect(
 
     threads, locked = plan_cpu(cfg.num_workers, cfg.threads)[1], (out, run_dir)
     with process_group(cfg.device) as ranks, run_lock(*(locked if ranks.is_main else ())), torch_threads(threads):
-        recorded = {"path_col": path_col, "label_col": label_col}
-        result = _detect(cfg, listing, run, ranks=ranks, quiet=quiet, recorded=recorded)
+        result = _detect(cfg, listing, run, ranks=ranks, quiet=quiet, reading=reading)
         if out is not None and ranks.is_main:
             result.save(out)
         if save_arrays is not None and ranks.is_main:
@@ -317,7 +317,7 @@ class _Checkpoint:
 
 
 def _detect(
-    cfg: DetectConfig, listing: Listing, run: _Checkpoint, *, ranks: Any, quiet: bool, recorded: dict[str, Any]
+    cfg: DetectConfig, listing: Listing, run: _Checkpoint, *, ranks: Any, quiet: bool, reading: ReadOptions
 ) -> DetectResult:
     """Load CLIP, gather the evidence, select the clean rows and assemble the result (one rank's part)."""
     from ..models.clip import load_clip, resolve_device
@@ -345,39 +345,48 @@ def _detect(
                     cfg.cache, listing, size=loaded.image_size, num_workers=workers, progress=progress, stop=stop,
                     ranks=ranks,
                 )  # fmt: skip
-        passes = {
-            "batch_size": cfg.batch_size * 2, "image_size": loaded.image_size, "mean": loaded.mean,
-            "std": loaded.std, "device": device, "num_workers": workers, "progress": progress, "stop": stop,
-            "ranks": ranks, "cache": cache,
-            "device_transforms": device_transforms_wanted(cfg.device_transforms, device),
-        }  # fmt: skip
+        passes = PassOptions(
+            batch_size=cfg.batch_size * 2,
+            image_size=loaded.image_size,
+            mean=loaded.mean,
+            std=loaded.std,
+            device=device,
+            num_workers=workers,
+            progress=progress,
+            stop=stop,
+            ranks=ranks,
+            cache=cache,
+            device_transforms=device_transforms_wanted(cfg.device_transforms, device),
+        )
         evidence = gather_evidence(
             cfg, loaded, listing, passes, save=run.saver(), resume=run.resume, checkpoint_every=run.every
         )
-    selection = select(cfg, listing, evidence, device=device)
-    for line in evidence.warnings + selection.warnings:
-        warn_result(line)  # even when quiet: these change what the flags mean
-    frame = results_frame(listing, evidence, selection)
-    health_warnings: list[str] = []
+    decision = select(cfg, listing, evidence, device=device)
+    frame = results_frame(listing, evidence, decision)
+    warnings = evidence.warnings + decision.warnings  # every warning of the run, in the order they arose
     if cfg.health:
         health = health_columns(
             listing.root, listing.paths, evidence.features, evidence.usable, evidence.prompts, device=device,
             images=listing.images, threshold=cfg.duplicate_threshold,
         )  # fmt: skip
-        frame, health_warnings = frame.assign(**health.columns), health.warnings
-    metadata = _metadata(cfg, listing, loaded, evidence, selection, recorded=recorded, device=device, world=ranks.world)
-    metadata["warnings"] += health_warnings
+        frame = frame.assign(**health.columns)
+        warnings += health.warnings
+    for line in warnings:
+        warn_result(line)  # even when quiet: these change what the flags mean
+    metadata = _metadata(
+        cfg, listing, loaded, evidence, decision, reading=reading, device=device, world=ranks.world, warnings=warnings
+    )
     frame = normalize_frame(frame, metadata)
     result = DetectResult(frame, metadata, [dataclasses.asdict(h) for h in evidence.history])
     result.features = evidence.features
-    result.visual_probs = selection.visual
+    result.visual_probs = decision.visual
     result.evidence = evidence
     return result
 
 
 def _metadata(
-    cfg: DetectConfig, listing: Listing, loaded: Any, evidence: Evidence, selection: Any, *,
-    recorded: dict[str, Any], device: Any, world: int,
+    cfg: DetectConfig, listing: Listing, loaded: Any, evidence: Evidence, decision: Decision, *,
+    reading: ReadOptions, device: Any, world: int, warnings: list[str],
 ) -> dict[str, Any]:  # fmt: skip
     """The Parquet's metadata: what was run, on what, with which software, and what it warned about."""
     import torch
@@ -391,8 +400,8 @@ def _metadata(
         "classes": listing.classes,
         "prompt_names": listing.prompt_names,
         **listing.spec.to_metadata(),  # dataset, source, reader: how to open the dataset again
-        "path_col": recorded["path_col"],
-        "label_col": recorded["label_col"],
+        "path_col": reading.path_col,
+        "label_col": reading.label_col,
         "image_size": loaded.image_size,
         "mean": list(loaded.mean),
         "std": list(loaded.std),
@@ -405,9 +414,9 @@ def _metadata(
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "history": [dataclasses.asdict(h) for h in evidence.history],
         "text_evidence": evidence.text_source,
-        "selection": {"rule": cfg.selection, **{k: v for k, v in selection.info.items() if k != "evidence"}},
-        "evidence": selection.info.get("evidence"),
-        "warnings": evidence.warnings + selection.warnings,
+        "selection": {"rule": cfg.selection, **{k: v for k, v in decision.info.items() if k != "evidence"}},
+        "evidence": decision.info.get("evidence"),
+        "warnings": warnings,
     }
 
 
@@ -415,7 +424,7 @@ def gather_evidence(
     cfg: DetectConfig,
     loaded: Any,
     listing: Listing,
-    passes: dict[str, Any],
+    passes: PassOptions,
     *,
     save: Any,
     resume: dict[str, Any] | None,
@@ -436,8 +445,8 @@ def gather_evidence(
     from .prompt_training import TrainControl
     from .selection import MIN_PROMPT_AGREEMENT, prompt_agreement
 
-    with passes["stop"].hinted("stopped before any training; rerun the same command (without --resume)"):
-        features, failures = image_features(loaded.model, listing, **passes)
+    with passes.stop.hinted("stopped before any training; rerun the same command (without --resume)"):
+        features, failures = image_features(loaded.model, listing, passes)
     text = zero_shot_text(loaded, listing.prompt_names)  # [K, E]
     scale = float(loaded.model.logit_scale.detach().exp())
     logits = scale * torch.from_numpy(np.nan_to_num(features)).to(text.device) @ text.t()  # [N, K]
@@ -445,11 +454,11 @@ def gather_evidence(
     judge_text_view(evidence, listing.label_indices, len(listing.classes))
     if cfg.quick:
         return evidence
-    control = TrainControl(save, resume, every_steps=checkpoint_every, stop=passes["stop"], ranks=passes["ranks"])
+    control = TrainControl(save, resume, every_steps=checkpoint_every)
     usable = evidence.usable
     labels = listing.label_indices
     # what the learned prompts are judged against, every epoch and at the end: zero-shot, or the image seed
-    anchor = collapse_anchor(evidence, labels, len(listing.classes), seed=cfg.seed, device=passes["device"])
+    anchor = collapse_anchor(evidence, labels, len(listing.classes), seed=cfg.seed, device=passes.device)
     control = monitored(control, cfg, listing, evidence, usable & (anchor == labels))
     scores = learned_scores(cfg, loaded, listing, passes, evidence, control)
     if scores is None:
@@ -488,17 +497,19 @@ def monitored(control: Any, cfg: DetectConfig, listing: Listing, evidence: Evide
 
 
 def learned_scores(
-    cfg: DetectConfig, loaded: Any, listing: Listing, passes: dict[str, Any], evidence: Evidence, control: Any
+    cfg: DetectConfig, loaded: Any, listing: Listing, passes: PassOptions, evidence: Evidence, control: Any
 ) -> Any:
     """Train DeFT's prompts and score every sample with them (a ``detector.Scores``); None, with a warning
     in ``evidence``, when the training diverged."""
+    from ..models.deft import DeftModel
     from ..run.engine import TrainingDiverged, seed_everything
-    from . import prompt_training as detector
+    from .passes import score_samples
+    from .prompt_training import train_prompts
 
     # Seeded here, after the cache fill and the feature pass (their loaders draw from the global RNG), so
     # that prompt init and augmentation are the same with and without a cache.
     generator = seed_everything(cfg.seed)
-    model = detector.DeftModel(
+    model = DeftModel(
         loaded,
         listing.prompt_names,
         n_ctx=cfg.n_ctx,
@@ -506,26 +517,9 @@ def learned_scores(
         class_specific=cfg.class_specific,
         vpt_tokens=cfg.vpt_tokens,
         vpt_depth=cfg.vpt_depth,
-    ).to(passes["device"])
-    names = ("image_size", "mean", "std", "device", "num_workers", "progress", "cache", "device_transforms")
-    train_options = {k: passes[k] for k in names}
+    ).to(passes.device)
     try:
-        evidence.history = detector.train_prompts(
-            model,
-            listing,
-            epochs=cfg.epochs,
-            warmup_epochs=cfg.warmup_epochs,
-            batch_size=cfg.batch_size,
-            lr=cfg.lr,
-            momentum=cfg.momentum,
-            weight_decay=cfg.weight_decay,
-            clean_rule=cfg.clean_rule,
-            hflip=cfg.hflip,
-            grad_clip=cfg.grad_clip,
-            generator=generator,
-            control=control,
-            **train_options,
-        )
+        evidence.history = train_prompts(model, listing, cfg, passes, generator=generator, control=control)
     except TrainingDiverged as exc:
         evidence.warnings.append(f"{exc}; the learned prompts were dropped and zero-shot prompts used (lower lr)")
         return None
@@ -535,10 +529,10 @@ def learned_scores(
 
         evidence.warnings.append(agreement_line(last.epoch, last.agreement or 0.0, evidence.text_informative))
         return None  # no scoring pass for prompts that are dropped anyway
-    return detector.score_samples(model, listing, **passes)
+    return score_samples(model, listing, passes)
 
 
-def results_frame(listing: Listing, evidence: Evidence, decision: Any) -> pd.DataFrame:
+def results_frame(listing: Listing, evidence: Evidence, decision: Decision) -> pd.DataFrame:
     """Assemble the per-sample DataFrame of the Parquet contract from the listing and the decision."""
     usable = evidence.usable
     classes = np.array(listing.classes, dtype=object)

@@ -23,7 +23,6 @@ import numpy as np
 import pandas as pd
 
 from ..inputs.pixel_similarity import CANDIDATE_SIM, DUPLICATE_THRESHOLD, Thumbnails, compare_rows
-from ..run.errors import warn_result
 from .near_duplicates import confirm, group_details
 
 if TYPE_CHECKING:
@@ -445,8 +444,6 @@ def health_columns(
         features, usable, hashes=hashes, prompts=prompts, images=source, threshold=threshold, names=paths,
         device=device,
     )  # fmt: skip
-    for line in health.warnings:
-        warn_result(line)
     grouped = health.duplicate_group >= 0
     columns = {
         "duplicate_group": pd.array(np.where(grouped, health.duplicate_group, None), dtype="Int64"),

@@ -18,12 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from ..inputs.pixel_similarity import (
-    DUPLICATE_THRESHOLD,
-    MAX_RESIDUAL,
-    Thumbnails,
-    compare_rows,
-)
+from ..inputs.pixel_similarity import DUPLICATE_THRESHOLD, MAX_RESIDUAL, Thumbnails, compare_rows
 
 
 def confirm(

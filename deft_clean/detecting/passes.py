@@ -14,20 +14,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..inputs.dataset import STATUS_OK, ImageDataset, Listing
-from ..inputs.image_cache import CachedImages
+from ..inputs.dataset import ImageDataset
+from ..inputs.listing import Listing
 from ..inputs.transforms import eval_transform
 from ..models.clip import encode_image
 from ..models.deft import DeftModel
-from ..run.checkpoints import StopOnSignal
 from ..run.distributed import Dist
-from ..run.engine import (
-    Progressish,
-    amp_for,
-    make_loader,
-    usable_mask,
-    usable_on_device,
-)
+from ..run.engine import amp_for, make_loader, usable_mask, usable_on_device
+from ..run.errors import STATUS_OK
+from ..run.options import PassOptions
 
 
 @dataclass
@@ -43,41 +38,24 @@ class Scores:
     failures: dict[int, str]  # sample index -> why its file could not be used; usable files are absent
     probs: np.ndarray | None = None  # float32 [N, K] softmax over the positive prompts (the text posterior)
 
-    @property
-    def usable(self) -> np.ndarray:
-        """bool [N]: the file could be read."""
-        usable = np.ones(len(self.p_clean), dtype=bool)
-        usable[list(self.failures)] = False
-        return usable
 
-    def status(self) -> list[str]:
-        """Per-sample status strings ("ok" or the failure), built only when the output needs them."""
-        status = [STATUS_OK] * len(self.p_clean)
-        for index, reason in self.failures.items():
-            status[index] = reason
-        return status
-
-
-def image_features(clip: nn.Module, listing: Listing, **loader: Any) -> tuple[np.ndarray, dict[int, str]]:
+def image_features(clip: nn.Module, listing: Listing, passes: PassOptions) -> tuple[np.ndarray, dict[int, str]]:
     """Frozen, L2-normalised image features of every sample: ([N, E] float32, NaN rows for unusable files;
-    failures). ``loader`` takes :func:`eval_pass`'s keyword options."""
+    failures)."""
     clip.eval()
     width = int(getattr(clip.visual, "output_dim", 0) or clip.embed_dim)  # E
 
     def batch_fn(images: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"features": encode_image(clip, images)}
 
-    arrays, failures = eval_pass(batch_fn, {"features": (width,)}, listing, task="image features", **loader)
+    arrays, failures = eval_pass(batch_fn, {"features": (width,)}, listing, passes, task="image features")
     return arrays["features"], failures
 
 
-def score_samples(model: DeftModel, listing: Listing, **loader: Any) -> Scores:
-    """Eval-mode pass without augmentation over every sample: p_clean, similarities, prediction.
-
-    ``loader`` takes :func:`eval_pass`'s keyword options (batch size, image size, device, ranks, ...).
-    """
+def score_samples(model: DeftModel, listing: Listing, passes: PassOptions) -> Scores:
+    """Eval-mode pass without augmentation over every sample: p_clean, similarities, prediction."""
     model.eval()
-    autocast = amp_for(loader["device"]).autocast
+    autocast = amp_for(passes.device).autocast
     scale = float(model.scale())
     with torch.no_grad(), autocast():
         text = model.text_features()
@@ -102,7 +80,7 @@ def score_samples(model: DeftModel, listing: Listing, **loader: Any) -> Scores:
     names = ("sim_pos", "sim_neg", "predicted", "p_predicted", "p_label")
     columns: dict[str, tuple[int, ...]] = {name: () for name in names}
     columns["probs"] = (positive_text.shape[0],)
-    arrays, failures = eval_pass(batch_fn, columns, listing, **loader)
+    arrays, failures = eval_pass(batch_fn, columns, listing, passes)
     sim_pos, sim_neg = arrays["sim_pos"], arrays["sim_neg"]
     predicted = np.where(np.isnan(arrays["predicted"]), -1, arrays["predicted"]).astype(np.int64)
     p_clean = 1.0 / (1.0 + np.exp(-scale * (sim_pos.astype(np.float64) - sim_neg)))
@@ -125,31 +103,26 @@ def eval_pass(
     batch_fn: BatchFn,
     columns: dict[str, tuple[int, ...]],
     listing: Listing,
+    passes: PassOptions,
     *,
-    batch_size: int,
-    image_size: int,
-    mean: tuple[float, float, float],
-    std: tuple[float, float, float],
-    device: torch.device,
-    num_workers: int,
-    progress: Progressish | None = None,
-    stop: StopOnSignal | None = None,
-    ranks: Dist = Dist(),
-    cache: CachedImages | None = None,
     task: str | None = None,
-    device_transforms: bool = False,
     rows: np.ndarray | None = None,
 ) -> tuple[dict[str, np.ndarray], dict[int, str]]:
     """One eval-mode pass without augmentation over every sample of ``listing``.
 
     ``batch_fn(images [B, 3, H, W], labels [B])`` returns per-sample tensors, one per name of ``columns``
     (``columns[name]`` is the shape after the batch dimension). Returns float32 arrays ``[N, *shape]``
-    (NaN for unusable files) and the failures (sample index -> status). ``stop`` is checked after each
-    batch; with several ``ranks`` each handles samples ``rank::world`` and every rank gets the merged arrays.
-    ``task`` names the pass on the progress display (default: the scoring pass). With ``device_transforms``
-    batches travel as uint8 and are normalised on ``device`` (:mod:`deft_clean.accel`). ``rows``: only these.
+    (NaN for unusable files) and the failures (sample index -> status). ``passes.stop`` is checked after each
+    batch; with several ``passes.ranks`` each handles samples ``rank::world`` and every rank gets the merged
+    arrays. ``task`` names the pass on the progress display (default: the scoring pass). With
+    ``passes.device_transforms`` batches travel as uint8 and are normalised on the device
+    (:mod:`deft_clean.inputs.device_transforms`). ``rows``: only these.
     """
     from ..inputs.device_transforms import DeviceTransform, uint8_transform
+
+    image_size, mean, std, device = passes.image_size, passes.mean, passes.std, passes.device
+    progress, stop, ranks = passes.progress, passes.stop, passes.ranks or Dist()
+    device_transforms = passes.device_transforms
 
     on_device = DeviceTransform(mean, std, train=False)
     visited = np.arange(len(listing)) if rows is None else np.asarray(rows, dtype=np.int64)
@@ -161,11 +134,12 @@ def eval_pass(
         image_size=image_size,
         blank_dtype=torch.uint8 if device_transforms else torch.float32,
         indices=visited[ranks.rank :: ranks.world] if ranks.active else visited,
-        cache=cache,
+        cache=passes.cache,
         images=listing.images,
     )
     loader = make_loader(
-        dataset, batch_size=batch_size, sampler=None, generator=None, num_workers=num_workers, device=device
+        dataset, batch_size=passes.batch_size, sampler=None, generator=None, num_workers=passes.num_workers,
+        device=device,
     )
     n = len(listing)
     arrays = {name: np.full((n, *shape), np.nan, dtype=np.float32) for name, shape in columns.items()}

@@ -19,13 +19,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..inputs.dataset import ImageDataset, Listing
-from ..inputs.image_cache import CachedImages
+from ..inputs.dataset import ImageDataset
+from ..inputs.listing import Listing
 from ..inputs.transforms import train_transform
 from ..models.deft import DeftModel, PromptFeatures, deft_loss, dual_prompt_clean
-from ..run.checkpoints import StopOnSignal
 from ..run.distributed import Dist
-from ..run.engine import EpochTotals, Phase, Progressish, Run, amp_for, epoch_order, fit, steps_per_epoch
+from ..run.engine import EpochTotals, Phase, Run, amp_for, epoch_order, fit, steps_per_epoch
+from ..run.options import DetectConfig, PassOptions
 from .early_stop import EpochCheck, TrainingMonitor, stratified_order
 from .passes import eval_pass
 
@@ -44,13 +44,12 @@ class EpochStats:
 
 @dataclass
 class TrainControl:
-    """How :func:`train_prompts` checkpoints, resumes and stops; every field is optional."""
+    """How :func:`train_prompts` checkpoints, resumes and stops; every field is optional (signals and
+    torchrun ranks come with the pass options)."""
 
     save: Callable[[dict[str, Any]], None] | None = None  # persists a state dict (called on rank 0 only)
     resume: dict[str, Any] | None = None  # a state dict given to ``save`` by an earlier run
     every_steps: int = 0  # also save every this many steps inside an epoch; 0 = at epoch ends only
-    stop: StopOnSignal | None = None  # checked after each step: save, then raise Interrupted
-    ranks: Dist = Dist()  # torchrun processes: epoch order sharded, gradients averaged
     monitor: TrainingMonitor | None = None  # judges every epoch: a collapse stops at once, a still set early
     budget: int | None = None  # rows per epoch (a stratified sample, redrawn each epoch); None = every row
 
@@ -58,54 +57,46 @@ class TrainControl:
 def train_prompts(
     model: DeftModel,
     listing: Listing,
+    cfg: DetectConfig,
+    passes: PassOptions,
     *,
-    epochs: int,
-    warmup_epochs: int,
-    batch_size: int,
-    lr: float,
-    momentum: float,
-    weight_decay: float,
-    clean_rule: str,
-    hflip: bool,
-    image_size: int,
-    mean: tuple[float, float, float],
-    std: tuple[float, float, float],
-    device: torch.device,
     generator: torch.Generator,
-    num_workers: int,
-    progress: Progressish | None = None,
-    grad_clip: float | None = None,
     control: TrainControl | None = None,
-    cache: CachedImages | None = None,
-    device_transforms: bool = False,
 ) -> list[EpochStats]:
-    """Train the prompts in place on :mod:`deft_clean.run.engine`; return per-epoch statistics. With
-    ``control``, the training state (prompts, optimiser, scheduler, scaler, RNG states, position in the epoch)
-    is handed to ``control.save`` at the end of every epoch, every ``control.every_steps`` steps and when
-    ``control.stop`` was signalled; ``control.resume`` continues from such a state and, on CPU with
-    ``num_workers=0``, ends with exactly the prompts of an uninterrupted run. With ``device_transforms`` the
-    crops, flips and normalisation run on ``device`` (:mod:`deft_clean.accel`; their random stream is seeded
-    from ``generator`` but not checkpointed). ``control.budget`` / ``control.monitor``: see detecting.early_stop.
+    """Train the prompts in place on :mod:`deft_clean.run.engine`; return per-epoch statistics. The schedule
+    (epochs, warm-up, batch size, SGD, clean rule, flips, gradient clipping) comes from ``cfg``; images,
+    device, workers, cache, progress, signals and ranks from ``passes``. With ``control``, the training state
+    (prompts, optimiser, scheduler, scaler, RNG states, position in the epoch) is handed to ``control.save``
+    at the end of every epoch, every ``control.every_steps`` steps and when ``passes.stop`` was signalled;
+    ``control.resume`` continues from such a state and, on CPU with no workers, ends with exactly the prompts
+    of an uninterrupted run. With ``passes.device_transforms`` the crops, flips and normalisation run on the
+    device (:mod:`deft_clean.inputs.device_transforms`; their random stream is seeded from ``generator`` but
+    not checkpointed). ``control.budget`` / ``control.monitor``: see :mod:`deft_clean.detecting.early_stop`.
     """
     from ..inputs.device_transforms import DeviceTransform, uint8_transform
 
     control = control or TrainControl()
+    ranks, device, size = passes.ranks or Dist(), passes.device, passes.image_size
     dataset = ImageDataset(
         listing.root,
         listing.paths,
         listing.label_indices,
-        uint8_transform(image_size) if device_transforms else train_transform(image_size, mean, std, hflip=hflip),
-        image_size=image_size,
-        cache=cache,
+        uint8_transform(size)
+        if passes.device_transforms
+        else train_transform(size, passes.mean, passes.std, hflip=cfg.hflip),
+        image_size=size,
+        cache=passes.cache,
         images=listing.images,
-        blank_dtype=torch.uint8 if device_transforms else torch.float32,
+        blank_dtype=torch.uint8 if passes.device_transforms else torch.float32,
     )
     augment = None
-    if device_transforms:
+    if passes.device_transforms:
         stream = torch.Generator(device=device).manual_seed(int(torch.randint(2**62, (1,), generator=generator)))
-        augment = DeviceTransform(mean, std, train=True, hflip=hflip, generator=stream)
-    optimizer = torch.optim.SGD(model.trainable_parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
-    total_steps = max(1, epochs * steps_per_epoch(control.budget or len(dataset), batch_size, control.ranks))
+        augment = DeviceTransform(passes.mean, passes.std, train=True, hflip=cfg.hflip, generator=stream)
+    optimizer = torch.optim.SGD(
+        model.trainable_parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+    )
+    total_steps = max(1, cfg.epochs * steps_per_epoch(control.budget or len(dataset), cfg.batch_size, ranks))
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
     scale = model.scale().to(device)
     history: list[EpochStats] = []
@@ -114,21 +105,18 @@ def train_prompts(
         history = [EpochStats(**h) for h in json.loads(control.resume["history"])]
 
     phase = _prompt_phase(
-        model, dataset, optimizer, scheduler, history, scale=scale, warmup_epochs=warmup_epochs,
-        clean_rule=clean_rule, grad_clip=grad_clip, generator=generator, augment=augment, control=control,
-        look=watcher(model, listing, control, clean_rule=clean_rule, batch_size=batch_size * 2, cache=cache,
-                     image_size=image_size, mean=mean, std=std, device=device, num_workers=num_workers,
-                     device_transforms=device_transforms),
-    )  # fmt: skip
+        model, dataset, optimizer, scheduler, history, scale=scale, cfg=cfg, generator=generator,
+        augment=augment, control=control, look=watcher(model, listing, control, cfg.clean_rule, passes),
+    )
     run = Run(
-        epochs=epochs,
-        batch_size=batch_size,
+        epochs=cfg.epochs,
+        batch_size=cfg.batch_size,
         device=device,
         generator=generator,
-        num_workers=num_workers,
-        ranks=control.ranks,
-        progress=progress,
-        stop=control.stop,
+        num_workers=passes.num_workers,
+        ranks=ranks,
+        progress=passes.progress,
+        stop=passes.stop,
         save=control.save,
         every_steps=control.every_steps,
         resume=control.resume,
@@ -138,11 +126,19 @@ def train_prompts(
 
 
 def _prompt_phase(
-    model: DeftModel, dataset: ImageDataset, optimizer: torch.optim.Optimizer, scheduler: Any,
-    history: list[EpochStats], *, scale: torch.Tensor, warmup_epochs: int, clean_rule: str,
-    grad_clip: float | None, generator: torch.Generator, augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
-    control: TrainControl, look: Callable[[], tuple[np.ndarray, np.ndarray]] | None = None,
-) -> Phase:  # fmt: skip
+    model: DeftModel,
+    dataset: ImageDataset,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    history: list[EpochStats],
+    *,
+    scale: torch.Tensor,
+    cfg: DetectConfig,
+    generator: torch.Generator,
+    augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    control: TrainControl,
+    look: Callable[[], tuple[np.ndarray, np.ndarray]] | None = None,
+) -> Phase:
     """Prompt training as the engine runs it: DeFT's loss, a frozen backbone, epoch statistics; ``augment``
     turns a uint8 batch on the device into an augmented, normalised one (device transforms). The epoch's
     rows and the judgement after it come from ``control.budget`` and ``control.monitor`` (which ``look``
@@ -156,7 +152,7 @@ def _prompt_phase(
             images = augment(images)
         features, text = forward(images)
         features, text = features.float(), PromptFeatures(text.positive.float(), text.negative.float())
-        return deft_loss(features, text, scale, labels, warmup=epoch < warmup_epochs, clean_rule=clean_rule)
+        return deft_loss(features, text, scale, labels, warmup=epoch < cfg.warmup_epochs, clean_rule=cfg.clean_rule)
 
     def train_mode() -> None:
         model.train()
@@ -194,7 +190,7 @@ def _prompt_phase(
         end_epoch=end_epoch,
         train_mode=train_mode,
         metrics=("loss", "clean"),
-        grad_clip=grad_clip,
+        grad_clip=cfg.grad_clip,
         parameters=model.trainable_parameters(),
         epoch_size=min(budget, len(dataset)) if budget is not None else None,
         finished=lambda: bool(history) and history[-1].stop != "",
@@ -202,18 +198,19 @@ def _prompt_phase(
 
 
 def watcher(
-    model: DeftModel, listing: Listing, control: TrainControl, *, clean_rule: str, **loader: Any
+    model: DeftModel, listing: Listing, control: TrainControl, clean_rule: str, passes: PassOptions
 ) -> Callable[[], tuple[np.ndarray, np.ndarray]] | None:
     """The monitor's eyes: a function that scores ``control.monitor.watch`` in eval mode and returns their
     positive-prompt top-1 and dual-prompt clean flags ([M] each); None without a monitor."""
     monitor = control.monitor
     if monitor is None:
         return None
+    quiet = dataclasses.replace(passes, progress=None, stop=None)  # a glance between epochs: no bar, no stop
 
     def look() -> tuple[np.ndarray, np.ndarray]:
         model.eval()  # the engine puts the model back in train mode at the next epoch's start
         scale = float(model.scale())
-        with torch.no_grad(), amp_for(loader["device"]).autocast():
+        with torch.no_grad(), amp_for(passes.device).autocast():
             text = model.text_features()
         positive_text, negative_text = text.positive.float(), text.negative.float()
 
@@ -225,9 +222,7 @@ def watcher(
             predicted = positive.argmax(dim=1)
             return {"predicted": predicted, "clean": dual_prompt_clean(p_yes, predicted, labels, clean_rule)}
 
-        arrays, _ = eval_pass(
-            batch_fn, {"predicted": (), "clean": ()}, listing, rows=monitor.watch, ranks=control.ranks, **loader
-        )
+        arrays, _ = eval_pass(batch_fn, {"predicted": (), "clean": ()}, listing, quiet, rows=monitor.watch)
         predicted, clean = arrays["predicted"][monitor.watch], arrays["clean"][monitor.watch]
         return np.nan_to_num(predicted, nan=-1).astype(np.int64), np.nan_to_num(clean, nan=0) > 0.5
 

@@ -1,4 +1,4 @@
-"""Which rows are clean: the fused rule (default), the paper's dual-prompt rule, and health checks.
+"""Which rows are clean: the fused rule (default) and the paper's dual-prompt rule, and the decision they give.
 
 The fused rule (see :mod:`deft_clean.detecting.probes`): a seed of rows whose text evidence agrees with the given
 label, visual evidence learned from selected rows only (cross-fitted linear probes grown over rounds),
@@ -9,35 +9,35 @@ The DeFT rule: ``p_clean = sigmoid(scale * (cos(I, T+_y) - cos(I, T-_y)))`` (the
 learned per-sample threshold), clean when ``p_clean > 0.5`` and, with ``threshold+argmax``, when the
 positive prompts' top-1 class is the given label.
 
-The rules that later steps apply to a results table live here too (usable, flagged, kept by a
-``p_clean`` threshold, relabelled when the suggestion is confident), so that ``train``, ``export`` and
-the reports agree on them. This module imports no torch (the fused rule loads it when it runs).
+The rules that later steps apply to a results table (usable, flagged, kept, relabelled) live in
+:mod:`deft_clean.outputs.results`. This module imports no torch (the fused rule loads it when it runs).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .confident import CHUNK
+from .evidence_check import MIN_CLASS_ROWS
+
 if TYPE_CHECKING:
     import torch
 
-    from ..inputs.dataset import Listing
+    from ..inputs.listing import Listing
     from ..run.options import DetectConfig
     from .passes import Evidence
 
 
-SELECTIONS = ("fused", "deft")
 # Learned prompts must keep agreeing with the label where zero-shot already does (~99% clean rows);
 # below this agreement they are treated as collapsed and zero-shot prompts are used instead.
 MIN_PROMPT_AGREEMENT = 0.8
 MOST_OF_A_CLASS = 0.8  # a class with more than this fraction flagged gets a warning
-MIN_CLASS_ROWS = 5  # classes with fewer usable rows are not judged
 FUSION_WEIGHTS = (0.0, 0.125, 0.25, 0.5, 1.0)  # exponents of the text posterior tried by fuse()
 MIN_SEED_SHARE = 0.1  # every class seeds at least this fraction of its rows (its most text-like ones)
-FUSE_BLOCK = 1 << 22  # elements of one [rows, K] block in fuse(): memory stays flat with N x K
 
 
 class TooFewRows(ValueError):
@@ -45,15 +45,21 @@ class TooFewRows(ValueError):
 
 
 @dataclass
-class Selection:
-    """Per-row decision, aligned with the listing; unusable rows are False / NaN / -1."""
+class Decision:
+    """Which rows are clean and why, aligned with the listing; unusable rows are False / NaN / -1. The fused
+    rule fills the first six fields; :func:`select` adds the scores, the reasons and the evidence check's part."""
 
     is_clean: np.ndarray  # bool [N]
     p_clean: np.ndarray  # float32 [N], higher = more likely clean
     suggested: np.ndarray  # int64 [N] the class the evidence points to (-1 unusable)
     p_suggested: np.ndarray  # float32 [N] its probability
     visual: np.ndarray | None = None  # float32 [N, K] cross-fitted probe probabilities (fused rule only)
-    info: dict = field(default_factory=dict)  # seed size, rounds, ... for the metadata
+    info: dict[str, Any] = field(default_factory=dict)  # seed size, rounds, ... for the metadata
+    text_score: np.ndarray | None = None  # float32 [N] text posterior of the given label
+    visual_score: np.ndarray | None = None  # float32 [N] cross-fitted visual probability of the given label
+    reason: list[str | None] | None = None  # why flagged
+    warnings: list[str] = field(default_factory=list)
+    withheld: np.ndarray | None = None  # bool [N] flags the evidence check withheld (kept, see evidence_check)
 
 
 def deft_rule(
@@ -119,7 +125,7 @@ def fuse(visual: np.ndarray, text: np.ndarray, labels: np.ndarray, kept: np.ndar
     shifted benchmark it lifts the ROC-AUC of pair noise (the text side keeps flipped labels unlikely) and
     chooses ~0 where the text side is weak.
     """
-    step = max(1, FUSE_BLOCK // max(visual.shape[1], 1))  # [B, K] float64 blocks, never [N, K] ones
+    step = max(1, CHUNK // max(visual.shape[1], 1))  # [B, K] float64 blocks, never [N, K] ones
     totals = np.zeros(len(FUSION_WEIGHTS))
     for start in range(0, len(labels), step):
         part = slice(start, start + step)
@@ -161,7 +167,7 @@ def fused_rule(
     *,
     seed: int,
     device: torch.device | None = None,
-) -> Selection:
+) -> Decision:
     """Grow visual evidence from ``seed_mask``, fuse it with the text posterior, flag per class.
 
     Args:
@@ -169,7 +175,7 @@ def fused_rule(
         labels: [N] given labels; usable, seed_mask: bool [N].
         text: [N, K] text posterior (learned positive prompts, or zero-shot prompts).
     Returns:
-        a :class:`Selection`: per given class, confident learning on the image evidence says how many rows
+        a :class:`Decision`: per given class, confident learning on the image evidence says how many rows
         are wrong; the rows with the lowest fused ``p_clean`` are flagged.
     """
     n = len(labels)
@@ -211,7 +217,7 @@ def fused_rule(
         "seed_size": evidence.seed_size, "clean_set_by_round": evidence.rounds, "text_weight": weight,
         "clean_set_converged": evidence.converged, "probe": evidence.probe,
     }
-    return Selection(is_clean, p_clean, suggested, p_suggested, visual, info)
+    return Decision(is_clean, p_clean, suggested, p_suggested, visual, info)
 
 
 def class_warnings(is_clean: np.ndarray, labels: np.ndarray, usable: np.ndarray, classes: list[str]) -> list[str]:
@@ -229,23 +235,6 @@ def class_warnings(is_clean: np.ndarray, labels: np.ndarray, usable: np.ndarray,
     if usable.any() and 1.0 - float(is_clean[usable].mean()) > MOST_OF_A_CLASS:
         lines.append(f"{100 * (1 - float(is_clean[usable].mean())):.0f}% of all usable rows flagged")
     return lines
-
-
-@dataclass
-class Decision:
-    """Per-row output of :func:`select`, aligned with the listing."""
-
-    is_clean: np.ndarray  # bool [N]
-    p_clean: np.ndarray  # float32 [N]
-    suggested: np.ndarray  # int64 [N], -1 unusable
-    p_suggested: np.ndarray  # float32 [N]
-    text_score: np.ndarray  # float32 [N] text posterior of the given label
-    visual_score: np.ndarray  # float32 [N] cross-fitted visual probability of the given label (NaN: deft rule)
-    reason: list[str | None]  # why flagged
-    visual: np.ndarray | None  # float32 [N, K] visual probabilities (fused rule)
-    info: dict[str, Any]
-    warnings: list[str]
-    withheld: np.ndarray | None = None  # bool [N] flags the evidence check withheld (kept, see evidence_check)
 
 
 def select(cfg: DetectConfig, listing: Listing, evidence: Evidence, *, device: Any) -> Decision:
@@ -273,8 +262,8 @@ def select(cfg: DetectConfig, listing: Listing, evidence: Evidence, *, device: A
         p_clean = np.where(usable, scores.p_clean, np.nan).astype(np.float32)
         nan = np.full(n, np.nan, dtype=np.float32)
         decision = Decision(
-            is_clean, p_clean, scores.predicted_index, scores.p_predicted, text_score, nan, reason, None,
-            {"seed_size": None}, [],
+            is_clean, p_clean, scores.predicted_index, scores.p_predicted, info={"seed_size": None},
+            text_score=text_score, visual_score=nan, reason=reason,
         )
     else:
         seed_mask = fused_seed(cfg, listing, evidence, device=device)
@@ -298,9 +287,9 @@ def select(cfg: DetectConfig, listing: Listing, evidence: Evidence, *, device: A
                 f"looks like {classes[fused.suggested[i]]!r} (image evidence {fused.p_suggested[i]:.2f}, "
                 f"{classes[labels[i]]!r} {visual_score[i]:.2f}); {text_note}"
             )
-        decision = Decision(
-            fused.is_clean, fused.p_clean, fused.suggested, fused.p_suggested, text_score, visual_score, reason,
-            fused.visual, {**fused.info, "text_evidence": evidence.text_source}, [],
+        decision = dataclasses.replace(
+            fused, info={**fused.info, "text_evidence": evidence.text_source}, text_score=text_score,
+            visual_score=visual_score, reason=reason,
         )
         if cfg.selection == "deft":
             decision.warnings.append("--selection deft needs learned prompts; the fused rule was used instead")
@@ -358,16 +347,8 @@ def text_only(
         reason[i] = f"the text evidence points to {classes[text_pred[i]]!r}"
     nan = np.full(len(listing), np.nan, dtype=np.float32)
     decision = Decision(
-        is_clean,
-        text_score,
-        text_pred,
-        nan,
-        text_score,
-        nan,
-        reason,
-        None,
-        {"note": note},
-        [note],
+        is_clean, text_score, text_pred, nan, info={"note": note}, text_score=text_score, visual_score=nan,
+        reason=reason, warnings=[note],
     )
     decision.warnings += class_warnings(is_clean, labels, usable, classes)
     return decision

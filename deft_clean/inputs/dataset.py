@@ -1,7 +1,4 @@
-"""Images of a listing as a torch Dataset (listing itself lives in :mod:`deft_clean.inputs.listing`, torch-free).
-
-The listing names are re-exported here for older imports (``from deft_clean.inputs.dataset import list_dataset``).
-"""
+"""Images of a listing as a torch Dataset (listing itself lives in :mod:`deft_clean.inputs.listing`, torch-free)."""
 
 from __future__ import annotations
 
@@ -13,39 +10,10 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from .decode import describe_failure, load_image, to_rgb
+from ..run.errors import STATUS_OK
+from .decode import describe_failure
 from .image_cache import CachedFailure, CachedImages
-from .listing import (
-    IMAGE_EXTENSIONS,
-    STATUS_OK,
-    TABLE_EXTENSIONS,
-    Listing,
-    default_prompt_name,
-    list_dataset,
-    load_class_names,
-    natural_sorted,
-)
-from .readers.base import FileImages, ImageSource, PackedStrings
-from .readers.files import check_unique, read_table
-
-__all__ = [
-    "IMAGE_EXTENSIONS",
-    "STATUS_OK",
-    "TABLE_EXTENSIONS",
-    "CachedFailure",
-    "ImageDataset",
-    "Listing",
-    "PackedStrings",
-    "check_unique",
-    "default_prompt_name",
-    "describe_failure",
-    "list_dataset",
-    "load_class_names",
-    "load_image",
-    "natural_sorted",
-    "read_table",
-    "to_rgb",
-]
+from .readers.base import FileImages, ImageSource
 
 
 class ImageDataset(Dataset):

@@ -22,21 +22,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..run.errors import STATUS_OK, DataError, UsageError, option
+from ..run.errors import DataError, UsageError, option
+from ..run.options import ReadOptions
 from ..run.safety import read_file
 from .readers import read_rows
-from .readers.base import IMAGE_EXTENSIONS, TABLE_EXTENSIONS, FileImages, ImageSource
+from .readers.base import TABLE_EXTENSIONS, FileImages, ImageSource
 
-__all__ = [
-    "IMAGE_EXTENSIONS",
-    "STATUS_OK",
-    "TABLE_EXTENSIONS",
-    "DatasetSpec",
-    "Listing",
-    "dataset_root",
-    "list_dataset",
-]
-
+__all__ = ["DatasetSpec", "Listing", "dataset_root", "list_dataset"]
 
 
 PACKED_KINDS = ("hf", "webdataset")  # rows are not image files: no export, no file cache, thumbnails relist
@@ -229,17 +221,7 @@ def load_class_names(path: str | os.PathLike[str]) -> dict[str, str]:
     return mapping
 
 
-def list_dataset(
-    dataset: Any,
-    *,
-    path_col: str = "path",
-    label_col: str = "label",
-    class_names: str | os.PathLike[str] | dict[str, str] | None = None,
-    root: str | os.PathLike[str] | None = None,
-    split: str | None = None,
-    label_key: str = "cls",
-    id_col: str | None = None,
-) -> Listing:
+def list_dataset(dataset: Any, reading: ReadOptions | None = None, **keywords: Any) -> Listing:
     """List and validate a dataset.
 
     Args:
@@ -257,14 +239,16 @@ def list_dataset(
         label_key: WebDataset: the member holding the label (``cls``), or ``json:FIELD``.
         id_col: Hugging Face: a column whose value joins the row index in the ``path`` (``hf://<index>#<id>``).
 
+    These come as one :class:`~deft_clean.run.options.ReadOptions` (``reading``) or as its fields (``keywords``).
+
     Raises:
         UsageError: the path is missing or not a dataset deft-clean reads.
         DataError: the dataset's content is invalid (fewer than 2 classes, an empty class, missing
             columns or labels, listed files that are missing or outside the dataset root, ...).
     """
-    rows = read_rows(
-        dataset, path_col=path_col, label_col=label_col, root=root, split=split, label_key=label_key, id_col=id_col
-    )
+    reading = reading or ReadOptions(**keywords)
+    rows = read_rows(dataset, reading)
+    class_names = reading.class_names
     labels = rows.labels
     classes = natural_sorted(labels)
     if len(classes) < 2:
@@ -295,7 +279,7 @@ def relist(dataset: Any, metadata: dict[str, Any]) -> Listing:
     path_col = reader.pop("path_col", metadata.get("path_col", "path"))
     label_col = reader.pop("label_col", metadata.get("label_col", "label"))
     root = metadata.get("dataset") if isinstance(dataset, pd.DataFrame) else None
-    return list_dataset(dataset, path_col=path_col, label_col=label_col, root=root, **reader)
+    return list_dataset(dataset, ReadOptions(path_col=path_col, label_col=label_col, root=root, **reader))
 
 
 def dataset_root(metadata: dict[str, Any], dataset: str | os.PathLike[str] | None = None) -> Path:

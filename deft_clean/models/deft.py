@@ -23,7 +23,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .clip import LoadedClip, TextEncoder, encode_image, freeze, logit_scale, vision_blocks, vision_width_and_patch
+from .clip import (
+    LoadedClip,
+    TextEncoder,
+    encode_image,
+    freeze,
+    logit_scale,
+    vision_blocks,
+    vision_width_and_patch,
+)
 
 if TYPE_CHECKING:
     import torch

@@ -24,7 +24,6 @@ from .metadata_check import check_metadata
 
 __all__ = [
     "SCHEMA",
-    "STATUS_OK",
     "flagged_rows",
     "kept_rows",
     "load_results",

@@ -3,8 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, fields
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    import torch
+
+    from .checkpoints import StopOnSignal
+    from .distributed import Dist
 
 C = TypeVar("C")
 
@@ -53,8 +60,8 @@ class DetectConfig:
     device: str = "auto"  # "auto", "cpu", "cuda" or "cuda:N"
     num_workers: int | None = None  # DataLoader workers; None = fits the usable cores (run.cores), 0 = main process
     threads: int | None = None  # torch intra-op threads; None = the usable cores minus the workers
-    cache: str | None = None  # decoded-image cache folder (see deft_clean.inputs.image_cache); None = decode every epoch
-    # uint8 batches cropped, flipped and normalised on the device (deft_clean.inputs.device_transforms); None = on for CUDA
+    cache: str | None = None  # decoded-image cache folder (inputs.image_cache); None = decode every epoch
+    # uint8 batches cropped, flipped and normalised on the device (inputs.device_transforms); None = on for CUDA
     device_transforms: bool | None = None
     compile: bool = False  # torch.compile the image tower (eager again, with a warning, if compiling fails)
 
@@ -276,3 +283,45 @@ class TrainConfig:
             raise UsageError(
                 f"{option('threshold')} and {option('relabel')} only apply with {option('clean_only', True)}"
             )
+
+
+@dataclass(frozen=True)
+class PassOptions:
+    """How a pass over a listing's images runs (the feature pass, prompt training, scoring): built once by
+    ``detect`` from its config and the loaded model, and handed whole to every pass."""
+
+    batch_size: int  # images per batch of an eval-mode pass (prompt training uses DetectConfig.batch_size)
+    image_size: int  # the model's input size
+    mean: tuple[float, float, float]  # the model's normalisation
+    std: tuple[float, float, float]
+    device: torch.device
+    num_workers: int = 0  # DataLoader worker processes
+    progress: Any = None  # where passes show their bars (a run.engine.Progressish; engine imports this module)
+    stop: StopOnSignal | None = None  # checked after each batch
+    ranks: Dist | None = None  # torchrun processes (None: one process)
+    cache: Any = None  # the decoded-image cache (an inputs.image_cache.CachedImages; run sits below inputs)
+    device_transforms: bool = False  # uint8 batches normalised (and augmented) on the device
+
+
+@dataclass(frozen=True)
+class ReadOptions:
+    """How to read a dataset, whatever its kind: built once by the CLI or the API (:meth:`of`) and passed whole
+    to the listing and its readers. Each reader uses the fields of its kind and ignores the rest."""
+
+    path_col: str = "path"  # table/DataFrame path column; Hugging Face image column
+    label_col: str = "label"  # table/DataFrame/Hugging Face label column
+    root: str | os.PathLike[str] | None = None  # DataFrame: where relative paths start; HF object: files root
+    class_names: str | os.PathLike[str] | dict[str, str] | None = None  # raw label -> prompt text (or a file)
+    split: str | None = None  # Hugging Face DatasetDict split (default train)
+    label_key: str = "cls"  # WebDataset: the label member, or json:FIELD
+    id_col: str | None = None  # Hugging Face: a column shown in each row's path
+
+    @classmethod
+    def of(cls, *, image_col: str | None = None, **fields: Any) -> ReadOptions:
+        """Reading options from keywords; ``image_col`` is another name for ``path_col``."""
+        path_col = fields.get("path_col", "path")
+        if image_col is not None and path_col not in ("path", image_col):
+            from .errors import UsageError
+
+            raise UsageError(f"image_col={image_col!r} and path_col={path_col!r} name the same column; pass one")
+        return cls(**{**fields, "path_col": image_col or path_col})

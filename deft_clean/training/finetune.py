@@ -6,8 +6,8 @@ The output folder is the contract with ``predict``/``load_model``:
 ``metrics.json`` (per-epoch loss, validation accuracy, the linear probe's accuracy, the rows trained on and
 held out) and ``checkpoint.pt`` (the last epoch's full training state, for ``--resume``).
 
-Training starts from a linear probe (see :mod:`deft_clean.training.linear_probe`): the head is fitted on frozen features,
-then the whole tower is fine-tuned, the head with a larger learning rate than the backbone. Without
+Training starts from a linear probe (see :mod:`deft_clean.training.linear_probe`): the head is fitted on frozen
+features, then the whole tower is fine-tuned, the head with a larger learning rate than the backbone. Without
 ``--val`` a stratified part of the kept rows is held out; the exported epoch is the best one there, the
 probe-initialised model (epoch 0) included.
 """

@@ -17,10 +17,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from ..inputs.dataset import STATUS_OK, ImageDataset
+from ..inputs.dataset import ImageDataset
 from ..inputs.listing import DatasetSpec
 from ..inputs.readers import read_inputs
+from ..run.errors import STATUS_OK
 from ..run.files import run_lock, write_atomic
+from ..run.options import ReadOptions
 from ..run.safety import Output, check_outputs
 
 
@@ -60,7 +62,7 @@ def predict(
 
     _check_numbers(top_k=top_k, batch_size=batch_size, num_workers=num_workers)
     torch_device = resolve_device(device)
-    rows = read_inputs(inputs, path_col=path_col, label_col=label_col, split=split, label_key=label_key)
+    rows = read_inputs(inputs, ReadOptions(path_col=path_col, label_col=label_col, split=split, label_key=label_key))
     if out is not None:
         _check_out(out, model_dir, inputs, rows, overwrite=overwrite)
     with run_lock(out):  # a second predict to the same file fails at once

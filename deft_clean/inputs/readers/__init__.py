@@ -20,21 +20,16 @@ from pathlib import Path
 from typing import Any
 
 from ...run.errors import UsageError, option
+from ...run.options import ReadOptions
 from .base import TABLE_EXTENSIONS, Rows
 
 
-def read_rows(
-    dataset: Any,
-    *,
-    path_col: str = "path",
-    label_col: str = "label",
-    root: str | os.PathLike[str] | None = None,
-    split: str | None = None,
-    label_key: str = "cls",
-    id_col: str | None = None,
-) -> Rows:
+def read_rows(dataset: Any, reading: ReadOptions) -> Rows:
     """List ``dataset`` with the reader for its kind (see the table above and ``listing.list_dataset``)."""
     from . import hf, wds
+
+    path_col, label_col, root, split = reading.path_col, reading.label_col, reading.root, reading.split
+    label_key, id_col = reading.label_key, reading.id_col
 
     if _is_dataframe(dataset):
         from .base import FileImages
@@ -68,12 +63,12 @@ def read_rows(
     raise UsageError(f"{path} is neither an image folder nor a .csv/.parquet table")
 
 
-def read_inputs(
-    inputs: Any, *, path_col: str = "path", label_col: str = "label", split: str | None = None, label_key: str = "cls"
-) -> Rows:
+def read_inputs(inputs: Any, reading: ReadOptions) -> Rows:
     """predict's inputs, labels optional: a folder, a table, image files, a Hugging Face dataset or shards."""
     from . import hf, wds
     from .files import loose_rows
+
+    path_col, label_col, split, label_key = reading.path_col, reading.label_col, reading.split, reading.label_key
 
     items = [inputs] if isinstance(inputs, (str, os.PathLike)) or hf.is_hf_object(inputs) else list(inputs)
     if not items:

@@ -71,7 +71,8 @@ def checked_root(metadata: dict[str, Any], paths: Sequence[str], dataset: Any = 
         DataError: a row does not list again, or the recorded dataset cannot be listed.
         UsageError: ``dataset`` does not exist.
     """
-    from ..listing import IMAGE_EXTENSIONS, DatasetSpec, relist
+    from ..listing import DatasetSpec, relist
+    from .base import IMAGE_EXTENSIONS
 
     spec = DatasetSpec.of(metadata)
     root = spec.root(dataset)

