@@ -50,8 +50,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
 SETTINGS = ["symmetric-0.4-s0", "symmetric-0.6-s0", "pair-0.3-s0", "instance-0.3-s0"]
 
 
-def crop_transform(size: int, mean: tuple[float, ...], std: tuple[float, ...], *, hflip: bool = True,
-                   scale: tuple[float, float] | None) -> Any:
+def crop_transform(
+    size: int, mean: tuple[float, ...], std: tuple[float, ...], *, hflip: bool = True, scale: tuple[float, float] | None
+) -> Any:
     """deft-clean's training transform with another random-resized-crop scale (None: resize, no crop)."""
     from torchvision import transforms as T
 
@@ -64,7 +65,12 @@ def crop_transform(size: int, mean: tuple[float, ...], std: tuple[float, ...], *
 # The DeFT-rule knobs were studied with the options a user passed for the tiny model before the fused
 # rule existed (quality.py now runs defaults); the ablation keeps them as its base.
 DEFT_OPTIONS: dict[str, Any] = {
-    "ctx_init": "a photo of a", "lr": 0.01, "vpt_tokens": 4, "epochs": 10, "batch_size": 64, "hflip": False,
+    "ctx_init": "a photo of a",
+    "lr": 0.01,
+    "vpt_tokens": 4,
+    "epochs": 10,
+    "batch_size": 64,
+    "hflip": False,
 }
 
 
@@ -78,8 +84,9 @@ def default_settings(seeds: int) -> list[q.Setting]:
     return [q.Setting(kind, rate, seed) for kind, rate in q.NOISE for seed in range(seeds)]
 
 
-def train_and_score(folder: Path, foundation: Foundation, *, seed: int, options: dict[str, Any], device: str,
-                    num_workers: int) -> dict[str, Any]:
+def train_and_score(
+    folder: Path, foundation: Foundation, *, seed: int, options: dict[str, Any], device: str, num_workers: int
+) -> dict[str, Any]:
     """Train prompts like ``deft_clean.detect`` does; return positive/negative logits of every sample."""
     import torch
 
@@ -101,8 +108,13 @@ def train_and_score(folder: Path, foundation: Foundation, *, seed: int, options:
     generator = seed_everything(cfg.seed)
     loaded = load_clip(str(foundation.config), str(foundation.checkpoint), device=dev, quiet=True)
     model = DeftModel(
-        loaded, listing.prompt_names, n_ctx=cfg.n_ctx, ctx_init=cfg.ctx_init, class_specific=cfg.class_specific,
-        vpt_tokens=cfg.vpt_tokens, vpt_depth=cfg.vpt_depth,
+        loaded,
+        listing.prompt_names,
+        n_ctx=cfg.n_ctx,
+        ctx_init=cfg.ctx_init,
+        class_specific=cfg.class_specific,
+        vpt_tokens=cfg.vpt_tokens,
+        vpt_depth=cfg.vpt_depth,
     ).to(dev)
     image = {"image_size": loaded.image_size, "mean": loaded.mean, "std": loaded.std}
     started = time.perf_counter()
@@ -116,8 +128,11 @@ def train_and_score(folder: Path, foundation: Foundation, *, seed: int, options:
     seconds = time.perf_counter() - started
     model.eval()
     dataset = ImageDataset(
-        listing.root, listing.paths, listing.label_indices,
-        eval_transform(loaded.image_size, loaded.mean, loaded.std), image_size=loaded.image_size,
+        listing.root,
+        listing.paths,
+        listing.label_indices,
+        eval_transform(loaded.image_size, loaded.mean, loaded.std),
+        image_size=loaded.image_size,
     )
     scale = float(model.scale())
 
@@ -134,8 +149,11 @@ def train_and_score(folder: Path, foundation: Foundation, *, seed: int, options:
     positive, negative = logits(dataset)
     # The reference reads its mask off augmented training-mode passes; an augmented pass approximates that.
     augmented = ImageDataset(
-        listing.root, listing.paths, listing.label_indices,
-        train_transform(loaded.image_size, loaded.mean, loaded.std, hflip=cfg.hflip), image_size=loaded.image_size,
+        listing.root,
+        listing.paths,
+        listing.label_indices,
+        train_transform(loaded.image_size, loaded.mean, loaded.std, hflip=cfg.hflip),
+        image_size=loaded.image_size,
     )
     torch.manual_seed(seed)
     positive_aug, negative_aug = logits(augmented)
@@ -206,8 +224,14 @@ def main(argv: Sequence[str] | None = None) -> None:
             metrics = q.evaluate(run, labels == data.true_b)
             table[slug][name] = {"f1": metrics.f1_noisy, "auc": metrics.auc}
         for variant in args.variants.split(","):
-            out = train_and_score(folder, foundation, seed=setting.seed, options=VARIANTS[variant],
-                                  device=args.device, num_workers=args.num_workers)
+            out = train_and_score(
+                folder,
+                foundation,
+                seed=setting.seed,
+                options=VARIANTS[variant],
+                device=args.device,
+                num_workers=args.num_workers,
+            )
             truth = np.array([truly_clean_by_path[p] for p in out["paths"]])
             index = {name: i for i, name in enumerate(out["classes"])}
             true_label = np.array([index[q.CLASSES[true_by_path[p]]] for p in out["paths"]])
@@ -215,20 +239,35 @@ def main(argv: Sequence[str] | None = None) -> None:
             for rule, (kept, score) in decisions(out).items():
                 metrics = q.evaluate(q.MethodRun(kept, score, out["seconds"]), truth)
                 table[slug][f"{variant} / {rule}"] = {
-                    "f1": metrics.f1_noisy, "auc": metrics.auc, "precision": metrics.precision,
-                    "recall": metrics.recall, "seconds": out["seconds"], "positive_accuracy": accuracy,
+                    "f1": metrics.f1_noisy,
+                    "auc": metrics.auc,
+                    "precision": metrics.precision,
+                    "recall": metrics.recall,
+                    "seconds": out["seconds"],
+                    "positive_accuracy": accuracy,
                 }
-            print(f"[{time.perf_counter() - started:5.0f}s] {slug} {variant}: " + "  ".join(
-                f"{rule} F1 {table[slug][f'{variant} / {rule}']['f1']:.3f}" for rule in decisions(out)
-            ) + f"  AUC p_clean {table[slug][f'{variant} / threshold']['auc']:.3f} "
+            print(
+                f"[{time.perf_counter() - started:5.0f}s] {slug} {variant}: "
+                + "  ".join(f"{rule} F1 {table[slug][f'{variant} / {rule}']['f1']:.3f}" for rule in decisions(out))
+                + f"  AUC p_clean {table[slug][f'{variant} / threshold']['auc']:.3f} "
                 f"p_pos {table[slug][f'{variant} / argmax']['auc']:.3f}; positive-prompt accuracy {accuracy:.3f}; "
                 f"selected per epoch "
-                f"{[round(h, 2) for h in out['history']]}", flush=True)
+                f"{[round(h, 2) for h in out['history']]}",
+                flush=True,
+            )
 
     rows = sorted({k for per in table.values() for k in per}, key=lambda k: (k not in ("cleanlab", "zero-shot"), k))
     header = ["variant / rule", *(f"{s} F1 (AUC)" for s in table)]
-    body = [[r, *(f"{100 * table[s][r]['f1']:.1f} ({100 * table[s][r]['auc']:.1f})" if r in table[s] else "-"
-                  for s in table)] for r in rows]
+    body = [
+        [
+            r,
+            *(
+                f"{100 * table[s][r]['f1']:.1f} ({100 * table[s][r]['auc']:.1f})" if r in table[s] else "-"
+                for s in table
+            ),
+        ]
+        for r in rows
+    ]
     args.out_dir.mkdir(parents=True, exist_ok=True)
     text = [
         "# deft-clean ablations (MNIST digits, tiny CLIP, CPU)",

@@ -26,7 +26,8 @@ def toy_module():
 
 
 def build(work: Path) -> tuple[Path, Path, Path]:
-    toy = toy_module()
+    from deft_clean import testing as toy
+
     classes = toy.SHAPE_CLASSES[:4]
     images, labels = toy.synthetic_images(40, len(classes), seed=1)
     checkpoint = toy.pretrain_tiny_clip(
@@ -39,7 +40,7 @@ def build(work: Path) -> tuple[Path, Path, Path]:
 
 
 def trace(argv: list[str]) -> tuple[set[str], set[str], list[str]]:
-    from deft_clean.cli.app import main as cli_main  # noqa: F401  (import before profiling)
+    from deft_clean.cli import main as cli_main  # imported before profiling
 
     modules: set[str] = set()
     functions: set[str] = set()

@@ -138,9 +138,16 @@ def run(work: Path) -> dict:
     started = time.perf_counter()
     try:
         result = deft_clean.detect(
-            root, out=work / "results.parquet", model=str(config), pretrained=str(checkpoint), device="cpu",
-            num_workers=0, quick=True, quiet=True, overwrite=True,
-        )  # fmt: skip
+            root,
+            out=work / "results.parquet",
+            model=str(config),
+            pretrained=str(checkpoint),
+            device="cpu",
+            num_workers=0,
+            quick=True,
+            quiet=True,
+            overwrite=True,
+        )
     finally:
         detection.health_columns = real_columns
     total = time.perf_counter() - started
@@ -154,15 +161,17 @@ def run(work: Path) -> dict:
     started = time.perf_counter()
     before = health.dataset_health(features, usable, hashes=hashes)  # features alone, as 0.3 grouped
     rows["features only, cosine >= 0.97 (0.3)"] = {
-        **score(paths, before.duplicate_group, truth), "seconds": time.perf_counter() - started,
-    }  # fmt: skip
+        **score(paths, before.duplicate_group, truth),
+        "seconds": time.perf_counter() - started,
+    }
     images_of = FileImages(root, paths)
     for t in THRESHOLDS:
         started = time.perf_counter()
         found = health.dataset_health(features, usable, hashes=hashes, images=images_of, threshold=t)
         rows[f"--duplicate-threshold {t}"] = {
-            **score(paths, found.duplicate_group, truth), "seconds": time.perf_counter() - started,
-        }  # fmt: skip
+            **score(paths, found.duplicate_group, truth),
+            "seconds": time.perf_counter() - started,
+        }
     return {
         "rows": len(paths),
         "distinct": len(images),

@@ -49,8 +49,16 @@ def sync(device: Any) -> None:
 
 
 def image_speeds(
-    folder: Path, work: Path, *, model_name: str, device_name: str, batch_size: int, epochs: int, workers: int,
-    compile_tower: bool, device_transforms: bool,
+    folder: Path,
+    work: Path,
+    *,
+    model_name: str,
+    device_name: str,
+    batch_size: int,
+    epochs: int,
+    workers: int,
+    compile_tower: bool,
+    device_transforms: bool,
 ) -> dict[str, float]:
     """detect_epoch / compute_only / scoring / quick img/s of one variant on the images of ``folder``."""
     import torch
@@ -75,22 +83,46 @@ def image_speeds(
     if compile_tower:
         compile_module(loaded.model.visual, "the image tower")
     model = DeftModel(
-        loaded, listing.prompt_names, n_ctx=16, ctx_init=None, class_specific=False,
-        vpt_tokens=4 if model_name == "tiny" else 20, vpt_depth=None,
+        loaded,
+        listing.prompt_names,
+        n_ctx=16,
+        ctx_init=None,
+        class_specific=False,
+        vpt_tokens=4 if model_name == "tiny" else 20,
+        vpt_depth=None,
     ).to(device)
-    common = {"image_size": loaded.image_size, "mean": loaded.mean, "std": loaded.std, "device": device,
-              "num_workers": workers, "device_transforms": device_transforms}
+    common = {
+        "image_size": loaded.image_size,
+        "mean": loaded.mean,
+        "std": loaded.std,
+        "device": device,
+        "num_workers": workers,
+        "device_transforms": device_transforms,
+    }
     schedule = DetectConfig(
-        epochs=epochs, warmup_epochs=epochs, batch_size=batch_size, lr=0.01, momentum=0.9, weight_decay=5e-4,
-        clean_rule="threshold+argmax", hflip=True, grad_clip=1.0,
+        epochs=epochs,
+        warmup_epochs=epochs,
+        batch_size=batch_size,
+        lr=0.01,
+        momentum=0.9,
+        weight_decay=5e-4,
+        clean_rule="threshold+argmax",
+        hflip=True,
+        grad_clip=1.0,
     )
     passes = PassOptions(batch_size=batch_size * 2, **common)
     history = train_prompts(model, listing, schedule, passes, generator=generator)
     speeds = {"detect_epoch_img_s": history[-1].samples_per_second}
 
     # compute only: uint8 batches already on the device (the device transform is part of the step when on)
-    dataset = ImageDataset(listing.root, listing.paths, listing.label_indices, uint8_transform(loaded.image_size),
-                           image_size=loaded.image_size, blank_dtype=torch.uint8)
+    dataset = ImageDataset(
+        listing.root,
+        listing.paths,
+        listing.label_indices,
+        uint8_transform(loaded.image_size),
+        image_size=loaded.image_size,
+        blank_dtype=torch.uint8,
+    )
     batches = [(x.to(device), y.to(device)) for x, y, _, _ in torch.utils.data.DataLoader(dataset, batch_size)]
     augment = DeviceTransform(loaded.mean, loaded.std, train=True)
     parameters = model.trainable_parameters()
@@ -102,8 +134,14 @@ def image_speeds(
     def step(images: torch.Tensor, labels: torch.Tensor) -> None:
         with amp_for(device).autocast():
             features, text = model(augment(images))
-            loss, _ = deft_loss(features.float(), PromptFeatures(text.positive.float(), text.negative.float()),
-                                scale, labels, warmup=True, clean_rule="threshold+argmax")
+            loss, _ = deft_loss(
+                features.float(),
+                PromptFeatures(text.positive.float(), text.negative.float()),
+                scale,
+                labels,
+                warmup=True,
+                clean_rule="threshold+argmax",
+            )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -126,8 +164,15 @@ def image_speeds(
     for _ in range(2):  # the second run: compiled graphs and worker start-up are paid by the first
         started = time.perf_counter()
         deft_clean.detect(
-            folder, model=model_config(model_name, work), pretrained="none", quick=True, device=device_name,
-            batch_size=batch_size, num_workers=workers, quiet=True, compile=compile_tower,
+            folder,
+            model=model_config(model_name, work),
+            pretrained="none",
+            quick=True,
+            device=device_name,
+            batch_size=batch_size,
+            num_workers=workers,
+            quiet=True,
+            compile=compile_tower,
             device_transforms=device_transforms,
         )
         speeds["quick_img_s"] = n / (time.perf_counter() - started)
@@ -166,20 +211,31 @@ def scale_seconds(rows: int, classes: int, *, device_name: str) -> dict[str, flo
 
 
 def markdown(report: dict[str, Any]) -> str:
-    keys = ["detect_epoch_img_s", "compute_only_img_s", "scoring_img_s", "quick_img_s", "selection_s", "health_s",
-            "selection_f1"]
+    keys = [
+        "detect_epoch_img_s",
+        "compute_only_img_s",
+        "scoring_img_s",
+        "quick_img_s",
+        "selection_s",
+        "health_s",
+        "selection_f1",
+    ]
     lines = [
-        f"# GPU path: {report['model']} on {report['device']}", "",
+        f"# GPU path: {report['model']} on {report['device']}",
+        "",
         f"Generated by `benchmarks/gpu_speed.py {' '.join(report['argv'])}` on {report['created']} "
         f"({report['machine']}, torch {report['torch']}). before = eager + CPU transforms; after = torch.compile + "
         f"uint8 batches transformed on the device. Selection/health: {report['rows']:,} x {report['classes']} "
-        "synthetic 512-d features.", "",
-        "| | " + " | ".join(report["variants"]) + " |", "|---|" + "---|" * len(report["variants"]),
+        "synthetic 512-d features.",
+        "",
+        "| | " + " | ".join(report["variants"]) + " |",
+        "|---|" + "---|" * len(report["variants"]),
     ]
     for key in keys:
         cells = [report["variants"][v].get(key) for v in report["variants"]]
-        lines.append(f"| {key} | " + " | ".join("-" if c is None else f"{c:,.1f}" if c > 1 else f"{c:.3f}"
-                                                 for c in cells) + " |")
+        lines.append(
+            f"| {key} | " + " | ".join("-" if c is None else f"{c:,.1f}" if c > 1 else f"{c:.3f}" for c in cells) + " |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -213,21 +269,36 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if args.smoke:
         torch.set_num_threads(1)
     args.work_dir.mkdir(parents=True, exist_ok=True)
-    folder = write_synthetic_folder(args.work_dir / f"images-{args.batch_size * args.batches}-{args.image_px}px",
-                                    args.batch_size * args.batches, size=args.image_px)
+    folder = write_synthetic_folder(
+        args.work_dir / f"images-{args.batch_size * args.batches}-{args.image_px}px",
+        args.batch_size * args.batches,
+        size=args.image_px,
+    )
     report: dict[str, Any] = {
         "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else args.device,
-        "model": args.model, "rows": args.rows, "classes": args.classes, "images": args.batch_size * args.batches,
-        "batch_size": args.batch_size, "argv": list(argv if argv is not None else sys.argv[1:]),
-        "created": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "torch": torch.__version__,
-        "machine": f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs", "variants": {},
+        "model": args.model,
+        "rows": args.rows,
+        "classes": args.classes,
+        "images": args.batch_size * args.batches,
+        "batch_size": args.batch_size,
+        "argv": list(argv if argv is not None else sys.argv[1:]),
+        "created": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "torch": torch.__version__,
+        "machine": f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs",
+        "variants": {},
     }
     for name in args.variants.split(","):
         compile_tower, device_transforms = VARIANTS[name]
         started = time.perf_counter()
         record = image_speeds(
-            folder, args.work_dir, model_name=args.model, device_name=args.device, batch_size=args.batch_size,
-            epochs=args.epochs, workers=args.num_workers, compile_tower=compile_tower,
+            folder,
+            args.work_dir,
+            model_name=args.model,
+            device_name=args.device,
+            batch_size=args.batch_size,
+            epochs=args.epochs,
+            workers=args.num_workers,
+            compile_tower=compile_tower,
             device_transforms=device_transforms,
         )
         record.update(scale_seconds(args.rows, args.classes, device_name=args.device))

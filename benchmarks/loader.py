@@ -64,8 +64,14 @@ def main() -> None:
             for name, transform in transforms.items():
                 files = rate(listing, transform, args.size, None)
                 cached = rate(listing, transform, args.size, cache)
-                row = {"jpeg_px": px, "transform": name, "files_img_s": files, "cache_img_s": cached,
-                       "speedup": cached / files, "fill_img_s": fill}
+                row = {
+                    "jpeg_px": px,
+                    "transform": name,
+                    "files_img_s": files,
+                    "cache_img_s": cached,
+                    "speedup": cached / files,
+                    "fill_img_s": fill,
+                }
                 print(json.dumps(row), flush=True)
                 rows.append(row)
     lines = [

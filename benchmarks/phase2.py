@@ -111,8 +111,15 @@ def run_train(
 
     started = time.perf_counter()
     result = deft_clean.train(
-        folder, results=results, out=out, clean_only=clean_only, seed=seed, device=device, num_workers=0,
-        overwrite=True, quiet=True,
+        folder,
+        results=results,
+        out=out,
+        clean_only=clean_only,
+        seed=seed,
+        device=device,
+        num_workers=0,
+        overwrite=True,
+        quiet=True,
     )
     seconds = time.perf_counter() - started
     accuracy = deft_clean.predict(out, [test_folder], device=device, num_workers=0, quiet=True).accuracy
@@ -132,7 +139,11 @@ def run_train(
 
 
 def run_setting(
-    setting: q.Setting, target: Target, foundation: tuple[Path, Path], features: dict[str, np.ndarray], work: Path,
+    setting: q.Setting,
+    target: Target,
+    foundation: tuple[Path, Path],
+    features: dict[str, np.ndarray],
+    work: Path,
     args: argparse.Namespace,
 ) -> dict[str, Any]:
     noisy = plant(target, setting)
@@ -169,7 +180,8 @@ def run_setting(
         },
     }
     out["probe (all rows)"] = {
-        "accuracy": probe_accuracy(train_x, noisy, test_x, target.test_labels, seed=setting.seed), "n_train": len(noisy)
+        "accuracy": probe_accuracy(train_x, noisy, test_x, target.test_labels, seed=setting.seed),
+        "n_train": len(noisy),
     }
     out["probe (deft-clean kept rows)"] = {
         "accuracy": probe_accuracy(train_x[kept], noisy[kept], test_x, target.test_labels, seed=setting.seed),
@@ -189,7 +201,12 @@ def run_setting(
     )
     for name, folder_name, parquet, clean_only in runs:
         out[name] = run_train(
-            folder, parquet, test_folder, models / folder_name, clean_only=clean_only, seed=setting.seed,
+            folder,
+            parquet,
+            test_folder,
+            models / folder_name,
+            clean_only=clean_only,
+            seed=setting.seed,
             device=args.device,
         )
         print(f"  {setting.name} {name}: {out[name]['accuracy']:.3f} ({out[name]['seconds']:.0f} s)", flush=True)
@@ -201,7 +218,9 @@ def fmt(value: float | None) -> str:
 
 
 ACCEPTANCE_HEADER = [
-    "setting", "clean-only kept - probe truly clean (>= -1)", "clean-only kept - train all rows (>= +2)"
+    "setting",
+    "clean-only kept - probe truly clean (>= -1)",
+    "clean-only kept - train all rows (>= +2)",
 ]
 
 
@@ -272,9 +291,7 @@ def render(report: dict[str, Any]) -> str:
             for name, (seeds, acc) in means.items()
         ]
         lines += [q.markdown_table(["setting", *METHODS], rows), ""]
-        checks = [
-            [name, *acceptance(acc)] for name, (_, acc) in means.items()
-        ]
+        checks = [[name, *acceptance(acc)] for name, (_, acc) in means.items()]
         lines += [q.markdown_table(ACCEPTANCE_HEADER, checks), ""]
     lines += ["## Details of the train runs", ""]
     rows = []
@@ -282,19 +299,45 @@ def render(report: dict[str, Any]) -> str:
         d = per["detect"]
         for m in METHODS[3:]:
             r = per[m]
-            rows.append([
-                report["names"][slug], m, str(r["n_train"]), f"{r['val_source']} ({r['n_held_out']})",
-                fmt(r["probe_val_accuracy"]), f"{fmt(r['best_val_accuracy'])} (epoch {r['best_epoch']})",
-                f"{r['first_loss']:.3f} -> {r['last_loss']:.3f}", f"{r['seconds']:.0f}",
-                "; ".join(w.split(":")[0] for w in r["warnings"]) or "-",
-            ])
-        rows.append([report["names"][slug], "detect (kept rows)", str(d["kept"]),
-                     f"precision {fmt(d['precision'])}, recall {fmt(d['recall'])}", "", "", "",
-                     f"{d['seconds']:.0f}" if d["seconds"] else "cached", ""])
+            rows.append(
+                [
+                    report["names"][slug],
+                    m,
+                    str(r["n_train"]),
+                    f"{r['val_source']} ({r['n_held_out']})",
+                    fmt(r["probe_val_accuracy"]),
+                    f"{fmt(r['best_val_accuracy'])} (epoch {r['best_epoch']})",
+                    f"{r['first_loss']:.3f} -> {r['last_loss']:.3f}",
+                    f"{r['seconds']:.0f}",
+                    "; ".join(w.split(":")[0] for w in r["warnings"]) or "-",
+                ]
+            )
+        rows.append(
+            [
+                report["names"][slug],
+                "detect (kept rows)",
+                str(d["kept"]),
+                f"precision {fmt(d['precision'])}, recall {fmt(d['recall'])}",
+                "",
+                "",
+                "",
+                f"{d['seconds']:.0f}" if d["seconds"] else "cached",
+                "",
+            ]
+        )
     lines += [
         q.markdown_table(
-            ["setting", "run", "n train", "validation (rows)", "probe val %", "exported val %", "loss epoch 1 -> 10",
-             "s", "warnings"],
+            [
+                "setting",
+                "run",
+                "n train",
+                "validation (rows)",
+                "probe val %",
+                "exported val %",
+                "loss epoch 1 -> 10",
+                "s",
+                "warnings",
+            ],
             rows,
         ),
         "",
@@ -306,8 +349,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--target", default="digits-8x8", choices=sorted(TARGETS))
     parser.add_argument("--settings", default="symmetric-0.4-s0,pair-0.3-s0", help="kind-rate-sSEED, comma-separated")
-    parser.add_argument("--results-dir", type=Path, default=None,
-                        help="detect Parquets named <target>-<setting>.parquet (default: run detect, cache in work)")
+    parser.add_argument(
+        "--results-dir",
+        type=Path,
+        default=None,
+        help="detect Parquets named <target>-<setting>.parquet (default: run detect, cache in work)",
+    )
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1 is safest on shared CPUs)")
     parser.add_argument("--work-dir", type=Path, default=q.ROOT / "benchmarks" / ".work", help="cache: model, folders")

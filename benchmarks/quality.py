@@ -124,6 +124,7 @@ class Metrics:
     reliable: float = float("nan")  # deft-clean's evidence check: 1 reliable, 0 not (NaN: other methods)
     withheld: float = float("nan")  # flags the evidence check withheld
 
+
 def set_threads(threads: int) -> None:
     """Cap torch's and BLAS's threads for the whole process (2 spinning threads on a shared 2-core machine
     made detect 25x and the scikit-learn probe 100x slower than 1 thread)."""
@@ -225,8 +226,9 @@ def target_images(name: str) -> tuple[list, np.ndarray, list, np.ndarray]:
         parts = []
         for part in (SPLIT_B, SPLIT_C):
             rows = [i for i in range(part.start, part.stop) if labels[i] in WEAK_DIGITS]
-            parts.append(([weaken(images[i], *WEAK[name], seed=i) for i in rows],
-                          np.searchsorted(WEAK_DIGITS, labels[rows])))  # fmt: skip
+            parts.append(
+                ([weaken(images[i], *WEAK[name], seed=i) for i in rows], np.searchsorted(WEAK_DIGITS, labels[rows]))
+            )
         return parts[0][0], parts[0][1], parts[1][0], parts[1][1]
     if name == "digits-8x8":
         images, labels = toy.digit_images("sklearn")
@@ -289,7 +291,14 @@ def write_folder(root: Path, images: Sequence, labels: np.ndarray, classes: Sequ
 
 
 def run_deft(
-    folder: Path, paths: list[str], config: Path, checkpoint: Path, *, seed: int, device: str, num_workers: int,
+    folder: Path,
+    paths: list[str],
+    config: Path,
+    checkpoint: Path,
+    *,
+    seed: int,
+    device: str,
+    num_workers: int,
     quick: bool = False,
 ) -> tuple[MethodRun, Any]:
     """deft-clean detect on the folder with default options; results re-ordered to ``paths`` (B order)."""
@@ -297,8 +306,14 @@ def run_deft(
 
     started = time.perf_counter()
     result = deft_clean.detect(
-        folder, model=str(config), pretrained=str(checkpoint), seed=seed, device=device,
-        num_workers=num_workers, quiet=True, quick=quick,
+        folder,
+        model=str(config),
+        pretrained=str(checkpoint),
+        seed=seed,
+        device=device,
+        num_workers=num_workers,
+        quiet=True,
+        quick=quick,
     )
     seconds = time.perf_counter() - started
     order = result.frame.set_index("path").loc[paths]
@@ -306,9 +321,13 @@ def run_deft(
         order["is_clean"].to_numpy(dtype=bool),
         order["p_clean"].to_numpy(dtype=float),
         seconds,
-        {"warnings": result.metadata["warnings"], "text_evidence": result.metadata["text_evidence"],
-         "selection": result.metadata["selection"], "history": result.history,
-         "evidence": result.metadata["evidence"]},
+        {
+            "warnings": result.metadata["warnings"],
+            "text_evidence": result.metadata["text_evidence"],
+            "selection": result.metadata["selection"],
+            "history": result.history,
+            "evidence": result.metadata["evidence"],
+        },
     )
     return run, result
 
@@ -472,14 +491,18 @@ def target_tables(target: dict[str, Any]) -> list[str]:
     metric_table("auc", "ROC-AUC of the clean score (%)")
     rows = []
     for name, per_seed in settings.items():
-        cells = [f"{fmt(seed_stats(per_seed, m, 'precision')[0])} / {fmt(seed_stats(per_seed, m, 'recall')[0])}"
-                 for m in methods]
+        cells = [
+            f"{fmt(seed_stats(per_seed, m, 'precision')[0])} / {fmt(seed_stats(per_seed, m, 'recall')[0])}"
+            for m in methods
+        ]
         rows.append([name, *cells])
     out.extend(["### Kept-set precision / recall (%)", "", markdown_table(["noise", *methods], rows), ""])
     rows = []
     for name, per_seed in settings.items():
-        cells = [f"{seed_stats(per_seed, m, 'seconds')[0]:.1f} ({seed_stats(per_seed, m, 'flagged')[0]:.0f})"
-                 for m in methods]
+        cells = [
+            f"{seed_stats(per_seed, m, 'seconds')[0]:.1f} ({seed_stats(per_seed, m, 'flagged')[0]:.0f})"
+            for m in methods
+        ]
         rows.append([name, *cells])
     out.extend(["### Wall time, s (flagged rows), mean over seeds", "", markdown_table(["noise", *methods], rows), ""])
     rows = []
@@ -494,10 +517,14 @@ def target_tables(target: dict[str, Any]) -> list[str]:
                 cell += f" (reliable {int(sum(reliable))}/{len(reliable)}, withheld {withheld:.0f})"
             cells.append(cell)
         rows.append([name, *cells])
-    out.extend([
-        "### Flagged % / flag precision % (deft-clean: runs its evidence check called reliable, flags it withheld)",
-        "", markdown_table(["noise", *methods], rows), "",
-    ])  # fmt: skip
+    out.extend(
+        [
+            "### Flagged % / flag precision % (deft-clean: runs its evidence check called reliable, flags it withheld)",
+            "",
+            markdown_table(["noise", *methods], rows),
+            "",
+        ]
+    )
     return out
 
 
@@ -582,9 +609,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         data = prepare(name, config, checkpoint, device=args.device)
         print(f"{name}: zero-shot accuracy {data.zero_shot_accuracy['B']:.3f}", flush=True)
         target = {
-            "n": len(data.true_b), "classes": data.classes, "zero_shot_accuracy": data.zero_shot_accuracy,
-            "settings": {}, "extra": {},
-        }  # fmt: skip
+            "n": len(data.true_b),
+            "classes": data.classes,
+            "zero_shot_accuracy": data.zero_shot_accuracy,
+            "settings": {},
+            "extra": {},
+        }
         for kind, rate in settings_of(name, wanted):
             per_seed = []
             for seed in range(args.seeds):

@@ -110,8 +110,15 @@ def cleanlab_pipeline(features: np.ndarray, labels: np.ndarray, *, seed: int) ->
 
 
 def selection_case(
-    rows: int, classes: int, *, cleanlab: bool, seed: int = 0, spread: float = 1.0, text_spread: float = 4.5,
-    noise: float = 0.2, cleanlab_limit: int = CLEANLAB_LIMIT,
+    rows: int,
+    classes: int,
+    *,
+    cleanlab: bool,
+    seed: int = 0,
+    spread: float = 1.0,
+    text_spread: float = 4.5,
+    noise: float = 0.2,
+    cleanlab_limit: int = CLEANLAB_LIMIT,
 ) -> dict[str, Any]:
     from deft_clean.detecting.selection import fused_rule, text_seed
     from deft_clean.testing import synthetic_features
@@ -195,8 +202,12 @@ def health_case(rows: int, *, exact_limit: int) -> dict[str, Any]:
         "peak_rss_mb": peak_rss_mb(),
         "inputs_rss_mb": inputs_mb,
         "features_mb": features.nbytes / 2**20,
-        "planted_found": float(np.mean((health.duplicate_group[sources] >= 0)
-                                       & (health.duplicate_group[sources] == health.duplicate_group[copies]))),
+        "planted_found": float(
+            np.mean(
+                (health.duplicate_group[sources] >= 0)
+                & (health.duplicate_group[sources] == health.duplicate_group[copies])
+            )
+        ),
         "outliers": int(health.is_outlier.sum()),
         "warnings": health.warnings,
     }
@@ -284,18 +295,29 @@ def detect_case(rows: int, *, work: Path, workers: int) -> dict[str, Any]:
     out.parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     result = deft_clean.detect(
-        folder, out=out, model=str(config), pretrained=str(checkpoint), device="cpu", num_workers=workers,
-        quiet=True, quick=True, overwrite=True,
+        folder,
+        out=out,
+        model=str(config),
+        pretrained=str(checkpoint),
+        device="cpu",
+        num_workers=workers,
+        quiet=True,
+        quick=True,
+        overwrite=True,
     )
     report_html.write_html(result.frame, result.metadata, out.with_suffix(".html"))
     total = time.perf_counter() - started
     stages["other (checks, results frame, start-up)"] = {
-        "seconds": total - sum(s["seconds"] for s in stages.values()), "peak_rss_mb": float("nan"),
+        "seconds": total - sum(s["seconds"] for s in stages.values()),
+        "peak_rss_mb": float("nan"),
     }
     frame = result.frame
     noisy = np.array([CLASSES[truth[p]] != label for p, label in zip(frame["path"], frame["label"], strict=True)])
     return {
-        "rows": rows, "stages": stages, "seconds": total, "writing_seconds": writing,
+        "rows": rows,
+        "stages": stages,
+        "seconds": total,
+        "writing_seconds": writing,
         "peak_rss_mb": max(s["peak_rss_mb"] for s in stages.values() if s["peak_rss_mb"] == s["peak_rss_mb"]),
         "f1": flag_f1(~frame["is_clean"].to_numpy(dtype=bool), noisy),
     }
@@ -304,9 +326,19 @@ def detect_case(rows: int, *, work: Path, workers: int) -> dict[str, Any]:
 def run_case(kind: str, spec: str, args: argparse.Namespace) -> dict[str, Any]:
     """Run one case in a fresh interpreter (its own peak RSS); returns its record."""
     command = [
-        sys.executable, str(Path(__file__).resolve()), "--case", f"{kind}:{spec}", "--threads", str(args.threads),
-        "--work-dir", str(args.work_dir), "--exact-limit", str(args.exact_limit), "--num-workers",
-        str(args.num_workers), *([] if args.cleanlab else ["--no-cleanlab"]),
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--case",
+        f"{kind}:{spec}",
+        "--threads",
+        str(args.threads),
+        "--work-dir",
+        str(args.work_dir),
+        "--exact-limit",
+        str(args.exact_limit),
+        "--num-workers",
+        str(args.num_workers),
+        *([] if args.cleanlab else ["--no-cleanlab"]),
     ]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "benchmarks")])}
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=args.case_timeout)
@@ -325,9 +357,14 @@ def one_case(case: str, args: argparse.Namespace) -> dict[str, Any]:
         size, spread, text_spread, noise = spec.split(":")
         rows, classes = (int(v) for v in size.split("x"))
         return selection_case(
-            rows, classes, cleanlab=args.cleanlab, spread=float(spread), text_spread=float(text_spread),
-            noise=float(noise), cleanlab_limit=HARD_CLEANLAB_LIMIT,
-        )  # fmt: skip
+            rows,
+            classes,
+            cleanlab=args.cleanlab,
+            spread=float(spread),
+            text_spread=float(text_spread),
+            noise=float(noise),
+            cleanlab_limit=HARD_CLEANLAB_LIMIT,
+        )
     if kind == "health":
         return health_case(int(spec), exact_limit=args.exact_limit)
     return detect_case(int(spec), work=args.work_dir, workers=args.num_workers)
@@ -346,11 +383,14 @@ def render(results: dict[str, Any]) -> str:
     """scale.md from the accumulated records."""
     meta = results.get("meta", {})
     lines = [
-        "# Scale: selection, health and an end-to-end quick detect (CPU)", "",
+        "# Scale: selection, health and an end-to-end quick detect (CPU)",
+        "",
         f"Generated by `benchmarks/scale.py` ({meta.get('machine', '')}; {meta.get('threads')} torch/BLAS/faiss "
         "thread(s); other jobs shared the 2 cores, so times are upper bounds). Peak RSS: the process high-water "
-        "mark during the step (reset before it), inputs included; `inputs` is the RSS before the step.", "",
-        "## Selection (`fused_rule`, synthetic 512-d features, 20% symmetric noise)", "",
+        "mark during the step (reset before it), inputs included; `inputs` is the RSS before the step.",
+        "",
+        "## Selection (`fused_rule`, synthetic 512-d features, 20% symmetric noise)",
+        "",
         "| rows x classes | seconds | peak RSS MB (inputs) | features / one N x K float32, MB | probe | rounds |"
         " noisy F1 | cleanlab pipeline s | its F1 |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -360,7 +400,7 @@ def render(results: dict[str, Any]) -> str:
         if "error" in r:
             lines.append(f"| {key} | error: {r['error']} |")
             continue
-        cleanlab = (f"{r['cleanlab_seconds']:.1f} | {r['cleanlab_f1']:.3f}" if "cleanlab_seconds" in r else "- | -")
+        cleanlab = f"{r['cleanlab_seconds']:.1f} | {r['cleanlab_f1']:.3f}" if "cleanlab_seconds" in r else "- | -"
         lines.append(
             f"| {key} | {r['seconds']:.1f} | {r['peak_rss_mb']:.0f} ({r['inputs_rss_mb']:.0f}) | "
             f"{r['features_mb']:.0f} / {r['nk_float32_mb']:.0f} | {r['probe']} | {fmt_rounds(r)} | {r['f1']:.3f} | "
@@ -368,18 +408,24 @@ def render(results: dict[str, Any]) -> str:
         )
     if before:
         lines += [
-            "", "Before this change (the same script and data on the previous commit: linear probe only, no damping):",
-            "", "| rows x classes | seconds | peak RSS MB (inputs) | rounds | noisy F1 |", "|---|---|---|---|---|",
+            "",
+            "Before this change (the same script and data on the previous commit: linear probe only, no damping):",
+            "",
+            "| rows x classes | seconds | peak RSS MB (inputs) | rounds | noisy F1 |",
+            "|---|---|---|---|---|",
         ]
         for key, r in sorted(before.items(), key=lambda kv: [int(v) for v in kv[0].split("x")]):
             lines.append(
-                f"| {key} | error: {r['error']} |" if "error" in r else
-                f"| {key} | {r['seconds']:.1f} | {r['peak_rss_mb']:.0f} ({r['inputs_rss_mb']:.0f}) | {fmt_rounds(r)} | "
-                f"{r['f1']:.3f} |"
+                f"| {key} | error: {r['error']} |"
+                if "error" in r
+                else f"| {key} | {r['seconds']:.1f} | {r['peak_rss_mb']:.0f} ({r['inputs_rss_mb']:.0f}) | "
+                f"{fmt_rounds(r)} | {r['f1']:.3f} |"
             )
     lines += render_hard(results)
     lines += [
-        "", "## Health (`dataset_health`, N x 512 features, 1% planted near-duplicates)", "",
+        "",
+        "## Health (`dataset_health`, N x 512 features, 1% planted near-duplicates)",
+        "",
         "| rows | seconds | peak RSS MB (inputs) | planted pairs found | exact-search pairs | their recall |",
         "|---|---|---|---|---|---|",
     ]
@@ -390,8 +436,9 @@ def render(results: dict[str, Any]) -> str:
         lines.append(
             f"| {int(key):,} | {r['seconds']:.1f} | {r['peak_rss_mb']:.0f} ({r['inputs_rss_mb']:.0f}) | "
             f"{r['planted_found']:.3f} | {r.get('exact_pairs', '-')} | "
-            f"{r['exact_pair_recall']:.3f} |" if "exact_pair_recall" in r else
-            f"| {int(key):,} | {r['seconds']:.1f} | {r['peak_rss_mb']:.0f} ({r['inputs_rss_mb']:.0f}) | "
+            f"{r['exact_pair_recall']:.3f} |"
+            if "exact_pair_recall" in r
+            else f"| {int(key):,} | {r['seconds']:.1f} | {r['peak_rss_mb']:.0f} ({r['inputs_rss_mb']:.0f}) | "
             f"{r['planted_found']:.3f} | - | - |"
         )
     for key, r in sorted(results.get("detect", {}).items(), key=lambda kv: int(kv[0])):
@@ -403,10 +450,14 @@ def render(results: dict[str, Any]) -> str:
         mb = lambda v: "-" if v != v else f"{v:.0f}"  # noqa: E731 - NaN: not measured
         lines += [f"| {name} | {s['seconds']:.1f} | {mb(s['peak_rss_mb'])} |" for name, s in r["stages"].items()]
         lines += [
-            f"| **total** (detect + report page) | {r['seconds']:.1f} | {r['peak_rss_mb']:.0f} |", "",
-            f"Noisy-label F1 {r['f1']:.3f}; " + (f"writing the PNGs took {r['writing_seconds']:.0f} s (not counted)."
-                                                  if r["writing_seconds"] >= 1 else "the PNGs were written by an "
-                                                  "earlier run (~30 s for 100k)."),
+            f"| **total** (detect + report page) | {r['seconds']:.1f} | {r['peak_rss_mb']:.0f} |",
+            "",
+            f"Noisy-label F1 {r['f1']:.3f}; "
+            + (
+                f"writing the PNGs took {r['writing_seconds']:.0f} s (not counted)."
+                if r["writing_seconds"] >= 1
+                else "the PNGs were written by an earlier run (~30 s for 100k)."
+            ),
         ]
     return "\n".join(lines) + "\n"
 
@@ -419,7 +470,9 @@ def hard_key(key: str) -> list[float]:
 def render_hard(results: dict[str, Any]) -> list[str]:
     """The harder-data section: overlapping classes, a weaker zero-shot stand-in, several noise rates."""
     lines = [
-        "", "## Selection on harder data (overlapping classes, weaker text evidence)", "",
+        "",
+        "## Selection on harder data (overlapping classes, weaker text evidence)",
+        "",
         "Case `ROWSxCLASSES:spread:text_spread:noise`: rows are class mean + spread x N(0, I) (1 = well apart, "
         "3 = overlapping), the zero-shot stand-in's class means are perturbed by text_spread, noise is the "
         "symmetric flip rate. `before`: the commit before the churn damping (dc6b767). Times of both versions "
@@ -474,8 +527,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     args.out_dir.mkdir(parents=True, exist_ok=True)
     store = args.out_dir / "scale.json"
     results = json.loads(store.read_text()) if store.is_file() else {}
-    results["meta"] = {"machine": f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs",
-                       "threads": args.threads}
+    results["meta"] = {
+        "machine": f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs",
+        "threads": args.threads,
+    }
     specs = {"selection": args.selection, "health": args.health, "detect": args.detect_rows, "hard": args.hard}
     for part in args.parts.split(","):
         for spec in filter(None, specs[part].split(",")):

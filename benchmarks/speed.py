@@ -124,7 +124,12 @@ def throughput(
     generator = seed_everything(0)
     loaded = load_clip(model_config(model_name, work), "none", device=device, quiet=True)
     model = DeftModel(
-        loaded, listing.prompt_names, n_ctx=16, ctx_init=None, class_specific=False, vpt_tokens=vpt_tokens,
+        loaded,
+        listing.prompt_names,
+        n_ctx=16,
+        ctx_init=None,
+        class_specific=False,
+        vpt_tokens=vpt_tokens,
         vpt_depth=None,
     ).to(device)
     image = {"image_size": loaded.image_size, "mean": loaded.mean, "std": loaded.std}
@@ -139,8 +144,15 @@ def throughput(
 
     # 1. real epochs; the last one is timed (earlier ones pay worker start-up, cudnn autotuning, caches)
     schedule = DetectConfig(
-        epochs=epochs, warmup_epochs=epochs, batch_size=batch_size, lr=0.01, momentum=0.9, weight_decay=5e-4,
-        clean_rule="threshold+argmax", hflip=True, grad_clip=1.0,
+        epochs=epochs,
+        warmup_epochs=epochs,
+        batch_size=batch_size,
+        lr=0.01,
+        momentum=0.9,
+        weight_decay=5e-4,
+        clean_rule="threshold+argmax",
+        hflip=True,
+        grad_clip=1.0,
     )
     passes = PassOptions(batch_size=batch_size * 2, **common)
     history = train_prompts(model, listing, schedule, passes, generator=generator)
@@ -151,8 +163,11 @@ def throughput(
     from deft_clean.inputs.transforms import train_transform
 
     dataset = ImageDataset(
-        listing.root, listing.paths, listing.label_indices,
-        train_transform(loaded.image_size, loaded.mean, loaded.std), image_size=loaded.image_size,
+        listing.root,
+        listing.paths,
+        listing.label_indices,
+        train_transform(loaded.image_size, loaded.mean, loaded.std),
+        image_size=loaded.image_size,
     )
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size)
     in_memory = [(x.to(device), y.to(device)) for x, y, _, _ in loader]
@@ -168,8 +183,12 @@ def throughput(
             text = model.text_features()
             features = model.image_features(images)
             loss, _ = deft_loss(
-                features.float(), PromptFeatures(text.positive.float(), text.negative.float()), scale, labels,
-                warmup=True, clean_rule="threshold+argmax",
+                features.float(),
+                PromptFeatures(text.positive.float(), text.negative.float()),
+                scale,
+                labels,
+                warmup=True,
+                clean_rule="threshold+argmax",
             )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -214,8 +233,18 @@ def scale_run(n: int, work: Path, *, device: str, epochs: int, num_workers: int,
     """``deft_clean.detect`` on n synthetic images in a fresh subprocess; time and peak RSS."""
     folder = write_synthetic_folder(work / f"scale-{n}", n, size=32)
     command = [
-        sys.executable, __file__, "--_detect-child", str(folder), "--device", device, "--epochs", str(epochs),
-        "--num-workers", str(num_workers), "--work-dir", str(work),
+        sys.executable,
+        __file__,
+        "--_detect-child",
+        str(folder),
+        "--device",
+        device,
+        "--epochs",
+        str(epochs),
+        "--num-workers",
+        str(num_workers),
+        "--work-dir",
+        str(work),
     ]
     if threads is not None:
         command += ["--threads", str(threads)]
@@ -247,21 +276,35 @@ def detect_child(folder: Path, work: Path, *, device: str, epochs: int, num_work
     rss_start = memory_mib("VmRSS")
     started = time.perf_counter()
     result = deft_clean.detect(
-        folder, model=model_config("tiny", work), pretrained="none", epochs=epochs, vpt_tokens=4, batch_size=64,
-        device=device, num_workers=num_workers, quiet=True, out=work / f"{folder.name}.parquet", overwrite=True,
+        folder,
+        model=model_config("tiny", work),
+        pretrained="none",
+        epochs=epochs,
+        vpt_tokens=4,
+        batch_size=64,
+        device=device,
+        num_workers=num_workers,
+        quiet=True,
+        out=work / f"{folder.name}.parquet",
+        overwrite=True,
     )
     seconds = time.perf_counter() - started
     gpu = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() and device != "cpu" else None
-    print(json.dumps({
-        "images": len(result.frame),
-        "epochs": epochs,
-        "seconds": seconds,
-        "img_s_per_epoch": len(result.frame) * epochs / sum(len(result.frame) / h["samples_per_second"]
-                                                           for h in result.history),
-        "peak_rss_mib": memory_mib("VmHWM"),  # this process's peak, imports included
-        "rss_before_detect_mib": rss_start,
-        "peak_gpu_gib": gpu,
-    }))
+    print(
+        json.dumps(
+            {
+                "images": len(result.frame),
+                "epochs": epochs,
+                "seconds": seconds,
+                "img_s_per_epoch": len(result.frame)
+                * epochs
+                / sum(len(result.frame) / h["samples_per_second"] for h in result.history),
+                "peak_rss_mib": memory_mib("VmHWM"),  # this process's peak, imports included
+                "rss_before_detect_mib": rss_start,
+                "peak_gpu_gib": gpu,
+            }
+        )
+    )
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -285,31 +328,64 @@ def markdown(report: dict[str, Any]) -> str:
     ]
     rows = []
     for r in report["throughput"]:
-        rows.append([
-            r["model"], f"{r['image_size']}", f"{r['batch_size']}", f"{r['images']}", f"{r['vpt_tokens']}",
-            f"{r['num_workers']}", r.get("images_from", "files"),
-            "-" if r.get("fill_s") is None else f"{r['fill_s']:.1f}", f"{r['epoch_img_s']:.1f}",
-            f"{r['compute_img_s']:.1f}", f"{r['overhead_ratio']:.2f}",
-            f"{r['scoring_img_s']:.1f}", "-" if r["peak_gpu_gib"] is None else f"{r['peak_gpu_gib']:.1f}",
-        ])
+        rows.append(
+            [
+                r["model"],
+                f"{r['image_size']}",
+                f"{r['batch_size']}",
+                f"{r['images']}",
+                f"{r['vpt_tokens']}",
+                f"{r['num_workers']}",
+                r.get("images_from", "files"),
+                "-" if r.get("fill_s") is None else f"{r['fill_s']:.1f}",
+                f"{r['epoch_img_s']:.1f}",
+                f"{r['compute_img_s']:.1f}",
+                f"{r['overhead_ratio']:.2f}",
+                f"{r['scoring_img_s']:.1f}",
+                "-" if r["peak_gpu_gib"] is None else f"{r['peak_gpu_gib']:.1f}",
+            ]
+        )
     lines += table(
-        ["model", "input px", "batch", "images timed", "VPT tokens", "workers", "images from", "cache fill s",
-         "epoch img/s", "compute img/s",
-         "overhead", "scoring img/s", "peak GPU GiB"],
+        [
+            "model",
+            "input px",
+            "batch",
+            "images timed",
+            "VPT tokens",
+            "workers",
+            "images from",
+            "cache fill s",
+            "epoch img/s",
+            "compute img/s",
+            "overhead",
+            "scoring img/s",
+            "peak GPU GiB",
+        ],
         rows,
     )
     if report["scale"]:
         lines += ["", "## Scale: full `deft_clean.detect`, tiny model, 32 px synthetic JPEGs, one subprocess each", ""]
         rows = [
             [
-                f"{r['images']:,}", f"{r['epochs']}", f"{r['seconds']:.1f}", f"{r['img_s_per_epoch']:.0f}",
-                f"{r['peak_rss_mib']:.0f}", f"{r['rss_before_detect_mib']:.0f}",
+                f"{r['images']:,}",
+                f"{r['epochs']}",
+                f"{r['seconds']:.1f}",
+                f"{r['img_s_per_epoch']:.0f}",
+                f"{r['peak_rss_mib']:.0f}",
+                f"{r['rss_before_detect_mib']:.0f}",
                 "-" if r["peak_gpu_gib"] is None else f"{r['peak_gpu_gib']:.2f}",
             ]
             for r in report["scale"]
         ]
-        header = ["images", "epochs", "detect s", "train img/s", "peak RSS MiB", "RSS before detect MiB",
-                  "peak GPU GiB"]
+        header = [
+            "images",
+            "epochs",
+            "detect s",
+            "train img/s",
+            "peak RSS MiB",
+            "RSS before detect MiB",
+            "peak GPU GiB",
+        ]
         lines += table(header, rows)
     lines += ["", *report["notes"], "", f"Total time: {report['total_seconds']:.0f} s."]
     return "\n".join(lines)
@@ -328,10 +404,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--vit-vpt-tokens", type=int, default=20, help="DeFT's default for ViT-B/16")
     parser.add_argument("--epochs", type=int, default=2, help="throughput epochs; the last one is timed")
     parser.add_argument("--image-px", type=int, default=256, help="side of the synthetic JPEGs for throughput")
-    parser.add_argument("--cache", choices=("off", "on", "both"), default="off",
-                        help="read throughput images from files, from the decoded-image cache, or both (two rows)")
-    parser.add_argument("--sizes", default="1000,10000,50000:1",
-                        help="scale runs (tiny model), N or N:EPOCHS; '' to skip")
+    parser.add_argument(
+        "--cache",
+        choices=("off", "on", "both"),
+        default="off",
+        help="read throughput images from files, from the decoded-image cache, or both (two rows)",
+    )
+    parser.add_argument(
+        "--sizes", default="1000,10000,50000:1", help="scale runs (tiny model), N or N:EPOCHS; '' to skip"
+    )
     parser.add_argument("--scale-epochs", type=int, default=10, help="epochs of scale runs without :EPOCHS")
     parser.add_argument("--work-dir", type=Path, default=None, help="default: a temporary folder")
     parser.add_argument("--out-dir", type=Path, default=None, help="default: $OUT if set, else benchmarks/results")
@@ -347,8 +428,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
     args = parse_args(argv)
     set_threads(args.threads)
     if args.detect_child is not None:
-        detect_child(args.detect_child, args.work_dir, device=args.device, epochs=args.epochs,
-                     num_workers=args.num_workers)
+        detect_child(
+            args.detect_child, args.work_dir, device=args.device, epochs=args.epochs, num_workers=args.num_workers
+        )
         return None
     import torch
 
@@ -366,14 +448,22 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
         tiny = name == "tiny"
         batch_size = args.tiny_batch_size if tiny else args.vit_batch_size
         batches = args.tiny_batches if tiny else args.vit_batches
-        folder = write_synthetic_folder(work / f"jpeg-{args.image_px}-{batch_size * batches}",
-                                        batch_size * batches, size=args.image_px)
+        folder = write_synthetic_folder(
+            work / f"jpeg-{args.image_px}-{batch_size * batches}", batch_size * batches, size=args.image_px
+        )
         sources = {"off": [False], "on": [True], "both": [False, True]}[args.cache]
         for cached in sources:
             cache_dir = Path(tempfile.mkdtemp(prefix="cache-", dir=work)) if cached else None
             r = throughput(
-                name, folder, work, device_name=args.device, batch_size=batch_size, batches=batches,
-                epochs=args.epochs, num_workers=args.num_workers, vpt_tokens=4 if tiny else args.vit_vpt_tokens,
+                name,
+                folder,
+                work,
+                device_name=args.device,
+                batch_size=batch_size,
+                batches=batches,
+                epochs=args.epochs,
+                num_workers=args.num_workers,
+                vpt_tokens=4 if tiny else args.vit_vpt_tokens,
                 cache_dir=cache_dir,
             )
             print(json.dumps(r), flush=True)
@@ -381,26 +471,42 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
     scale = []
     for item in [s for s in args.sizes.split(",") if s]:
         n, _, epochs = item.partition(":")  # "50000:1" = 50k images, 1 epoch
-        r = scale_run(int(n), work, device=args.device, epochs=int(epochs or args.scale_epochs),
-                      num_workers=args.num_workers, threads=args.threads)
+        r = scale_run(
+            int(n),
+            work,
+            device=args.device,
+            epochs=int(epochs or args.scale_epochs),
+            num_workers=args.num_workers,
+            threads=args.threads,
+        )
         print(json.dumps(r), flush=True)
         scale.append(r)
     notes = ["Notes:"]
     if device_type == "cpu":
-        notes.append("- On a 2-core machine shared with other jobs, torch's default of one intra-op thread per core "
-                     "made a detect epoch ~25x slower than 1 thread (spinning OpenMP threads); CPU numbers use "
-                     "--threads 1.")
+        notes.append(
+            "- On a 2-core machine shared with other jobs, torch's default of one intra-op thread per core "
+            "made a detect epoch ~25x slower than 1 thread (spinning OpenMP threads); CPU numbers use "
+            "--threads 1."
+        )
     else:
-        notes.append("- overhead > 1 means the GPU waits for JPEG decoding and augmentation in the DataLoader "
-                     "workers (see the workers column).")
+        notes.append(
+            "- overhead > 1 means the GPU waits for JPEG decoding and augmentation in the DataLoader "
+            "workers (see the workers column)."
+        )
     if args.cache != "off":
-        notes.append("- images from cache: `--cache DIR`; each image was decoded and resized once (the `cache fill s` "
-                     "column, paid on the first run only), then epochs and scoring read uint8 pixels from memory maps.")
+        notes.append(
+            "- images from cache: `--cache DIR`; each image was decoded and resized once (the `cache fill s` "
+            "column, paid on the first run only), then epochs and scoring read uint8 pixels from memory maps."
+        )
     if any(item.startswith("50000:") for item in args.sizes.split(",")):
-        notes.append("- 50k images runs 1 epoch only, to keep the CPU run to minutes: its peak memory is the point; "
-                     "10 epochs take ~10x its training time (the scoring pass is paid once).")
-    notes.append("- Peak RSS includes ~750 MiB of imports (torch, open_clip); what detect adds grows slowly with "
-                 "the number of images (paths, labels and per-sample arrays only; images are streamed).")
+        notes.append(
+            "- 50k images runs 1 epoch only, to keep the CPU run to minutes: its peak memory is the point; "
+            "10 epochs take ~10x its training time (the scoring pass is paid once)."
+        )
+    notes.append(
+        "- Peak RSS includes ~750 MiB of imports (torch, open_clip); what detect adds grows slowly with "
+        "the number of images (paths, labels and per-sample arrays only; images are streamed)."
+    )
     report = {
         "device": args.device,
         "argv": list(argv if argv is not None else sys.argv[1:]),

@@ -224,7 +224,13 @@ def faded(images: Sequence, keep: float, *, noise: float = 40.0, seed: int = 0) 
 
 
 def synthetic_features(
-    n: int, n_classes: int, *, dim: int = 512, noise: float = 0.2, spread: float = 1.0, seed: int = 0,
+    n: int,
+    n_classes: int,
+    *,
+    dim: int = 512,
+    noise: float = 0.2,
+    spread: float = 1.0,
+    seed: int = 0,
     text_spread: float = 4.5,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Frozen-feature stand-in for scale tests and benchmarks: Gaussian classes in ``dim`` dimensions.

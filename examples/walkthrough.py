@@ -71,8 +71,10 @@ def write_digit_folders(out: Path, *, n_noisy: int, n_test: int, rate: float, se
     test = slice(4000, 4000 + n_test)
     toy.write_image_folder(test_root, images[test], labels[test], CLASSES)
     wrong = int(np.sum(noisy != labels[part]))
-    print(f"[2/3] wrote {n_noisy} digits with {wrong} wrong labels to {noisy_root}/<class>/, "
-          f"{n_test} clean digits to {test_root}/")
+    print(
+        f"[2/3] wrote {n_noisy} digits with {wrong} wrong labels to {noisy_root}/<class>/, "
+        f"{n_test} clean digits to {test_root}/"
+    )
     return noisy_root, test_root, wrong
 
 
@@ -81,7 +83,10 @@ def available_commands() -> set[str]:
     import re
 
     help_text = subprocess.run(
-        [sys.executable, "-m", "deft_clean", "--help"], capture_output=True, text=True, check=True,
+        [sys.executable, "-m", "deft_clean", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
         env={**os.environ, "COLUMNS": "200"},
     ).stdout
     return set(re.findall(r"^\W*(detect|report|train|predict|export)\s", help_text, flags=re.MULTILINE))
@@ -98,8 +103,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("deft-walkthrough"), help="where everything is written")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
-    parser.add_argument("--pretrain-steps", type=int, default=1000,
-                        help="fewer steps: faster, but a weaker foundation model (600 steps: ~55%% zero-shot)")
+    parser.add_argument(
+        "--pretrain-steps",
+        type=int,
+        default=1000,
+        help="fewer steps: faster, but a weaker foundation model (600 steps: ~55%% zero-shot)",
+    )
     parser.add_argument("--images", type=int, default=600, help="digits in the noisy folder")
     parser.add_argument("--noise", type=float, default=0.25, help="fraction of wrong labels planted")
     args = parser.parse_args(argv)
@@ -132,14 +141,43 @@ def main(argv: Sequence[str] | None = None) -> None:
         skipped.append("report")
     model_dir = out / "model"
     if "train" in commands:
-        deft_clean("train", str(noisy_root), "--results", str(results), "--out", str(model_dir), "--clean-only",
-                   "--epochs", "5", "--lr", "0.01", "--no-hflip", "--val", str(test_root), "--overwrite",
-                   "--device", args.device, "--num-workers", "0", *cache)
+        deft_clean(
+            "train",
+            str(noisy_root),
+            "--results",
+            str(results),
+            "--out",
+            str(model_dir),
+            "--clean-only",
+            "--epochs",
+            "5",
+            "--lr",
+            "0.01",
+            "--no-hflip",
+            "--val",
+            str(test_root),
+            "--overwrite",
+            "--device",
+            args.device,
+            "--num-workers",
+            "0",
+            *cache,
+        )
     else:
         skipped.append("train")
     if "predict" in commands and "train" in commands:
-        deft_clean("predict", str(model_dir), str(test_root), "--out", str(out / "predictions.parquet"),
-                   "--overwrite", "--device", args.device, "--num-workers", "0")
+        deft_clean(
+            "predict",
+            str(model_dir),
+            str(test_root),
+            "--out",
+            str(out / "predictions.parquet"),
+            "--overwrite",
+            "--device",
+            args.device,
+            "--num-workers",
+            "0",
+        )
     else:
         skipped.append("predict")
 
@@ -160,9 +198,11 @@ def check_detection(results: Path, truth_file: Path, wrong: int) -> None:
     truly_wrong = (frame["path"].map(truth) != frame["label"]).to_numpy()
     flagged = ~frame["is_clean"].to_numpy()
     caught = int(np.sum(flagged & truly_wrong))
-    print(f"  check against the planted noise: flagged {int(flagged.sum())}, of which {caught} are among the "
-          f"{wrong} wrong labels ({100 * caught / max(wrong, 1):.0f}% found, "
-          f"{100 * caught / max(int(flagged.sum()), 1):.0f}% of flags correct)")
+    print(
+        f"  check against the planted noise: flagged {int(flagged.sum())}, of which {caught} are among the "
+        f"{wrong} wrong labels ({100 * caught / max(wrong, 1):.0f}% found, "
+        f"{100 * caught / max(int(flagged.sum()), 1):.0f}% of flags correct)"
+    )
 
 
 if __name__ == "__main__":

@@ -116,8 +116,9 @@ def detected_and_trained(tiny_clip: TinyClip, base: Path, *, seed: int) -> tuple
     results = base / "results.parquet"
     deft_clean.detect(noisy.root, out=results, quick=True, **tiny_clip.options())
     model = base / "model"
-    deft_clean.train(noisy.root, results=results, out=model, epochs=1, device="cpu", num_workers=0, quiet=True,
-                     hflip=False)  # fmt: skip
+    deft_clean.train(
+        noisy.root, results=results, out=model, epochs=1, device="cpu", num_workers=0, quiet=True, hflip=False
+    )
     return noisy.root, results, model
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import shlex
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -179,26 +178,35 @@ def detect(
     from ..detecting.detect import detect as run_detect
 
     started = time.monotonic()
-    reading = {"path_col": path_col, "label_col": label_col, "image_col": image_col, "split": split}
-    reading |= {"label_key": label_key, "id_col": id_col, "class_names": class_names}
-    call = lambda: run_detect(  # noqa: E731
-        dataset, reading=ReadOptions.of(**reading), out=out, quiet=quiet, run_dir=run_dir, resume=resume,
-        checkpoint_every=checkpoint_every, overwrite=overwrite, save_arrays=save_arrays, **options,
+    reading = _run(
+        debug,
+        quiet,
+        ReadOptions.of,
+        path_col=path_col,
+        label_col=label_col,
+        image_col=image_col,
+        split=split,
+        label_key=label_key,
+        id_col=id_col,
+        class_names=class_names,
     )
-    result = _interruptible(lambda: _run(debug, quiet, call))
+    result = _run(
+        debug,
+        quiet,
+        run_detect,
+        dataset,
+        reading=reading,
+        out=out,
+        quiet=quiet,
+        run_dir=run_dir,
+        resume=resume,
+        checkpoint_every=checkpoint_every,
+        overwrite=overwrite,
+        save_arrays=save_arrays,
+        **options,
+    )
     if not quiet:
         _print_detect_summary(result.summary(), out, elapsed=time.monotonic() - started, arrays=save_arrays)
-
-
-def _interruptible(call: Callable[[], T]) -> T:
-    """Turn a run stopped by SIGINT/SIGTERM (checkpoint saved) into one stderr line and exit 130/143."""
-    from ..run.checkpoints import Interrupted
-
-    try:
-        return call()
-    except Interrupted as exc:
-        Console(stderr=True, highlight=False, soft_wrap=True).print(printable(exc), markup=False)
-        raise typer.Exit(exc.exit_code) from None
 
 
 def _print_detect_summary(summary: dict[str, Any], out: Path, *, elapsed: float, arrays: Path | None) -> None:
@@ -292,10 +300,18 @@ def train(
     options = config_options(TrainConfig, locals())
     from ..training.finetune import train as run_train
 
-    call = lambda: run_train(  # noqa: E731
-        dataset, results=results, out=out, val=val, decisions=decisions, quiet=quiet, **options
+    result = _run(
+        debug,
+        quiet,
+        run_train,
+        dataset,
+        results=results,
+        out=out,
+        val=val,
+        decisions=decisions,
+        quiet=quiet,
+        **options,
     )
-    result = _interruptible(lambda: _run(debug, quiet, call))
     if not quiet:
         console = Console(soft_wrap=True)
         last = result.history[-1] if result.history else {}
@@ -343,21 +359,20 @@ def predict(
     result = _run(
         debug,
         quiet,
-        lambda: run_predict(
-            model_dir,
-            inputs,
-            out=out,
-            top_k=top_k,
-            batch_size=batch_size,
-            device=device,
-            num_workers=num_workers,
-            path_col=path_col,
-            label_col=label_col,
-            quiet=quiet,
-            overwrite=overwrite,
-            split=split,
-            label_key=label_key,
-        ),
+        run_predict,
+        model_dir,
+        inputs,
+        out=out,
+        top_k=top_k,
+        batch_size=batch_size,
+        device=device,
+        num_workers=num_workers,
+        path_col=path_col,
+        label_col=label_col,
+        quiet=quiet,
+        overwrite=overwrite,
+        split=split,
+        label_key=label_key,
     )
     if quiet:
         return

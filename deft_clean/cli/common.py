@@ -10,6 +10,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 from rich.console import Console
 
+from ..run.checkpoints import Interrupted
 from ..run.errors import RESULT_WARNING, DeftCleanError
 from ..run.safety import printable
 
@@ -58,15 +59,19 @@ def config_options(cls: type, parameters: dict[str, Any], **overrides: Any) -> d
     return {**options, **overrides}
 
 
-def _run(debug: bool, quiet: bool, call: Callable[[], T]) -> T:
-    """Run a library call; map DeftCleanError (and anything unexpected) to one stderr line + exit code."""
+def _run(debug: bool, quiet: bool, call: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+    """Run a library call, ``call(*args, **kwargs)``; map DeftCleanError (and anything unexpected) to one stderr
+    line + exit code, and a run stopped by SIGINT/SIGTERM (checkpoint saved) to its message and exit 130/143."""
     logging.basicConfig(level=logging.WARNING, format="warning: %(message)s")
     err = Console(stderr=True, highlight=False, soft_wrap=True)
     log = logging.getLogger("deft_clean")
     if quiet:  # --quiet hides progress and the summary, never a warning that changes what the results mean
         log.addFilter(_results_only)
     try:
-        return call()
+        return call(*args, **kwargs)
+    except Interrupted as exc:
+        err.print(printable(exc), markup=False)
+        raise typer.Exit(exc.exit_code) from None
     except DeftCleanError as exc:
         if debug:
             raise

@@ -2,7 +2,7 @@
 
 Typer (0.29) prints ``<bool>`` after every flag, ``{dataset}`` for a required argument and ``<list[Path]>``
 for a variadic one, and puts all of a command's options in one list. :class:`HelpGroup` tidies each
-command's parameters when the command is looked up, so that the command functions in ``cli.py`` stay plain
+command's parameters when the command is looked up, so that the command functions in ``cli/app.py`` stay plain
 Typer. Nothing here imports torch: ``--help`` and usage errors stay fast.
 """
 

@@ -67,7 +67,7 @@ def report(
     console = None if quiet else Console(highlight=False)
     options = {"html": html, "top": top, "dataset": dataset, "console": console, "overwrite": overwrite}
     options |= {"model": model, "predictions": predictions, "thumbnails": thumbnails}
-    _run(debug, quiet, lambda: run_report(results, decisions=decisions, **options))
+    _run(debug, quiet, run_report, results, decisions=decisions, **options)
     if console is not None and html is not None:
         console.print(Text(f"HTML report: {html}"))
 
@@ -106,18 +106,17 @@ def export(
     summary = _run(
         debug,
         quiet,
-        lambda: export_dataset(
-            results,
-            out=out,
-            mode=mode,
-            relabel=relabel,
-            keep_flagged=keep_flagged,
-            overwrite=overwrite,
-            dataset=dataset,
-            decisions=decisions,
-            drop_duplicates=drop_duplicates,
-            drop_outliers=drop_outliers,
-        ),
+        export_dataset,
+        results,
+        out=out,
+        mode=mode,
+        relabel=relabel,
+        keep_flagged=keep_flagged,
+        overwrite=overwrite,
+        dataset=dataset,
+        decisions=decisions,
+        drop_duplicates=drop_duplicates,
+        drop_outliers=drop_outliers,
     )
     if quiet:
         return

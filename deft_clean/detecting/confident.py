@@ -69,4 +69,3 @@ def flag_by_class(
         order = rows[np.argsort(self_confidence[rows], kind="stable")]
         flagged[order[: counts[k]]] = True
     return flagged & (probs.argmax(axis=1) != labels)
-

@@ -68,15 +68,15 @@ class DetectResult:
 
     def noise_rates(self) -> pd.DataFrame:
         """Per class: samples, usable, flagged and noise_rate (flagged / usable), indexed by class."""
-        from ..outputs.notebook import noise_rates
+        from ..outputs.summary import class_table
 
-        return noise_rates(self.frame, self.classes)
+        return class_table(self.frame, self.classes)
 
     def confusions(self) -> pd.DataFrame:
         """Given -> suggested label pairs among flagged rows (columns given, suggested, count), most frequent first."""
-        from ..outputs.notebook import confusions
+        from ..outputs.summary import label_pairs
 
-        return confusions(self.frame)
+        return label_pairs(self.frame)
 
     def __repr__(self) -> str:
         """A few lines (rows, flagged, withheld, the evidence verdict, the model), not the whole frame."""
@@ -118,10 +118,11 @@ class DetectResult:
         """Counts for the end-of-run summary: samples, flagged, withheld, unusable, most-flagged classes (with
         the evidence check's estimated wrong-label share and its 95% interval, None where not estimated), and
         the evidence check's warning line (None when flags are supported)."""
-        from ..outputs.summary import class_noise, evidence_line
+        from ..outputs.summary import class_noise, class_table, evidence_line
 
         usable, flagged = usable_rows(self.frame), flagged_rows(self.frame)
-        by_class = self.frame[flagged].groupby("label").size().sort_values(ascending=False, kind="stable")
+        table = class_table(self.frame, self.classes)["flagged"]
+        by_class = table[table > 0].sort_values(ascending=False, kind="stable")
         evidence = self.metadata.get("evidence")
         noise = class_noise(evidence)
         withheld = self.frame["withheld"].fillna(False).astype(bool) if "withheld" in self.frame else flagged & False
@@ -204,14 +205,27 @@ def detect(
     """
     cfg = merge_options(DetectConfig, config, options)
     reading = reading or ReadOptions.of(
-        path_col=path_col, label_col=label_col, image_col=image_col, root=root, class_names=class_names,
-        split=split, label_key=label_key, id_col=id_col,
+        path_col=path_col,
+        label_col=label_col,
+        image_col=image_col,
+        root=root,
+        class_names=class_names,
+        split=split,
+        label_key=label_key,
+        id_col=id_col,
     )
     listing = list_dataset(dataset, reading)
     run_dir = _check_outputs(
-        dataset, listing, cfg, out=out, run_dir=run_dir, class_names=reading.class_names, save_arrays=save_arrays,
-        checkpoint_every=checkpoint_every, overwrite=overwrite,
-    )  # fmt: skip
+        dataset,
+        listing,
+        cfg,
+        out=out,
+        run_dir=run_dir,
+        class_names=reading.class_names,
+        save_arrays=save_arrays,
+        checkpoint_every=checkpoint_every,
+        overwrite=overwrite,
+    )
     run = _Checkpoint.open(run_dir, cfg, listing, resume=resume, every=checkpoint_every)
     from ..run.cores import plan_cpu, torch_threads
     from ..run.distributed import process_group
@@ -229,9 +243,17 @@ def detect(
 
 
 def _check_outputs(
-    dataset: Any, listing: Listing, cfg: DetectConfig, *, out: Any, run_dir: Any, class_names: Any,
-    save_arrays: Any, checkpoint_every: int, overwrite: bool,
-) -> Path | None:  # fmt: skip
+    dataset: Any,
+    listing: Listing,
+    cfg: DetectConfig,
+    *,
+    out: Any,
+    run_dir: Any,
+    class_names: Any,
+    save_arrays: Any,
+    checkpoint_every: int,
+    overwrite: bool,
+) -> Path | None:
     """Refuse outputs that would overwrite inputs or each other; returns the run folder (None: no checkpoints)."""
     if out is not None and Path(out).is_dir():
         raise UsageError(f"{option('out')} {out} is a folder; pass a file path such as results.parquet")
@@ -250,10 +272,14 @@ def _check_outputs(
         Output(cfg.cache, "cache", folder=True, overwrite=True) if cfg.cache is not None else None,
     ]
     check_detect_paths(
-        dataset, root=listing.root, paths=listing.paths, listed_files=listing.spec.listed_files,
+        dataset,
+        root=listing.root,
+        paths=listing.paths,
+        listed_files=listing.spec.listed_files,
         dataset_folder=listing.spec.dataset_folder,
-        outputs=[o for o in outputs if o is not None], extra_inputs=[class_names, cfg.model, cfg.pretrained],
-    )  # fmt: skip
+        outputs=[o for o in outputs if o is not None],
+        extra_inputs=[class_names, cfg.model, cfg.pretrained],
+    )
     return Path(run_dir) if run_dir is not None else None
 
 
@@ -342,9 +368,14 @@ def _detect(
 
             with stop.hinted("the images cached so far are kept; rerun the same command to go on"):
                 cache = prepare_cache(
-                    cfg.cache, listing, size=loaded.image_size, num_workers=workers, progress=progress, stop=stop,
+                    cfg.cache,
+                    listing,
+                    size=loaded.image_size,
+                    num_workers=workers,
+                    progress=progress,
+                    stop=stop,
                     ranks=ranks,
-                )  # fmt: skip
+                )
         passes = PassOptions(
             batch_size=cfg.batch_size * 2,
             image_size=loaded.image_size,
@@ -366,9 +397,15 @@ def _detect(
     warnings = evidence.warnings + decision.warnings  # every warning of the run, in the order they arose
     if cfg.health:
         health = health_columns(
-            listing.root, listing.paths, evidence.features, evidence.usable, evidence.prompts, device=device,
-            images=listing.images, threshold=cfg.duplicate_threshold,
-        )  # fmt: skip
+            listing.root,
+            listing.paths,
+            evidence.features,
+            evidence.usable,
+            evidence.prompts,
+            device=device,
+            images=listing.images,
+            threshold=cfg.duplicate_threshold,
+        )
         frame = frame.assign(**health.columns)
         warnings += health.warnings
     for line in warnings:
@@ -385,9 +422,17 @@ def _detect(
 
 
 def _metadata(
-    cfg: DetectConfig, listing: Listing, loaded: Any, evidence: Evidence, decision: Decision, *,
-    reading: ReadOptions, device: Any, world: int, warnings: list[str],
-) -> dict[str, Any]:  # fmt: skip
+    cfg: DetectConfig,
+    listing: Listing,
+    loaded: Any,
+    evidence: Evidence,
+    decision: Decision,
+    *,
+    reading: ReadOptions,
+    device: Any,
+    world: int,
+    warnings: list[str],
+) -> dict[str, Any]:
     """The Parquet's metadata: what was run, on what, with which software, and what it warned about."""
     import torch
 
@@ -499,7 +544,7 @@ def monitored(control: Any, cfg: DetectConfig, listing: Listing, evidence: Evide
 def learned_scores(
     cfg: DetectConfig, loaded: Any, listing: Listing, passes: PassOptions, evidence: Evidence, control: Any
 ) -> Any:
-    """Train DeFT's prompts and score every sample with them (a ``detector.Scores``); None, with a warning
+    """Train DeFT's prompts and score every sample with them (a ``passes.Scores``); None, with a warning
     in ``evidence``, when the training diverged."""
     from ..models.deft import DeftModel
     from ..run.engine import TrainingDiverged, seed_everything

@@ -63,7 +63,7 @@ def stratified_order(labels: np.ndarray, budget: int, n_classes: int, generator:
 
 @dataclass
 class EpochCheck:
-    """What the monitor found in one epoch (stored in detector.EpochStats)."""
+    """What the monitor found in one epoch (stored in prompt_training.EpochStats)."""
 
     agreement: float | None  # learned top-1 == label on seed rows (None: no seed row seen)
     clean_change: float | None  # clean flags changed since the rows' last visit (None: none seen before)
@@ -89,9 +89,15 @@ class TrainingMonitor:
     """
 
     def __init__(
-        self, labels: np.ndarray, usable: np.ndarray, anchor: np.ndarray | None, *, warmup_epochs: int,
-        early_stop: bool, seed: int,
-    ) -> None:  # fmt: skip
+        self,
+        labels: np.ndarray,
+        usable: np.ndarray,
+        anchor: np.ndarray | None,
+        *,
+        warmup_epochs: int,
+        early_stop: bool,
+        seed: int,
+    ) -> None:
         self.labels, self.anchor = labels, anchor
         self.warmup_epochs, self.early_stop = warmup_epochs, early_stop
         n_classes = int(labels.max()) + 1 if len(labels) else 1

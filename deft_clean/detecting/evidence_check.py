@@ -227,8 +227,9 @@ def split_views(
         for p in range(SPLIT_PARTS):
             sums = torch.zeros(n_classes, z.shape[1], device=z.device).index_add_(0, y[parts == p], z[parts == p])
             means = torch.nn.functional.normalize(sums, dim=1)  # [K, D]
-            predictions.append(torch.cat([(z[i : i + step] @ means.t()).argmax(1) for i in range(0, len(z), step)])
-                               .cpu().numpy())  # fmt: skip
+            predictions.append(
+                torch.cat([(z[i : i + step] @ means.t()).argmax(1) for i in range(0, len(z), step)]).cpu().numpy()
+            )
     stacked = np.stack(predictions)  # [P, N]
     m = np.arange(len(labels))
     return stacked[(part + 1) % SPLIT_PARTS, m], stacked[(part + 2) % SPLIT_PARTS, m]
@@ -344,10 +345,15 @@ def per_class(
         n = int(counts[k])
         low, high = wilson(float(hits[k]), n)
         entry: dict[str, Any] = {
-            "class": name, "rows": n, "image_accuracy": float(hits[k] / n) if n else None,
-            "image_interval": [low, high], "visible": bool(visible[k]), "flags": int(flags[k]), "noise": None,
+            "class": name,
+            "rows": n,
+            "image_accuracy": float(hits[k] / n) if n else None,
+            "image_interval": [low, high],
+            "visible": bool(visible[k]),
+            "flags": int(flags[k]),
+            "noise": None,
             "noise_interval": None,
-        }  # fmt: skip
+        }
         if noise is not None and n and disagree > 0:
             # the overall wrong share, spread over classes as the image view's disagreement with their labels
             scale = noise / disagree
@@ -382,7 +388,7 @@ def check_evidence(
         rounds: the clean set's size after each growth round; ``settled``: whether it stopped changing before
             the round limit (None: judged from ``rounds``).
         random_weights: the model has random weights (``--pretrained none``): nothing it says is evidence.
-        text_informative: the zero-shot prompts know the classes (:func:`opaque.text_informative`); where they
+        text_informative: the zero-shot prompts know the classes (:func:`opaque_names.text_informative`); where they
             do not, or the text view does not anchor the triplet, the split image view (:func:`split_views`) does.
     Returns:
         ``(check, withheld, cleared)``: bool [N] each: flagged rows the evidence cannot support (kept, marked
@@ -391,8 +397,9 @@ def check_evidence(
     n_classes = len(classes)
     rows = np.flatnonzero(usable)
     y = labels[rows]
-    views = _Views(y, np.zeros((len(rows), n_classes), np.float32), text[rows], ~is_clean[rows], suggested[rows],
-                   n_classes)  # fmt: skip
+    views = _Views(
+        y, np.zeros((len(rows), n_classes), np.float32), text[rows], ~is_clean[rows], suggested[rows], n_classes
+    )
     views.text_informative = text_informative
     if len(rows) >= 2 * CHECK_FOLDS and len(np.unique(y)) > 1:
         views.image = all_rows_probe(features[rows], y, n_classes, seed=seed, device=device)
@@ -408,16 +415,30 @@ def check_evidence(
     withheld[rows], cleared[rows] = withheld_m, cleared_m
     accuracy, chance = verdict.accuracy, verdict.chance
     check = EvidenceCheck(
-        reliable=verdict.reliable, image_accuracy=accuracy, image_interval=wilson(accuracy * len(y), len(y)),
-        text_accuracy=verdict.gt.observed, chance=chance, image_p_value=verdict.p_value,
-        kappa_image_label=verdict.gi.kappa, kappa_text_label=verdict.gt.kappa, kappa_image_text=verdict.it.kappa,
-        label_noise=verdict.noise, expected_flag_precision=verdict.precision, flags_raised=int(views.flagged.sum()),
-        flags_withheld=int(withheld_m.sum()), flags_cleared=int(cleared_m.sum()), settled=settled,
-        advice=verdict.advice, reasons=verdict.reasons,
-        per_class=per_class(views, classes, verdict.noise, 1 - accuracy, verdict.visible), pairs=verdict.pairs,
-        text_informative=text_informative, views=_view_names(views, verdict),
-        kappa_image_split=verdict.split_kappa, image_reliability=verdict.image_reliability,
-    )  # fmt: skip
+        reliable=verdict.reliable,
+        image_accuracy=accuracy,
+        image_interval=wilson(accuracy * len(y), len(y)),
+        text_accuracy=verdict.gt.observed,
+        chance=chance,
+        image_p_value=verdict.p_value,
+        kappa_image_label=verdict.gi.kappa,
+        kappa_text_label=verdict.gt.kappa,
+        kappa_image_text=verdict.it.kappa,
+        label_noise=verdict.noise,
+        expected_flag_precision=verdict.precision,
+        flags_raised=int(views.flagged.sum()),
+        flags_withheld=int(withheld_m.sum()),
+        flags_cleared=int(cleared_m.sum()),
+        settled=settled,
+        advice=verdict.advice,
+        reasons=verdict.reasons,
+        per_class=per_class(views, classes, verdict.noise, 1 - accuracy, verdict.visible),
+        pairs=verdict.pairs,
+        text_informative=text_informative,
+        views=_view_names(views, verdict),
+        kappa_image_split=verdict.split_kappa,
+        image_reliability=verdict.image_reliability,
+    )
     return check, withheld, cleared
 
 

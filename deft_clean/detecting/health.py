@@ -191,9 +191,14 @@ def far_rows(sims: np.ndarray, ids: np.ndarray, z: float) -> np.ndarray:
 
 
 def index_neighbours(
-    features: np.ndarray, usable: np.ndarray, *, k: int, threshold: float, exact_rows: int = EXACT_ROWS,
+    features: np.ndarray,
+    usable: np.ndarray,
+    *,
+    k: int,
+    threshold: float,
+    exact_rows: int = EXACT_ROWS,
     per_row: int = 1,
-) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+) -> tuple[np.ndarray, np.ndarray]:
     """:func:`neighbours` through a faiss index (see :func:`build_index`); same return values.
 
     Each row's ``k + 1`` nearest rows are searched and the row itself dropped (exact copies tie with it, so it
@@ -353,9 +358,15 @@ def dataset_health(
     if feature_threshold is None:
         feature_threshold = CANDIDATE_SIM if thumbs is not None else NEAR_DUPLICATE_SIM
     knn, pairs = neighbours(
-        features, usable, k=k, threshold=feature_threshold, block=block, device=device, exact_rows=exact_rows,
+        features,
+        usable,
+        k=k,
+        threshold=feature_threshold,
+        block=block,
+        device=device,
+        exact_rows=exact_rows,
         per_row=k if thumbs is not None else 1,
-    )  # fmt: skip
+    )
     if thumbs is not None:
         pairs, _ = confirm(thumbs, pairs, threshold=threshold)
     pairs, warnings = drop_oversized(pairs, usable, names)
@@ -441,9 +452,15 @@ def health_columns(
     source = images if images is not None else FileImages(root, paths)
     hashes = content_hashes(root, paths, images=source)
     health = dataset_health(
-        features, usable, hashes=hashes, prompts=prompts, images=source, threshold=threshold, names=paths,
+        features,
+        usable,
+        hashes=hashes,
+        prompts=prompts,
+        images=source,
+        threshold=threshold,
+        names=paths,
         device=device,
-    )  # fmt: skip
+    )
     grouped = health.duplicate_group >= 0
     columns = {
         "duplicate_group": pd.array(np.where(grouped, health.duplicate_group, None), dtype="Int64"),

@@ -1,7 +1,9 @@
-"""One eval-mode pass without augmentation over every sample of a listing, sharded over torchrun ranks.
+"""Phase 1's passes over every sample and what they find.
 
-Phase 1 scores with it (image features, the learned prompts' scores); batches, loaders and mixed precision
-come from :mod:`deft_clean.run.engine`.
+:func:`eval_pass` is one eval-mode pass without augmentation over a listing, sharded over torchrun ranks
+(batches, loaders and mixed precision come from :mod:`deft_clean.run.engine`). On it run the frozen feature
+pass (:func:`image_features`, the zero-shot evidence) and the learned prompts' scoring pass
+(:func:`score_samples`, :class:`Scores`). :class:`Evidence` holds what the passes found for selection.
 """
 
 from __future__ import annotations
@@ -95,6 +97,7 @@ def score_samples(model: DeftModel, listing: Listing, passes: PassOptions) -> Sc
         probs=arrays["probs"],
     )
 
+
 BatchFn = Callable[[torch.Tensor, torch.Tensor], dict[str, torch.Tensor]]
 
 
@@ -138,7 +141,11 @@ def eval_pass(
         images=listing.images,
     )
     loader = make_loader(
-        dataset, batch_size=passes.batch_size, sampler=None, generator=None, num_workers=passes.num_workers,
+        dataset,
+        batch_size=passes.batch_size,
+        sampler=None,
+        generator=None,
+        num_workers=passes.num_workers,
         device=device,
     )
     n = len(listing)
@@ -193,12 +200,12 @@ class Evidence:
     zero_shot: np.ndarray  # float32 [N, K] zero-shot posterior ("a photo of a {class}.")
     prompts: np.ndarray  # float32 [K, E] the zero-shot prompts' text features
     failures: dict[int, str]  # sample index -> why its file could not be used
-    scores: Any = None  # detector.Scores of the learned prompts; None in quick mode or after a fallback
-    history: list = field(default_factory=list)  # detector.EpochStats per epoch
+    scores: Scores | None = None  # the learned prompts' scores; None in quick mode or after a fallback
+    history: list = field(default_factory=list)  # prompt_training.EpochStats per epoch
     text_source: str = "zero-shot"  # "learned prompts" or "zero-shot" (quick mode, or the fallback)
     warnings: list[str] = field(default_factory=list)
-    text_test: Any = None  # evidence_check.ViewAgreement of zero-shot vs the labels (opaque.text_view_test)
-    text_informative: bool = True  # the zero-shot prompts know the classes (opaque.text_informative)
+    text_test: Any = None  # evidence_check.ViewAgreement of zero-shot vs the labels (opaque_names.text_view_test)
+    text_informative: bool = True  # the zero-shot prompts know the classes (opaque_names.text_informative)
     image_seed: np.ndarray | None = None  # bool [N] the image-only seed, made once where the text is uninformative
 
     @property
@@ -206,4 +213,3 @@ class Evidence:
         usable = np.ones(len(self.features), dtype=bool)
         usable[list(self.failures)] = False
         return usable
-

@@ -107,8 +107,13 @@ def fit_probes(
     onehot = F.one_hot(y, n_classes).to(x.dtype).unsqueeze(1)  # [N, 1, K]
     n = x.shape[0]
     optimizer = torch.optim.LBFGS(
-        [w, b], lr=1.0, max_iter=iters if init is None else WARM_ITERS, history_size=20, tolerance_grad=1e-5,
-        tolerance_change=1e-7, line_search_fn="strong_wolfe",
+        [w, b],
+        lr=1.0,
+        max_iter=iters if init is None else WARM_ITERS,
+        history_size=20,
+        tolerance_grad=1e-5,
+        tolerance_change=1e-7,
+        line_search_fn="strong_wolfe",
     )
 
     @torch.no_grad()
@@ -280,7 +285,7 @@ class ClassMeans:
 
 
 def choose_probe(labels: np.ndarray, n_classes: int) -> str:
-    """"class-mean" when classes are many and small or N x K is large, else "linear" (see :class:`ClassMeans`)."""
+    """ "class-mean" when classes are many and small or N x K is large, else "linear" (see :class:`ClassMeans`)."""
     counts = np.bincount(labels, minlength=n_classes)
     few = float(np.median(counts[counts > 0])) < FEW_ROWS if counts.any() else False
     return "class-mean" if few or len(labels) * n_classes > LINEAR_LIMIT else "linear"
@@ -375,4 +380,3 @@ def grow_clean_set(
     if probs is None:
         raise ValueError(f"the seed has {int(seed_mask.sum())} rows; at least {2 * n_classes} are needed")
     return VisualEvidence(probs.astype(np.float32, copy=False), train, int(seed_mask.sum()), rounds, converged, kind)
-

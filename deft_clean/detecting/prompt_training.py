@@ -105,8 +105,17 @@ def train_prompts(
         history = [EpochStats(**h) for h in json.loads(control.resume["history"])]
 
     phase = _prompt_phase(
-        model, dataset, optimizer, scheduler, history, scale=scale, cfg=cfg, generator=generator,
-        augment=augment, control=control, look=watcher(model, listing, control, cfg.clean_rule, passes),
+        model,
+        dataset,
+        optimizer,
+        scheduler,
+        history,
+        scale=scale,
+        cfg=cfg,
+        generator=generator,
+        augment=augment,
+        control=control,
+        look=watcher(model, listing, control, cfg.clean_rule, passes),
     )
     run = Run(
         epochs=cfg.epochs,
@@ -166,9 +175,17 @@ def _prompt_phase(
             previous = EpochCheck(before.agreement, before.clean_change, before.stop) if before else None
             check = monitor.judge(totals.epoch, previous, *look())
         history.append(
-            EpochStats(totals.epoch, totals.loss, totals.clean_fraction, speed, check.agreement, check.clean_change,
-                       check.stop, totals.samples)
-        )  # fmt: skip
+            EpochStats(
+                totals.epoch,
+                totals.loss,
+                totals.clean_fraction,
+                speed,
+                check.agreement,
+                check.clean_change,
+                check.stop,
+                totals.samples,
+            )
+        )
 
     def draw_order() -> list[int]:
         if budget is None:
@@ -227,4 +244,3 @@ def watcher(
         return np.nan_to_num(predicted, nan=-1).astype(np.int64), np.nan_to_num(clean, nan=0) > 0.5
 
     return look
-

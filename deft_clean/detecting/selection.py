@@ -190,7 +190,13 @@ def fused_rule(
     everything = len(rows) == n
     take = slice(None) if everything else rows  # a view, not an [N, D] / [N, K] copy, when every row is usable
     x = torch.as_tensor(features[take], device=device)
-    evidence = grow_clean_set(x, labels[take], seed_mask[take], n_classes, seed=seed, )
+    evidence = grow_clean_set(
+        x,
+        labels[take],
+        seed_mask[take],
+        n_classes,
+        seed=seed,
+    )
     probs = evidence.probs  # [M, K] cross-fitted image evidence
     y = labels[rows]
     m = np.arange(len(rows))
@@ -214,8 +220,11 @@ def fused_rule(
         visual = np.full((n, n_classes), np.nan, dtype=np.float32)
         visual[rows] = probs
     info = {
-        "seed_size": evidence.seed_size, "clean_set_by_round": evidence.rounds, "text_weight": weight,
-        "clean_set_converged": evidence.converged, "probe": evidence.probe,
+        "seed_size": evidence.seed_size,
+        "clean_set_by_round": evidence.rounds,
+        "text_weight": weight,
+        "clean_set_converged": evidence.converged,
+        "probe": evidence.probe,
     }
     return Decision(is_clean, p_clean, suggested, p_suggested, visual, info)
 
@@ -262,8 +271,14 @@ def select(cfg: DetectConfig, listing: Listing, evidence: Evidence, *, device: A
         p_clean = np.where(usable, scores.p_clean, np.nan).astype(np.float32)
         nan = np.full(n, np.nan, dtype=np.float32)
         decision = Decision(
-            is_clean, p_clean, scores.predicted_index, scores.p_predicted, info={"seed_size": None},
-            text_score=text_score, visual_score=nan, reason=reason,
+            is_clean,
+            p_clean,
+            scores.predicted_index,
+            scores.p_predicted,
+            info={"seed_size": None},
+            text_score=text_score,
+            visual_score=nan,
+            reason=reason,
         )
     else:
         seed_mask = fused_seed(cfg, listing, evidence, device=device)
@@ -288,8 +303,11 @@ def select(cfg: DetectConfig, listing: Listing, evidence: Evidence, *, device: A
                 f"{classes[labels[i]]!r} {visual_score[i]:.2f}); {text_note}"
             )
         decision = dataclasses.replace(
-            fused, info={**fused.info, "text_evidence": evidence.text_source}, text_score=text_score,
-            visual_score=visual_score, reason=reason,
+            fused,
+            info={**fused.info, "text_evidence": evidence.text_source},
+            text_score=text_score,
+            visual_score=visual_score,
+            reason=reason,
         )
         if cfg.selection == "deft":
             decision.warnings.append("--selection deft needs learned prompts; the fused rule was used instead")
@@ -310,11 +328,19 @@ def withhold_unsupported(
 
     labels, usable = listing.label_indices, evidence.usable
     check, withheld, cleared = check_evidence(
-        evidence.features, labels, usable, evidence.zero_shot, decision.is_clean, decision.suggested,
-        listing.classes, rounds=decision.info.get("clean_set_by_round"),
-        random_weights=cfg.pretrained.strip().lower() in ("none", ""), seed=cfg.seed, device=device,
+        evidence.features,
+        labels,
+        usable,
+        evidence.zero_shot,
+        decision.is_clean,
+        decision.suggested,
+        listing.classes,
+        rounds=decision.info.get("clean_set_by_round"),
+        random_weights=cfg.pretrained.strip().lower() in ("none", ""),
+        seed=cfg.seed,
+        device=device,
         text_informative=evidence.text_informative,
-    )  # fmt: skip
+    )
     decision.is_clean = decision.is_clean | withheld | cleared
     decision.withheld = withheld
     for i in np.flatnonzero(withheld):
@@ -347,9 +373,15 @@ def text_only(
         reason[i] = f"the text evidence points to {classes[text_pred[i]]!r}"
     nan = np.full(len(listing), np.nan, dtype=np.float32)
     decision = Decision(
-        is_clean, text_score, text_pred, nan, info={"note": note}, text_score=text_score, visual_score=nan,
-        reason=reason, warnings=[note],
+        is_clean,
+        text_score,
+        text_pred,
+        nan,
+        info={"note": note},
+        text_score=text_score,
+        visual_score=nan,
+        reason=reason,
+        warnings=[note],
     )
     decision.warnings += class_warnings(is_clean, labels, usable, classes)
     return decision
-

@@ -42,7 +42,12 @@ class DeviceTransform:
     """
 
     def __init__(
-        self, mean: tuple[float, ...], std: tuple[float, ...], *, train: bool, hflip: bool = True,
+        self,
+        mean: tuple[float, ...],
+        std: tuple[float, ...],
+        *,
+        train: bool,
+        hflip: bool = True,
         generator: torch.Generator | None = None,
     ) -> None:
         self.mean, self.std = mean, std
@@ -84,4 +89,3 @@ class DeviceTransform:
 def device_transforms_wanted(requested: bool | None, device: torch.device) -> bool:
     """Device transforms as asked; when not asked, on for CUDA (where they pay), off elsewhere."""
     return device.type == "cuda" if requested is None else requested
-

@@ -268,9 +268,17 @@ def list_dataset(dataset: Any, reading: ReadOptions | None = None, **keywords: A
     index = {c: i for i, c in enumerate(classes)}
     label_indices = np.fromiter((index[label] for label in labels), dtype=np.int64, count=len(labels))
     return Listing(
-        rows.root, rows.paths, labels, classes, prompt_names, label_indices, rows.source,
-        images=rows.images, origin=rows.origin, reader=rows.options,
-    )  # fmt: skip
+        rows.root,
+        rows.paths,
+        labels,
+        classes,
+        prompt_names,
+        label_indices,
+        rows.source,
+        images=rows.images,
+        origin=rows.origin,
+        reader=rows.options,
+    )
 
 
 def relist(dataset: Any, metadata: dict[str, Any]) -> Listing:

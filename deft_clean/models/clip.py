@@ -337,7 +337,9 @@ class CompiledOrEager:
                 return self.compiled(*args, **kwargs)
             except Exception as exc:  # noqa: BLE001 - any failure to compile falls back to eager
                 logging.getLogger("deft_clean").warning(
-                    "torch.compile failed for %s (%s: %s); running it eagerly", self.name, type(exc).__name__,
+                    "torch.compile failed for %s (%s: %s); running it eagerly",
+                    self.name,
+                    type(exc).__name__,
                     str(exc).splitlines()[0][:200] if str(exc) else "",
                 )
                 self.compiled = None
@@ -349,4 +351,3 @@ def compile_module(module: torch.nn.Module, name: str) -> torch.nn.Module:
     if not isinstance(module.__dict__.get("forward"), CompiledOrEager):
         module.forward = CompiledOrEager(module.forward, name)
     return module
-

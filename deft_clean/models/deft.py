@@ -37,7 +37,6 @@ if TYPE_CHECKING:
     import torch
 
 
-
 CONTEXT_STD = 0.02  # normal init of random context vectors (CoOp / DeFT)
 
 
@@ -153,6 +152,7 @@ def add_visual_prompts(clip: nn.Module, n_tokens: int, depth: int | None = None)
         parameters.append(wrapped.prompts)
     return parameters
 
+
 P_MIN = 1e-5  # probabilities are clamped before log, as in the reference
 
 
@@ -262,4 +262,3 @@ def dual_prompt_clean(p_clean: Any, predicted: Any, labels: Any, rule: str) -> A
     if rule == "threshold+argmax":
         clean = clean & (predicted == labels)
     return clean
-

@@ -125,17 +125,38 @@ def export_dataset(
     target = Path(out)
     _check_out(target, mode=mode)
     return _export(
-        frame, metadata, root, target, results=results, mode=mode, relabel=relabel, keep_flagged=keep_flagged,
-        overwrite=overwrite, dataset=dataset, decisions=decisions, drop_duplicates=drop_duplicates,
+        frame,
+        metadata,
+        root,
+        target,
+        results=results,
+        mode=mode,
+        relabel=relabel,
+        keep_flagged=keep_flagged,
+        overwrite=overwrite,
+        dataset=dataset,
+        decisions=decisions,
+        drop_duplicates=drop_duplicates,
         drop_outliers=drop_outliers,
-    )  # fmt: skip
+    )
 
 
 def _export(
-    frame: pd.DataFrame, metadata: dict[str, Any], root: Path, target: Path, *, results: Any, mode: str,
-    relabel: float | None, keep_flagged: bool, overwrite: bool, dataset: Any, decisions: Any,
-    drop_duplicates: bool, drop_outliers: bool,
-) -> ExportSummary:  # fmt: skip
+    frame: pd.DataFrame,
+    metadata: dict[str, Any],
+    root: Path,
+    target: Path,
+    *,
+    results: Any,
+    mode: str,
+    relabel: float | None,
+    keep_flagged: bool,
+    overwrite: bool,
+    dataset: Any,
+    decisions: Any,
+    drop_duplicates: bool,
+    drop_outliers: bool,
+) -> ExportSummary:
     """:func:`export_dataset` once the options and the results are read."""
     from .review_decisions import load_verdicts
 
@@ -152,8 +173,18 @@ def _export(
         drop_duplicates=drop_duplicates,
         drop_outliers=drop_outliers,
     )
-    sources = _sources(plan, root, metadata, results=results, dataset=dataset, target=target, mode=mode,
-                       overwrite=overwrite, listed=frame["path"], decisions=decisions)  # fmt: skip
+    sources = _sources(
+        plan,
+        root,
+        metadata,
+        results=results,
+        dataset=dataset,
+        target=target,
+        mode=mode,
+        overwrite=overwrite,
+        listed=frame["path"],
+        decisions=decisions,
+    )
     with run_lock(target):  # after the checks (the lock file sits beside the output); a second export fails at once
         if mode == "csv":
             _write_table(plan, sources, target)
@@ -174,9 +205,18 @@ def _export(
 
 
 def _sources(
-    plan: pd.DataFrame, root: Path, metadata: dict[str, Any], *, results: Any, dataset: Any, target: Path,
-    mode: str, overwrite: bool, listed: pd.Series, decisions: Any,
-) -> list[Path]:  # fmt: skip
+    plan: pd.DataFrame,
+    root: Path,
+    metadata: dict[str, Any],
+    *,
+    results: Any,
+    dataset: Any,
+    target: Path,
+    mode: str,
+    overwrite: bool,
+    listed: pd.Series,
+    decisions: Any,
+) -> list[Path]:
     """The source file of every planned row, once ``target`` is known not to overwrite an input and every
     source exists.
 

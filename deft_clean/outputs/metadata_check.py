@@ -59,17 +59,26 @@ def _bad_fields(value: dict[str, Any], fields: dict[str, Check]) -> list[str]:
 INTERVAL = _optional(_list_of(_number, 2))
 PER_CLASS = _record(
     {
-        "class": _text, "rows": _int, "image_accuracy": _optional(_number), "image_interval": INTERVAL,
-        "visible": _optional(lambda v: isinstance(v, bool)), "flags": _int, "noise": _optional(_number),
+        "class": _text,
+        "rows": _int,
+        "image_accuracy": _optional(_number),
+        "image_interval": INTERVAL,
+        "visible": _optional(lambda v: isinstance(v, bool)),
+        "flags": _int,
+        "noise": _optional(_number),
         "noise_interval": INTERVAL,
     }
-)  # fmt: skip
+)
 PAIR = _record(
     {
-        "classes": _list_of(_text), "flags": _int, "rows": _int, "kappa_image_label": _optional(_number),
-        "kappa_image_text": _optional(_number), "seen": lambda v: isinstance(v, bool),
+        "classes": _list_of(_text),
+        "flags": _int,
+        "rows": _int,
+        "kappa_image_label": _optional(_number),
+        "kappa_image_text": _optional(_number),
+        "seen": lambda v: isinstance(v, bool),
     }
-)  # fmt: skip
+)
 EVIDENCE_FIELDS: dict[str, Check] = {
     "reliable": lambda v: isinstance(v, bool),
     "settled": lambda v: isinstance(v, bool),
@@ -86,7 +95,7 @@ EVIDENCE_FIELDS: dict[str, Check] = {
             "label_noise",
             "expected_flag_precision",
         )
-    },  # fmt: skip
+    },
     "image_interval": INTERVAL,
     "flags_raised": _int,
     "flags_withheld": _int,

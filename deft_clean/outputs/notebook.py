@@ -1,8 +1,9 @@
 """A detect result in a notebook: DataFrames of what was flagged, and an HTML view for Jupyter.
 
-:class:`~deft_clean.detecting.detect.DetectResult` exposes these as ``flagged()``, ``noise_rates()``,
-``confusions()`` and ``_repr_html_()``. They read only the result's frame and metadata, so they work the same
-on a result returned by ``detect()`` and on one built from a saved Parquet.
+:class:`~deft_clean.detecting.detect.DetectResult` exposes these as ``flagged()`` and ``_repr_html_()``
+(its ``noise_rates()`` and ``confusions()`` are :mod:`deft_clean.outputs.summary`'s tables). They read only
+the result's frame and metadata, so they work the same on a result returned by ``detect()`` and on one built
+from a saved Parquet.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import pandas as pd
 
 from ..inputs.readers.recorded import row_opener
 from .results import flagged_rows, usable_rows
+from .summary import class_table
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -35,33 +37,6 @@ def flagged(frame: pd.DataFrame) -> pd.DataFrame:
     """Flagged usable rows, most suspicious (lowest ``p_clean``) first; the index is the Parquet row."""
     rows = frame.loc[_flag_mask(frame), [c for c in FLAGGED_COLUMNS if c in frame.columns]]
     return rows.sort_values("p_clean", ascending=True, kind="stable", na_position="last")
-
-
-def noise_rates(frame: pd.DataFrame, classes: list[str]) -> pd.DataFrame:
-    """Per class (in class order): samples, usable, flagged, and noise_rate = flagged / usable (NaN if none)."""
-    usable = pd.Series(usable_rows(frame), index=frame.index)
-    by_label = frame.groupby("label", sort=False)
-    table = pd.DataFrame(
-        {
-            "samples": by_label.size(),
-            "usable": usable.groupby(frame["label"], sort=False).sum(),
-            "flagged": _flag_mask(frame).groupby(frame["label"], sort=False).sum(),
-        }
-    ).reindex(classes, fill_value=0)
-    table = table.astype("int64")
-    table["noise_rate"] = table["flagged"] / table["usable"].where(table["usable"] > 0)
-    table.index.name = "class"
-    return table
-
-
-def confusions(frame: pd.DataFrame) -> pd.DataFrame:
-    """Given -> suggested label pairs among flagged rows, with counts, most frequent first."""
-    rows = frame.loc[_flag_mask(frame), ["label", "predicted_label"]]
-    counts = rows.groupby(["label", "predicted_label"], sort=False).size()
-    table = counts.rename("count").reset_index().rename(columns={"label": "given", "predicted_label": "suggested"})
-    return table.sort_values(["count", "given", "suggested"], ascending=[False, True, True], kind="stable").reset_index(
-        drop=True
-    )
 
 
 def to_html(frame: pd.DataFrame, metadata: dict[str, Any], *, thumbnails: int = THUMBNAILS) -> str:
@@ -90,7 +65,7 @@ def to_html(frame: pd.DataFrame, metadata: dict[str, Any], *, thumbnails: int = 
         f"selection {esc(str(metadata.get('selection', {}).get('rule', '?')))}</p>",
         "<table><thead><tr><th>class</th><th>samples</th><th>flagged</th><th>noise rate</th></tr></thead><tbody>",
     ]
-    for name, row in noise_rates(frame, classes).iterrows():
+    for name, row in class_table(frame, classes).iterrows():
         rate = "" if pd.isna(row["noise_rate"]) else f"{100 * row['noise_rate']:.1f}%"
         parts.append(
             f"<tr><td>{esc(str(name))}</td><td>{int(row['samples'])}</td><td>{int(row['flagged'])}</td>"

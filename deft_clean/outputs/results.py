@@ -69,9 +69,16 @@ SCHEMA = pa.schema(
 REQUIRED_COLUMNS = tuple(SCHEMA.names)
 # Added in 0.2 (fused selection): a file without them (an older version's, or hand-made) reads as null.
 OPTIONAL_COLUMNS = (
-    "text_score", "visual_score", "flag_reason", "withheld", "duplicate_group", "outlier_score", "is_outlier",
-    "duplicate_kind", "duplicate_similarity",  # added in issue 27 (pixel-confirmed duplicates)
-)  # fmt: skip
+    "text_score",
+    "visual_score",
+    "flag_reason",
+    "withheld",
+    "duplicate_group",
+    "outlier_score",
+    "is_outlier",
+    "duplicate_kind",
+    "duplicate_similarity",  # added in issue 27 (pixel-confirmed duplicates)
+)
 DUPLICATE_KINDS = ("exact", "near")
 
 

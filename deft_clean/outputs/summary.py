@@ -41,29 +41,29 @@ class ReportData:
         return 100.0 * self.flagged / self.usable if self.usable else 0.0
 
 
-def summarize(frame: pd.DataFrame, metadata: dict[str, Any], *, top: int = TERMINAL_TOP) -> ReportData:
-    """Counts per dataset, per class and per (given, suggested) pair, plus the `top` most suspicious rows."""
-    if top < 0:
-        raise UsageError(f"{option('top')} must be 0 or more, got {top}")
+def class_table(frame: pd.DataFrame, classes: list[str]) -> pd.DataFrame:
+    """Per class, indexed by class in ``classes`` order (labels outside it after them): samples, usable,
+    flagged and noise_rate = flagged / usable (NaN without usable rows). The one per-class table."""
     usable = pd.Series(usable_rows(frame), index=frame.index)
     flagged = pd.Series(flagged_rows(frame), index=frame.index)
-    classes = list(metadata.get("classes") or [])
-    classes += sorted(set(frame["label"]) - set(classes))
-    per_class = pd.DataFrame(
+    order = list(classes) + sorted(set(frame["label"]) - set(classes))
+    table = pd.DataFrame(
         {
             "samples": frame.groupby("label").size(),
             "usable": usable.groupby(frame["label"]).sum(),
             "flagged": flagged.groupby(frame["label"]).sum(),
         }
-    ).reindex(classes, fill_value=0)
-    per_class = per_class.astype("int64").rename_axis("class").reset_index()
-    per_class["noise_rate"] = per_class["flagged"] / per_class["usable"].where(per_class["usable"] > 0)
-    estimates = class_noise(metadata.get("evidence"))  # the evidence check's estimate, with its 95% interval
-    per_class["est_noise"] = [estimates.get(str(c), (np.nan, np.nan, np.nan)) for c in per_class["class"]]
-    per_class = per_class.sort_values("flagged", ascending=False, kind="stable").reset_index(drop=True)
+    ).reindex(order, fill_value=0)
+    table = table.astype("int64").rename_axis("class")
+    table["noise_rate"] = table["flagged"] / table["usable"].where(table["usable"] > 0)
+    return table
 
+
+def label_pairs(frame: pd.DataFrame) -> pd.DataFrame:
+    """Given -> suggested label pairs among flagged rows (columns given, suggested, count), most frequent first."""
+    flagged = flagged_rows(frame)
     given, suggested = frame.loc[flagged, "label"], frame.loc[flagged, "predicted_label"].fillna("?")
-    pairs = (
+    return (
         pd.DataFrame({"given": given, "suggested": suggested})
         .value_counts(sort=False)
         .rename("count")
@@ -71,6 +71,20 @@ def summarize(frame: pd.DataFrame, metadata: dict[str, Any], *, top: int = TERMI
         .sort_values(["count", "given", "suggested"], ascending=[False, True, True], kind="stable")
         .reset_index(drop=True)
     )
+
+
+def summarize(frame: pd.DataFrame, metadata: dict[str, Any], *, top: int = TERMINAL_TOP) -> ReportData:
+    """Counts per dataset, per class and per (given, suggested) pair, plus the `top` most suspicious rows."""
+    if top < 0:
+        raise UsageError(f"{option('top')} must be 0 or more, got {top}")
+    usable = pd.Series(usable_rows(frame), index=frame.index)
+    flagged = pd.Series(flagged_rows(frame), index=frame.index)
+    per_class = class_table(frame, list(metadata.get("classes") or [])).reset_index()
+    estimates = class_noise(metadata.get("evidence"))  # the evidence check's estimate, with its 95% interval
+    per_class["est_noise"] = [estimates.get(str(c), (np.nan, np.nan, np.nan)) for c in per_class["class"]]
+    per_class = per_class.sort_values("flagged", ascending=False, kind="stable").reset_index(drop=True)
+
+    pairs = label_pairs(frame)
     scored = frame[usable].assign(flagged=flagged[usable])
     if "flag_reason" not in scored.columns:  # a frame built by hand, not read from a Parquet
         scored = scored.assign(flag_reason=None)

@@ -171,8 +171,17 @@ def load_checkpoint(path: Path, signature: dict[str, Any]) -> dict[str, Any]:
         raise UsageError(f"--resume: no checkpoint at {path}; run without --resume to start")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, EOFError, RuntimeError, ValueError, pickle.UnpicklingError, AttributeError, KeyError,
-            IndexError, TypeError) as exc:  # fmt: skip
+    except (
+        OSError,
+        EOFError,
+        RuntimeError,
+        ValueError,
+        pickle.UnpicklingError,
+        AttributeError,
+        KeyError,
+        IndexError,
+        TypeError,
+    ) as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise DataError(damaged(path, f"{type(exc).__name__}: {reason[:120]}")) from None
     if not isinstance(state, dict):

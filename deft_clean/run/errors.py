@@ -21,6 +21,7 @@ def warn_result(message: str) -> None:
     only progress and the summary."""
     logging.getLogger("deft_clean").warning("%s", message, extra={RESULT_WARNING: True})
 
+
 _MARK = "\x1f"  # brackets an option reference inside a message (an ASCII unit separator: never in real text)
 _NO_VALUE = object()
 _REFERENCE = re.compile(f"{_MARK}([A-Za-z_][A-Za-z0-9_]*)(?:=(.*?))?{_MARK}")

@@ -219,9 +219,14 @@ def check_outputs(
     named = [o for o in outputs if o.path is not None and os.fspath(o.path) != ""]
     for output in named:
         check_output(
-            output.path, inputs=inputs, datasets=datasets, overwrite=output.overwrite, folder=output.folder,
-            option=output.option, kind=output.kind,
-        )  # fmt: skip
+            output.path,
+            inputs=inputs,
+            datasets=datasets,
+            overwrite=output.overwrite,
+            folder=output.folder,
+            option=output.option,
+            kind=output.kind,
+        )
     for i, first in enumerate(named):
         for second in named[i + 1 :]:
             _check_apart(first, second)

@@ -62,7 +62,7 @@ from .linear_probe import (
     probe_clearly_better,
     run_warnings,
 )
-from .train_rows import Rows, labels_for, plan_rows, select_rows  # noqa: F401  (select_rows: public here too)
+from .train_rows import RowPlan, labels_for, plan_rows
 
 CHECKPOINT = "checkpoint.pt"
 WEIGHTS = "model.safetensors"
@@ -138,12 +138,19 @@ def train(
     cfg = merge_options(TrainConfig, config, options)
     with process_group(cfg.device) as ranks, contextlib.ExitStack() as held:
         return _train(
-            dataset, results=Path(results), out=out, cfg=cfg, val=val, decisions=decisions, quiet=quiet, ranks=ranks,
+            dataset,
+            results=Path(results),
+            out=out,
+            cfg=cfg,
+            val=val,
+            decisions=decisions,
+            quiet=quiet,
+            ranks=ranks,
             held=held,
-        )  # fmt: skip
+        )
 
 
-def _check_out(out_dir: Path, plan: Rows, cfg: TrainConfig, inputs: list[Any]) -> list[str] | None:
+def _check_out(out_dir: Path, plan: RowPlan, cfg: TrainConfig, inputs: list[Any]) -> list[str] | None:
     """Refuse an output folder that holds something else, or that is (or lies inside) an input; returns the
     manifest entries of an earlier run's folder (None: a new or empty folder)."""
     listing, val_listing = plan.listing, plan.val_listing
@@ -166,7 +173,7 @@ def _check_out(out_dir: Path, plan: Rows, cfg: TrainConfig, inputs: list[Any]) -
     return earlier
 
 
-def _named_inputs(dataset: Any, results: Path, val: Any, decisions: Any, cfg: TrainConfig, plan: Rows) -> list[Any]:
+def _named_inputs(dataset: Any, results: Path, val: Any, decisions: Any, cfg: TrainConfig, plan: RowPlan) -> list[Any]:
     """The existing files and folders train reads: the dataset, results, --val, --decisions, the weights."""
     named = [dataset] if isinstance(dataset, (str, os.PathLike)) else []  # not a DataFrame or HF object
     named += [p for p in (val, decisions, cfg.backbone_weights) if isinstance(p, (str, os.PathLike)) and p]
@@ -196,7 +203,7 @@ class Sets:
     std: tuple[float, float, float]
 
 
-def _datasets(plan: Rows, cfg: TrainConfig, size: int, mean: Any, std: Any, caches: tuple[Any, Any]) -> Sets:
+def _datasets(plan: RowPlan, cfg: TrainConfig, size: int, mean: Any, std: Any, caches: tuple[Any, Any]) -> Sets:
     """The training set (flips final once the probe has decided), the validation set, and a maker of more."""
     listing, val_listing = plan.listing, plan.val_listing
     cache, val_cache = caches
@@ -217,22 +224,33 @@ def _datasets(plan: Rows, cfg: TrainConfig, size: int, mean: Any, std: Any, cach
 
     def unaugmented(indices: np.ndarray) -> ImageDataset:
         return ImageDataset(
-            listing.root, listing.paths, full_labels, evaluation, image_size=size, indices=indices.tolist(),
-            cache=cache, images=listing.images,
-        )  # fmt: skip
+            listing.root,
+            listing.paths,
+            full_labels,
+            evaluation,
+            image_size=size,
+            indices=indices.tolist(),
+            cache=cache,
+            images=listing.images,
+        )
 
     val_set = None
     if val_listing is not None:
         val_set = ImageDataset(
-            val_listing.root, val_listing.paths, val_listing.label_indices, evaluation, image_size=size,
-            cache=val_cache, images=val_listing.images,
-        )  # fmt: skip
+            val_listing.root,
+            val_listing.paths,
+            val_listing.label_indices,
+            evaluation,
+            image_size=size,
+            cache=val_cache,
+            images=val_listing.images,
+        )
     elif len(plan.held_rows):
         val_set = unaugmented(plan.held_rows)
     return Sets(train_set, val_set, unaugmented, size, mean, std)
 
 
-def _caches(cfg: TrainConfig, plan: Rows, size: int, workers: int, quiet: bool, ranks: Dist) -> tuple[Any, Any]:
+def _caches(cfg: TrainConfig, plan: RowPlan, size: int, workers: int, quiet: bool, ranks: Dist) -> tuple[Any, Any]:
     """The decoded-image caches of the training and validation sets (None, None without ``cfg.cache``)."""
     if cfg.cache is None:
         return None, None
@@ -323,8 +341,21 @@ def _train(
             rows = sets.unaugmented(plan.rows)
             outcome.probe = _probe(model, parts, rows, n_classes, device, workers, quiet, cfg.hflip is None)
     outcome.hflip = choose_hflip(cfg.hflip, outcome.probe, note)
-    _fine_tune(model, parts, plan, sets, cfg, outcome, out_dir=out_dir, device=device, generator=generator,
-               workers=workers, quiet=quiet, ranks=ranks, spec=spec)  # fmt: skip
+    _fine_tune(
+        model,
+        parts,
+        plan,
+        sets,
+        cfg,
+        outcome,
+        out_dir=out_dir,
+        device=device,
+        generator=generator,
+        workers=workers,
+        quiet=quiet,
+        ranks=ranks,
+        spec=spec,
+    )
     for message in run_warnings(outcome.history, outcome.probe, outcome.best_epoch):
         note(message)
     result = TrainResult(
@@ -343,6 +374,15 @@ def _train(
         ranks.barrier()  # wait until rank 0 has written the model folder
         return result
     refit = _export_weights(model, parts, plan, sets, outcome, out_dir, device=device, workers=workers, quiet=quiet)
+    _write_model_files(out_dir, spec, plan, results, _metrics(plan, cfg, outcome, refit, notes))
+    ranks.barrier()
+    return result
+
+
+def _write_model_files(
+    out_dir: Path, spec: dict[str, Any], plan: RowPlan, results: Path, metrics: dict[str, Any]
+) -> None:
+    """The exported model's ``config.json`` (what ``load_model`` reads) and ``metrics.json``, atomically."""
     export_config = {
         "format": "deft-clean-model",
         "deft_clean_version": __version__,
@@ -351,24 +391,34 @@ def _train(
         "trained_from": str(results.resolve()),
     }
     write_atomic(out_dir / "config.json", lambda tmp: tmp.write_text(json.dumps(export_config, indent=2)))
-    metrics = _metrics(plan, cfg, outcome, refit, notes)
     write_atomic(out_dir / "metrics.json", lambda tmp: tmp.write_text(json.dumps(metrics)))
-    ranks.barrier()
-    return result
 
 
 def _probe(
-    model: nn.Module, parts: HeadParts, rows: ImageDataset, n_classes: int, device: torch.device, workers: int,
-    quiet: bool, mirrored: bool,
-) -> dict[str, Any]:  # fmt: skip
+    model: nn.Module,
+    parts: HeadParts,
+    rows: ImageDataset,
+    n_classes: int,
+    device: torch.device,
+    workers: int,
+    quiet: bool,
+    mirrored: bool,
+) -> dict[str, Any]:
     """Fit the head as a linear probe on the frozen features of ``rows``; its record for metrics.json."""
     from ..run.progress import RichProgress
 
     with RichProgress(quiet=quiet) as progress:
         return fit_probe_head(
-            model, parts, rows, n_classes=n_classes, device=device, workers=workers,
-            autocast=amp_for(device).autocast, progress=progress, mirrored=mirrored,
-        )  # fmt: skip
+            model,
+            parts,
+            rows,
+            n_classes=n_classes,
+            device=device,
+            workers=workers,
+            autocast=amp_for(device).autocast,
+            progress=progress,
+            mirrored=mirrored,
+        )
 
 
 def _optimizer(model: nn.Module, parts: HeadParts | None, cfg: TrainConfig, steps: int) -> tuple[Any, Any]:
@@ -397,13 +447,68 @@ def _epoch_sampler(
     return RandomSampler(train_set, generator=generator)
 
 
-def _fine_tune(
-    model: nn.Module, parts: HeadParts | None, plan: Rows, sets: Sets, cfg: TrainConfig, outcome: Outcome, *,
-    out_dir: Path, device: torch.device, generator: torch.Generator, workers: int, quiet: bool, ranks: Dist,
-    spec: dict[str, Any],
-) -> None:  # fmt: skip
-    """Fine-tune the whole model on :mod:`deft_clean.run.engine`, validating every epoch; fills ``outcome``."""
+def _resume(model: nn.Module, outcome: Outcome, path: Path, signature: dict[str, Any]) -> dict[str, Any]:
+    """Load the checkpoint at ``path`` (it must match ``signature``) into ``model`` and ``outcome``."""
+    resume = load_checkpoint(path, signature)
+    model.load_state_dict(resume["model"])
+    outcome.history = json.loads(resume["history"])
+    outcome.best = resume["best"].item() if resume["best"].numel() else None
+    saved = json.loads(resume["run"])
+    outcome.probe, outcome.best_epoch, outcome.hflip = saved["probe"], saved["best_epoch"], saved["hflip"]
+    outcome.probe_right = saved.get("probe_right")
+    return resume
+
+
+def _fit(
+    phase: Phase,
+    cfg: TrainConfig,
+    checkpoint_path: Path,
+    resume: dict[str, Any] | None,
+    *,
+    device: torch.device,
+    generator: torch.Generator,
+    workers: int,
+    ranks: Dist,
+    quiet: bool,
+) -> None:
+    """Run fine-tuning on the engine with checkpoints in ``checkpoint_path``, stopping cleanly on signals."""
     from ..run.progress import RichProgress
+
+    hint = f"checkpoint saved in {checkpoint_path}; rerun the same command with --resume to continue"
+    with StopOnSignal(hint) as stop, RichProgress(quiet=quiet) as progress:
+        run = Run(
+            epochs=cfg.epochs,
+            batch_size=cfg.batch_size,
+            device=device,
+            generator=generator,
+            num_workers=workers,
+            ranks=ranks,
+            progress=progress,
+            stop=stop,
+            save=lambda s: _save_checkpoint(checkpoint_path, s),
+            every_steps=cfg.checkpoint_every,
+            resume=resume,
+        )
+        fit(phase, run)
+
+
+def _fine_tune(
+    model: nn.Module,
+    parts: HeadParts | None,
+    plan: RowPlan,
+    sets: Sets,
+    cfg: TrainConfig,
+    outcome: Outcome,
+    *,
+    out_dir: Path,
+    device: torch.device,
+    generator: torch.Generator,
+    workers: int,
+    quiet: bool,
+    ranks: Dist,
+    spec: dict[str, Any],
+) -> None:
+    """Fine-tune the whole model on :mod:`deft_clean.run.engine`, validating every epoch; fills ``outcome``."""
 
     # The epoch's order is drawn explicitly from `generator` so that a resume can redraw it and skip
     # the batches already done (see the engine).
@@ -411,15 +516,7 @@ def _fine_tune(
     optimizer, scheduler = _optimizer(model, parts, cfg, steps_per_epoch(len(plan.rows), cfg.batch_size, ranks))
     signature = _signature(cfg, plan.rows, plan.labels, spec)
     checkpoint_path = out_dir / CHECKPOINT
-    resume = None
-    if cfg.resume:
-        resume = load_checkpoint(checkpoint_path, signature)
-        model.load_state_dict(resume["model"])
-        outcome.history = json.loads(resume["history"])
-        outcome.best = resume["best"].item() if resume["best"].numel() else None
-        saved = json.loads(resume["run"])
-        outcome.probe, outcome.best_epoch, outcome.hflip = saved["probe"], saved["best_epoch"], saved["hflip"]
-        outcome.probe_right = saved.get("probe_right")
+    resume = _resume(model, outcome, checkpoint_path, signature) if cfg.resume else None
     sets.train.transform = train_transform(sets.size, sets.mean, sets.std, hflip=outcome.hflip)
     if outcome.probe and sets.val is not None and not cfg.resume:
         # Epoch 0, the probe-initialised model, competes with the fine-tuned epochs.
@@ -465,23 +562,41 @@ def _fine_tune(
         }
 
     phase = Phase(
-        name="fine-tuning", model=model, dataset=sets.train, optimizer=optimizer, scheduler=scheduler,
-        loss=loss_step, draw_order=lambda: list(sampler), state=state, end_epoch=end_epoch,
-    )  # fmt: skip
-    hint = f"checkpoint saved in {checkpoint_path}; rerun the same command with --resume to continue"
-    with StopOnSignal(hint) as stop, RichProgress(quiet=quiet) as progress:
-        run = Run(
-            epochs=cfg.epochs, batch_size=cfg.batch_size, device=device, generator=generator, num_workers=workers,
-            ranks=ranks, progress=progress, stop=stop, save=lambda s: _save_checkpoint(checkpoint_path, s),
-            every_steps=cfg.checkpoint_every, resume=resume,
-        )  # fmt: skip
-        fit(phase, run)
+        name="fine-tuning",
+        model=model,
+        dataset=sets.train,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        loss=loss_step,
+        draw_order=lambda: list(sampler),
+        state=state,
+        end_epoch=end_epoch,
+    )
+    _fit(
+        phase,
+        cfg,
+        checkpoint_path,
+        resume,
+        device=device,
+        generator=generator,
+        workers=workers,
+        ranks=ranks,
+        quiet=quiet,
+    )
 
 
 def _export_weights(
-    model: nn.Module, parts: HeadParts | None, plan: Rows, sets: Sets, outcome: Outcome, out_dir: Path, *,
-    device: torch.device, workers: int, quiet: bool,
-) -> bool:  # fmt: skip
+    model: nn.Module,
+    parts: HeadParts | None,
+    plan: RowPlan,
+    sets: Sets,
+    outcome: Outcome,
+    out_dir: Path,
+    *,
+    device: torch.device,
+    workers: int,
+    quiet: bool,
+) -> bool:
     """Write model.safetensors (the best epoch's weights); True when the probe's head was refitted on all rows."""
     refit = outcome.best_epoch == 0 and plan.val_source == "held-out" and parts is not None
     if refit:
@@ -494,10 +609,16 @@ def _export_weights(
         model.load_state_dict(load_file(str(out_dir / BEST_WEIGHTS), device=str(device)))
         with RichProgress(quiet=quiet) as progress:
             fit_probe_head(
-                model, parts, sets.unaugmented(np.concatenate([plan.rows, plan.held_rows])),
-                n_classes=len(plan.listing.classes), device=device, workers=workers,
-                autocast=amp_for(device).autocast, progress=progress, mirrored=False,
-            )  # fmt: skip
+                model,
+                parts,
+                sets.unaugmented(np.concatenate([plan.rows, plan.held_rows])),
+                n_classes=len(plan.listing.classes),
+                device=device,
+                workers=workers,
+                autocast=amp_for(device).autocast,
+                progress=progress,
+                mirrored=False,
+            )
         save_weights(model, out_dir / WEIGHTS)
     elif outcome.best_epoch is not None and outcome.best_epoch != outcome.history[-1]["epoch"]:
         write_atomic(out_dir / WEIGHTS, lambda tmp: shutil.copyfile(out_dir / BEST_WEIGHTS, tmp))
@@ -506,7 +627,7 @@ def _export_weights(
     return refit
 
 
-def _metrics(plan: Rows, cfg: TrainConfig, outcome: Outcome, refit: bool, notes: list[str]) -> dict[str, Any]:
+def _metrics(plan: RowPlan, cfg: TrainConfig, outcome: Outcome, refit: bool, notes: list[str]) -> dict[str, Any]:
     """metrics.json: the history, the choices made and the rows trained on and held out."""
     paths = plan.listing.paths
     return {

@@ -66,8 +66,16 @@ def predict(
     if out is not None:
         _check_out(out, model_dir, inputs, rows, overwrite=overwrite)
     with run_lock(out):  # a second predict to the same file fails at once
-        return _predict(model_dir, rows, out=out, top_k=top_k, batch_size=batch_size, device=torch_device,
-                        num_workers=resolve_workers(num_workers), quiet=quiet)  # fmt: skip
+        return _predict(
+            model_dir,
+            rows,
+            out=out,
+            top_k=top_k,
+            batch_size=batch_size,
+            device=torch_device,
+            num_workers=resolve_workers(num_workers),
+            quiet=quiet,
+        )
 
 
 def _check_numbers(*, top_k: int, batch_size: int, num_workers: int | None) -> None:
@@ -79,9 +87,16 @@ def _check_numbers(*, top_k: int, batch_size: int, num_workers: int | None) -> N
 
 
 def _predict(
-    model_dir: Any, rows: Any, *, out: Any, top_k: int, batch_size: int, device: torch.device, num_workers: int,
+    model_dir: Any,
+    rows: Any,
+    *,
+    out: Any,
+    top_k: int,
+    batch_size: int,
+    device: torch.device,
+    num_workers: int,
     quiet: bool,
-) -> PredictResult:  # fmt: skip
+) -> PredictResult:
     """:func:`predict` once the inputs are listed and the output checked and locked."""
     from ..models.classifier import load_model
     from ..run.progress import RichProgress
@@ -95,9 +110,14 @@ def _predict(
     )
     with RichProgress(quiet=quiet) as progress:
         top_i, top_p, status = _top_k(
-            loaded.module, dataset, k=min(top_k, len(loaded.classes)), batch_size=batch_size,
-            num_workers=num_workers, device=torch_device, progress=progress,
-        )  # fmt: skip
+            loaded.module,
+            dataset,
+            k=min(top_k, len(loaded.classes)),
+            batch_size=batch_size,
+            num_workers=num_workers,
+            device=torch_device,
+            progress=progress,
+        )
     names = np.array(loaded.classes, dtype=object)
     ok = np.array([s == STATUS_OK for s in status])
     frame = pd.DataFrame(
@@ -119,9 +139,15 @@ def _predict(
 
 
 def _top_k(
-    module: torch.nn.Module, dataset: ImageDataset, *, k: int, batch_size: int, num_workers: int,
-    device: torch.device, progress: Any,
-) -> tuple[np.ndarray, np.ndarray, list[str]]:  # fmt: skip
+    module: torch.nn.Module,
+    dataset: ImageDataset,
+    *,
+    k: int,
+    batch_size: int,
+    num_workers: int,
+    device: torch.device,
+    progress: Any,
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """The ``k`` most probable classes of every image: indices int64 [N, k] (-1 for unusable files),
     probabilities float32 [N, k] (NaN) and the status of every file."""
     from ..run.engine import amp_for, make_loader

@@ -75,7 +75,7 @@ def check_match(listing: Listing, frame: Any, metadata: dict[str, Any], results:
 
 
 @dataclass
-class Rows:
+class RowPlan:
     """Which rows phase 2 trains and validates on, with their (possibly relabelled) label indices."""
 
     listing: Listing
@@ -95,7 +95,7 @@ def plan_rows(
     cfg: TrainConfig,
     val: str | os.PathLike[str] | None,
     decisions: str | os.PathLike[str] | None,
-) -> Rows:
+) -> RowPlan:
     """Read the results, choose the rows to train on, and hold out validation rows (or read ``val``)."""
     frame, metadata = load_results(results)
     listing = relist(dataset, metadata)
@@ -117,10 +117,17 @@ def plan_rows(
     val_source = "--val" if val_listing is not None else "held-out" if len(held) else None
     train_mask = np.ones(len(rows), dtype=bool)
     train_mask[held] = False
-    return Rows(
-        listing, metadata, rows[train_mask], labels[train_mask], rows[held], labels[held], n_relabelled,
-        val_listing, val_source,
-    )  # fmt: skip
+    return RowPlan(
+        listing,
+        metadata,
+        rows[train_mask],
+        labels[train_mask],
+        rows[held],
+        labels[held],
+        n_relabelled,
+        val_listing,
+        val_source,
+    )
 
 
 def val_listing_for(val: str | os.PathLike[str], classes: list[str]) -> Listing:

@@ -156,9 +156,12 @@ def _list_table(
     """
     frame = read_table(table) if frame is None else frame
     require_columns(
-        frame, (path_col, label_col), f"{table}: missing column(s)",
-        f"choose others with {option('path_col')}/{option('label_col')}", empty=f"{table}: the table has no rows",
-    )  # fmt: skip
+        frame,
+        (path_col, label_col),
+        f"{table}: missing column(s)",
+        f"choose others with {option('path_col')}/{option('label_col')}",
+        empty=f"{table}: the table has no rows",
+    )
     raw_labels = frame[label_col]
     labels = ["" if pd.isna(v) else str(v).strip() for v in raw_labels]
     empty = [i for i, v in enumerate(labels) if not v]
@@ -208,5 +211,3 @@ def check_unique(paths: Sequence[str], table: Path, *, shown: Sequence[str] | No
 
 def _inside(path: Path, root: Path) -> bool:
     return path == root or root in path.parents
-
-

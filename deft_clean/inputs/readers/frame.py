@@ -28,9 +28,12 @@ def list_frame(
     from .files import _list_table, require_columns
 
     require_columns(
-        frame, (path_col, label_col), f"{NAME}: no column(s)", "name them with image_col=/label_col=",
+        frame,
+        (path_col, label_col),
+        f"{NAME}: no column(s)",
+        "name them with image_col=/label_col=",
         empty=f"{NAME}: the frame has no rows",
-    )  # fmt: skip
+    )
     values = frame[path_col].tolist()
     for row, value in enumerate(values):
         if not isinstance(value, (str, os.PathLike)) and not pd.isna(value):

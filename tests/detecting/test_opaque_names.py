@@ -118,8 +118,10 @@ def test_weak_and_blind_images_with_codes_are_withheld(tiny_clip, tmp_path, weak
 
 def test_code_like_names_and_the_text_view_test():
     assert code_like_names(["n01440764", "7", "SKU-10293", "tench", "sea_lion", "class_a"]) == [
-        "n01440764", "7", "SKU-10293"
-    ]  # fmt: skip
+        "n01440764",
+        "7",
+        "SKU-10293",
+    ]
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 5, 500)
     knows = np.eye(5)[np.where(rng.random(500) < 0.5, labels, rng.integers(0, 5, 500))]  # right half the time

@@ -80,9 +80,12 @@ def pooled_features(planted: Planted) -> np.ndarray:
 def planted_health(planted: Planted, **options):
     usable = np.ones(len(planted.paths), dtype=bool)
     return dataset_health(
-        pooled_features(planted), usable, hashes=content_hashes(planted.root, planted.paths),
-        images=FileImages(planted.root, planted.paths), **{"feature_threshold": 0.0, **options},
-    )  # fmt: skip
+        pooled_features(planted),
+        usable,
+        hashes=content_hashes(planted.root, planted.paths),
+        images=FileImages(planted.root, planted.paths),
+        **{"feature_threshold": 0.0, **options},
+    )
 
 
 def test_planted_copies_confirmed_and_lookalikes_apart(planted):
@@ -132,9 +135,13 @@ def test_oversized_group_is_dropped_with_a_warning_that_names_it(tmp_path):
         paths.append(f"blank{i:02d}.png")
     features = rng.normal(size=(30, 8)).astype(np.float32)
     health = dataset_health(
-        features, np.ones(30, bool), images=FileImages(tmp_path, paths), hashes=content_hashes(tmp_path, paths),
-        feature_threshold=-1.0, names=paths,
-    )  # fmt: skip
+        features,
+        np.ones(30, bool),
+        images=FileImages(tmp_path, paths),
+        hashes=content_hashes(tmp_path, paths),
+        feature_threshold=-1.0,
+        names=paths,
+    )
     assert len(set(health.duplicate_group.tolist())) == 3  # exact copies (same bytes) are still reported
     assert {health.duplicate_kind[i] for i in np.flatnonzero(health.duplicate_group >= 0)} == {"exact"}
     assert len(health.warnings) == 1 and "group of 30 images" in health.warnings[0]

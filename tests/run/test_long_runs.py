@@ -18,7 +18,7 @@ from deft_clean.run.checkpoints import Interrupted
 from deft_clean.run.errors import UsageError
 from deft_clean.run.progress import RichProgress
 
-from .conftest import NoisyFolder, make_noisy_folder
+from ..conftest import NoisyFolder, make_noisy_folder
 
 EPOCHS = 3
 

@@ -19,7 +19,7 @@ from deft_clean.inputs.listing import list_dataset
 from deft_clean.inputs.transforms import eval_transform
 from deft_clean.run.checkpoints import Interrupted, StopOnSignal
 
-from .test_scale import noisy_folder, options, uninterrupted  # noqa: F401  (module fixtures)
+from ..run.test_long_runs import noisy_folder, options, uninterrupted  # noqa: F401  (module fixtures)
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 

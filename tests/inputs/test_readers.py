@@ -25,7 +25,7 @@ from deft_clean.outputs.export import export_dataset
 from deft_clean.outputs.terminal_report import report
 from deft_clean.run.errors import DataError, UsageError
 
-from .conftest import make_noisy_folder
+from ..conftest import make_noisy_folder
 
 datasets = pytest.importorskip("datasets")
 webdataset = pytest.importorskip("webdataset")
@@ -161,9 +161,16 @@ def test_webdataset_shards_give_the_folder_verdicts(tiny_clip, folder, folder_ru
     report(out, html=tmp_path / "report.html", console=None)
     assert "data:image/jpeg;base64," in (tmp_path / "report.html").read_text()  # thumbnails from the shards
     trained = deft_clean.train(
-        pattern, results=out, out=tmp_path / "model", clean_only=True, epochs=1, batch_size=12, device="cpu",
-        num_workers=0, quiet=True,
-    )  # fmt: skip
+        pattern,
+        results=out,
+        out=tmp_path / "model",
+        clean_only=True,
+        epochs=1,
+        batch_size=12,
+        device="cpu",
+        num_workers=0,
+        quiet=True,
+    )
     assert trained.n_train + trained.n_held_out == int(frame["is_clean"].sum())
     with pytest.raises(UsageError, match="drop cache"):
         deft_clean.detect(pattern, label_key="json:label", **options(tiny_clip, quick=True, cache=str(tmp_path / "c")))
@@ -236,9 +243,16 @@ def test_dataframe_detect_and_train(tiny_clip, folder, tmp_path):
     deft_clean.detect(frame, image_col="file", out=results, **options(tiny_clip, quick=True))
     out = tmp_path / "model"
     trained = deft_clean.train(
-        frame, results=results, out=out, clean_only=True, epochs=1, batch_size=12, device="cpu", num_workers=0,
+        frame,
+        results=results,
+        out=out,
+        clean_only=True,
+        epochs=1,
+        batch_size=12,
+        device="cpu",
+        num_workers=0,
         quiet=True,
-    )  # fmt: skip
+    )
     assert trained.n_train + trained.n_held_out == int(pd.read_parquet(results)["is_clean"].sum())
 
 

@@ -13,7 +13,7 @@ from deft_clean.run.cores import cgroup_cores, plan_cpu
 from deft_clean.run.errors import UsageError
 from deft_clean.run.options import DetectConfig
 
-from .test_detect_shift import defaults, pair_shifted  # noqa: F401  (fixture)
+from ..detecting.test_domain_shift import defaults, pair_shifted  # noqa: F401  (fixture)
 
 
 def test_a_collapse_stops_training_at_once_and_says_so(tiny_clip, pair_shifted, monkeypatch):  # noqa: F811

@@ -101,7 +101,7 @@ def fiftyone_samples(folder: Path) -> list[dict]:
         python = os.environ.get("DEFT_FIFTYONE_PYTHON", "")
         if not python:
             pytest.skip("fiftyone is not installed (pip install 'deft-clean[fiftyone]' or set DEFT_FIFTYONE_PYTHON)")
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     done = subprocess.run(
         [python, "-c", FIFTYONE_CHECK, str(folder)], capture_output=True, text=True, env=env, timeout=300
     )

@@ -89,14 +89,30 @@ def table_results(tmp_path: Path, source: str = "table") -> tuple[Path, Path, Pa
     table = folder / "list.csv"
     pd.DataFrame({"path": paths, "label": [p.split("/")[0] for p in paths]}).to_csv(table, index=False)
     rows = [
-        {"path": p, "label": classes[k], "label_index": int(k), "p_clean": 0.9, "is_clean": True,
-         "predicted_label": classes[k], "predicted_index": int(k), "p_predicted": 0.9, "sim_pos": 0.3,
-         "sim_neg": 0.1, "status": "ok"}
+        {
+            "path": p,
+            "label": classes[k],
+            "label_index": int(k),
+            "p_clean": 0.9,
+            "is_clean": True,
+            "predicted_label": classes[k],
+            "predicted_index": int(k),
+            "p_predicted": 0.9,
+            "sim_pos": 0.3,
+            "sim_neg": 0.1,
+            "status": "ok",
+        }
         for p, k in sorted(zip(paths, labels, strict=True))
-    ]  # fmt: skip
+    ]
     dataset = table if source == "table" else folder
-    metadata = {"kind": "detect", "model": "tiny", "classes": classes, "dataset": str(dataset.resolve()),
-                "source": source, "created": "2024-01-01T00:00:00+00:00"}  # fmt: skip
+    metadata = {
+        "kind": "detect",
+        "model": "tiny",
+        "classes": classes,
+        "dataset": str(dataset.resolve()),
+        "source": source,
+        "created": "2024-01-01T00:00:00+00:00",
+    }
     results = write_results(pd.DataFrame(rows), metadata, tmp_path / "results.parquet")
     return folder, table, results
 
@@ -465,9 +481,17 @@ def test_enlarged_clip_config_is_refused_before_allocating(tmp_path):
         "vision_cfg": {"image_size": 32, "layers": 48, "width": 4096, "patch_size": 8},  # about 10G parameters
         "text_cfg": {"context_length": 16, "vocab_size": 100, "width": 32, "heads": 2, "layers": 1},
     }
-    config = {"backbone": "clip", "model_name": "enlarged", "model": "enlarged.json", "pretrained": "none",
-              "clip_config": clip_config, "image_size": 32, "mean": [0.5] * 3, "std": [0.5] * 3,
-              "classes": ["cat", "dog"]}  # fmt: skip
+    config = {
+        "backbone": "clip",
+        "model_name": "enlarged",
+        "model": "enlarged.json",
+        "pretrained": "none",
+        "clip_config": clip_config,
+        "image_size": 32,
+        "mean": [0.5] * 3,
+        "std": [0.5] * 3,
+        "classes": ["cat", "dog"],
+    }
     (folder / "config.json").write_text(json.dumps(config))
     save_file({"head.weight": torch.zeros(2, 1024)}, str(folder / "model.safetensors"))  # a real, small file
     with within(60), pytest.raises(DataError, match="MB of weights"):

@@ -20,8 +20,8 @@ from PIL import Image, ImageStat
 
 from deft_clean.outputs.html_report import write_html
 from deft_clean.outputs.results import load_results, write_results
+from tests.outputs.test_review_decisions import browser, wait_for  # noqa: F401  (the fixture)
 from tests.review_data import CLASSES, make_review
-from tests.test_review import browser, wait_for  # noqa: F401  (the fixture)
 
 # the committed pictures are refreshed with DEFT_SCREENSHOT_DIR=benchmarks/results; a plain test run writes none
 SHOTS = Path(os.environ.get("DEFT_SCREENSHOT_DIR", Path(tempfile.gettempdir()) / "deft-clean-screenshots"))

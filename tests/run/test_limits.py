@@ -23,11 +23,11 @@ from deft_clean.inputs.listing import list_dataset
 from deft_clean.run.errors import DataError
 from tests.review_data import make_review
 
-from .conftest import detected_and_trained, fails, make_noisy_folder, write_table
+from ..conftest import detected_and_trained, fails, make_noisy_folder, write_table
 
 runner = CliRunner()
 FAST = {"device": "cpu", "num_workers": 0, "quiet": True, "hflip": False}
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def limited(args: list[str], limit: int, home: Path) -> subprocess.CompletedProcess:

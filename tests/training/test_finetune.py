@@ -14,8 +14,9 @@ from typer.testing import CliRunner
 import deft_clean
 from deft_clean import testing as toy
 from deft_clean.cli.app import app
+from deft_clean.inputs.decode import load_image
 
-from .conftest import CLASSES, N_CLASSES, make_noisy_folder
+from ..conftest import CLASSES, N_CLASSES, make_noisy_folder
 
 runner = CliRunner()
 FAST = {"device": "cpu", "num_workers": 0, "quiet": True, "hflip": False}
@@ -93,7 +94,7 @@ def test_export_load_predict_reproduces_logits(noisy_run, tmp_path):
         state = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=True)["model"]
         assert all(torch.equal(state[k], exported[k]) for k in state)
     image = next(heldout.rglob("*.png"))
-    x = loaded.transform(deft_clean.inputs.dataset.load_image(image)).unsqueeze(0)
+    x = loaded.transform(load_image(image)).unsqueeze(0)
     with torch.no_grad():
         probs = loaded.module(x).softmax(1)[0]
     pred = deft_clean.predict(out, [image], device="cpu", num_workers=0, quiet=True).frame.iloc[0]

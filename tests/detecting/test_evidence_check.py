@@ -209,9 +209,16 @@ def test_strong_images_stand_alone_when_the_class_names_mean_nothing():
 def test_metadata_line_and_statistics():
     assert evidence_line(None) is None and evidence_line({"reliable": True, "flags_withheld": 0}) is None
     line = evidence_line(
-        {"reliable": False, "image_accuracy": 0.57, "chance": 0.5, "flags_withheld": 9, "flags_raised": 10,
-         "expected_flag_precision": None, "reasons": ["weak"]}
-    )  # fmt: skip
+        {
+            "reliable": False,
+            "image_accuracy": 0.57,
+            "chance": 0.5,
+            "flags_withheld": 9,
+            "flags_raised": 10,
+            "expected_flag_precision": None,
+            "reasons": ["weak"],
+        }
+    )
     assert line.startswith("image evidence predicts the labels 57% of the time where chance is 50%: weak; 9 of 10")
     low, high = wilson(57, 100)
     assert 0.47 < low < 0.57 < high < 0.67
@@ -264,9 +271,15 @@ def test_hard_cases_on_strong_images_are_cleared_and_wrong_labels_stay_flagged(n
         flagged[hard] = flagged[planted] = True  # the selection doubts every hard image and finds the noise
         suggested = np.where(np.isin(np.arange(n), planted), true, other)
         check, withheld, cleared = check_evidence(
-            features.astype(np.float32), noisy, np.ones(n, bool), text, ~flagged, suggested,
-            [f"c{j}" for j in range(k)], text_informative=names_known,
-        )  # fmt: skip
+            features.astype(np.float32),
+            noisy,
+            np.ones(n, bool),
+            text,
+            ~flagged,
+            suggested,
+            [f"c{j}" for j in range(k)],
+            text_informative=names_known,
+        )
         assert check.reliable and not withheld.any()
         assert cleared[hard].mean() >= 0.9 and check.flags_cleared == cleared.sum()
         standing = flagged & ~cleared

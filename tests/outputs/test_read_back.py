@@ -24,8 +24,8 @@ from deft_clean.outputs.results import METADATA_KEY, load_results, write_results
 from deft_clean.run.checkpoints import Interrupted
 from deft_clean.run.errors import DataError
 
-from .conftest import CLASSES, N_CLASSES, collapse_prompts, make_noisy_folder
-from .test_scale import interrupt_at
+from ..conftest import CLASSES, N_CLASSES, collapse_prompts, make_noisy_folder
+from ..run.test_long_runs import interrupt_at
 
 runner = CliRunner()
 KINDS = ("reliable", "withheld", "collapsed", "unusable", "resumed")
@@ -86,9 +86,16 @@ def test_every_kind_of_run_reads_back(tiny_clip, tmp_path, monkeypatch, kind):
     assert all(Path(p).is_file() for p in table["path"])
     model = tmp_path / "model"
     deft_clean.train(
-        tmp_path / "data", results=results, out=model, epochs=1, batch_size=32, device="cpu", num_workers=0,
-        quiet=True, hflip=False,
-    )  # fmt: skip
+        tmp_path / "data",
+        results=results,
+        out=model,
+        epochs=1,
+        batch_size=32,
+        device="cpu",
+        num_workers=0,
+        quiet=True,
+        hflip=False,
+    )
     assert (model / "config.json").is_file()
 
 
@@ -115,11 +122,19 @@ def _frame(base: Path) -> tuple[pd.DataFrame, dict]:
     index = [["cat", "dog"].index(x) for x in label]
     frame = pd.DataFrame(
         {
-            "path": paths, "label": label, "label_index": index, "p_clean": np.float32(0.9), "is_clean": True,
-            "predicted_label": label, "predicted_index": index, "p_predicted": np.float32(0.9),
-            "sim_pos": None, "sim_neg": None, "status": "ok",
+            "path": paths,
+            "label": label,
+            "label_index": index,
+            "p_clean": np.float32(0.9),
+            "is_clean": True,
+            "predicted_label": label,
+            "predicted_index": index,
+            "p_predicted": np.float32(0.9),
+            "sim_pos": None,
+            "sim_neg": None,
+            "status": "ok",
         }
-    )  # fmt: skip
+    )
     metadata = {"classes": ["cat", "dog"], "dataset": str(folder.resolve()), "source": "folder", "reader": {}}
     return frame, metadata
 
@@ -202,8 +217,11 @@ def test_a_crafted_results_file_cannot_export_a_private_file(tmp_path, monkeypat
         assert result.exit_code == 1, result.output
         assert "not listed by" in result.output and "id_rsa" in result.output
         assert not out.exists()
-    flat = _crafted(tmp_path / "r-flat.parquet", frame.assign(path=["id_rsa", *frame["path"][1:]]),
-                    {**crafted, "dataset": str(home / ".ssh")})  # fmt: skip
+    flat = _crafted(
+        tmp_path / "r-flat.parquet",
+        frame.assign(path=["id_rsa", *frame["path"][1:]]),
+        {**crafted, "dataset": str(home / ".ssh")},
+    )
     result = runner.invoke(app, ["export", str(flat), "--out", str(tmp_path / "o"), "--mode", "copy"])
     assert result.exit_code == 1 and "cannot list the recorded dataset" in result.output, result.output
     # Through a table source or a DataFrame source, too: a row that is no image file never relists.

@@ -15,7 +15,7 @@ from deft_clean import testing as toy
 from deft_clean.detecting.confident import estimated_issue_counts, flag_by_class
 from deft_clean.detecting.selection import class_warnings
 
-from .conftest import CLASSES, N_CLASSES, NoisyFolder, collapse_prompts
+from ..conftest import CLASSES, N_CLASSES, NoisyFolder, collapse_prompts
 
 
 def washed_out(image: Image.Image, seed: int) -> Image.Image:
@@ -49,8 +49,13 @@ def pair_shifted(tmp_path_factory) -> NoisyFolder:
 
 def defaults(tiny_clip) -> dict:
     """Nothing but the model, the device and no worker processes: every detection option at its default."""
-    return {"model": str(tiny_clip.config), "pretrained": str(tiny_clip.checkpoint), "device": "cpu",
-            "num_workers": 0, "quiet": True}
+    return {
+        "model": str(tiny_clip.config),
+        "pretrained": str(tiny_clip.checkpoint),
+        "device": "cpu",
+        "num_workers": 0,
+        "quiet": True,
+    }
 
 
 @pytest.mark.parametrize("quick", [False, True], ids=["default", "quick"])
@@ -83,8 +88,9 @@ def test_huge_lr_is_caught_and_said(tiny_clip, pair_shifted, tmp_path):
     args = ["detect", str(pair_shifted.root), "--out", str(out), "--lr", "10", "--grad-clip", "0", "--epochs", "2"]
     args += ["--model", str(tiny_clip.config), "--pretrained", str(tiny_clip.checkpoint), "--device", "cpu"]
     # a real process: the warning must reach the terminal's stderr, not a test's log capture
-    result = subprocess.run([sys.executable, "-m", "deft_clean", *args, "--num-workers", "0"],
-                            capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [sys.executable, "-m", "deft_clean", *args, "--num-workers", "0"], capture_output=True, text=True, timeout=600
+    )
     assert result.returncode == 0, result.stderr
     lines = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
     assert len(lines) == 1 and "zero-shot prompts" in lines[0], result.stderr

@@ -24,7 +24,7 @@ from deft_clean.run.files import LOCK_MARK, run_lock
 from deft_clean.run.ownership import MANIFEST, read_manifest, remove_owned, write_manifest
 from tests.review_data import Review, make_review
 
-from .conftest import detected_and_trained, fails
+from ..conftest import detected_and_trained, fails
 
 runner = CliRunner()
 FAST = {"device": "cpu", "num_workers": 0, "quiet": True, "hflip": False}
