@@ -87,14 +87,13 @@ def timed(method: str) -> dict[str, dict[str, float]]:
     import scale
 
     from deft_clean.detecting import detect as detection
-    from deft_clean.detecting import prompt_training as detector
-    from deft_clean.detecting import selection
+    from deft_clean.detecting import passes, prompt_training, selection
 
     stages: dict[str, dict[str, float]] = {}
     patch = scale.timed_stages(stages)
-    patch(detector, "image_features", "features")  # imported inside gather_evidence at call time
-    patch(detector, "train_prompts", "training")
-    patch(detector, "score_samples", "scoring")
+    patch(passes, "image_features", "features")  # imported inside gather_evidence at call time
+    patch(prompt_training, "train_prompts", "training")  # imported inside learned_scores at call time
+    patch(passes, "score_samples", "scoring")
     patch(selection, "select", "selection")
     patch(detection, "health_columns", "health")
     return stages

@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from ..run.options import CLEAN_RULES, DetectConfig, ReadOptions, TrainConfig
+from ..run.options import CLEAN_RULES, DetectConfig, ReadOptions, RunOptions, TrainConfig
 from ..run.safety import printable
 from . import report as cli_report
 from .common import (
@@ -196,12 +196,8 @@ def detect(
         run_detect,
         dataset,
         reading=reading,
-        out=out,
+        run=RunOptions(out, run_dir, resume, checkpoint_every, overwrite),
         quiet=quiet,
-        run_dir=run_dir,
-        resume=resume,
-        checkpoint_every=checkpoint_every,
-        overwrite=overwrite,
         save_arrays=save_arrays,
         **options,
     )

@@ -27,13 +27,14 @@ from ..run.checkpoints import (
 )
 from ..run.errors import STATUS_OK, UsageError, option, warn_result
 from ..run.files import run_lock
-from ..run.options import DetectConfig, PassOptions, ReadOptions, merge_options
+from ..run.options import DetectConfig, PassOptions, ReadOptions, RunOptions, merge_options
 from ..run.ownership import MANIFEST, read_manifest, write_manifest
 from ..run.safety import Output, check_detect_paths
 from .health import health_columns
 
 if TYPE_CHECKING:
     from .passes import Evidence  # imports torch: loaded where the passes run
+    from .prompt_training import TrainControl
     from .selection import Decision
 
 CHECKPOINT = "detect_checkpoint.pt"  # inside the run folder
@@ -153,6 +154,7 @@ def detect(
     *,
     config: DetectConfig | None = None,
     reading: ReadOptions | None = None,
+    run: RunOptions | None = None,
     path_col: str = "path",
     label_col: str = "label",
     image_col: str | None = None,
@@ -182,6 +184,7 @@ def detect(
         path_col, label_col, class_names: how to read the dataset; ``image_col`` is another name for
             ``path_col``, ``root`` the folder a DataFrame's relative paths start from (for a Hugging Face
             dataset object: the folder its path-only rows may be read from).
+        run: where the run writes and how it resumes, as one :class:`RunOptions`; or its fields as keywords:
         out: if given, the Parquet is written there atomically.
         quiet: no progress bars or warnings.
         run_dir: folder for the training checkpoint (default ``<out>.run`` when ``out`` is given; without
@@ -214,57 +217,38 @@ def detect(
         label_key=label_key,
         id_col=id_col,
     )
+    run = run or RunOptions(out, run_dir, resume, checkpoint_every, overwrite)
     listing = list_dataset(dataset, reading)
-    run_dir = _check_outputs(
-        dataset,
-        listing,
-        cfg,
-        out=out,
-        run_dir=run_dir,
-        class_names=reading.class_names,
-        save_arrays=save_arrays,
-        checkpoint_every=checkpoint_every,
-        overwrite=overwrite,
-    )
-    run = _Checkpoint.open(run_dir, cfg, listing, resume=resume, every=checkpoint_every)
+    run_dir = _check_outputs(dataset, listing, cfg, run, class_names=reading.class_names, save_arrays=save_arrays)
+    checkpoint = _Checkpoint.open(run_dir, cfg, listing, resume=run.resume, every=run.checkpoint_every)
     from ..run.cores import plan_cpu, torch_threads
     from ..run.distributed import process_group
 
-    threads, locked = plan_cpu(cfg.num_workers, cfg.threads)[1], (out, run_dir)
+    threads, locked = plan_cpu(cfg.num_workers, cfg.threads)[1], (run.out, run_dir)
     with process_group(cfg.device) as ranks, run_lock(*(locked if ranks.is_main else ())), torch_threads(threads):
-        result = _detect(cfg, listing, run, ranks=ranks, quiet=quiet, reading=reading)
-        if out is not None and ranks.is_main:
-            result.save(out)
+        result = _detect(cfg, listing, checkpoint, ranks=ranks, quiet=quiet, reading=reading)
+        if run.out is not None and ranks.is_main:
+            result.save(run.out)
         if save_arrays is not None and ranks.is_main:
             result.save_arrays(save_arrays)
         if ranks.is_main:
-            run.finish()
+            checkpoint.finish()
         return result
 
 
 def _check_outputs(
-    dataset: Any,
-    listing: Listing,
-    cfg: DetectConfig,
-    *,
-    out: Any,
-    run_dir: Any,
-    class_names: Any,
-    save_arrays: Any,
-    checkpoint_every: int,
-    overwrite: bool,
+    dataset: Any, listing: Listing, cfg: DetectConfig, run: RunOptions, *, class_names: Any, save_arrays: Any
 ) -> Path | None:
     """Refuse outputs that would overwrite inputs or each other; returns the run folder (None: no checkpoints)."""
+    out, overwrite, run_dir = run.out, run.overwrite, run.checkpoint_dir
     if out is not None and Path(out).is_dir():
         raise UsageError(f"{option('out')} {out} is a folder; pass a file path such as results.parquet")
     from ..outputs.arrays import ARRAY_FILES, check_arrays_dir
 
     if save_arrays is not None:
         check_arrays_dir(save_arrays, overwrite=overwrite)
-    if checkpoint_every < 0:
-        raise UsageError(f"{option('checkpoint_every')} must be 0 or more, got {checkpoint_every}")
-    if run_dir is None and out is not None:
-        run_dir = Path(out).with_name(Path(out).name + ".run")
+    if run.checkpoint_every < 0:
+        raise UsageError(f"{option('checkpoint_every')} must be 0 or more, got {run.checkpoint_every}")
     outputs = [
         Output(out, overwrite=overwrite, kind="results") if out is not None else None,
         Output(run_dir, "run_dir", folder=True, overwrite=True) if run_dir is not None else None,
@@ -343,7 +327,7 @@ class _Checkpoint:
 
 
 def _detect(
-    cfg: DetectConfig, listing: Listing, run: _Checkpoint, *, ranks: Any, quiet: bool, reading: ReadOptions
+    cfg: DetectConfig, listing: Listing, checkpoint: _Checkpoint, *, ranks: Any, quiet: bool, reading: ReadOptions
 ) -> DetectResult:
     """Load CLIP, gather the evidence, select the clean rows and assemble the result (one rank's part)."""
     from ..models.clip import load_clip, resolve_device
@@ -361,7 +345,7 @@ def _detect(
     if cfg.compile:
         compile_module(loaded.model.visual, "the image tower")
     workers = resolve_workers(cfg.num_workers, cfg.threads)
-    with RichProgress(quiet=quiet) as progress, StopOnSignal(run.hint) as stop:
+    with RichProgress(quiet=quiet) as progress, StopOnSignal(checkpoint.hint) as stop:
         cache = None
         if cfg.cache is not None:
             from ..inputs.image_cache import prepare_cache
@@ -389,9 +373,10 @@ def _detect(
             cache=cache,
             device_transforms=device_transforms_wanted(cfg.device_transforms, device),
         )
-        evidence = gather_evidence(
-            cfg, loaded, listing, passes, save=run.saver(), resume=run.resume, checkpoint_every=run.every
-        )
+        from .prompt_training import TrainControl
+
+        control = TrainControl(checkpoint.saver(), checkpoint.resume, every_steps=checkpoint.every)
+        evidence = gather_evidence(cfg, loaded, listing, passes, control)
     decision = select(cfg, listing, evidence, device=device)
     frame = results_frame(listing, evidence, decision)
     warnings = evidence.warnings + decision.warnings  # every warning of the run, in the order they arose
@@ -470,10 +455,7 @@ def gather_evidence(
     loaded: Any,
     listing: Listing,
     passes: PassOptions,
-    *,
-    save: Any,
-    resume: dict[str, Any] | None,
-    checkpoint_every: int,
+    control: TrainControl,
 ) -> Evidence:
     """The frozen feature pass (zero-shot evidence), then, unless quick, DeFT's prompt training and scoring.
 
@@ -487,7 +469,6 @@ def gather_evidence(
     from ..models.clip import zero_shot_text
     from .opaque_names import collapse_anchor, judge_text_view
     from .passes import Evidence, image_features
-    from .prompt_training import TrainControl
     from .selection import MIN_PROMPT_AGREEMENT, prompt_agreement
 
     with passes.stop.hinted("stopped before any training; rerun the same command (without --resume)"):
@@ -499,7 +480,6 @@ def gather_evidence(
     judge_text_view(evidence, listing.label_indices, len(listing.classes))
     if cfg.quick:
         return evidence
-    control = TrainControl(save, resume, every_steps=checkpoint_every)
     usable = evidence.usable
     labels = listing.label_indices
     # what the learned prompts are judged against, every epoch and at the end: zero-shot, or the image seed

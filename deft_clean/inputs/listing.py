@@ -148,9 +148,9 @@ class Listing:
     classes: list[str]  # raw class labels, in class-index order
     prompt_names: list[str]  # text used for each class in prompts, aligned with classes
     label_indices: np.ndarray  # int64 [N], index into classes
-    source: str  # "folder", "table", "dataframe", "hf" or "webdataset"
+    kind: str  # the source kind: "folder", "table", "dataframe", "hf" or "webdataset"
     images: ImageSource | None = None  # opens row i's image; None: files at root / paths[i]
-    origin: str = ""  # where the dataset is (the Parquet metadata's "dataset")
+    location: str = ""  # where the dataset is (the Parquet metadata's "dataset")
     reader: dict[str, Any] = field(default_factory=dict)  # reader options that list it again (train, export)
 
     def __post_init__(self) -> None:
@@ -163,7 +163,7 @@ class Listing:
     @property
     def spec(self) -> DatasetSpec:
         """How this dataset was read (what detect records in the results)."""
-        return DatasetSpec(self.source, self.origin, self.reader)
+        return DatasetSpec(self.kind, self.location, self.reader)
 
 
 def natural_sorted(values: Sequence[str]) -> list[str]:
@@ -252,7 +252,7 @@ def list_dataset(dataset: Any, reading: ReadOptions | None = None, **keywords: A
     labels = rows.labels
     classes = natural_sorted(labels)
     if len(classes) < 2:
-        name = "DataFrame" if isinstance(dataset, pd.DataFrame) else rows.origin if rows.source == "hf" else dataset
+        name = "DataFrame" if isinstance(dataset, pd.DataFrame) else rows.location if rows.kind == "hf" else dataset
         raise DataError(f"{name}: found {len(classes)} class(es) {classes}; detection needs at least 2")
     mapping = load_class_names(class_names) if isinstance(class_names, (str, os.PathLike)) else class_names
     if mapping is not None:
@@ -274,10 +274,10 @@ def list_dataset(dataset: Any, reading: ReadOptions | None = None, **keywords: A
         classes,
         prompt_names,
         label_indices,
-        rows.source,
+        rows.kind,
         images=rows.images,
-        origin=rows.origin,
-        reader=rows.options,
+        location=rows.location,
+        reader=rows.reader,
     )
 
 

@@ -325,3 +325,27 @@ class ReadOptions:
 
             raise UsageError(f"image_col={image_col!r} and path_col={path_col!r} name the same column; pass one")
         return cls(**{**fields, "path_col": image_col or path_col})
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """Where a detect run writes and how it resumes: built once by the CLI or the API and passed whole.
+
+    (``train`` keeps ``resume``, ``checkpoint_every`` and ``overwrite`` in :class:`TrainConfig`, and writes its
+    checkpoint into its output folder.)
+    """
+
+    out: str | os.PathLike[str] | None = None  # the results Parquet; None: nothing written
+    run_dir: str | os.PathLike[str] | None = None  # the checkpoint's folder; None: <out>.run (with out)
+    resume: bool = False  # continue from the checkpoint in the run folder
+    checkpoint_every: int = 0  # also checkpoint every this many steps inside an epoch; 0: at epoch ends
+    overwrite: bool = False  # replace an existing out (never an input)
+
+    @property
+    def checkpoint_dir(self) -> str | os.PathLike[str] | None:
+        """The run folder: ``run_dir``, else ``<out>.run`` when there is an ``out``, else None (not resumable)."""
+        if self.run_dir is None and self.out is not None:
+            from pathlib import Path
+
+            return Path(self.out).with_name(Path(self.out).name + ".run")
+        return self.run_dir

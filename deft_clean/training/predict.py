@@ -199,7 +199,7 @@ def _check_out(out: str | os.PathLike[str], model_dir: Any, inputs: Any, rows: A
     """``out`` may not be an input or a listed file, nor lie inside an input folder or dataset."""
     named = [p for p in ([inputs] if isinstance(inputs, (str, os.PathLike)) else inputs) if _is_path(p)]
     folders = [p for p in named if Path(p).is_dir()]
-    spec = DatasetSpec(rows.source, rows.origin, rows.options)
+    spec = DatasetSpec(rows.kind, rows.location, rows.reader)
     if spec.packed:
         folders.append(rows.root)
     listed = [rows.root / f for f in rows.paths] if spec.listed_files else []

@@ -37,7 +37,7 @@ def test_table_listing_and_class_names(small_folder, tmp_path):
     names = tmp_path / "names.csv"
     names.write_text("label,name\ncat,house cat\ndog,domestic dog\nsea_lion,sea lion\n")
     listing = list_dataset(table, class_names=names)
-    assert listing.source == "table" and len(listing) == 12
+    assert listing.kind == "table" and len(listing) == 12
     assert listing.prompt_names == ["house cat", "domestic dog", "sea lion"]
     js = tmp_path / "names.json"
     js.write_text(json.dumps({"cat": "kitty", "dog": "puppy", "sea_lion": "seal"}))

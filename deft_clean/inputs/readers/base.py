@@ -48,9 +48,9 @@ class Rows:
     paths: list[str]  # row identifiers, the Parquet's ``path`` column: stable across listings
     labels: list[str] | None  # raw label of each row; None: unlabelled input (predict only)
     images: ImageSource  # opens row i's image
-    source: str  # "folder", "table", "dataframe", "hf" or "webdataset"
-    origin: str  # where the dataset is, as recorded in the Parquet metadata ("dataset")
-    options: dict[str, Any] = field(default_factory=dict)  # what lists it again (metadata "reader")
+    kind: str  # the source kind: "folder", "table", "dataframe", "files", "hf" or "webdataset"
+    location: str  # where the dataset is, as recorded in the Parquet metadata ("dataset")
+    reader: dict[str, Any] = field(default_factory=dict)  # the reader options that list it again
 
 
 class PackedStrings:

@@ -69,9 +69,9 @@ def hf_rows(
             dataset = lib.load_from_disk(name)
         except Exception as exc:  # datasets raises several types for a damaged folder
             raise DataError(f"{name}: cannot load the saved dataset ({type(exc).__name__}: {exc})") from None
-        origin, root = str(Path(name).resolve()), Path(name)
+        location, root = str(Path(name).resolve()), Path(name)
     else:
-        origin, root = _object_origin(dataset)
+        location, root = _object_location(dataset)
         name = "the Hugging Face dataset"
     chosen = None
     if isinstance(dataset, lib.DatasetDict):
@@ -99,10 +99,10 @@ def hf_rows(
     folder = root if is_saved_dataset(root) else None  # rows may name files only inside a saved dataset...
     if files_root is not None and not isinstance(dataset_arg, (str, os.PathLike)):
         folder = root = Path(files_root)  # ... or inside the folder the caller names for a dataset object
-    return Rows(root, paths, labels, HFImages(dataset, image_col, folder), "hf", origin, options)
+    return Rows(root, paths, labels, HFImages(dataset, image_col, folder), "hf", location, options)
 
 
-def _object_origin(dataset: Any) -> tuple[str, Path]:
+def _object_location(dataset: Any) -> tuple[str, Path]:
     """Where a dataset object lives: the folder of its Arrow files (for a loaded DatasetDict, the folder
     holding its splits, so that listing it again picks the split), if it has any."""
     split_of_dict = hasattr(dataset, "values")

@@ -85,9 +85,9 @@ def wds_rows(dataset: Any, *, label_key: str = "cls", labels_optional: bool = Fa
             first = paths[labels.index(None)]
             raise DataError(f"{first}: no {label_key!r} label while other samples have one; fix the shard")
         labels = None
-    origin = ",".join(os.path.abspath(os.fspath(d)) for d in given)  # the pattern itself, braces kept
+    location = ",".join(os.path.abspath(os.fspath(d)) for d in given)  # the pattern itself, braces kept
     images = TarImages(root, names, np.asarray(where, dtype=np.int64))
-    return Rows(root, paths, labels, images, "webdataset", origin, {"label_key": label_key})
+    return Rows(root, paths, labels, images, "webdataset", location, {"label_key": label_key})
 
 
 def check_label_key(label_key: str) -> None:
