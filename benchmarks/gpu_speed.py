@@ -62,7 +62,7 @@ def image_speeds(
 ) -> dict[str, float]:
     """detect_epoch / compute_only / scoring / quick img/s of one variant on the images of ``folder``."""
     import torch
-    from speed import model_config
+    from speed import model_config, timing_schedule
 
     import deft_clean
     from deft_clean.detecting.passes import score_samples
@@ -73,7 +73,7 @@ def image_speeds(
     from deft_clean.models.clip import compile_module, load_clip, resolve_device
     from deft_clean.models.deft import DeftModel, PromptFeatures, deft_loss
     from deft_clean.run.engine import amp_for, seed_everything
-    from deft_clean.run.options import DetectConfig, PassOptions
+    from deft_clean.run.options import PassOptions
 
     device = resolve_device(device_name)
     listing = list_dataset(folder)
@@ -99,17 +99,7 @@ def image_speeds(
         "num_workers": workers,
         "device_transforms": device_transforms,
     }
-    schedule = DetectConfig(
-        epochs=epochs,
-        warmup_epochs=epochs,
-        batch_size=batch_size,
-        lr=0.01,
-        momentum=0.9,
-        weight_decay=5e-4,
-        clean_rule="threshold+argmax",
-        hflip=True,
-        grad_clip=1.0,
-    )
+    schedule = timing_schedule(epochs, batch_size)
     passes = PassOptions(batch_size=batch_size * 2, **common)
     history = train_prompts(model, listing, schedule, passes, generator=generator)
     speeds = {"detect_epoch_img_s": history[-1].samples_per_second}

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import os
 import platform
 import resource
 import sys
@@ -39,7 +40,8 @@ def peak_rss_mib() -> float:
 
 
 def write_table(folder: Path, rows: int, *, files: int = 300, corrupt: int = 3) -> Path:
-    """A CSV of ``rows`` samples over ``files`` tiny PNGs (``corrupt`` of them unreadable), 10 classes."""
+    """A CSV of ``rows`` samples over ``files`` tiny PNGs (``corrupt`` of them unreadable), 10 classes; rows past
+    the first ``files`` are hard links to them, so that every row names its own file."""
     import numpy as np
     from PIL import Image
 
@@ -58,7 +60,12 @@ def write_table(folder: Path, rows: int, *, files: int = 300, corrupt: int = 3) 
         writer = csv.writer(handle)
         writer.writerow(["path", "label"])
         for row in range(rows):
-            writer.writerow([names[row % files], f"class_{row % 10}"])
+            # every row its own name (a listing refuses a file listed twice): hard links to the few images
+            name = names[row % files] if row < files else f"img/{row // 1000:04d}/{row:07d}.png"
+            if row >= files:
+                (folder / name).parent.mkdir(parents=True, exist_ok=True)
+                os.link(folder / names[row % files], folder / name)
+            writer.writerow([name, f"class_{row % 10}"])
     return table
 
 

@@ -87,6 +87,23 @@ def sync(device: Any) -> None:
         torch.cuda.synchronize(device)
 
 
+def timing_schedule(epochs: int, batch_size: int) -> Any:
+    """The prompt-training schedule the speed benchmarks time: every epoch a warm-up epoch (no selection)."""
+    from deft_clean.run.options import DetectConfig
+
+    return DetectConfig(
+        epochs=epochs,
+        warmup_epochs=epochs,
+        batch_size=batch_size,
+        lr=0.01,
+        momentum=0.9,
+        weight_decay=5e-4,
+        clean_rule="threshold+argmax",
+        hflip=True,
+        grad_clip=1.0,
+    )
+
+
 def throughput(
     model_name: str,
     folder: Path,
@@ -113,7 +130,7 @@ def throughput(
     from deft_clean.models.clip import load_clip, resolve_device
     from deft_clean.models.deft import DeftModel, PromptFeatures, deft_loss
     from deft_clean.run.engine import amp_for, seed_everything
-    from deft_clean.run.options import DetectConfig, PassOptions
+    from deft_clean.run.options import PassOptions
 
     device = resolve_device(device_name)
     listing = list_dataset(folder)
@@ -143,17 +160,7 @@ def throughput(
         fill_seconds = time.perf_counter() - started
 
     # 1. real epochs; the last one is timed (earlier ones pay worker start-up, cudnn autotuning, caches)
-    schedule = DetectConfig(
-        epochs=epochs,
-        warmup_epochs=epochs,
-        batch_size=batch_size,
-        lr=0.01,
-        momentum=0.9,
-        weight_decay=5e-4,
-        clean_rule="threshold+argmax",
-        hflip=True,
-        grad_clip=1.0,
-    )
+    schedule = timing_schedule(epochs, batch_size)
     passes = PassOptions(batch_size=batch_size * 2, **common)
     history = train_prompts(model, listing, schedule, passes, generator=generator)
     epoch_ips = history[-1].samples_per_second

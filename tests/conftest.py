@@ -102,7 +102,7 @@ def fails(result, code: int, *fragments: str) -> str:
     assert result.exit_code == code, result.output
     message = result.stderr.strip()
     assert message.startswith("error: ") and len(message.splitlines()) == 1, message
-    assert "rerun with --debug" not in message, message
+    assert "rerun with --debug" not in message and "Traceback" not in result.output, message
     for fragment in fragments:
         assert fragment in message, message
     return message

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 import deft_clean
 from deft_clean.cli.app import app
-from tests.conftest import folder_rows, write_table
+from tests.conftest import fails, folder_rows, write_table
 
 runner = CliRunner()
 
@@ -22,13 +22,7 @@ def run_detect(tiny_clip, dataset: Path, out: Path, *extra: str):
 
 
 def assert_clean_failure(result, out: Path, code: int, *fragments: str) -> None:
-    assert result.exit_code == code, result.output
-    message = result.stderr.strip()
-    assert message.startswith("error: "), message
-    assert len(message.splitlines()) == 1, message
-    assert "Traceback" not in result.output
-    for fragment in fragments:
-        assert fragment in message, message
+    fails(result, code, *fragments)
     assert not out.exists()
     assert not list(out.parent.glob(f".{out.name}*"))  # no temporary left behind
 

@@ -30,7 +30,7 @@ from deft_clean.run.errors import DataError, UsageError
 from deft_clean.run.files import DiskFullError, run_lock, write_atomic
 from deft_clean.run.options import DetectConfig, TrainConfig
 from deft_clean.run.safety import printable
-from tests.conftest import folder_rows, write_table
+from tests.conftest import fails, folder_rows, write_table
 from tests.review_data import Review, checksums, make_review
 
 runner = CliRunner()
@@ -39,18 +39,6 @@ runner = CliRunner()
 @pytest.fixture()
 def review(tmp_path: Path) -> Review:
     return make_review(tmp_path)
-
-
-def fails(result, code: int, *fragments: str) -> str:
-    """Assert a clean one-line failure with ``code``; return the line."""
-    assert result.exit_code == code, result.output
-    message = result.stderr.strip()
-    assert message.startswith("error: "), message
-    assert len(message.splitlines()) == 1, message
-    assert "Traceback" not in result.output
-    for fragment in fragments:
-        assert fragment in message, message
-    return message
 
 
 def detect(tiny_clip, dataset: Path, out: Path, *extra: str):
