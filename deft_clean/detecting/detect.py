@@ -123,7 +123,7 @@ class DetectResult:
 
         usable, flagged = usable_rows(self.frame), flagged_rows(self.frame)
         table = class_table(self.frame, self.classes)["flagged"]
-        by_class = table[table > 0].sort_values(ascending=False, kind="stable")
+        by_class = table[table > 0].sort_index().sort_values(ascending=False, kind="stable")  # ties: by name
         evidence = self.metadata.get("evidence")
         noise = class_noise(evidence)
         withheld = self.frame["withheld"].fillna(False).astype(bool) if "withheld" in self.frame else flagged & False
@@ -180,11 +180,12 @@ def detect(
             ``.tar`` shards (see :func:`deft_clean.inputs.listing.list_dataset`).
         config: a :class:`DetectConfig`; keyword ``options`` (any DetectConfig field, e.g.
             ``model="ViT-B-16", epochs=5``) override it.
-        reading: how to read the dataset, as one :class:`ReadOptions`; or its fields as keywords:
+        reading: how to read the dataset, as one :class:`ReadOptions`, or its fields as keywords (not both):
         path_col, label_col, class_names: how to read the dataset; ``image_col`` is another name for
             ``path_col``, ``root`` the folder a DataFrame's relative paths start from (for a Hugging Face
             dataset object: the folder its path-only rows may be read from).
-        run: where the run writes and how it resumes, as one :class:`RunOptions`; or its fields as keywords:
+        run: where the run writes and how it resumes, as one :class:`RunOptions`, or its fields as keywords
+            (not both):
         out: if given, the Parquet is written there atomically.
         quiet: no progress bars or warnings.
         run_dir: folder for the training checkpoint (default ``<out>.run`` when ``out`` is given; without
@@ -207,6 +208,21 @@ def detect(
         A :class:`DetectResult`; ``result.frame`` has one row per listed sample.
     """
     cfg = merge_options(DetectConfig, config, options)
+    _one_form(
+        reading,
+        "reading",
+        path_col=path_col != "path",
+        label_col=label_col != "label",
+        image_col=image_col,
+        root=root,
+        class_names=class_names,
+        split=split,
+        label_key=label_key != "cls",
+        id_col=id_col,
+    )
+    _one_form(
+        run, "run", out=out, run_dir=run_dir, resume=resume, checkpoint_every=checkpoint_every, overwrite=overwrite
+    )
     reading = reading or ReadOptions.of(
         path_col=path_col,
         label_col=label_col,
@@ -236,11 +252,19 @@ def detect(
         return result
 
 
+def _one_form(given: Any, name: str, **keywords: Any) -> None:
+    """Refuse an options object together with any of its fields as keywords (one would be ignored)."""
+    if given is not None:
+        named = [key for key, value in keywords.items() if value not in (None, False, 0)]
+        if named:
+            raise UsageError(f"pass {name}= or its fields ({', '.join(named)}) as keywords, not both")
+
+
 def _check_outputs(
     dataset: Any, listing: Listing, cfg: DetectConfig, run: RunOptions, *, class_names: Any, save_arrays: Any
 ) -> Path | None:
     """Refuse outputs that would overwrite inputs or each other; returns the run folder (None: no checkpoints)."""
-    out, overwrite, run_dir = run.out, run.overwrite, run.checkpoint_dir
+    out, overwrite = run.out, run.overwrite
     if out is not None and Path(out).is_dir():
         raise UsageError(f"{option('out')} {out} is a folder; pass a file path such as results.parquet")
     from ..outputs.arrays import ARRAY_FILES, check_arrays_dir
@@ -249,6 +273,7 @@ def _check_outputs(
         check_arrays_dir(save_arrays, overwrite=overwrite)
     if run.checkpoint_every < 0:
         raise UsageError(f"{option('checkpoint_every')} must be 0 or more, got {run.checkpoint_every}")
+    run_dir = run.checkpoint_dir  # after the folder check: "<out>.run" needs out to name a file
     outputs = [
         Output(out, overwrite=overwrite, kind="results") if out is not None else None,
         Output(run_dir, "run_dir", folder=True, overwrite=True) if run_dir is not None else None,
@@ -380,6 +405,8 @@ def _detect(
     decision = select(cfg, listing, evidence, device=device)
     frame = results_frame(listing, evidence, decision)
     warnings = evidence.warnings + decision.warnings  # every warning of the run, in the order they arose
+    for line in warnings:
+        warn_result(line)  # at once (before the health pass), and even when quiet: they change what flags mean
     if cfg.health:
         health = health_columns(
             listing.root,
@@ -392,9 +419,9 @@ def _detect(
             threshold=cfg.duplicate_threshold,
         )
         frame = frame.assign(**health.columns)
+        for line in health.warnings:
+            warn_result(line)
         warnings += health.warnings
-    for line in warnings:
-        warn_result(line)  # even when quiet: these change what the flags mean
     metadata = _metadata(
         cfg, listing, loaded, evidence, decision, reading=reading, device=device, world=ranks.world, warnings=warnings
     )

@@ -72,12 +72,13 @@ def image_seed(
     """bool [N]: the seed from the image evidence alone, for when the text view is uninformative.
 
     A probe fitted on all usable rows (cross-fitted as the selection's, the same probe family) scores every row
-    out of sample; the seed is the rows whose confident-learning class (:func:`evidence.confident_class`) is
+    out of sample; the seed is the rows whose confident-learning class (:func:`confident.confident_class`) is
     their label. A class with fewer than MIN_IMAGE_SEED_SHARE of its rows there gets its rows with the highest
     probability of the label, so that the next probe can learn every class."""
     import torch
 
     from . import probes as ev
+    from .confident import class_thresholds, confident_class
 
     rows = np.flatnonzero(usable)
     y = labels[rows]
@@ -88,7 +89,7 @@ def image_seed(
     else:
         fit = ev.ClassMeans(x, target, n_classes)
     probs = fit(np.ones(len(rows), dtype=bool)).cpu().numpy()  # [M, K] out of sample
-    chosen = ev.confident_class(probs, ev.class_thresholds(probs, y, n_classes)) == y
+    chosen = confident_class(probs, class_thresholds(probs, y, n_classes)) == y
     own = probs[np.arange(len(rows)), y]
     for k in np.unique(y):
         members = np.flatnonzero(y == k)

@@ -425,6 +425,27 @@ def test_out_under_a_regular_file_fails_before_loading_the_model(tiny_clip, smal
     fails(detect(tiny_clip, small_folder, blocker / "r.parquet"), 2, "not a folder")
 
 
+@pytest.mark.parametrize("name", [".", "/"])
+def test_out_naming_a_folder_without_a_name_is_a_usage_error(small_folder, tmp_path, monkeypatch, name):
+    import deft_clean.models.clip as clip
+
+    monkeypatch.setattr(clip, "load_clip", lambda *a, **k: pytest.fail("the model was loaded"))
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["detect", str(small_folder), "--out", name, "--device", "cpu", "-q"])
+    fails(result, 2, "is a folder")
+
+
+def test_an_options_object_and_its_fields_are_not_both_taken(small_folder, tmp_path):
+    import deft_clean
+    from deft_clean.run.options import ReadOptions, RunOptions
+
+    with pytest.raises(UsageError, match="not both"):
+        deft_clean.detect(small_folder, reading=ReadOptions(), label_col="y", device="cpu", quiet=True)
+    with pytest.raises(UsageError, match="not both"):
+        deft_clean.detect(small_folder, run=RunOptions(), out=tmp_path / "r.parquet", device="cpu", quiet=True)
+    assert not (tmp_path / "r.parquet").exists()
+
+
 def test_disk_full_is_one_line(tmp_path):
     def write(tmp: Path) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
