@@ -107,15 +107,7 @@ def train_and_score(
     dev = resolve_device(cfg.device)
     generator = seed_everything(cfg.seed)
     loaded = load_clip(str(foundation.config), str(foundation.checkpoint), device=dev, quiet=True)
-    model = DeftModel(
-        loaded,
-        listing.prompt_names,
-        n_ctx=cfg.n_ctx,
-        ctx_init=cfg.ctx_init,
-        class_specific=cfg.class_specific,
-        vpt_tokens=cfg.vpt_tokens,
-        vpt_depth=cfg.vpt_depth,
-    ).to(dev)
+    model = DeftModel.from_config(loaded, listing.prompt_names, cfg).to(dev)
     image = {"image_size": loaded.image_size, "mean": loaded.mean, "std": loaded.std}
     started = time.perf_counter()
     if crop != "default":

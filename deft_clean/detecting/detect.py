@@ -561,15 +561,7 @@ def learned_scores(
     # Seeded here, after the cache fill and the feature pass (their loaders draw from the global RNG), so
     # that prompt init and augmentation are the same with and without a cache.
     generator = seed_everything(cfg.seed)
-    model = DeftModel(
-        loaded,
-        listing.prompt_names,
-        n_ctx=cfg.n_ctx,
-        ctx_init=cfg.ctx_init,
-        class_specific=cfg.class_specific,
-        vpt_tokens=cfg.vpt_tokens,
-        vpt_depth=cfg.vpt_depth,
-    ).to(passes.device)
+    model = DeftModel.from_config(loaded, listing.prompt_names, cfg).to(passes.device)
     try:
         evidence.history = train_prompts(model, listing, cfg, passes, generator=generator, control=control)
     except TrainingDiverged as exc:

@@ -34,7 +34,7 @@ from .clip import (
 )
 
 if TYPE_CHECKING:
-    import torch
+    from ..run.options import DetectConfig
 
 
 CONTEXT_STD = 0.02  # normal init of random context vectors (CoOp / DeFT)
@@ -183,6 +183,20 @@ class DeftModel(nn.Module):
         )
         # VPT parameters live inside the wrapped vision blocks; keep a list for the optimiser.
         self.visual_prompts = add_visual_prompts(self.clip, vpt_tokens, vpt_depth)
+
+    @classmethod
+    def from_config(cls, loaded: LoadedClip, prompt_names: list[str], cfg: DetectConfig) -> DeftModel:
+        """The model a detect config describes: its contexts (n_ctx, ctx_init, class_specific) and its visual
+        prompt tokens (vpt_tokens, vpt_depth)."""
+        return cls(
+            loaded,
+            prompt_names,
+            n_ctx=cfg.n_ctx,
+            ctx_init=cfg.ctx_init,
+            class_specific=cfg.class_specific,
+            vpt_tokens=cfg.vpt_tokens,
+            vpt_depth=cfg.vpt_depth,
+        )
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [self.prompts.ctx_pos, self.prompts.ctx_neg, *self.visual_prompts]
