@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from ..run.options import CLEAN_RULES, DetectConfig, ReadOptions, RunOptions, TrainConfig
+from ..run.options import CLEAN_RULES, DetectConfig, TrainConfig
 from ..run.safety import printable
 from . import report as cli_report
 from .common import (
@@ -178,10 +178,12 @@ def detect(
     from ..detecting.detect import detect as run_detect
 
     started = time.monotonic()
-    reading = _run(
+    # detect() builds its ReadOptions and RunOptions from these once (a conflict is a UsageError, mapped by _run)
+    result = _run(
         debug,
         quiet,
-        ReadOptions.of,
+        run_detect,
+        dataset,
         path_col=path_col,
         label_col=label_col,
         image_col=image_col,
@@ -189,14 +191,11 @@ def detect(
         label_key=label_key,
         id_col=id_col,
         class_names=class_names,
-    )
-    result = _run(
-        debug,
-        quiet,
-        run_detect,
-        dataset,
-        reading=reading,
-        run=RunOptions(out, run_dir, resume, checkpoint_every, overwrite),
+        out=out,
+        run_dir=run_dir,
+        resume=resume,
+        checkpoint_every=checkpoint_every,
+        overwrite=overwrite,
         quiet=quiet,
         save_arrays=save_arrays,
         **options,

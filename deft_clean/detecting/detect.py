@@ -208,22 +208,7 @@ def detect(
         A :class:`DetectResult`; ``result.frame`` has one row per listed sample.
     """
     cfg = merge_options(DetectConfig, config, options)
-    _one_form(
-        reading,
-        "reading",
-        path_col=path_col != "path",
-        label_col=label_col != "label",
-        image_col=image_col,
-        root=root,
-        class_names=class_names,
-        split=split,
-        label_key=label_key != "cls",
-        id_col=id_col,
-    )
-    _one_form(
-        run, "run", out=out, run_dir=run_dir, resume=resume, checkpoint_every=checkpoint_every, overwrite=overwrite
-    )
-    reading = reading or ReadOptions.of(
+    built = ReadOptions.of(
         path_col=path_col,
         label_col=label_col,
         image_col=image_col,
@@ -233,7 +218,8 @@ def detect(
         label_key=label_key,
         id_col=id_col,
     )
-    run = run or RunOptions(out, run_dir, resume, checkpoint_every, overwrite)
+    reading = _one_form(reading, built, "reading")
+    run = _one_form(run, RunOptions(out, run_dir, resume, checkpoint_every, overwrite), "run")
     listing = list_dataset(dataset, reading)
     run_dir = _check_outputs(dataset, listing, cfg, run, class_names=reading.class_names, save_arrays=save_arrays)
     checkpoint = _Checkpoint.open(run_dir, cfg, listing, resume=run.resume, every=run.checkpoint_every)
@@ -252,12 +238,16 @@ def detect(
         return result
 
 
-def _one_form(given: Any, name: str, **keywords: Any) -> None:
-    """Refuse an options object together with any of its fields as keywords (one would be ignored)."""
-    if given is not None:
-        named = [key for key, value in keywords.items() if value not in (None, False, 0)]
-        if named:
-            raise UsageError(f"pass {name}= or its fields ({', '.join(named)}) as keywords, not both")
+def _one_form(given: Any, built: Any, name: str) -> Any:
+    """The options object ``given``, else ``built`` from the keywords; both at once is refused (one would be
+    ignored): a keyword given means ``built`` differs from the defaults."""
+    if given is None:
+        return built
+    defaults = type(built)()
+    named = [f.name for f in dataclasses.fields(built) if getattr(built, f.name) != getattr(defaults, f.name)]
+    if named:
+        raise UsageError(f"pass {name}= or its fields ({', '.join(named)}) as keywords, not both")
+    return given
 
 
 def _check_outputs(

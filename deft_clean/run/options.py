@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
@@ -345,7 +346,5 @@ class RunOptions:
     def checkpoint_dir(self) -> str | os.PathLike[str] | None:
         """The run folder: ``run_dir``, else ``<out>.run`` when there is an ``out``, else None (not resumable)."""
         if self.run_dir is None and self.out is not None:
-            from pathlib import Path
-
             return Path(self.out).with_name(Path(self.out).name + ".run")
         return self.run_dir
