@@ -121,7 +121,8 @@ def export_dataset(
     else:
         frame, metadata = results.frame, results.metadata
     refuse_packed(metadata)
-    root = checked_root(metadata, frame["path"].astype(str).tolist(), dataset)
+    labels = frame["label"].astype(str).tolist()  # a label fixed in the dataset since detect is refused, as train does
+    root = checked_root(metadata, frame["path"].astype(str).tolist(), dataset, labels=labels)
     target = Path(out)
     _check_out(target, mode=mode)
     return _export(

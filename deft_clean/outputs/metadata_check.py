@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..run.errors import DataError
+from ..run.safety import printable
 
 Check = Callable[[Any], bool]
 SOURCE_KINDS = ("folder", "table", "dataframe", "files", "hf", "webdataset")
@@ -39,12 +40,13 @@ def _list_of(check: Check, length: int | None = None) -> Check:
     return lambda value: isinstance(value, list) and (length is None or len(value) == length) and all(map(check, value))
 
 
-def _scalar(value: Any) -> bool:
-    return value is None or isinstance(value, (str, bool)) or _number(value)
+# the reader options detect records (see inputs.readers): a name a reader does not take (``root``,
+# ``recursive``...) would reach it as an unexpected keyword
+READER_KEYS = ("path_col", "label_col", "split", "label_key", "id_col")
 
 
 def _reader(value: Any) -> bool:
-    return isinstance(value, dict) and all(_text(k) and _scalar(v) for k, v in value.items())
+    return isinstance(value, dict) and all(k in READER_KEYS and _optional(_text)(v) for k, v in value.items())
 
 
 def _record(fields: dict[str, Check]) -> Check:
@@ -137,4 +139,7 @@ def check_metadata(metadata: dict[str, Any], file: Path) -> None:
     if key == "evidence" and isinstance(metadata[key], dict):
         inner = _bad_fields(metadata[key], EVIDENCE_FIELDS)
         detail = f" (its {inner[0]!r} entry)" if inner else ""
+    if key == "reader" and isinstance(metadata[key], dict):
+        inner = [k for k, v in metadata[key].items() if k not in READER_KEYS or not _optional(_text)(v)]
+        detail = f" (its {printable(str(inner[0])[:100])!r} entry; a reader takes {', '.join(READER_KEYS)})"
     raise DataError(f"{file}: the metadata's {key!r} entry is malformed{detail}; rerun detect to write it again")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import stat
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -19,7 +20,7 @@ import pyarrow.parquet as pq
 
 from ..run.errors import STATUS_OK, DataError, UsageError
 from ..run.files import write_atomic
-from ..run.safety import printable
+from ..run.safety import printable, short
 from .metadata_check import check_metadata
 
 __all__ = [
@@ -119,8 +120,13 @@ def load_results(path: str | os.PathLike[str]) -> tuple[pd.DataFrame, dict[str, 
     Raises DataError when the file is not a deft-clean results file.
     """
     file = Path(path)
-    if not file.exists():
-        raise UsageError(f"results file not found: {file}")
+    try:
+        info = os.stat(file)
+    except (OSError, ValueError) as exc:  # missing, a NUL byte, a name too long, a link loop
+        reason = "not found" if isinstance(exc, FileNotFoundError) else "cannot be opened"
+        raise UsageError(f"results file {reason}: {short(file)}") from None
+    if not stat.S_ISREG(info.st_mode):  # a FIFO or /dev/zero would block or never end
+        raise DataError(f"{short(file)} is not a regular file (a folder, a FIFO or a device); pass a results Parquet")
     try:
         table = pq.read_table(file)
     except Exception as exc:  # pyarrow raises several types for non-Parquet input

@@ -41,6 +41,14 @@ def printable(text: object) -> str:
     return "".join(f"\\u{ord(c):04x}" if unicodedata.category(c) in _INVISIBLE else c for c in value)
 
 
+def short(text: object, limit: int = 200) -> str:
+    """:func:`printable` text cut to about ``limit`` characters: a crafted 5 MB path never fills a message."""
+    value = printable(text)
+    if len(value) <= limit:
+        return value
+    return f"{value[: limit // 2]}...{value[-(limit // 4) :]} ({len(value)} characters)"
+
+
 def real(path: str | os.PathLike[str]) -> Path:
     """The path with every symlink and ``..`` resolved (the file need not exist)."""
     return Path(os.path.realpath(path))

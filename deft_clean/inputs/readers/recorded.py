@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 from collections.abc import Callable, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from PIL import Image
 
-from ...run.errors import DataError, DeftCleanError
-from ...run.safety import is_inside, printable, real
+from ...run.errors import DataError, DeftCleanError, option
+from ...run.safety import is_inside, real, short
 
+MAX_PATH_CHARS = 4096  # PATH_MAX: a longer row path names no file
 Opener = Callable[[str, int], Image.Image]  # (row path, draft size) -> RGB image
 
 
@@ -58,44 +60,104 @@ def row_opener(metadata: dict[str, Any], root: Path | None) -> Opener | None:
     return open_file
 
 
-def checked_root(metadata: dict[str, Any], paths: Sequence[str], dataset: Any = None) -> Path:
+def checked_root(
+    metadata: dict[str, Any], paths: Sequence[str], dataset: Any = None, *, labels: Sequence[str] | None = None
+) -> Path:
     """The dataset root of file-source results, once every row path in ``paths`` is one the recorded dataset's
-    own reader lists again: a results file is data, not instructions, so its metadata cannot point export or
-    the report at any other folder's files.
+    own reader lists: a results file is data, not instructions, so its metadata cannot point export or the
+    report at any other folder's files.
 
-    An image folder or a table is listed again (``dataset`` replaces the recorded location, for a dataset that
-    moved); rows of a DataFrame or loose files, which have no listing to repeat, must be plain relative paths
-    to regular image files inside the root.
+    Every row must be a plain relative path to a regular image file inside the root, by the image folder's
+    rule (an image extension, no hidden file or folder on the way). An image folder's row must also sit in a
+    class folder (checked row by row: a recorded home folder is never walked); a table is read again and
+    must list the row, and may not be a file deft-clean wrote (results, predictions, an export): a results
+    file cannot name itself, or its own row list, as its dataset. ``dataset`` replaces the recorded
+    location (for a dataset that moved). With ``labels`` (the results' label of each row), a row whose
+    label is not the one the dataset gives it now is refused, the rule train follows.
 
     Raises:
-        DataError: a row does not list again, or the recorded dataset cannot be listed.
+        DataError: a row does not list again, its label changed, or the recorded dataset cannot be listed.
         UsageError: ``dataset`` does not exist.
     """
-    from ..listing import DatasetSpec, relist
+    from ..listing import DatasetSpec
     from .base import IMAGE_EXTENSIONS
 
     spec = DatasetSpec.of(metadata)
     root = spec.root(dataset)
+    real_root = real(root)
     target = _relist_target(spec, dataset)
-    if target is not None:
-        try:
-            listed = set(relist(target, metadata).paths)
-        except DeftCleanError as exc:
-            raise DataError(f"cannot list the recorded dataset again to check the results' rows: {exc}") from None
-        stray = [p for p in paths if p not in listed and _present(root, str(p))]  # missing: the caller says
-        where = f"the {spec.name} {target}"
+    rows = [str(p) for p in paths]
+    present = [p for p in rows if _present(root, p)]  # a missing file is the caller's error to report
+    stray = [p for p in present if not _plain_image(root, real_root, p, IMAGE_EXTENSIONS)]
+    where = f"{short(root)} as image files"
+    if not stray and target is not None and Path(target).is_dir():
+        stray = [p for p in present if len(PurePosixPath(p).parts) < 2]  # top-level files are not listed
+        where = f"the image folder {short(target)} (a row is <class>/<image>)"
+        current = {p: PurePosixPath(p).parts[0] for p in rows}
+    elif not stray and target is not None:
+        listed = _relist_table(Path(target), metadata)
+        stray = [p for p in present if p not in listed]
+        where = f"the {spec.name} {short(target)}"
+        current = listed
     else:
-        real_root = real(root)
-        stray = [
-            p for p in paths if _present(root, str(p)) and not _plain_image(root, real_root, str(p), IMAGE_EXTENSIONS)
-        ]
-        where = f"{root} as image files"
+        current = {}
+    outside = [p for p in stray if _links_out(root, real_root, p)]
+    if outside:
+        raise DataError(
+            f"{len(outside)} row(s) of the results link outside the dataset root {short(root)}, e.g. "
+            f"{short(outside[0])!r}; export and the report never read such files"
+        )
     if stray:
         raise DataError(
-            f"{len(stray)} row(s) of the results are not listed by {where}, e.g. {printable(str(stray[0]))!r}; "
+            f"{len(stray)} row(s) of the results are not listed by {where}, e.g. {short(stray[0])!r}; "
             "the results were made for another dataset or edited: rerun detect"
         )
+    if labels is not None and current:
+        _check_labels(rows, [str(v) for v in labels], current)
     return root
+
+
+def _relist_table(table: Path, metadata: dict[str, Any]) -> dict[str, str]:
+    """Row path -> label of a table read again; never a file deft-clean wrote, never a FIFO or a device."""
+    from ...run.ownership import written_kind
+    from ..listing import relist
+
+    try:
+        regular = stat.S_ISREG(os.stat(table).st_mode)
+    except (OSError, ValueError):
+        regular = False
+    if not regular:
+        raise DataError(f"the recorded dataset table {short(table)} is not a regular file; pass {option('dataset')}")
+    kind = written_kind(table)
+    if kind is not None:
+        raise DataError(
+            f"the recorded dataset {short(table)} is a deft-clean {kind} file, not a dataset: the results were "
+            "edited or made for another dataset; rerun detect"
+        )
+    try:
+        listing = relist(str(table), metadata)
+    except DeftCleanError as exc:
+        raise DataError(
+            f"cannot list the recorded dataset again to check the results' rows: {short(str(exc), 400)}"
+        ) from None
+    except (TypeError, ValueError) as exc:  # reader options of the wrong name or value in a crafted file
+        raise DataError(
+            f"the results' metadata 'reader' entry cannot list {short(table)} again ({type(exc).__name__}); "
+            "rerun detect"
+        ) from None
+    return dict(zip(listing.paths, listing.labels, strict=True))
+
+
+def _check_labels(paths: list[str], labels: list[str], current: dict[str, str]) -> None:
+    """Refuse rows whose label the dataset no longer gives them (the results' verdicts judged the old one)."""
+    changed = [i for i, p in enumerate(paths) if p in current and current[p] != labels[i]]
+    if changed:
+        i = changed[0]
+        raise DataError(
+            f"{len(changed)} row(s) of the dataset have other labels than the results judged, e.g. "
+            f"{short(paths[i])!r}: {short(current[paths[i]])!r} now, {short(labels[i])!r} then; rerun detect on "
+            f"the dataset as it is, or record fixes in {option('decisions')} (path,decision,label)"
+        )
 
 
 def _relist_target(spec: Any, dataset: Any) -> str | None:
@@ -112,6 +174,8 @@ def _relist_target(spec: Any, dataset: Any) -> str | None:
 
 def _present(root: Path, path: str) -> bool:
     """Whether a row's file (or a link in its place) is there; a missing file is the caller's error to report."""
+    if "\0" in path or len(path) > MAX_PATH_CHARS:
+        return True  # never a file: refused as a row that does not list
     try:
         return os.path.lexists(root / path)
     except (OSError, ValueError):
@@ -119,11 +183,29 @@ def _present(root: Path, path: str) -> bool:
 
 
 def _plain_image(root: Path, real_root: Path, path: str, extensions: frozenset[str]) -> bool:
+    """The image folder's rule: a relative path without ``..`` or hidden parts, an image extension, and a
+    regular file whose real path is inside the root."""
+    if "\0" in path or len(path) > MAX_PATH_CHARS:
+        return False
     parts = PurePosixPath(path).parts
-    if not parts or PurePosixPath(path).is_absolute() or ".." in parts:
+    if not parts or PurePosixPath(path).is_absolute() or any(p in ("..", ".") or p.startswith(".") for p in parts):
         return False
     file = root.joinpath(*parts)
     if file.suffix.lower() not in extensions:
         return False
-    resolved = real(file)
-    return is_inside(resolved, real_root) and resolved.is_file()
+    try:
+        resolved = real(file)
+        return is_inside(resolved, real_root) and resolved.is_file()
+    except (OSError, ValueError):
+        return False
+
+
+def _links_out(root: Path, real_root: Path, path: str) -> bool:
+    """A plain relative row path whose real path (through a linked class folder or file) leaves the root."""
+    parts = PurePosixPath(path).parts
+    if "\0" in path or len(path) > MAX_PATH_CHARS or not parts or PurePosixPath(path).is_absolute() or ".." in parts:
+        return False
+    try:
+        return not is_inside(real(root.joinpath(*parts)), real_root)
+    except (OSError, ValueError):
+        return False
