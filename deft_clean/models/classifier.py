@@ -19,9 +19,14 @@ from torch import nn
 
 from ..run.errors import DataError, DeftCleanError, UsageError, WeightsError, option
 from ..run.safety import printable
+from .towers import embed_width
 
 MODEL_FILES = ("config.json", "model.safetensors")
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}")  # an open_clip/timm model name, no path or hub prefix
+
+
+def _side(size: Any) -> int:
+    return int(size[0] if isinstance(size, (tuple, list)) else size)
 
 
 class ClipClassifier(nn.Module):
@@ -31,13 +36,19 @@ class ClipClassifier(nn.Module):
         super().__init__()
         self.visual = visual
         self.head = nn.Linear(embed_dim, n_classes)
-        # As in DeFT's phase 2: the patch embedding, norms and projection stay as pretrained.
-        for name in ("conv1", "ln_pre", "ln_post"):
-            module = getattr(visual, name, None)
+        # As in DeFT's phase 2: the patch embedding, norms and projection stay as pretrained (open_clip's ViT
+        # names, then a timm trunk's: patch_embed / stem, positions and prefix tokens).
+        trunk = getattr(visual, "trunk", visual)
+        for owner, name in [(visual, n) for n in ("conv1", "ln_pre", "ln_post")] + [
+            (trunk, n) for n in ("patch_embed", "stem", "norm_pre")
+        ]:
+            module = getattr(owner, name, None)
             if isinstance(module, nn.Module):
                 module.requires_grad_(False)
-        for name in ("class_embedding", "positional_embedding", "proj"):
-            parameter = getattr(visual, name, None)
+        for owner, name in [(visual, n) for n in ("class_embedding", "positional_embedding", "proj")] + [
+            (trunk, n) for n in ("pos_embed", "cls_token", "reg_token")
+        ]:
+            parameter = getattr(owner, name, None)
             if isinstance(parameter, nn.Parameter):
                 parameter.requires_grad_(False)
 
@@ -132,7 +143,8 @@ def build_classifier(
             clip = load_clip(spec["model"], spec["pretrained"], device=device, quiet=quiet).model
         else:
             clip = _clip_architecture(spec, device)
-        return ClipClassifier(clip.visual, int(clip.visual.output_dim), n_classes).to(device)
+        size = int(spec.get("image_size") or _side(clip.visual.image_size))
+        return ClipClassifier(clip.visual, embed_width(clip, size), n_classes).to(device)
     if spec["backbone"].startswith("timm:"):
         return _timm_classifier(spec, n_classes=n_classes, device=device, load_pretrained=load_pretrained, quiet=quiet)
     raise DataError(f"unknown backbone {spec['backbone']!r} in config.json (expected clip or timm:NAME)")

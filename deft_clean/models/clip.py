@@ -7,6 +7,7 @@ fixed in one file.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import os
@@ -181,6 +182,12 @@ def load_clip(
             )
         weights = tag
         _check_download_possible(name, tag)
+    needs_hf = _needs_transformers(name)
+    if needs_hf and importlib.util.find_spec("transformers") is None:
+        raise UsageError(
+            f"{option('model')} {name} needs the Hugging Face `transformers` package ({needs_hf}); "
+            "install it with: pip install 'deft-clean[hf]'"
+        )
     if announce and not quiet:
         print(f"loading model {model} ({pretrained}) on {device} ...", file=sys.stderr, flush=True)
     try:
@@ -197,12 +204,46 @@ def load_clip(
             ) from exc
         raise WeightsError(f"could not load {name} with weights {weights}: {exc}") from exc
     clip.eval()
-    tokenizer = open_clip.get_tokenizer(name)
+    tokenizer = _tokenizer(name)
     size = clip.visual.image_size
     image_size = int(size[0] if isinstance(size, (tuple, list)) else size)
     mean = tuple(getattr(clip.visual, "image_mean", None) or OPENAI_MEAN)
     std = tuple(getattr(clip.visual, "image_std", None) or OPENAI_STD)
     return LoadedClip(clip, tokenizer, name, image_size, mean, std)  # type: ignore[arg-type]
+
+
+def _needs_transformers(name: str) -> str:
+    """Why model ``name`` needs ``transformers`` (its text tower or tokenizer), or "" when it does not."""
+    import open_clip
+
+    text_cfg = (open_clip.get_model_config(name) or {}).get("text_cfg", {})
+    if text_cfg.get("hf_model_name"):
+        return f"a Hugging Face text tower, {text_cfg['hf_model_name']}"
+    if text_cfg.get("hf_tokenizer_name") or "siglip" in name.lower():
+        return f"a Hugging Face tokenizer, {text_cfg.get('hf_tokenizer_name') or 'SigLIP'}"
+    return ""
+
+
+def _tokenizer(name: str) -> Any:
+    """open_clip's tokenizer for ``name``; a Hugging Face tokenizer whose files are neither in a local folder nor
+    in the cache (and cannot be downloaded) is one line naming the files and where they were looked for."""
+    import open_clip
+
+    try:
+        return open_clip.get_tokenizer(name)
+    except (OSError, ValueError) as exc:
+        text_cfg = (open_clip.get_model_config(name) or {}).get("text_cfg", {})
+        source = text_cfg.get("hf_tokenizer_name") or text_cfg.get("hf_model_name") or name
+        cache = os.environ.get("HF_HUB_CACHE") or os.path.join(
+            os.environ.get("HF_HOME") or os.path.join(os.path.expanduser("~"), ".cache", "huggingface"), "hub"
+        )
+        raise WeightsError(
+            f"the tokenizer files of {source} (tokenizer.json or its vocabulary, tokenizer_config.json) are not in "
+            f"a local folder of that name nor in the Hugging Face cache ({cache}) and could not be downloaded "
+            f'({type(exc).__name__}); on a machine with internet run `python -c "import open_clip; '
+            f"open_clip.get_tokenizer('{name}')\"` to fill the cache, or point the config's hf_tokenizer_name at a "
+            "folder holding them"
+        ) from None
 
 
 def freeze(module: nn.Module) -> None:
@@ -230,97 +271,6 @@ def zero_shot_text(loaded: LoadedClip, prompt_names: list[str], template: str = 
     device = next(loaded.model.parameters()).device
     tokens = loaded.tokenizer([template.format(name) for name in prompt_names]).to(device)  # [K, L]
     return loaded.model.encode_text(tokens, normalize=True).float()
-
-
-# ----------------------------------------------------------------------------------------------------
-# Text tower: encode prompts given as token embeddings instead of token ids
-
-
-class TextEncoder:
-    """The frozen CLIP text path, fed with token embeddings (so that context vectors can be learned).
-
-    Works for open_clip's ``CLIP`` (text tower inlined) and ``CustomTextCLIP`` with a
-    ``TextTransformer``; Hugging Face text towers are not supported.
-    Not an nn.Module on purpose: it only borrows modules that the CLIP model already owns.
-    """
-
-    def __init__(self, clip: nn.Module) -> None:
-        tower = getattr(clip, "text", clip)
-        needed = ("token_embedding", "positional_embedding", "transformer", "ln_final")
-        if not all(hasattr(tower, name) for name in needed):
-            raise UsageError("this CLIP's text tower is not an open_clip TextTransformer; use a ViT CLIP model")
-        if getattr(tower, "cls_emb", None) is not None or getattr(tower, "use_pad_mask", False):
-            raise UsageError("CoCa-style text towers (class token / padding mask) are not supported")
-        self.tower = tower
-        self.pool_type = getattr(tower, "text_pool_type", getattr(tower, "pool_type", "argmax"))
-        self.eos_id = getattr(tower, "text_eos_id", getattr(tower, "eos_id", None))
-        if self.pool_type not in ("argmax", "eos", "last", "first"):
-            raise UsageError(f"unsupported text pooling {self.pool_type!r}")
-
-    @property
-    def width(self) -> int:
-        return int(self.tower.token_embedding.weight.shape[1])
-
-    def embed_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Token embeddings [N, L] -> [N, L, width]."""
-        return self.tower.token_embedding(tokens)
-
-    def pool_index(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Index of the token whose feature is the sentence feature, per row [N]."""
-        n, length = tokens.shape
-        if self.pool_type == "argmax":
-            return tokens.argmax(dim=-1)
-        if self.pool_type == "eos":
-            return (tokens == self.eos_id).int().argmax(dim=-1)
-        fill = length - 1 if self.pool_type == "last" else 0
-        return torch.full((n,), fill, dtype=torch.long)
-
-    @property
-    def causal(self) -> bool:
-        """True when later tokens cannot change earlier ones, so sequences may be cut after the pool token."""
-        return self.tower.attn_mask is not None and self.pool_type in ("argmax", "eos")
-
-    def __call__(self, embeddings: torch.Tensor, pool_index: torch.Tensor) -> torch.Tensor:
-        """Prompt embeddings [N, L, width] -> L2-normalised text features [N, E]."""
-        tower = self.tower
-        length = embeddings.shape[1]
-        cast = tower.transformer.get_cast_dtype()
-        x = embeddings.to(cast) + tower.positional_embedding[:length].to(cast)  # [N, L, width]
-        mask = tower.attn_mask
-        if mask is not None:
-            mask = mask[:length, :length].to(x.device)
-        x = tower.transformer(x, attn_mask=mask)
-        x = tower.ln_final(x)
-        x = x[torch.arange(x.shape[0], device=x.device), pool_index.to(x.device)]  # [N, width]
-        projection = tower.text_projection
-        if projection is not None:
-            x = projection(x) if isinstance(projection, nn.Linear) else x @ projection
-        return nn.functional.normalize(x, dim=-1)
-
-
-# ----------------------------------------------------------------------------------------------------
-# Vision tower internals used by visual prompt tuning
-
-
-def vision_blocks(clip: nn.Module) -> nn.ModuleList:
-    """The residual blocks of a ViT vision tower (batch-first [B, T, D] inputs)."""
-    visual = clip.visual
-    transformer = getattr(visual, "transformer", None)
-    if transformer is None or not hasattr(transformer, "resblocks"):
-        raise UsageError(
-            f"visual prompt tuning needs a ViT vision tower; use {option('vpt_tokens', 0)} for other towers"
-        )
-    if not getattr(transformer, "batch_first", True):
-        raise UsageError("this open_clip build runs the vision transformer sequence-first; update open_clip_torch")
-    return transformer.resblocks
-
-
-def vision_width_and_patch(clip: nn.Module) -> tuple[int, int]:
-    """Token width and patch side of a ViT vision tower."""
-    visual = clip.visual
-    patch = visual.patch_size
-    patch_side = int(patch[0] if isinstance(patch, (tuple, list)) else patch)
-    return int(visual.transformer.width), patch_side
 
 
 class CompiledOrEager:

@@ -3,10 +3,9 @@
 - Dual (positive / negative) learnable text prompts on a frozen CLIP text encoder. Each class k gets two
   prompts, ``[SOT] ctx_1 .. ctx_M  <class name> . [EOT]``: one with the positive context and one with the
   negative context. The contexts are learned; the class-name tokens are not.
-- Deep visual prompt tuning (VPT) for open_clip ViTs, added by wrapping residual blocks. Each wrapped block
-  appends its own learnable tokens to the sequence, runs the original block, and drops them again. That is
-  deep VPT exactly (every layer's prompt outputs are discarded and replaced by the next layer's fresh
-  prompts), and because the tokens are gone before pooling, any pooling sees the sequence it expects.
+- Deep visual prompt tuning (VPT) on every image tower with tokens (open_clip's ViT, timm's ViT and Eva towers),
+  or a tower-agnostic adapter on towers without tokens: :mod:`deft_clean.models.towers` holds one adapter per
+  tower family, so nothing here branches on the family.
 - :class:`DeftModel` holds both on a frozen CLIP; :func:`deft_loss` is the paper's L_sim + L_dp;
   :func:`dual_prompt_clean` is the paper's clean rule (p_clean > 0.5, optionally with the top-1 check).
 
@@ -16,22 +15,17 @@ Training the prompts (the schedule, checkpoints, the judgement every epoch) live
 
 from __future__ import annotations
 
-import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .clip import (
-    LoadedClip,
-    TextEncoder,
-    encode_image,
-    freeze,
-    logit_scale,
-    vision_blocks,
-    vision_width_and_patch,
-)
+from ..run.errors import UsageError, option
+from .clip import LoadedClip, encode_image, freeze, logit_scale
+from .towers import DEFAULT_TOKENLESS_ADAPTER, TextTower, context_span, image_adaptation, text_tower
 
 if TYPE_CHECKING:
     from ..run.options import DetectConfig
@@ -46,12 +40,16 @@ class PromptFeatures(NamedTuple):
 
 
 class DualPromptLearner(nn.Module):
-    """Learnable positive and negative contexts shared by all classes (or one per class)."""
+    """Learnable positive and negative contexts shared by all classes (or one per class).
+
+    Works with every text tower :mod:`deft_clean.models.towers` adapts and every tokenizer open_clip uses:
+    the contexts replace the placeholder tokens wherever the tokenizer puts them (after a start token, or first).
+    """
 
     def __init__(
         self,
-        text: TextEncoder,
-        tokenizer: object,
+        text: TextTower,
+        tokenizer: Any,
         prompt_names: list[str],
         *,
         n_ctx: int = 16,
@@ -60,34 +58,36 @@ class DualPromptLearner(nn.Module):
     ) -> None:
         super().__init__()
         self.text = text
-        device = text.tower.token_embedding.weight.device
+        device = text.device
         init_vectors = None
         if ctx_init:
-            init_tokens = tokenizer([ctx_init]).to(device)  # [1, context_length]
-            n_ctx = int(text.pool_index(init_tokens)[0]) - 1  # words between SOT and EOT
+            start, n_ctx = context_span(tokenizer, ctx_init, prompt_names[0])
+            init_tokens = tokenizer([f"{ctx_init} {prompt_names[0]}."]).to(device)  # [1, L]
             with torch.no_grad():
-                init_vectors = text.embed_tokens(init_tokens)[0, 1 : 1 + n_ctx]  # [n_ctx, width]
+                init_vectors = text.embed_tokens(init_tokens)[0, start : start + n_ctx]  # [n_ctx, width]
         self.n_ctx = n_ctx
         placeholder = " ".join(["X"] * n_ctx)
-        tokens = tokenizer([f"{placeholder} {name}." for name in prompt_names]).to(device)  # [K, context_length]
+        tokens = tokenizer([f"{placeholder} {name}." for name in prompt_names]).to(device)  # [K, L]
         length = int(tokens.shape[1])
+        what = option("ctx_init") if ctx_init else option("n_ctx")
         if n_ctx + 3 > length:  # start, the contexts, a class-name token, "." (or end) must fit the text tower
-            from ..run.errors import UsageError, option
-
-            what = option("ctx_init") if ctx_init else option("n_ctx")
             raise UsageError(
                 f"{what} gives {n_ctx} context tokens, but this model's text tower holds {length} tokens "
                 f"(at most {length - 3} contexts)"
             )
-        pool_index = text.pool_index(tokens)
-        if text.causal:
-            # Later tokens never change the pooled one, so cutting after the longest prompt is exact.
-            tokens = tokens[:, : int(pool_index.max()) + 1]
+        self.start = 0
+        for k, name in enumerate(prompt_names):
+            start, count = context_span(tokenizer, placeholder, name)
+            if count != n_ctx or (k and start != self.start):
+                raise UsageError(f"this model's tokenizer does not split the {what} placeholder into {n_ctx} tokens")
+            self.start = start
+        tokens = text.trim(tokens)  # exact: later tokens never change the pooled one where the mask is causal
         with torch.no_grad():
             embedded = text.embed_tokens(tokens)  # [K, L, width]
-        self.register_buffer("prefix", embedded[:, :1].clone(), persistent=False)  # [K, 1, width] SOT
-        self.register_buffer("suffix", embedded[:, 1 + n_ctx :].clone(), persistent=False)  # [K, L-1-M, width]
-        self.register_buffer("pool_index", pool_index, persistent=False)  # [K]
+        start = self.start
+        self.register_buffer("prefix", embedded[:, :start].clone(), persistent=False)  # [K, S, width] start token(s)
+        self.register_buffer("suffix", embedded[:, start + n_ctx :].clone(), persistent=False)  # [K, L-S-M, width]
+        self.register_buffer("tokens", tokens, persistent=False)  # [K, L] ids the embeddings stand for
 
         n_classes = len(prompt_names)
         shape = (n_classes, n_ctx, text.width) if class_specific else (n_ctx, text.width)
@@ -101,56 +101,17 @@ class DualPromptLearner(nn.Module):
         self.ctx_neg = nn.Parameter(initial())
 
     def _embeddings(self, ctx: torch.Tensor) -> torch.Tensor:
-        n_classes = self.prefix.shape[0]
+        n_classes = self.suffix.shape[0]
         if ctx.dim() == 2:
             ctx = ctx.unsqueeze(0).expand(n_classes, -1, -1)
-        return torch.cat([self.prefix, ctx.to(self.prefix.dtype), self.suffix], dim=1)  # [K, L, width]
+        return torch.cat([self.prefix, ctx.to(self.suffix.dtype), self.suffix], dim=1)  # [K, L, width]
 
     def forward(self) -> PromptFeatures:
         """Text features of all 2K prompts, encoded in one pass."""
         embeddings = torch.cat([self._embeddings(self.ctx_pos), self._embeddings(self.ctx_neg)])  # [2K, L, width]
-        features = self.text(embeddings, self.pool_index.repeat(2))  # [2K, E]
+        features = self.text(embeddings, self.tokens.repeat(2, 1))  # [2K, E]
         positive, negative = features.chunk(2)
         return PromptFeatures(positive, negative)
-
-
-class PromptedBlock(nn.Module):
-    """A residual block that attends over ``n_tokens`` extra learnable tokens."""
-
-    def __init__(self, block: nn.Module, n_tokens: int, width: int, init_bound: float) -> None:
-        super().__init__()
-        self.block = block
-        device = next(block.parameters()).device
-        self.prompts = nn.Parameter(torch.empty(n_tokens, width, device=device).uniform_(-init_bound, init_bound))
-
-    def forward(self, x: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
-        # x: [B, T, width]; args/kwargs (attn_mask, checkpointing) pass through untouched
-        prompts = self.prompts.to(x.dtype).unsqueeze(0).expand(x.shape[0], -1, -1)  # [B, P, width]
-        out = self.block(torch.cat([x, prompts], dim=1), *args, **kwargs)  # [B, T + P, width]
-        return out[:, : x.shape[1]]
-
-
-def add_visual_prompts(clip: nn.Module, n_tokens: int, depth: int | None = None) -> list[nn.Parameter]:
-    """Wrap the first ``depth`` vision blocks (all when None) with prompts; return the new parameters."""
-    if n_tokens <= 0:
-        return []
-    blocks = vision_blocks(clip)
-    width, patch = vision_width_and_patch(clip)
-    bound = math.sqrt(6.0 / (3 * patch * patch + width))  # as in VPT: uniform Xavier over patch dims
-    if depth is not None and not 0 <= depth <= len(blocks):
-        from ..run.errors import UsageError, option
-
-        layers = len(blocks)
-        raise UsageError(f"{option('vpt_depth')} {depth}: this model has {layers} vision layers; give 0 to {layers}")
-    depth = len(blocks) if depth is None else depth
-    parameters = []
-    for i in range(depth):
-        if isinstance(blocks[i], PromptedBlock):
-            raise ValueError("visual prompts are already installed in this model")
-        wrapped = PromptedBlock(blocks[i], n_tokens, width, bound)
-        blocks[i] = wrapped
-        parameters.append(wrapped.prompts)
-    return parameters
 
 
 P_MIN = 1e-5  # probabilities are clamped before log, as in the reference
@@ -169,20 +130,24 @@ class DeftModel(nn.Module):
         class_specific: bool,
         vpt_tokens: int,
         vpt_depth: int | None,
+        tokenless: str = DEFAULT_TOKENLESS_ADAPTER,
     ) -> None:
         super().__init__()
         self.clip = loaded.model
         freeze(self.clip)
         self.prompts = DualPromptLearner(
-            TextEncoder(self.clip),
+            text_tower(self.clip),
             loaded.tokenizer,
             prompt_names,
             n_ctx=n_ctx,
             ctx_init=ctx_init,
             class_specific=class_specific,
         )
-        # VPT parameters live inside the wrapped vision blocks; keep a list for the optimiser.
-        self.visual_prompts = add_visual_prompts(self.clip, vpt_tokens, vpt_depth)
+        # Deep VPT where the image tower has tokens, else the tower-agnostic adapter (towers.image_adaptation);
+        # its parameters live inside the CLIP's modules: keep a list for the optimiser.
+        self.image_side = image_adaptation(self.clip, vpt_tokens=vpt_tokens, vpt_depth=vpt_depth, tokenless=tokenless)
+        self.visual_prompts = self.image_side.parameters
+        self.adaptation = self.image_side.description  # one line: what the image side trains
 
     @classmethod
     def from_config(cls, loaded: LoadedClip, prompt_names: list[str], cfg: DetectConfig) -> DeftModel:
@@ -196,6 +161,7 @@ class DeftModel(nn.Module):
             class_specific=cfg.class_specific,
             vpt_tokens=cfg.vpt_tokens,
             vpt_depth=cfg.vpt_depth,
+            tokenless=getattr(cfg, "image_adapter", DEFAULT_TOKENLESS_ADAPTER),
         )
 
     def trainable_parameters(self) -> list[nn.Parameter]:
@@ -217,7 +183,19 @@ class DeftModel(nn.Module):
         return self.prompts()
 
     def image_features(self, images: torch.Tensor) -> torch.Tensor:
-        return encode_image(self.clip, images)  # [B, E]
+        return encode_image(self.clip, images)  # [B, E] through the adapted image tower
+
+    @contextmanager
+    def frozen(self) -> Iterator[None]:
+        """Inside, the image tower runs as loaded (no prompts, no tuned norms): frozen features from the
+        same decoded batch as the adapted ones."""
+        with self.image_side.disabled():
+            yield
+
+    def frozen_image_features(self, images: torch.Tensor) -> torch.Tensor:
+        """[B, E] features of the loaded image tower, without DeFT's image-side adaptation."""
+        with self.frozen():
+            return encode_image(self.clip, images)
 
     def scale(self) -> torch.Tensor:
         return logit_scale(self.clip)
