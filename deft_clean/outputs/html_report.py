@@ -1,6 +1,7 @@
-"""The HTML report: one self-contained page that opens on the most suspicious images (the review section,
-:mod:`deft_clean.outputs.html_review`, under the evidence banner), then the summary, per-class and pair
-tables, a p_clean histogram, a given-vs-suggested heatmap, training curves, duplicate and outlier galleries.
+"""The HTML report: one self-contained page that opens on an overview (the verdict, what the run did with its
+prompts, a compact summary, the per-class table and the given-vs-suggested heatmap, both of which filter the
+cards), then the review cards (:mod:`deft_clean.outputs.html_review`), the pair table, a p_clean histogram,
+training curves, duplicate and outlier galleries.
 
 The page loads nothing from the network: thumbnails are JPEG data URIs, the histogram and heatmap are
 inline SVG and tables, and its content security policy allows nothing else (not even an inline event
@@ -32,7 +33,9 @@ from ..run.safety import printable
 from . import html_review as review
 from .charts import confusion_svg, history_svg
 from .results import flagged_rows, usable_rows
-from .summary import HTML_TOP, ReportData, estimate, rate, summarize
+from .run_record import learned
+from .summary import HTML_TOP, ReportData, rate, summarize
+from .verdict import CAVEATS, CLASS_RATE, RELIABLE
 
 
 def escape(text: object) -> str:
@@ -105,6 +108,11 @@ td.n,th.n{text-align:right;font-variant-numeric:tabular-nums}
 .gallery figure{margin:0;width:116px;font-size:11px;word-break:break-all}
 .gallery img,.gallery .ph{display:block;width:112px;height:112px;object-fit:contain;background:#eee}
 .group-head{font-size:12px;width:100%}.chart{display:inline-block;margin:0 16px 8px 0}
+nav.jump{margin:4px 0 8px}nav.jump a{margin-right:12px}
+.overview{display:flex;flex-wrap:wrap;gap:24px;align-items:flex-start}.overview h2{margin-top:8px}
+.overview .scroll{max-height:300px}#classes tr[data-class],#heatmap td[data-given]{cursor:pointer}
+.verdict{padding:8px 12px;margin:8px 0;border:2px solid}.verdict.ok{background:#e8f5e9;border-color:#2e7d32}
+.verdict.caveats{background:#fff8e1;border-color:#f9a825}.verdict.bad{background:#fdecea;border-color:#b71c1c}
 """
 
 
@@ -133,13 +141,15 @@ def _page(
         "<h1>deft-clean report</h1>",
         f'<p class="meta">dataset {escape(dataset)} &middot; model {escape(str(metadata.get("model", "?")))} '
         f"&middot; detect run {escape(str(metadata.get('created', '?')))} &middot; report {created}</p>",
-        _evidence_html(data),
+        _verdict_html(data),
+        _jump_html(frame),
+        '<div class="overview" id="overview">',
+        f"<div>{_summary_html(data, frame)}{_classes_html(data)}</div>",
+        f"<div>{_heatmap_html(frame)}</div>",
+        "</div>",
         review.review_html(cards, data.per_class),
-        _summary_html(data),
-        _classes_html(data),
         _pairs_html(data),
         _histogram_html(frame),
-        _heatmap_html(frame),
         "<!--pictures-->",
         _health_html(frame, opener),
         _unusable_html(frame),
@@ -151,14 +161,16 @@ def _page(
 
 def _pictures_html(metadata: dict[str, Any], training: dict[str, Any] | None, predictions: pd.DataFrame | None) -> str:
     """Detect's and train's per-epoch curves and predict's confusion matrix (empty when none is known)."""
-    charts = [
-        history_svg(
-            metadata.get("history"),
-            chart_id="detect-curves",
-            title="detect: prompt training per epoch",
-            names={"loss": "loss", "clean_fraction": "clean share"},
+    charts = []
+    if learned(metadata):  # the curves of prompts that were dropped would describe flags that are not these
+        charts.append(
+            history_svg(
+                metadata.get("history"),
+                chart_id="detect-curves",
+                title="detect: prompt training per epoch",
+                names={"loss": "loss", "clean_fraction": "clean share"},
+            )
         )
-    ]
     if training:
         charts.append(
             history_svg(
@@ -175,24 +187,50 @@ def _pictures_html(metadata: dict[str, Any], training: dict[str, Any] | None, pr
     return f'<h2>Training and prediction</h2><div id="pictures">{"".join(charts)}</div>' if charts else ""
 
 
-def _evidence_html(data: ReportData) -> str:
-    """A banner when the evidence check withheld flags or found the evidence weak (empty otherwise)."""
-    if not data.evidence_warning:
-        return ""
-    return (
-        '<div id="evidence-banner" role="alert" style="background:#fdecea;border:2px solid #b71c1c;padding:8px 12px;'
-        f'margin:8px 0"><b>Evidence warning.</b> {escape(data.evidence_warning)}</div>'
-    )
+def _verdict_html(data: ReportData) -> str:
+    """The verdict, once: a red banner when flags were withheld or are not to be trusted, a quiet box otherwise;
+    and what the run did with its prompts."""
+    verdict = data.verdict
+    parts = []
+    if verdict is not None:
+        kind = "bad" if verdict.banner else {RELIABLE: "ok", CAVEATS: "caveats"}.get(verdict.state, "caveats")
+        role = ' role="alert"' if verdict.banner else ""
+        title = "Evidence warning. " if verdict.banner else ""
+        advice = f"<br>What to do: {escape(verdict.what_to_do)}" if verdict.what_to_do else ""
+        element = 'id="evidence-banner" ' if verdict.banner else 'id="verdict" '
+        parts.append(
+            f'<div {element}class="verdict {kind}"{role} data-state="{escape(verdict.state)}"><b>{title}Verdict: '
+            f"{escape(verdict.state)}.</b> {escape(verdict.sentence.split(': ', 1)[-1])}{advice}</div>"
+        )
+    if data.prompts:
+        parts.append(f'<p id="prompts">{escape(data.prompts)}</p>')
+    return "".join(parts)
 
 
-def _summary_html(data: ReportData) -> str:
+def _jump_html(frame: pd.DataFrame) -> str:
+    """Links to the sections below the overview."""
+    links = [("review", "flagged cards"), ("pairs-section", "label pairs"), ("histogram-section", "p_clean")]
+    if "duplicate_group" in frame.columns and frame["outlier_score"].notna().any():
+        links += [("duplicates-section", "duplicates"), ("outliers-section", "outliers")]
+    return '<nav class="jump">' + "".join(f'<a href="#{i}">{t}</a>' for i, t in links) + "</nav>"
+
+
+def _summary_html(data: ReportData, frame: pd.DataFrame) -> str:
+    health = ""
+    if data.health is not None:
+        health = (
+            f'; <a href="#duplicates-section">{data.health["groups"]} duplicate groups</a> '
+            f'({data.health["duplicates"]} samples), <a href="#outliers-section">{data.health["outliers"]} outliers</a>'
+        )
+    withheld = int(frame["withheld"].fillna(False).astype(bool).sum()) if "withheld" in frame.columns else 0
     return (
         '<h2>Summary</h2><p class="totals">'
         f'<span id="n-samples">{data.samples}</span> samples, '
         f'<span id="n-usable">{data.usable}</span> usable, '
         f'<span id="n-flagged">{data.flagged}</span> flagged '
         f'(<span id="flagged-pct">{data.flagged_pct:.1f}</span>% of usable), '
-        f'<span id="n-unusable">{data.unusable}</span> unusable</p>'
+        f'<span id="n-withheld">{withheld}</span> withheld, '
+        f'<span id="n-unusable">{data.unusable}</span> unusable{health}</p>'
     )
 
 
@@ -200,14 +238,13 @@ def _classes_html(data: ReportData) -> str:
     rows = "".join(
         f'<tr data-class="{escape(str(row[0]))}"><td>{escape(str(row[0]))}</td>'
         f'<td class="n samples">{row.samples}</td><td class="n flagged">{row.flagged}</td>'
-        f'<td class="n">{rate(row.noise_rate)}</td><td class="n">{escape(estimate(row.est_noise))}</td></tr>'
+        f'<td class="n">{rate(row.noise_rate)}</td></tr>'
         for row in data.per_class.itertuples(index=False)
     )
     return (
-        "<h2>Per class</h2><p>Noise rate: flagged share of the class's usable samples. Est. wrong: the evidence "
-        "check's estimate of the share of wrong labels, with its 95% interval.</p>"
+        f"<h2>Per class</h2><p>{escape(CLASS_RATE[0].upper() + CLASS_RATE[1:])}. Click a class to see its cards.</p>"
         '<div class="scroll"><table id="classes"><tr><th>class</th><th class="n">samples</th>'
-        f'<th class="n">flagged</th><th class="n">noise rate</th><th class="n">est. wrong</th></tr>{rows}'
+        f'<th class="n">flagged</th><th class="n">flagged %</th></tr>{rows}'
         "</table></div>"
     )
 
@@ -220,7 +257,7 @@ def _pairs_html(data: ReportData, max_rows: int = 50) -> str:
     )
     more = f"<p>{len(data.pairs) - max_rows} more pairs not shown.</p>" if len(data.pairs) > max_rows else ""
     return (
-        "<h2>Flagged: given &rarr; suggested label</h2>"
+        '<h2 id="pairs-section">Flagged: given &rarr; suggested label</h2>'
         '<div class="scroll"><table id="pairs"><tr><th>given</th><th>suggested</th>'
         f'<th class="n">flagged</th></tr>{rows}</table></div>{more}'
     )
@@ -248,7 +285,8 @@ def _histogram_html(frame: pd.DataFrame) -> str:
             f'height="{h_flagged:.1f}" fill="#d04a4a"/></g>'
         )
     return (
-        '<h2>p_clean</h2><p>Usable samples by p_clean; <span style="color:#d04a4a">flagged</span> and '
+        '<h2 id="histogram-section">p_clean</h2><p>Usable samples by p_clean; '
+        '<span style="color:#d04a4a">flagged</span> and '
         f'<span style="color:#4a7bd0">kept</span>; tallest bar {peak}.</p>'
         f'<svg id="histogram" xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height + 18}" '
         f'viewBox="0 0 {width} {height + 18}" role="img">{"".join(bars)}'
@@ -293,7 +331,7 @@ def _heatmap_html(frame: pd.DataFrame) -> str:
         note = f" Classes beyond the {HEATMAP_CLASSES} most involved are pooled as {other}."
     return (
         "<h2>Given vs suggested</h2>"
-        f"<p>Flagged samples: rows are given labels, columns suggested labels.{note}</p>"
+        f"<p>Flagged samples: rows are given labels, columns suggested labels; click a cell to see its cards.{note}</p>"
         f'<div class="scroll"><table class="heat" id="heatmap"><tr><th></th>{head}</tr>'
         f"{''.join(rows)}</table></div>"
     )
@@ -328,10 +366,12 @@ def _health_html(frame: pd.DataFrame, opener: Opener | None, max_rows: int = GAL
     )
     out_more = f"<p>{len(outliers) - max_rows} more not shown.</p>" if len(outliers) > max_rows else ""
     return (
-        f'<h2>Duplicates</h2><p><span id="n-dup-groups">{groups.ngroups}</span> groups of exact or near '
+        '<h2 id="duplicates-section">Duplicates</h2>'
+        f'<p><span id="n-dup-groups">{groups.ngroups}</span> groups of exact or near '
         f'duplicates, <span id="n-dup-rows">{len(dup)}</span> samples; <code>export --drop-duplicates</code> '
         f'keeps the first of each.</p><div class="gallery" id="duplicates">{"".join(boxes)}</div>{more}'
-        f'<h2>Outliers</h2><p><span id="n-outliers">{len(outliers)}</span> samples far from their nearest '
+        '<h2 id="outliers-section">Outliers</h2>'
+        f'<p><span id="n-outliers">{len(outliers)}</span> samples far from their nearest '
         "neighbours (outlier_score: robust z-score); <code>export --drop-outliers</code> leaves them out.</p>"
         f'<div class="gallery" id="outliers">{out_figures}</div>{out_more}'
     )

@@ -117,24 +117,22 @@ def embed_json(value: Any) -> str:
 def review_html(data: dict[str, Any], flagged_per_class: pd.DataFrame) -> str:
     """The review section: the cards (first on the page), controls, progress, the enlarge overlay and the data."""
     n = len(data["rows"])
-    involved = {data["classes"][r[1]] for r in data["rows"]} | {
-        data["classes"][r[2]] for r in data["rows"] if r[2] >= 0
-    }
+    cards: dict[str, int] = {}  # class -> cards the class filter shows for it (given or suggested)
+    for r in data["rows"]:
+        for c in {data["classes"][r[1]], *([data["classes"][r[2]]] if r[2] >= 0 else [])}:
+            cards[c] = cards.get(c, 0) + 1
+    order = [str(c) for c in flagged_per_class["class"] if str(c) in cards]  # most flagged first, then the rest
+    order += sorted(set(cards) - set(order))
     options = "".join(
-        f'<option value="{escape(str(row[0]))}">{escape(printable(row[0]))} ({row.flagged} flagged)</option>'
-        for row in flagged_per_class.itertuples(index=False)
-        if row[0] in involved
-    )
-    options += "".join(
-        f'<option value="{escape(c)}">{escape(printable(c))}</option>'
-        for c in sorted(involved - set(flagged_per_class["class"].astype(str)))
+        f'<option value="{escape(c)}">{escape(printable(c))} ({cards[c]} card{"s" * (cards[c] != 1)})</option>'
+        for c in order
     )
     kinds = "".join(f'<option value="{i}">{escape(printable(k))}</option>' for i, k in enumerate(data["kinds"]))
     payload = {k: v for k, v in data.items() if k != "thumbs"}
     return (
         '<section id="review"><h2>Most suspicious first</h2>'
         f'<p class="lead">{n} flagged samples, lowest p_clean first: the given label, the suggested one and why. '
-        "Click a class in the tables below, or a heatmap cell, to show only its cards. Keys: <kbd>k</kbd> keep, "
+        "Click a class in the per-class table or a heatmap cell above to show only its cards. Keys: <kbd>k</kbd> keep, "
         "<kbd>d</kbd> drop, <kbd>a</kbd> accept the suggestion, <kbd>r</kbd> relabel, <kbd>u</kbd> undo, "
         "<kbd>&larr;</kbd>/<kbd>&rarr;</kbd> move, <kbd>e</kbd> enlarge; "
         "<code>deft-clean export --decisions decisions.csv</code> applies the downloaded decisions.</p>"

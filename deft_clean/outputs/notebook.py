@@ -19,14 +19,16 @@ import pandas as pd
 
 from ..inputs.readers.recorded import row_opener
 from .results import flagged_rows, usable_rows
+from .run_record import prompt_line
 from .summary import class_table
+from .verdict import CAVEATS, CLASS_RATE, RELIABLE, verdict
 
 if TYPE_CHECKING:
     from PIL import Image
 
 FLAGGED_COLUMNS = ["path", "label", "predicted_label", "p_clean", "p_predicted", "flag_reason"]
-THUMBNAILS = 8  # flagged samples shown in the HTML view
-THUMB_PX = 96
+THUMBNAILS = 16  # flagged samples shown in the HTML view
+THUMB_PX = 96  # shown at this size whatever the image's own (a 28 px digit is scaled up, not shown at 28 px)
 
 
 def _flag_mask(frame: pd.DataFrame) -> pd.Series:
@@ -48,14 +50,15 @@ def to_html(frame: pd.DataFrame, metadata: dict[str, Any], *, thumbnails: int = 
     n_flagged = len(worst)
     share = f"{100 * n_flagged / usable:.1f}%" if usable else "n/a"
     model = f"{metadata.get('model', '?')} ({metadata.get('pretrained', '?')})"
-    from .summary import evidence_line
-
-    warning = evidence_line(metadata.get("evidence"))
+    said = verdict(metadata, frame)
+    colours = {RELIABLE: ("#e8f5e9", "#2e7d32"), CAVEATS: ("#fff8e1", "#f9a825")}
+    background, border = ("#fdecea", "#b71c1c") if said.banner else colours.get(said.state, ("#fff8e1", "#f9a825"))
+    title = "Evidence warning. " if said.banner else ""
+    advice = f"<br>What to do: {esc(said.what_to_do)}" if said.what_to_do else ""
     banner = (
-        '<p style="background:#fdecea;border:2px solid #b71c1c;padding:6px">'
-        f"<b>Evidence warning.</b> {esc(warning)}</p>"
-        if warning
-        else ""
+        f'<p class="deft-clean-verdict" style="background:{background};border:2px solid {border};padding:6px">'
+        f"<b>{title}Verdict: {esc(said.state)}.</b> {esc(said.sentence.split(': ', 1)[-1])}{advice}</p>"
+        f"<p>{esc(prompt_line(metadata))}</p>"
     )
     parts = [
         '<div class="deft-clean-result">',
@@ -63,7 +66,8 @@ def to_html(frame: pd.DataFrame, metadata: dict[str, Any], *, thumbnails: int = 
         f"<p><b>deft-clean detect</b>: {len(frame)} samples, <b>{n_flagged}</b> flagged ({share} of usable), "
         f"{len(frame) - usable} unusable &middot; model {esc(model)} &middot; "
         f"selection {esc(str(metadata.get('selection', {}).get('rule', '?')))}</p>",
-        "<table><thead><tr><th>class</th><th>samples</th><th>flagged</th><th>noise rate</th></tr></thead><tbody>",
+        f'<table title="{esc(CLASS_RATE)}"><thead><tr><th>class</th><th>samples</th><th>flagged</th>'
+        "<th>flagged %</th></tr></thead><tbody>",
     ]
     for name, row in class_table(frame, classes).iterrows():
         rate = "" if pd.isna(row["noise_rate"]) else f"{100 * row['noise_rate']:.1f}%"
@@ -71,7 +75,7 @@ def to_html(frame: pd.DataFrame, metadata: dict[str, Any], *, thumbnails: int = 
             f"<tr><td>{esc(str(name))}</td><td>{int(row['samples'])}</td><td>{int(row['flagged'])}</td>"
             f"<td>{rate}</td></tr>"
         )
-    parts.append("</tbody></table>")
+    parts.append(f"</tbody></table><p><small>{esc(CLASS_RATE[0].upper() + CLASS_RATE[1:])}.</small></p>")
     if n_flagged:
         opener = row_opener(metadata, _image_root(metadata, frame))  # a file below the root, a HF row, a shard member
         parts.append(f"<p>most suspicious of the {n_flagged} flagged samples (lowest p_clean first):</p><div>")
@@ -80,7 +84,8 @@ def to_html(frame: pd.DataFrame, metadata: dict[str, Any], *, thumbnails: int = 
             image = None if opener is None else _thumbnail(lambda s, p=path: opener(p, s))
             img = (
                 f'<img src="data:image/png;base64,{image}" alt="{esc(row["path"])}" '
-                f'style="display:block;max-width:{THUMB_PX}px;max-height:{THUMB_PX}px">'
+                f'style="display:block;width:{THUMB_PX}px;height:{THUMB_PX}px;object-fit:contain;'
+                'image-rendering:pixelated;background:#eee">'
                 if image
                 else f'<div style="width:{THUMB_PX}px;height:{THUMB_PX}px;background:#eee"></div>'
             )

@@ -2,7 +2,9 @@
 (:func:`summarize`), and the evidence check's warning and per-class noise estimates read back from the metadata.
 
 :mod:`deft_clean.outputs.terminal_report` prints it and :mod:`deft_clean.outputs.html_report` renders it as a page.
-Flagged means usable and not is_clean. A class's estimated noise rate is its flagged share of its usable samples.
+Flagged means usable and not is_clean. The one per-class rate every view shows is the flagged share of a
+class's usable samples (:data:`deft_clean.outputs.verdict.CLASS_RATE`); the verdict on the flags is
+:func:`deft_clean.outputs.verdict.verdict`'s and the prompt record :func:`deft_clean.outputs.run_record.prompt_line`'s.
 """
 
 from __future__ import annotations
@@ -10,11 +12,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from ..run.errors import UsageError, option
 from .results import flagged_rows, usable_rows
+from .run_record import prompt_line
+from .verdict import Verdict, verdict
+from .verdict import evidence_line as evidence_line  # where detect and older callers import it
 
 TERMINAL_TOP = 20  # default rows of the most-suspicious table in the terminal
 HTML_TOP = 200  # default gallery size
@@ -28,12 +32,18 @@ class ReportData:
     usable: int  # rows with status "ok"
     flagged: int  # usable rows that are not is_clean
     unusable: int  # rows whose image could not be used
-    per_class: pd.DataFrame  # class, samples, usable, flagged, noise_rate; most flagged first
+    per_class: pd.DataFrame  # class, samples, usable, flagged, noise_rate (= flagged / usable); most flagged first
     pairs: pd.DataFrame  # given, suggested, count over flagged rows; most frequent first
     suspicious: pd.DataFrame  # `top` usable rows, lowest p_clean first: path, label, predicted_label, ...
     reviewed: dict[str, int] | None = None  # with --decisions: flagged, reviewed, keep, drop, relabel
     health: dict[str, int] | None = None  # duplicate groups, rows in them, outliers; None: not computed
-    evidence_warning: str | None = None  # the evidence check's warning (flags withheld / weak evidence); None: fine
+    verdict: Verdict | None = None  # the one verdict on the flags (None: a frame without metadata)
+    prompts: str = ""  # what the run did with its prompts, one line (:func:`run_record.prompt_line`)
+
+    @property
+    def evidence_warning(self) -> str | None:
+        """The verdict's sentence when it calls for a red banner (flags withheld or not to be trusted), else None."""
+        return self.verdict.sentence if self.verdict is not None and self.verdict.banner else None
 
     @property
     def flagged_pct(self) -> float:
@@ -80,8 +90,6 @@ def summarize(frame: pd.DataFrame, metadata: dict[str, Any], *, top: int = TERMI
     usable = pd.Series(usable_rows(frame), index=frame.index)
     flagged = pd.Series(flagged_rows(frame), index=frame.index)
     per_class = class_table(frame, list(metadata.get("classes") or [])).reset_index()
-    estimates = class_noise(metadata.get("evidence"))  # the evidence check's estimate, with its 95% interval
-    per_class["est_noise"] = [estimates.get(str(c), (np.nan, np.nan, np.nan)) for c in per_class["class"]]
     per_class = per_class.sort_values("flagged", ascending=False, kind="stable").reset_index(drop=True)
 
     pairs = label_pairs(frame)
@@ -98,7 +106,8 @@ def summarize(frame: pd.DataFrame, metadata: dict[str, Any], *, top: int = TERMI
             "outliers": int(frame["is_outlier"].fillna(False).astype(bool).sum()),
         }
     return ReportData(
-        evidence_warning=evidence_line(metadata.get("evidence")),
+        verdict=verdict(metadata, frame),
+        prompts=prompt_line(metadata) if metadata.get("kind", "detect") == "detect" else "",
         health=health,
         samples=int(len(frame)),
         usable=int(usable.sum()),
@@ -108,37 +117,6 @@ def summarize(frame: pd.DataFrame, metadata: dict[str, Any], *, top: int = TERMI
         pairs=pairs,
         suspicious=suspicious[["path", "label", "predicted_label", "p_clean", "p_predicted", "flagged", "flag_reason"]],
     )
-
-
-def evidence_line(evidence: dict[str, Any] | None) -> str | None:
-    """The warning for a results file's ``evidence`` metadata (None: reliable, nothing withheld, or no check)."""
-    if not isinstance(evidence, dict) or "reliable" not in evidence:
-        return None
-    reliable, withheld = bool(evidence.get("reliable")), int(evidence.get("flags_withheld") or 0)
-    cleared, raised = int(evidence.get("flags_cleared") or 0), int(evidence.get("flags_raised") or 0)
-    if reliable and not withheld and evidence.get("settled", True):
-        if not cleared:
-            return None
-        return (
-            f"{cleared} of {raised} flags looked like hard cases between classes rather than wrong labels and were "
-            f"cleared (flag_reason says so), {raised - cleared} stay flagged: the labels may be cleaner than the "
-            "model can tell"
-        )
-    head = (
-        f"image evidence predicts the labels {100 * float(evidence.get('image_accuracy') or 0):.0f}% of the time "
-        f"where chance is {100 * float(evidence.get('chance') or 0):.0f}%"
-    )
-    if evidence.get("expected_flag_precision") is not None:
-        head += f", expected flag precision {100 * float(evidence['expected_flag_precision']):.0f}%"
-    reasons = [str(r) for r in evidence.get("reasons") or []]
-    body = "; ".join(reasons) if reasons else "the clean set had not settled"
-    tail = f"{withheld} of {int(evidence.get('flags_raised') or 0)} flags withheld"
-    advice = str(evidence.get("advice") or "") or (
-        "try a model that can see these classes (--model/--pretrained)"
-        if not reliable
-        else "check those classes' names and a few of their images"
-    )
-    return f"{head}: {body}; {tail}; {advice}"
 
 
 def class_noise(evidence: dict[str, Any] | None) -> dict[str, tuple[float, float, float]]:
@@ -170,17 +148,12 @@ def describe(frame: pd.DataFrame, metadata: dict[str, Any], path: Any = None) ->
     withheld = int(frame["withheld"].fillna(False).astype(bool).sum()) if "withheld" in frame.columns else 0
     n_usable = int(usable.sum())
     share = f" ({100 * int(flagged.sum()) / n_usable:.1f}% of usable)" if n_usable else ""
-    evidence = metadata.get("evidence")
-    if not isinstance(evidence, dict) or "reliable" not in evidence:
-        verdict = "not checked"
-    else:
-        verdict = "reliable" if evidence.get("reliable") else "unreliable"
-        warning = evidence_line(evidence)
-        verdict += f": {warning}" if warning else ""
+    said = verdict(metadata, frame)
     lines = [
         f"DetectResult{f' ({path})' if path else ''}",
         f"  rows {len(frame)}, usable {n_usable}, flagged {int(flagged.sum())}{share}, withheld {withheld}",
-        f"  evidence {verdict}",
+        f"  {said.sentence}",
+        f"  {prompt_line(metadata)}",
         f"  model {metadata.get('model', '?')} ({metadata.get('pretrained', '?')}), "
         f"{len(metadata.get('classes') or [])} classes, selection "
         f"{(metadata.get('selection') or {}).get('rule', '?') if isinstance(metadata.get('selection'), dict) else '?'}",

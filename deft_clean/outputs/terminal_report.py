@@ -21,7 +21,8 @@ from ..run.errors import DataError, DeftCleanError, UsageError, option, warn_res
 from ..run.files import run_lock
 from ..run.safety import Output, check_outputs, printable, read_file
 from .results import Results, load_results
-from .summary import HTML_TOP, TERMINAL_TOP, ReportData, estimate, rate, summarize
+from .summary import HTML_TOP, TERMINAL_TOP, ReportData, rate, summarize
+from .verdict import CAVEATS, CLASS_RATE, RELIABLE
 
 MAX_METRICS_BYTES = 64 << 20  # a train folder's metrics.json is a few KB; anything near this is not one
 
@@ -73,7 +74,7 @@ def report(
     if console is not None:
         print_report(data, console)
     elif data.evidence_warning:  # quiet: no summary, but the line that says what the flags mean
-        warn_result(printable(data.evidence_warning))
+        warn_result(printable(f"verdict: {data.evidence_warning}"))
     return data
 
 
@@ -155,8 +156,7 @@ def read_predictions(path: str | os.PathLike[str] | None) -> pd.DataFrame | None
 
 def print_report(data: ReportData, console: Console, *, max_rows: int = 30) -> None:
     """Print the totals, per-class, pairs and most-suspicious tables; long tables stop at ``max_rows``."""
-    if data.evidence_warning:
-        console.print(Text(f"warning: {printable(data.evidence_warning)}", style="bold red"))
+    print_verdict(data, console)
     totals = Table(title="totals")
     for column in ("samples", "usable", "flagged", "flagged %", "unusable"):
         totals.add_column(column, justify="right")
@@ -165,15 +165,12 @@ def print_report(data: ReportData, console: Console, *, max_rows: int = 30) -> N
     )
     console.print(totals)
 
-    title = "per class (noise rate = flagged / usable; est. wrong = the evidence check's estimate, 95%)"
-    classes = Table(title=_title(title, data.per_class, max_rows))
+    classes = Table(title=_title("per class", data.per_class, max_rows), caption=CLASS_RATE)
     classes.add_column("class")
-    for column in ("samples", "flagged", "noise rate", "est. wrong"):
+    for column in ("samples", "flagged", "flagged %"):
         classes.add_column(column, justify="right")
     for row in data.per_class.head(max_rows).itertuples(index=False):
-        classes.add_row(
-            Text(printable(row[0])), str(row.samples), str(row.flagged), rate(row.noise_rate), estimate(row.est_noise)
-        )
+        classes.add_row(Text(printable(row[0])), str(row.samples), str(row.flagged), rate(row.noise_rate))
     console.print(classes)
 
     if len(data.pairs):
@@ -221,6 +218,18 @@ def print_report(data: ReportData, console: Console, *, max_rows: int = 30) -> N
                 Text(printable(reason)),  # a results file's text: escapes never reach the terminal
             )
         console.print(suspicious)
+
+
+def print_verdict(data: ReportData, console: Console) -> None:
+    """The verdict (red when flags were withheld or are not to be trusted) and what the run did with its prompts."""
+    if data.verdict is not None:
+        style = {RELIABLE: "bold green", CAVEATS: "bold yellow"}.get(data.verdict.state, "bold red")
+        style = "bold red" if data.verdict.banner else style
+        console.print(Text(f"verdict: {printable(data.verdict.sentence)}", style=style))
+        if data.verdict.what_to_do:
+            console.print(Text(f"  what to do: {printable(data.verdict.what_to_do)}"))
+    if data.prompts:
+        console.print(Text(printable(data.prompts)))
 
 
 def _title(title: str, table: pd.DataFrame, max_rows: int) -> str:

@@ -72,7 +72,7 @@ def test_the_warning_reaches_report_page_and_notebook(random_labels, tmp_path):
     line = next(m for m in messages if "flags withheld" in m)
     printed = CliRunner().invoke(app, ["report", str(out), "--html", str(tmp_path / "r.html")], env={"COLUMNS": "400"})
     assert printed.exit_code == 0, printed.output
-    assert "warning: image evidence predicts the labels" in " ".join(printed.output.split())
+    assert "verdict: not reliable: image evidence predicts the labels" in " ".join(printed.output.split())
     page = (tmp_path / "r.html").read_text()
     assert 'id="evidence-banner"' in page and page.index("evidence-banner") < page.index("<h2>Summary</h2>")
     assert "Evidence warning." in result._repr_html_()
