@@ -123,7 +123,10 @@ def export(
     line = f"exported {summary.exported} samples ({summary.kept} clean, {summary.relabelled} relabelled)"
     if keep_flagged:
         line += f", {summary.flagged} flagged in _flagged/ for review"
-    line += f"; {summary.dropped} flagged dropped, {summary.unusable} unusable skipped"
+    others = summary.dropped - summary.duplicates  # dropped counts the copies too
+    line += f"; {others} flagged{' or outlier' if drop_outliers else ''} dropped"
+    line += f", {summary.duplicates} duplicates dropped" if drop_duplicates else ""
+    line += f", {summary.unusable} unusable skipped"
     if decisions is not None:
         line += f"; {summary.reviewed} human decisions applied"
     console = Console(highlight=False)

@@ -52,6 +52,7 @@ class ExportSummary:
     dropped: int  # flagged rows not exported at all
     unusable: int  # unreadable rows, never exported
     reviewed: int = 0  # rows whose human decision (--decisions) replaced the automatic verdict
+    duplicates: int = 0  # rows left out as copies of an exported row (--drop-duplicates), counted in dropped
 
     @property
     def exported(self) -> int:
@@ -202,6 +203,7 @@ def _export(
         dropped=usable_total - counts["kept"] - counts["relabelled"] - counts["flagged"],
         unusable=int((~usable_rows(frame)).sum()),
         reviewed=0 if verdicts is None else verdicts.reviewed,
+        duplicates=int(plan.attrs.get("duplicates", 0)),
     )
 
 
@@ -269,12 +271,14 @@ def plan_export(
         role[flagged & ~moved] = "flagged"
     if drop_outliers and "is_outlier" in frame.columns:
         role[frame["is_outlier"].fillna(False).to_numpy(dtype=bool)] = None
+    copies = pd.Series(False, index=frame.index)  # rows left out as copies of an exported row
     if drop_duplicates and "duplicate_group" in frame.columns:
         # Only exact and pixel-confirmed near copies go; a group from a file without duplicate_kind (features
         # alone, which group look-alike distinct images) is left whole.
         kind = frame["duplicate_kind"] if "duplicate_kind" in frame.columns else pd.Series(None, index=frame.index)
         group = frame["duplicate_group"].where(role.notna() & kind.isin(DUPLICATE_KINDS))
-        role[group.notna() & group.duplicated()] = None  # the first of each group stays
+        copies = group.notna() & group.duplicated()
+        role[copies] = None  # the first of each group stays
     label = frame["predicted_label"].where(moved, frame["label"]).astype(str)
     if verdicts is not None:
         keep, new = verdicts.apply(role.notna().to_numpy(), label.to_numpy(dtype=object))
@@ -285,7 +289,7 @@ def plan_export(
         role[decided & ~keep] = None
     chosen = role.notna()
     rows = frame.loc[chosen]
-    return pd.DataFrame(
+    plan = pd.DataFrame(
         {
             "path": rows["path"].astype(str).to_numpy(),
             "label": label[chosen].to_numpy(),
@@ -294,6 +298,8 @@ def plan_export(
             "role": role[chosen].to_numpy(),
         }
     )
+    plan.attrs["duplicates"] = int((copies & ~chosen).sum())
+    return plan
 
 
 def _source(root: Path, path: str) -> Path:

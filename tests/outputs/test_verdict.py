@@ -142,3 +142,14 @@ def test_every_view_states_the_same_verdict_and_prompts():
     assert said.sentence in describe(rows, meta) and prompt_line(meta) in describe(rows, meta)
     page = to_html(rows, meta)
     assert "Verdict: not reliable." in page and "Evidence warning." in page and "no prompt training" in page
+
+
+def test_export_counts_the_duplicates_it_drops():
+    from deft_clean.outputs.export import plan_export
+
+    rows = frame([None, None, None, "looks like"]).assign(
+        duplicate_group=[0.0, 0.0, 0.0, None], duplicate_kind=["exact", "exact", "exact", None]
+    )
+    plan = plan_export(rows, drop_duplicates=True)
+    assert len(plan) == 1 and plan.attrs["duplicates"] == 2
+    assert plan_export(rows).attrs["duplicates"] == 0
