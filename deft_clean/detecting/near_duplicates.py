@@ -14,11 +14,14 @@ pairs are decoded (``2 * THUMB**2`` bytes each are kept), so the cost follows th
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
 from ..inputs.pixel_similarity import DUPLICATE_THRESHOLD, MAX_RESIDUAL, Thumbnails, compare_rows
+
+PairTest = Callable[[np.ndarray], np.ndarray]  # row pairs int64 [P, 2] -> bool [P]: the two are copies
 
 
 def confirm(
@@ -64,3 +67,80 @@ def group_details(groups: np.ndarray, hashes: Any, similarity_to: Any) -> tuple[
         same_bytes = bool(keys) and keys[i][1] is not None and counts[keys[i]] > 1
         kind[row] = "exact" if same_bytes else "near"
     return kind, similarity
+
+
+def copies_test(
+    features: np.ndarray,
+    hashes: Sequence[str | None] | None,
+    thumbs: Thumbnails | None,
+    *,
+    threshold: float,
+    feature_threshold: float,
+) -> PairTest:
+    """Whether row pairs are copies by the test that proposed them: the same bytes, else pixel similarity
+    >= ``threshold`` and residual <= ``MAX_RESIDUAL`` (with thumbnails), else feature cosine >=
+    ``feature_threshold``."""
+
+    def test(pairs: np.ndarray) -> np.ndarray:
+        if thumbs is not None:
+            similarity, residual = compare_rows(thumbs, pairs, threshold=threshold)
+            near = (similarity >= threshold) & (residual <= MAX_RESIDUAL)
+        else:
+            a, b = features[pairs[:, 0]], features[pairs[:, 1]]  # [P, D] each
+            norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+            near = (a * b).sum(axis=1) >= feature_threshold * np.maximum(norms, 1e-12)
+        if hashes is not None:
+            near |= np.array([hashes[i] is not None and hashes[i] == hashes[j] for i, j in pairs], dtype=bool)
+        return near
+
+    return test
+
+
+def clique_groups(n: int, pairs: np.ndarray, copies: PairTest) -> np.ndarray:
+    """int64 [n]: duplicate groups in which every member is a copy of every other (``copies``), numbered 0, 1,
+    ... by their first row; -1 alone.
+
+    The pairs only propose: their connected components are split in row order, each row joining the first
+    group of its component whose every member it copies, else starting a group. So a chain of small steps
+    (a morph from one image to another, each step within the threshold) never becomes one group: whichever
+    member export keeps, every other member of its group is a copy of it.
+    """
+    groups = np.full(n, -1, dtype=np.int64)
+    if not len(pairs):
+        return groups
+    component = _components(n, pairs)
+    next_id = 0
+    cliques: dict[int, list[list[int]]] = {}  # component -> its groups so far (rows in order)
+    for row in np.flatnonzero(component >= 0):
+        found = cliques.setdefault(int(component[row]), [])
+        for members in found:
+            others = np.array(members, dtype=np.int64)
+            if copies(np.stack([np.full(len(others), row), others], axis=1)).all():
+                members.append(int(row))
+                break
+        else:
+            found.append([int(row)])
+    for found in sorted((m for ms in cliques.values() for m in ms if len(m) > 1), key=lambda m: m[0]):
+        groups[found] = next_id
+        next_id += 1
+    return groups
+
+
+def _components(n: int, pairs: np.ndarray) -> np.ndarray:
+    """int64 [n]: the connected component of each row in ``pairs`` (its smallest row); -1 for rows in none."""
+    parent = np.arange(n)
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for i, j in pairs:
+        ri, rj = root(int(i)), root(int(j))
+        if ri != rj:
+            parent[max(ri, rj)] = min(ri, rj)
+    component = np.full(n, -1, dtype=np.int64)
+    paired = np.unique(pairs)
+    component[paired] = [root(int(i)) for i in paired]
+    return component

@@ -1,9 +1,10 @@
 """Duplicate groups re-confirmed from the files before ``export --drop-duplicates`` acts on them.
 
-A results file is data, not instructions: its ``duplicate_kind`` column could call distinct images copies.
-So a row keeps its kind only when the files agree: an ``exact`` row's bytes equal another member's, a ``near``
-row's thumbnail is within the pixel threshold of another member's (:mod:`deft_clean.inputs.pixel_similarity`, the test
-detect used). Rows the files do not confirm lose their kind and are exported like any other row.
+A results file is data, not instructions: its ``duplicate_group`` column could call distinct images copies,
+or merge two pairs of copies into one group. So a group keeps its kind only when the files agree that every
+member is a copy of every other (the same bytes, or thumbnails within the pixel threshold of
+:mod:`deft_clean.inputs.pixel_similarity`, the test detect used), as detect builds them. A group the files do
+not confirm loses its kind and is exported whole.
 """
 
 from __future__ import annotations
@@ -21,13 +22,19 @@ from ..run.errors import warn_result
 from ..run.safety import read_file
 from .results import DUPLICATE_KINDS
 
+MAX_CHECKED = 256  # distinct files a group may hold to be re-checked (pairs ~ its square); a larger one is kept
+
 
 def confirmed_copies(frame: pd.DataFrame, root: Path, metadata: dict[str, Any]) -> pd.DataFrame:
-    """``frame`` with ``duplicate_kind`` cleared on the grouped rows the files under ``root`` do not confirm."""
+    """``frame`` with ``duplicate_kind`` cleared on every row of a group the files under ``root`` do not confirm.
+
+    A group holds when every member is a copy of every other one: the same bytes, or thumbnails within the
+    pixel threshold. Whichever member export keeps, each one it leaves out is then a copy of it; a group
+    that does not hold (two pairs merged into one group, a chain of look-alikes) is exported whole.
+    """
     if "duplicate_group" not in frame.columns or "duplicate_kind" not in frame.columns:
         return frame
-    kind = frame["duplicate_kind"]
-    grouped = frame["duplicate_group"].notna() & kind.isin(DUPLICATE_KINDS)
+    grouped = frame["duplicate_group"].notna() & frame["duplicate_kind"].isin(DUPLICATE_KINDS)
     if not grouped.any():
         return frame
     threshold = _threshold(metadata)
@@ -35,21 +42,28 @@ def confirmed_copies(frame: pd.DataFrame, root: Path, metadata: dict[str, Any]) 
     refused: list[Any] = []
     for _, members in frame.index[grouped].to_series().groupby(frame.loc[grouped, "duplicate_group"]):
         rows = list(members)
-        paths = {i: str(frame.at[i, "path"]) for i in rows}
-        for i in rows:
-            others = [paths[j] for j in rows if j != i]
-            same = files.same_bytes if kind[i] == "exact" else lambda a, b: files.near(a, b, threshold)
-            if not any(same(paths[i], other) for other in others):
-                refused.append(i)
+        if not _holds([str(frame.at[i, "path"]) for i in rows], files, threshold):
+            refused.extend(rows)
     if not refused:
         return frame
     warn_result(
-        f"{len(refused)} row(s) the results file calls duplicates are not copies of another member of their group "
-        "by their files; they are exported like any other row"
+        f"{len(refused)} row(s) the results file calls duplicates are not copies of every other member of their "
+        "group by their files; their groups are exported whole"
     )
     out = frame.copy()
     out.loc[refused, "duplicate_kind"] = None
     return out
+
+
+def _holds(paths: list[str], files: _Files, threshold: float) -> bool:
+    """Every file is a copy of every other: compared once per distinct content (same bytes are copies)."""
+    digests = [files.digest(p) for p in paths]
+    if len(paths) < 2 or any(d is None for d in digests):
+        return False
+    distinct = list({d: p for d, p in zip(digests, paths, strict=True)}.values())  # one path per content
+    if len(distinct) > MAX_CHECKED:
+        return False
+    return all(files.near(a, b, threshold) for k, a in enumerate(distinct) for b in distinct[k + 1 :])
 
 
 def _threshold(metadata: dict[str, Any]) -> float:

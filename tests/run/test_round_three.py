@@ -201,3 +201,109 @@ def _image(path: Path, seed: int) -> None:
 def _json(path: Path, value: object) -> Path:
     path.write_text(json.dumps(value))
     return path
+
+
+# 2 + 3. duplicate groups are cliques, when detect builds them and when export checks them again
+
+
+def _morph(folder: Path, steps: int = 16) -> list[str]:
+    """``steps + 1`` images blending one smooth picture into another, each step a near copy of the last."""
+    rng = np.random.default_rng(3)
+    ends = [np.kron(rng.integers(0, 255, (8, 8)), np.ones((8, 8))) for _ in range(2)]  # [64, 64] each
+    paths = []
+    for i in range(steps + 1):
+        t = i / steps
+        pixels = ((1 - t) * ends[0] + t * ends[1]).astype(np.uint8)
+        name = f"morph/{i:02d}.png"
+        (folder / "morph").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(pixels).convert("RGB").save(folder / name)
+        paths.append(name)
+    return paths
+
+
+def test_detect_groups_a_morph_into_cliques_not_one_chain(tmp_path):
+    from deft_clean.detecting.health import content_hashes, dataset_health
+    from deft_clean.inputs.pixel_similarity import DUPLICATE_THRESHOLD, MAX_RESIDUAL, pixel_similarity, thumbnail
+    from deft_clean.inputs.readers.base import FileImages
+
+    paths = _morph(tmp_path)
+    angles = np.radians(1.5 * np.arange(len(paths)))
+    features = np.stack([np.cos(angles), np.sin(angles)], axis=1).astype(np.float32)  # neighbours follow the morph
+    images = FileImages(tmp_path, paths)
+    thumbs = [thumbnail(Image.open(tmp_path / p)) for p in paths]
+
+    def copies(i: int, j: int) -> bool:
+        similarity, residual = pixel_similarity(thumbs[i][None], thumbs[j][None])
+        return bool(similarity[0] >= DUPLICATE_THRESHOLD and residual[0] <= MAX_RESIDUAL)
+
+    assert all(copies(i, i + 1) for i in range(len(paths) - 1)) and not copies(0, len(paths) - 1)
+    with untouched(tmp_path):
+        health = dataset_health(
+            features, np.ones(len(paths), bool), hashes=content_hashes(tmp_path, paths), images=images
+        )
+    groups = health.duplicate_group
+    assert len(set(groups[groups >= 0])) >= 2  # the chain is split
+    for g in set(groups[groups >= 0]):
+        members = np.flatnonzero(groups == g)
+        assert all(copies(int(i), int(j)) for i in members for j in members if i < j)
+        first = members[0]
+        for i in members[1:]:  # the similarity is to the group's representative, within the threshold
+            assert health.duplicate_similarity[i] >= DUPLICATE_THRESHOLD
+            assert health.duplicate_similarity[i] == pytest.approx(
+                pixel_similarity(thumbs[i][None], thumbs[first][None])[0][0], abs=1e-4
+            )
+
+
+def _grouped(review: Review, home: Path, groups: dict[int, list[int]], name: str) -> Path:
+    frame = review.frame.copy()
+    frame["duplicate_group"] = pd.array([None] * len(frame), dtype="Int64")
+    frame["duplicate_kind"] = None
+    for g, rows in groups.items():
+        frame.loc[rows, "duplicate_group"] = g
+        frame.loc[rows, "duplicate_kind"] = "exact"
+    meta = {"kind": "detect", "classes": CLASSES, "source": "folder", "dataset": str(review.root)}
+    return write_results(frame, meta, home / name)
+
+
+def test_export_keeps_every_image_of_two_pairs_given_one_group(review, home):
+    clean = list(review.frame.index[review.usable & review.frame["is_clean"]])
+    a, a2, c, c2 = clean[:4]
+    path = review.frame["path"]
+    for src, dst in ((a, a2), (c, c2)):
+        (review.root / path[dst]).write_bytes((review.root / path[src]).read_bytes())
+    merged = _grouped(review, home, {7: [a, a2, c, c2]}, "merged.parquet")
+    honest = _grouped(review, home, {7: [a, a2], 8: [c, c2]}, "honest.parquet")
+
+    def exported(results: Path, out: Path) -> set[str]:
+        with untouched(home.parent, out):
+            result = invoke("export", results, "--out", out, "--mode", "csv", "--drop-duplicates")
+        assert result.exit_code == 0, result.output
+        return {p.split("/data/", 1)[1] for p in pd.read_csv(out)["path"]}
+
+    assert {path[i] for i in (a, a2, c, c2)} <= exported(merged, home / "merged.csv")
+    kept = exported(honest, home / "honest.csv")
+    assert path[a] in kept and path[c] in kept and path[a2] not in kept and path[c2] not in kept
+
+
+def test_export_keeps_a_chain_given_one_group(review, home):
+    paths = _morph(review.root, steps=4)  # 5 images, each a near copy of the next, the ends far apart
+    frame = review.frame.copy()
+    extra = pd.concat([frame[review.usable & frame["is_clean"]].iloc[[0]]] * len(paths), ignore_index=True)
+    extra["path"], extra["label"], extra["label_index"] = paths, "cat", 0
+    frame = pd.concat([frame, extra], ignore_index=True)
+    frame["duplicate_group"] = pd.array([None] * (len(frame) - len(paths)) + [3] * len(paths), dtype="Int64")
+    frame["duplicate_kind"] = [None] * (len(frame) - len(paths)) + ["near"] * len(paths)
+    # the morph's rows sit in a folder "morph" labelled "cat": a label the folder does not give is refused,
+    # so the morph is listed under cat/
+    (review.root / "cat" / "morph").mkdir()
+    for p in paths:
+        (review.root / p).rename(review.root / "cat" / p)
+    frame.loc[frame.index[-len(paths) :], "path"] = [f"cat/{p}" for p in paths]
+    meta = {"kind": "detect", "classes": CLASSES, "source": "folder", "dataset": str(review.root)}
+    results = write_results(frame, meta, home / "chain.parquet")
+    out = home / "chain.csv"
+    with untouched(home.parent, out):
+        result = invoke("export", results, "--out", out, "--mode", "csv", "--drop-duplicates")
+    assert result.exit_code == 0, result.output
+    kept = {p.split("/data/", 1)[1] for p in pd.read_csv(out)["path"]}
+    assert {f"cat/{p}" for p in paths} <= kept
