@@ -45,6 +45,181 @@ PRETRAIN_TEMPLATES = (
 SHAPE_CLASSES = ["red", "green", "blue", "yellow", "purple", "cyan", "orange", "gray"]
 
 
+# ----------------------------------------------------------------------------------------------------
+# Tiny stand-ins for every open_clip family (docs/models.md): the same tower classes, pooling, masks and tokenizer
+# types as the real models, at 32 px and a few layers, so that each family's path runs on a CPU in seconds.
+
+# timm ViT-family trunks at 32 px (timm's own test models run at 160 px): registered under these names by
+# register_tiny_timm_models(), in the process that builds the stand-in (tests, benchmarks).
+TINY_TIMM_VIT = "deft_tiny_vit_map"  # timm VisionTransformer, no class token, attention-map pooling (SigLIP, PE)
+TINY_TIMM_EVA = "deft_tiny_eva"  # timm Eva with rotary positions on the patch tokens (EVA02, PE-Core)
+
+_TINY_TEXT = {"context_length": 16, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2}
+_TINY_VIT = {"image_size": 32, "layers": 3, "width": 96, "patch_size": 8, "head_width": 32}
+
+# family -> (open_clip config with "{hf}" where the local Hugging Face folder goes, what it stands in for)
+STAND_INS: dict[str, tuple[dict, str]] = {
+    "vit": ({"embed_dim": 64, "vision_cfg": _TINY_VIT, "text_cfg": _TINY_TEXT}, "ViT-B-16 openai, laion, DFN"),
+    "siglip": (
+        {
+            "embed_dim": 64,
+            "init_logit_bias": -10,
+            "vision_cfg": {
+                "image_size": 32,
+                "timm_model_name": TINY_TIMM_VIT,
+                "timm_model_pretrained": False,
+                "timm_pool": "map",
+                "timm_proj": "none",
+            },
+            "text_cfg": {
+                **_TINY_TEXT,
+                "vocab_size": 0,  # the tokenizer's, filled in by stand_in_config
+                "hf_tokenizer_name": "{hf}",
+                "no_causal_mask": True,
+                "proj_bias": True,
+                "pool_type": "last",
+            },
+        },
+        "SigLIP / SigLIP2 (timm ViT, map pooling, HF tokenizer, last-token text), CLIPA, MetaCLIP-2",
+    ),
+    "eva": (
+        {
+            "embed_dim": 64,
+            "vision_cfg": {
+                "image_size": 32,
+                "timm_model_name": TINY_TIMM_EVA,
+                "timm_model_pretrained": False,
+                "timm_pool": "token",
+                "timm_proj": None,
+            },
+            "text_cfg": _TINY_TEXT,
+        },
+        "EVA01/EVA02, PE-Core (timm Eva with rotary positions)",
+    ),
+    "convnext": (
+        {
+            "embed_dim": 64,
+            "vision_cfg": {
+                "image_size": 32,
+                "timm_model_name": "test_convnext",
+                "timm_model_pretrained": False,
+                "timm_pool": "",
+                "timm_proj": "linear",
+            },
+            "text_cfg": {**_TINY_TEXT, "no_causal_mask": True},
+        },
+        "ConvNeXt, MobileCLIP/2 FastViT, Swin (timm towers without tokens; bidirectional argmax text)",
+    ),
+    "resnet": (
+        {
+            "embed_dim": 64,
+            "vision_cfg": {"image_size": 32, "layers": [1, 1, 1, 1], "width": 16, "head_width": 16},
+            "text_cfg": _TINY_TEXT,
+        },
+        "RN50, RN101 (open_clip ModifiedResNet)",
+    ),
+    "hf-text": (
+        {
+            "embed_dim": 64,
+            "vision_cfg": _TINY_VIT,
+            "text_cfg": {
+                "context_length": 16,
+                "hf_model_name": "{hf}",
+                "hf_tokenizer_name": "{hf}",
+                "hf_model_pretrained": False,
+                "hf_proj_type": "linear",
+                "hf_pooler_type": "mean_pooler",
+            },
+        },
+        "xlm-roberta, roberta, mt5, nllb text towers (Hugging Face encoders)",
+    ),
+}
+
+
+def deft_tiny_vit_map(pretrained: bool = False, **kwargs: object):  # noqa: ARG001 - timm's entrypoint signature
+    from timm.models.vision_transformer import VisionTransformer
+
+    args = {"img_size": 32, "patch_size": 8, "embed_dim": 64, "depth": 2, "num_heads": 2, "class_token": False}
+    return VisionTransformer(**{**args, "global_pool": "map", **_model_kwargs(kwargs)})
+
+
+def deft_tiny_eva(pretrained: bool = False, **kwargs: object):  # noqa: ARG001 - timm's entrypoint signature
+    from timm.models.eva import Eva
+
+    args = {"img_size": 32, "patch_size": 8, "embed_dim": 64, "depth": 2, "num_heads": 2, "mlp_ratio": 4 * 2 / 3}
+    rope = {"use_rot_pos_emb": True, "ref_feat_shape": (4, 4), "swiglu_mlp": True}
+    return Eva(**{**args, **rope, **_model_kwargs(kwargs)})
+
+
+def _model_kwargs(kwargs: dict) -> dict:
+    """What timm's factory passes that the model class takes (not its pretrained-config bookkeeping)."""
+    return {k: v for k, v in kwargs.items() if not k.startswith("pretrained_cfg") and k != "cache_dir"}
+
+
+def register_tiny_timm_models() -> None:
+    """Make the 32 px timm trunks of the stand-ins known to timm in this process (idempotent)."""
+    from timm.models import is_model, register_model
+
+    for entrypoint in (deft_tiny_vit_map, deft_tiny_eva):
+        if not is_model(entrypoint.__name__):
+            register_model(entrypoint)
+
+
+def write_hf_folder(folder: str | os.PathLike[str], words: Sequence[str], *, with_model: bool) -> int:
+    """A local Hugging Face folder, offline: a word-level tokenizer over ``words`` (start/end/pad tokens as
+    RoBERTa's) and, ``with_model``, a 2-layer RoBERTa config. Returns the vocabulary size."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast, RobertaConfig
+
+    specials = ["<s>", "<pad>", "</s>", "<unk>"]
+    vocab = {token: i for i, token in enumerate(specials)}
+    for word in sorted({w.lower() for w in words} | {"x", ".", ","}):
+        vocab.setdefault(word, len(vocab))
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tokenizer.normalizer = normalizers.Lowercase()
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="<s> $A </s>", special_tokens=[("<s>", 0), ("</s>", 2)]
+    )
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>"
+    )
+    fast.save_pretrained(str(folder))
+    if with_model:
+        config = RobertaConfig(
+            vocab_size=len(vocab),
+            hidden_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=128,
+            max_position_embeddings=40,
+            pad_token_id=1,
+            bos_token_id=0,
+            eos_token_id=2,
+        )
+        config.save_pretrained(str(folder))
+    return len(vocab)
+
+
+def stand_in_config(family: str, folder: str | os.PathLike[str], class_names: Sequence[str]) -> dict:
+    """The open_clip config of ``family``'s stand-in, its Hugging Face files (if any) written under ``folder``."""
+    register_tiny_timm_models()
+    config = json.loads(json.dumps(STAND_INS[family][0]))
+    text_cfg = config["text_cfg"]
+    if "{hf}" in json.dumps(text_cfg):
+        hf_folder = Path(folder) / f"{family}-hf"
+        words = [w for t in PRETRAIN_TEMPLATES for w in t.replace("{}", " ").replace(".", " ").split()]
+        words += [w for name in class_names for w in str(name).replace("_", " ").split()]
+        words += "a photo of the".split()
+        size = write_hf_folder(hf_folder, words, with_model="hf_model_name" in text_cfg)
+        for key in ("hf_model_name", "hf_tokenizer_name"):
+            if key in text_cfg:
+                text_cfg[key] = str(hf_folder)
+        if "vocab_size" in text_cfg:
+            text_cfg["vocab_size"] = size
+    return config
+
+
 def write_model_config(path: str | os.PathLike[str], config: dict | None = None) -> Path:
     """Write an open_clip model-config JSON (its stem becomes the model name)."""
     file = Path(path)
@@ -160,6 +335,7 @@ def pretrain_tiny_clip(
     lr: float = 2e-3,
     seed: int = 0,
     templates: Sequence[str] = PRETRAIN_TEMPLATES,
+    config: dict | None = None,
 ) -> Path:
     """Pretrain a tiny CLIP image-text contrastively on (image, "a photo of a <class>.") pairs.
 
@@ -174,16 +350,17 @@ def pretrain_tiny_clip(
     from .inputs.transforms import train_transform
     from .models.clip import OPENAI_MEAN, OPENAI_STD
 
-    config_file = write_model_config(config_path)
+    config = config or TINY_CLIP_CONFIG
+    config_file = write_model_config(config_path, config)
     open_clip.add_model_config(config_file)
     name = config_file.stem
     torch.manual_seed(seed)
-    model = open_clip.create_model(name, pretrained=None)
+    model = open_clip.create_model(name, pretrained=None, pretrained_text=False)  # nothing downloaded
     tokenizer = open_clip.get_tokenizer(name)
     # Several templates per class, so that the text tower sees more than K fixed sentences and
     # learned context vectors land in a region it has been trained on.
     captions = torch.stack([tokenizer([t.format(c) for c in class_names]) for t in templates])  # [T, K, L]
-    size = TINY_CLIP_CONFIG["vision_cfg"]["image_size"]
+    size = config["vision_cfg"]["image_size"]
     transform = train_transform(size, OPENAI_MEAN, OPENAI_STD, hflip=False)  # what load_clip will use
     rgb = [im.convert("RGB") for im in images]
     # CLIP ends pretraining at its logit-scale cap of 100, where matching and non-matching captions differ

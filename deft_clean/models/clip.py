@@ -193,7 +193,9 @@ def load_clip(
     try:
         with torch.random.fork_rng(devices=[]):  # random weights are seeded, without touching the caller's RNG
             torch.manual_seed(seed)
-            clip = open_clip.create_model(name, pretrained=weights, device=device)
+            # random means random: no base weights fetched for a Hugging Face text tower or a timm trunk
+            extra = {} if weights is not None else {"pretrained_text": False, "pretrained_image": False}
+            clip = open_clip.create_model(name, pretrained=weights, device=device, **extra)
     except (RuntimeError, OSError, ValueError, KeyError) as exc:
         if weights is not None and not Path(weights).is_file():
             raise WeightsError(

@@ -73,6 +73,19 @@ def config_family(name: str, config: dict[str, Any]) -> Family:
     return Family(vision, text, "hf" if hf_tokenizer else "bpe")
 
 
+def built_family(clip: nn.Module, tokenizer: Any) -> Family:
+    """The family of a built model (what :func:`config_family` says of its config, read off the modules)."""
+    tower = token_tower(clip)
+    if tower is not None:
+        vision = tower.family
+    else:
+        vision = "timm-tokenless" if hasattr(clip.visual, "trunk") else "resnet"
+    text = text_tower(clip)
+    text_family = "hf" if isinstance(text, HFText) else "native-cls" if text.cls_emb is not None else "native"
+    tokenizer_family = "bpe" if type(tokenizer).__name__ == "SimpleTokenizer" else "hf"
+    return Family(vision, text_family, tokenizer_family)
+
+
 # ----------------------------------------------------------------------------------------------------
 # Image side
 
@@ -317,7 +330,8 @@ class NativeText:
         x = embeddings.to(cast)
         length = x.shape[1]
         if self.cls_emb is not None:  # CoCa: a class token appended, its output is the sentence feature
-            x = torch.cat([x, self.cls_emb.to(cast).expand(x.shape[0], -1, -1)], dim=1)  # [N, L + 1, width]
+            cls = self.cls_emb.to(cast).reshape(1, 1, -1).expand(x.shape[0], 1, -1)  # [N, 1, width]
+            x = torch.cat([x, cls], dim=1)  # [N, L + 1, width]
             length += 1
         x = x + tower.positional_embedding[:length].to(cast)
         mask = tower.attn_mask
