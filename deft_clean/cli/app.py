@@ -201,34 +201,46 @@ def detect(
         **options,
     )
     if not quiet:
-        _print_detect_summary(result.summary(), out, elapsed=time.monotonic() - started, arrays=save_arrays)
+        _print_detect_summary(result, out, elapsed=time.monotonic() - started, arrays=save_arrays)
 
 
-def _print_detect_summary(summary: dict[str, Any], out: Path, *, elapsed: float, arrays: Path | None) -> None:
+def _print_detect_summary(result: Any, out: Path, *, elapsed: float, arrays: Path | None) -> None:
+    """The end-of-run summary: counts, the verdict, what the prompts did, the most flagged classes, what next."""
+    from ..outputs.run_record import prompt_line
+    from ..outputs.summary import class_table, rate
+    from ..outputs.verdict import CAVEATS, CLASS_RATE, RELIABLE, verdict
+
+    summary = result.summary()
     console = Console(soft_wrap=True)
     samples, flagged, unusable = summary["samples"], summary["flagged"], summary["unusable"]
     usable = max(samples - unusable, 1)
     withheld = summary.get("withheld", 0)
     console.print(
         f"[bold]{samples}[/] samples, [bold red]{flagged}[/] flagged ({100 * flagged / usable:.1f}% of usable), "
-        f"{unusable} unusable" + (f", {withheld} flags withheld (weak evidence)" if withheld else "")
+        f"{unusable} unusable" + (f", {withheld} flags withheld" if withheld else "")
     )
+    said = verdict(result.metadata, result.frame)
+    style = "bold red" if said.banner else {RELIABLE: "bold green", CAVEATS: "bold yellow"}.get(said.state, "bold")
+    console.print(Text(f"verdict: {printable(said.sentence)}", style=style))
+    if said.what_to_do:
+        console.print(Text(f"  what to do: {printable(said.what_to_do)}"))
+    console.print(Text(printable(prompt_line(result.metadata))))
     if summary["top_flagged_classes"]:
-        table = Table(title="classes with the most flagged samples")
+        rates = class_table(result.frame, list(result.metadata.get("classes") or []))["noise_rate"]
+        table = Table(title="classes with the most flagged samples", caption=CLASS_RATE)
         table.add_column("class")
         table.add_column("flagged", justify="right")
-        table.add_column("est. wrong labels (95%)", justify="right")
+        table.add_column("flagged %", justify="right")
         for name, count in summary["top_flagged_classes"]:
-            noise = summary.get("class_noise", {}).get(name)
-            estimate = "n/a" if noise is None else f"{100 * noise[0]:.1f}% ({100 * noise[1]:.1f}-{100 * noise[2]:.1f})"
-            table.add_row(Text(printable(name)), str(count), estimate)
+            table.add_row(Text(printable(name)), str(count), rate(rates.get(name, float("nan"))))
         console.print(table)
     console.print(Text(f"results: {out}"))
     if arrays is not None:
         console.print(Text(f"arrays: {arrays}"))
     console.print(Text(f"done in {_duration(elapsed)}, {unusable} unusable file(s)"))
     html = out.with_name("report.html")
-    console.print(Text(f"next: deft-clean report {shlex.quote(str(out))} --html {shlex.quote(str(html))}"))
+    again = " --overwrite" if html.exists() else ""  # a page from an earlier run: the hint must still run
+    console.print(Text(f"next: deft-clean report {shlex.quote(str(out))} --html {shlex.quote(str(html))}{again}"))
 
 
 def _duration(seconds: float) -> str:
