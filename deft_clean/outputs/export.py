@@ -6,9 +6,11 @@ table of the kept rows. The source dataset is only ever read. Unusable rows are 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
+import tempfile
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -21,7 +23,7 @@ from ..inputs.listing import DatasetSpec
 from ..inputs.readers.recorded import checked_root
 from ..run.errors import DataError, UsageError, option
 from ..run.files import apply_umask, make_staging_dir, raise_if_disk_full, run_lock, write_atomic
-from ..run.ownership import check_folder_owned, check_parents, remove_listed, write_manifest
+from ..run.ownership import MANIFEST, check_folder_owned, check_parents, remove_listed, remove_owned, write_manifest
 from ..run.safety import Output, check_outputs, is_inside, printable, read_file, real
 from .results import (
     DUPLICATE_KINDS,
@@ -423,11 +425,13 @@ def _write_folder(plan: pd.DataFrame, sources: list[Path], target: Path, *, copy
                 _copy(source, file, root)
             else:
                 os.symlink(source.absolute(), file)
+        write_manifest(staging, names)  # last: the folder is complete
         if earlier is None:
-            write_manifest(staging, names)  # last: the folder is complete
             if target.exists():
                 target.rmdir()  # empty (checked); never a tree of someone else's files
             os.replace(staging, target)
+        elif _only_listed(target, earlier):
+            _swap(staging, target, earlier)
         else:
             _move_in(staging, target, names, earlier)
     except BaseException as exc:
@@ -437,6 +441,36 @@ def _write_folder(plan: pd.DataFrame, sources: list[Path], target: Path, *, copy
     finally:
         os.close(lock)
     shutil.rmtree(staging, ignore_errors=True)
+
+
+def _only_listed(target: Path, earlier: list[str]) -> bool:
+    """``target`` holds nothing but the earlier export's listed files, its manifest and folders."""
+    listed = {*earlier, MANIFEST}
+    folders = {p.as_posix() for e in earlier for p in PurePosixPath(e).parents if p.parts}
+    for dirpath, dirnames, filenames in os.walk(target):
+        here = Path(dirpath)
+        if any((here / n).relative_to(target).as_posix() not in listed for n in filenames):
+            return False
+        if any((here / n).relative_to(target).as_posix() not in folders for n in dirnames):
+            return False  # a folder of yours, or a link to one
+    return True
+
+
+def _swap(staging: Path, target: Path, earlier: list[str]) -> None:
+    """Put the finished ``staging`` in ``target``'s place, then remove the earlier export's files: any
+    failure before the swap leaves the old export whole, and the swap itself is two renames."""
+    old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
+    os.rmdir(old)  # a free name beside the target (the rename needs it absent)
+    os.rename(target, old)
+    try:
+        os.rename(staging, target)
+    except BaseException:
+        os.rename(old, target)
+        raise
+    remove_owned(old)  # its listed files only: the manifest came with the folder, whose identity it records
+    for dirpath, _, _ in sorted(os.walk(old), key=lambda w: -len(Path(w[0]).parts)):
+        with contextlib.suppress(OSError):
+            os.rmdir(dirpath)  # only folders left empty
 
 
 def _move_in(staging: Path, target: Path, names: list[str], earlier: list[str]) -> None:

@@ -17,6 +17,7 @@ import os
 import stat
 from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 from .errors import DataError, UsageError
 from .errors import option as ref
@@ -24,6 +25,7 @@ from .files import write_atomic
 
 MANIFEST = ".deft-clean-manifest.json"
 FORMAT = "deft-clean-manifest"
+VERSION = 2  # 2: records each entry and the folder's identity
 MAX_MANIFEST_BYTES = 256 << 20  # an export of a few million files; a bigger one is not ours
 HTML_MARKER = '<meta name="generator" content="deft-clean">'  # in the head of every HTML report
 # a --mode csv export's header line: the marker of a CSV table deft-clean wrote
@@ -34,19 +36,48 @@ PARQUET_KEYS = tuple(PARQUET_KINDS)
 
 
 def write_manifest(folder: str | os.PathLike[str], files: Iterable[str | PurePosixPath]) -> Path:
-    """Record (atomically) the folder-relative paths of the files deft-clean wrote in ``folder``."""
+    """Record (atomically) the folder-relative paths of the files deft-clean wrote in ``folder``, what each
+    one is now (kind, size, inode and change time; a link's target) and the folder's own identity.
+
+    ``--overwrite`` later removes an entry only while it is still that file, and trusts the manifest only in
+    this folder (a manifest copied elsewhere lists nothing there). An entry not written yet (train lists the
+    names it may write first) is recorded as pending: it is removed while it is a regular file or a link.
+    """
+    root = Path(folder)
     entries = sorted({PurePosixPath(f).as_posix() for f in files} - {MANIFEST})
-    text = json.dumps({"format": FORMAT, "version": 1, "files": entries}, indent=0) + "\n"
-    return write_atomic(Path(folder) / MANIFEST, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    info = os.stat(root)
+    records = {entry: _record(root / entry) for entry in entries}
+    data = {"format": FORMAT, "version": VERSION, "folder": [info.st_dev, info.st_ino], "files": entries}
+    text = json.dumps({**data, "records": records}, indent=0) + "\n"
+    return write_atomic(root / MANIFEST, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def _record(path: Path) -> list[Any] | None:
+    """What ``path`` is now: ``["file", size, inode, ctime_ns]``, ``["link", target]``, or None (not there)."""
+    try:
+        info = os.lstat(path)
+    except OSError:
+        return None
+    if stat.S_ISLNK(info.st_mode):
+        return ["link", os.readlink(path)]
+    kind = "file" if stat.S_ISREG(info.st_mode) else "other"
+    return [kind, info.st_size, info.st_ino, info.st_ctime_ns]
 
 
 def read_manifest(folder: str | os.PathLike[str]) -> list[str] | None:
     """The entries of ``folder``'s manifest, or None when it has none (or one that is not a regular file).
 
     Raises:
-        DataError: the manifest is damaged or lists a path that is not a plain relative path.
+        DataError: the manifest is damaged, lists a path that is not a plain relative path, or was written
+            for another folder (copied in, or by a version that did not record its folder).
     """
-    path = Path(folder) / MANIFEST
+    loaded = _load(Path(folder))
+    return None if loaded is None else list(loaded)
+
+
+def _load(folder: Path) -> dict[str, list[Any] | None] | None:
+    """Entry -> its record (see :func:`write_manifest`) of ``folder``'s manifest; None without one."""
+    path = folder / MANIFEST
     try:
         info = os.lstat(path)
     except FileNotFoundError:
@@ -67,8 +98,58 @@ def read_manifest(folder: str | os.PathLike[str]) -> list[str] | None:
         raise DataError(f"{path} is not a deft-clean manifest; remove the folder by hand or choose another")
     for entry in files:
         if not _plain(entry):
-            raise DataError(f"{path} lists {entry!r}, which is not a plain path inside the folder; nothing removed")
-    return files
+            raise DataError(
+                f"{path} lists {entry[:200]!r}, which is not a plain path inside the folder; nothing removed"
+            )
+    here = os.stat(folder)
+    records = data.get("records")
+    if (
+        data.get("version") != VERSION
+        or data.get("folder") != [here.st_dev, here.st_ino]
+        or not isinstance(records, dict)
+        or not all(_valid_record(records.get(f)) for f in files)
+    ):
+        raise DataError(
+            f"{path} was not written for this folder (copied in, or by an earlier deft-clean); deft-clean removes "
+            "nothing it lists: remove the folder by hand or choose another"
+        )
+    return {f: records.get(f) for f in files}
+
+
+def _valid_record(record: Any) -> bool:
+    if record is None:
+        return True
+    if not isinstance(record, list) or not record:
+        return False
+    if record[0] == "link":
+        return len(record) == 2 and isinstance(record[1], str)
+    return len(record) == 4 and all(isinstance(v, int) and not isinstance(v, bool) for v in record[1:])
+
+
+def check_unchanged(folder: Path, entries: Iterable[str]) -> None:
+    """Refuse (nothing removed) when a listed entry is no longer the file deft-clean wrote: a file edited or
+    replaced since (a copy you edited, a link you replaced by a real file, a file turned into a folder).
+
+    Raises:
+        DataError: one line naming the first changed entry.
+    """
+    records = _load(folder) or {}
+    for entry in entries:
+        if entry not in records:
+            continue
+        recorded, now = records[entry], _record(folder / entry)
+        if now is None or (recorded is None and now[0] in ("file", "link")) or now == recorded:
+            continue
+        if recorded is None:
+            what = "is no longer a file or a link"
+        elif now[0] != recorded[0]:
+            what = f"was a {recorded[0]} and is now a {'folder' if _is_real_dir(folder / entry) else now[0]}"
+        else:
+            what = "was changed or replaced"
+        raise DataError(
+            f"{str(folder / entry)[:300]!r} {what} since deft-clean wrote it; --overwrite removes only "
+            "its own files, so nothing was removed: move it out of the folder or choose another"
+        )
 
 
 def _plain(entry: str) -> bool:
@@ -120,6 +201,8 @@ def remove_owned(folder: str | os.PathLike[str]) -> int:
 
 def remove_listed(root: Path, entries: Iterable[str]) -> int:
     """Remove ``entries`` (validated manifest paths) below ``root``, then the folders they leave empty."""
+    entries = list(entries)
+    check_unchanged(root, entries)  # all of them first: a refusal removes nothing
     removed, parents = 0, set()
     for entry in entries:
         target = owned_entry(root, entry)
@@ -180,6 +263,7 @@ def check_folder_owned(
         )
     if not overwrite:
         raise UsageError(f"{ref(option)} {folder} holds an earlier output; pass {ref('overwrite', True)} to replace it")
+    check_unchanged(path, entries)
     listed = set(entries)
     for name in names:
         if name not in listed and (os.path.lexists(path / name)):

@@ -228,7 +228,7 @@ def test_a_hostile_manifest_never_removes_anything_outside_the_folder(review, tm
         args = ["export", str(review.results), "--out", str(out), "--overwrite"]
         assert runner.invoke(app, args).exit_code == 1
     # through a linked folder: listed, but never followed
-    manifest.write_text(json.dumps({"format": "deft-clean-manifest", "version": 1, "files": ["linked/x.png"]}))
+    write_manifest(out, ["linked/x.png"])
     remove_owned(out)
     assert victim.read_text() == "keep" and (elsewhere / "x.png").read_text() == "keep too"
     manifest.write_text("[1, 2")

@@ -307,3 +307,82 @@ def test_export_keeps_a_chain_given_one_group(review, home):
     assert result.exit_code == 0, result.output
     kept = {p.split("/data/", 1)[1] for p in pd.read_csv(out)["path"]}
     assert {f"cat/{p}" for p in paths} <= kept
+
+
+# 5. --overwrite removes a listed path only while it is still the file deft-clean wrote; 6. swapped in whole
+
+
+def _exported(review: Review, out: Path, *extra: str) -> None:
+    result = invoke("export", review.results, "--out", out, *extra)
+    assert result.exit_code == 0, result.output
+
+
+def test_overwrite_refuses_a_link_replaced_by_a_real_file(review, home):
+    out = home / "clean"
+    _exported(review, out)
+    link = next(p for p in sorted(out.rglob("*.png")) if p.is_symlink())
+    link.unlink()
+    link.write_bytes(b"my own file now")
+    with untouched(home.parent):
+        fails(invoke("export", review.results, "--out", out, "--overwrite"), 1, "since deft-clean wrote it")
+    assert link.read_bytes() == b"my own file now"
+
+
+def test_overwrite_refuses_an_edited_copy(review, home):
+    out = home / "clean"
+    _exported(review, out, "--mode", "copy")
+    copy = sorted(out.rglob("*.png"))[0]
+    with copy.open("ab") as handle:
+        handle.write(b"edited")
+    with untouched(home.parent):
+        fails(invoke("export", review.results, "--out", out, "--mode", "copy", "--overwrite"), 1, "changed")
+
+
+def test_a_manifest_copied_into_another_folder_removes_nothing(review, home):
+    from deft_clean.run.ownership import MANIFEST
+
+    out = home / "clean"
+    _exported(review, out)
+    mine = home / "photos"
+    for p in sorted(out.rglob("*.png")):  # the user's own files under the very names the manifest lists
+        dest = mine / p.relative_to(out)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_bytes(b"mine")
+    (mine / MANIFEST).write_bytes((out / MANIFEST).read_bytes())
+    with untouched(home.parent):
+        fails(invoke("export", review.results, "--out", mine, "--overwrite"), 1, "not written for this folder")
+
+
+def test_a_listed_file_turned_folder_leaves_the_old_export_whole(review, home):
+    out = home / "clean"
+    _exported(review, out, "--mode", "copy")
+    victim = sorted(out.rglob("*.png"))[0]
+    victim.unlink()
+    victim.mkdir()
+    (victim / "inside.txt").write_text("mine")
+    with untouched(home.parent):
+        fails(invoke("export", review.results, "--out", out, "--mode", "copy", "--overwrite"), 1, "now a folder")
+
+
+def test_an_export_that_fails_midway_leaves_the_old_one_whole(review, home, monkeypatch):
+    from deft_clean.outputs import export
+
+    out = home / "clean"
+    _exported(review, out, "--mode", "copy")
+    real_copy, calls = export._copy, []
+
+    def failing(source, file, root):
+        calls.append(source)
+        if len(calls) > 3:
+            raise OSError(5, "Input/output error")
+        real_copy(source, file, root)
+
+    monkeypatch.setattr(export, "_copy", failing)
+    with untouched(home.parent):
+        result = invoke("export", review.results, "--out", out, "--mode", "copy", "--overwrite")
+        assert result.exit_code != 0
+    monkeypatch.setattr(export, "_copy", real_copy)
+    before = tree_hashes(out)
+    _exported(review, out, "--mode", "copy", "--overwrite")  # a whole replacement: two renames
+    assert tree_hashes(out).keys() == before.keys()
+    assert not [p for p in home.iterdir() if p.name.startswith(".clean.")]  # nothing left beside it
