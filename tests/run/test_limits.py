@@ -165,7 +165,8 @@ def test_a_model_folder_asking_for_100000_layers_is_refused_at_once(trained, tmp
     config["clip_config"]["vision_cfg"]["layers"] = 100_000
     (hostile / "config.json").write_text(json.dumps(config))
     started = time.monotonic()
-    args = ["predict", str(hostile), str(data), "--device", "cpu", "--num-workers", "0", "-q"]
+    out = str(tmp_path / "p.parquet")  # not the current folder's predictions.parquet: the checkout may be read-only
+    args = ["predict", str(hostile), str(data), "--out", out, "--device", "cpu", "--num-workers", "0", "-q"]
     fails(runner.invoke(app, args), 1, "layers")
     assert time.monotonic() - started < 10
 
