@@ -316,10 +316,12 @@ def copy(source: Path, target: Path) -> None:
     (shutil.copytree if source.is_dir() else shutil.copy)(source, target)
 
 
-@pytest.mark.parametrize("block", BLOCKS, ids=str)
+@pytest.mark.parametrize(
+    "block",
+    [pytest.param(b, marks=pytest.mark.skip(reason=f"marked in the doc: {b.skip}")) if b.skip else b for b in BLOCKS],
+    ids=str,
+)
 def test_code_block_runs_as_written(block, tiny_clip, stand_ins, tmp_path, monkeypatch):
-    if block.skip:
-        pytest.skip(f"marked in the doc: {block.skip}")
     here = tmp_path / "here"
     here.mkdir()
     seed(block, stand_ins, here)
