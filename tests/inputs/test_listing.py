@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 
 import numpy as np
 import pytest
@@ -116,3 +117,16 @@ def test_decompression_bomb_raises_not_allocates(tmp_path, monkeypatch):
     Image.new("RGB", (12, 12)).save(tmp_path / "big.png")  # 144 px: between 1x and 2x the limit
     with pytest.raises((Image.DecompressionBombError, Image.DecompressionBombWarning)):
         load_image(tmp_path / "big.png")
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts open files through /proc")
+def test_listing_and_reading_keep_no_file_open(small_folder):
+    """A listing holds paths, not open files, and every read closes its file: at the default limit of 1,024 open
+    files a dataset of any size lists and reads."""
+    for i in range(300):
+        Image.new("RGB", (8, 8), (i % 256, 0, 0)).save(small_folder / "cat" / f"extra{i:03d}.png")
+    before = len(os.listdir("/proc/self/fd"))
+    listing = list_dataset(small_folder)
+    images = [listing.images.open(i) for i in range(len(listing))]
+    assert len(images) == 312
+    assert len(os.listdir("/proc/self/fd")) <= before
