@@ -301,14 +301,18 @@ def seed(block: Block, stand_ins: Path, here: Path) -> None:
 
 
 def run_shell(block: Block, stand_ins: Path, here: Path) -> None:
-    reused = dict((tuple(args), outputs) for args, outputs in REUSED)
+    """Each command in turn; one the shared run made is copied from it until the block runs a detect or train of
+    its own (whose results or model a later command may read instead of the shared ones)."""
+    reused = {tuple(args): outputs for args, outputs in REUSED}
+    shared_so_far = True
     for words in commands(block.code):
         args = deft_clean_args(words, block)
-        outputs = reused.get(tuple(args), [])
+        outputs = reused.get(tuple(args), []) if shared_so_far else []
         if outputs and not any((here / name).exists() for name in outputs):
             for name in outputs:
                 copy(stand_ins / name, here / name)
             continue
+        shared_so_far = shared_so_far and args[0] not in ("detect", "train")
         run_cli(args, str(block))
 
 
