@@ -131,6 +131,9 @@ def detect(
     class_specific: Annotated[bool, typer.Option(help="One context per class instead of shared.")] = D.class_specific,
     vpt_tokens: Annotated[int, typer.Option(help="Visual prompt tokens per layer (0: no VPT).")] = D.vpt_tokens,
     vpt_depth: Annotated[int | None, typer.Option(help="Vision layers with prompts (default: all).")] = D.vpt_depth,
+    image_adapter: Annotated[
+        str, typer.Option(help="Towers without tokens (ConvNeXt, ResNet...): none | norm-bias.")
+    ] = D.image_adapter,
     epochs: Annotated[int, typer.Option(help="Training epochs at most (early stop may end sooner).")] = D.epochs,
     warmup_epochs: Annotated[int, typer.Option(help="Epochs on given labels before selection.")] = D.warmup_epochs,
     images_per_epoch: ImagesPerEpoch = str(D.images_per_epoch),

@@ -16,8 +16,8 @@ from typer.core import TyperGroup
 PANELS: dict[str, str] = {}
 for _panel, _names in {
     "Input": "path_col label_col image_col split id_col label_key class_names val dataset results inputs model_dir",
-    "Model": "model pretrained n_ctx ctx_init class_specific vpt_tokens vpt_depth backbone backbone_weights "
-    "image_size selection clean_rule quick health duplicate_threshold",
+    "Model": "model pretrained n_ctx ctx_init class_specific vpt_tokens vpt_depth image_adapter backbone "
+    "backbone_weights image_size selection clean_rule quick health duplicate_threshold",
     "Training": "epochs warmup_epochs images_per_epoch early_stop batch_size lr momentum weight_decay grad_clip "
     "hflip seed head_lr_scale "
     "head_init holdout optimizer label_smoothing balanced clean_only threshold relabel top_k",

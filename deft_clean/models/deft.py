@@ -161,7 +161,7 @@ class DeftModel(nn.Module):
             class_specific=cfg.class_specific,
             vpt_tokens=cfg.vpt_tokens,
             vpt_depth=cfg.vpt_depth,
-            tokenless=getattr(cfg, "image_adapter", DEFAULT_TOKENLESS_ADAPTER),
+            tokenless=cfg.image_adapter,
         )
 
     def trainable_parameters(self) -> list[nn.Parameter]:

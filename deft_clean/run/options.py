@@ -31,6 +31,9 @@ class DetectConfig:
     class_specific: bool = False  # one context per class (CoOp's CSC) instead of one shared context
     vpt_tokens: int = 20  # visual prompt tokens per layer (0 disables VPT)
     vpt_depth: int | None = None  # number of leading vision layers that get prompts; None = all
+    # image towers without tokens for VPT (ConvNeXt, FastViT, Swin, ResNets): "none" trains the text prompts only,
+    # "norm-bias" also tunes the last stage's norm scales and biases (measured in benchmarks/results/families.md)
+    image_adapter: str = "none"
     epochs: int = 10  # training epochs at most (the paper's 10; early_stop may end sooner)
     warmup_epochs: int = 1  # epochs on given labels before clean/noisy selection starts
     # Images one epoch trains on: "auto" = a stratified sample of min(N, max(IMAGES_PER_CLASS x K,
@@ -89,6 +92,8 @@ class DetectConfig:
                 f"{option('vpt_depth')} must be from 0 to the model's vision layers (at most {MAX_VPT_DEPTH}), "
                 f"got {self.vpt_depth}"
             )
+        if self.image_adapter not in ("none", "norm-bias"):
+            raise UsageError(f"{option('image_adapter')} must be none or norm-bias, got {self.image_adapter!r}")
         if not 0 <= self.warmup_epochs <= self.epochs:
             raise UsageError(
                 f"{option('warmup_epochs')} must be between 0 and {option('epochs')} ({self.epochs}), "
