@@ -18,8 +18,12 @@ one's reliability (the triplet method of weak supervision): ``s_G = sqrt(k_GI * 
 heavy noise apart from weak evidence: at 60% symmetric noise the labels agree with the images only 35% of the
 time, yet the image and text views agree with each other far beyond chance; when the model cannot see the
 classes, the image and text views agree with nothing. The share of wrong labels is then
-``(1 - s_G) * (1 - chance)``, and the expected precision of the flags is that share divided by the flagged
-share (capped at 1: flags are taken least-likely label first).
+``(1 - s_G) * (1 - chance)``. Divided by the flagged share (capped at 1) it bounds the precision of the flags
+from above (every wrong label flagged); twice the share of flags that look like ordinary members of their
+suggested class (:func:`typical_share`) bounds it from below at heavy noise. The expected flag precision shown
+to users is the middle of the two, on the flags that stand (after withholding and clearing), with the two as
+its range, widened to the 95% Wilson interval of that many flags (:func:`flag_precision`; calibrated against
+planted truth by ``benchmarks/precision_calibration.py``).
 
 Where the text view is uninformative (``k_IT`` below :data:`MIN_VIEW_KAPPA`, e.g. class names CLIP does
 not know), one view cannot tell noise from weakness (``k_GI = s_G * s_I`` splits either way), so the image
@@ -61,6 +65,9 @@ MAX_PAIRS = 2000  # confused pairs judged one by one (most flagged first); the r
 MIN_PAIR_ROWS = 50  # pairs with fewer rows labelled either follow the overall verdict (a test there is weak)
 MIN_CLASS_ROWS = 5  # classes with fewer rows are not judged on their own
 MIN_TYPICAL_FLAGS = 10  # fewer flags give no typicality estimate of their precision
+# A precision range wider than this is shown as a range with no point: on planted noise the point missed by up to
+# 17 points where the range was 41 wide (5% noise), and by at most 12 where it was under 30 (precision_calibration)
+PIN_WIDTH = 0.3
 SPLIT_PARTS = 3  # the split view: one probe per part, each row judged by the two probes of the other parts
 # The split view's two probes must agree at this kappa for flags to stand on it: probes on the same image
 # encoder share their mistakes on ambiguous images, which the triplet reads as label noise. Measured: dimly
@@ -98,7 +105,7 @@ class EvidenceCheck:
     kappa_text_label: float
     kappa_image_text: float
     label_noise: float | None  # estimated share of wrong labels (None: not estimable)
-    expected_flag_precision: float | None  # expected share of flagged rows whose label is wrong (None: unknown)
+    expected_flag_precision: float | None  # expected share of the flags that stand whose label is wrong (None: unknown)
     flags_raised: int  # rows the selection flagged
     flags_withheld: int  # of those, rows not flagged because the evidence cannot support them
     settled: bool  # the clean set stopped changing before the round limit
@@ -111,6 +118,7 @@ class EvidenceCheck:
     views: list[str] = field(default_factory=lambda: ["image", "text"])  # the label-free views judged
     kappa_image_split: float | None = None  # agreement of the two split-view probes (None: not computed)
     image_reliability: float | None = None  # share of rows a split-view probe is informed on (sqrt of that kappa)
+    flag_precision_interval: list[float] | None = None  # plausible range [low, high] of expected_flag_precision
 
     def to_metadata(self) -> dict[str, Any]:
         data = asdict(self)
@@ -413,6 +421,8 @@ def check_evidence(
         verdict.reasons.append("the clean set was still changing after the last round")
     withheld, cleared = np.zeros(len(labels), dtype=bool), np.zeros(len(labels), dtype=bool)
     withheld[rows], cleared[rows] = withheld_m, cleared_m
+    standing = views.flagged & ~withheld_m & ~cleared_m
+    precision, interval = flag_precision(views, standing, verdict.noise, selected=bool(cleared_m.any()))
     accuracy, chance = verdict.accuracy, verdict.chance
     check = EvidenceCheck(
         reliable=verdict.reliable,
@@ -425,7 +435,8 @@ def check_evidence(
         kappa_text_label=verdict.gt.kappa,
         kappa_image_text=verdict.it.kappa,
         label_noise=verdict.noise,
-        expected_flag_precision=verdict.precision,
+        expected_flag_precision=precision,
+        flag_precision_interval=interval,
         flags_raised=int(views.flagged.sum()),
         flags_withheld=int(withheld_m.sum()),
         flags_cleared=int(cleared_m.sum()),
@@ -493,6 +504,36 @@ class _Verdict:
     image_reliability: float | None = None  # sqrt of it: the share of rows one such probe is informed on
     text_anchor: bool = False  # the text view anchored s_G (the triplet G, I, T)
     hard_cases: bool = False  # most flags are hard cases between classes: only the typical ones stand
+
+
+def flag_precision(
+    views: _Views, standing: np.ndarray, noise: float | None, *, selected: bool = False
+) -> tuple[float | None, list[float] | None]:
+    """Expected precision of the flags that stand (bool [M]) and its range [low, high] (None, None: no flags).
+
+    Two estimates from the data bound it: the wrong-label share over the flagged share (:func:`_verdict`'s
+    ``noise``, capped at 1), which assumes every wrong label is flagged and so errs high; and twice the share of
+    typical flags (:func:`typical_share`), which errs low at heavy noise, where the probe trained on the noisy
+    labels makes wrong labels look less ordinary. The point is their middle; the range spans both, widened to the
+    95% Wilson interval of a proportion over that many flags. Where the range is wider than PIN_WIDTH, or the
+    lower bound is unknown (fewer than MIN_TYPICAL_FLAGS flags, or ``selected``: the flags that stand were kept
+    for looking typical, so their typical share says nothing), the point is None and the range is the answer.
+    Calibrated on planted noise by ``benchmarks/precision_calibration.py`` (results/precision_calibration.md).
+    """
+    n = int(standing.sum())
+    if n == 0:
+        return None, None
+    high = 1.0 if noise is None else min(1.0, noise * len(standing) / n)
+    low = None if selected else typical_share(views, np.flatnonzero(standing))
+    if low is None:
+        return None, [0.0, high]
+    if noise is None:  # no upper bound: the typical share alone
+        high = low
+    low, high = min(low, high), max(low, high)
+    point = (low + high) / 2
+    w_low, w_high = wilson(point * n, n)
+    interval = [float(min(low, w_low)), float(max(high, w_high))]
+    return (float(point) if interval[1] - interval[0] <= PIN_WIDTH else None), interval
 
 
 def typical_share(views: _Views, rows: np.ndarray) -> float | None:
