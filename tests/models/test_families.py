@@ -54,7 +54,7 @@ def stand_in(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
         CLASSES,
         config_path=folder / f"{family}-stand-in.json",
         checkpoint_path=folder / f"{family}.pt",
-        steps=120,
+        steps=100,
         config=config,
     )
     return StandIn(family, folder / f"{family}-stand-in.json", checkpoint)
@@ -182,11 +182,20 @@ def test_coca_class_token_text_is_encoded_as_open_clip_does() -> None:
 def test_detect_train_predict_on_every_family(stand_in: StandIn, tmp_path: Path) -> None:
     """Default and --quick detect, train --clean-only and predict run on each family's stand-in; results read back
     and say which adaptation ran."""
+    from typer.testing import CliRunner
+
+    from deft_clean.cli.app import app
+
     noisy = make_noisy_folder(tmp_path / "data", per_class=10, rate=0.2, seed=4)
     results = {}
     for mode, quick in (("default", False), ("quick", True)):
         out = tmp_path / f"{mode}.parquet"
-        deft_clean.detect(noisy.root, out=out, quick=quick, **stand_in.options())
+        if quick:
+            deft_clean.detect(noisy.root, out=out, quick=quick, **stand_in.options())
+        else:  # the command line, as a user runs it
+            args = [f"--{k.replace('_', '-')}={v}" for k, v in stand_in.options().items() if k != "quiet"]
+            run = CliRunner().invoke(app, ["detect", str(noisy.root), "--out", str(out), "--quiet", *args])
+            assert run.exit_code == 0, run.output
         loaded = deft_clean.load(out)
         assert len(loaded.frame) == 60
         assert loaded.frame["p_clean"].notna().all()
@@ -214,3 +223,35 @@ def test_detect_train_predict_on_every_family(stand_in: StandIn, tmp_path: Path)
     predictions = deft_clean.predict(model, [noisy.root], device="cpu", num_workers=0, quiet=True)
     assert len(predictions.frame) == 60
     assert set(np.asarray(predictions.frame["predicted_label"])) <= set(CLASSES)
+
+
+def test_a_model_that_needs_transformers_says_so_in_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    from deft_clean.run.errors import UsageError
+
+    config = toy.stand_in_config("siglip", tmp_path, CLASSES)
+    path = toy.write_model_config(tmp_path / "needs-hf.json", config)
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "transformers" else real(name, *a)
+    )
+    with pytest.raises(UsageError, match=r"needs the Hugging Face `transformers` package .*deft-clean\[hf\]") as caught:
+        load_clip(str(path), "none", device=torch.device("cpu"), quiet=True)
+    assert "\n" not in str(caught.value)
+
+
+def test_missing_tokenizer_files_offline_name_the_files_and_the_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from deft_clean.run.errors import WeightsError
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+    config = toy.stand_in_config("siglip", tmp_path, CLASSES)
+    config["text_cfg"]["hf_tokenizer_name"] = "nobody/no-such-tokenizer"
+    path = toy.write_model_config(tmp_path / "no-tokenizer.json", config)
+    with pytest.raises(WeightsError, match="tokenizer files of nobody/no-such-tokenizer") as caught:
+        load_clip(str(path), "none", device=torch.device("cpu"), quiet=True)
+    message = str(caught.value)
+    assert "\n" not in message and str(tmp_path / "hf-home") in message
