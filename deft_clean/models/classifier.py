@@ -19,6 +19,7 @@ from torch import nn
 
 from ..run.errors import DataError, DeftCleanError, UsageError, WeightsError, option
 from ..run.safety import printable
+from .limits import check_model_config as check_architecture
 from .towers import embed_width
 
 MODEL_FILES = ("config.json", "model.safetensors")
@@ -268,29 +269,14 @@ def check_model_config(config: Any, file: Path) -> tuple[list[str], str]:
     return classes, backbone
 
 
-# The biggest open_clip towers (ViT-bigG: 48 layers, width 1664, 16 heads) with room to spare; a config asking
-# for more is damaged or hostile, and building 2,000 layers even on the meta device takes 40 s.
-ARCHITECTURE_CAPS = {"layers": 256, "width": 16384, "heads": 256, "embed_dim": 16384, "mlp_ratio": 64}
-
-
 def _check_clip_config(clip_config: Any, bad: Callable[[str, str], DataError]) -> None:
     """Refuse a ``clip_config`` whose towers are bigger than any real CLIP, before anything is built."""
     if clip_config is None:
         return
-    if not isinstance(clip_config, dict):
-        raise bad("clip_config", "must be a JSON object")
-    towers = {"clip_config": clip_config, **{k: v for k, v in clip_config.items() if k in ("vision_cfg", "text_cfg")}}
-    for where, tower in towers.items():
-        if not isinstance(tower, dict):
-            raise bad(where, "must be a JSON object")
-        for key, cap in ARCHITECTURE_CAPS.items():
-            value = tower.get(key)
-            values = value if isinstance(value, list) else [value]
-            if len(values) > 16:  # a ResNet's layers are a list of 4 stages
-                raise bad(f"{where}.{key}", f"lists {len(values)} values, more than any real model")
-            for v in values if value is not None else []:
-                if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v <= cap:
-                    raise bad(f"{where}.{key}", f"must be a number from 1 to {cap}, got {printable(v)}")
+    try:
+        check_architecture(clip_config, "clip_config")
+    except UsageError as exc:
+        raise bad("clip_config", f"is refused ({exc})") from None
 
 
 def check_model_size(config: dict[str, Any], n_classes: int, weights: Path) -> None:

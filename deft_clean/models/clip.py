@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from ..run.errors import UsageError, WeightsError, option
+from .limits import check_model_config
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -80,6 +81,7 @@ def _register_model_name(model: str) -> str:
             raise UsageError(
                 f"{option('model')} {path}: not an open_clip model config (needs embed_dim, vision_cfg, text_cfg)"
             )
+        check_model_config(config, f"{option('model')} {path}")  # bounds before open_clip builds anything
         open_clip.add_model_config(path)
         return path.stem
     if model not in open_clip.list_models():

@@ -108,6 +108,9 @@ def write_atomic(path: str | os.PathLike[str], write: Callable[[Path], None]) ->
         write(tmp)
         apply_umask(tmp)
         os.replace(tmp, target)
+        from .ownership import note_written  # ownership writes its manifest with this function: a cycle
+
+        note_written(target)  # a file its folder's manifest lists is recorded as rewritten by deft-clean
     except BaseException as exc:
         tmp.unlink(missing_ok=True)
         raise_if_disk_full(exc, target)
@@ -153,6 +156,8 @@ def _one_lock(path: Path) -> Iterator[None]:
         raise UsageError(f"cannot create {path.parent} ({exc.strerror}); choose another {ref('out')}") from None
     while True:
         fd = _open_lock(lock)
+        if fd is None:
+            continue  # released between our link and open: make it again
         if not _try_lock(fd):
             os.close(fd)
             raise UsageError(
@@ -174,34 +179,54 @@ def _one_lock(path: Path) -> Iterator[None]:
         os.close(fd)
 
 
-def _open_lock(lock: Path) -> int:
-    """An fd on the lock file: created (and marked) when missing; never through a symlink, never a special file."""
+def _open_lock(lock: Path) -> int | None:
+    """An fd on the lock file, created whole (mark and all) when missing; None when it vanished between the
+    two (its holder released it): try again. Never through a symlink, never a special file."""
     flags = os.O_RDWR | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
     with contextlib.suppress(FileNotFoundError):
         if not stat.S_ISREG(os.lstat(lock).st_mode):  # a device node, FIFO or symlink is never opened
             raise _foreign(lock, "is not a regular file")
+    _create_whole(lock)
     try:
-        fd = os.open(lock, flags | os.O_CREAT | os.O_EXCL, 0o666)
-    except FileExistsError:
-        try:
-            fd = os.open(lock, flags)
-        except OSError as exc:  # ELOOP: a symlink (dangling or not) sits where the lock goes
-            raise _foreign(lock, f"cannot be opened as a lock ({exc.strerror})") from None
-    except OSError as exc:  # a read-only file system, no permission, no space
-        raise UsageError(f"cannot write the lock file {lock} ({exc.strerror}); choose another {ref('out')}") from None
-    else:
-        if _try_lock(fd):  # marked under the lock, so a second run never reads a half-written file as ours
-            os.write(fd, LOCK_MARK)
-            fcntl.flock(fd, fcntl.LOCK_UN)
+        fd = os.open(lock, flags)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:  # ELOOP: a symlink (dangling or not) sits where the lock goes
+        raise _foreign(lock, f"cannot be opened as a lock ({exc.strerror})") from None
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
         raise _foreign(lock, "is not a regular file")
     return fd
 
 
+def _create_whole(lock: Path) -> None:
+    """Put a lock file holding the mark at ``lock`` unless something is there: the mark is written to a
+    temporary first and linked into place, so no run ever sees a lock file without its mark."""
+    try:
+        fd, name = tempfile.mkstemp(prefix=f"{lock.name}.", suffix=TMP_SUFFIX, dir=lock.parent)
+    except OSError as exc:  # a read-only file system, no permission, no space
+        raise UsageError(f"cannot write the lock file {lock} ({exc.strerror}); choose another {ref('out')}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # alive: clean_stale_temps leaves it alone
+        os.write(fd, LOCK_MARK)
+        os.fchmod(fd, 0o666 & ~current_umask())
+        with contextlib.suppress(FileExistsError):
+            os.link(name, lock)  # atomic; never replaces what is there
+    except OSError as exc:
+        raise UsageError(f"cannot write the lock file {lock} ({exc.strerror}); choose another {ref('out')}") from None
+    finally:
+        os.unlink(name)
+        os.close(fd)
+
+
 def _marked(fd: int, lock: Path) -> bool:
-    """True for deft-clean's own lock file (it holds LOCK_MARK); raise for anything else under that name."""
-    if os.pread(fd, len(LOCK_MARK) + 1, 0) == LOCK_MARK:
+    """True for deft-clean's own lock file (it holds LOCK_MARK; an empty one, left by an earlier version's
+    crash, is taken over); raise for anything else under that name."""
+    content = os.pread(fd, len(LOCK_MARK) + 1, 0)
+    if content == LOCK_MARK:
+        return True
+    if not content:  # no live holder (we hold the flock) and nothing of anyone's in it: ours to take
+        os.pwrite(fd, LOCK_MARK, 0)
         return True
     os.close(fd)
     raise _foreign(lock, "is not a deft-clean lock file")

@@ -75,6 +75,7 @@ class DetectConfig:
         check_numbers(lr=(self.lr, 10.0), momentum=(self.momentum, 1.0), weight_decay=(self.weight_decay, 1.0))
         check_numbers(grad_clip=(self.grad_clip, 1e6))
         check_counts(epochs=(self.epochs, MAX_EPOCHS))
+        check_seed(self.seed)
         if not 0.0 < self.duplicate_threshold <= 1.0:  # also refuses NaN
             raise UsageError(
                 f"{option('duplicate_threshold')} must be a pixel similarity in (0, 1], got {self.duplicate_threshold}"
@@ -155,6 +156,17 @@ MAX_WORKERS = 256  # DataLoader worker processes; more is a typo (each is a proc
 # 4096 px input for a 32 px model is 16,384x the activations) and a fixed cap whatever the backbone says.
 MAX_IMAGE_SIZE = 2048
 IMAGE_SIZE_FACTOR = 4
+
+
+MAX_SEED = 2**63 - 1  # torch.manual_seed takes up to 2**64 - 1, numpy no negative seed: room for seed + offsets
+
+
+def check_seed(value: int) -> None:
+    """Refuse a seed torch or numpy cannot take, before anything loads (it would fail after the model loaded)."""
+    from .errors import UsageError, option
+
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_SEED:
+        raise UsageError(f"{option('seed')} must be a whole number from 0 to {MAX_SEED}, got {str(value)[:40]}")
 
 
 def check_workers(value: int | None) -> None:
@@ -255,6 +267,7 @@ class TrainConfig:
         check_numbers(label_smoothing=(self.label_smoothing, 1.0), threshold=(self.threshold, 1.0))
         check_numbers(relabel=(self.relabel, 1.0))
         check_counts(epochs=(self.epochs, MAX_EPOCHS))
+        check_seed(self.seed)
         check_workers(self.num_workers)
         if self.image_size is not None:
             check_image_size(self.image_size, None)  # the backbone's own bound is checked once it is known

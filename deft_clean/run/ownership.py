@@ -45,11 +45,29 @@ def write_manifest(folder: str | os.PathLike[str], files: Iterable[str | PurePos
     """
     root = Path(folder)
     entries = sorted({PurePosixPath(f).as_posix() for f in files} - {MANIFEST})
+    return _write(root, {entry: _record(root / entry) for entry in entries})
+
+
+def _write(root: Path, records: dict[str, list[Any] | None]) -> Path:
     info = os.stat(root)
-    records = {entry: _record(root / entry) for entry in entries}
-    data = {"format": FORMAT, "version": VERSION, "folder": [info.st_dev, info.st_ino], "files": entries}
+    data = {"format": FORMAT, "version": VERSION, "folder": [info.st_dev, info.st_ino], "files": sorted(records)}
     text = json.dumps({**data, "records": records}, indent=0) + "\n"
     return write_atomic(root / MANIFEST, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def note_written(path: Path) -> None:
+    """Record a file deft-clean has just (re)written in a folder whose manifest lists it (a checkpoint saved
+    again, a resumed run's weights): its own later writes never read as changes. Only that entry's record
+    is updated; a damaged or foreign manifest is left alone."""
+    folder = path.parent
+    if path.name == MANIFEST or not os.path.isfile(folder / MANIFEST):
+        return
+    try:
+        records = _load(folder)
+    except (DataError, OSError):
+        return
+    if records is not None and path.name in records:
+        _write(folder, {**records, path.name: _record(path)})
 
 
 def _record(path: Path) -> list[Any] | None:

@@ -386,3 +386,154 @@ def test_an_export_that_fails_midway_leaves_the_old_one_whole(review, home, monk
     _exported(review, out, "--mode", "copy", "--overwrite")  # a whole replacement: two renames
     assert tree_hashes(out).keys() == before.keys()
     assert not [p for p in home.iterdir() if p.name.startswith(".clean.")]  # nothing left beside it
+
+
+# 7. locks created whole: racing runs never see a lock without its mark; an empty lock is taken over
+
+
+def _race(out: str, rounds: int, queue) -> None:
+    from deft_clean.run.errors import UsageError
+    from deft_clean.run.files import run_lock
+
+    outcomes = []
+    for _ in range(rounds):
+        try:
+            with run_lock(out):
+                outcomes.append("held")
+        except UsageError as exc:
+            outcomes.append("busy" if "another deft-clean run" in str(exc) else str(exc))
+    queue.put(outcomes)
+
+
+def test_four_racing_runs_never_see_a_lock_without_its_mark(tmp_path):
+    import multiprocessing
+
+    (tmp_path / "keep.txt").write_text("mine")
+    out = tmp_path / "clean"
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    with untouched(tmp_path, out):
+        workers = [context.Process(target=_race, args=(str(out), 150, queue)) for _ in range(4)]
+        for worker in workers:
+            worker.start()
+        outcomes = [o for _ in workers for o in queue.get(timeout=120)]
+        for worker in workers:
+            worker.join(timeout=60)
+    assert set(outcomes) <= {"held", "busy"}, sorted(set(outcomes))
+    assert outcomes.count("held") > 0
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".clean")]  # no lock or temporary left
+
+
+def test_an_empty_lock_without_a_holder_is_taken_over(review, home):
+    out = home / "clean"
+    (home / ".clean.lock").write_bytes(b"")  # what a crash of an earlier version could leave
+    with untouched(home.parent, out):
+        result = invoke("export", review.results, "--out", out)
+    assert result.exit_code == 0, result.output
+    assert not (home / ".clean.lock").exists()
+
+
+def test_files_deft_clean_rewrites_stay_its_own(tmp_path):
+    """A listed file that deft-clean writes again (a checkpoint each epoch, a resumed run's weights) stays
+    removable; the same file edited by hand refuses the removal."""
+    from deft_clean.run.errors import DataError
+    from deft_clean.run.files import write_atomic
+    from deft_clean.run.ownership import remove_listed, write_manifest
+
+    folder = tmp_path / "model"
+    folder.mkdir()
+    write_atomic(folder / "checkpoint.pt", lambda tmp: tmp.write_bytes(b"epoch 1"))
+    write_manifest(folder, ["checkpoint.pt", "model.safetensors"])  # a resumed run lists what is there
+    for epoch in (2, 3):
+        write_atomic(folder / "checkpoint.pt", lambda tmp, e=epoch: tmp.write_bytes(b"epoch %d" % e))
+    write_atomic(folder / "model.safetensors", lambda tmp: tmp.write_bytes(b"weights"))
+    (folder / "checkpoint.pt").write_bytes(b"edited by hand")
+    with untouched(tmp_path), pytest.raises(DataError, match="changed or replaced"):
+        remove_listed(folder, ["checkpoint.pt", "model.safetensors"])
+    write_atomic(folder / "checkpoint.pt", lambda tmp: tmp.write_bytes(b"epoch 4"))
+    assert remove_listed(folder, ["checkpoint.pt", "model.safetensors"]) == 2
+
+
+# 8. model configs bounded before anything is allocated, for every way a model comes in; --seed bounded
+
+
+def _tiny_config(**vision: object) -> dict:
+    return {
+        "embed_dim": 16,
+        "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 8, "head_width": 16, **vision},
+        "text_cfg": {"context_length": 16, "vocab_size": 100, "width": 32, "heads": 2, "layers": 1},
+    }
+
+
+@pytest.mark.parametrize(
+    ("vision", "fragment"),
+    [
+        ({"width": 10**9}, "vision_cfg.width = 1000000000 must be a whole number from 1 to 16384"),
+        ({"layers": 100_000}, "vision_cfg.layers = 100000"),
+        ({"patch_size": 0}, "vision_cfg.patch_size = 0"),
+        ({"image_size": 1e12}, "vision_cfg.image_size"),
+        ({"mlp_ratio": "4"}, "vision_cfg.mlp_ratio"),
+        ({"width": 16_384, "layers": 256}, "G parameters"),
+    ],
+)
+def test_a_model_json_past_the_bounds_is_refused_before_building(review, home, vision, fragment):
+    model = _json(home / "hostile.json", _tiny_config(**vision))
+    out = home / "r.parquet"
+    with untouched(home.parent, out):
+        args = ("detect", review.root, "--out", out, "--model", model, "--pretrained", "none", "--quick", "-q")
+        fails(invoke(*args), 2, fragment)
+
+
+def test_text_tower_fields_are_bounded_too():
+    from deft_clean.models.limits import check_model_config
+    from deft_clean.run.errors import UsageError
+
+    for field, value in (("context_length", 10**7), ("vocab_size", 10**9), ("heads", 10**6), ("width", -1)):
+        config = _tiny_config()
+        config["text_cfg"][field] = value
+        with pytest.raises(UsageError, match=f"text_cfg.{field} = "):
+            check_model_config(config, "x.json")
+    with pytest.raises(UsageError, match="embed_dim"):
+        check_model_config({**_tiny_config(), "embed_dim": 10**8}, "x.json")
+    check_model_config(_tiny_config(), "x.json")  # the tiny model itself passes
+
+
+def test_every_open_clip_config_is_within_the_bounds():
+    import open_clip
+
+    from deft_clean.models.limits import check_model_config
+
+    for name in open_clip.list_models():
+        check_model_config(open_clip.get_model_config(name), name)
+
+
+def test_a_model_folder_clip_config_past_the_bounds_is_refused(tmp_path):
+    from deft_clean.models.classifier import load_model
+    from deft_clean.run.errors import DataError
+
+    folder = tmp_path / "model"
+    folder.mkdir()
+    config = {
+        "backbone": "clip",
+        "model_name": "hostile",
+        "pretrained": "none",
+        "clip_config": _tiny_config(width=10**9),
+        "image_size": 32,
+        "mean": [0.5] * 3,
+        "std": [0.5] * 3,
+        "classes": ["cat", "dog"],
+    }
+    _json(folder / "config.json", config)
+    (folder / "model.safetensors").write_bytes(b"")
+    with untouched(tmp_path), pytest.raises(DataError, match="vision_cfg.width = 1000000000"):
+        load_model(folder)
+
+
+@pytest.mark.parametrize("seed", ["99999999999999999999999", "-1", str(2**63)])
+def test_a_seed_torch_cannot_take_is_a_usage_error_before_loading(review, home, seed):
+    out = home / "r.parquet"
+    absent = home / "absent-model.json"  # loading it would fail: the seed is refused first
+    with untouched(home.parent, out):
+        fails(invoke("detect", review.root, "--out", out, "--model", absent, "--seed", seed, "-q"), 2, "--seed")
+        args = ("train", review.root, "--results", review.results, "--out", home / "m", "--seed", seed, "-q")
+        fails(invoke(*args), 2, "--seed")

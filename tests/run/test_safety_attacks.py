@@ -494,7 +494,7 @@ def test_enlarged_clip_config_is_refused_before_allocating(tmp_path):
     folder.mkdir()
     clip_config = {
         "embed_dim": 1024,
-        "vision_cfg": {"image_size": 32, "layers": 48, "width": 4096, "patch_size": 8},  # about 10G parameters
+        "vision_cfg": {"image_size": 32, "layers": 48, "width": 2048, "patch_size": 8},  # about 2.4G parameters
         "text_cfg": {"context_length": 16, "vocab_size": 100, "width": 32, "heads": 2, "layers": 1},
     }
     config = {
