@@ -230,13 +230,14 @@ def _print_detect_summary(result: Any, out: Path, *, elapsed: float, arrays: Pat
     console.print(Text(printable(prompt_line(result.metadata))))
     if summary["top_flagged_classes"]:
         rates = class_table(result.frame, list(result.metadata.get("classes") or []))["noise_rate"]
-        table = Table(title="classes with the most flagged samples", caption=CLASS_RATE)
+        table = Table(title="classes with the most flagged samples")
         table.add_column("class")
         table.add_column("flagged", justify="right")
         table.add_column("flagged %", justify="right")
         for name, count in summary["top_flagged_classes"]:
             table.add_row(Text(printable(name)), str(count), rate(rates.get(name, float("nan"))))
         console.print(table)
+        console.print(Text(CLASS_RATE))
     console.print(Text(f"results: {out}"))
     if arrays is not None:
         console.print(Text(f"arrays: {arrays}"))

@@ -109,8 +109,9 @@ td.n,th.n{text-align:right;font-variant-numeric:tabular-nums}
 .gallery img,.gallery .ph{display:block;width:112px;height:112px;object-fit:contain;background:#eee}
 .group-head{font-size:12px;width:100%}.chart{display:inline-block;margin:0 16px 8px 0}
 nav.jump{margin:4px 0 8px}nav.jump a{margin-right:12px}
-.overview{display:flex;flex-wrap:wrap;gap:24px;align-items:flex-start}.overview h2{margin-top:8px}
-.overview .scroll{max-height:300px}#classes tr[data-class],#heatmap td[data-given]{cursor:pointer}
+.overview{display:flex;flex-wrap:wrap;gap:32px;align-items:flex-start}.overview h2{margin-top:8px}
+.overview>div{flex:0 1 auto;max-width:620px}
+.overview .scroll{max-height:440px}#classes tr[data-class],#heatmap td[data-given]{cursor:pointer}
 .verdict{padding:8px 12px;margin:8px 0;border:2px solid}.verdict.ok{background:#e8f5e9;border-color:#2e7d32}
 .verdict.caveats{background:#fff8e1;border-color:#f9a825}.verdict.bad{background:#fdecea;border-color:#b71c1c}
 """

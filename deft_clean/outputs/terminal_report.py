@@ -165,13 +165,14 @@ def print_report(data: ReportData, console: Console, *, max_rows: int = 30) -> N
     )
     console.print(totals)
 
-    classes = Table(title=_title("per class", data.per_class, max_rows), caption=CLASS_RATE)
+    classes = Table(title=_title("per class", data.per_class, max_rows))
     classes.add_column("class")
     for column in ("samples", "flagged", "flagged %"):
         classes.add_column(column, justify="right")
     for row in data.per_class.head(max_rows).itertuples(index=False):
         classes.add_row(Text(printable(row[0])), str(row.samples), str(row.flagged), rate(row.noise_rate))
     console.print(classes)
+    console.print(Text(CLASS_RATE))
 
     if len(data.pairs):
         pairs = Table(title=_title("flagged: given -> suggested label", data.pairs, max_rows))
