@@ -203,8 +203,9 @@ def test_detect_outputs_never_overlap(small_folder, tmp_path, out, extra, fragme
     assert not (tmp_path / out).exists()
 
 
-def test_arrays_folder_may_hold_the_results_file():
+def test_arrays_folder_may_hold_the_results_file(tmp_path, monkeypatch):
     # Only features.npy, probs.npy and arrays.json are written in --save-arrays: results beside them are safe.
+    monkeypatch.chdir(tmp_path)  # the relative outputs are checked for a writable folder: not the checkout's
     check_outputs([Output("a/r.parquet"), Output("a", "save_arrays", folder=True, files=("features.npy",))])
     with pytest.raises(UsageError, match="inside save_arrays"):
         check_outputs([Output("a/features.npy"), Output("a", "save_arrays", folder=True, files=("features.npy",))])
