@@ -54,7 +54,7 @@ SHAPE_CLASSES = ["red", "green", "blue", "yellow", "purple", "cyan", "orange", "
 TINY_TIMM_VIT = "deft_tiny_vit_map"  # timm VisionTransformer, no class token, attention-map pooling (SigLIP, PE)
 TINY_TIMM_EVA = "deft_tiny_eva"  # timm Eva with rotary positions on the patch tokens (EVA02, PE-Core)
 
-_TINY_TEXT = {"context_length": 16, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2}
+_TINY_TEXT = {"context_length": 32, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2}
 _TINY_VIT = {"image_size": 32, "layers": 3, "width": 96, "patch_size": 8, "head_width": 32}
 
 # family -> (open_clip config with "{hf}" where the local Hugging Face folder goes, what it stands in for)
@@ -123,7 +123,7 @@ STAND_INS: dict[str, tuple[dict, str]] = {
             "embed_dim": 64,
             "vision_cfg": _TINY_VIT,
             "text_cfg": {
-                "context_length": 16,
+                "context_length": 32,
                 "hf_model_name": "{hf}",
                 "hf_tokenizer_name": "{hf}",
                 "hf_model_pretrained": False,
