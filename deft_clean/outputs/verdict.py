@@ -89,8 +89,7 @@ def verdict(metadata: dict[str, Any], frame: pd.DataFrame | None = None) -> Verd
     if frame is None:
         flags = max(raised - withheld - cleared, 0)
     precision = _number(evidence.get("expected_flag_precision"))
-    interval = evidence.get("flag_precision_interval")
-    interval = [float(v) for v in interval] if isinstance(interval, list) and len(interval) == 2 else None
+    interval = _interval(evidence.get("flag_precision_interval"))
     advice = str(evidence.get("advice") or "")
     if not reliable:
         sentence = f"not reliable: {evidence_line(evidence)}"
@@ -111,9 +110,9 @@ def verdict(metadata: dict[str, Any], frame: pd.DataFrame | None = None) -> Verd
     if not evidence.get("settled", True):
         caveats.append("the clean set was still changing after the last round")
     if not caveats:
-        sentence = f"reliable: {flags} flags stand{precision_text(precision, interval, prefix=', ')}"
+        sentence = f"reliable: {_flags_stand(flags)}{precision_text(precision, interval, prefix=', ')}"
         return Verdict(RELIABLE, [], sentence, False, precision, interval, flags, 0, 0)
-    sentence = f"reliable with caveats: {flags} flags stand{precision_text(precision, interval, prefix=', ')}; "
+    sentence = f"reliable with caveats: {_flags_stand(flags)}{precision_text(precision, interval, prefix=', ')}; "
     sentence += "; ".join(caveats)
     if withheld and not advice:
         advice = f"check the names and a few images of {_names(classes)}"
@@ -149,6 +148,18 @@ def evidence_line(evidence: dict[str, Any] | None) -> str | None:
         else f"check the names and a few images of {_names(_withheld_classes(evidence, None))}"
     )
     return f"{head}: {body}; {tail}; {advice}"
+
+
+def _flags_stand(n: int) -> str:
+    return "no flag stands" if n == 0 else f"{n} flag{'s' * (n != 1)} stand{'s' * (n == 1)}"
+
+
+def _interval(value: Any) -> list[float] | None:
+    """``[low, high]`` of a results file, or None when it is missing or not two numbers in [0, 1]."""
+    if not isinstance(value, list) or len(value) != 2 or not all(isinstance(v, (int, float)) for v in value):
+        return None
+    low, high = float(value[0]), float(value[1])
+    return [low, high] if 0.0 <= low <= high <= 1.0 else None
 
 
 def _number(value: Any) -> float | None:
