@@ -392,22 +392,25 @@ def _detect(
 
         control = TrainControl(checkpoint.saver(), checkpoint.resume, every_steps=checkpoint.every)
         evidence = gather_evidence(cfg, loaded, listing, passes, control)
-    decision = select(cfg, listing, evidence, device=device)
+    with evidence.clock.timing("selection"):
+        decision = select(cfg, listing, evidence, device=device)
     frame = results_frame(listing, evidence, decision)
     warnings = evidence.warnings + decision.warnings  # every warning of the run, in the order they arose
     for line in warnings:
         warn_result(line)  # at once (before the health pass), and even when quiet: they change what flags mean
     if cfg.health:
-        health = health_columns(
-            listing.root,
-            listing.paths,
-            evidence.features,
-            evidence.usable,
-            evidence.prompts,
-            device=device,
-            images=listing.images,
-            threshold=cfg.duplicate_threshold,
-        )
+        with evidence.clock.timing("health"):
+            health = health_columns(
+                listing.root,
+                listing.paths,
+                evidence.features,
+                evidence.usable,
+                evidence.prompts,
+                device=device,
+                images=listing.images,
+                threshold=cfg.duplicate_threshold,
+                kept=evidence.kept,
+            )
         frame = frame.assign(**health.columns)
         for line in health.warnings:
             warn_result(line)
@@ -461,6 +464,8 @@ def _metadata(
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "history": [dataclasses.asdict(h) for h in evidence.history],
         "text_evidence": evidence.text_source,
+        "prompts": dict(evidence.prompt_run),  # outcome, reason, epochs, adaptation (+ what the judgement measured)
+        "timings": evidence.clock.table(),  # seconds per stage: decode, forward, training, selection, health
         "selection": {"rule": cfg.selection, **{k: v for k, v in decision.info.items() if k != "evidence"}},
         "evidence": decision.info.get("evidence"),
         "warnings": warnings,
@@ -476,63 +481,108 @@ def gather_evidence(
 ) -> Evidence:
     """The frozen feature pass (zero-shot evidence), then, unless quick, DeFT's prompt training and scoring.
 
-    Learned prompts that diverge, give NaN scores or stop agreeing with zero-shot where it agrees with the
-    labels (collapse) are dropped with a warning; zero-shot evidence is used instead. Where the zero-shot
-    prompts know nothing of the class names (:mod:`deft_clean.detecting.opaque_names`), the learned prompts are
-    judged against the rows the image evidence alone confirms instead.
+    Learned prompts that diverge, give NaN scores, collapse during training, or in the end help the fused rule
+    less than the zero-shot prompts would (:func:`deft_clean.detecting.selection.judge_prompts`: both judged on
+    a cross-fitted image probe's classes) are dropped with a line in the metadata's ``prompts`` entry, and a
+    warning for the failures; zero-shot evidence is used instead. Where the zero-shot prompts know nothing of
+    the class names (:mod:`deft_clean.detecting.opaque_names`), the learned prompts are judged against the rows
+    the image evidence alone confirms instead.
     """
     import torch
 
     from ..models.clip import zero_shot_text
     from .opaque_names import collapse_anchor, judge_text_view
-    from .passes import Evidence, image_features
-    from .selection import MIN_PROMPT_AGREEMENT, prompt_agreement
+    from .passes import Evidence, Kept, StageClock, image_features, reading_wanted
+    from .selection import MIN_PROMPT_AGREEMENT, judge_prompts, prompt_agreement
 
+    clock = StageClock()
+    kept = Kept.for_listing(len(listing), passes.image_size) if reading_wanted(passes) else None
     with passes.stop.hinted("stopped before any training; rerun the same command (without --resume)"):
-        features, failures = image_features(loaded.model, listing, passes)
+        features, failures = image_features(loaded.model, listing, passes, clock=clock, keep=kept)
+    if kept is not None and kept.memory is not None:  # later passes read the pixels this one decoded
+        passes = dataclasses.replace(passes, cache=kept.memory)
     text = zero_shot_text(loaded, listing.prompt_names)  # [K, E]
     scale = float(loaded.model.logit_scale.detach().exp())
     logits = scale * torch.from_numpy(np.nan_to_num(features)).to(text.device) @ text.t()  # [N, K]
-    evidence = Evidence(features, logits.softmax(dim=1).cpu().numpy(), text.cpu().numpy(), failures)
+    evidence = Evidence(features, logits.softmax(dim=1).cpu().numpy(), text.cpu().numpy(), failures, kept, clock=clock)
+    evidence.prompt_run = {
+        "outcome": "quick",
+        "reason": "--quick: zero-shot prompts, no prompt training",
+        "epochs": 0,
+        "adaptation": "none",
+    }
     judge_text_view(evidence, listing.label_indices, len(listing.classes))
     if cfg.quick:
         return evidence
     usable = evidence.usable
     labels = listing.label_indices
-    # what the learned prompts are judged against, every epoch and at the end: zero-shot, or the image seed
-    anchor = collapse_anchor(evidence, labels, len(listing.classes), seed=cfg.seed, device=passes.device)
-    control = monitored(control, cfg, listing, evidence, usable & (anchor == labels))
+    # what the learned prompts are judged against, every epoch and at the end: the image probe's classes, or the
+    # image seed's labels where the text view is uninformative
+    with clock.timing("selection"):
+        anchor = collapse_anchor(evidence, labels, len(listing.classes), seed=cfg.seed, device=passes.device)
+    zero_shot = evidence.zero_shot.argmax(axis=1) if evidence.text_informative else None
+    control = monitored(control, cfg, listing, evidence, anchor, zero_shot)
     scores = learned_scores(cfg, loaded, listing, passes, evidence, control)
+    run = evidence.prompt_run
+    run["epochs"] = len(evidence.history)
     if scores is None:
-        return evidence
+        return _fallback(evidence, run.get("reason") or "the learned prompts were dropped")
     if np.isnan(scores.p_clean[usable]).any():
-        evidence.warnings.append("the learned prompts gave NaN scores; zero-shot prompts used instead (lower lr)")
-        return evidence
-    agreement = prompt_agreement(scores.predicted_index, anchor, labels, usable)
-    if agreement < MIN_PROMPT_AGREEMENT:
-        if evidence.text_informative:
-            line = "collapsed (they agree with only {:.0f}% of the labels that zero-shot prompts confirm)"
-        else:  # names CLIP cannot read give the prompts nothing to start from: weak, not collapsed
-            line = "are weak (they agree with only {:.0f}% of the labels that the image evidence confirms)"
-        evidence.warnings.append(
-            f"the learned prompts {line.format(100 * agreement)}; zero-shot prompts used instead (try a lower lr "
-            "or --ctx-init)"
-        )
-        return evidence
+        line = "the learned prompts gave NaN scores; zero-shot prompts used instead (lower lr)"
+        evidence.warnings.append(line)
+        return _fallback(evidence, line)
+    if evidence.text_informative:
+        verdict = judge_prompts(scores, evidence.zero_shot, anchor, labels, usable, cfg.clean_rule)
+        run.update(verdict.numbers)
+        if verdict.collapsed:
+            evidence.warnings.append(verdict.reason)
+            return _fallback(evidence, verdict.reason)
+        if not verdict.keep:  # not a failure: the zero-shot prompts are simply the better evidence here
+            return _fallback(evidence, f"zero-shot prompts used: {verdict.reason}")
+    else:
+        agreement = prompt_agreement(scores.predicted_index, anchor, labels, usable)
+        if agreement < MIN_PROMPT_AGREEMENT:  # names CLIP cannot read give the prompts nothing to start from
+            line = (
+                f"the learned prompts are weak (they agree with only {100 * agreement:.0f}% of the labels that the "
+                "image evidence confirms); zero-shot prompts used instead (try a lower lr or --ctx-init)"
+            )
+            evidence.warnings.append(line)
+            return _fallback(evidence, line)
     evidence.scores = scores
     evidence.text_source = "learned prompts"
+    run.update(outcome="learned", reason="")
     return evidence
 
 
-def monitored(control: Any, cfg: DetectConfig, listing: Listing, evidence: Evidence, anchor: np.ndarray) -> Any:
+def _fallback(evidence: Evidence, reason: str) -> Evidence:
+    """``evidence`` with the zero-shot prompts' evidence and why the learned prompts' was not used."""
+    evidence.prompt_run.update(outcome="fallback", reason=reason)
+    return evidence
+
+
+def monitored(
+    control: Any,
+    cfg: DetectConfig,
+    listing: Listing,
+    evidence: Evidence,
+    anchor: np.ndarray,
+    zero_shot: np.ndarray | None = None,
+) -> Any:
     """``control`` with the epoch budget and the per-epoch judge (:mod:`deft_clean.detecting.early_stop`), which
-    judges the prompts on ``anchor`` (bool [N]): the rows zero-shot confirms, or the image seed's rows where
-    the text view is uninformative (zero-shot on codes confirms random rows: every prompt would look collapsed)."""
+    judges the prompts on ``anchor`` (int [N], -1 none): the image probe's classes, with the collapse floor from
+    ``zero_shot``'s agreement with them, or the image seed's labels where the text view is uninformative (zero-shot
+    on codes confirms random rows: every prompt would look collapsed)."""
     from .early_stop import TrainingMonitor, epoch_budget
 
     labels = listing.label_indices
     monitor = TrainingMonitor(
-        labels, evidence.usable, anchor, warmup_epochs=cfg.warmup_epochs, early_stop=cfg.early_stop, seed=cfg.seed
+        labels,
+        evidence.usable,
+        anchor,
+        zero_shot,
+        warmup_epochs=cfg.warmup_epochs,
+        early_stop=cfg.early_stop,
+        seed=cfg.seed,
     )
     budget = epoch_budget(cfg.images_per_epoch, labels, len(listing.classes))
     return dataclasses.replace(control, monitor=monitor, budget=budget)
@@ -542,7 +592,7 @@ def learned_scores(
     cfg: DetectConfig, loaded: Any, listing: Listing, passes: PassOptions, evidence: Evidence, control: Any
 ) -> Any:
     """Train DeFT's prompts and score every sample with them (a ``passes.Scores``); None, with a warning
-    in ``evidence``, when the training diverged."""
+    in ``evidence`` and the reason in ``evidence.prompt_run``, when the training diverged or collapsed."""
     from ..models.deft import DeftModel
     from ..run.engine import TrainingDiverged, seed_everything
     from .passes import score_samples
@@ -552,18 +602,25 @@ def learned_scores(
     # that prompt init and augmentation are the same with and without a cache.
     generator = seed_everything(cfg.seed)
     model = DeftModel.from_config(loaded, listing.prompt_names, cfg).to(passes.device)
+    evidence.prompt_run["adaptation"] = str(getattr(model, "adaptation", ""))
     try:
-        evidence.history = train_prompts(model, listing, cfg, passes, generator=generator, control=control)
+        with evidence.clock.timing("training"):
+            evidence.history = train_prompts(model, listing, cfg, passes, generator=generator, control=control)
     except TrainingDiverged as exc:
-        evidence.warnings.append(f"{exc}; the learned prompts were dropped and zero-shot prompts used (lower lr)")
+        line = f"{exc}; the learned prompts were dropped and zero-shot prompts used (lower lr)"
+        evidence.warnings.append(line)
+        evidence.prompt_run["reason"] = line
         return None
     last = evidence.history[-1] if evidence.history else None
     if last is not None and last.stop == "collapse":
         from .early_stop import agreement_line
 
-        evidence.warnings.append(agreement_line(last.epoch, last.agreement or 0.0, evidence.text_informative))
+        floor = control.monitor.floor if control.monitor is not None else None
+        line = agreement_line(last.epoch, last.agreement or 0.0, evidence.text_informative, floor)
+        evidence.warnings.append(line)
+        evidence.prompt_run["reason"] = line
         return None  # no scoring pass for prompts that are dropped anyway
-    return score_samples(model, listing, passes)
+    return score_samples(model, listing, passes, clock=evidence.clock)
 
 
 def results_frame(listing: Listing, evidence: Evidence, decision: Decision) -> pd.DataFrame:

@@ -341,6 +341,7 @@ def dataset_health(
     block: int = BLOCK,
     device: Any = "cpu",
     exact_rows: int = EXACT_ROWS,
+    thumbnails: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> Health:
     """Duplicate groups and outliers of ``features`` (float32 [N, D] frozen image features).
 
@@ -351,10 +352,11 @@ def dataset_health(
     are, and similarities are feature cosines. ``hashes`` (content hashes, e.g. :func:`content_hashes`) join
     exact duplicates into the same groups; ``prompts`` (float32 [K, D] class prompt embeddings) add the
     distance to the closest class prompt to the outlier score (its mean with the neighbour distance, as
-    robust z-scores). ``names`` (e.g. paths) name the rows of a dropped group in its warning.
+    robust z-scores). ``names`` (e.g. paths) name the rows of a dropped group in its warning. ``thumbnails``
+    (uint8 [N, 2, T, T], bool [N] made), when a pass already decoded the rows: compared instead of decoding.
     """
     usable = np.asarray(usable, dtype=bool)
-    thumbs = Thumbnails(images) if images is not None else None
+    thumbs = Thumbnails(images, thumbnails) if images is not None or thumbnails is not None else None
     if feature_threshold is None:
         feature_threshold = CANDIDATE_SIM if thumbs is not None else NEAR_DUPLICATE_SIM
     knn, pairs = neighbours(
@@ -446,21 +448,25 @@ def health_columns(
     device: Any,
     images: ImageSource | None = None,
     threshold: float = DUPLICATE_THRESHOLD,
+    kept: Any = None,
 ) -> HealthColumns:
-    """The Parquet's health columns for a detect run; near-duplicates confirmed on the decoded images."""
+    """The Parquet's health columns for a detect run; near-duplicates confirmed on the decoded images.
+    ``kept`` (a ``passes.Kept``): the hashes and thumbnails of the run's reading pass, so that no file is
+    opened again; without it, files are read for their hashes and candidates decoded for their thumbnails."""
     from ..inputs.readers.base import FileImages
 
     source = images if images is not None else FileImages(root, paths)
-    hashes = content_hashes(root, paths, images=source)
+    hashes = kept.hashes if kept is not None else content_hashes(root, paths, images=source)
     health = dataset_health(
         features,
         usable,
         hashes=hashes,
         prompts=prompts,
-        images=source,
+        images=None if kept is not None else source,
         threshold=threshold,
         names=paths,
         device=device,
+        thumbnails=(kept.thumbnails, kept.made) if kept is not None else None,
     )
     grouped = health.duplicate_group >= 0
     columns = {

@@ -9,8 +9,9 @@ agreement with zero-shot sees a collapse that is not there. So:
   (Cohen's kappa and its one-sided test; under 60% symmetric noise a text view that knows the classes still
   agrees at kappa ~0.35, names CLIP cannot read at ~0);
 - where they do not, :func:`image_seed` draws the seed from the image evidence alone: a probe fitted on all
-  rows, cross-fitted, and the rows whose confident-learning class is their label (what cleanlab would keep,
-  stricter), from which the usual rounds grow the clean set; the learned prompts are judged against that seed;
+  rows, cross-fitted (:func:`image_probabilities`), and the rows whose confident-learning class is their label
+  (what cleanlab would keep, stricter), from which the usual rounds grow the clean set; the learned prompts are
+  judged against that seed;
 - :func:`code_like_names` finds the names that look like codes, for the warning's ``--class-names`` advice.
 """
 
@@ -66,19 +67,15 @@ def text_view_warning(test: ViewAgreement, classes: list[str], prompt_names: lis
     return head
 
 
-def image_seed(
+def image_probabilities(
     features: np.ndarray, labels: np.ndarray, usable: np.ndarray, n_classes: int, *, seed: int, device: Any = None
 ) -> np.ndarray:
-    """bool [N]: the seed from the image evidence alone, for when the text view is uninformative.
-
-    A probe fitted on all usable rows (cross-fitted as the selection's, the same probe family) scores every row
-    out of sample; the seed is the rows whose confident-learning class (:func:`confident.confident_class`) is
-    their label. A class with fewer than MIN_IMAGE_SEED_SHARE of its rows there gets its rows with the highest
-    probability of the label, so that the next probe can learn every class."""
+    """float32 [N, K]: out-of-sample class probabilities of a probe on the frozen image features alone, fitted on
+    all usable rows' given labels (cross-fitted as the selection's, the same probe family); NaN rows unusable.
+    Neither text view enters it: it is the image evidence both are judged against."""
     import torch
 
     from . import probes as ev
-    from .confident import class_thresholds, confident_class
 
     rows = np.flatnonzero(usable)
     y = labels[rows]
@@ -88,7 +85,21 @@ def image_seed(
         fit: Any = ev.CrossFit(x, target, n_classes, folds=ev.FOLDS, seed=seed + 3)
     else:
         fit = ev.ClassMeans(x, target, n_classes)
-    probs = fit(np.ones(len(rows), dtype=bool)).cpu().numpy()  # [M, K] out of sample
+    probs = np.full((len(labels), n_classes), np.nan, dtype=np.float32)
+    probs[rows] = fit(np.ones(len(rows), dtype=bool)).cpu().numpy()  # [M, K] out of sample
+    return probs
+
+
+def image_seed(probs: np.ndarray, labels: np.ndarray, usable: np.ndarray, n_classes: int) -> np.ndarray:
+    """bool [N]: the seed from the image evidence alone, for when the text view is uninformative.
+
+    ``probs`` [N, K] are :func:`image_probabilities`; the seed is the rows whose confident-learning class
+    (:func:`confident.confident_class`) is their label. A class with fewer than MIN_IMAGE_SEED_SHARE of its rows
+    there gets its rows with the highest probability of the label, so that the next probe can learn every class."""
+    from .confident import class_thresholds, confident_class
+
+    rows = np.flatnonzero(usable)
+    y, probs = labels[rows], probs[rows]
     chosen = confident_class(probs, class_thresholds(probs, y, n_classes)) == y
     own = probs[np.arange(len(rows)), y]
     for k in np.unique(y):
@@ -107,18 +118,30 @@ def judge_text_view(evidence: Any, labels: np.ndarray, n_classes: int) -> None:
     evidence.text_informative = text_informative(evidence.text_test)
 
 
+def probs_from_images(evidence: Any, labels: np.ndarray, n_classes: int, *, seed: int, device: Any) -> np.ndarray:
+    """``evidence.image_probs`` (:func:`image_probabilities`), made on first use (the prompts' judge and the
+    image seed share it)."""
+    if evidence.image_probs is None:
+        features, usable = evidence.features, evidence.usable
+        evidence.image_probs = image_probabilities(features, labels, usable, n_classes, seed=seed, device=device)
+    return evidence.image_probs
+
+
 def seed_from_images(evidence: Any, labels: np.ndarray, n_classes: int, *, seed: int, device: Any) -> np.ndarray:
     """``evidence.image_seed``, made on first use (the collapse check and the selection share it)."""
     if evidence.image_seed is None:
-        usable = evidence.usable
-        evidence.image_seed = image_seed(evidence.features, labels, usable, n_classes, seed=seed, device=device)
+        probs = probs_from_images(evidence, labels, n_classes, seed=seed, device=device)
+        evidence.image_seed = image_seed(probs, labels, evidence.usable, n_classes)
     return evidence.image_seed
 
 
 def collapse_anchor(evidence: Any, labels: np.ndarray, n_classes: int, *, seed: int, device: Any) -> np.ndarray:
-    """int [N]: what learned prompts are judged against (``selection.prompt_agreement``): the zero-shot top-1
-    where the text view is informative; else the label on the image seed's rows and -1 elsewhere (zero-shot on
-    names CLIP cannot read confirms nothing, so every learned prompt would look collapsed against it)."""
+    """int [N]: the class the image evidence gives each row, what learned prompts are judged against
+    (:mod:`deft_clean.detecting.early_stop`, ``selection.judge_prompts``), -1 where it gives none. Where the text
+    view is informative: the image probe's top-1 on every usable row (the same yardstick for the zero-shot and
+    the learned prompts, so neither is judged on rows the other chose); else the label on the image seed's rows
+    (zero-shot on names CLIP cannot read confirms nothing, so every learned prompt would look collapsed)."""
     if evidence.text_informative:
-        return evidence.zero_shot.argmax(axis=1)
+        probs = probs_from_images(evidence, labels, n_classes, seed=seed, device=device)
+        return np.where(evidence.usable, np.nan_to_num(probs, nan=-1.0).argmax(axis=1), -1)
     return np.where(seed_from_images(evidence, labels, n_classes, seed=seed, device=device), labels, -1)

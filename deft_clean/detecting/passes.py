@@ -8,7 +8,9 @@ pass (:func:`image_features`, the zero-shot evidence) and the learned prompts' s
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,11 +18,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..inputs.dataset import ImageDataset
+from ..inputs.dataset import ImageDataset, ReadingDataset
+from ..inputs.image_cache import MemoryImages
 from ..inputs.listing import Listing
+from ..inputs.pixel_similarity import THUMB
 from ..inputs.transforms import eval_transform
 from ..models.clip import encode_image
 from ..models.deft import DeftModel
+from ..models.towers import embed_width
 from ..run.distributed import Dist
 from ..run.engine import amp_for, make_loader, usable_mask, usable_on_device
 from ..run.errors import STATUS_OK
@@ -41,20 +46,63 @@ class Scores:
     probs: np.ndarray | None = None  # float32 [N, K] softmax over the positive prompts (the text posterior)
 
 
-def image_features(clip: nn.Module, listing: Listing, passes: PassOptions) -> tuple[np.ndarray, dict[int, str]]:
+@dataclass
+class Kept:
+    """What the reading pass keeps of every row besides the model's outputs, so that no later stage opens its
+    file again: the thumbnail and content hash health needs, and (when they fit) the decoded pixels the
+    training and scoring passes read back."""
+
+    thumbnails: np.ndarray  # uint8 [N, 2, THUMB, THUMB] (pixel_similarity.thumbnail)
+    made: np.ndarray  # bool [N] rows that have a thumbnail (decoded)
+    hashes: list[str | None]  # sha256 of each row's bytes; None where they could not be read
+    memory: MemoryImages | None  # the decoded pixels, or None where they do not fit MEMORY_PIXELS
+
+    @classmethod
+    def for_listing(cls, n: int, image_size: int) -> Kept:
+        memory = MemoryImages(n, image_size) if MemoryImages.fits(n, image_size) else None
+        return cls(np.zeros((n, 2, THUMB, THUMB), np.uint8), np.zeros(n, bool), [None] * n, memory)
+
+    def add(self, indices: np.ndarray, images: torch.Tensor, statuses: list[str], extra: list[Any]) -> None:
+        thumbs, digests, hashed = extra  # [B, 2, T, T] uint8, [B, 32] uint8, [B] bool
+        ok = np.array([s == STATUS_OK for s in statuses], dtype=bool)
+        self.thumbnails[indices[ok]] = thumbs.numpy()[ok]
+        self.made[indices[ok]] = True
+        for index, digest, has in zip(indices.tolist(), digests.numpy(), hashed.tolist(), strict=True):
+            self.hashes[index] = digest.tobytes().hex() if has else None
+        if self.memory is not None:
+            self.memory.put(indices, images, list(statuses))
+
+
+def reading_wanted(passes: PassOptions) -> bool:
+    """The frozen pass reads each row once for every later stage (:class:`Kept`), except with a decoded-image
+    cache (nothing is decoded then; health decodes its candidates) or torchrun ranks (health runs on one)."""
+    return passes.cache is None and not (passes.ranks is not None and passes.ranks.active)
+
+
+def image_features(
+    clip: nn.Module,
+    listing: Listing,
+    passes: PassOptions,
+    *,
+    clock: StageClock | None = None,
+    keep: Kept | None = None,
+) -> tuple[np.ndarray, dict[int, str]]:
     """Frozen, L2-normalised image features of every sample: ([N, E] float32, NaN rows for unusable files;
-    failures)."""
+    failures). With ``keep``, the pass is the run's one reading of the images: it fills ``keep``."""
     clip.eval()
-    width = int(getattr(clip.visual, "output_dim", 0) or clip.embed_dim)  # E
+    width = embed_width(clip, passes.image_size)  # E
 
     def batch_fn(images: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"features": encode_image(clip, images)}
 
-    arrays, failures = eval_pass(batch_fn, {"features": (width,)}, listing, passes, task="image features")
+    columns = {"features": (width,)}
+    arrays, failures = eval_pass(batch_fn, columns, listing, passes, task="image features", clock=clock, kept=keep)
     return arrays["features"], failures
 
 
-def score_samples(model: DeftModel, listing: Listing, passes: PassOptions) -> Scores:
+def score_samples(
+    model: DeftModel, listing: Listing, passes: PassOptions, *, clock: StageClock | None = None
+) -> Scores:
     """Eval-mode pass without augmentation over every sample: p_clean, similarities, prediction."""
     model.eval()
     autocast = amp_for(passes.device).autocast
@@ -82,7 +130,7 @@ def score_samples(model: DeftModel, listing: Listing, passes: PassOptions) -> Sc
     names = ("sim_pos", "sim_neg", "predicted", "p_predicted", "p_label")
     columns: dict[str, tuple[int, ...]] = {name: () for name in names}
     columns["probs"] = (positive_text.shape[0],)
-    arrays, failures = eval_pass(batch_fn, columns, listing, passes)
+    arrays, failures = eval_pass(batch_fn, columns, listing, passes, clock=clock)
     sim_pos, sim_neg = arrays["sim_pos"], arrays["sim_neg"]
     predicted = np.where(np.isnan(arrays["predicted"]), -1, arrays["predicted"]).astype(np.int64)
     p_clean = 1.0 / (1.0 + np.exp(-scale * (sim_pos.astype(np.float64) - sim_neg)))
@@ -99,6 +147,34 @@ def score_samples(model: DeftModel, listing: Listing, passes: PassOptions) -> Sc
 
 
 BatchFn = Callable[[torch.Tensor, torch.Tensor], dict[str, torch.Tensor]]
+STAGES = ("decode", "forward", "training", "selection", "health")  # the metadata's "timings" keys, in run order
+
+
+class StageClock:
+    """Wall seconds a run spends per stage (:data:`STAGES`), summed over its passes: the metadata's "timings".
+
+    ``decode`` is the time a pass waits for its next batch (reading, decoding and transforming the images; with
+    loader workers, only what they did not hide), ``forward`` the model's time on the batches; ``training``
+    includes the training passes' own decoding."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    def add(self, stage: str, seconds: float) -> None:
+        self.seconds[stage] = self.seconds.get(stage, 0.0) + seconds
+
+    @contextlib.contextmanager
+    def timing(self, stage: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.add(stage, time.perf_counter() - started)
+
+    def table(self) -> dict[str, float]:
+        """Seconds per stage, every stage of :data:`STAGES` present (0.0 where it did not run), rounded to ms."""
+        stages = (*STAGES, *sorted(set(self.seconds) - set(STAGES)))
+        return {stage: round(self.seconds.get(stage, 0.0), 3) for stage in stages}
 
 
 @torch.no_grad()
@@ -110,6 +186,8 @@ def eval_pass(
     *,
     task: str | None = None,
     rows: np.ndarray | None = None,
+    clock: StageClock | None = None,
+    kept: Kept | None = None,
 ) -> tuple[dict[str, np.ndarray], dict[int, str]]:
     """One eval-mode pass without augmentation over every sample of ``listing``.
 
@@ -119,7 +197,9 @@ def eval_pass(
     batch; with several ``passes.ranks`` each handles samples ``rank::world`` and every rank gets the merged
     arrays. ``task`` names the pass on the progress display (default: the scoring pass). With
     ``passes.device_transforms`` batches travel as uint8 and are normalised on the device
-    (:mod:`deft_clean.inputs.device_transforms`). ``rows``: only these.
+    (:mod:`deft_clean.inputs.device_transforms`). ``rows``: only these. ``clock`` gets the pass's decode and
+    forward seconds. ``kept``: read each row through :class:`deft_clean.inputs.dataset.ReadingDataset` (bytes
+    hashed, thumbnail, uint8 square) and fill ``kept`` (one process only).
     """
     from ..inputs.device_transforms import DeviceTransform, uint8_transform
 
@@ -129,13 +209,14 @@ def eval_pass(
 
     on_device = DeviceTransform(mean, std, train=False)
     visited = np.arange(len(listing)) if rows is None else np.asarray(rows, dtype=np.int64)
-    dataset = ImageDataset(
+    uint8 = device_transforms or kept is not None  # the reading pass keeps uint8 pixels, normalised below
+    dataset = (ReadingDataset if kept is not None else ImageDataset)(
         listing.root,
         listing.paths,
         listing.label_indices,
-        uint8_transform(image_size) if device_transforms else eval_transform(image_size, mean, std),
+        uint8_transform(image_size) if uint8 else eval_transform(image_size, mean, std),
         image_size=image_size,
-        blank_dtype=torch.uint8 if device_transforms else torch.float32,
+        blank_dtype=torch.uint8 if uint8 else torch.float32,
         indices=visited[ranks.rank :: ranks.world] if ranks.active else visited,
         cache=passes.cache,
         images=listing.images,
@@ -157,8 +238,14 @@ def eval_pass(
             progress.start_scoring(len(visited))
         else:
             progress.start_task(task, len(visited))
-    for images, labels, indices, batch_status in loader:
+    clock = clock if clock is not None else StageClock()
+    batches, waited = iter(loader), time.perf_counter()
+    for images, labels, indices, batch_status, *extra in batches:
+        computed = time.perf_counter()
+        clock.add("decode", computed - waited)
         idx = indices.numpy()
+        if kept is not None:
+            kept.add(idx, images, batch_status, extra)
         for i, s in zip(idx, batch_status, strict=True):
             if s != STATUS_OK:
                 failures[int(i)] = s
@@ -171,6 +258,8 @@ def eval_pass(
             keep = idx[usable.numpy()]
             for name, value in values.items():
                 arrays[name][keep] = value.float().cpu().numpy()
+        waited = time.perf_counter()
+        clock.add("forward", waited - computed)
         if progress is not None:
             progress.advance(len(batch_status))
         if stop is not None and not ranks.active:  # with ranks, all check together below
@@ -200,6 +289,7 @@ class Evidence:
     zero_shot: np.ndarray  # float32 [N, K] zero-shot posterior ("a photo of a {class}.")
     prompts: np.ndarray  # float32 [K, E] the zero-shot prompts' text features
     failures: dict[int, str]  # sample index -> why its file could not be used
+    kept: Kept | None = None  # thumbnails, hashes and pixels of the run's one reading pass (None: not read so)
     scores: Scores | None = None  # the learned prompts' scores; None in quick mode or after a fallback
     history: list = field(default_factory=list)  # prompt_training.EpochStats per epoch
     text_source: str = "zero-shot"  # "learned prompts" or "zero-shot" (quick mode, or the fallback)
@@ -207,6 +297,11 @@ class Evidence:
     text_test: Any = None  # evidence_check.ViewAgreement of zero-shot vs the labels (opaque_names.text_view_test)
     text_informative: bool = True  # the zero-shot prompts know the classes (opaque_names.text_informative)
     image_seed: np.ndarray | None = None  # bool [N] the image-only seed, made once where the text is uninformative
+    image_probs: np.ndarray | None = None  # float32 [N, K] cross-fitted image-probe probabilities, made on first use
+    # what became of the learned prompts (the metadata's "prompts"): outcome "learned", "fallback" or "quick",
+    # reason ("" when learned), epochs trained, adaptation (DeftModel.adaptation, "none" for --quick)
+    prompt_run: dict[str, Any] = field(default_factory=lambda: {"outcome": "quick", "reason": "", "epochs": 0})
+    clock: StageClock = field(default_factory=StageClock)  # seconds per stage (the metadata's "timings")
 
     @property
     def usable(self) -> np.ndarray:

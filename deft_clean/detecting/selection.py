@@ -81,6 +81,66 @@ def prompt_agreement(
     return float(np.mean(learned_pred[anchor] == labels[anchor]))
 
 
+@dataclass(frozen=True)
+class PromptJudgement:
+    """Learned prompts against zero-shot, both measured on the image evidence (:func:`judge_prompts`)."""
+
+    keep: bool  # use the learned prompts' evidence
+    reason: str  # why not ("" when kept)
+    collapsed: bool  # not kept because they collapsed (a failure, warned about), not merely because zero-shot won
+    numbers: dict[str, float]  # what the judgement measured (the metadata's "prompts" entry shows them)
+
+
+def judge_prompts(
+    scores: Any, zero_shot: np.ndarray, anchor: np.ndarray, labels: np.ndarray, usable: np.ndarray, clean_rule: str
+) -> PromptJudgement:
+    """Whether the learned prompts beat zero-shot where the fused rule uses them, judged on ``anchor`` (int [N],
+    the class a cross-fitted image probe gives each row, -1 none; :func:`opaque_names.collapse_anchor`).
+
+    Prompts whose top-1 agrees with the image evidence on less than ``early_stop.COLLAPSE_SHARE`` of zero-shot's
+    agreement have collapsed. Otherwise, the fused rule takes two things from the learned prompts: their top-1
+    (and posterior), and the rows their dual-prompt rule confirms, added to the seed. So they are kept when
+    (1) their top-1 agrees with the image evidence at least as often as zero-shot's does on the same rows, or
+    (2) the rows they add to the seed are confirmed by the image evidence at least as often as the rows
+    zero-shot confirms: a learned confirmation is then as good as a zero-shot one. Neither text view chose the
+    rows they are judged on (the image probe is cross-fitted and never saw either), unlike the old yardstick,
+    the rows zero-shot confirms."""
+    from .early_stop import COLLAPSE_SHARE
+
+    judged = usable & (anchor >= 0)
+    if not judged.any():
+        return PromptJudgement(True, "", False, {})
+    learned = float(np.mean(scores.predicted_index[judged] == anchor[judged]))
+    zero = float(np.mean(zero_shot.argmax(axis=1)[judged] == anchor[judged]))
+    zs_seed = judged & (zero_shot.argmax(axis=1) == labels)
+    added = judged & deft_rule(scores.p_clean, scores.predicted_index, labels, usable, clean_rule) & ~zs_seed
+    confirmed = float(np.mean(anchor[zs_seed] == labels[zs_seed])) if zs_seed.any() else 1.0
+    added_confirmed = float(np.mean(anchor[added] == labels[added])) if added.any() else 0.0
+    numbers = {
+        "learned_agreement": round(learned, 4),
+        "zero_shot_agreement": round(zero, 4),
+        "seed_confirmed": round(confirmed, 4),
+        "added_rows": int(added.sum()),
+        "added_confirmed": round(added_confirmed, 4),
+    }
+    if learned < COLLAPSE_SHARE * zero:
+        reason = (
+            f"the learned prompts collapsed (they agree with the image evidence on only {100 * learned:.0f}% of the "
+            f"rows, where zero-shot prompts agree on {100 * zero:.0f}%); zero-shot prompts used instead (try a lower "
+            "lr or --ctx-init)"
+        )
+        return PromptJudgement(False, reason, True, numbers)
+    if learned >= zero or (added.any() and added_confirmed >= confirmed):
+        return PromptJudgement(True, "", False, numbers)
+    reason = (
+        f"they agree with the image evidence on {100 * learned:.0f}% of the rows where zero-shot prompts agree on "
+        f"{100 * zero:.0f}%, and the image evidence confirms {100 * added_confirmed:.0f}% of the "
+        f"{int(added.sum())} rows they would add to the seed where it confirms {100 * confirmed:.0f}% of "
+        "zero-shot's"
+    )
+    return PromptJudgement(False, reason, False, numbers)
+
+
 def text_seed(
     usable: np.ndarray, labels: np.ndarray, zero_shot: np.ndarray, scores: object | None, clean_rule: str
 ) -> np.ndarray:

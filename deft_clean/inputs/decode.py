@@ -45,6 +45,17 @@ def decode_image(data: bytes, *, draft_size: int | None = None) -> Image.Image:
         raise Image.UnidentifiedImageError("cannot identify image file (bytes in memory)") from None
 
 
+def decode_bytes(data: bytes, *, draft_size: int | None = None, name: str | None = None) -> Image.Image:
+    """:func:`decode_image` of bytes already read (the reading pass hashes them first), with the statuses of
+    :func:`load_image` when they came from the file ``name``."""
+    if name is None:
+        return decode_image(data, draft_size=draft_size)
+    try:
+        return _decode(io.BytesIO(data), draft_size)
+    except Image.UnidentifiedImageError:
+        raise Image.UnidentifiedImageError(f"cannot identify image file {os.path.realpath(name)!r}") from None
+
+
 def _decode(file: str | os.PathLike[str] | BinaryIO, draft_size: int | None) -> Image.Image:
     with warnings.catch_warnings():
         # A DecompressionBombWarning (between 1x and 2x the pixel limit) becomes an error: such a file is

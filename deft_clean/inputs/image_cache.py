@@ -104,6 +104,43 @@ class CachedImages:
         return state
 
 
+MEMORY_PIXELS = 512 << 20  # bytes of decoded pixels a detect run keeps in memory (its reading pass fills them)
+
+
+class MemoryImages:
+    """Decoded pixels held in memory, aligned to a listing's sample indices: what the reading pass decoded,
+    read back by the later passes (prompt training, the watcher, scoring) as :class:`CachedImages` are, so no
+    row is decoded twice. Pixels are stored as the scoring transform sees them before normalisation (the
+    cache's layout: training crops are cut from that square). ``fits`` says whether N rows fit
+    ``MEMORY_PIXELS``."""
+
+    def __init__(self, n: int, size: int) -> None:
+        self.size = size
+        self.array = np.zeros((n, size, size, 3), dtype=np.uint8)  # [N, S, S, 3]; pages touched as filled
+        self.failures: dict[int, str] = {}  # sample index -> status of a row that could not be decoded
+
+    @staticmethod
+    def fits(n: int, size: int) -> bool:
+        return n * size * size * 3 <= MEMORY_PIXELS
+
+    def put(self, indices: np.ndarray, images: torch.Tensor, statuses: list[str]) -> None:
+        """Keep a batch: ``images`` uint8 [B, 3, S, S] of samples ``indices`` [B], with their statuses."""
+        pixels = images.permute(0, 2, 3, 1).numpy()  # [B, S, S, 3]
+        for position, (index, status) in enumerate(zip(indices.tolist(), statuses, strict=True)):
+            if status == STATUS_OK:
+                self.array[index] = pixels[position]
+            else:
+                self.failures[int(index)] = status
+
+    def pixels(self, index: int) -> np.ndarray:
+        if index in self.failures:
+            raise CachedFailure(self.failures[index])
+        return self.array[index]
+
+    def image(self, index: int) -> Image.Image:
+        return Image.fromarray(self.pixels(index))
+
+
 def cache_folder(root: str | os.PathLike[str], size: int) -> Path:
     return Path(root) / f"{size}px-v{CACHE_VERSION}"
 

@@ -39,13 +39,21 @@ def thumbnail(image: Any) -> np.ndarray:
 
 
 class Thumbnails:
-    """Row thumbnails decoded on first use through the reader (``images.open``); None for an unreadable row."""
+    """Row thumbnails decoded on first use through the reader (``images.open``); None for an unreadable row.
 
-    def __init__(self, images: ImageSource) -> None:
+    ``known`` (uint8 [N, 2, THUMB, THUMB] and bool [N]: which rows have one), when a pass already made them from
+    its own decode (the detect run's reading pass): they are used, and a row without one is unreadable, so that
+    no file is opened again (``images`` may then be None)."""
+
+    def __init__(self, images: ImageSource | None, known: tuple[np.ndarray, np.ndarray] | None = None) -> None:
         self.images = images
+        self.known = known
         self.cache: dict[int, np.ndarray | None] = {}
 
     def get(self, row: int) -> np.ndarray | None:
+        if self.known is not None:
+            thumbs, made = self.known
+            return thumbs[row] if made[row] else None
         if row not in self.cache:
             try:
                 self.cache[row] = thumbnail(self.images.open(row, draft_size=2 * THUMB))

@@ -93,3 +93,33 @@ def test_threshold_rule_is_pure_p_clean(tiny_clip, noisy_folder):
     )
     frame = result.frame
     assert (frame["is_clean"] == (frame["p_clean"] > 0.5)).all()
+
+
+def test_a_default_run_decodes_every_row_once(tiny_clip, noisy_folder, monkeypatch):
+    """One decode per image per run: training, the watcher, scoring and health read what the first pass kept."""
+    from deft_clean.inputs import decode
+
+    real, decoded = decode._decode, []
+
+    def counting(file, draft_size):
+        decoded.append(1)
+        return real(file, draft_size)
+
+    monkeypatch.setattr(decode, "_decode", counting)
+    options = {**tiny_clip.options(epochs=3), "num_workers": 0, "early_stop": False}
+    result = deft_clean.detect(noisy_folder.root, seed=0, **options)
+    assert len(result.history) == 3  # the prompts trained: three epochs and a watcher over the same rows
+    assert len(decoded) == len(result.frame), f"{len(decoded)} decodes for {len(result.frame)} rows"
+    assert "duplicate_group" in result.frame  # health ran, on the kept thumbnails and hashes
+    timings = result.metadata["timings"]
+    assert set(timings) >= {"decode", "forward", "training", "selection", "health"}
+    assert all(v >= 0 for v in timings.values()) and timings["training"] > 0
+    prompts = result.metadata["prompts"]
+    assert prompts["outcome"] in ("learned", "fallback") and prompts["epochs"] == 3
+    assert (prompts["reason"] == "") == (prompts["outcome"] == "learned")
+
+
+def test_quick_records_its_prompts_outcome(tiny_clip, noisy_folder):
+    result = deft_clean.detect(noisy_folder.root, seed=0, quick=True, health=False, **tiny_clip.options())
+    assert result.metadata["prompts"]["outcome"] == "quick" and result.metadata["prompts"]["adaptation"] == "none"
+    assert result.metadata["timings"]["training"] == 0.0 and result.metadata["timings"]["health"] == 0.0

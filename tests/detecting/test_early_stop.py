@@ -79,7 +79,7 @@ def test_epoch_budget():
 def test_nothing_moving_stops_after_the_warmup():
     labels = np.arange(4000) % 10
     usable = np.ones(4000, dtype=bool)
-    judge = TrainingMonitor(labels, usable, usable, warmup_epochs=1, early_stop=True, seed=0)
+    judge = TrainingMonitor(labels, usable, labels, warmup_epochs=1, early_stop=True, seed=0)
     assert 512 <= len(judge.watch) <= 530 and np.bincount(labels[judge.watch]).min() >= 50  # stratified
     m = len(judge.watch)
     right, clean = labels[judge.watch], np.ones(m, dtype=bool)
@@ -88,7 +88,7 @@ def test_nothing_moving_stops_after_the_warmup():
         checks.append(judge.judge(epoch, checks[-1] if checks else None, right, clean))
     assert [c.stop for c in checks] == ["", "still", "still"]
     assert checks[1].clean_change == 0.0 and checks[1].agreement == 1.0
-    patient = TrainingMonitor(labels, usable, usable, warmup_epochs=1, early_stop=False, seed=0)
+    patient = TrainingMonitor(labels, usable, labels, warmup_epochs=1, early_stop=False, seed=0)
     first = patient.judge(1, None, right, clean)
     assert patient.judge(2, first, right, clean).stop == ""  # the paper's schedule: no early stop
     wrong = np.zeros(m, dtype=np.int64)
@@ -111,3 +111,21 @@ def test_threads_and_workers_fit_the_cores(tmp_path):
     assert cgroup_cores(quota) is None or cgroup_cores(quota) > 0  # v1 files may still give a quota
     with pytest.raises(UsageError, match="threads"):
         DetectConfig(threads=0)
+
+
+def test_the_collapse_floor_is_a_share_of_zero_shots_agreement_with_the_image_evidence():
+    """Prompts still learning under heavy noise agree with the image evidence less than zero-shot does, but not
+    a third as much: they train on; prompts predicting one class fall below COLLAPSE_SHARE of it and stop."""
+    labels = np.arange(2000) % 10
+    usable = np.ones(2000, dtype=bool)
+    image = labels.copy()  # the class the image probe gives each row
+    zero_shot = np.where(np.arange(2000) % 5 == 0, (labels + 1) % 10, labels)  # agrees on 80% of the rows
+    judge = TrainingMonitor(labels, usable, image, zero_shot, warmup_epochs=1, early_stop=False, seed=0)
+    assert judge.floor == pytest.approx(monitor_module.COLLAPSE_SHARE * 0.8, abs=0.03)
+    rows = judge.watch
+    learning = np.where(rows % 3 == 0, (labels[rows] + 2) % 10, labels[rows])  # 67%: below 0.8, above the floor
+    clean = np.ones(len(rows), dtype=bool)
+    first = judge.judge(1, None, learning, clean)
+    assert judge.judge(2, first, learning, clean).stop == ""
+    one_class = np.zeros(len(rows), dtype=np.int64)
+    assert judge.judge(3, judge.judge(2, first, one_class, clean), one_class, clean).stop == "collapse"
