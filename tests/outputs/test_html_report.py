@@ -100,10 +100,17 @@ def test_page_opens_on_images_and_clicks_filter(many, browser, tmp_path):  # noq
     page = write_html(frame, metadata, tmp_path / "r.html", top=3)
     open_page(browser, page)
 
-    # The first screen: the evidence banner, then cards with real images (past --top too).
+    # The first screen: the verdict's banner, then the overview (class table beside the heatmap, both of which
+    # filter the cards), then the cards with real images (past --top too).
     banner = browser.find_element("id", "evidence-banner").rect
+    table, heatmap = browser.find_element("id", "classes").rect, browser.find_element("id", "heatmap").rect
+    review = browser.find_element("id", "review").rect
+    assert banner["y"] < table["y"] < review["y"] and heatmap["y"] < review["y"] and heatmap["x"] > table["x"]
+    assert table["y"] < browser.execute_script("return window.innerHeight")  # the overview is on the first screen
+    shot(browser, "report_overview.png")
+    browser.execute_script("document.getElementById('review').scrollIntoView()")
     first = visible_images(browser, "#cards .card img")
-    assert first and banner["y"] < min(b["top"] for b in first)
+    assert first
     assert all(c.find_element("tag name", "img").get_property("naturalWidth") > 0 for c in cards(browser))
     assert len(cards(browser)) == len(flagged)
     shot(browser, "report_first_screen.png", first[0])
@@ -114,6 +121,8 @@ def test_page_opens_on_images_and_clicks_filter(many, browser, tmp_path):  # noq
     want = flagged[(flagged["label"] == target) | (flagged["predicted_label"] == target)]
     assert browser.find_element("id", "class-filter").get_property("value") == target
     assert {c.get_attribute("data-path") for c in cards(browser)} == set(want["path"])
+    option = browser.find_element("css selector", f'#class-filter option[value="{target}"]').text
+    assert option.endswith(f"({len(want)} card{'s' * (len(want) != 1)})")  # the count the filter shows
 
     # A heatmap cell filters to one given -> suggested pair.
     given, suggested = flagged.iloc[0]["label"], flagged.iloc[0]["predicted_label"]
@@ -157,6 +166,7 @@ def test_duplicates_and_outliers_are_galleries(many, browser, tmp_path):  # noqa
 def test_pictures_render(many, browser, tmp_path):  # noqa: F811
     frame, metadata, _ = many
     metadata["history"] = [{"epoch": e, "loss": 2.0 / e, "clean_fraction": 0.5 + 0.05 * e} for e in range(1, 6)]
+    metadata["text_evidence"] = "learned prompts"  # dropped prompts' curves are not drawn (see below)
     training = {"history": [{"epoch": e, "loss": 1.0 / e, "val_accuracy": 0.6 + 0.05 * e} for e in range(1, 5)]}
     predictions = pd.DataFrame(
         {"label": ["cat", "cat", "dog [x]", "dog [x]"], "predicted_label": ["cat"] * 3 + ["dog [x]"]}
@@ -174,6 +184,9 @@ def test_pictures_render(many, browser, tmp_path):  # noqa: F811
     assert counts == {("cat", "cat"): 2, ("cat", "dog [x]"): 0, ("dog [x]", "cat"): 1, ("dog [x]", "dog [x]"): 1}
     browser.execute_script("document.getElementById('pictures').scrollIntoView()")
     shot(browser, "report_pictures.png")
+    metadata["text_evidence"] = "zero-shot"  # the prompts were dropped: their curves describe nothing shown
+    page = write_html(frame, metadata, tmp_path / "r.html", training=training, predictions=predictions)
+    assert 'id="detect-curves"' not in page.read_text() and 'id="train-curves"' in page.read_text()
 
 
 def test_paths_named_like_object_members_are_not_reviewed(tmp_path, browser):  # noqa: F811
