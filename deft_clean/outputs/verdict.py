@@ -81,8 +81,8 @@ def verdict(metadata: dict[str, Any], frame: pd.DataFrame | None = None) -> Verd
     evidence = metadata.get("evidence")
     flags = int(flagged_rows(frame).sum()) if frame is not None else 0
     if not isinstance(evidence, dict) or "reliable" not in evidence:
-        return Verdict(NOT_CHECKED, [], "not checked: this results file has no evidence check", False, None, None,
-                       flags, 0, 0)  # fmt: skip
+        sentence = "not checked: this results file has no evidence check"
+        return Verdict(NOT_CHECKED, [], sentence, False, None, None, flags, 0, 0)
     reliable = bool(evidence.get("reliable"))
     withheld, cleared = int(evidence.get("flags_withheld") or 0), int(evidence.get("flags_cleared") or 0)
     raised = int(evidence.get("flags_raised") or 0)
