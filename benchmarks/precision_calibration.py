@@ -196,7 +196,7 @@ def from_quality(path: Path) -> list[dict[str, Any]]:
                         low = evidence["expected_flag_precision"]
                         high = min(1.0, evidence["label_noise"] * n / flags)
                         if low is not None and low < high:
-                            point = (low + high) / 2
+                            point = low + evidence["label_noise"] * (high - low)
                             w = wilson(point * flags, flags)
                             interval = [min(low, w[0]), max(high, w[1])]
                             pinned = interval[1] - interval[0] <= PIN_WIDTH

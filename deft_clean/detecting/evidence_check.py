@@ -21,9 +21,9 @@ classes, the image and text views agree with nothing. The share of wrong labels 
 ``(1 - s_G) * (1 - chance)``. Divided by the flagged share (capped at 1) it bounds the precision of the flags
 from above (every wrong label flagged); twice the share of flags that look like ordinary members of their
 suggested class (:func:`typical_share`) bounds it from below at heavy noise. The expected flag precision shown
-to users is the middle of the two, on the flags that stand (after withholding and clearing), with the two as
-its range, widened to the 95% Wilson interval of that many flags (:func:`flag_precision`; calibrated against
-planted truth by ``benchmarks/precision_calibration.py``).
+to users lies between the two (nearer the upper bound the noisier the labels), on the flags that stand (after
+withholding and clearing), with the two as its range, widened to the 95% Wilson interval of that many flags
+(:func:`flag_precision`; calibrated against planted truth by ``benchmarks/precision_calibration.py``).
 
 Where the text view is uninformative (``k_IT`` below :data:`MIN_VIEW_KAPPA`, e.g. class names CLIP does
 not know), one view cannot tell noise from weakness (``k_GI = s_G * s_I`` splits either way), so the image
@@ -65,8 +65,9 @@ MAX_PAIRS = 2000  # confused pairs judged one by one (most flagged first); the r
 MIN_PAIR_ROWS = 50  # pairs with fewer rows labelled either follow the overall verdict (a test there is weak)
 MIN_CLASS_ROWS = 5  # classes with fewer rows are not judged on their own
 MIN_TYPICAL_FLAGS = 10  # fewer flags give no typicality estimate of their precision
-# A precision range wider than this is shown as a range with no point: on planted noise the point missed by up to
-# 17 points where the range was 41 wide (5% noise), and by at most 12 where it was under 30 (precision_calibration)
+# A precision range wider than this is shown as a range with no point. Narrower ranges held the point within 9.2
+# points of planted truth (mean 3.0, results/precision_calibration.md); wider ones come from few flags or from the
+# noise estimate's floor of ~5% on nearly clean labels, where the upper bound means little
 PIN_WIDTH = 0.3
 SPLIT_PARTS = 3  # the split view: one probe per part, each row judged by the two probes of the other parts
 # The split view's two probes must agree at this kappa for flags to stand on it: probes on the same image
@@ -514,8 +515,9 @@ def flag_precision(
     Two estimates from the data bound it: the wrong-label share over the flagged share (:func:`_verdict`'s
     ``noise``, capped at 1), which assumes every wrong label is flagged and so errs high; and twice the share of
     typical flags (:func:`typical_share`), which errs low at heavy noise, where the probe trained on the noisy
-    labels makes wrong labels look less ordinary. The point is their middle; the range spans both, widened to the
-    95% Wilson interval of a proportion over that many flags. Where the range is wider than PIN_WIDTH, or the
+    labels makes wrong labels look less ordinary, by more the noisier the labels. The point moves from the lower
+    bound toward the upper one by the estimated wrong-label share; the range spans both, widened to the 95%
+    Wilson interval of a proportion over that many flags. Where the range is wider than PIN_WIDTH, or the
     lower bound is unknown (fewer than MIN_TYPICAL_FLAGS flags, or ``selected``: the flags that stand were kept
     for looking typical, so their typical share says nothing), the point is None and the range is the answer.
     Calibrated on planted noise by ``benchmarks/precision_calibration.py`` (results/precision_calibration.md).
@@ -527,10 +529,10 @@ def flag_precision(
     low = None if selected else typical_share(views, np.flatnonzero(standing))
     if low is None:
         return None, [0.0, high]
-    if noise is None:  # no upper bound: the typical share alone
-        high = low
-    low, high = min(low, high), max(low, high)
-    point = (low + high) / 2
+    # the typical share errs low by more the noisier the labels (the probe learns more of them): move from it
+    # toward the upper bound by the estimated wrong-label share; with no noise estimate it stands alone
+    point = low if noise is None else low + noise * (high - low)
+    low, high = (low, low) if noise is None else (min(low, high), max(low, high))
     w_low, w_high = wilson(point * n, n)
     interval = [float(min(low, w_low)), float(max(high, w_high))]
     return (float(point) if interval[1] - interval[0] <= PIN_WIDTH else None), interval
