@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -162,7 +163,10 @@ def run_chromium(chromium: str, profile: Path, *args: str) -> subprocess.Complet
         "--enable-logging=stderr",
         "--v=0",
     ]
-    return subprocess.run([chromium, *flags, *args], capture_output=True, text=True, timeout=60)
+    # Chromium's crash reporter and dconf write under HOME whatever the profile: give them the temp folder too.
+    home = {"HOME": str(profile), "XDG_CONFIG_HOME": str(profile / "config"), "XDG_CACHE_HOME": str(profile / "cache")}
+    env = {**os.environ, **home}
+    return subprocess.run([chromium, *flags, *args], capture_output=True, text=True, timeout=60, env=env)
 
 
 def test_html_in_headless_chromium(review, tmp_path):
