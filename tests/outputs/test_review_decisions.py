@@ -215,7 +215,9 @@ def browser(tmp_path):
         "prefs", {"download.default_directory": str(downloads), "download.prompt_for_download": False}
     )
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(chromedriver), options=options)
+    home = tmp_path / "home"  # Chromium's crash reporter and dconf write under HOME whatever the profile
+    env = {**os.environ, "HOME": str(home), "XDG_CONFIG_HOME": str(home / "c"), "XDG_CACHE_HOME": str(home / "cache")}
+    driver = webdriver.Chrome(service=Service(chromedriver, env=env), options=options)
     driver.execute_cdp_cmd("Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(downloads)})
     driver.downloads = downloads
     try:
