@@ -125,13 +125,14 @@ def _load(folder: Path) -> dict[str, list[Any] | None] | None:
         data.get("version") != VERSION
         or data.get("folder") != [here.st_dev, here.st_ino]
         or not isinstance(records, dict)
-        or not all(_valid_record(records.get(f)) for f in files)
+        or set(records) != set(files)  # every entry recorded (null: listed before it was written)
+        or not all(_valid_record(records[f]) for f in files)
     ):
         raise DataError(
             f"{path} was not written for this folder (copied in, or by an earlier deft-clean); deft-clean removes "
             "nothing it lists: remove the folder by hand or choose another"
         )
-    return {f: records.get(f) for f in files}
+    return {f: records[f] for f in files}
 
 
 def _valid_record(record: Any) -> bool:

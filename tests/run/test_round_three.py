@@ -537,3 +537,15 @@ def test_a_seed_torch_cannot_take_is_a_usage_error_before_loading(review, home, 
         fails(invoke("detect", review.root, "--out", out, "--model", absent, "--seed", seed, "-q"), 2, "--seed")
         args = ("train", review.root, "--results", review.results, "--out", home / "m", "--seed", seed, "-q")
         fails(invoke(*args), 2, "--seed")
+
+
+def test_a_manifest_whose_records_were_stripped_removes_nothing(review, home):
+    from deft_clean.run.ownership import MANIFEST
+
+    out = home / "clean"
+    _exported(review, out, "--mode", "copy")
+    manifest = json.loads((out / MANIFEST).read_text())
+    for records in ({"a": 1}, {}, {f: ["file", 1, 2, "3"] for f in manifest["files"]}):
+        (out / MANIFEST).write_text(json.dumps({**manifest, "records": records}))
+        with untouched(home.parent):
+            fails(invoke("export", review.results, "--out", out, "--mode", "copy", "--overwrite"), 1, "not written")
