@@ -16,7 +16,9 @@ import numpy as np
 import pandas as pd
 
 from ..inputs.listing import Listing, list_dataset
+from ..models.towers import built_family
 from ..outputs.results import flagged_rows, normalize_frame, usable_rows, write_results
+from ..outputs.verdict import verdict
 from ..run._version import __version__
 from ..run.checkpoints import (
     StopOnSignal,
@@ -419,6 +421,7 @@ def _detect(
         cfg, listing, loaded, evidence, decision, reading=reading, device=device, world=ranks.world, warnings=warnings
     )
     frame = normalize_frame(frame, metadata)
+    metadata["verdict"] = verdict(metadata, frame).to_metadata()  # the one verdict every view states
     result = DetectResult(frame, metadata, [dataclasses.asdict(h) for h in evidence.history])
     result.features = evidence.features
     result.visual_probs = decision.visual
@@ -446,6 +449,7 @@ def _metadata(
         "kind": "detect",
         "model": cfg.model,
         "model_name": loaded.model_name,
+        "model_family": built_family(loaded.model, loaded.tokenizer)._asdict(),  # image tower, text tower, tokenizer
         "pretrained": cfg.pretrained,
         "classes": listing.classes,
         "prompt_names": listing.prompt_names,
