@@ -558,6 +558,10 @@ def test_export_with_a_very_long_label_is_one_line(review, tmp_path):
     frame.loc[row, "label"] = long
     metadata = {**metadata, "classes": [*metadata["classes"], long]}  # label and index must agree
     frame.loc[row, "label_index"] = len(metadata["classes"]) - 1
+    # such a label comes from a table (a class folder's name is at most 255 bytes): the table gives it now
+    table = review.root / "list.csv"
+    frame[["path", "label"]].to_csv(table, index=False)
+    metadata = {**metadata, "source": "table", "dataset": str(table)}
     results = write_results(frame, metadata, tmp_path / "long.parquet")
     result = runner.invoke(app, ["export", str(results), "--out", str(tmp_path / "out")])
     fails(result, 1, "too long", "--mode csv")
