@@ -145,8 +145,8 @@ def gpu_projection(results: dict[str, Any]) -> list[str]:
         "",
         "The cleanlab pipeline at 1M x 1,000 was not projected: its scikit-learn probe is not measured there "
         "(100k x 100 took ~117 s on CPU). Health is not in the projection: its feature search is measured at 1M "
-        "(scale.md), its pixel confirmation decodes every candidate row once more on the CPU (130-141 s of the "
-        "100k runs above, where 20 shifted copies of each digit make every row a candidate).",
+        "(scale.md); its pixel confirmation compares the thumbnails the reading pass kept (before issue 39 it "
+        "decoded every candidate row once more: 130-141 s of the earlier 100k runs).",
     ]
 
 
