@@ -541,7 +541,9 @@ def gather_evidence(
         if verdict.collapsed:
             evidence.warnings.append(verdict.reason)
             return _fallback(evidence, verdict.reason)
-        if not verdict.keep:  # not a failure: the zero-shot prompts are simply the better evidence here
+        # not a failure: the zero-shot prompts are simply the better evidence for the fused rule here (the
+        # paper's rule, --selection deft, needs the learned prompts: only a collapse drops them there)
+        if not verdict.keep and cfg.selection != "deft":
             return _fallback(evidence, f"zero-shot prompts used: {verdict.reason}")
     else:
         agreement = prompt_agreement(scores.predicted_index, anchor, labels, usable)
