@@ -401,22 +401,7 @@ def _detect(
     for line in warnings:
         warn_result(line)  # at once (before the health pass), and even when quiet: they change what flags mean
     if cfg.health:
-        with evidence.clock.timing("health"):
-            health = health_columns(
-                listing.root,
-                listing.paths,
-                evidence.features,
-                evidence.usable,
-                evidence.prompts,
-                device=device,
-                images=listing.images,
-                threshold=cfg.duplicate_threshold,
-                kept=evidence.kept,
-            )
-        frame = frame.assign(**health.columns)
-        for line in health.warnings:
-            warn_result(line)
-        warnings += health.warnings
+        frame = _with_health(cfg, listing, evidence, frame, warnings, device=device)
     metadata = _metadata(
         cfg, listing, loaded, evidence, decision, reading=reading, device=device, world=ranks.world, warnings=warnings
     )
@@ -427,6 +412,29 @@ def _detect(
     result.visual_probs = decision.visual
     result.evidence = evidence
     return result
+
+
+def _with_health(
+    cfg: DetectConfig, listing: Listing, evidence: Evidence, frame: pd.DataFrame, warnings: list[str], *, device: Any
+) -> pd.DataFrame:
+    """``frame`` with the dataset-health columns (duplicates, outliers); their warnings said and added to
+    ``warnings``."""
+    with evidence.clock.timing("health"):
+        health = health_columns(
+            listing.root,
+            listing.paths,
+            evidence.features,
+            evidence.usable,
+            evidence.prompts,
+            device=device,
+            images=listing.images,
+            threshold=cfg.duplicate_threshold,
+            kept=evidence.kept,
+        )
+    for line in health.warnings:
+        warn_result(line)
+    warnings += health.warnings
+    return frame.assign(**health.columns)
 
 
 def _metadata(

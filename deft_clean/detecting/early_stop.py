@@ -27,15 +27,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .selection import MIN_PROMPT_AGREEMENT
+from .selection import COLLAPSE_SHARE, MIN_PROMPT_AGREEMENT
 
 IMAGES_PER_CLASS = 50  # auto budget: rows per class and epoch
 MIN_EPOCH_IMAGES = 1024  # auto budget: rows per epoch at least (smaller datasets: every row)
 WATCH_ROWS, WATCH_PER_CLASS = 512, 4  # rows scored after every epoch: max(these, 4 a class), at most N
-# Learned prompts agreeing with the image evidence on less than this share of the zero-shot prompts' agreement
-# have collapsed (the failure seen: 1-4 classes predicted of 10, agreement a third of zero-shot's); prompts still
-# learning under 60% symmetric noise sit near 0.9 of it in epoch 2 and pass it by the end.
-COLLAPSE_SHARE = 0.6
 STILL_CHANGE = 0.06  # watched rows whose clean flag changed in an epoch, below which the set stands still
 STILL_AGREEMENT = 0.02  # agreement moving less than this (absolute) between epochs: no progress either
 STOP_COLLAPSE, STOP_STILL = "collapse", "still"  # EpochStats.stop: why training ended after this epoch

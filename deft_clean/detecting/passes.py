@@ -177,6 +177,15 @@ class StageClock:
         return {stage: round(self.seconds.get(stage, 0.0), 3) for stage in stages}
 
 
+def _start(progress: Any, task: str | None, n: int) -> None:
+    """Show a pass over ``n`` rows on the progress display: the scoring pass, or ``task``."""
+    if progress is not None:
+        if task is None:
+            progress.start_scoring(n)
+        else:
+            progress.start_task(task, n)
+
+
 @torch.no_grad()
 def eval_pass(
     batch_fn: BatchFn,
@@ -233,11 +242,7 @@ def eval_pass(
     arrays = {name: np.full((n, *shape), np.nan, dtype=np.float32) for name, shape in columns.items()}
     failures: dict[int, str] = {}  # only failures are kept: memory stays O(N) numbers, not N objects
     autocast = amp_for(device).autocast
-    if progress is not None:
-        if task is None:
-            progress.start_scoring(len(visited))
-        else:
-            progress.start_task(task, len(visited))
+    _start(progress, task, len(visited))
     clock = clock if clock is not None else StageClock()
     batches, waited = iter(loader), time.perf_counter()
     for images, labels, indices, batch_status, *extra in batches:

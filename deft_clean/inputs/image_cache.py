@@ -36,9 +36,10 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
+from ..run.atomic import raise_if_disk_full
 from ..run.distributed import Dist
 from ..run.errors import STATUS_OK, UsageError, option
-from ..run.files import raise_if_disk_full, write_atomic
+from ..run.files import write_atomic
 from .decode import describe_failure, load_image
 from .listing import Listing
 from .readers.base import PackedStrings

@@ -21,8 +21,9 @@ import pandas as pd
 
 from ..inputs.listing import DatasetSpec
 from ..inputs.readers.recorded import checked_root
+from ..run.atomic import apply_umask, raise_if_disk_full
 from ..run.errors import DataError, UsageError, option
-from ..run.files import apply_umask, make_staging_dir, raise_if_disk_full, run_lock, write_atomic
+from ..run.files import make_staging_dir, run_lock, write_atomic
 from ..run.ownership import MANIFEST, check_folder_owned, check_parents, remove_listed, remove_owned, write_manifest
 from ..run.safety import Output, check_outputs, is_inside, printable, read_file, real
 from .results import (

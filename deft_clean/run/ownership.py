@@ -19,9 +19,9 @@ from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from .atomic import replace_atomic
 from .errors import DataError, UsageError
 from .errors import option as ref
-from .files import write_atomic
 
 MANIFEST = ".deft-clean-manifest.json"
 FORMAT = "deft-clean-manifest"
@@ -52,7 +52,7 @@ def _write(root: Path, records: dict[str, list[Any] | None]) -> Path:
     info = os.stat(root)
     data = {"format": FORMAT, "version": VERSION, "folder": [info.st_dev, info.st_ino], "files": sorted(records)}
     text = json.dumps({**data, "records": records}, indent=0) + "\n"
-    return write_atomic(root / MANIFEST, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    return replace_atomic(root / MANIFEST, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def note_written(path: Path) -> None:

@@ -25,9 +25,10 @@ from deft_clean.inputs.decode import load_image
 from deft_clean.inputs.listing import list_dataset
 from deft_clean.models.classifier import load_model
 from deft_clean.outputs.results import load_results, write_results
+from deft_clean.run.atomic import DiskFullError
 from deft_clean.run.checkpoints import load_checkpoint, save_checkpoint
 from deft_clean.run.errors import DataError, UsageError
-from deft_clean.run.files import DiskFullError, run_lock, write_atomic
+from deft_clean.run.files import run_lock, write_atomic
 from deft_clean.run.options import DetectConfig, TrainConfig
 from deft_clean.run.safety import printable
 from tests.conftest import fails, folder_rows, write_table
