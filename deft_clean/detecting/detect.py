@@ -16,7 +16,6 @@ import numpy as np
 import pandas as pd
 
 from ..inputs.listing import Listing, list_dataset
-from ..models.towers import built_family
 from ..outputs.results import flagged_rows, normalize_frame, usable_rows, write_results
 from ..outputs.verdict import verdict
 from ..run._version import __version__
@@ -451,6 +450,8 @@ def _metadata(
 ) -> dict[str, Any]:
     """The Parquet's metadata: what was run, on what, with which software, and what it warned about."""
     import torch
+
+    from ..models.towers import built_family  # imports torch: loaded once a model runs
 
     return {
         "deft_clean_version": __version__,
