@@ -81,6 +81,11 @@ def model_spec(backbone: str, *, metadata: dict[str, Any], backbone_weights: str
     raise UsageError(f"{option('backbone')} must be 'clip' or 'timm:NAME' (e.g. timm:resnet50), got {backbone!r}")
 
 
+# The architecture only: no base weights fetched for a Hugging Face text tower or a timm trunk (the model folder's
+# weights are loaded next).
+NO_BASE_WEIGHTS = {"pretrained_text": False, "pretrained_image": False}
+
+
 def _clip_architecture(spec: dict[str, Any], device: torch.device) -> nn.Module:
     """An open_clip model with random weights, from a name or an embedded config (no download).
 
@@ -101,11 +106,11 @@ def _clip_architecture(spec: dict[str, Any], device: torch.device) -> nn.Module:
             path.write_text(json.dumps(spec["clip_config"]))
             open_clip.add_model_config(path)
             with _quiet_open_clip():
-                return open_clip.create_model(name, pretrained=None, device=device)
+                return open_clip.create_model(name, pretrained=None, device=device, **NO_BASE_WEIGHTS)
     if name not in open_clip.list_models():
         raise DataError(f"config.json: unknown open_clip model {name!r}")
     with _quiet_open_clip():
-        return open_clip.create_model(name, pretrained=None, device=device)
+        return open_clip.create_model(name, pretrained=None, device=device, **NO_BASE_WEIGHTS)
 
 
 @contextlib.contextmanager
