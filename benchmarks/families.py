@@ -62,7 +62,6 @@ def build_stand_in(family: str, work: Path) -> tuple[Path, Path]:
 
 
 def run_family(family: str, args: argparse.Namespace) -> dict[str, Any]:
-    import deft_clean
 
     config, checkpoint = build_stand_in(family, args.work_dir)
     data = quality.prepare(args.target, config, checkpoint, device="cpu")
@@ -84,20 +83,8 @@ def run_family(family: str, args: argparse.Namespace) -> dict[str, Any]:
             runs["deft-clean"].extra["prompts"] = record
             runs["deft-clean --quick"], _ = quality.run_deft(folder, paths, config, checkpoint, quick=True, **common)
             if family in TOKENLESS:
-                started = time.perf_counter()
-                tuned = deft_clean.detect(
-                    folder,
-                    model=str(config),
-                    pretrained=str(checkpoint),
-                    quiet=True,
-                    image_adapter="norm-bias",
-                    **common,
-                )
-                order = tuned.frame.set_index("path").loc[paths]
-                runs["deft-clean norm-bias"] = quality.MethodRun(
-                    order["is_clean"].to_numpy(dtype=bool),
-                    order["p_clean"].to_numpy(dtype=float),
-                    time.perf_counter() - started,
+                runs["deft-clean norm-bias"], _ = quality.run_deft(
+                    folder, paths, config, checkpoint, image_adapter="norm-bias", **common
                 )
             started = time.perf_counter()
             oof = quality.out_of_fold_probabilities(data.features_b, labels, seed=seed)

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from ..inputs.pixel_similarity import CANDIDATE_SIM, DUPLICATE_THRESHOLD, Thumbnails, compare_rows
-from .near_duplicates import clique_groups, confirm, copies_test, group_details
+from .near_duplicates import clique_groups, confirm, copies_test, group_details, group_ids
 
 if TYPE_CHECKING:
     from ..inputs.readers.base import ImageSource
@@ -282,29 +282,6 @@ def scan_neighbours(
         pairs.append(found + np.array([start, 0]))
     found = np.concatenate(pairs) if pairs else np.zeros((0, 2), dtype=np.int64)
     return knn, rows[found].reshape(-1, 2)
-
-
-def group_ids(n: int, pairs: np.ndarray) -> np.ndarray:
-    """int64 [n]: connected components of the pairs (union-find), numbered 0, 1, ... in row order; -1 alone."""
-    parent = np.arange(n)
-
-    def root(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    for i, j in pairs:
-        ri, rj = root(int(i)), root(int(j))
-        if ri != rj:
-            parent[max(ri, rj)] = min(ri, rj)
-    roots = np.array([root(i) for i in range(n)])
-    sizes = np.bincount(roots, minlength=n)
-    ids = np.full(n, -1, dtype=np.int64)
-    numbering: dict[int, int] = {}
-    for i in np.flatnonzero(sizes[roots] > 1):
-        ids[i] = numbering.setdefault(int(roots[i]), len(numbering))
-    return ids
 
 
 def robust_z(values: np.ndarray) -> np.ndarray:

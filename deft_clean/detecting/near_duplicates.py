@@ -108,7 +108,7 @@ def clique_groups(n: int, pairs: np.ndarray, copies: PairTest) -> np.ndarray:
     groups = np.full(n, -1, dtype=np.int64)
     if not len(pairs):
         return groups
-    component = _components(n, pairs)
+    component = group_ids(n, pairs)  # every paired row is in a component of two or more
     next_id = 0
     cliques: dict[int, list[list[int]]] = {}  # component -> its groups so far (rows in order)
     for row in np.flatnonzero(component >= 0):
@@ -126,8 +126,8 @@ def clique_groups(n: int, pairs: np.ndarray, copies: PairTest) -> np.ndarray:
     return groups
 
 
-def _components(n: int, pairs: np.ndarray) -> np.ndarray:
-    """int64 [n]: the connected component of each row in ``pairs`` (its smallest row); -1 for rows in none."""
+def group_ids(n: int, pairs: np.ndarray) -> np.ndarray:
+    """int64 [n]: connected components of the pairs (union-find), numbered 0, 1, ... in row order; -1 alone."""
     parent = np.arange(n)
 
     def root(i: int) -> int:
@@ -140,7 +140,10 @@ def _components(n: int, pairs: np.ndarray) -> np.ndarray:
         ri, rj = root(int(i)), root(int(j))
         if ri != rj:
             parent[max(ri, rj)] = min(ri, rj)
-    component = np.full(n, -1, dtype=np.int64)
-    paired = np.unique(pairs)
-    component[paired] = [root(int(i)) for i in paired]
-    return component
+    roots = np.array([root(i) for i in range(n)])
+    sizes = np.bincount(roots, minlength=n)
+    ids = np.full(n, -1, dtype=np.int64)
+    numbering: dict[int, int] = {}
+    for i in np.flatnonzero(sizes[roots] > 1):
+        ids[i] = numbering.setdefault(int(roots[i]), len(numbering))
+    return ids

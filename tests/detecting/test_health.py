@@ -12,11 +12,11 @@ from deft_clean.detecting.health import (
     OUTLIER_Z,
     content_hashes,
     dataset_health,
-    group_ids,
     neighbours,
     robust_z,
     scan_neighbours,
 )
+from deft_clean.detecting.near_duplicates import group_ids
 
 
 def clustered(n_per_class: int = 60, n_classes: int = 4, dim: int = 32, seed: int = 0):
