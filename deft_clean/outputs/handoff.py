@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 from pathlib import Path
@@ -29,6 +30,7 @@ import pandas as pd
 
 from ..run.errors import UsageError
 from ..run.files import write_atomic
+from ..run.safety import read_file
 from .results import flagged_rows, usable_rows
 
 CLEANLAB_COLUMNS = ["is_label_issue", "label_score", "given_label", "predicted_label"]  # Datalab's order
@@ -253,8 +255,8 @@ def write_cvat(frame: pd.DataFrame, classes: list[str], root: Path, out: str | o
 
     sizes = {}
     for path in frame.loc[usable_rows(frame), "path"].astype(str):
-        try:
-            with Image.open(Path(root) / path) as image:
+        try:  # a results file is data: its rows are read as the dataset's files are (regular, inside root, bounded)
+            with Image.open(io.BytesIO(read_file(Path(root) / path, root=root))) as image:
                 sizes[path] = image.size
         except (OSError, ValueError):
             continue
