@@ -237,11 +237,19 @@ def cvat_xml(frame: pd.DataFrame, classes: list[str], sizes: dict[str, tuple[int
     return ElementTree.tostring(root, encoding="unicode", xml_declaration=True)
 
 
+def _refuse_existing(path: Path) -> None:
+    """A hand-off file is new: deft-clean never replaces a file it cannot tell it wrote (the user's own tasks)."""
+    if os.path.lexists(path):
+        raise UsageError(f"{path} exists; remove it or write the hand-off to another place")
+
+
 def write_label_studio(frame: pd.DataFrame, classes: list[str], out: str | os.PathLike[str]) -> Path:
     """Write ``out/tasks.json`` (:func:`label_studio_tasks`) and ``out/config.xml`` (:func:`label_studio_config`);
     serve the images with ``LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED=true`` and
     ``LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT`` set to the dataset root. Returns ``out``."""
     folder = Path(out)
+    for name in ("tasks.json", "config.xml"):
+        _refuse_existing(folder / name)
     folder.mkdir(parents=True, exist_ok=True)
     for name, text in (("tasks.json", label_studio_tasks(frame)), ("config.xml", label_studio_config(classes))):
         write_atomic(folder / name, lambda tmp, text=text: tmp.write_text(text, encoding="utf-8"))
@@ -261,4 +269,5 @@ def write_cvat(frame: pd.DataFrame, classes: list[str], root: Path, out: str | o
         except (OSError, ValueError):
             continue
     text = cvat_xml(frame, classes, sizes)
+    _refuse_existing(Path(out))
     return write_atomic(Path(out), lambda tmp: tmp.write_text(text, encoding="utf-8"))
