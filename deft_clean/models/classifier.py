@@ -74,7 +74,7 @@ def model_spec(backbone: str, *, metadata: dict[str, Any], backbone_weights: str
             config_file = Path(metadata["model"])
             if not config_file.is_file():
                 raise UsageError(f"the detect run used the model config {config_file}, which no longer exists")
-            spec["clip_config"] = json.loads(config_file.read_text(encoding="utf-8"))
+            spec["clip_config"] = image_tower_config(json.loads(config_file.read_text(encoding="utf-8")))
         return spec
     if backbone.startswith("timm:") and len(backbone) > 5:
         return {"backbone": backbone, "timm_name": backbone[5:], "weights": backbone_weights}
@@ -86,31 +86,46 @@ def model_spec(backbone: str, *, metadata: dict[str, Any], backbone_weights: str
 NO_BASE_WEIGHTS = {"pretrained_text": False, "pretrained_image": False}
 
 
+# Phase 2 keeps the image tower only. The text side of a rebuilt architecture is a stub, so that neither a model
+# folder nor a named model makes predict open a Hugging Face folder or hub repo for a text tower it never runs.
+TEXT_STUB = {"context_length": 4, "vocab_size": 8, "width": 8, "heads": 1, "layers": 1}
+IMAGE_TOWER_NAME = "deft-clean-image-tower"  # registered with open_clip in place of the user's name
+
+
+def image_tower_config(config: dict[str, Any]) -> dict[str, Any]:
+    """``config`` (an open_clip model config) with its text tower replaced by a small native stub: what phase 2
+    embeds in a model folder and rebuilds (the image tower, its width and preprocessing stay as they are)."""
+    out = {key: value for key, value in config.items() if key not in ("text_cfg", "custom_text", "multimodal_cfg")}
+    out["text_cfg"] = dict(TEXT_STUB)
+    return out
+
+
 def _clip_architecture(spec: dict[str, Any], device: torch.device) -> nn.Module:
-    """An open_clip model with random weights, from a name or an embedded config (no download).
+    """An open_clip model with random weights, from a name or an embedded config (no download), with a stub for
+    a text tower (:func:`image_tower_config`).
 
     The name comes from a model folder, which is data: it must be a plain file stem (no path, no
-    ``hf-hub:`` prefix), so that the config is written only inside a private temporary folder and
-    open_clip never goes to the network.
+    ``hf-hub:`` prefix), so that open_clip never goes to the network. The config is registered under a name of
+    ours, written only inside a private temporary folder.
     """
     import open_clip
 
     name = spec["model_name"]
     if not isinstance(name, str) or not SAFE_NAME.fullmatch(name):
         raise DataError(f"config.json: model_name {printable(name)!r} is not a plain model name; refusing to load it")
-    if spec.get("clip_config") is not None:
-        if not isinstance(spec["clip_config"], dict):
-            raise DataError("config.json: clip_config must be a JSON object")
-        with tempfile.TemporaryDirectory() as folder:
-            path = Path(folder) / f"{name}.json"
-            path.write_text(json.dumps(spec["clip_config"]))
-            open_clip.add_model_config(path)
-            with _quiet_open_clip():
-                return open_clip.create_model(name, pretrained=None, device=device, **NO_BASE_WEIGHTS)
-    if name not in open_clip.list_models():
-        raise DataError(f"config.json: unknown open_clip model {name!r}")
-    with _quiet_open_clip():
-        return open_clip.create_model(name, pretrained=None, device=device, **NO_BASE_WEIGHTS)
+    config = spec.get("clip_config")
+    if config is None:
+        if name not in open_clip.list_models():
+            raise DataError(f"config.json: unknown open_clip model {name!r}")
+        config = open_clip.get_model_config(name)
+    if not isinstance(config, dict):
+        raise DataError("config.json: clip_config must be a JSON object")
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / f"{IMAGE_TOWER_NAME}.json"
+        path.write_text(json.dumps(image_tower_config(config)))
+        open_clip.add_model_config(path)
+        with _quiet_open_clip():
+            return open_clip.create_model(IMAGE_TOWER_NAME, pretrained=None, device=device, **NO_BASE_WEIGHTS)
 
 
 @contextlib.contextmanager

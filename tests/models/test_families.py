@@ -220,6 +220,7 @@ def test_detect_train_predict_on_every_family(stand_in: StandIn, tmp_path: Path)
         quiet=True,
         hflip=False,
     )
+    assert "hf_" not in (model / "config.json").read_text()  # no Hugging Face folder for predict to open
     predictions = deft_clean.predict(model, [noisy.root], device="cpu", num_workers=0, quiet=True)
     assert len(predictions.frame) == 60
     assert set(np.asarray(predictions.frame["predicted_label"])) <= set(CLASSES)
@@ -255,3 +256,17 @@ def test_missing_tokenizer_files_offline_name_the_files_and_the_cache(
         load_clip(str(path), "none", device=torch.device("cpu"), quiet=True)
     message = str(caught.value)
     assert "\n" not in message and str(tmp_path / "hf-home") in message
+
+
+def test_phase_two_rebuilds_a_named_hf_text_model_offline_with_its_image_tower_only() -> None:
+    """A model folder naming an open_clip model with a Hugging Face text tower rebuilds without the tower's config
+    (phase 2 runs the image tower only): nothing is fetched, and the user's name keeps its own config."""
+    import open_clip
+
+    from deft_clean.models.classifier import _clip_architecture
+
+    name = "roberta-ViT-B-32"
+    before = open_clip.get_model_config(name)
+    clip = _clip_architecture({"model_name": name, "clip_config": None}, torch.device("cpu"))
+    assert clip.visual.output_dim == before["embed_dim"]
+    assert open_clip.get_model_config(name) == before
