@@ -111,7 +111,9 @@ DuplicateThreshold = Annotated[
 def detect(
     dataset: DatasetArg,
     out: Annotated[Path, typer.Option("--out", "-o", help="Output Parquet file.")] = Path("results.parquet"),
-    model: Annotated[str, typer.Option(help="open_clip model name, or a model-config JSON path.")] = D.model,
+    model: Annotated[
+        str, typer.Option(help="open_clip model name, hf-hub:ORG/REPO, local-dir:FOLDER, or a model-config JSON path.")
+    ] = D.model,
     pretrained: Annotated[
         str, typer.Option(help="open_clip pretrained tag, a local checkpoint file, or 'none'.")
     ] = D.pretrained,

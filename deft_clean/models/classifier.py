@@ -70,11 +70,11 @@ def model_spec(backbone: str, *, metadata: dict[str, Any], backbone_weights: str
             "mean": metadata.get("mean"),
             "std": metadata.get("std"),
         }
-        if str(metadata["model"]).lower().endswith(".json"):
-            config_file = Path(metadata["model"])
-            if not config_file.is_file():
-                raise UsageError(f"the detect run used the model config {config_file}, which no longer exists")
-            spec["clip_config"] = image_tower_config(json.loads(config_file.read_text(encoding="utf-8")))
+        from .clip import model_config
+
+        config = model_config(str(metadata["model"]))  # a config file or an hf-hub:/local-dir: model's, read again
+        if config is not None:
+            spec["clip_config"] = image_tower_config(config)
         return spec
     if backbone.startswith("timm:") and len(backbone) > 5:
         return {"backbone": backbone, "timm_name": backbone[5:], "weights": backbone_weights}
@@ -97,6 +97,8 @@ def image_tower_config(config: dict[str, Any]) -> dict[str, Any]:
     embeds in a model folder and rebuilds (the image tower, its width and preprocessing stay as they are)."""
     out = {key: value for key, value in config.items() if key not in ("text_cfg", "custom_text", "multimodal_cfg")}
     out["text_cfg"] = dict(TEXT_STUB)
+    if isinstance(out.get("vision_cfg"), dict) and "timm_model_pretrained" in out["vision_cfg"]:
+        out["vision_cfg"] = {**out["vision_cfg"], "timm_model_pretrained": False}  # the folder's weights follow
     return out
 
 

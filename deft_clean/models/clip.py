@@ -7,11 +7,15 @@ fixed in one file.
 
 from __future__ import annotations
 
+import atexit
+import hashlib
 import importlib.util
 import json
 import logging
 import os
+import shutil
 import sys
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +30,9 @@ from .limits import check_model_config
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
+SCHEMAS = ("hf-hub:", "local-dir:")  # open_clip's model sources: a hub repo or a folder as push_to_hf_hub writes it
+HUB_CONFIG = "open_clip_config.json"
+HUB_WEIGHTS = ("open_clip_model.safetensors", "open_clip_pytorch_model.safetensors", "open_clip_pytorch_model.bin")
 
 
 @dataclass
@@ -84,12 +91,142 @@ def _register_model_name(model: str) -> str:
         check_model_config(config, f"{option('model')} {path}")  # bounds before open_clip builds anything
         open_clip.add_model_config(path)
         return path.stem
+    if model.startswith(SCHEMAS):
+        return _register_schema(model)
     if model not in open_clip.list_models():
         raise UsageError(
-            f"unknown {option('model')} {model!r}: pass an open_clip model name (e.g. ViT-B-16) or a model-config "
-            "JSON path"
+            f"unknown {option('model')} {model!r}: pass an open_clip model name (e.g. ViT-B-16), "
+            "hf-hub:ORG/REPO, local-dir:FOLDER or a model-config JSON path"
         )
     return model
+
+
+@dataclass(frozen=True)
+class SourceModel:
+    """A model named by an open_clip source (``hf-hub:ORG/REPO`` or ``local-dir:FOLDER``): its config file's
+    contents and the file its weights come from."""
+
+    config: dict[str, Any]  # the model_cfg (text_cfg's tokenizer pointed at the folder for local-dir)
+    preprocess: dict[str, Any]  # preprocess_cfg: mean, std, ...
+    weights: Path | None  # None: resolved without looking for weights
+
+    @property
+    def name(self) -> str:
+        """The name it is registered under with open_clip: neutral (no "siglip" for open_clip to guess from) and
+        fixed by the config, so a results file and a model folder name the same architecture."""
+        digest = hashlib.sha256(json.dumps(self.config, sort_keys=True).encode()).hexdigest()[:12]
+        return f"open-clip-source-{digest}"
+
+
+def source_model(model: str, *, weights: bool) -> SourceModel:
+    """Read the config (and, with ``weights``, find the weights file) of an ``hf-hub:`` or ``local-dir:`` model,
+    as open_clip's ``create_model`` would: from the folder, or from the hub through its cache."""
+    schema, _, identifier = model.partition(":")
+    if not identifier.strip():
+        raise UsageError(f"{option('model')} {model!r}: name a repository (hf-hub:ORG/REPO) or a folder")
+    if schema == "local-dir":
+        folder = Path(identifier).expanduser()
+        config_file = folder / HUB_CONFIG
+        if not config_file.is_file():
+            raise UsageError(
+                f"{option('model')} {model}: {config_file} not found; a local-dir: folder holds {HUB_CONFIG} and the "
+                f"weights ({', '.join(HUB_WEIGHTS)}), as open_clip's push_to_hf_hub writes them"
+            )
+        found = [folder / f for f in HUB_WEIGHTS if (folder / f).is_file()] if weights else [None]
+        if not found:
+            raise WeightsError(f"{option('model')} {model}: none of {', '.join(HUB_WEIGHTS)} in {folder}")
+        weights_file = found[0]
+    else:
+        config_file = _hub_file(identifier, HUB_CONFIG)
+        weights_file = _hub_file(identifier, *HUB_WEIGHTS) if weights else None
+    where = f"{option('model')} {model}: {HUB_CONFIG}"
+    try:
+        document = json.loads(Path(config_file).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, RecursionError, json.JSONDecodeError) as exc:
+        raise UsageError(f"{where} could not be read as JSON ({type(exc).__name__})") from None
+    config = document.get("model_cfg") if isinstance(document, dict) else None
+    if not isinstance(config, dict) or not {"vision_cfg", "text_cfg", "embed_dim"} <= set(config):
+        raise UsageError(f"{where} has no open_clip model_cfg (embed_dim, vision_cfg, text_cfg)")
+    check_model_config(config, where)
+    text_cfg = config.get("text_cfg")
+    if schema == "local-dir" and isinstance(text_cfg, dict) and "hf_tokenizer_name" in text_cfg:
+        text_cfg["hf_tokenizer_name"] = str(folder)  # open_clip reads a local-dir model's tokenizer from the folder
+    preprocess = document.get("preprocess_cfg")
+    return SourceModel(config, preprocess if isinstance(preprocess, dict) else {}, weights_file)
+
+
+_REGISTERED: list[str] = []  # private folder of the source models' configs (removed at exit)
+
+
+def _register_schema(model: str) -> str:
+    """Register an ``hf-hub:``/``local-dir:`` model's config with open_clip under :attr:`SourceModel.name`."""
+    import open_clip
+
+    source = source_model(model, weights=False)
+    if not _REGISTERED:
+        _REGISTERED.append(tempfile.mkdtemp(prefix="deft-clean-models-"))
+        atexit.register(shutil.rmtree, _REGISTERED[0], True)
+    path = Path(_REGISTERED[0]) / f"{source.name}.json"
+    path.write_text(json.dumps(source.config))
+    open_clip.add_model_config(path)
+    return source.name
+
+
+def model_config(model: str) -> dict[str, Any] | None:
+    """The open_clip config behind ``--model`` when it is not one of open_clip's names: a config JSON's contents or
+    an ``hf-hub:``/``local-dir:`` model's model_cfg (read again); None for a built-in name."""
+    if model.startswith(SCHEMAS):
+        return source_model(model, weights=False).config
+    if model.lower().endswith(".json"):
+        path = Path(model)
+        if not path.is_file():
+            raise UsageError(f"the detect run used the model config {path}, which no longer exists")
+        return json.loads(path.read_text(encoding="utf-8"))
+    return None
+
+
+def _hub_file(repo: str, *names: str) -> Path:
+    """The first of ``names`` that repository ``repo`` of the Hugging Face hub has: from the cache, or downloaded
+    when the hub can be reached; else one line saying how to fill the cache."""
+    try:
+        from huggingface_hub import hf_hub_download, try_to_load_from_cache
+    except ImportError:  # pragma: no cover - open_clip depends on huggingface_hub
+        raise UsageError("hf-hub: models need the huggingface_hub package") from None
+    for name in names:
+        cached = try_to_load_from_cache(repo, name)
+        if isinstance(cached, str):
+            return Path(cached)
+    advice = (
+        f"{', '.join(names)} of hf-hub:{repo} not in the Hugging Face cache and cannot be downloaded ({{why}}); on a "
+        f"machine with internet run `python -c \"import open_clip; open_clip.create_model('hf-hub:{repo}')\"` to "
+        "fill the cache (~/.cache/huggingface), or copy the repository to a folder and pass local-dir:FOLDER"
+    )
+    _hub_reachable(advice)
+    failure = ""
+    for name in names:
+        try:
+            return Path(hf_hub_download(repo, name))
+        except Exception as exc:  # the hub's errors come in many types; the next candidate may exist
+            failure = type(exc).__name__
+    raise WeightsError(advice.format(why=failure or "not found"))
+
+
+def _hub_reachable(advice: str, *, timeout: float = 3.0) -> None:
+    """Raise :class:`WeightsError` with ``advice`` (its ``{why}`` filled in) within seconds when the hub is off:
+    HF_HUB_OFFLINE, or its host unreachable (huggingface_hub would retry for about a minute otherwise)."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+    if offline or getattr(constants, "HF_HUB_OFFLINE", False):
+        raise WeightsError(advice.format(why="HF_HUB_OFFLINE is set"))
+    host = urlparse(os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+    except OSError:
+        raise WeightsError(advice.format(why=f"{host} is not reachable")) from None
 
 
 def _hub_files(name: str, tag: str) -> tuple[str, list[str]] | None:
@@ -111,16 +248,13 @@ def _hub_files(name: str, tag: str) -> tuple[str, list[str]] | None:
     return repo, candidates
 
 
-def _check_download_possible(name: str, tag: str, *, timeout: float = 3.0) -> None:
+def _check_download_possible(name: str, tag: str) -> None:
     """Fail within seconds when the weights are neither cached nor downloadable (offline machine).
 
     Without this, huggingface_hub retries for about a minute and logs dozens of lines first.
     """
-    import socket
-    from urllib.parse import urlparse
-
     try:
-        from huggingface_hub import constants, try_to_load_from_cache
+        from huggingface_hub import try_to_load_from_cache
     except ImportError:
         return
     files = _hub_files(name, tag)
@@ -136,14 +270,7 @@ def _check_download_possible(name: str, tag: str, *, timeout: float = 3.0) -> No
         f"cache (~/.cache/huggingface), or pass a checkpoint file as {option('pretrained')}; set HF_HUB_OFFLINE=1 "
         "to never try the network"
     )
-    offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
-    if offline or getattr(constants, "HF_HUB_OFFLINE", False):
-        raise WeightsError(advice.format(why="HF_HUB_OFFLINE is set"))
-    host = urlparse(os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).hostname or "huggingface.co"
-    try:
-        socket.create_connection((host, 443), timeout=timeout).close()
-    except OSError:
-        raise WeightsError(advice.format(why=f"{host} is not reachable")) from None
+    _hub_reachable(advice)
 
 
 def load_clip(
@@ -165,6 +292,12 @@ def load_clip(
     name = _register_model_name(model)
     tag = pretrained.strip()
     weights: str | None
+    preprocess: dict[str, Any] | None = None
+    if model.startswith(SCHEMAS) and tag.lower() not in ("none", ""):
+        # open_clip's sources carry their own weights and preprocessing; --pretrained names none of them
+        source = source_model(model, weights=True)
+        weights, preprocess = str(source.weights), source.preprocess
+        tag = weights
     if tag.lower() in ("none", ""):
         weights = None
         if not quiet:
@@ -175,6 +308,8 @@ def load_clip(
         if not Path(tag).is_file():
             raise WeightsError(f"weights file not found: {tag}")
         weights = tag
+        if preprocess is None:
+            preprocess = _tags_preprocess(name)
     else:
         known = open_clip.list_pretrained_tags_by_model(name)
         if tag not in known:
@@ -196,7 +331,9 @@ def load_clip(
         with torch.random.fork_rng(devices=[]):  # random weights are seeded, without touching the caller's RNG
             torch.manual_seed(seed)
             # random means random: no base weights fetched for a Hugging Face text tower or a timm trunk
-            extra = {} if weights is not None else {"pretrained_text": False, "pretrained_image": False}
+            extra: dict[str, Any] = {} if weights is not None else {"pretrained_text": False, "pretrained_image": False}
+            if preprocess:
+                extra["force_preprocess_cfg"] = preprocess
             clip = open_clip.create_model(name, pretrained=weights, device=device, **extra)
     except (RuntimeError, OSError, ValueError, KeyError) as exc:
         if weights is not None and not Path(weights).is_file():
@@ -214,6 +351,24 @@ def load_clip(
     mean = tuple(getattr(clip.visual, "image_mean", None) or OPENAI_MEAN)
     std = tuple(getattr(clip.visual, "image_std", None) or OPENAI_STD)
     return LoadedClip(clip, tokenizer, name, image_size, mean, std)  # type: ignore[arg-type]
+
+
+def _tags_preprocess(name: str) -> dict[str, Any] | None:
+    """The normalisation of built-in model ``name``'s pretrained tags when they all agree (SigLIP's 0.5/0.5, ...):
+    what a local checkpoint of that architecture was trained with. None where the tags differ or there are none
+    (open_clip's default, OpenAI's mean and std, is used then)."""
+    import open_clip
+
+    if name not in open_clip.list_models():
+        return None  # a config file of the user's: the default
+    seen = set()
+    for tag in open_clip.list_pretrained_tags_by_model(name):
+        cfg = open_clip.get_pretrained_cfg(name, tag)
+        seen.add((tuple(cfg.get("mean") or OPENAI_MEAN), tuple(cfg.get("std") or OPENAI_STD)))
+    if len(seen) != 1:
+        return None
+    mean, std = seen.pop()
+    return {"mean": mean, "std": std}
 
 
 def _needs_transformers(name: str) -> str:
