@@ -592,6 +592,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--paper", action="store_true", help="also run the paper's schedule (--no-early-stop --images-per-epoch all)"
     )
+    parser.add_argument(
+        "--merge", nargs="+", type=Path, help="only render <tag>.md/.json from these runs' JSON files (e.g. per target)"
+    )
     return parser.parse_args(argv)
 
 
@@ -607,6 +610,8 @@ def settings_of(name: str, wanted: set[str] | None) -> tuple[tuple[str, float], 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
+    if args.merge:
+        return merge(args.merge, args.out_dir, args.tag)
     set_threads(args.threads)
     import torch
 
@@ -653,6 +658,22 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "total_seconds": time.perf_counter() - started,
     }
     write_tables(args.out_dir, args.tag, render(report), report)
+    return report
+
+
+def merge(paths: Sequence[Path], out_dir: Path, tag: str) -> dict[str, Any]:
+    """One report from runs that split the targets between them (two cores: two processes, one target each)."""
+    reports = [json.loads(Path(path).read_text()) for path in paths]
+    if len({r["seeds"] for r in reports}) != 1:
+        raise SystemExit("--merge: the runs used different --seeds")
+    report = {**reports[0], "targets": {}}
+    for part in reports:
+        report["targets"].update(part["targets"])
+    starts, ends = zip(*(r["load_average_start_end"] for r in reports), strict=True)
+    report["load_average_start_end"] = [max(starts), max(ends)]
+    report["created"] = max(r["created"] for r in reports)
+    report["total_seconds"] = sum(r["total_seconds"] for r in reports)
+    write_tables(out_dir, tag, render(report), report)
     return report
 
 
