@@ -451,6 +451,7 @@ def _metadata(
     """The Parquet's metadata: what was run, on what, with which software, and what it warned about."""
     import torch
 
+    from ..models.clip import weights_label
     from ..models.towers import built_family  # imports torch: loaded once a model runs
 
     return {
@@ -459,7 +460,7 @@ def _metadata(
         "model": cfg.model,
         "model_name": loaded.model_name,
         "model_family": built_family(loaded.model, loaded.tokenizer)._asdict(),  # image tower, text tower, tokenizer
-        "pretrained": cfg.pretrained,
+        "pretrained": weights_label(cfg.model, cfg.pretrained),
         "classes": listing.classes,
         "prompt_names": listing.prompt_names,
         **listing.spec.to_metadata(),  # dataset, source, reader: how to open the dataset again

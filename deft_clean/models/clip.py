@@ -118,6 +118,14 @@ class SourceModel:
         return f"open-clip-source-{digest}"
 
 
+def weights_label(model: str, pretrained: str) -> str:
+    """What ``--pretrained`` means for ``model``: the tag or file as given, or "from hf-hub" / "from local-dir" for
+    a source's own weights (the tag is not used there)."""
+    if model.startswith(SCHEMAS) and pretrained.strip().lower() not in ("none", ""):
+        return f"from {model.partition(':')[0]}"
+    return pretrained
+
+
 def source_model(model: str, *, weights: bool) -> SourceModel:
     """Read the config (and, with ``weights``, find the weights file) of an ``hf-hub:`` or ``local-dir:`` model,
     as open_clip's ``create_model`` would: from the folder, or from the hub through its cache."""
@@ -326,7 +334,8 @@ def load_clip(
             "install it with: pip install 'deft-clean[hf]'"
         )
     if announce and not quiet:
-        print(f"loading model {model} ({pretrained}) on {device} ...", file=sys.stderr, flush=True)
+        label = weights_label(model, pretrained)
+        print(f"loading model {model} ({label}) on {device} ...", file=sys.stderr, flush=True)
     try:
         with torch.random.fork_rng(devices=[]):  # random weights are seeded, without touching the caller's RNG
             torch.manual_seed(seed)

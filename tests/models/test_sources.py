@@ -51,6 +51,7 @@ def test_local_dir_model_runs_detect_train_predict_with_its_own_preprocessing(so
     assert run.exit_code == 0, run.output
     result = deft_clean.load(out)
     assert result.metadata["model"] == f"local-dir:{source_folder}"
+    assert result.metadata["pretrained"] == "from local-dir"  # not the default tag, which is not used
     assert result.metadata["mean"] == HALF and result.metadata["std"] == HALF
     truly_clean = noisy.truly_clean(result.frame)
     assert roc_auc_score(truly_clean, result.frame["p_clean"].to_numpy(dtype=float)) > 0.7
