@@ -9,7 +9,9 @@ subprocess with the library's defaults (threads and workers chosen by ``deft_cle
   paper     ``deft_clean.detect(folder, epochs=10, images_per_epoch="all", early_stop=False)`` (the schedule
             before issue 29; only where ``--paper`` lists the size),
   cleanlab  model loading + the frozen feature pass + scale.py's 5-fold LogisticRegression probe +
-            ``cleanlab.filter.find_label_issues``.
+            ``cleanlab.filter.find_label_issues``,
+  datalab   the same features and probe + cleanlab's ``Datalab.find_issues`` with its label, near-duplicate and
+            outlier checks (the fair peer of a detect, which runs a dataset-health pass).
 The GPU projection multiplies the images each step visits by img/s measured on an H100
 (benchmarks/results/speed_cuda_after.json: ViT-B-16 training epoch and scoring pass) and adds the selection
 seconds measured on CPU (scale.json); it is arithmetic on measured rates, not a GPU run.
@@ -38,7 +40,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
-METHODS = ("default", "quick", "cleanlab", "paper")
+METHODS = ("default", "quick", "cleanlab", "datalab", "paper")
 STAGES = ("decode", "forward", "training", "selection", "health")  # detect's metadata "timings", per case
 GPU_ROWS, GPU_CLASSES = 1_000_000, 1000  # the projected case: an ImageNet-sized dataset
 
@@ -61,8 +63,8 @@ def run_method(method: str, rows: int, work: Path) -> dict[str, Any]:
     folder, truth = scale.write_digit_folder(work / f"digits-{rows}", rows)
     common = {"model": str(config), "pretrained": str(checkpoint), "device": "cpu", "quiet": True, "seed": 0}
     started = time.perf_counter()
-    if method == "cleanlab":
-        return cleanlab_case(folder, truth, common, started)
+    if method in ("cleanlab", "datalab"):
+        return cleanlab_case(folder, truth, common, started, datalab=method == "datalab")
     options = {"quick": {"quick": True}, "paper": {"epochs": 10, "images_per_epoch": "all", "early_stop": False}}
     result = deft_clean.detect(folder, **common, **options.get(method, {}))
     seconds = time.perf_counter() - started
@@ -81,7 +83,9 @@ def run_method(method: str, rows: int, work: Path) -> dict[str, Any]:
     }
 
 
-def cleanlab_case(folder: Path, truth: dict[str, int], common: dict[str, Any], started: float) -> dict[str, Any]:
+def cleanlab_case(
+    folder: Path, truth: dict[str, int], common: dict[str, Any], started: float, *, datalab: bool = False
+) -> dict[str, Any]:
     import scale
     import torch
     from quality import CLASSES
@@ -99,7 +103,8 @@ def cleanlab_case(folder: Path, truth: dict[str, int], common: dict[str, Any], s
         passes = PassOptions(128, loaded.image_size, loaded.mean, loaded.std, torch.device("cpu"), workers)
         features, _ = image_features(loaded.model, listing, passes)
         features_seconds = time.perf_counter() - started
-        issues = scale.cleanlab_pipeline(features, listing.label_indices, seed=0)
+        pipeline = scale.datalab_pipeline if datalab else scale.cleanlab_pipeline
+        issues = pipeline(features, listing.label_indices, seed=0)
     seconds = time.perf_counter() - started
     noisy = np.array([CLASSES[truth[p]] != label for p, label in zip(listing.paths, listing.labels, strict=True)])
     return {"seconds": seconds, "features_seconds": features_seconds, "f1": scale.flag_f1(issues, noisy)}
@@ -181,7 +186,7 @@ def render(results: dict[str, Any]) -> str:
             epochs = f"{r['epochs']} ({r['stop'] or 'limit'})" if "epochs" in r and r["epochs"] else "-"
             stages = r.get("stages")
             split = " / ".join(f"{stages.get(k, 0.0):.1f}" for k in STAGES) if stages and "decode" in stages else "-"
-            prompts = (r.get("prompts") or {}).get("outcome", "-") if method != "cleanlab" else "-"
+            prompts = (r.get("prompts") or {}).get("outcome", "-") if method not in ("cleanlab", "datalab") else "-"
             lines.append(
                 f"| {int(size):,} | {method} | {r['seconds']:.1f} | {ratio} | {r['f1']:.3f} | {epochs} | "
                 f"{prompts} | {split} |"
@@ -193,7 +198,7 @@ def render(results: dict[str, Any]) -> str:
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="1000,10000,100000")
-    parser.add_argument("--methods", default="default,quick,cleanlab")
+    parser.add_argument("--methods", default="default,quick,cleanlab,datalab")
     parser.add_argument("--paper", default="1000,10000", help="sizes that also run the pre-issue-29 schedule")
     parser.add_argument("--work-dir", type=Path, default=ROOT / "benchmarks" / ".work")
     parser.add_argument("--out-dir", type=Path, default=ROOT / "benchmarks" / "results")

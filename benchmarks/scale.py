@@ -93,9 +93,8 @@ def flag_f1(flagged: np.ndarray, noisy: np.ndarray) -> float:
     return 2 * float(np.sum(flagged & noisy)) / max(int(flagged.sum() + noisy.sum()), 1)
 
 
-def cleanlab_pipeline(features: np.ndarray, labels: np.ndarray, *, seed: int) -> np.ndarray:
-    """What a cleanlab user runs: 5-fold out-of-fold LogisticRegression probabilities, find_label_issues."""
-    from cleanlab.filter import find_label_issues
+def probe_probabilities(features: np.ndarray, labels: np.ndarray, *, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(normalised features, 5-fold out-of-fold LogisticRegression probabilities [N, K]): what cleanlab needs."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold
 
@@ -106,7 +105,26 @@ def cleanlab_pipeline(features: np.ndarray, labels: np.ndarray, *, seed: int) ->
     for train, held in folds.split(x, labels):
         model = LogisticRegression(max_iter=200).fit(x[train], labels[train])
         probs[np.ix_(held, model.classes_)] = model.predict_proba(x[held])
+    return x, probs
+
+
+def cleanlab_pipeline(features: np.ndarray, labels: np.ndarray, *, seed: int) -> np.ndarray:
+    """What a cleanlab user runs: 5-fold out-of-fold LogisticRegression probabilities, find_label_issues."""
+    from cleanlab.filter import find_label_issues
+
+    _, probs = probe_probabilities(features, labels, seed=seed)
     return find_label_issues(labels, probs)
+
+
+def datalab_pipeline(features: np.ndarray, labels: np.ndarray, *, seed: int) -> np.ndarray:
+    """cleanlab's Datalab on the same probe: label issues plus its near-duplicate and outlier checks (the peer of
+    deft-clean's health pass); returns the label-issue flags."""
+    from cleanlab import Datalab
+
+    x, probs = probe_probabilities(features, labels, seed=seed)
+    lab = Datalab(data={"label": labels}, label_name="label", verbosity=0)
+    lab.find_issues(features=x, pred_probs=probs, issue_types={"label": {}, "near_duplicate": {}, "outlier": {}})
+    return lab.get_issues("label")["is_label_issue"].to_numpy(dtype=bool)
 
 
 def selection_case(
