@@ -102,10 +102,12 @@ def fit_probes(
         w, b = (t.clone() for t in init)
     w.grad, b.grad = torch.zeros_like(w), torch.zeros_like(b)
     n_used = (weights > 0).sum(dim=1).clamp(min=1).to(x.dtype)  # [F]
-    coef = (weights.to(x.dtype) / n_used[:, None]).t().unsqueeze(2)  # [N, F, 1]
+    coef = (weights.to(x.dtype) / n_used[:, None]).unsqueeze(1)  # [F, 1, N]
     decay = (l2 / n_used)[:, None, None]  # [F, 1, 1]
-    onehot = F.one_hot(y, n_classes).to(x.dtype).unsqueeze(1)  # [N, 1, K]
     n = x.shape[0]
+    xt = x.t().contiguous()  # [D, N]
+    onehot = F.one_hot(y, n_classes).t().to(x.dtype).unsqueeze(0)  # [1, K, N]
+    label_rows = y.view(1, 1, n).expand(folds, 1, n)  # where each row's label sits along K
     optimizer = torch.optim.LBFGS(
         [w, b],
         lr=1.0,
@@ -119,15 +121,18 @@ def fit_probes(
     @torch.no_grad()
     def closure() -> torch.Tensor:
         # The gradient of softmax cross-entropy in closed form: no autograd graph per evaluation (3x faster).
-        # All probes in one matmul, laid out [N, F, K] so that the softmax runs over contiguous memory.
-        flat_w = w.permute(1, 0, 2).reshape(d, folds * n_classes)  # [D, F*K]
-        logits = (x @ flat_w).view(n, folds, n_classes) + b  # [N, F, K]
-        log_p = log_softmax(logits)
-        residual = (log_p.exp() - onehot) * coef  # [N, F, K]
-        grad = (x.t() @ residual.view(n, folds * n_classes)).view(d, folds, n_classes).permute(1, 0, 2)
+        # All probes in one matmul, laid out [F, K, N]: the softmax's reductions over K are then K-1 vectorised
+        # passes over N-long rows (an [N, F, K] layout reduces over 10 contiguous numbers at a time: 2.4x slower
+        # for the whole fit at 10k rows x 10 classes).
+        z = (w.transpose(1, 2).reshape(folds * n_classes, d) @ xt).view(folds, n_classes, n) + b.unsqueeze(2)
+        z -= z.amax(dim=1, keepdim=True)
+        log_p = z.sub_(z.exp().sum(dim=1, keepdim=True).log_())  # [F, K, N], in place
+        residual = (log_p.exp() - onehot).mul_(coef)  # [F, K, N]
+        grad = (residual.view(folds * n_classes, n) @ x).view(folds, n_classes, d).transpose(1, 2)
         w.grad.copy_(grad + decay * w)
-        b.grad.copy_(residual.sum(dim=0))
-        return -(log_p * onehot * coef).sum() + 0.5 * (decay * w * w).sum()
+        b.grad.copy_(residual.sum(dim=2))
+        label_log_p = log_p.gather(1, label_rows).squeeze(1)  # [F, N]
+        return -(label_log_p * coef.squeeze(1)).sum() + 0.5 * (decay * w * w).sum()
 
     optimizer.step(closure)
     return w.detach(), b.detach()
