@@ -133,6 +133,16 @@ STAND_INS: dict[str, tuple[dict, str]] = {
         },
         "xlm-roberta, roberta, mt5, nllb text towers (Hugging Face encoders)",
     ),
+    "coca": (
+        {
+            "embed_dim": 64,
+            "vision_cfg": {**_TINY_VIT, "attentional_pool": True, "attn_pooler_heads": 2, "output_tokens": True},
+            "text_cfg": {**_TINY_TEXT, "embed_cls": True, "output_tokens": True},
+            "multimodal_cfg": {**_TINY_TEXT, "layers": 1, "attn_pooler_heads": 2},
+            "custom_text": True,
+        },
+        "coca_ViT-B-32, coca_ViT-L-14 (attentional pooling that also outputs tokens, class-token text)",
+    ),
 }
 
 

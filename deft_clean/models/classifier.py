@@ -53,8 +53,13 @@ class ClipClassifier(nn.Module):
             if isinstance(parameter, nn.Parameter):
                 parameter.requires_grad_(False)
 
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """The pooled image embedding [B, E] (a tower that also outputs its tokens, as CoCa's: the pooled part)."""
+        out = self.visual(images)
+        return out[0] if isinstance(out, tuple) else out
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.head(self.visual(images))  # [B, K]
+        return self.head(self.features(images))  # [B, K]
 
 
 def model_spec(backbone: str, *, metadata: dict[str, Any], backbone_weights: str | None) -> dict[str, Any]:

@@ -107,7 +107,7 @@ def head_parts(model: nn.Module) -> HeadParts | None:
     head = getattr(model, "head", None)
     visual = getattr(model, "visual", None)
     if isinstance(head, nn.Linear) and isinstance(visual, nn.Module):  # ClipClassifier
-        return HeadParts(visual, head)
+        return HeadParts(getattr(model, "features", visual), head)
     get_classifier = getattr(model, "get_classifier", None)  # timm
     if get_classifier is not None and hasattr(model, "forward_head"):
         classifier = get_classifier()
