@@ -109,6 +109,7 @@ def run_family(family: str, args: argparse.Namespace) -> dict[str, Any]:
             runs["cleanlab"] = quality.run_cleanlab(data, labels, oof=(oof, time.perf_counter() - started))
             metrics = {name: asdict(quality.evaluate(run, truly_clean)) for name, run in runs.items()}
             metrics["deft-clean"]["prompts"] = record.get("outcome", "")
+            metrics["deft-clean"]["prompts_reason"] = record.get("reason", "")
             per_seed.append(metrics)
             line = "  ".join(f"{m}: F1 {v['f1_noisy']:.3f} {v['seconds']:.0f}s" for m, v in metrics.items())
             print(f"  {family} {setting.slug}: {line}", flush=True)
@@ -154,6 +155,16 @@ def render(report: dict[str, Any]) -> str:
                 f"{len(per_seed)} | {100 * result['zero_shot_accuracy']:.1f} | {setting} | "
                 f"{default} | {quick} | {clean} | {tuned} | {d - c:+.1f} | {outcomes} | {result['adaptation']} |"
             )
+    reasons = [
+        (family, setting, seed["deft-clean"]["prompts_reason"])
+        for family, result in report["families"].items()
+        for setting, per_seed in result["settings"].items()
+        for seed in per_seed[:1]
+        if seed["deft-clean"].get("prompts_reason")
+    ]
+    if reasons:
+        lines += ["", "The judge's reason, seed 0 of each setting:", ""]
+        lines += [f"- {family}, {setting}: {reason}" for family, setting, reason in reasons]
     lines.append("")
     lines.append(f"Total benchmark time: {report['total_seconds']:.0f} s.")
     return "\n".join(lines) + "\n"

@@ -305,8 +305,13 @@ def run_deft(
     **options: Any,
 ) -> tuple[MethodRun, Any]:
     """deft-clean detect on the folder with default options; results re-ordered to ``paths`` (B order)."""
+    import torch
+
     import deft_clean
 
+    # detect sizes its own torch threads to the usable cores; keep the benchmark's --threads (set_threads), or
+    # two benchmarks side by side spin 4 threads on 2 cores and every time is inflated 5-25x
+    options.setdefault("threads", torch.get_num_threads())
     started = time.perf_counter()
     result = deft_clean.detect(
         folder,
