@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from ..inputs.pixel_similarity import CANDIDATE_SIM, DUPLICATE_THRESHOLD, Thumbnails, compare_rows
-from .near_duplicates import clique_groups, confirm, copies_test, group_details, group_ids
+from .near_duplicates import clique_groups, copies_test, group_details, group_ids
 
 if TYPE_CHECKING:
     from ..inputs.readers.base import ImageSource
@@ -346,16 +346,14 @@ def dataset_health(
         exact_rows=exact_rows,
         per_row=k if thumbs is not None else 1,
     )
-    if thumbs is not None:
-        pairs, _ = confirm(thumbs, pairs, threshold=threshold)
-    pairs, warnings = drop_oversized(pairs, usable, names)
-    if hashes is not None:
-        first: dict[str, int] = {}
-        same = [(first.setdefault(h, i), i) for i, h in enumerate(hashes) if h is not None and usable[i]]
-        pairs = np.concatenate([pairs, np.array([p for p in same if p[0] != p[1]], dtype=np.int64).reshape(-1, 2)])
-    copies = copies_test(features, hashes, thumbs, threshold=threshold, feature_threshold=feature_threshold)
-    groups = clique_groups(len(features), pairs, copies)  # every member a copy of every other: never a chain
-    kind, similarity = group_details(groups, hashes, _similarity_to(features, hashes, thumbs))
+    rep = representatives(hashes, usable)  # rows with the same bytes are one picture: compared once
+    candidates = unique_pairs(rep[pairs])
+    copies = copies_test(features, None, thumbs, threshold=threshold, feature_threshold=feature_threshold)
+    confirmed = copies(candidates) if thumbs is not None else np.ones(len(candidates), dtype=bool)
+    pairs, warnings = drop_oversized(candidates[confirmed], usable, names, rep=rep)
+    # every member a copy of every other: never a chain
+    groups = with_copies(clique_groups(len(features), pairs, copies, known=(candidates, confirmed)), rep)
+    kind, similarity = group_details(groups, hashes, _similarity_to(features, rep, thumbs))
     score = robust_z(1.0 - knn)
     if prompts is not None:
         closest = closest_prompt(features, prompts)  # [N]
@@ -365,21 +363,26 @@ def dataset_health(
     return Health(groups, kind, similarity, score, outlier, warnings)
 
 
-def drop_oversized(pairs: np.ndarray, usable: np.ndarray, names: Sequence[str] | None) -> tuple[np.ndarray, list[str]]:
+def drop_oversized(
+    pairs: np.ndarray, usable: np.ndarray, names: Sequence[str] | None, *, rep: np.ndarray | None = None
+) -> tuple[np.ndarray, list[str]]:
     """The near-duplicate pairs less those of implausibly large groups, and one warning per group dropped.
 
     A group over ``MAX_GROUP_ROWS`` rows and ``MAX_GROUP_SHARE`` of the usable rows is more likely a chain of
     look-alikes (or features too alike, without pixel confirmation) than copies of one picture, and
     --drop-duplicates would delete all but one of it: its rows are reported unique unless their bytes match.
+    ``rep`` (int [N], :func:`representatives`): the pairs join representatives, each counting for its rows.
     """
     if not len(pairs):
         return pairs, []
+    rep = np.arange(len(usable)) if rep is None else rep
     groups = group_ids(len(usable), pairs)
-    sizes = np.bincount(groups[groups >= 0])  # rows per near-duplicate group
+    member = groups[rep]  # [N] each row's group, through its representative
+    sizes = np.bincount(member[member >= 0], minlength=int(groups.max()) + 1)  # rows per near-duplicate group
     limit = max(MAX_GROUP_ROWS, int(MAX_GROUP_SHARE * int(usable.sum())))
     warnings = []
     for g in np.flatnonzero(sizes > limit):
-        rows = np.flatnonzero(groups == g)
+        rows = np.flatnonzero(member == g)
         shown = ", ".join(str(names[i]) if names is not None else f"row {i}" for i in rows[:5])
         warnings.append(
             f"a near-duplicate group of {len(rows)} images (more than {limit}) was dropped as implausible: "
@@ -389,19 +392,60 @@ def drop_oversized(pairs: np.ndarray, usable: np.ndarray, names: Sequence[str] |
     return pairs[sizes[groups[pairs[:, 0]]] <= limit], warnings
 
 
-def _similarity_to(features: np.ndarray, hashes: Sequence[str | None] | None, thumbs: Thumbnails | None) -> Any:
+def representatives(hashes: Sequence[str | None] | None, usable: np.ndarray) -> np.ndarray:
+    """int64 [N]: for each usable row with a content hash, the first usable row with the same hash; every other
+    row stands for itself."""
+    rep = np.arange(len(usable), dtype=np.int64)
+    if hashes is None:
+        return rep
+    first: dict[str, int] = {}
+    for i, h in enumerate(hashes):
+        if h is not None and usable[i]:
+            rep[i] = first.setdefault(h, i)
+    return rep
+
+
+def unique_pairs(pairs: np.ndarray) -> np.ndarray:
+    """int64 [P', 2]: the distinct unordered pairs of ``pairs`` ([P, 2]) as (smaller, larger), self-pairs left out."""
+    pairs = np.sort(np.asarray(pairs, dtype=np.int64).reshape(-1, 2), axis=1)
+    return np.unique(pairs[pairs[:, 0] != pairs[:, 1]], axis=0)
+
+
+def with_copies(groups: np.ndarray, rep: np.ndarray) -> np.ndarray:
+    """int64 [N]: ``groups`` (of representatives) given to every row its representative stands for, with the rows
+    of one content that no group holds as a group of their own; numbered 0, 1, ... by their first row."""
+    n = len(rep)
+    expanded = groups[rep]  # [N]
+    copies = np.bincount(rep, minlength=n) > 1  # representatives standing for two or more rows
+    alone = (expanded < 0) & copies[rep]
+    expanded = np.where(alone, n + rep, expanded)  # a provisional id per content, above every group id
+    grouped = np.flatnonzero(expanded >= 0)
+    out = np.full(n, -1, dtype=np.int64)
+    if len(grouped):
+        _, first_at, slot = np.unique(expanded[grouped], return_index=True, return_inverse=True)
+        order = np.argsort(np.argsort(grouped[first_at], kind="stable"), kind="stable")  # by first row
+        out[grouped] = order[slot]
+    return out
+
+
+def _similarity_to(features: np.ndarray, rep: np.ndarray, thumbs: Thumbnails | None) -> Any:
     """``similarity_to(rows, firsts)`` for :func:`group_details`: pixel similarity (1.0 for the same bytes)
-    with thumbnails, else feature cosine."""
+    with thumbnails, else feature cosine; each pair of contents compared once."""
 
     def similarity_to(rows: np.ndarray, firsts: np.ndarray) -> np.ndarray:
+        sims = np.ones(len(rows), dtype=np.float32)
+        differ = np.flatnonzero(rep[rows] != rep[firsts])  # the same bytes: 1.0
+        if not len(differ):
+            return sims
+        pairs, where = np.unique(
+            np.stack([rep[rows[differ]], rep[firsts[differ]]], axis=1), axis=0, return_inverse=True
+        )
         if thumbs is None:
-            a, b = _normalise(features[rows]), _normalise(features[firsts])  # [M, D] each
-            return (a * b).sum(axis=1).astype(np.float32)
-        sims = compare_rows(thumbs, np.stack([rows, firsts], axis=1))[0]
-        if hashes is not None:
-            pairs = zip(rows, firsts, strict=True)
-            same = np.array([hashes[i] is not None and hashes[i] == hashes[j] for i, j in pairs], dtype=bool)
-            sims[same] = 1.0
+            a, b = _normalise(features[pairs[:, 0]]), _normalise(features[pairs[:, 1]])  # [P, D] each
+            found = (a * b).sum(axis=1).astype(np.float32)
+        else:
+            found = compare_rows(thumbs, pairs)[0]
+        sims[differ] = found[where.ravel()]
         return sims
 
     return similarity_to

@@ -19,22 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from ..inputs.pixel_similarity import DUPLICATE_THRESHOLD, MAX_RESIDUAL, Thumbnails, compare_rows
+from ..inputs.pixel_similarity import MAX_RESIDUAL, Thumbnails, compare_rows
 
 PairTest = Callable[[np.ndarray], np.ndarray]  # row pairs int64 [P, 2] -> bool [P]: the two are copies
-
-
-def confirm(
-    thumbs: Thumbnails, candidates: np.ndarray, *, threshold: float = DUPLICATE_THRESHOLD
-) -> tuple[np.ndarray, np.ndarray]:
-    """The candidate pairs (int64 [P, 2]) that are near-duplicates at the pixel level, and their similarity."""
-    if not len(candidates):
-        return candidates.reshape(0, 2), np.zeros(0, dtype=np.float32)
-    pairs = np.unique(np.sort(candidates, axis=1), axis=0)  # (i, j) and (j, i) are compared once
-    pairs = pairs[pairs[:, 0] != pairs[:, 1]]
-    similarity, residual = compare_rows(thumbs, pairs, threshold=threshold)
-    near = (similarity >= threshold) & (residual <= MAX_RESIDUAL)
-    return pairs[near], similarity[near]
 
 
 def group_details(groups: np.ndarray, hashes: Any, similarity_to: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -44,28 +31,29 @@ def group_details(groups: np.ndarray, hashes: Any, similarity_to: Any) -> tuple[
     is ``similarity_to(rows, firsts)`` to its group's first member (float32 [M]); the first member's is
     its best match in the group. NaN for unique rows.
     """
+    import pandas as pd
+
     n = len(groups)
     kind = np.full(n, None, dtype=object)
     similarity = np.full(n, np.nan, dtype=np.float32)
     grouped = np.flatnonzero(groups >= 0)
     if not len(grouped):
         return kind, similarity
-    first = {}
-    for i in grouped:
-        first.setdefault(int(groups[i]), int(i))
-    firsts = np.array([first[int(groups[i])] for i in grouped])
+    ids, first_at, slot = np.unique(groups[grouped], return_index=True, return_inverse=True)
+    leaders = grouped[first_at]  # [G] each group's first row
+    firsts = leaders[slot]  # [M] the first row of each grouped row's group
     others = grouped != firsts
     similarity[grouped[others]] = similarity_to(grouped[others], firsts[others])
-    for g, row in first.items():
-        members = similarity[(groups == g) & (np.arange(n) != row)]
-        similarity[row] = np.nanmax(members) if np.isfinite(members).any() else np.nan
-    keys = [(int(groups[i]), hashes[i]) for i in grouped] if hashes is not None else []
-    counts: dict[tuple[int, Any], int] = {}
-    for key in keys:
-        counts[key] = counts.get(key, 0) + 1
-    for i, row in enumerate(grouped):
-        same_bytes = bool(keys) and keys[i][1] is not None and counts[keys[i]] > 1
-        kind[row] = "exact" if same_bytes else "near"
+    best = np.full(len(ids), np.nan, dtype=np.float32)
+    np.fmax.at(best, slot[others], similarity[grouped[others]])  # NaN-ignoring max over each group's others
+    similarity[leaders] = best
+    if hashes is not None:
+        keys = pd.DataFrame({"group": groups[grouped], "hash": [hashes[i] for i in grouped]})
+        shared = keys.groupby(["group", "hash"], dropna=True)["group"].transform("size").to_numpy()
+        same_bytes = keys["hash"].notna().to_numpy() & (np.nan_to_num(shared.astype(float), nan=0) > 1)
+    else:
+        same_bytes = np.zeros(len(grouped), dtype=bool)
+    kind[grouped] = np.where(same_bytes, "exact", "near")
     return kind, similarity
 
 
@@ -96,33 +84,103 @@ def copies_test(
     return test
 
 
-def clique_groups(n: int, pairs: np.ndarray, copies: PairTest) -> np.ndarray:
+FULL_COMPONENT = 64  # components up to this many rows have every pair tested in one batch
+
+
+class PairMemo:
+    """``copies`` (a :data:`PairTest`) evaluated at most once per unordered pair, in batches; ``known`` (int64
+    [M, 2] pairs, bool [M]) seeds it with pairs already tested (the confirmed and rejected candidates)."""
+
+    def __init__(self, n: int, copies: PairTest, known: tuple[np.ndarray, np.ndarray] | None = None) -> None:
+        self.n, self.copies = n, copies
+        self.keys = np.zeros(0, dtype=np.int64)  # sorted pair keys
+        self.values = np.zeros(0, dtype=bool)
+        if known is not None and len(known[0]):
+            self._store(self._key(known[0]), np.asarray(known[1], dtype=bool))
+
+    def _key(self, pairs: np.ndarray) -> np.ndarray:
+        return np.minimum(pairs[:, 0], pairs[:, 1]) * self.n + np.maximum(pairs[:, 0], pairs[:, 1])
+
+    def _store(self, keys: np.ndarray, values: np.ndarray) -> None:
+        keys, first = np.unique(keys, return_index=True)
+        keys = np.concatenate([self.keys, keys])
+        values = np.concatenate([self.values, values[first]])
+        order = np.argsort(keys, kind="stable")
+        self.keys, self.values = keys[order], values[order]
+
+    def test(self, pairs: np.ndarray) -> np.ndarray:
+        """bool [P]: whether each pair is a copy; untested pairs are tested in one call to ``copies``."""
+        if not len(pairs):
+            return np.zeros(0, dtype=bool)
+        keys = self._key(pairs)
+        at = np.minimum(np.searchsorted(self.keys, keys), max(len(self.keys) - 1, 0))
+        hit = (self.keys[at] == keys) if len(self.keys) else np.zeros(len(keys), dtype=bool)
+        result = np.zeros(len(pairs), dtype=bool)
+        result[hit] = self.values[at[hit]]
+        missing = np.flatnonzero(~hit)
+        if len(missing):
+            fresh, where = np.unique(keys[missing], return_inverse=True)
+            tested = self.copies(np.stack([fresh // self.n, fresh % self.n], axis=1))
+            result[missing] = tested[where]
+            self._store(fresh, tested)
+        return result
+
+
+def clique_groups(
+    n: int, pairs: np.ndarray, copies: PairTest, *, known: tuple[np.ndarray, np.ndarray] | None = None
+) -> np.ndarray:
     """int64 [n]: duplicate groups in which every member is a copy of every other (``copies``), numbered 0, 1,
     ... by their first row; -1 alone.
 
     The pairs only propose: their connected components are split in row order, each row joining the first
     group of its component whose every member it copies, else starting a group. So a chain of small steps
     (a morph from one image to another, each step within the threshold) never becomes one group: whichever
-    member export keeps, every other member of its group is a copy of it.
+    member export keeps, every other member of its group is a copy of it. Each pair is tested once
+    (``known``: pairs already tested, see :class:`PairMemo`); the pairs of components up to ``FULL_COMPONENT``
+    rows are tested together in one batch.
     """
     groups = np.full(n, -1, dtype=np.int64)
     if not len(pairs):
         return groups
     component = group_ids(n, pairs)  # every paired row is in a component of two or more
-    next_id = 0
-    cliques: dict[int, list[list[int]]] = {}  # component -> its groups so far (rows in order)
-    for row in np.flatnonzero(component >= 0):
-        found = cliques.setdefault(int(component[row]), [])
-        for members in found:
-            others = np.array(members, dtype=np.int64)
-            if copies(np.stack([np.full(len(others), row), others], axis=1)).all():
-                members.append(int(row))
-                break
+    rows = np.flatnonzero(component >= 0)
+    rows = rows[np.argsort(component[rows], kind="stable")]  # grouped by component, row order inside
+    members = np.split(rows, np.flatnonzero(np.diff(component[rows])) + 1)
+    memo = PairMemo(n, copies, known)
+    small = [m for m in members if len(m) <= FULL_COMPONENT]
+    if small:  # every pair of every small component in one batch
+        memo.test(np.concatenate([m[np.stack(np.triu_indices(len(m), 1), axis=1)] for m in small]))
+    found: list[list[int]] = []
+    for member_rows in members:
+        m = len(member_rows)
+        if m <= FULL_COMPONENT:
+            upper = np.stack(np.triu_indices(m, 1), axis=1)  # [m(m-1)/2, 2] local pairs
+            matrix = np.zeros((m, m), dtype=bool)
+            matrix[upper[:, 0], upper[:, 1]] = memo.test(member_rows[upper])  # a lookup: tested above
+            matrix |= matrix.T
+
+            def joins(row: int, clique: list[int], matrix: np.ndarray = matrix) -> bool:
+                return bool(matrix[row, clique].all())
+
+            local = range(m)
         else:
-            found.append([int(row)])
-    for found in sorted((m for ms in cliques.values() for m in ms if len(m) > 1), key=lambda m: m[0]):
-        groups[found] = next_id
-        next_id += 1
+
+            def joins(row: int, clique: list[int], rows: np.ndarray = member_rows) -> bool:
+                others = rows[clique]
+                return bool(memo.test(np.stack([np.full(len(others), rows[row]), others], axis=1)).all())
+
+            local = range(m)
+        cliques: list[list[int]] = []
+        for row in local:
+            for clique in cliques:
+                if joins(row, clique):
+                    clique.append(row)
+                    break
+            else:
+                cliques.append([row])
+        found.extend(member_rows[c].tolist() for c in cliques if len(c) > 1)
+    for next_id, clique in enumerate(sorted(found, key=lambda c: c[0])):
+        groups[clique] = next_id
     return groups
 
 

@@ -61,6 +61,16 @@ class Thumbnails:
                 self.cache[row] = None
         return self.cache[row]
 
+    def many(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(uint8 [R, 2, THUMB, THUMB], bool [R] readable) for ``rows``; an unreadable row's thumbnail is zeros."""
+        if self.known is not None:
+            thumbs, made = self.known
+            return thumbs[rows], made[rows]
+        found = [self.get(int(row)) for row in rows]
+        blank = np.zeros((2, THUMB, THUMB), np.uint8)
+        stacked = np.stack([t if t is not None else blank for t in found]) if found else blank[None][:0]
+        return stacked, np.array([t is not None for t in found], dtype=bool)
+
 
 def _aligned(a: np.ndarray, b: np.ndarray, dy: int, dx: int) -> tuple[np.ndarray, np.ndarray]:
     """The overlapping crops of ``a`` and ``b`` ([P, S, S]) when ``b`` is moved by (dy, dx)."""
@@ -71,28 +81,76 @@ def _aligned(a: np.ndarray, b: np.ndarray, dy: int, dx: int) -> tuple[np.ndarray
     )
 
 
-def _correlation(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, ...]:
-    """Centred crops, dot products and the flat-image cases of aligned crops ``a``, ``b`` (float32 [P, h, w]),
-    and their correlation: (ac, bc, aa, ab, gap, both, corr), ``ac``/``bc`` [P, h*w], the rest [P]."""
-    p, h, w = a.shape
-    a, b = a.reshape(p, h * w), b.reshape(p, h * w)  # [P, h*w] (views where a crop is contiguous: not written)
-    mean_a, mean_b = a.mean(axis=1), b.mean(axis=1)
-    ac, bc = a - mean_a[:, None], b - mean_b[:, None]
-    aa, bb, ab = np.einsum("ij,ij->i", ac, ac), np.einsum("ij,ij->i", bc, bc), np.einsum("ij,ij->i", ac, bc)
-    flat_a, flat_b = aa < FLAT**2 * h * w, bb < FLAT**2 * h * w
+def _correlation(a: np.ndarray, b: np.ndarray, offset_a: np.ndarray, offset_b: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Sums, flat-image cases and correlation of aligned crops ``a``, ``b`` (float32 [P, h, w], each row centred on
+    its full thumbnail's mean, ``offset_a``/``offset_b`` [P]; centring keeps the float32 sums accurate):
+    (ma, mb, aa, ab, gap, both, corr), ``ma``/``mb`` the crops' means (centred), the rest [P]. Five reductions
+    over the crops' views: no copy of a crop is made."""
+    sums = (a.sum(axis=(1, 2)), np.einsum("ijk,ijk->i", a, a), b.sum(axis=(1, 2)), np.einsum("ijk,ijk->i", b, b))
+    return _from_sums(a.shape[1] * a.shape[2], *sums, np.einsum("ijk,ijk->i", a, b), offset_a, offset_b)
+
+
+def _from_sums(
+    n: int,
+    sa: np.ndarray,
+    saa: np.ndarray,
+    sb: np.ndarray,
+    sbb: np.ndarray,
+    sab: np.ndarray,
+    offset_a: np.ndarray,
+    offset_b: np.ndarray,
+) -> tuple[np.ndarray, ...]:
+    """:func:`_correlation`'s results from the crops' sums, sums of squares and of products (each [P])."""
+    ma, mb = sa / n, sb / n
+    aa = np.maximum(saa - n * ma * ma, 0.0)  # sum of squares about the crop's mean
+    bb = np.maximum(sbb - n * mb * mb, 0.0)
+    ab = sab - n * ma * mb
+    flat_a, flat_b = aa < FLAT**2 * n, bb < FLAT**2 * n
     both = flat_a & flat_b  # two flat images: alike when their brightness is
-    gap = np.abs(mean_a - mean_b) / 255.0
+    gap = np.abs((ma + offset_a) - (mb + offset_b)) / 255.0
     corr = ab / np.sqrt(np.maximum(aa * bb, 1e-12))
     corr = np.where(both, 1.0 - gap, np.where(flat_a | flat_b, 0.0, corr))
-    return ac, bc, aa, ab, gap, both, corr.astype(np.float32)
+    return ma, mb, aa, ab, gap, both, corr.astype(np.float32)
 
 
-def _compare(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Correlation and worst-block residual of aligned crops ``a``, ``b`` (float32 [P, h, w]): two [P] arrays."""
+def _margins(x: np.ndarray) -> tuple[np.ndarray, ...]:
+    """What :func:`_window` takes any crop's sum and sum of squares from, for thumbnails ``x`` (float32
+    [C, L, S, S]): row and column sums of ``x`` and of ``x**2`` (four [C, L, S]), their totals ([C, L] each),
+    ``x`` and ``x**2``."""
+    squares = np.square(x)
+    rows, rows2 = x.sum(axis=3), squares.sum(axis=3)
+    return rows, x.sum(axis=2), rows2, squares.sum(axis=2), rows.sum(axis=2), rows2.sum(axis=2), x, squares
+
+
+def _window(margins: tuple[np.ndarray, ...], layer: int, dy: int, dx: int) -> tuple[np.ndarray, np.ndarray]:
+    """Sum and sum of squares ([C] each) of the crop :func:`_aligned` takes of the first image's ``layer`` at
+    (dy, dx): the whole image's less the rows and columns the crop leaves out (their corner added back once)."""
+    rows, cols, rows2, cols2, total, total2, x, squares = margins
+    s = x.shape[2]
+    out_y = slice(0, dy) if dy > 0 else slice(s + dy, s)  # empty for dy == 0
+    out_x = slice(0, dx) if dx > 0 else slice(s + dx, s)
+    found = []
+    for by_row, by_col, whole, values in ((rows, cols, total, x), (rows2, cols2, total2, squares)):
+        value = whole[:, layer].copy()
+        if dy:
+            value -= by_row[:, layer, out_y].sum(axis=1)
+        if dx:
+            value -= by_col[:, layer, out_x].sum(axis=1)
+        if dy and dx:
+            value += values[:, layer, out_y, out_x].sum(axis=(1, 2))
+        found.append(value)
+    return found[0], found[1]
+
+
+def _compare(a: np.ndarray, b: np.ndarray, offset_a: np.ndarray, offset_b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Correlation and worst-block residual of aligned crops ``a``, ``b`` (float32 [P, h, w], centred as in
+    :func:`_correlation`): two [P] arrays."""
     p, h, w = a.shape
-    ac, bc, aa, ab, gap, both, corr = _correlation(a, b)
+    ma, mb, aa, ab, gap, both, corr = _correlation(a, b, offset_a, offset_b)
     alpha = ab / np.maximum(aa, 1e-12)  # contrast fit b ~ alpha * a (+ offset)
-    r = np.abs(bc - alpha[:, None] * ac).reshape(p, h, w)[:, : h // 4 * 4, : w // 4 * 4]  # [P, h', w'] (x 255)
+    h4, w4 = h // 4 * 4, w // 4 * 4
+    a4 = a[:, :h4, :w4] - ma[:, None, None]
+    r = np.abs((b[:, :h4, :w4] - mb[:, None, None]) - alpha[:, None, None] * a4)  # [P, h', w'] (x 255)
     residual = r.reshape(p, h // 4, 4, w // 4, 4).mean(axis=(2, 4)).reshape(p, -1).max(axis=1) / 255.0
     return corr, np.where(both, gap, residual).astype(np.float32)
 
@@ -104,6 +162,14 @@ def alignments() -> list[tuple[int, int, int, int]]:
     return [*shifts, (1, 0, 0, 0), (0, 1, 0, 0)]
 
 
+def _layers(chunk: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 [C, 2, S, S] thumbnails as float32, each layer centred on its own mean, and those means [C, 2]."""
+    x = chunk.astype(np.float32)
+    means = x.mean(axis=(2, 3))  # [C, 2]
+    x -= means[:, :, None, None]
+    return x, means
+
+
 def pixel_similarity(
     first: np.ndarray, second: np.ndarray, *, threshold: float | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -111,36 +177,97 @@ def pixel_similarity(
 
     Similarity is the best correlation over :func:`alignments`, residual the least worst-block residual.
     With ``threshold``, the residual is computed only for pairs whose similarity reaches it (the others are
-    not near-duplicates whatever their residual: inf); the correlations are cheap, the residual is not, and
-    most feature candidates are look-alikes below the threshold.
+    not near-duplicates whatever their residual: inf), first at each pair's best alignment and at the others only
+    while it is above ``MAX_RESIDUAL`` (a pair within it is a near-duplicate whatever the others give: its
+    residual is then the first found within it, not necessarily the least); the correlations are cheap, the
+    residual is not, and most feature candidates are look-alikes below the threshold.
     """
     best = np.full(len(first), -1.0, dtype=np.float32)
     least = np.full(len(first), np.inf, dtype=np.float32)
     for start in range(0, len(first), CHUNK):
-        a = first[start : start + CHUNK].astype(np.float32)  # [C, 2, S, S]
-        b = second[start : start + CHUNK].astype(np.float32)
-        here = slice(start, start + len(a))
-        for la, lb, dy, dx in alignments():
-            best[here] = np.maximum(best[here], _correlation(*_aligned(a[:, la], b[:, lb], dy, dx))[-1])
-        close = np.flatnonzero(best[here] >= threshold) if threshold is not None else np.arange(len(a))
-        if not len(close):
-            continue
-        for la, lb, dy, dx in alignments():
-            residual = _compare(*_aligned(a[close, la], b[close, lb], dy, dx))[1]
-            least[start + close] = np.minimum(least[start + close], residual)
+        here = slice(start, start + CHUNK)
+        a, b = first[here], second[here]
+        best[here], least[here] = _similarity(a, b, crop_sums(a), crop_sums(b), threshold)
     return best, least
+
+
+def crop_sums(thumbs: np.ndarray) -> np.ndarray:
+    """float64 [C, A, 2, 3]: for each thumbnail (uint8 [C, 2, S, S]) and alignment, as the first image (0) and as
+    the second (1): the sum and sum of squares of the crop compared (centred on its layer's mean), and that
+    mean. Computed once per row, they leave one pass over a pair's pixels per alignment."""
+    shifts = alignments()
+    out = np.empty((len(thumbs), len(shifts), 2, 3))
+    for start in range(0, len(thumbs), CHUNK):
+        x, means = _layers(thumbs[start : start + CHUNK])
+        margins = _margins(x)
+        for s, (la, lb, dy, dx) in enumerate(shifts):
+            for role, (layer, y, x_) in enumerate(((la, dy, dx), (lb, -dy, -dx))):
+                total, squares = _window(margins, layer, y, x_)
+                out[start : start + len(x), s, role] = np.stack([total, squares, means[:, layer]], axis=1)
+    return out
+
+
+def _similarity(
+    first: np.ndarray, second: np.ndarray, sums_first: np.ndarray, sums_second: np.ndarray, threshold: float | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`pixel_similarity` of one chunk of pairs, their :func:`crop_sums` given."""
+    a, offset_a = _layers(first)  # [C, 2, S, S], [C, 2]
+    b, offset_b = _layers(second)
+    shifts = alignments()
+    corr = np.empty((len(a), len(shifts)), dtype=np.float32)  # [C, A]
+    for s, (la, lb, dy, dx) in enumerate(shifts):
+        crop_a, crop_b = _aligned(a[:, la], b[:, lb], dy, dx)
+        product = np.einsum("ijk,ijk->i", crop_a, crop_b)  # the one pass over the pair's pixels
+        n = crop_a.shape[1] * crop_a.shape[2]
+        sa, saa, ma = sums_first[:, s, 0].T
+        sb, sbb, mb = sums_second[:, s, 1].T
+        corr[:, s] = _from_sums(n, sa, saa, sb, sbb, product, ma, mb)[-1]
+    best = corr.max(axis=1)
+    least = np.full(len(a), np.inf, dtype=np.float32)
+    close = np.flatnonzero(best >= threshold) if threshold is not None else np.arange(len(a))
+    if not len(close):
+        return best, least
+    tried = np.full(len(a), -1)
+    if threshold is not None:  # each close pair's best alignment first
+        tried[close] = corr[close].argmax(axis=1)
+        for s in np.unique(tried[close]):
+            rows = close[tried[close] == s]
+            least[rows] = _residual(a, b, offset_a, offset_b, rows, shifts[s])
+    for s, shift in enumerate(shifts):
+        rows = close[tried[close] != s]
+        if threshold is not None:
+            rows = rows[least[rows] > MAX_RESIDUAL]
+        if len(rows):
+            least[rows] = np.minimum(least[rows], _residual(a, b, offset_a, offset_b, rows, shift))
+    return best, least
+
+
+def _residual(
+    a: np.ndarray, b: np.ndarray, offset_a: np.ndarray, offset_b: np.ndarray, rows: np.ndarray, shift: tuple
+) -> np.ndarray:
+    """float32 [R]: the worst-block residual of pairs ``rows`` of a chunk (see :func:`pixel_similarity`) at one
+    alignment ``shift`` (first's layer, second's layer, dy, dx)."""
+    la, lb, dy, dx = shift
+    crops = _aligned(a[rows, la], b[rows, lb], dy, dx)
+    return _compare(*crops, offset_a[rows, la], offset_b[rows, lb])[1]
 
 
 def compare_rows(
     thumbs: Thumbnails, pairs: np.ndarray, *, threshold: float | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`pixel_similarity` of row pairs (int64 [P, 2]); a pair with an unreadable row gets (NaN, inf)."""
+    """:func:`pixel_similarity` of row pairs (int64 [P, 2]); a pair with an unreadable row gets (NaN, inf).
+    Each row's :func:`crop_sums` are computed once; thumbnails are gathered ``CHUNK`` pairs at a time."""
     similarity = np.full(len(pairs), np.nan, dtype=np.float32)
     residual = np.full(len(pairs), np.inf, dtype=np.float32)
-    readable = np.array([thumbs.get(int(i)) is not None and thumbs.get(int(j)) is not None for i, j in pairs], bool)
-    if readable.any():
-        both = pairs[readable]
-        first = np.stack([thumbs.get(int(i)) for i in both[:, 0]])  # [P', 2, S, S]
-        second = np.stack([thumbs.get(int(j)) for j in both[:, 1]])
-        similarity[readable], residual[readable] = pixel_similarity(first, second, threshold=threshold)
+    rows, slots = np.unique(pairs, return_inverse=True)
+    slots = slots.reshape(-1, 2)
+    found, readable = thumbs.many(rows)
+    sums = crop_sums(found)  # [R, A, 2, 3]
+    for start in range(0, len(pairs), CHUNK):
+        chunk = slots[start : start + CHUNK]
+        ok = np.flatnonzero(readable[chunk[:, 0]] & readable[chunk[:, 1]])
+        if len(ok):
+            i, j = chunk[ok, 0], chunk[ok, 1]
+            result = _similarity(found[i], found[j], sums[i], sums[j], threshold)
+            similarity[start + ok], residual[start + ok] = result
     return similarity, residual

@@ -231,3 +231,39 @@ def test_index_finds_the_groups_exact_search_finds():
     assert np.corrcoef(approximate[0], exact[0])[0, 1] > 0.99  # kNN similarity behind the outlier score
     outliers = [set(np.flatnonzero(robust_z(1 - knn) > OUTLIER_Z)) for knn in (approximate[0], exact[0])]
     assert outliers[0] == outliers[1]  # far rows are searched again, exactly
+
+
+def test_many_copies_of_one_picture_are_compared_once():
+    """19 rows with the same bytes and their near copy are one group, and the pixel test runs at most once per
+    pair of distinct pictures, not once per pair of rows."""
+    from deft_clean.detecting import near_duplicates
+    from deft_clean.inputs.pixel_similarity import thumbnail
+
+    images, _ = toy.digit_images("mnist", seed=1)
+    pictures = [images[0], toy.planted_copy(images[0], "shift")[0], *images[1:41]]
+    thumbs = np.stack([thumbnail(p) for p in pictures])  # 0 and its 1-pixel shift, then 40 distinct digits
+    rows = [0] * 19 + list(range(1, len(pictures)))  # 19 copies of picture 0
+    hashes = ["same"] * 19 + [f"h{i}" for i in range(1, len(pictures))]
+    features = np.stack([np.asarray(pictures[i].convert("L"), np.float32).ravel() for i in rows])
+    tested: list[int] = []
+    original = near_duplicates.compare_rows
+
+    def counting(thumbs_, pairs, **kwargs):
+        tested.append(len(pairs))
+        return original(thumbs_, pairs, **kwargs)
+
+    near_duplicates.compare_rows = counting
+    try:
+        health = dataset_health(
+            features,
+            np.ones(len(rows), dtype=bool),
+            hashes=hashes,
+            thumbnails=(thumbs[rows], np.ones(len(rows), dtype=bool)),
+            feature_threshold=0.5,
+        )
+    finally:
+        near_duplicates.compare_rows = original
+    groups, kind = health.duplicate_group, health.duplicate_kind
+    assert (groups[:20] == 0).all() and kind[0] == "exact" and kind[19] == "near"
+    assert (groups[20:] == -1).all() and not health.warnings
+    assert sum(tested) <= 42 * 41 // 2  # distinct pictures' pairs at most: the copies cost nothing more
