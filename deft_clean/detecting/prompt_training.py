@@ -38,7 +38,7 @@ class EpochStats:
     samples_per_second: float
     agreement: float | None = None  # learned top-1 == label on the rows zero-shot confirms (monitor)
     clean_change: float | None = None  # share of rows whose clean flag changed since their last visit
-    stop: str = ""  # why training ended after this epoch: "collapse", "still" (nothing moved) or ""
+    stop: str = ""  # why training ended after this epoch: "collapse", "still" (nothing moved), "behind" or ""
     images: int = 0  # images the epoch trained on (its sample: see detecting.early_stop)
 
 

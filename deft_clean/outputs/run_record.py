@@ -12,7 +12,11 @@ from __future__ import annotations
 from typing import Any
 
 OUTCOMES = ("learned", "fallback", "quick")
-STOPS = {"still": "the clean set stopped changing", "collapse": "the prompts collapsed"}
+STOPS = {
+    "still": "the clean set stopped changing",
+    "collapse": "the prompts collapsed",
+    "behind": "the learned prompts trailed zero-shot on the image evidence",
+}
 
 
 def prompt_record(metadata: dict[str, Any]) -> dict[str, Any]:

@@ -129,3 +129,78 @@ def test_the_collapse_floor_is_a_share_of_zero_shots_agreement_with_the_image_ev
     assert judge.judge(2, first, learning, clean).stop == ""
     one_class = np.zeros(len(rows), dtype=np.int64)
     assert judge.judge(3, judge.judge(2, first, one_class, clean), one_class, clean).stop == "collapse"
+
+
+def _behind_monitor(**options):
+    """2,000 rows, 10 classes, 20% of them mislabelled; the image evidence knows every row's true class and
+    zero-shot agrees with it on 85% of the rows."""
+    n = 2000
+    truth = np.arange(n) % 10
+    labels = np.where(np.arange(n) % 5 == 0, (truth + 1) % 10, truth)
+    zero_shot = np.where(np.arange(n) % 7 == 0, (truth + 3) % 10, truth)
+    monitor = TrainingMonitor(
+        labels, np.ones(n, dtype=bool), truth, zero_shot, warmup_epochs=1, early_stop=True, seed=0, **options
+    )
+    return monitor, truth[monitor.watch], labels[monitor.watch]
+
+
+def test_prompts_clearly_behind_zero_shot_stop_training():
+    """Prompts that agree with the image evidence on 70% of the rows where zero-shot agrees on 85%, and whose
+    extra clean rows are half mislabelled, stop: the end-of-run judgement would choose zero-shot anyway."""
+    monitor, truth, labels = _behind_monitor(epochs=10, behind_stop=True)
+    m = len(truth)
+    behind = np.where(np.arange(m) % 10 < 3, (truth + 2) % 10, truth)  # 70% agreement
+    clean = np.arange(m) % 2 == 0  # the dual-prompt rule keeps half the rows, mislabelled ones among them
+    first = monitor.judge(1, None, behind, clean)
+    check = monitor.judge(2, first, behind, clean)  # no gain since epoch 1: it will not catch up
+    assert check.stop == "behind", monitor.behind
+    assert monitor.behind["learned_agreement"] < monitor.behind["zero_shot_agreement"]
+    assert monitor.behind["added_confirmed"] < monitor.behind["seed_confirmed"]
+
+
+@pytest.mark.parametrize(
+    "case", ["catching up", "as good", "adds confirmed rows", "paper schedule", "deft selection", "warm-up"]
+)
+def test_prompts_that_may_still_win_train_on(case):
+    """Not behind: prompts gaining fast enough to catch up in the epochs left, prompts as good as zero-shot,
+    prompts whose added rows the image evidence confirms, and runs without the check (--no-early-stop,
+    --selection deft) or still in the warm-up."""
+    options = {"epochs": 10, "behind_stop": case != "deft selection"}
+    monitor, truth, labels = _behind_monitor(**options)
+    if case == "paper schedule":
+        monitor.early_stop = monitor.behind_stop = False
+    m = len(truth)
+    behind = np.where(np.arange(m) % 10 < 3, (truth + 2) % 10, truth)  # 70%
+    start = np.where(np.arange(m) % 10 < 5, (truth + 2) % 10, truth)  # 50% one epoch before: +20 points
+    clean = np.arange(m) % 2 == 0
+    if case == "catching up":
+        first = monitor.judge(1, None, start, clean)
+    else:
+        first = monitor.judge(1, None, behind, clean)
+    predicted = truth if case == "as good" else behind
+    if case == "adds confirmed rows":
+        clean = labels == truth  # every row they add is correctly labelled
+    epoch = 1 if case == "warm-up" else 2
+    check = monitor.judge(epoch, first if epoch == 2 else None, predicted, clean)
+    assert check.stop != "behind", (case, monitor.behind)
+
+
+def test_a_run_behind_zero_shot_skips_the_scoring_pass_and_says_why(tiny_clip, pair_shifted, monkeypatch):  # noqa: F811
+    """Forced: the learned prompts trail the image evidence; training stops at epoch 2, no scoring pass runs,
+    zero-shot evidence is used and the reason (not a warning: nothing failed) is in the metadata."""
+    real = TrainingMonitor.judge
+
+    def trailing(self, epoch, previous, predicted, clean):
+        anchor, labels = self.anchor[self.watch], self.labels[self.watch]
+        worse = np.where(np.arange(len(predicted)) % 5 == 0, (anchor + 1) % 3, anchor)  # 80% agreement
+        return real(self, epoch, previous, worse, self.zero_shot[self.watch] == labels)  # adds no row
+
+    monkeypatch.setattr(TrainingMonitor, "judge", trailing)
+    result = deft_clean.detect(pair_shifted.root, **defaults(tiny_clip))
+    assert result.history[-1]["stop"] == "behind", result.history
+    prompts = result.metadata["prompts"]
+    assert prompts["outcome"] == "fallback" and "training stopped there" in prompts["reason"]
+    assert prompts["learned_agreement"] < prompts["zero_shot_agreement"]
+    assert not [line for line in result.metadata["warnings"] if "learned prompts" in line]
+    assert result.metadata["text_evidence"] == "zero-shot"
+    assert result.frame["sim_pos"].isna().all()  # no scoring pass
