@@ -150,3 +150,21 @@ def test_the_split_view_tells_heavy_noise_from_weak_images():
     weak = (centres[rng.integers(0, k, n)] + 0.3 * rng.normal(0, 1, (n, 16))).astype(np.float32)
     check, withheld, _ = check_evidence(weak, *args, text_informative=False)
     assert not check.reliable and withheld.sum() == (noisy != true).sum()
+
+
+def test_the_prompts_yardstick_fits_on_a_sample_and_scores_every_row_out_of_sample():
+    """The image probe the learned prompts are judged against fits on a stratified sample above ``max_rows``;
+    its classes agree with the full fit's, every usable row is scored and unusable rows stay NaN."""
+    from deft_clean.detecting.opaque_names import image_probabilities
+
+    rng = np.random.default_rng(0)
+    n, k, d = 6000, 5, 16
+    labels = rng.integers(0, k, n)
+    features = (rng.normal(size=(k, d))[labels] * 1.5 + rng.normal(size=(n, d))).astype(np.float32)
+    usable = np.ones(n, dtype=bool)
+    usable[:7] = False
+    full = image_probabilities(features, labels, usable, k, seed=0)
+    sampled = image_probabilities(features, labels, usable, k, seed=0, max_rows=1000)
+    assert np.isnan(sampled[:7]).all() and np.isfinite(sampled[7:]).all()
+    assert np.allclose(sampled[7:].sum(axis=1), 1.0, atol=1e-4)
+    assert np.mean(full[7:].argmax(axis=1) == sampled[7:].argmax(axis=1)) > 0.97
