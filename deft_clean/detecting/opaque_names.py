@@ -90,33 +90,17 @@ def image_probabilities(
     import torch
 
     from . import probes as ev
-    from .early_stop import stratified_order
 
     rows = np.flatnonzero(usable)
     y = labels[rows]
     x = ev.prepare_features(torch.as_tensor(features[rows], device=device))
     target = torch.as_tensor(y, device=x.device, dtype=torch.long)
+    if ev.choose_probe(y, n_classes) == "linear":
+        fit: Any = ev.CrossFit(x, target, n_classes, folds=ev.FOLDS, seed=seed + 3, max_rows=max_rows)
+    else:
+        fit = ev.ClassMeans(x, target, n_classes)
     probs = np.full((len(labels), n_classes), np.nan, dtype=np.float32)
-    if ev.choose_probe(y, n_classes) != "linear":
-        probs[rows] = ev.ClassMeans(x, target, n_classes)(np.ones(len(rows), dtype=bool)).cpu().numpy()
-        return probs
-    if max_rows is None or len(rows) <= max_rows:
-        fit = ev.CrossFit(x, target, n_classes, folds=ev.FOLDS, seed=seed + 3)
-        probs[rows] = fit(np.ones(len(rows), dtype=bool)).cpu().numpy()  # [M, K] out of sample
-        return probs
-    sample = np.sort(stratified_order(y, max_rows, n_classes, torch.Generator().manual_seed(seed + 3)))
-    index = torch.as_tensor(sample, device=x.device)
-    fit = ev.CrossFit(x[index], target[index], n_classes, folds=ev.FOLDS, seed=seed + 3)
-    probs[rows[sample]] = fit(np.ones(len(sample), dtype=bool)).cpu().numpy()
-    rest = np.setdiff1d(np.arange(len(rows)), sample)
-    w, b = fit.params
-    mean = torch.zeros(len(rest), n_classes, device=x.device)
-    for step in range(0, len(rest), 65_536):  # [B, K] blocks
-        part = torch.as_tensor(rest[step : step + 65_536], device=x.device)
-        mean[step : step + len(part)] = torch.stack(
-            [ev.log_softmax(x[part] @ w[f] + b[f]).exp() for f in range(len(w))]
-        ).mean(0)
-    probs[rows[rest]] = mean.cpu().numpy()
+    probs[rows] = fit(np.ones(len(rows), dtype=bool)).cpu().numpy()  # [M, K] out of sample
     return probs
 
 

@@ -33,6 +33,7 @@ PROBE_ITERS = 100  # L-BFGS iterations of a probe's first fit
 WARM_ITERS = 10  # L-BFGS iterations of a refit from the previous round's probe (its set changed a little)
 FOLDS = 10  # cross-fitting folds: each probe trains on 90% of the selected rows
 SCALE_FOLDS, SCALE_ROWS = 5, 50_000  # above SCALE_ROWS rows, 5 folds (80%) halve the linear probe's cost
+FIT_ROWS, FIT_ROWS_PER_CLASS = 50_000, 200  # the linear probe fits on a stratified sample of at most max() of these
 MAX_ROUNDS = 10  # clean-set growth rounds at most
 BATCHED_LIMIT = 20_000_000  # fit all folds in one L-BFGS while F x N x K stays below this (~80 MB per tensor)
 STABLE_FRACTION = 0.002  # stop growing when fewer than this fraction of rows change membership
@@ -174,11 +175,28 @@ class CrossFit:
     by one on their own rows above it.
     """
 
-    def __init__(self, x: torch.Tensor, y: torch.Tensor, n_classes: int, *, folds: int, seed: int) -> None:
+    def __init__(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        n_classes: int,
+        *,
+        folds: int,
+        seed: int,
+        max_rows: int | None = None,
+    ) -> None:
         self.x, self.y, self.n_classes = x, y, n_classes
         self.folds = max(2, min(folds, x.shape[0]))
         self.ids = torch.as_tensor(fold_ids(y.cpu().numpy(), self.folds, seed), device=x.device)
         self.params: tuple[torch.Tensor, torch.Tensor] | None = None  # (W [F, D, K], b [F, K])
+        # max_rows: the probes fit on a fixed stratified sample of the rows (None: all); every row is still scored
+        self.sample: torch.Tensor | None = None  # bool [N] rows the probes may train on
+        if max_rows is not None and x.shape[0] > max_rows:
+            from .early_stop import stratified_order
+
+            order = stratified_order(y.cpu().numpy(), max_rows, n_classes, torch.Generator().manual_seed(seed + 7))
+            self.sample = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+            self.sample[torch.as_tensor(order, device=x.device)] = True
 
     def row_weights(self, mask: torch.Tensor) -> torch.Tensor:
         """[F, N]: fold f trains on the selected rows outside fold f, class-balanced (see balance_weights)."""
@@ -190,10 +208,17 @@ class CrossFit:
         return weights
 
     def __call__(self, train: np.ndarray) -> torch.Tensor:
-        """[N, K] probabilities from probes fitted on the rows where ``train`` (bool [N]) is set."""
-        x, y = self.x, self.y
-        mask = torch.as_tensor(train, device=x.device)
-        weights = self.row_weights(mask)
+        """[N, K] probabilities from probes fitted on the rows where ``train`` (bool [N]) is set (and, with a
+        sample, in the sample: the other rows get the mean of the folds, none of which trained on them)."""
+        mask = torch.as_tensor(train, device=self.x.device)
+        if self.sample is not None:
+            mask = mask & self.sample
+            fit_rows = torch.nonzero(self.sample).squeeze(1)
+            x, y = self.x[fit_rows], self.y[fit_rows]
+            weights = self.row_weights(mask)[:, fit_rows]
+        else:
+            x, y = self.x, self.y
+            weights = self.row_weights(mask)
         if self.folds * x.shape[0] * self.n_classes <= BATCHED_LIMIT:
             self.params = fit_probes(x, y, self.n_classes, weights, init=self.params)
         else:
@@ -204,6 +229,7 @@ class CrossFit:
                 parts.append(fit_probes(x[rows], y[rows], self.n_classes, weights[f : f + 1, rows], init=init))
             self.params = (torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]))
         w, b = self.params
+        x = self.x
         probs = torch.zeros(x.shape[0], self.n_classes, device=x.device)
         for f in range(self.folds):  # [N, K] per fold, so memory stays O(N K)
             p = log_softmax(x @ w[f] + b[f]).exp()  # [N, K]
@@ -354,7 +380,11 @@ def grow_clean_set(
     y = torch.tensor(labels, device=x.device, dtype=torch.long)
     kind = probe or choose_probe(labels, n_classes)
     folds = FOLDS if len(labels) <= SCALE_ROWS else SCALE_FOLDS
-    fit = CrossFit(x, y, n_classes, folds=folds, seed=seed) if kind == "linear" else ClassMeans(x, y, n_classes)
+    if kind == "linear":
+        limit = max(FIT_ROWS, FIT_ROWS_PER_CLASS * n_classes)
+        fit: CrossFit | ClassMeans = CrossFit(x, y, n_classes, folds=folds, seed=seed, max_rows=limit)
+    else:
+        fit = ClassMeans(x, y, n_classes)
     del x  # the probe holds it: one [N, D] beside the caller's
     train, previous = seed_mask.copy(), None
     changes = np.zeros(len(labels), dtype=np.int8)  # membership changes so far, per row

@@ -68,3 +68,25 @@ def test_churn_needs_returning_movers_after_the_first_rounds():
     assert evidence.churns(3, 900, 800)
     assert not evidence.churns(3, 900, 100)  # mostly new rows: the set still grows
     assert not evidence.churns(5, 0, 0)
+
+
+def test_probes_fit_on_a_stratified_sample_above_the_limit(monkeypatch):
+    """Above FIT_ROWS the linear probes train on a fixed stratified sample (their cost stops growing with N);
+    every row is still scored out of sample, and the flags match the full fit's on separable classes."""
+    features, truth, given, _ = synthetic_features(6000, 5, noise=0.2, seed=0, spread=1.5)
+    seed = given == truth
+    full = grow_clean_set(torch.as_tensor(features), given, seed, 5, probe="linear")
+    monkeypatch.setattr(evidence, "FIT_ROWS", 1500)
+    monkeypatch.setattr(evidence, "FIT_ROWS_PER_CLASS", 10)
+    fitted: list[int] = []
+    real_fit = evidence.fit_probes
+
+    def counting(x, *args, **kwargs):
+        fitted.append(x.shape[0])
+        return real_fit(x, *args, **kwargs)
+
+    monkeypatch.setattr(evidence, "fit_probes", counting)
+    sampled = grow_clean_set(torch.as_tensor(features), given, seed, 5, probe="linear")
+    assert fitted and max(fitted) <= 1600  # the sample (quotas round up), not 6,000 rows
+    assert np.isfinite(sampled.probs).all() and np.allclose(sampled.probs.sum(axis=1), 1.0, atol=1e-4)
+    assert np.mean(sampled.clean == full.clean) > 0.97
