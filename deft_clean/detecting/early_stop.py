@@ -24,7 +24,9 @@ After every epoch :class:`TrainingMonitor` scores a fixed stratified set of ``WA
                 confirms the rows they would add to the seed), and even their last epoch's gain kept up over
                 the epochs left would not close the first gap, zero-shot would be chosen anyway: training stops
                 and the scoring pass is skipped (measured: the learned prompts never caught up on the
-                unshifted 10k cost data, 73% vs 88%, and the scoring pass cost as much as the feature pass).
+                unshifted 10k cost data, 80% vs 87% after 10 epochs, and the scoring pass cost as much as the
+                feature pass). Judged from the second epoch after the warm-up on: the first one moves little
+                (digits-8x8 at 40% noise: 44-50% against zero-shot's 69-71% there, 70-75% by epoch 5).
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ WATCH_ROWS, WATCH_PER_CLASS = 512, 4  # rows scored after every epoch: max(these
 STILL_CHANGE = 0.06  # watched rows whose clean flag changed in an epoch, below which the set stands still
 STILL_AGREEMENT = 0.02  # agreement moving less than this (absolute) between epochs: no progress either
 STOP_COLLAPSE, STOP_STILL, STOP_BEHIND = "collapse", "still", "behind"  # EpochStats.stop: why training ended
-BEHIND_FROM = 2  # the first epoch the "behind" judgement may stop training (and never inside the warm-up)
+BEHIND_FROM = 3  # the first epoch the "behind" judgement may stop training: two epochs after the warm-up's end
 BEHIND_Z = 2.0  # standard errors by which the learned prompts must trail zero-shot on both counts to stop
 
 
@@ -157,7 +159,9 @@ class TrainingMonitor:
             )
             if change is not None and change < STILL_CHANGE and steady:
                 stop = STOP_STILL
-        if self.behind_stop and epoch >= max(BEHIND_FROM, self.warmup_epochs + 1) and stop != STOP_COLLAPSE:
+        # judged once the gain between two selective epochs is known: the first epoch after the warm-up moves
+        # little (4 of 6 shifted 40%-noise runs trailed there by 20 points, then overtook zero-shot by epoch 5)
+        if self.behind_stop and epoch >= max(BEHIND_FROM, self.warmup_epochs + 2) and stop != STOP_COLLAPSE:
             self.behind = self.trailing(predicted, clean, previous, epoch)
             if self.behind.get("behind"):
                 # as far behind as the end-of-run judgement calls collapsed: said as a collapse

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import warnings
+from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
@@ -20,7 +21,11 @@ def describe_failure(exc: BaseException) -> str:
 
 
 def load_image(
-    path: str | os.PathLike[str], *, draft_size: int | None = None, root: str | os.PathLike[str] | None = None
+    path: str | os.PathLike[str],
+    *,
+    draft_size: int | None = None,
+    root: str | os.PathLike[str] | None = None,
+    real_root: Path | None = None,
 ) -> Image.Image:
     """Open any image Pillow reads as RGB: EXIF orientation applied, first frame, alpha on white.
 
@@ -30,7 +35,7 @@ def load_image(
     file swapped for a link after listing is not read).
     Raises whatever Pillow raises for unreadable files; callers turn that into a status.
     """
-    data = read_file(path, root=root)
+    data = read_file(path, root=root, real_root=real_root)  # real_root: see safety.check_regular_file
     try:
         return _decode(io.BytesIO(data), draft_size)
     except Image.UnidentifiedImageError:  # name the file, not the in-memory buffer (statuses stay stable)

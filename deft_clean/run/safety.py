@@ -127,17 +127,23 @@ def _covers(folder: Path, path: Path, files: Sequence[str]) -> bool:
 
 
 def check_regular_file(
-    path: str | os.PathLike[str], *, root: str | os.PathLike[str] | None = None, limit: int = MAX_FILE_BYTES
+    path: str | os.PathLike[str],
+    *,
+    root: str | os.PathLike[str] | None = None,
+    limit: int = MAX_FILE_BYTES,
+    real_root: Path | None = None,
 ) -> Path:
     """The real path of a file that may be read: a regular file of at most ``limit`` bytes, inside ``root``
     (resolved) when given.
 
     Raises OSError (which readers turn into an unusable row) for a FIFO, a device, a folder, a file over
     the limit, or a file that a symlink swapped in after listing points outside the dataset root.
-    Nothing is opened: a FIFO or a device is refused by its ``stat`` alone.
+    Nothing is opened: a FIFO or a device is refused by its ``stat`` alone. ``real_root``: ``root`` as a
+    reader resolved it once (the dataset root of the run; a root swapped since resolves elsewhere and its
+    files are refused); without it the root is resolved on every call.
     """
     resolved = real(path)
-    if root is not None and not is_inside(resolved, real(root)):
+    if root is not None and not is_inside(resolved, real_root if real_root is not None else real(root)):
         raise OSError(f"{path} lies outside the dataset root {root}; not read")
     _check_stat(os.stat(resolved), path, limit)
     return resolved
@@ -151,7 +157,11 @@ def _check_stat(info: os.stat_result, path: object, limit: int) -> None:
 
 
 def read_file(
-    path: str | os.PathLike[str], *, root: str | os.PathLike[str] | None = None, limit: int = MAX_FILE_BYTES
+    path: str | os.PathLike[str],
+    *,
+    root: str | os.PathLike[str] | None = None,
+    limit: int = MAX_FILE_BYTES,
+    real_root: Path | None = None,
 ) -> bytes:
     """The bytes of a dataset file: the one read path of dataset bytes (decoding, hashing, caching, export).
 
@@ -159,7 +169,7 @@ def read_file(
     checks again on the open descriptor, so a file swapped for a FIFO or a bigger file after the check is
     not read either. At most ``limit`` bytes are ever read.
     """
-    with open_regular(path, root=root, limit=limit) as handle:
+    with open_regular(path, root=root, limit=limit, real_root=real_root) as handle:
         size = os.fstat(handle.fileno()).st_size
         data = handle.read(size + 1)  # + 1: a file that grew since fstat is seen, up to the limit
     if len(data) > limit:
@@ -168,11 +178,16 @@ def read_file(
 
 
 def open_regular(
-    path: str | os.PathLike[str], *, root: str | os.PathLike[str] | None = None, limit: int | None = MAX_FILE_BYTES
+    path: str | os.PathLike[str],
+    *,
+    root: str | os.PathLike[str] | None = None,
+    limit: int | None = MAX_FILE_BYTES,
+    real_root: Path | None = None,
 ) -> BinaryIO:
     """Open a regular file for reading (see :func:`read_file`); ``limit=None``: any size (a WebDataset shard,
     of which only a member is read)."""
-    resolved = check_regular_file(path, root=root, limit=limit if limit is not None else _NO_LIMIT)
+    size_limit = limit if limit is not None else _NO_LIMIT
+    resolved = check_regular_file(path, root=root, limit=size_limit, real_root=real_root)
     # O_NONBLOCK: opening a FIFO swapped in since the check returns at once (then fstat refuses it)
     fd = os.open(resolved, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
     handle = os.fdopen(fd, "rb")

@@ -151,8 +151,11 @@ def test_prompts_clearly_behind_zero_shot_stop_training():
     m = len(truth)
     behind = np.where(np.arange(m) % 10 < 3, (truth + 2) % 10, truth)  # 70% agreement
     clean = np.arange(m) % 2 == 0  # the dual-prompt rule keeps half the rows, mislabelled ones among them
+    moved = ~clean  # another half each epoch: the set is not still
     first = monitor.judge(1, None, behind, clean)
-    check = monitor.judge(2, first, behind, clean)  # no gain since epoch 1: it will not catch up
+    second = monitor.judge(2, first, behind, moved)
+    assert second.stop == ""  # the first epoch after the warm-up is never judged behind: it moves little
+    check = monitor.judge(3, second, behind, clean)  # no gain since epoch 2: it will not catch up
     assert check.stop == "behind", monitor.behind
     assert monitor.behind["learned_agreement"] < monitor.behind["zero_shot_agreement"]
     assert monitor.behind["added_confirmed"] < monitor.behind["seed_confirmed"]
@@ -173,31 +176,30 @@ def test_prompts_that_may_still_win_train_on(case):
     behind = np.where(np.arange(m) % 10 < 3, (truth + 2) % 10, truth)  # 70%
     start = np.where(np.arange(m) % 10 < 5, (truth + 2) % 10, truth)  # 50% one epoch before: +20 points
     clean = np.arange(m) % 2 == 0
-    if case == "catching up":
-        first = monitor.judge(1, None, start, clean)
-    else:
-        first = monitor.judge(1, None, behind, clean)
+    first = monitor.judge(1, None, behind, clean)
+    second = monitor.judge(2, first, start if case == "catching up" else behind, ~clean)
     predicted = truth if case == "as good" else behind
     if case == "adds confirmed rows":
         clean = labels == truth  # every row they add is correctly labelled
-    epoch = 1 if case == "warm-up" else 2
-    check = monitor.judge(epoch, first if epoch == 2 else None, predicted, clean)
+    check = second if case == "warm-up" else monitor.judge(3, second, predicted, clean)
     assert check.stop != "behind", (case, monitor.behind)
 
 
 def test_a_run_behind_zero_shot_skips_the_scoring_pass_and_says_why(tiny_clip, pair_shifted, monkeypatch):  # noqa: F811
-    """Forced: the learned prompts trail the image evidence; training stops at epoch 2, no scoring pass runs,
+    """Forced: the learned prompts trail the image evidence; training stops at epoch 3, no scoring pass runs,
     zero-shot evidence is used and the reason (not a warning: nothing failed) is in the metadata."""
     real = TrainingMonitor.judge
 
     def trailing(self, epoch, previous, predicted, clean):
         anchor, labels = self.anchor[self.watch], self.labels[self.watch]
         worse = np.where(np.arange(len(predicted)) % 5 == 0, (anchor + 1) % 3, anchor)  # 80% agreement
-        return real(self, epoch, previous, worse, self.zero_shot[self.watch] == labels)  # adds no row
+        seed = self.zero_shot[self.watch] == labels
+        clean = seed & (np.arange(len(seed)) % 2 == epoch % 2)  # adds no row; half the seed each epoch: not still
+        return real(self, epoch, previous, worse, clean)
 
     monkeypatch.setattr(TrainingMonitor, "judge", trailing)
     result = deft_clean.detect(pair_shifted.root, **defaults(tiny_clip))
-    assert result.history[-1]["stop"] == "behind", result.history
+    assert result.history[-1]["stop"] == "behind" and len(result.history) == 3, result.history
     prompts = result.metadata["prompts"]
     assert prompts["outcome"] == "fallback" and "training stopped there" in prompts["reason"]
     assert prompts["learned_agreement"] < prompts["zero_shot_agreement"]
