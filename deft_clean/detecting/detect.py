@@ -510,7 +510,8 @@ def gather_evidence(
     from .selection import MIN_PROMPT_AGREEMENT, judge_prompts, prompt_agreement
 
     clock = StageClock()
-    kept = Kept.for_listing(len(listing), passes.image_size) if reading_wanted(passes) else None
+    # --quick makes no later pass over the images: their thumbnails and hashes are kept, not their pixels
+    kept = Kept.for_listing(len(listing), passes.image_size, pixels=not cfg.quick) if reading_wanted(passes) else None
     with passes.stop.hinted("stopped before any training; rerun the same command (without --resume)"):
         features, failures = image_features(loaded.model, listing, passes, clock=clock, keep=kept)
     if kept is not None and kept.memory is not None:  # later passes read the pixels this one decoded

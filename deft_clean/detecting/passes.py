@@ -58,8 +58,10 @@ class Kept:
     memory: MemoryImages | None  # the decoded pixels, or None where they do not fit MEMORY_PIXELS
 
     @classmethod
-    def for_listing(cls, n: int, image_size: int) -> Kept:
-        memory = MemoryImages(n, image_size) if MemoryImages.fits(n, image_size) else None
+    def for_listing(cls, n: int, image_size: int, *, pixels: bool = True) -> Kept:
+        """Room for ``n`` rows; ``pixels=False`` (a run with no later pass over the images, ``--quick``): no
+        decoded pixels are kept."""
+        memory = MemoryImages(n, image_size) if pixels and MemoryImages.fits(n, image_size) else None
         return cls(np.zeros((n, 2, THUMB, THUMB), np.uint8), np.zeros(n, bool), [None] * n, memory)
 
     def add(self, indices: np.ndarray, images: torch.Tensor, statuses: list[str], extra: list[Any]) -> None:

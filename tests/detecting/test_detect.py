@@ -126,3 +126,4 @@ def test_quick_records_its_prompts_outcome(tiny_clip, noisy_folder):
     result = deft_clean.detect(noisy_folder.root, seed=0, quick=True, health=False, **tiny_clip.options())
     assert result.metadata["prompts"]["outcome"] == "quick" and result.metadata["prompts"]["adaptation"] == "none"
     assert result.metadata["timings"]["training"] == 0.0 and result.metadata["timings"]["health"] == 0.0
+    assert result.evidence.kept.memory is None  # no later pass reads pixels: only thumbnails and hashes are kept
