@@ -36,6 +36,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .probes import stratified_order  # the epoch budget and the watched rows; the probes sample with it too
 from .selection import COLLAPSE_SHARE, MIN_PROMPT_AGREEMENT
 
 IMAGES_PER_CLASS = 50  # auto budget: rows per class and epoch
@@ -58,24 +59,6 @@ def epoch_budget(images_per_epoch: int | str, labels: np.ndarray, n_classes: int
     else:
         budget = int(images_per_epoch)
     return None if budget >= n else budget
-
-
-def stratified_order(labels: np.ndarray, budget: int, n_classes: int, generator: torch.Generator) -> list[int]:
-    """A random order of ~``budget`` rows, each class sampled in proportion to its size but at least
-    ``min(its rows, budget / 2K)`` rows (rare classes stay covered). Drawn from ``generator`` only, so a
-    resumed run redraws the same sample."""
-    n = len(labels)
-    perm = torch.randperm(n, generator=generator).numpy()  # [N]
-    counts = np.bincount(labels, minlength=n_classes)  # [K]
-    quota = np.maximum(np.ceil(budget * counts / max(n, 1)), budget // (2 * max(n_classes, 1)))
-    quota = np.minimum(quota, counts).astype(np.int64)
-    drawn = labels[perm]  # [N] class of each drawn position
-    grouped = np.argsort(drawn, kind="stable")  # positions grouped by class, random order inside a class
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])  # [K]
-    rank = np.empty(n, dtype=np.int64)
-    rank[grouped] = np.arange(n) - starts[drawn[grouped]]  # [N] rank of each position within its class
-    keep = np.flatnonzero(rank < quota[drawn])  # positions in draw order
-    return perm[keep].tolist()
 
 
 @dataclass

@@ -162,16 +162,14 @@ def clique_groups(
             def joins(row: int, clique: list[int], matrix: np.ndarray = matrix) -> bool:
                 return bool(matrix[row, clique].all())
 
-            local = range(m)
-        else:
+        else:  # a large component: pairs tested as the split needs them
 
             def joins(row: int, clique: list[int], rows: np.ndarray = member_rows) -> bool:
                 others = rows[clique]
                 return bool(memo.test(np.stack([np.full(len(others), rows[row]), others], axis=1)).all())
 
-            local = range(m)
-        cliques: list[list[int]] = []
-        for row in local:
+        cliques: list[list[int]] = []  # local row numbers within the component
+        for row in range(m):
             for clique in cliques:
                 if joins(row, clique):
                     clique.append(row)

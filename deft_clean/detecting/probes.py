@@ -59,6 +59,24 @@ class VisualEvidence:
     probe: str = "linear"  # "linear" (cross-fitted logistic regressions) or "class-mean" (many classes)
 
 
+def stratified_order(labels: np.ndarray, budget: int, n_classes: int, generator: torch.Generator) -> list[int]:
+    """A random order of ~``budget`` rows, each class sampled in proportion to its size but at least
+    ``min(its rows, budget / 2K)`` rows (rare classes stay covered). Drawn from ``generator`` only, so a
+    resumed run redraws the same sample."""
+    n = len(labels)
+    perm = torch.randperm(n, generator=generator).numpy()  # [N]
+    counts = np.bincount(labels, minlength=n_classes)  # [K]
+    quota = np.maximum(np.ceil(budget * counts / max(n, 1)), budget // (2 * max(n_classes, 1)))
+    quota = np.minimum(quota, counts).astype(np.int64)
+    drawn = labels[perm]  # [N] class of each drawn position
+    grouped = np.argsort(drawn, kind="stable")  # positions grouped by class, random order inside a class
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])  # [K]
+    rank = np.empty(n, dtype=np.int64)
+    rank[grouped] = np.arange(n) - starts[drawn[grouped]]  # [N] rank of each position within its class
+    keep = np.flatnonzero(rank < quota[drawn])  # positions in draw order
+    return perm[keep].tolist()
+
+
 def prepare_features(features: torch.Tensor) -> torch.Tensor:
     """L2-normalise then standardise each dimension over the rows: [N, D] -> [N, D] float32."""
     x = F.normalize(features.float(), dim=1)  # the one [N, D] copy; the rest is in place
@@ -192,8 +210,6 @@ class CrossFit:
         # max_rows: the probes fit on a fixed stratified sample of the rows (None: all); every row is still scored
         self.sample: torch.Tensor | None = None  # bool [N] rows the probes may train on
         if max_rows is not None and x.shape[0] > max_rows:
-            from .early_stop import stratified_order
-
             order = stratified_order(y.cpu().numpy(), max_rows, n_classes, torch.Generator().manual_seed(seed + 7))
             self.sample = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
             self.sample[torch.as_tensor(order, device=x.device)] = True
