@@ -641,16 +641,13 @@ def learned_scores(
         evidence.prompt_run["reason"] = line
         return None  # no scoring pass for prompts that are dropped anyway
     if last is not None and last.stop == "behind":  # zero-shot would win the end-of-run judgement: not a failure
-        numbers = dict(control.monitor.behind)
-        numbers.pop("behind", None)
+        monitor = control.monitor
+        numbers = {k: v for k, v in monitor.behind.items() if k != "behind"}
         evidence.prompt_run.update(numbers)
+        watched = f"{numbers['watched_rows']} watched rows"
         evidence.prompt_run["reason"] = (
-            f"zero-shot prompts used: after epoch {last.epoch} the learned prompts agree with the image evidence on "
-            f"{100 * numbers['learned_agreement']:.0f}% of {numbers['watched_rows']} watched rows where zero-shot "
-            f"prompts agree on {100 * numbers['zero_shot_agreement']:.0f}%, and the image evidence confirms "
-            f"{100 * numbers['added_confirmed']:.0f}% of the {numbers['added_rows']} rows they would add to the "
-            f"seed where it confirms {100 * numbers['seed_confirmed']:.0f}% of zero-shot's; training stopped there "
-            "(--no-early-stop trains on)"
+            f"zero-shot prompts used: after epoch {last.epoch} the learned prompts {monitor.counts.line(watched)}; "
+            "training stopped there (--no-early-stop trains on)"
         )
         return None  # no scoring pass: the end-of-run judgement would choose zero-shot
     return score_samples(model, listing, passes, clock=evidence.clock)

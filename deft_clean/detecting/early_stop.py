@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from .probes import stratified_order  # the epoch budget and the watched rows; the probes sample with it too
-from .selection import COLLAPSE_SHARE, MIN_PROMPT_AGREEMENT
+from .selection import COLLAPSE_SHARE, MIN_PROMPT_AGREEMENT, PromptCounts, prompt_counts
 
 IMAGES_PER_CLASS = 50  # auto budget: rows per class and epoch
 MIN_EPOCH_IMAGES = 1024  # auto budget: rows per epoch at least (smaller datasets: every row)
@@ -108,6 +108,7 @@ class TrainingMonitor:
         self.epochs = epochs  # the schedule's last epoch (for the "behind" projection)
         self.behind_stop = behind_stop and early_stop and anchor is not None and zero_shot is not None
         self.behind: dict[str, float] = {}  # the "behind" judgement's numbers, last epoch
+        self.counts: PromptCounts | None = None  # and its counts (selection.prompt_counts)
         n_classes = int(labels.max()) + 1 if len(labels) else 1
         rows = np.flatnonzero(usable)
         size = max(WATCH_PER_CLASS * n_classes, WATCH_ROWS)
@@ -152,42 +153,29 @@ class TrainingMonitor:
         return EpochCheck(agreement, change, stop)
 
     def trailing(self, predicted: np.ndarray, clean: np.ndarray, previous: EpochCheck | None, epoch: int) -> dict:
-        """The end-of-run judgement's two counts on the watched rows, learned vs zero-shot, with their standard
-        errors, and ``behind`` (1.0 / 0.0): both trail by ``BEHIND_Z`` errors and the first gap would not
-        close at the last epoch's gain (see the module docstring)."""
+        """The end-of-run judgement's two counts on the watched rows (:func:`selection.prompt_counts`), learned
+        vs zero-shot, with their standard errors, and ``behind`` (1.0 / 0.0): both trail by ``BEHIND_Z`` errors
+        and the first gap would not close at the last epoch's gain (see the module docstring). The counts are
+        kept in ``self.counts`` for the reason detect gives."""
         assert self.anchor is not None and self.zero_shot is not None
         anchor, labels, zero = self.anchor[self.watch], self.labels[self.watch], self.zero_shot[self.watch]
         judged = anchor >= 0
         m = int(judged.sum())
         if m == 0:
             return {}
-        learned_hit = (predicted == anchor)[judged].astype(float)
-        zero_hit = (zero == anchor)[judged].astype(float)
-        learned, zero_rate = float(learned_hit.mean()), float(zero_hit.mean())
-        gap_error = float(np.std(learned_hit - zero_hit) / np.sqrt(m))
-        seed = judged & (zero == labels)  # the rows zero-shot confirms
-        added = judged & clean & ~seed  # the rows the learned prompts would add
-        confirmed = (anchor == labels).astype(float)
-        seed_rate = float(confirmed[seed].mean()) if seed.any() else 1.0
-        n_added = int(added.sum())
-        added_rate = float(confirmed[added].mean()) if n_added else 0.0
+        counts = self.counts = prompt_counts(predicted, clean, zero, anchor, labels, judged)
+        learned, zero_rate = counts.learned, counts.zero
+        gap_error = float(np.std(counts.learned_hit.astype(float) - counts.zero_hit) / np.sqrt(m))
+        n_added, added_rate, seed_rate = counts.added_rows, counts.added_confirmed, counts.seed_confirmed
         # a Wilson-like variance (+1 / +2) so that a handful of rows, all confirmed or none, is not certain
         shrunk = (added_rate * n_added + 1) / (n_added + 2)
-        seed_n = max(int(seed.sum()), 1)
+        seed_n = max(counts.seed_rows, 1)
         added_error = float(np.sqrt(shrunk * (1 - shrunk) / (n_added + 2) + seed_rate * (1 - seed_rate) / seed_n))
         gain = max(0.0, learned - previous.agreement) if previous is not None and previous.agreement is not None else 0
         left = max(0, (self.epochs or epoch) - epoch)
         first_lost = learned + gain * left < zero_rate - BEHIND_Z * gap_error
         second_lost = n_added == 0 or added_rate < seed_rate - BEHIND_Z * added_error
-        return {
-            "learned_agreement": round(learned, 4),
-            "zero_shot_agreement": round(zero_rate, 4),
-            "seed_confirmed": round(seed_rate, 4),
-            "added_rows": n_added,
-            "added_confirmed": round(added_rate, 4),
-            "watched_rows": m,
-            "behind": float(first_lost and second_lost),
-        }
+        return {**counts.numbers(), "watched_rows": m, "behind": float(first_lost and second_lost)}
 
 
 def agreement_line(epoch: int, agreement: float, text_informative: bool = True, floor: float | None = None) -> str:

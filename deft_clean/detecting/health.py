@@ -348,12 +348,12 @@ def dataset_health(
     )
     rep = representatives(hashes, usable)  # rows with the same bytes are one picture: compared once
     candidates = unique_pairs(rep[pairs])
-    copies = copies_test(features, None, thumbs, threshold=threshold, feature_threshold=feature_threshold)
+    copies = copies_test(features, thumbs, threshold=threshold, feature_threshold=feature_threshold)
     confirmed = copies(candidates) if thumbs is not None else np.ones(len(candidates), dtype=bool)
     pairs, warnings = drop_oversized(candidates[confirmed], usable, names, rep=rep)
     # every member a copy of every other: never a chain
     groups = with_copies(clique_groups(len(features), pairs, copies, known=(candidates, confirmed)), rep)
-    kind, similarity = group_details(groups, hashes, _similarity_to(features, rep, thumbs))
+    kind, similarity = group_details(groups, rep, _similarity_to(features, rep, thumbs))
     score = robust_z(1.0 - knn)
     if prompts is not None:
         closest = closest_prompt(features, prompts)  # [N]

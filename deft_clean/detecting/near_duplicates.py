@@ -14,7 +14,7 @@ pairs are decoded (``2 * THUMB**2`` bytes each are kept), so the cost follows th
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -24,15 +24,13 @@ from ..inputs.pixel_similarity import MAX_RESIDUAL, Thumbnails, compare_rows
 PairTest = Callable[[np.ndarray], np.ndarray]  # row pairs int64 [P, 2] -> bool [P]: the two are copies
 
 
-def group_details(groups: np.ndarray, hashes: Any, similarity_to: Any) -> tuple[np.ndarray, np.ndarray]:
+def group_details(groups: np.ndarray, rep: np.ndarray, similarity_to: Any) -> tuple[np.ndarray, np.ndarray]:
     """Each grouped row's kind and similarity: (kind object [N]: "exact" | "near" | None, float32 [N]).
 
-    A row is "exact" when another row of its group has the same content hash, else "near". Its similarity
-    is ``similarity_to(rows, firsts)`` to its group's first member (float32 [M]); the first member's is
-    its best match in the group. NaN for unique rows.
+    A row is "exact" when another row of its group has the same bytes (the same representative ``rep``, int [N],
+    ``health.representatives``), else "near". Its similarity is ``similarity_to(rows, firsts)`` to its group's
+    first member (float32 [M]); the first member's is its best match in the group. NaN for unique rows.
     """
-    import pandas as pd
-
     n = len(groups)
     kind = np.full(n, None, dtype=object)
     similarity = np.full(n, np.nan, dtype=np.float32)
@@ -47,39 +45,26 @@ def group_details(groups: np.ndarray, hashes: Any, similarity_to: Any) -> tuple[
     best = np.full(len(ids), np.nan, dtype=np.float32)
     np.fmax.at(best, slot[others], similarity[grouped[others]])  # NaN-ignoring max over each group's others
     similarity[leaders] = best
-    if hashes is not None:
-        keys = pd.DataFrame({"group": groups[grouped], "hash": [hashes[i] for i in grouped]})
-        shared = keys.groupby(["group", "hash"], dropna=True)["group"].transform("size").to_numpy()
-        same_bytes = keys["hash"].notna().to_numpy() & (np.nan_to_num(shared.astype(float), nan=0) > 1)
-    else:
-        same_bytes = np.zeros(len(grouped), dtype=bool)
+    # rows of one content always share a group (health.with_copies): counting the content among grouped rows
+    same_bytes = np.bincount(rep[grouped], minlength=n)[rep[grouped]] > 1
     kind[grouped] = np.where(same_bytes, "exact", "near")
     return kind, similarity
 
 
 def copies_test(
-    features: np.ndarray,
-    hashes: Sequence[str | None] | None,
-    thumbs: Thumbnails | None,
-    *,
-    threshold: float,
-    feature_threshold: float,
+    features: np.ndarray, thumbs: Thumbnails | None, *, threshold: float, feature_threshold: float
 ) -> PairTest:
-    """Whether row pairs are copies by the test that proposed them: the same bytes, else pixel similarity
-    >= ``threshold`` and residual <= ``MAX_RESIDUAL`` (with thumbnails), else feature cosine >=
-    ``feature_threshold``."""
+    """Whether row pairs of distinct pictures (rows with the same bytes are one representative, see
+    ``health.representatives``) are copies by the test that proposed them: pixel similarity >= ``threshold``
+    and residual <= ``MAX_RESIDUAL`` (with thumbnails), else feature cosine >= ``feature_threshold``."""
 
     def test(pairs: np.ndarray) -> np.ndarray:
         if thumbs is not None:
             similarity, residual = compare_rows(thumbs, pairs, threshold=threshold)
-            near = (similarity >= threshold) & (residual <= MAX_RESIDUAL)
-        else:
-            a, b = features[pairs[:, 0]], features[pairs[:, 1]]  # [P, D] each
-            norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
-            near = (a * b).sum(axis=1) >= feature_threshold * np.maximum(norms, 1e-12)
-        if hashes is not None:
-            near |= np.array([hashes[i] is not None and hashes[i] == hashes[j] for i, j in pairs], dtype=bool)
-        return near
+            return (similarity >= threshold) & (residual <= MAX_RESIDUAL)
+        a, b = features[pairs[:, 0]], features[pairs[:, 1]]  # [P, D] each
+        norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+        return (a * b).sum(axis=1) >= feature_threshold * np.maximum(norms, 1e-12)
 
     return test
 

@@ -112,19 +112,11 @@ def judge_prompts(
     judged = usable & (anchor >= 0)
     if not judged.any():
         return PromptJudgement(True, "", False, {})
-    learned = float(np.mean(scores.predicted_index[judged] == anchor[judged]))
-    zero = float(np.mean(zero_shot.argmax(axis=1)[judged] == anchor[judged]))
-    zs_seed = judged & (zero_shot.argmax(axis=1) == labels)
-    added = judged & deft_rule(scores.p_clean, scores.predicted_index, labels, usable, clean_rule) & ~zs_seed
-    confirmed = float(np.mean(anchor[zs_seed] == labels[zs_seed])) if zs_seed.any() else 1.0
-    added_confirmed = float(np.mean(anchor[added] == labels[added])) if added.any() else 0.0
-    numbers = {
-        "learned_agreement": round(learned, 4),
-        "zero_shot_agreement": round(zero, 4),
-        "seed_confirmed": round(confirmed, 4),
-        "added_rows": int(added.sum()),
-        "added_confirmed": round(added_confirmed, 4),
-    }
+    clean = deft_rule(scores.p_clean, scores.predicted_index, labels, usable, clean_rule)
+    counts = prompt_counts(scores.predicted_index, clean, zero_shot.argmax(axis=1), anchor, labels, judged)
+    numbers = counts.numbers()
+    learned, zero = counts.learned, counts.zero
+    added_confirmed, confirmed = counts.added_confirmed, counts.seed_confirmed
     if learned < COLLAPSE_SHARE * zero:
         reason = (
             f"the learned prompts collapsed (they agree with the image evidence on only {100 * learned:.0f}% of the "
@@ -132,15 +124,71 @@ def judge_prompts(
             "lr or --ctx-init)"
         )
         return PromptJudgement(False, reason, True, numbers)
-    if learned >= zero or (added.any() and added_confirmed >= confirmed):
+    if learned >= zero or (counts.added_rows and added_confirmed >= confirmed):
         return PromptJudgement(True, "", False, numbers)
-    reason = (
-        f"they agree with the image evidence on {100 * learned:.0f}% of the rows where zero-shot prompts agree on "
-        f"{100 * zero:.0f}%, and the image evidence confirms {100 * added_confirmed:.0f}% of the "
-        f"{int(added.sum())} rows they would add to the seed where it confirms {100 * confirmed:.0f}% of "
-        "zero-shot's"
+    return PromptJudgement(False, f"they {counts.line('the rows')}", False, numbers)
+
+
+@dataclass(frozen=True)
+class PromptCounts:
+    """The two counts the learned prompts are judged on against zero-shot (:func:`judge_prompts` on every row,
+    the training monitor's *behind* check on its watched rows), with the per-row hits behind the first."""
+
+    learned_hit: np.ndarray  # bool [M] judged rows whose learned top-1 is the image evidence's class
+    zero_hit: np.ndarray  # bool [M] the same for zero-shot's top-1
+    seed_rows: int  # judged rows zero-shot confirms (its top-1 is the label)
+    seed_confirmed: float  # of those, the share whose label the image evidence confirms
+    added_rows: int  # judged rows the learned prompts' rule keeps that zero-shot does not confirm
+    added_confirmed: float  # of those, the share whose label the image evidence confirms (0 when none)
+
+    @property
+    def learned(self) -> float:
+        return float(self.learned_hit.mean())
+
+    @property
+    def zero(self) -> float:
+        return float(self.zero_hit.mean())
+
+    def numbers(self) -> dict[str, float | int]:
+        return {
+            "learned_agreement": round(self.learned, 4),
+            "zero_shot_agreement": round(self.zero, 4),
+            "seed_confirmed": round(self.seed_confirmed, 4),
+            "added_rows": self.added_rows,
+            "added_confirmed": round(self.added_confirmed, 4),
+        }
+
+    def line(self, rows: str) -> str:
+        """ "agree with the image evidence on ... of ``rows`` ..., and the image evidence confirms ..."."""
+        return (
+            f"agree with the image evidence on {100 * self.learned:.0f}% of {rows} where zero-shot prompts agree on "
+            f"{100 * self.zero:.0f}%, and the image evidence confirms {100 * self.added_confirmed:.0f}% of the "
+            f"{self.added_rows} rows they would add to the seed where it confirms {100 * self.seed_confirmed:.0f}% "
+            "of zero-shot's"
+        )
+
+
+def prompt_counts(
+    predicted: np.ndarray,
+    clean: np.ndarray,
+    zero_top1: np.ndarray,
+    anchor: np.ndarray,
+    labels: np.ndarray,
+    judged: np.ndarray,
+) -> PromptCounts:
+    """:class:`PromptCounts` of rows ``judged`` (bool, at least one), from the learned prompts' top-1 and clean
+    flags, zero-shot's top-1, the image evidence's class ``anchor`` and the given labels (all aligned)."""
+    seed = judged & (zero_top1 == labels)
+    added = judged & clean & ~seed
+    confirmed = anchor == labels
+    return PromptCounts(
+        learned_hit=(predicted == anchor)[judged],
+        zero_hit=(zero_top1 == anchor)[judged],
+        seed_rows=int(seed.sum()),
+        seed_confirmed=float(confirmed[seed].mean()) if seed.any() else 1.0,
+        added_rows=int(added.sum()),
+        added_confirmed=float(confirmed[added].mean()) if added.any() else 0.0,
     )
-    return PromptJudgement(False, reason, False, numbers)
 
 
 def text_seed(
