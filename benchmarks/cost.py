@@ -18,6 +18,7 @@ seconds measured on CPU (scale.json); it is arithmetic on measured rates, not a 
 
     python benchmarks/cost.py                                # 1k, 10k, 100k (long on a shared 2-core CPU)
     python benchmarks/cost.py --sizes 1000,10000 --methods default,quick,cleanlab
+    python benchmarks/cost.py --sizes 10000 --repeat 3       # each method 3 times, round robin; medians
 
 Results accumulate in benchmarks/results/cost.json (keyed by size and method) and are rendered to cost.md.
 """
@@ -119,6 +120,24 @@ def cleanlab_case(
     return {"seconds": seconds, "features_seconds": features_seconds, "f1": scale.flag_f1(issues, noisy)}
 
 
+def run_case(method: str, size: str, work_dir: Path) -> dict[str, Any]:
+    """One case in a fresh subprocess (imports and model loading count, as for a user): its JSON record."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "benchmarks")])}
+    command = [sys.executable, str(Path(__file__).resolve()), "--case", f"{method}:{size}", "--work-dir", str(work_dir)]
+    done = subprocess.run(command, capture_output=True, text=True, env=env)
+    if done.returncode != 0:
+        return {"error": done.stderr.strip().splitlines()[-1:]}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def median_run(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run with the median seconds, with every run's seconds beside it (``runs``)."""
+    timed = sorted((r for r in records if "seconds" in r), key=lambda r: r["seconds"])
+    if not timed:
+        return records[-1]
+    return {**timed[(len(timed) - 1) // 2], "runs": [round(r["seconds"], 2) for r in records if "seconds" in r]}
+
+
 def gpu_projection(results: dict[str, Any]) -> list[str]:
     """ViT-B-16 at 1M images x 1,000 classes on an H100, from measured rates (see the module docstring)."""
     from deft_clean.detecting.early_stop import IMAGES_PER_CLASS, MIN_EPOCH_IMAGES, WATCH_PER_CLASS, WATCH_ROWS
@@ -176,7 +195,8 @@ def render(results: dict[str, Any]) -> str:
         'stage split is detect\'s own metadata "timings" (decode: waiting for image batches, forward: the model '
         "on them, training: prompt training with its own reads, selection, health; blank for runs before detect "
         "recorded it); it leaves out listing, model loading, the checks and the results frame. x cleanlab: the "
-        "time over the cleanlab pipeline's at the same size.",
+        "time over the cleanlab pipeline's at the same size. Where a size ran more than once (`--repeat`, round "
+        "robin over the methods), seconds are the median run's (its stages beside it) with the range in brackets.",
         "",
         "| images | method | seconds | x cleanlab | noisy F1 | epochs (stop) | prompts | "
         "decode / forward / training / selection / health s |",
@@ -197,8 +217,10 @@ def render(results: dict[str, Any]) -> str:
             stages = r.get("stages")
             split = " / ".join(f"{stages.get(k, 0.0):.1f}" for k in STAGES) if stages and "decode" in stages else "-"
             prompts = (r.get("prompts") or {}).get("outcome", "-") if method not in ("cleanlab", "datalab") else "-"
+            runs = r.get("runs") or []
+            spread = f" ({min(runs):.1f}-{max(runs):.1f})" if len(runs) > 1 else ""
             lines.append(
-                f"| {int(size):,} | {method} | {r['seconds']:.1f} | {ratio} | {r['f1']:.3f} | {epochs} | "
+                f"| {int(size):,} | {method} | {r['seconds']:.1f}{spread} | {ratio} | {r['f1']:.3f} | {epochs} | "
                 f"{prompts} | {split} |"
             )
     lines += gpu_projection(results)
@@ -212,6 +234,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--paper", default="1000,10000", help="sizes that also run the pre-issue-29 schedule")
     parser.add_argument("--work-dir", type=Path, default=ROOT / "benchmarks" / ".work")
     parser.add_argument("--out-dir", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--repeat", type=int, default=1, help="runs of each method, round robin; the median is kept")
     parser.add_argument("--render", action="store_true", help="only re-render cost.md from cost.json")
     parser.add_argument("--case", help=argparse.SUPPRESS)  # internal: METHOD:ROWS, prints its JSON
     args = parser.parse_args(argv)
@@ -226,27 +249,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     paper = set(filter(None, args.paper.split(",")))
     for size in filter(None, args.sizes.split(",")):
         methods = [m for m in args.methods.split(",") if m != "paper"] + (["paper"] if size in paper else [])
-        for method in methods if not args.render else []:
-            print(f"{size} {method} ...", flush=True)
-            env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "benchmarks")])}
-            command = [
-                sys.executable,
-                str(Path(__file__).resolve()),
-                "--case",
-                f"{method}:{size}",
-                "--work-dir",
-                str(args.work_dir),
-            ]
-            done = subprocess.run(command, capture_output=True, text=True, env=env)
-            record = (
-                json.loads(done.stdout.strip().splitlines()[-1])
-                if done.returncode == 0
-                else {"error": done.stderr.strip().splitlines()[-1:]}
-            )
-            print(f"  {json.dumps(record)[:300]}", flush=True)
-            results = {**(json.loads(store.read_text()) if store.is_file() else results), "meta": results["meta"]}
-            results.setdefault("cases", {}).setdefault(size, {})[method] = record
-            store.write_text(json.dumps(results, indent=1))
+        runs: dict[str, list[dict[str, Any]]] = {}
+        for repeat in range(args.repeat) if not args.render else []:  # round robin: a slow minute hits every method
+            for method in methods:
+                print(f"{size} {method} (run {repeat + 1} of {args.repeat}) ...", flush=True)
+                record = run_case(method, size, args.work_dir)
+                print(f"  {json.dumps(record)[:300]}", flush=True)
+                runs.setdefault(method, []).append(record)
+                results = {**(json.loads(store.read_text()) if store.is_file() else results), "meta": results["meta"]}
+                results.setdefault("cases", {}).setdefault(size, {})[method] = median_run(runs[method])
+                store.write_text(json.dumps(results, indent=1))
     (args.out_dir / "cost.md").write_text(render(results))
     print((args.out_dir / "cost.md").read_text())
 

@@ -11,8 +11,9 @@ systematic flips included. This module combines them:
 3. the new selection is every row that confident learning does not flag (its confident class, above the
    per-class threshold, is its label or there is none); repeat 2-3 until the set stops changing (a set
    whose size swings back and forth is damped: each row may then change membership only twice);
-4. per given class, confident learning's calibrated confident joint estimates how many labels are wrong;
-   that many rows, least likely label first, are flagged (:func:`flag_by_class`).
+4. the final probabilities, fused with the text evidence, are the prior of each row's true class in a noise
+   model fitted to the labels; a row is flagged when its label is more likely wrong than right
+   (:func:`deft_clean.detecting.confident.label_posterior`, called by the selection).
 
 Everything here works on arrays in memory ([N, D] features, [N, K] probabilities): seconds for
 thousands of rows on a CPU, and the probe runs on whatever device the features are on.

@@ -1,9 +1,11 @@
 """Which rows are clean: the fused rule (default) and the paper's dual-prompt rule, and the decision they give.
 
 The fused rule (see :mod:`deft_clean.detecting.probes`): a seed of rows whose text evidence agrees with the given
-label, visual evidence learned from selected rows only (cross-fitted linear probes grown over rounds),
-and per-class confident-learning thresholds on the visual probabilities. ``p_clean`` is the visual
-probability of the given label, which every row gets from probes that did not train on it.
+label, visual evidence learned from selected rows only (cross-fitted linear probes grown over rounds, with
+per-class confident-learning thresholds), fused with the text posterior. ``p_clean`` is the probability that
+the given label is right: the fused posterior (from probes that did not train on the row) as the prior of its
+true class, and how often labels are wrong, class by class, fitted to the labels by EM
+(:func:`deft_clean.detecting.confident.label_posterior`); a row is flagged when ``p_clean < 0.5``.
 
 The DeFT rule: ``p_clean = sigmoid(scale * (cos(I, T+_y) - cos(I, T-_y)))`` (the negative prompt is a
 learned per-sample threshold), clean when ``p_clean > 0.5`` and, with ``threshold+argmax``, when the
@@ -41,6 +43,7 @@ MIN_PROMPT_AGREEMENT = 0.8
 COLLAPSE_SHARE = 0.6
 MOST_OF_A_CLASS = 0.8  # a class with more than this fraction flagged gets a warning
 FUSION_WEIGHTS = (0.0, 0.125, 0.25, 0.5, 1.0)  # exponents of the text posterior tried by fuse()
+FLAG_BELOW = 0.5  # a row is flagged when P(its label is right) is below this: more likely wrong than right
 MIN_SEED_SHARE = 0.1  # every class seeds at least this fraction of its rows (its most text-like ones)
 
 
@@ -278,15 +281,17 @@ def fused_rule(
     seed: int,
     device: torch.device | None = None,
 ) -> Decision:
-    """Grow visual evidence from ``seed_mask``, fuse it with the text posterior, flag per class.
+    """Grow visual evidence from ``seed_mask``, fuse it with the text posterior, flag the labels more likely
+    wrong than right.
 
     Args:
         features: [N, D] frozen image features (rows of unusable files are ignored).
         labels: [N] given labels; usable, seed_mask: bool [N].
         text: [N, K] text posterior (learned positive prompts, or zero-shot prompts).
     Returns:
-        a :class:`Decision`: per given class, confident learning on the image evidence says how many rows
-        are wrong; the rows with the lowest fused ``p_clean`` are flagged.
+        a :class:`Decision`: ``p_clean`` is the probability that the given label is right under a noise model
+        fitted to the labels (:func:`deft_clean.detecting.confident.label_posterior`) with the fused posterior
+        as each row's prior; rows with ``p_clean < FLAG_BELOW`` are flagged.
     """
     n = len(labels)
     rows = np.flatnonzero(usable)
@@ -294,7 +299,7 @@ def fused_rule(
         raise TooFewRows(f"{int(seed_mask[rows].sum())} seed rows for {n_classes} classes")
     import torch
 
-    from .confident import flag_by_class
+    from .confident import flag_by_class, label_posterior
     from .probes import grow_clean_set
 
     everything = len(rows) == n
@@ -311,15 +316,15 @@ def fused_rule(
     y = labels[rows]
     m = np.arange(len(rows))
     posterior, weight = fuse(probs, text[take], y, ~flag_by_class(probs, y, n_classes))
-    fused_label = posterior[m, y]  # [M]
+    right, noise_rate = label_posterior(posterior, y, n_classes)  # [M] P(label right), fitted noise model
     del posterior  # one [M, K] at a time
-    flagged_part = flag_by_class(probs, y, n_classes, order_by=fused_label)
+    flagged_part = right < FLAG_BELOW
     suggested_part = probs.argmax(axis=1)  # the class the image evidence points to
 
     is_clean = np.zeros(n, dtype=bool)
     is_clean[rows] = ~flagged_part
     p_clean = np.full(n, np.nan, dtype=np.float32)
-    p_clean[rows] = fused_label
+    p_clean[rows] = right
     suggested = np.full(n, -1, dtype=np.int64)
     suggested[rows] = suggested_part
     p_suggested = np.full(n, np.nan, dtype=np.float32)
@@ -333,6 +338,7 @@ def fused_rule(
         "seed_size": evidence.seed_size,
         "clean_set_by_round": evidence.rounds,
         "text_weight": weight,
+        "estimated_noise": round(noise_rate, 4),
         "clean_set_converged": evidence.converged,
         "probe": evidence.probe,
     }

@@ -12,7 +12,7 @@ from PIL import Image, ImageFilter
 
 import deft_clean
 from deft_clean import testing as toy
-from deft_clean.detecting.confident import estimated_issue_counts, flag_by_class
+from deft_clean.detecting.confident import estimated_issue_counts, flag_by_class, label_posterior
 from deft_clean.detecting.selection import class_warnings
 
 from ..conftest import CLASSES, N_CLASSES, NoisyFolder, collapse_prompts
@@ -143,6 +143,61 @@ def test_flag_by_class_takes_the_estimated_count_lowest_first():
     assert abs(int(counts.sum()) - int(flip.sum())) <= 0.1 * flip.sum()
     assert np.mean(flip[flagged]) >= 0.9 and np.mean(flagged[flip]) >= 0.8
     assert not flagged[probs.argmax(1) == given].any()
+
+
+def _calibrated(n: int, k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Probabilities that are calibrated by construction (the true class is drawn from them), and that class."""
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(0, 1, (n, k))
+    logits[np.arange(n), rng.integers(0, k, n)] += rng.uniform(1.0, 6.0, n)  # confident and ambiguous rows
+    probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    true = np.array([rng.choice(k, p=row) for row in probs])
+    return probs, true
+
+
+@pytest.mark.parametrize("kind", ["symmetric", "pair", "clean"])
+def test_label_posterior_finds_the_noise_rate_and_the_wrong_labels(kind):
+    """With calibrated class probabilities, the fitted noise model recovers how many labels are wrong and flags
+    them at p_clean < 0.5; confident learning's count takes the probes' ambiguous clean rows for noise too."""
+    n, k = 3000, 5
+    probs, true = _calibrated(n, k, seed=1)
+    rng = np.random.default_rng(2)
+    given = true.copy()
+    flip = rng.random(n) < (0.0 if kind == "clean" else 0.3)
+    given[flip] = (true[flip] + rng.integers(1, k, flip.sum())) % k if kind == "symmetric" else (true[flip] + 1) % k
+    right, rate = label_posterior(probs, given, k)
+    assert right.shape == (n,) and right.dtype == np.float32 and ((right >= 0) & (right <= 1)).all()
+    assert abs(rate - flip.mean()) < 0.04
+    flagged = right < 0.5
+    if kind == "clean":
+        assert flagged.mean() < 0.02
+        return
+    precision, recall = flip[flagged].mean(), flagged[flip].mean()
+    assert precision >= 0.8 and recall >= 0.75  # the ambiguous rows cap both (Bayes error)
+    cl = estimated_issue_counts(probs, given, k).sum()
+    assert abs(flagged.sum() - flip.sum()) < abs(cl - flip.sum())
+
+
+def test_label_posterior_with_many_classes_keeps_each_rows_likely_classes():
+    """Above EM_CLASSES classes a row's true class is one of its most probable classes or its label: same
+    answer as the full model where the rest of the mass is negligible, and no [N, K] x K work."""
+    import deft_clean.detecting.confident as confident
+
+    n, k = 2000, 40
+    probs, true = _calibrated(n, k, seed=3)
+    probs = probs**3 / (probs**3).sum(1, keepdims=True)  # sharper: the mass sits on a few classes
+    rng = np.random.default_rng(4)
+    given = np.where(rng.random(n) < 0.2, rng.integers(0, k, n), true)
+    sparse, _ = label_posterior(probs, given, k)
+    saved = confident.EM_CLASSES
+    try:
+        confident.EM_CLASSES = k
+        dense, _ = label_posterior(probs, given, k)
+    finally:
+        confident.EM_CLASSES = saved
+    assert np.abs(sparse - dense).mean() < 0.002 and np.abs(sparse - dense).max() < 0.05
+    assert ((sparse < 0.5) == (dense < 0.5)).mean() > 0.995
+    assert label_posterior(probs[:0], given[:0], k)[0].shape == (0,)
 
 
 def test_seed_gives_every_class_its_most_text_like_rows():
