@@ -37,6 +37,19 @@ def test_finds_planted_symmetric_noise(detected, noisy_folder):
     assert np.mean(frame["predicted_label"].to_numpy()[flagged] == true_labels[flagged]) >= 0.8
 
 
+def test_a_flag_is_a_label_more_likely_wrong_than_right(detected, noisy_folder):
+    """p_clean is the probability that the label is right: every flag has p_clean < 0.5, every usable row below
+    0.5 is flagged (nothing is withheld or cleared here), and the estimated noise rate is the planted one."""
+    result, _ = detected
+    frame = result.frame
+    p = frame["p_clean"].to_numpy(dtype=float, na_value=np.nan)
+    flagged = ~frame["is_clean"].to_numpy()
+    assert (p[flagged] < 0.5).all() and (p[~flagged] >= 0.5).all()
+    truth = noisy_folder.truly_clean(frame)
+    assert abs(result.metadata["selection"]["estimated_noise"] - (1 - truth.mean())) < 0.05
+    assert abs(flagged.mean() - (1 - truth.mean())) < 0.05
+
+
 def test_strong_evidence_is_reliable_and_nothing_is_withheld(detected):
     evidence = detected[0].metadata["evidence"]
     assert evidence["reliable"] is True and evidence["flags_withheld"] == 0
