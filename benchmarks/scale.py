@@ -429,16 +429,8 @@ def render(results: dict[str, Any]) -> str:
             "",
             "Before this change (the same script and data on the previous commit: linear probe only, no damping):",
             "",
-            "| rows x classes | seconds | peak RSS MB (inputs) | rounds | noisy F1 |",
-            "|---|---|---|---|---|",
         ]
-        for key, r in sorted(before.items(), key=lambda kv: [int(v) for v in kv[0].split("x")]):
-            lines.append(
-                f"| {key} | error: {r['error']} |"
-                if "error" in r
-                else f"| {key} | {r['seconds']:.1f} | {r['peak_rss_mb']:.0f} ({r['inputs_rss_mb']:.0f}) | "
-                f"{fmt_rounds(r)} | {r['f1']:.3f} |"
-            )
+        lines += short_selection_table(before)
     posterior = results.get("selection:posterior", {})
     if posterior:
         lines += [
@@ -447,16 +439,8 @@ def render(results: dict[str, Any]) -> str:
             "instead of confident learning's per-class count), on the cases rerun; another benchmark shared the "
             "2 cores:",
             "",
-            "| rows x classes | seconds | peak RSS MB (inputs) | rounds | noisy F1 |",
-            "|---|---|---|---|---|",
         ]
-        for key, r in sorted(posterior.items(), key=lambda kv: [int(v) for v in kv[0].split("x")]):
-            lines.append(
-                f"| {key} | error: {r['error']} |"
-                if "error" in r
-                else f"| {key} | {r['seconds']:.1f} | {r['peak_rss_mb']:.0f} ({r['inputs_rss_mb']:.0f}) | "
-                f"{fmt_rounds(r)} | {r['f1']:.3f} |"
-            )
+        lines += short_selection_table(posterior)
     lines += render_hard(results)
     lines += [
         "",
@@ -501,6 +485,20 @@ def render(results: dict[str, Any]) -> str:
 def hard_key(key: str) -> list[float]:
     size, *rest = key.split(":")
     return [*(int(v) for v in size.split("x")), *(float(v) for v in rest)]
+
+
+def short_selection_table(records: dict[str, Any]) -> list[str]:
+    """Seconds, peak RSS, rounds and F1 of selection cases, rows x classes ascending (a version beside the main
+    table)."""
+    lines = ["| rows x classes | seconds | peak RSS MB (inputs) | rounds | noisy F1 |", "|---|---|---|---|---|"]
+    for key, r in sorted(records.items(), key=lambda kv: [int(v) for v in kv[0].split("x")]):
+        lines.append(
+            f"| {key} | error: {r['error']} |"
+            if "error" in r
+            else f"| {key} | {r['seconds']:.1f} | {r['peak_rss_mb']:.0f} ({r['inputs_rss_mb']:.0f}) | "
+            f"{fmt_rounds(r)} | {r['f1']:.3f} |"
+        )
+    return lines
 
 
 def render_hard(results: dict[str, Any]) -> list[str]:
