@@ -167,7 +167,8 @@ def score(file: Path) -> dict[str, Any]:
 def from_quality(path: Path) -> list[dict[str, Any]]:
     """quality.py's runs re-scored with :func:`deft_clean.detecting.evidence_check.flag_precision`'s rule.
 
-    Their metadata's ``expected_flag_precision`` was the lower of the two bounds on the raised flags, and
+    Runs of the current estimator recorded their point and range (:func:`current_estimate`). In older runs the
+    metadata's ``expected_flag_precision`` was the lower of the two bounds on the raised flags, and
     ``label_noise`` / ``flags_raised`` give the upper one; on the strong targets no flag was withheld or
     cleared there, so the raised flags are the flags that stand and the rule can be applied as it runs now.
     A run where the old point equals the upper bound (the lower one unknown) is skipped (none on record)."""
@@ -192,7 +193,10 @@ def from_quality(path: Path) -> list[dict[str, Any]]:
                         "interval": None,
                         "measured": None,
                     }
-                    if flags and not evidence["flags_withheld"] and not evidence.get("flags_cleared"):
+                    if flags and "flag_precision_interval" in evidence:  # a run of the current estimator
+                        row |= current_estimate(evidence)
+                        row["measured"] = run[method]["flag_precision"]
+                    elif flags and not evidence["flags_withheld"] and not evidence.get("flags_cleared"):
                         low = evidence["expected_flag_precision"]
                         high = min(1.0, evidence["label_noise"] * n / flags)
                         if low is not None and low < high:
@@ -204,6 +208,22 @@ def from_quality(path: Path) -> list[dict[str, Any]]:
                         row["measured"] = run[method]["flag_precision"]
                     rows.append(row)
     return rows
+
+
+def current_estimate(evidence: dict[str, Any]) -> dict[str, Any]:
+    """The point and range a run of the current estimator recorded, the range widened to ESTIMATE_MARGIN below
+    the point as :func:`deft_clean.detecting.evidence_check.flag_precision` does now (runs from before the
+    margin lack it)."""
+    from deft_clean.detecting.evidence_check import ESTIMATE_MARGIN, PIN_WIDTH
+
+    point, interval = evidence.get("expected_flag_precision"), evidence.get("flag_precision_interval")
+    if not interval:
+        return {}
+    low, high = interval
+    if point is not None:
+        low = max(0.0, min(low, point - ESTIMATE_MARGIN))
+    pinned = point is not None and high - low <= PIN_WIDTH
+    return {"predicted": point if pinned else None, "interval": [low, high]}
 
 
 def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
