@@ -214,14 +214,12 @@ def current_estimate(evidence: dict[str, Any]) -> dict[str, Any]:
     """The point and range a run of the current estimator recorded, the range widened to ESTIMATE_MARGIN below
     the point as :func:`deft_clean.detecting.evidence_check.flag_precision` does now (runs from before the
     margin lack it)."""
-    from deft_clean.detecting.evidence_check import ESTIMATE_MARGIN, PIN_WIDTH
+    from deft_clean.detecting.evidence_check import PIN_WIDTH, with_margin
 
     point, interval = evidence.get("expected_flag_precision"), evidence.get("flag_precision_interval")
     if not interval:
         return {}
-    low, high = interval
-    if point is not None:
-        low = max(0.0, min(low, point - ESTIMATE_MARGIN))
+    low, high = with_margin(point, interval[0]), interval[1]
     pinned = point is not None and high - low <= PIN_WIDTH
     return {"predicted": point if pinned else None, "interval": [low, high]}
 

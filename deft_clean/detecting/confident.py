@@ -55,18 +55,14 @@ def estimated_issue_counts(probs: np.ndarray, labels: np.ndarray, n_classes: int
     return np.rint(np.clip(issues, 0, given)).astype(np.int64)
 
 
-def flag_by_class(
-    probs: np.ndarray, labels: np.ndarray, n_classes: int, *, order_by: np.ndarray | None = None
-) -> np.ndarray:
+def flag_by_class(probs: np.ndarray, labels: np.ndarray, n_classes: int) -> np.ndarray:
     """bool [N]: per given class, its estimated number of wrong labels, taken lowest probability of the label
-    first; a row whose most probable class is its label is never flagged (as cleanlab's prune_by_class).
-
-    The count comes from confident learning; the order from the probability of the given label (or
-    ``order_by`` [N], lower = flagged first), which ranks noisy below clean rows far better than a fixed
-    threshold separates them.
+    first; a row whose most probable class is its label is never flagged (as cleanlab's prune_by_class). The
+    fused rule flags with :func:`label_posterior`; this count only picks the rows the image evidence keeps, on
+    which the fusion weight is fitted.
     """
     counts = estimated_issue_counts(probs, labels, n_classes)
-    self_confidence = probs[np.arange(len(labels)), labels] if order_by is None else order_by
+    self_confidence = probs[np.arange(len(labels)), labels]
     flagged = np.zeros(len(labels), dtype=bool)
     for k in range(n_classes):
         rows = np.flatnonzero(labels == k)
@@ -105,12 +101,12 @@ def label_posterior(probs: np.ndarray, labels: np.ndarray, n_classes: int) -> tu
     for start in range(0, n, step):
         part = slice(start, start + step)
         p = probs[part]
-        if width < n_classes:  # the ``width`` most probable classes, in no particular order
+        if width < n_classes:  # the ``width`` most probable classes, in no particular order, and the label
             top = np.argpartition(-p, width - 1, axis=1)[:, :width]
+            missing = ~(top == y[part, None]).any(axis=1)
+            top[missing, -1] = y[part][missing]
         else:
             top = np.tile(np.arange(n_classes), (len(p), 1))
-        missing = ~(top == y[part, None]).any(axis=1)
-        top[missing, -1] = y[part][missing]  # the label is always a candidate
         candidates[part] = top
         prior[part] = np.clip(np.take_along_axis(p, top, axis=1).astype(np.float64), 1e-12, None)
     pairs = candidates * n_classes + y[:, None]  # [N, M] flat (true class, label) pair of each candidate

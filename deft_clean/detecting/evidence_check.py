@@ -539,8 +539,13 @@ def flag_precision(
     point = low if noise is None else low + noise * (high - low)
     low, high = (low, low) if noise is None else (min(low, high), max(low, high))
     w_low, w_high = wilson(point * n, n)
-    interval = [float(max(0.0, min(low, w_low, point - ESTIMATE_MARGIN))), float(max(high, w_high))]
+    interval = [with_margin(point, min(low, w_low)), float(max(high, w_high))]
     return (float(point) if interval[1] - interval[0] <= PIN_WIDTH else None), interval
+
+
+def with_margin(point: float | None, low: float) -> float:
+    """The range's lower end: ``low``, or ESTIMATE_MARGIN below the point where that is lower (never below 0)."""
+    return float(low if point is None else max(0.0, min(low, point - ESTIMATE_MARGIN)))
 
 
 def typical_share(views: _Views, rows: np.ndarray) -> float | None:
