@@ -23,7 +23,7 @@ ImagesPerEpoch = Annotated[
     str,
     typer.Option(
         metavar="auto|all|N",
-        help="Images per training epoch: auto (a stratified sample: 50 a class, at least 1,024), all, or N.",
+        help="Images per training epoch: auto (a stratified sample: 50 a class, at least 512), all, or N.",
     ),
 ]
 EarlyStop = Annotated[

@@ -73,9 +73,11 @@ def flag_by_class(probs: np.ndarray, labels: np.ndarray, n_classes: int) -> np.n
     return flagged & (probs.argmax(axis=1) != labels)
 
 
-def label_posterior(probs: np.ndarray, labels: np.ndarray, n_classes: int) -> tuple[np.ndarray, float]:
-    """P(the given label is right | the evidence, the labels) per row, float32 [N], and the noise rate the
-    fitted noise model implies (the mean of ``1 - posterior``).
+def label_posterior(probs: np.ndarray, labels: np.ndarray, n_classes: int) -> tuple[np.ndarray, float, np.ndarray]:
+    """P(the given label is right | the evidence, the labels) per row, float32 [N]; the noise rate the fitted
+    noise model implies (the mean of ``1 - posterior``); and each row's most probable true class other than its
+    label under the same posterior, int64 [N] (-1 with one class): what a row flagged by the posterior should
+    be, even where the probe's own top class is the label (its mass spread over the others).
 
     ``probs`` [N, K] are class probabilities that did not learn the row's own label (cross-fitted probes on
     selected rows): the prior of its true class. The labels are modelled as drawn from a transition
@@ -93,7 +95,7 @@ def label_posterior(probs: np.ndarray, labels: np.ndarray, n_classes: int) -> tu
     n = len(labels)
     y = np.asarray(labels, dtype=np.int64)
     if n == 0:
-        return np.zeros(0, np.float32), 0.0
+        return np.zeros(0, np.float32), 0.0, np.zeros(0, np.int64)
     width = min(n_classes, EM_CLASSES)
     candidates = np.empty((n, width), dtype=np.int64)  # [N, M] classes a row's true class may be
     prior = np.empty((n, width), dtype=np.float64)  # [N, M] their probabilities
@@ -129,4 +131,6 @@ def label_posterior(probs: np.ndarray, labels: np.ndarray, n_classes: int) -> tu
     q = prior * transition[slot]
     q /= q.sum(axis=1, keepdims=True)
     right = (q * is_label).sum(axis=1).astype(np.float32)  # [N]
-    return right, float(1.0 - right.mean())
+    best_other = np.where(is_label, -1.0, q).argmax(axis=1)  # [N] slot of the likeliest candidate not the label
+    other = np.where(width > 1, candidates[np.arange(n), best_other], -1)
+    return right, float(1.0 - right.mean()), other

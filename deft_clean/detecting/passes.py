@@ -52,7 +52,7 @@ class Kept:
     file again: the thumbnail and content hash health needs, and (when they fit) the decoded pixels the
     training and scoring passes read back."""
 
-    thumbnails: np.ndarray  # uint8 [N, 2, THUMB, THUMB] (pixel_similarity.thumbnail)
+    thumbnails: np.ndarray  # uint8 [N, THUMB, THUMB] (pixel_similarity.gray_thumbnail; blurred where compared)
     made: np.ndarray  # bool [N] rows that have a thumbnail (decoded)
     hashes: list[str | None]  # sha256 of each row's bytes; None where they could not be read
     memory: MemoryImages | None  # the decoded pixels, or None where they do not fit MEMORY_PIXELS
@@ -62,10 +62,10 @@ class Kept:
         """Room for ``n`` rows; ``pixels=False`` (a run with no later pass over the images, ``--quick``): no
         decoded pixels are kept."""
         memory = MemoryImages(n, image_size) if pixels and MemoryImages.fits(n, image_size) else None
-        return cls(np.zeros((n, 2, THUMB, THUMB), np.uint8), np.zeros(n, bool), [None] * n, memory)
+        return cls(np.zeros((n, THUMB, THUMB), np.uint8), np.zeros(n, bool), [None] * n, memory)
 
     def add(self, indices: np.ndarray, images: torch.Tensor, statuses: list[str], extra: list[Any]) -> None:
-        thumbs, digests, hashed = extra  # [B, 2, T, T] uint8, [B, 32] uint8, [B] bool
+        thumbs, digests, hashed = extra  # [B, T, T] uint8, [B, 32] uint8, [B] bool
         ok = np.array([s == STATUS_OK for s in statuses], dtype=bool)
         self.thumbnails[indices[ok]] = thumbs.numpy()[ok]
         self.made[indices[ok]] = True

@@ -14,7 +14,7 @@ from torch.utils.data import Dataset
 from ..run.errors import STATUS_OK
 from .decode import decode_bytes, describe_failure
 from .image_cache import CachedFailure, CachedImages
-from .pixel_similarity import THUMB, thumbnail
+from .pixel_similarity import THUMB, gray_thumbnail
 from .readers.base import FileImages, ImageSource
 
 
@@ -76,21 +76,22 @@ class ImageDataset(Dataset):
 class ReadingDataset(ImageDataset):
     """The one decode of a row: its bytes are read once, hashed (sha256, for exact duplicates), decoded, cut to
     a thumbnail (for near-duplicate confirmation) and to the model's square, so that no later stage opens the
-    file again. Items are ``(image uint8 [3, S, S], label, index, status, thumbnail uint8 [2, T, T], digest
+    file again. Items are ``(image uint8 [3, S, S], label, index, status, thumbnail uint8 [T, T], digest
     uint8 [32], hashed)``: ``hashed`` is False when the bytes could not be read (the digest is then zeros), the
     thumbnail zeros when the image could not be decoded (``status`` says why). ``transform`` must give uint8."""
 
     def __getitem__(self, item: int) -> tuple[torch.Tensor, int, int, str, torch.Tensor, torch.Tensor, bool]:  # type: ignore[override]
         index = int(self.indices[item])
         label = int(self.label_indices[index])
-        thumb = torch.zeros(2, THUMB, THUMB, dtype=torch.uint8)
+        thumb = torch.zeros(THUMB, THUMB, dtype=torch.uint8)
         digest, hashed = torch.zeros(32, dtype=torch.uint8), False
         try:
             data = self.images.read_bytes(index)
             digest, hashed = torch.frombuffer(bytearray(hashlib.sha256(data).digest()), dtype=torch.uint8), True
             file = getattr(self.images, "file", None)  # image files: statuses name the file, as load_image's do
-            image = decode_bytes(data, draft_size=max(self.image_size, 2 * THUMB), name=file(index) if file else None)
-            thumb = torch.from_numpy(thumbnail(image))
+            name = (lambda: str(file(index))) if file else None
+            image = decode_bytes(data, draft_size=max(self.image_size, 2 * THUMB), name=name)
+            thumb = torch.from_numpy(gray_thumbnail(image).copy())
             return self.transform(image), label, index, STATUS_OK, thumb, digest, hashed
         except Exception as exc:  # any read or decode failure is a status, never a crash
             return self.blank(), label, index, describe_failure(exc), thumb, digest, hashed

@@ -6,6 +6,7 @@ import io
 import os
 import warnings
 from pathlib import Path
+from collections.abc import Callable
 from typing import BinaryIO
 
 import numpy as np
@@ -50,15 +51,19 @@ def decode_image(data: bytes, *, draft_size: int | None = None) -> Image.Image:
         raise Image.UnidentifiedImageError("cannot identify image file (bytes in memory)") from None
 
 
-def decode_bytes(data: bytes, *, draft_size: int | None = None, name: str | None = None) -> Image.Image:
+def decode_bytes(
+    data: bytes, *, draft_size: int | None = None, name: str | Callable[[], str] | None = None
+) -> Image.Image:
     """:func:`decode_image` of bytes already read (the reading pass hashes them first), with the statuses of
-    :func:`load_image` when they came from the file ``name``."""
+    :func:`load_image` when they came from the file ``name`` (or a function giving it, called only for a file
+    that does not decode: building 100k paths cost ~1 s of a reading pass)."""
     if name is None:
         return decode_image(data, draft_size=draft_size)
     try:
         return _decode(io.BytesIO(data), draft_size)
     except Image.UnidentifiedImageError:
-        raise Image.UnidentifiedImageError(f"cannot identify image file {os.path.realpath(name)!r}") from None
+        file = name() if callable(name) else name
+        raise Image.UnidentifiedImageError(f"cannot identify image file {os.path.realpath(file)!r}") from None
 
 
 def _decode(file: str | os.PathLike[str] | BinaryIO, draft_size: int | None) -> Image.Image:

@@ -45,6 +45,7 @@ def test_a_flag_is_a_label_more_likely_wrong_than_right(detected, noisy_folder):
     p = frame["p_clean"].to_numpy(dtype=float, na_value=np.nan)
     flagged = ~frame["is_clean"].to_numpy()
     assert (p[flagged] < 0.5).all() and (p[~flagged] >= 0.5).all()
+    assert (frame["predicted_index"][flagged] != frame["label_index"][flagged]).all()  # never "four -> four"
     truth = noisy_folder.truly_clean(frame)
     assert abs(result.metadata["selection"]["estimated_noise"] - (1 - truth.mean())) < 0.05
     assert abs(flagged.mean() - (1 - truth.mean())) < 0.05

@@ -165,7 +165,7 @@ def test_label_posterior_finds_the_noise_rate_and_the_wrong_labels(kind):
     given = true.copy()
     flip = rng.random(n) < (0.0 if kind == "clean" else 0.3)
     given[flip] = (true[flip] + rng.integers(1, k, flip.sum())) % k if kind == "symmetric" else (true[flip] + 1) % k
-    right, rate = label_posterior(probs, given, k)
+    right, rate, other = label_posterior(probs, given, k)
     assert right.shape == (n,) and right.dtype == np.float32 and ((right >= 0) & (right <= 1)).all()
     assert abs(rate - flip.mean()) < 0.04
     flagged = right < 0.5
@@ -174,6 +174,8 @@ def test_label_posterior_finds_the_noise_rate_and_the_wrong_labels(kind):
         return
     precision, recall = flip[flagged].mean(), flagged[flip].mean()
     assert precision >= 0.8 and recall >= 0.75  # the ambiguous rows cap both (Bayes error)
+    assert (other != given).all() and ((other >= 0) & (other < k)).all()  # a suggestion is never the label
+    assert (other[flagged & flip] == true[flagged & flip]).mean() > 0.85  # and mostly the true class
     cl = estimated_issue_counts(probs, given, k).sum()
     assert abs(flagged.sum() - flip.sum()) < abs(cl - flip.sum())
 
@@ -188,11 +190,11 @@ def test_label_posterior_with_many_classes_keeps_each_rows_likely_classes():
     probs = probs**3 / (probs**3).sum(1, keepdims=True)  # sharper: the mass sits on a few classes
     rng = np.random.default_rng(4)
     given = np.where(rng.random(n) < 0.2, rng.integers(0, k, n), true)
-    sparse, _ = label_posterior(probs, given, k)
+    sparse, *_ = label_posterior(probs, given, k)
     saved = confident.EM_CLASSES
     try:
         confident.EM_CLASSES = k
-        dense, _ = label_posterior(probs, given, k)
+        dense, *_ = label_posterior(probs, given, k)
     finally:
         confident.EM_CLASSES = saved
     assert np.abs(sparse - dense).mean() < 0.002 and np.abs(sparse - dense).max() < 0.05

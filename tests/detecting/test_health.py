@@ -237,11 +237,11 @@ def test_many_copies_of_one_picture_are_compared_once():
     """19 rows with the same bytes and their near copy are one group, and the pixel test runs at most once per
     pair of distinct pictures, not once per pair of rows."""
     from deft_clean.detecting import near_duplicates
-    from deft_clean.inputs.pixel_similarity import thumbnail
+    from deft_clean.inputs.pixel_similarity import gray_thumbnail
 
     images, _ = toy.digit_images("mnist", seed=1)
     pictures = [images[0], toy.planted_copy(images[0], "shift")[0], *images[1:41]]
-    thumbs = np.stack([thumbnail(p) for p in pictures])  # 0 and its 1-pixel shift, then 40 distinct digits
+    thumbs = np.stack([gray_thumbnail(p) for p in pictures])  # 0 and its 1-pixel shift, then 40 distinct digits
     rows = [0] * 19 + list(range(1, len(pictures)))  # 19 copies of picture 0
     hashes = ["same"] * 19 + [f"h{i}" for i in range(1, len(pictures))]
     features = np.stack([np.asarray(pictures[i].convert("L"), np.float32).ravel() for i in rows])
