@@ -5,8 +5,8 @@ from __future__ import annotations
 import io
 import os
 import warnings
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
