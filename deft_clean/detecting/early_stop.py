@@ -17,7 +17,8 @@ After every epoch :class:`TrainingMonitor` scores a fixed stratified set of ``WA
                 at 67% in epoch 2);
   clean change  the share of watched rows whose dual-prompt clean flag changed during the epoch;
                 when it stays below ``STILL_CHANGE`` and the agreement moves less than ``STILL_AGREEMENT``
-                (both after the warm-up), nothing is being learned any more and training stops early;
+                (both after the warm-up), nothing is being learned any more and training stops early (where the
+                watched rows' counts below then fail the end-of-run test, detect skips the scoring pass too);
   behind        the end-of-run judgement (:func:`deft_clean.detecting.selection.judge_prompts`) asked early, on
                 the watched rows: when the learned prompts trail zero-shot by ``BEHIND_Z`` standard errors on
                 both of its counts (top-1 agreement with the image evidence, and how often the image evidence

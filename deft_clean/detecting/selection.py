@@ -119,7 +119,6 @@ def judge_prompts(
     counts = prompt_counts(scores.predicted_index, clean, zero_shot.argmax(axis=1), anchor, labels, judged)
     numbers = counts.numbers()
     learned, zero = counts.learned, counts.zero
-    added_confirmed, confirmed = counts.added_confirmed, counts.seed_confirmed
     if learned < COLLAPSE_SHARE * zero:
         reason = (
             f"the learned prompts collapsed (they agree with the image evidence on only {100 * learned:.0f}% of the "
@@ -127,7 +126,7 @@ def judge_prompts(
             "lr or --ctx-init)"
         )
         return PromptJudgement(False, reason, True, numbers)
-    if learned >= zero or (counts.added_rows and added_confirmed >= confirmed):
+    if counts.learned_win():
         return PromptJudgement(True, "", False, numbers)
     return PromptJudgement(False, f"they {counts.line('the rows')}", False, numbers)
 
@@ -160,6 +159,12 @@ class PromptCounts:
             "added_rows": self.added_rows,
             "added_confirmed": round(self.added_confirmed, 4),
         }
+
+    def learned_win(self) -> bool:
+        """:func:`judge_prompts`'s test for keeping the learned prompts (once they did not collapse): their top-1
+        agrees with the image evidence at least as often as zero-shot's, or the rows they add to the seed are
+        confirmed at least as often as zero-shot's seed rows."""
+        return self.learned >= self.zero or bool(self.added_rows and self.added_confirmed >= self.seed_confirmed)
 
     def line(self, rows: str) -> str:
         """ "agree with the image evidence on ... of ``rows`` ..., and the image evidence confirms ..."."""

@@ -64,7 +64,7 @@ def test_stratified_order_covers_every_class_and_redraws_the_same_from_a_seed():
 def test_epoch_budget():
     labels = np.arange(100_000) % 10
     assert epoch_budget("all", labels, 10) is None
-    assert epoch_budget("auto", labels[:1000], 10) is None  # a small dataset trains on every row
+    assert epoch_budget("auto", labels[:500], 10) is None  # a small dataset trains on every row
     assert epoch_budget("auto", labels, 10) == max(
         monitor_module.IMAGES_PER_CLASS * 10, monitor_module.MIN_EPOCH_IMAGES
     )
@@ -204,5 +204,29 @@ def test_a_run_behind_zero_shot_skips_the_scoring_pass_and_says_why(tiny_clip, p
     assert prompts["outcome"] == "fallback" and "training stopped there" in prompts["reason"]
     assert prompts["learned_agreement"] < prompts["zero_shot_agreement"]
     assert not [line for line in result.metadata["warnings"] if "learned prompts" in line]
+    assert result.metadata["text_evidence"] == "zero-shot"
+    assert result.frame["sim_pos"].isna().all()  # no scoring pass
+
+
+def test_a_still_run_trailing_zero_shot_skips_the_scoring_pass(tiny_clip, pair_shifted, monkeypatch):  # noqa: F811
+    """Forced: the learned prompts trail zero-shot by three watched rows (not the "behind" margin) and stand
+    still in epoch 3; the end-of-run judgement would choose zero-shot, so no scoring pass runs."""
+    real = TrainingMonitor.judge
+
+    def still_and_trailing(self, epoch, previous, predicted, clean):
+        anchor, labels, zero = self.anchor[self.watch], self.labels[self.watch], self.zero_shot[self.watch]
+        worse = zero.copy()
+        missed = np.flatnonzero(zero == anchor)[:3]
+        worse[missed] = (anchor[missed] + 1) % 3  # three rows worse than zero-shot, every epoch
+        seed = zero == labels  # adds no row to the seed
+        clean = seed & (np.arange(len(seed)) % 2 == min(epoch, 2) % 2)  # moves until epoch 2, then stands still
+        return real(self, epoch, previous, worse, clean)
+
+    monkeypatch.setattr(TrainingMonitor, "judge", still_and_trailing)
+    result = deft_clean.detect(pair_shifted.root, **defaults(tiny_clip))
+    assert result.history[-1]["stop"] == "still" and len(result.history) == 3, result.history
+    prompts = result.metadata["prompts"]
+    assert prompts["outcome"] == "fallback" and "nothing moved any more" in prompts["reason"]
+    assert prompts["learned_agreement"] < prompts["zero_shot_agreement"]
     assert result.metadata["text_evidence"] == "zero-shot"
     assert result.frame["sim_pos"].isna().all()  # no scoring pass
