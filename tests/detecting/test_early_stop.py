@@ -185,48 +185,50 @@ def test_prompts_that_may_still_win_train_on(case):
     assert check.stop != "behind", (case, monitor.behind)
 
 
-def test_a_run_behind_zero_shot_skips_the_scoring_pass_and_says_why(tiny_clip, pair_shifted, monkeypatch):  # noqa: F811
-    """Forced: the learned prompts trail the image evidence; training stops at epoch 3, no scoring pass runs,
-    zero-shot evidence is used and the reason (not a warning: nothing failed) is in the metadata."""
-    real = TrainingMonitor.judge
+def _far_behind(self, epoch, previous, predicted, clean):
+    """The learned prompts trail the image evidence (80% agreement); half the seed clean each epoch: not still."""
+    anchor, labels = self.anchor[self.watch], self.labels[self.watch]
+    worse = np.where(np.arange(len(predicted)) % 5 == 0, (anchor + 1) % 3, anchor)
+    seed = self.zero_shot[self.watch] == labels
+    clean = seed & (np.arange(len(seed)) % 2 == epoch % 2)  # adds no row
+    return REAL_JUDGE(self, epoch, previous, worse, clean)
 
-    def trailing(self, epoch, previous, predicted, clean):
-        anchor, labels = self.anchor[self.watch], self.labels[self.watch]
-        worse = np.where(np.arange(len(predicted)) % 5 == 0, (anchor + 1) % 3, anchor)  # 80% agreement
-        seed = self.zero_shot[self.watch] == labels
-        clean = seed & (np.arange(len(seed)) % 2 == epoch % 2)  # adds no row; half the seed each epoch: not still
-        return real(self, epoch, previous, worse, clean)
 
-    monkeypatch.setattr(TrainingMonitor, "judge", trailing)
+def _still_and_trailing(self, epoch, previous, predicted, clean):
+    """Three watched rows worse than zero-shot (not the "behind" margin); still from epoch 3 on."""
+    anchor, labels, zero = self.anchor[self.watch], self.labels[self.watch], self.zero_shot[self.watch]
+    worse = zero.copy()
+    missed = np.flatnonzero(zero == anchor)[:3]
+    worse[missed] = (anchor[missed] + 1) % 3
+    seed = zero == labels  # adds no row to the seed
+    clean = seed & (np.arange(len(seed)) % 2 == min(epoch, 2) % 2)  # moves until epoch 2, then stands still
+    return REAL_JUDGE(self, epoch, previous, worse, clean)
+
+
+REAL_JUDGE = TrainingMonitor.judge
+
+
+@pytest.mark.parametrize(
+    ("judge", "stop", "said"),
+    [(_far_behind, "behind", "training stopped there"), (_still_and_trailing, "still", "nothing moved any more")],
+)
+def test_a_run_zero_shot_would_win_skips_the_scoring_pass_and_says_why(
+    tiny_clip,  # noqa: F811
+    pair_shifted,  # noqa: F811
+    monkeypatch,
+    judge,
+    stop,
+    said,
+):
+    """Forced: the learned prompts trail zero-shot, far behind (stopped at epoch 3) or a little while nothing
+    moves (still at epoch 3); the end-of-run judgement would choose zero-shot, so no scoring pass runs, zero-shot
+    evidence is used and the reason (not a warning: nothing failed) is in the metadata."""
+    monkeypatch.setattr(TrainingMonitor, "judge", judge)
     result = deft_clean.detect(pair_shifted.root, **defaults(tiny_clip))
-    assert result.history[-1]["stop"] == "behind" and len(result.history) == 3, result.history
+    assert result.history[-1]["stop"] == stop and len(result.history) == 3, result.history
     prompts = result.metadata["prompts"]
-    assert prompts["outcome"] == "fallback" and "training stopped there" in prompts["reason"]
+    assert prompts["outcome"] == "fallback" and said in prompts["reason"]
     assert prompts["learned_agreement"] < prompts["zero_shot_agreement"]
     assert not [line for line in result.metadata["warnings"] if "learned prompts" in line]
-    assert result.metadata["text_evidence"] == "zero-shot"
-    assert result.frame["sim_pos"].isna().all()  # no scoring pass
-
-
-def test_a_still_run_trailing_zero_shot_skips_the_scoring_pass(tiny_clip, pair_shifted, monkeypatch):  # noqa: F811
-    """Forced: the learned prompts trail zero-shot by three watched rows (not the "behind" margin) and stand
-    still in epoch 3; the end-of-run judgement would choose zero-shot, so no scoring pass runs."""
-    real = TrainingMonitor.judge
-
-    def still_and_trailing(self, epoch, previous, predicted, clean):
-        anchor, labels, zero = self.anchor[self.watch], self.labels[self.watch], self.zero_shot[self.watch]
-        worse = zero.copy()
-        missed = np.flatnonzero(zero == anchor)[:3]
-        worse[missed] = (anchor[missed] + 1) % 3  # three rows worse than zero-shot, every epoch
-        seed = zero == labels  # adds no row to the seed
-        clean = seed & (np.arange(len(seed)) % 2 == min(epoch, 2) % 2)  # moves until epoch 2, then stands still
-        return real(self, epoch, previous, worse, clean)
-
-    monkeypatch.setattr(TrainingMonitor, "judge", still_and_trailing)
-    result = deft_clean.detect(pair_shifted.root, **defaults(tiny_clip))
-    assert result.history[-1]["stop"] == "still" and len(result.history) == 3, result.history
-    prompts = result.metadata["prompts"]
-    assert prompts["outcome"] == "fallback" and "nothing moved any more" in prompts["reason"]
-    assert prompts["learned_agreement"] < prompts["zero_shot_agreement"]
     assert result.metadata["text_evidence"] == "zero-shot"
     assert result.frame["sim_pos"].isna().all()  # no scoring pass
