@@ -13,6 +13,7 @@ and export (which re-confirms a results file's duplicate groups before ``--drop-
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -54,9 +55,10 @@ def with_blur(gray: np.ndarray) -> np.ndarray:
     return out
 
 
+@functools.lru_cache(maxsize=4)
 def _blur_matrix(s: int) -> np.ndarray:
     """float32 [S, S]: row i holds the weights of the Gaussian taps around pixel i, taps past an edge given to
-    the edge pixel."""
+    the edge pixel. Made once per size: :func:`thumbnail` runs it per decoded file otherwise."""
     reach = int(np.ceil(3 * BLUR))
     offsets = np.arange(-reach, reach + 1)
     taps = np.exp(-0.5 * (offsets / BLUR) ** 2)
@@ -64,7 +66,9 @@ def _blur_matrix(s: int) -> np.ndarray:
     matrix = np.zeros((s, s))
     for i in range(s):
         np.add.at(matrix[i], np.clip(i + offsets, 0, s - 1), taps)
-    return matrix.astype(np.float32)
+    matrix = matrix.astype(np.float32)
+    matrix.flags.writeable = False  # shared by every caller
+    return matrix
 
 
 def thumbnail(image: Any) -> np.ndarray:
