@@ -8,6 +8,8 @@ written as an image folder, and a clean held-out set for phase 2):
   mnist-bold   domain shift (stroke width): MNIST parts B/C with strokes thickened by a 3x3 max filter,
   digits-8x8   domain shift (second source + resolution): scikit-learn's 1,797 8x8 digits, upscaled to
                20x20 and padded to 28x28 (1,437 noisy / 360 clean),
+  mnist-texture  domain shift (background): MNIST parts B/C over a smooth random grey texture (a 7x7 noise
+               field upsampled, at half brightness, under the digit); zero-shot ~60%, a true-label probe ~80%,
   mnist        no shift: MNIST part B (2,000) / C (1,000), the same kind of images as the pretraining.
   *-opaque     the same images and labels with the class names replaced by codes (n01440764, ...) that the
                text tower cannot read (issue 28): mnist-opaque, digits-8x8-opaque, dim-opaque, blind-opaque.
@@ -54,8 +56,8 @@ CLASSES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight
 SPLIT_A, SPLIT_B, SPLIT_C = slice(0, 2000), slice(2000, 4000), slice(4000, 5000)
 PRETRAIN = {"steps": 1200, "lr": 1e-3, "batch_size": 64, "seed": 0}
 ZERO_SHOT_TEMPLATE = "a photo of a {}."
-TARGETS = ("mnist-bold", "digits-8x8", "mnist", "dim", "blind")
-SHIFTED = ("mnist-bold", "digits-8x8", "dim", "blind")
+TARGETS = ("mnist-bold", "digits-8x8", "mnist-texture", "mnist", "dim", "blind")
+SHIFTED = ("mnist-bold", "digits-8x8", "mnist-texture", "dim", "blind")
 # Opaque-name variants (issue 28): the same images and labels, class folders named by WordNet-like codes that
 # the foundation's text tower has never read, as many real datasets name them (n01440764, SKUs, integers).
 OPAQUE = "-opaque"
@@ -202,6 +204,18 @@ def weaken(image: Any, side: int, contrast: float, noise: float, seed: int) -> A
     return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "L")
 
 
+def textured(image: Any, seed: int, strength: float = 0.5) -> Any:
+    """The digit over a smooth random background: a 7x7 field of normal noise, upsampled bicubic to 28x28,
+    scaled to [0, 255 * strength]; each pixel keeps the brighter of digit and background."""
+    from PIL import Image
+
+    field = np.random.default_rng(seed).normal(0, 1, (7, 7))
+    field = (field - field.min()) / (np.ptp(field) + 1e-6) * 255
+    background = np.asarray(Image.fromarray(field.astype(np.uint8)).resize((28, 28), Image.BICUBIC), np.float32)
+    pixels = np.maximum(strength * background, np.asarray(image, dtype=np.float32))
+    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "L")
+
+
 def base_target(name: str) -> str:
     """The target whose images an opaque-name variant uses (``mnist-opaque`` -> ``mnist``)."""
     return name.removesuffix(OPAQUE)
@@ -240,6 +254,9 @@ def target_images(name: str) -> tuple[list, np.ndarray, list, np.ndarray]:
     b, c = images[SPLIT_B], images[SPLIT_C]
     if name == "mnist-bold":
         b, c = [bold(im) for im in b], [bold(im) for im in c]
+    elif name == "mnist-texture":
+        b = [textured(im, seed=i) for i, im in enumerate(b)]
+        c = [textured(im, seed=1_000_000 + i) for i, im in enumerate(c)]
     elif name != "mnist":
         raise ValueError(f"unknown target {name!r}")
     return b, labels[SPLIT_B], c, labels[SPLIT_C]
