@@ -737,6 +737,8 @@ def merge(paths: Sequence[Path], out_dir: Path, tag: str) -> dict[str, Any]:
     report = {**reports[0], "targets": {}}
     for part in reports:
         report["targets"].update(part["targets"])
+    order = {name: i for i, name in enumerate(TARGETS + OPAQUE_TARGETS)}
+    report["targets"] = dict(sorted(report["targets"].items(), key=lambda item: order.get(item[0], len(order))))
     starts, ends = zip(*(r["load_average_start_end"] for r in reports), strict=True)
     report["load_average_start_end"] = [max(starts), max(ends)]
     report["created"] = max(r["created"] for r in reports)
