@@ -505,9 +505,10 @@ def gather_evidence(
     import torch
 
     from ..models.clip import zero_shot_text
+    from ..models.towers import token_tower
     from .opaque_names import collapse_anchor, judge_text_view
     from .passes import Evidence, Kept, StageClock, image_features, reading_wanted
-    from .selection import MIN_PROMPT_AGREEMENT, judge_prompts, prompt_agreement
+    from .selection import MIN_PROMPT_AGREEMENT, collapse_advice, judge_prompts, prompt_agreement
 
     clock = StageClock()
     # --quick makes no later pass over the images: their thumbnails and hashes are kept, not their pixels
@@ -537,7 +538,9 @@ def gather_evidence(
         anchor = collapse_anchor(evidence, labels, len(listing.classes), seed=cfg.seed, device=passes.device)
     zero_shot = evidence.zero_shot.argmax(axis=1) if evidence.text_informative else None
     control = monitored(control, cfg, listing, evidence, anchor, zero_shot)
-    scores = learned_scores(cfg, loaded, listing, passes, evidence, control)
+    tower = token_tower(loaded.model) if cfg.vpt_tokens > 0 else None  # read before the prompts go in
+    advice = collapse_advice(tower.patches if tower is not None else None, cfg.vpt_tokens)
+    scores = learned_scores(cfg, loaded, listing, passes, evidence, control, advice=advice)
     run = evidence.prompt_run
     run["epochs"] = len(evidence.history)
     if scores is None:
@@ -547,7 +550,7 @@ def gather_evidence(
         evidence.warnings.append(line)
         return _fallback(evidence, line)
     if evidence.text_informative:
-        verdict = judge_prompts(scores, evidence.zero_shot, anchor, labels, usable, cfg.clean_rule)
+        verdict = judge_prompts(scores, evidence.zero_shot, anchor, labels, usable, cfg.clean_rule, advice)
         run.update(verdict.numbers)
         if verdict.collapsed:
             evidence.warnings.append(verdict.reason)
@@ -561,7 +564,7 @@ def gather_evidence(
         if agreement < MIN_PROMPT_AGREEMENT:  # names CLIP cannot read give the prompts nothing to start from
             line = (
                 f"the learned prompts are weak (they agree with only {100 * agreement:.0f}% of the labels that the "
-                "image evidence confirms); zero-shot prompts used instead (try a lower lr or --ctx-init)"
+                f"image evidence confirms); zero-shot prompts used instead ({advice})"
             )
             evidence.warnings.append(line)
             return _fallback(evidence, line)
@@ -609,15 +612,25 @@ def monitored(
 
 
 def learned_scores(
-    cfg: DetectConfig, loaded: Any, listing: Listing, passes: PassOptions, evidence: Evidence, control: Any
+    cfg: DetectConfig,
+    loaded: Any,
+    listing: Listing,
+    passes: PassOptions,
+    evidence: Evidence,
+    control: Any,
+    *,
+    advice: str | None = None,
 ) -> Any:
     """Train DeFT's prompts and score every sample with them (a ``passes.Scores``); None, with a warning
-    in ``evidence`` and the reason in ``evidence.prompt_run``, when the training diverged or collapsed."""
+    in ``evidence`` and the reason in ``evidence.prompt_run``, when the training diverged or collapsed (the
+    warning ends with ``advice``, :func:`deft_clean.detecting.selection.collapse_advice`)."""
     from ..models.deft import DeftModel
     from ..run.engine import TrainingDiverged, seed_everything
     from .passes import score_samples
     from .prompt_training import train_prompts
+    from .selection import LOWER_LR
 
+    advice = advice or LOWER_LR
     # Seeded here, after the cache fill and the feature pass (their loaders draw from the global RNG), so
     # that prompt init and augmentation are the same with and without a cache.
     generator = seed_everything(cfg.seed)
@@ -636,7 +649,7 @@ def learned_scores(
         from .early_stop import agreement_line
 
         floor = control.monitor.floor if control.monitor is not None else None
-        line = agreement_line(last.epoch, last.agreement or 0.0, evidence.text_informative, floor)
+        line = agreement_line(last.epoch, last.agreement or 0.0, evidence.text_informative, floor, advice)
         evidence.warnings.append(line)
         evidence.prompt_run["reason"] = line
         return None  # no scoring pass for prompts that are dropped anyway

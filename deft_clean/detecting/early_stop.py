@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from .probes import stratified_order  # the epoch budget and the watched rows; the probes sample with it too
-from .selection import COLLAPSE_SHARE, MIN_PROMPT_AGREEMENT, PromptCounts, prompt_counts
+from .selection import COLLAPSE_SHARE, LOWER_LR, MIN_PROMPT_AGREEMENT, PromptCounts, prompt_counts
 
 IMAGES_PER_CLASS = 50  # auto budget: rows per class and epoch
 MIN_EPOCH_IMAGES = 512  # auto budget: rows per epoch at least (smaller datasets: every row); 1,024 until
@@ -181,14 +181,17 @@ class TrainingMonitor:
         return {**counts.numbers(), "watched_rows": m, "behind": float(first_lost and second_lost)}
 
 
-def agreement_line(epoch: int, agreement: float, text_informative: bool = True, floor: float | None = None) -> str:
+def agreement_line(
+    epoch: int, agreement: float, text_informative: bool = True, floor: float | None = None, advice: str = LOWER_LR
+) -> str:
     """The warning of a collapse found during training: against the image evidence (``floor``: the share of it
-    that zero-shot's agreement gives), or the image seed on opaque names."""
+    that zero-shot's agreement gives), or the image seed on opaque names; ``advice``: what to try
+    (:func:`deft_clean.detecting.selection.collapse_advice`)."""
     if text_informative:
         what = f"collapsed in epoch {epoch} (they agree with the image evidence on only {100 * agreement:.0f}% of the"
         what += " rows" + (f", below {100 * floor:.0f}%)" if floor is not None else ")")
     else:  # names CLIP cannot read give the prompts nothing to start from: weak, not collapsed
         what = f"are weak in epoch {epoch} (they agree with only {100 * agreement:.0f}% of the labels that the image"
         what += " evidence confirms)"
-    tail = "training stopped there and zero-shot prompts were used instead (try a lower lr or --ctx-init)"
+    tail = f"training stopped there and zero-shot prompts were used instead ({advice})"
     return f"the learned prompts {what}; {tail}"

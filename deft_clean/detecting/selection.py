@@ -41,10 +41,25 @@ MIN_PROMPT_AGREEMENT = 0.8
 # have collapsed (the failure seen: 1-4 classes predicted of 10, agreement a third of zero-shot's); prompts still
 # learning under 60% symmetric noise sit near 0.9 of it in epoch 2 and pass it by the end.
 COLLAPSE_SHARE = 0.6
+
+# What a collapse warning tells the user to try. Where the visual prompt tokens crowd the image's own patch tokens
+# (a tiny stand-in's 16 patches against 20 prompt tokens a layer), lr and --ctx-init do not help: on the Eva stand-in
+# the prompts collapsed at lr 0.03, 0.01 and 0.003 and with --ctx-init, and learned with 4 tokens (79% -> 85-89%).
+LOWER_LR = "try a lower lr or --ctx-init"
+
 MOST_OF_A_CLASS = 0.8  # a class with more than this fraction flagged gets a warning
 FUSION_WEIGHTS = (0.0, 0.125, 0.25, 0.5, 1.0)  # exponents of the text posterior tried by fuse()
 FLAG_BELOW = 0.5  # a row is flagged when P(its label is right) is below this: more likely wrong than right
 MIN_SEED_SHARE = 0.1  # every class seeds at least this fraction of its rows (its most text-like ones)
+
+
+def collapse_advice(patches: int | None, vpt_tokens: int) -> str:
+    """The advice of a collapse warning: fewer visual prompt tokens where ``vpt_tokens`` is more than half the
+    tower's ``patches`` (patch tokens at its image size; None: unknown), else :data:`LOWER_LR`."""
+    if patches and vpt_tokens * 2 > patches:
+        crowd = f"{vpt_tokens} prompt tokens a layer crowd this model's {patches} image patches"
+        return f"try --vpt-tokens {max(1, patches // 4)}: {crowd}"
+    return LOWER_LR
 
 
 class TooFewRows(ValueError):
@@ -99,7 +114,13 @@ class PromptJudgement:
 
 
 def judge_prompts(
-    scores: Any, zero_shot: np.ndarray, anchor: np.ndarray, labels: np.ndarray, usable: np.ndarray, clean_rule: str
+    scores: Any,
+    zero_shot: np.ndarray,
+    anchor: np.ndarray,
+    labels: np.ndarray,
+    usable: np.ndarray,
+    clean_rule: str,
+    advice: str = LOWER_LR,
 ) -> PromptJudgement:
     """Whether the learned prompts beat zero-shot where the fused rule uses them, judged on ``anchor`` (int [N],
     the class a cross-fitted image probe gives each row, -1 none; :func:`opaque_names.collapse_anchor`).
@@ -111,7 +132,8 @@ def judge_prompts(
     (2) the rows they add to the seed are confirmed by the image evidence at least as often as the rows
     zero-shot confirms: a learned confirmation is then as good as a zero-shot one. Neither text view chose the
     rows they are judged on (the image probe is cross-fitted and never saw either), unlike the old yardstick,
-    the rows zero-shot confirms."""
+    the rows zero-shot confirms. ``advice``: what a collapse warning tells the user to try
+    (:func:`collapse_advice`)."""
     judged = usable & (anchor >= 0)
     if not judged.any():
         return PromptJudgement(True, "", False, {})
@@ -122,8 +144,7 @@ def judge_prompts(
     if learned < COLLAPSE_SHARE * zero:
         reason = (
             f"the learned prompts collapsed (they agree with the image evidence on only {100 * learned:.0f}% of the "
-            f"rows, where zero-shot prompts agree on {100 * zero:.0f}%); zero-shot prompts used instead (try a lower "
-            "lr or --ctx-init)"
+            f"rows, where zero-shot prompts agree on {100 * zero:.0f}%); zero-shot prompts used instead ({advice})"
         )
         return PromptJudgement(False, reason, True, numbers)
     if counts.learned_win():

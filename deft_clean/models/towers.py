@@ -114,6 +114,7 @@ class TokenTower:
     width: int  # token width D
     patch: int  # patch side in pixels (sets VPT's init range)
     family: str  # vit | timm-vit | timm-eva
+    patches: int | None = None  # patch tokens in the sequence at the model's image size (None: unknown)
 
 
 def token_tower(clip: nn.Module) -> TokenTower | None:
@@ -123,7 +124,9 @@ def token_tower(clip: nn.Module) -> TokenTower | None:
     if transformer is not None and hasattr(transformer, "resblocks"):  # open_clip's own VisionTransformer
         if not getattr(transformer, "batch_first", True):
             raise UsageError("this open_clip build runs the vision transformer sequence-first; update open_clip_torch")
-        return TokenTower(transformer.resblocks, int(transformer.width), _side(visual.patch_size), "vit")
+        grid = getattr(visual, "grid_size", None)
+        patches = int(grid[0] * grid[1]) if isinstance(grid, (tuple, list)) and len(grid) == 2 else None
+        return TokenTower(transformer.resblocks, int(transformer.width), _side(visual.patch_size), "vit", patches)
     trunk = getattr(visual, "trunk", None)
     if trunk is None:
         return None
@@ -134,7 +137,8 @@ def token_tower(clip: nn.Module) -> TokenTower | None:
         return None
     patch = getattr(getattr(trunk, "patch_embed", None), "patch_size", 16)
     family = "timm-eva" if isinstance(trunk, Eva) else "timm-vit"
-    return TokenTower(trunk.blocks, int(trunk.embed_dim), _side(patch), family)
+    patches = getattr(getattr(trunk, "patch_embed", None), "num_patches", None)
+    return TokenTower(trunk.blocks, int(trunk.embed_dim), _side(patch), family, int(patches) if patches else None)
 
 
 def _side(size: Any) -> int:

@@ -16,21 +16,37 @@ from deft_clean.run.options import DetectConfig
 from ..detecting.test_domain_shift import defaults, pair_shifted  # noqa: F401  (fixture)
 
 
-def test_a_collapse_stops_training_at_once_and_says_so(tiny_clip, pair_shifted, monkeypatch):  # noqa: F811
-    """Forced collapse: the learned prompts predict class 0 for every row from the first batch on."""
+@pytest.mark.parametrize(
+    ("vpt_tokens", "advice"),
+    [(20, "try --vpt-tokens 4: 20 prompt tokens a layer crowd this model's 16 image patches"), (4, "try a lower lr")],
+    ids=["crowded", "lr"],
+)
+def test_a_collapse_stops_training_at_once_and_says_so(tiny_clip, pair_shifted, monkeypatch, vpt_tokens, advice):  # noqa: F811
+    """Forced collapse: the learned prompts predict class 0 for every row from the first batch on. The warning's
+    advice: fewer visual prompt tokens where the default 20 crowd the tiny model's 16 patch tokens, else the lr."""
     real = TrainingMonitor.judge
 
     def collapsed(self, epoch, previous, predicted, clean):
         return real(self, epoch, previous, np.zeros_like(predicted), clean)
 
     monkeypatch.setattr(TrainingMonitor, "judge", collapsed)
-    result = deft_clean.detect(pair_shifted.root, **defaults(tiny_clip))  # 10 epochs at most
+    result = deft_clean.detect(pair_shifted.root, **defaults(tiny_clip), vpt_tokens=vpt_tokens)  # 10 epochs at most
     assert len(result.history) <= 2
     assert result.history[-1]["stop"] == "collapse"
     assert result.metadata["text_evidence"] == "zero-shot"
     lines = [line for line in result.metadata["warnings"] if "collapsed" in line]
     assert len(lines) == 1 and "training stopped" in lines[0] and "epoch 2" in lines[0], lines
+    assert advice in lines[0], lines
     assert result.frame["sim_pos"].isna().all()  # no scoring pass for dropped prompts
+
+
+def test_collapse_advice_counts_prompt_tokens_against_patch_tokens():
+    from deft_clean.detecting.selection import LOWER_LR, collapse_advice
+
+    assert collapse_advice(16, 20).startswith("try --vpt-tokens 4:")
+    assert collapse_advice(49, 20) == LOWER_LR  # ViT-B/32 at 224 px: 20 of 49 is not crowded
+    assert collapse_advice(196, 20) == LOWER_LR and collapse_advice(None, 20) == LOWER_LR
+    assert collapse_advice(4, 20).startswith("try --vpt-tokens 1:")
 
 
 def test_the_papers_schedule_stays_available(tiny_clip, pair_shifted):  # noqa: F811

@@ -104,7 +104,12 @@ def _loaded_random(family: str, folder: Path | None = None):
 def test_prompts_and_adaptation_train_on_every_family(family: str, tmp_path: Path) -> None:
     """The dual prompts and the image-side adaptation get gradients; the frozen tower is recoverable; the
     prompts' text features equal the tower's own encoding of the same sentence."""
+    from deft_clean.models.towers import token_tower
+
     loaded = _loaded_random(family, tmp_path)
+    tower = token_tower(loaded.model)  # what a collapse warning's advice counts: the patch tokens at 32 px
+    assert (tower is None) == (family in ("convnext", "resnet"))
+    assert tower is None or tower.patches == (32 // tower.patch) ** 2, tower
     images = torch.randn(3, 3, 32, 32)
     before = loaded.model.encode_image(images, normalize=True).detach()  # the tower as loaded
     model = DeftModel(
