@@ -160,7 +160,7 @@ def run_setting(
         run, detected = q.run_deft(folder, paths, *foundation, seed=setting.seed, device=args.device, num_workers=0)
         detected.save(results)
         detect_seconds = run.seconds
-    from deft_clean.deft_clean import load_results
+    from deft_clean.outputs.results import load_results
 
     frame, _ = load_results(results)
     kept = frame.set_index("path").loc[paths, "is_clean"].to_numpy(dtype=bool)
