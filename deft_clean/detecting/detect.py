@@ -619,7 +619,7 @@ def learned_scores(
     evidence: Evidence,
     control: Any,
     *,
-    advice: str | None = None,
+    advice: str,
 ) -> Any:
     """Train DeFT's prompts and score every sample with them (a ``passes.Scores``); None, with a warning
     in ``evidence`` and the reason in ``evidence.prompt_run``, when the training diverged or collapsed (the
@@ -628,9 +628,7 @@ def learned_scores(
     from ..run.engine import TrainingDiverged, seed_everything
     from .passes import score_samples
     from .prompt_training import train_prompts
-    from .selection import LOWER_LR
 
-    advice = advice or LOWER_LR
     # Seeded here, after the cache fill and the feature pass (their loaders draw from the global RNG), so
     # that prompt init and augmentation are the same with and without a cache.
     generator = seed_everything(cfg.seed)
