@@ -9,8 +9,9 @@ norm-bias tuning of the last stage (``image_adapter="norm-bias"``), beside the d
 
     python benchmarks/families.py                           # every family, 3 noise settings, 3 seeds
     python benchmarks/families.py --families eva,convnext --seeds 1
+    python benchmarks/families.py --target mnist-texture --paper --tag families-texture   # + the paper's schedule
 
-Writes benchmarks/results/families.md and families.json.
+Writes benchmarks/results/families.md and families.json (``--tag``: other names).
 """
 
 from __future__ import annotations
@@ -100,6 +101,9 @@ def run_family(family: str, args: argparse.Namespace) -> dict[str, Any]:
             out["adaptation"] = record.get("adaptation", "")
             runs["deft-clean"].extra["prompts"] = record
             runs["deft-clean --quick"], _ = quality.run_deft(folder, paths, config, checkpoint, quick=True, **common)
+            if args.paper:
+                paper = {"early_stop": False, "images_per_epoch": "all"}
+                runs[quality.PAPER], _ = quality.run_deft(folder, paths, config, checkpoint, **paper, **common)
             if family in TOKENLESS:
                 runs["deft-clean norm-bias"], _ = quality.run_deft(
                     folder, paths, config, checkpoint, image_adapter="norm-bias", **common
@@ -128,8 +132,8 @@ def render(report: dict[str, Any]) -> str:
         "tuned beside the prompts (the default there trains the text prompts only).",
         "",
         "| family | stands in for | pretrain (steps, lr) | seeds | zero-shot acc | noise | deft-clean | --quick | "
-        "cleanlab | norm-bias | default - cleanlab | prompts | adaptation |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "paper schedule | cleanlab | norm-bias | default - cleanlab | prompts | adaptation |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     from deft_clean import testing as toy
 
@@ -147,14 +151,28 @@ def render(report: dict[str, Any]) -> str:
 
             default, d = cell("deft-clean")
             quick, _ = cell("deft-clean --quick")
+            paper, _ = cell(quality.PAPER)
             clean, c = cell("cleanlab")
             tuned, _ = cell("deft-clean norm-bias")
             outcomes = ", ".join(sorted({s["deft-clean"].get("prompts", "") or "?" for s in per_seed}))
             lines.append(
                 f"| {family} | {toy.STAND_INS[family][1]} | {pretrain['steps']}, {pretrain['lr']:g} | "
                 f"{len(per_seed)} | {100 * result['zero_shot_accuracy']:.1f} | {setting} | "
-                f"{default} | {quick} | {clean} | {tuned} | {d - c:+.1f} | {outcomes} | {result['adaptation']} |"
+                f"{default} | {quick} | {paper} | {clean} | {tuned} | {d - c:+.1f} | {outcomes} | "
+                f"{result['adaptation']} |"
             )
+    withheld = [
+        f"{family} {setting}"
+        for family, result in report["families"].items()
+        for setting, per_seed in result["settings"].items()
+        if any(seed["deft-clean"].get("withheld", 0) > 0 and not seed["deft-clean"]["flagged"] for seed in per_seed)
+    ]
+    if withheld:
+        lines += [
+            "",
+            'F1 0.0 where no flag stands: the evidence check withheld every flag ("cannot tell") in a run of '
+            f"{', '.join(withheld)}.",
+        ]
     reasons = [
         (family, setting, seed["deft-clean"]["prompts_reason"])
         for family, result in report["families"].items()
@@ -178,6 +196,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--target", default="mnist-bold", help="a benchmarks/quality.py target (shifted digits)")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--paper", action="store_true", help="also run the paper's schedule (no early stop, all rows)")
+    parser.add_argument("--tag", default="families", help="output file names: TAG.md, TAG.json")
     parser.add_argument("--work-dir", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "deft-families")
     parser.add_argument("--out-dir", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument(
@@ -190,7 +210,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for part in reports:
             for family, result in part["families"].items():
                 report["families"][family] = {"seeds": part["seeds"], "pretrain": part["pretrain"], **result}
-        return write(report, args.out_dir)
+        return write(report, args.out_dir, args.tag)
     quality.set_threads(args.threads)
     import torch
 
@@ -207,15 +227,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "families": families,
         "total_seconds": time.perf_counter() - started,
     }
-    return write(report, args.out_dir)
+    return write(report, args.out_dir, args.tag)
 
 
-def write(report: dict[str, Any], out_dir: Path) -> dict[str, Any]:
-    """families.md and families.json in ``out_dir``; print the table."""
+def write(report: dict[str, Any], out_dir: Path, tag: str = "families") -> dict[str, Any]:
+    """TAG.md and TAG.json in ``out_dir``; print the table."""
     markdown = render(report)
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "families.md").write_text(markdown)
-    (out_dir / "families.json").write_text(json.dumps(report, indent=1, default=float))
+    (out_dir / f"{tag}.md").write_text(markdown)
+    (out_dir / f"{tag}.json").write_text(json.dumps(report, indent=1, default=float))
     print(markdown)
     return report
 
