@@ -143,18 +143,12 @@ def render(report: dict[str, Any]) -> str:
         f"{np.mean(symmetric):+.2f} ({len(symmetric)} settings), pair and instance {np.mean(structured):+.2f} "
         f"({len(structured)} settings). Runs whose flags stood only with every row as the seed: {flips[0]}; only "
         f"with the text seed: {flips[1]}.",
-        "",
-        f"Total benchmark time: {report['total_seconds']:.0f} s.",
     ]
     return "\n".join(lines) + "\n"
 
 
 def write(report: dict[str, Any], out_dir: Path, tag: str) -> dict[str, Any]:
-    markdown = render(report)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / f"{tag}.md").write_text(markdown)
-    (out_dir / f"{tag}.json").write_text(json.dumps(report, indent=1, default=float))
-    print(markdown)
+    q.write_tables(out_dir, tag, render(report), report)  # TAG.md (with the total time) and TAG.json; printed
     return report
 
 
