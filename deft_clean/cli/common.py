@@ -78,7 +78,7 @@ def _run(debug: bool, quiet: bool, call: Callable[..., T], /, *args: Any, **kwar
         err.print(f"error: {printable(exc.cli_message())}", markup=False)
         raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt:
-        err.print("interrupted", markup=False)
+        err.print("interrupted by SIGINT", markup=False)
         raise typer.Exit(130) from None
     except Exception as exc:  # a bug or an environment problem: still one line unless --debug
         if debug:

@@ -228,8 +228,13 @@ def detect(
     from ..run.distributed import process_group
 
     threads, locked = plan_cpu(cfg.num_workers, cfg.threads)[1], (run.out, run_dir)
-    with process_group(cfg.device) as ranks, run_lock(*(locked if ranks.is_main else ())), torch_threads(threads):
-        result = _detect(cfg, listing, checkpoint, ranks=ranks, quiet=quiet, reading=reading)
+    with (
+        process_group(cfg.device) as ranks,
+        run_lock(*(locked if ranks.is_main else ())),
+        torch_threads(threads),
+        StopOnSignal(checkpoint.hint) as stop,  # from the first image read until the Parquet is written
+    ):
+        result = _detect(cfg, listing, checkpoint, ranks=ranks, quiet=quiet, reading=reading, stop=stop)
         if run.out is not None and ranks.is_main:
             result.save(run.out)
         if save_arrays is not None and ranks.is_main:
@@ -311,11 +316,12 @@ class _Checkpoint:
         state = load_checkpoint(path, signature) if resume and path is not None else None
         return cls(path, signature, state, every)
 
-    @property
     def hint(self) -> str:
-        """What the message of a stopped run says about going on."""
+        """What the message of a stopped run says about going on (asked when it stops)."""
         if self.path is None:
             return "nothing was saved (pass run_dir to make the run resumable)"
+        if not self.path.exists():  # e.g. --quick, which trains nothing, stopped during its scoring
+            return "nothing to resume; rerun the same command (without --resume)"
         return f"checkpoint saved in {self.path.parent}; rerun the same command with --resume to continue"
 
     def saver(self) -> Any:
@@ -342,8 +348,24 @@ class _Checkpoint:
                 self.path.parent.rmdir()  # only if empty: the user may have put other things there
 
 
+def _stop_point(stop: StopOnSignal, ranks: Any, device: Any) -> None:
+    """Raise :class:`Interrupted` when a signal reached this rank or another one (every rank calls it at the
+    same point of the run): between the phases that do not check by themselves (selection, the health pass), so
+    a signal there leaves no Parquet and keeps the checkpoint."""
+    if ranks.active and ranks.any(stop.requested, device):
+        stop.follow()
+    stop.check()
+
+
 def _detect(
-    cfg: DetectConfig, listing: Listing, checkpoint: _Checkpoint, *, ranks: Any, quiet: bool, reading: ReadOptions
+    cfg: DetectConfig,
+    listing: Listing,
+    checkpoint: _Checkpoint,
+    *,
+    ranks: Any,
+    quiet: bool,
+    reading: ReadOptions,
+    stop: StopOnSignal,
 ) -> DetectResult:
     """Load CLIP, gather the evidence, select the clean rows and assemble the result (one rank's part)."""
     from ..models.clip import load_clip, resolve_device
@@ -355,13 +377,14 @@ def _detect(
     device = device_for(ranks, resolve_device(cfg.device))
     quiet = quiet or not ranks.is_main  # one progress display and one set of warnings
     loaded = load_clip(cfg.model, cfg.pretrained, device=device, quiet=quiet, announce=True, seed=cfg.seed)
+    _stop_point(stop, ranks, device)  # a large model loads for a while
     from ..inputs.device_transforms import device_transforms_wanted
     from ..models.clip import compile_module
 
     if cfg.compile:
         compile_module(loaded.model.visual, "the image tower")
     workers = resolve_workers(cfg.num_workers, cfg.threads)
-    with RichProgress(quiet=quiet) as progress, StopOnSignal(checkpoint.hint) as stop:
+    with RichProgress(quiet=quiet) as progress:
         cache = None
         if cfg.cache is not None:
             from ..inputs.image_cache import prepare_cache
@@ -393,14 +416,17 @@ def _detect(
 
         control = TrainControl(checkpoint.saver(), checkpoint.resume, every_steps=checkpoint.every)
         evidence = gather_evidence(cfg, loaded, listing, passes, control)
+    _stop_point(stop, ranks, device)
     with evidence.clock.timing("selection"):
         decision = select(cfg, listing, evidence, device=device)
+    _stop_point(stop, ranks, device)
     frame = results_frame(listing, evidence, decision)
     warnings = evidence.warnings + decision.warnings  # every warning of the run, in the order they arose
     for line in warnings:
         warn_result(line)  # at once (before the health pass), and even when quiet: they change what flags mean
     if cfg.health:
         frame = _with_health(cfg, listing, evidence, frame, warnings, device=device)
+        _stop_point(stop, ranks, device)
     metadata = _metadata(
         cfg, listing, loaded, evidence, decision, reading=reading, device=device, world=ranks.world, warnings=warnings
     )
@@ -513,8 +539,7 @@ def gather_evidence(
     clock = StageClock()
     # --quick makes no later pass over the images: their thumbnails and hashes are kept, not their pixels
     kept = Kept.for_listing(len(listing), passes.image_size, pixels=not cfg.quick) if reading_wanted(passes) else None
-    with passes.stop.hinted("stopped before any training; rerun the same command (without --resume)"):
-        features, failures = image_features(loaded.model, listing, passes, clock=clock, keep=kept)
+    features, failures = image_features(loaded.model, listing, passes, clock=clock, keep=kept)
     if kept is not None and kept.memory is not None:  # later passes read the pixels this one decoded
         passes = dataclasses.replace(passes, cache=kept.memory)
     text = zero_shot_text(loaded, listing.prompt_names)  # [K, E]

@@ -13,7 +13,7 @@ import hashlib
 import json
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -45,8 +45,9 @@ class StopOnSignal:
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
-    def __init__(self, resume_hint: str) -> None:
-        self.resume_hint = resume_hint  # appended to the message, e.g. "rerun with --resume"
+    def __init__(self, resume_hint: str | Callable[[], str]) -> None:
+        # appended to the message, e.g. "rerun with --resume"; a callable is asked when the run stops
+        self.resume_hint = resume_hint
         self.signum: int | None = None
         self._previous: dict[int, Any] = {}
 
@@ -62,7 +63,7 @@ class StopOnSignal:
         self._previous.clear()
 
     @contextlib.contextmanager
-    def hinted(self, hint: str) -> Iterator[None]:
+    def hinted(self, hint: str | Callable[[], str]) -> Iterator[None]:
         """Use another resume hint while the block runs (e.g. during a cache fill, before any checkpoint)."""
         previous, self.resume_hint = self.resume_hint, hint
         try:
@@ -88,7 +89,8 @@ class StopOnSignal:
     def check(self) -> None:
         if self.signum is not None:
             name = signal.Signals(self.signum).name
-            raise Interrupted(f"interrupted by {name}; {self.resume_hint}", self.signum)
+            hint = self.resume_hint() if callable(self.resume_hint) else self.resume_hint
+            raise Interrupted(f"interrupted by {name}; {hint}", self.signum)
 
 
 def listing_signature(paths: list[str], labels: list[str], classes: list[str]) -> dict[str, Any]:

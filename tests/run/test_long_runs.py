@@ -87,6 +87,46 @@ def test_interrupted_detect_resumes_to_identical_results(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["results.parquet"]
 
 
+@pytest.mark.parametrize("phase", ["selection", "health"])
+def test_signal_after_the_prompts_trained_keeps_the_checkpoint(
+    tiny_clip, noisy_folder, uninterrupted, tmp_path, monkeypatch, phase
+):
+    """A signal during selection or the health pass (no loop there checks it) stops the run as one during training
+    does: no Parquet, the checkpoint kept, a resume that ends with the uninterrupted results."""
+    from deft_clean.detecting import detect as detect_module
+    from deft_clean.detecting import selection
+
+    out = tmp_path / "results.parquet"
+    module, name = (selection, "select") if phase == "selection" else (detect_module, "_with_health")
+    original = getattr(module, name)
+
+    def signalled(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)
+        return original(*args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(module, name, signalled)
+        with pytest.raises(Interrupted, match="SIGINT.*--resume") as stopped:
+            deft_clean.detect(noisy_folder.root, out=out, **options(tiny_clip))
+    assert stopped.value.exit_code == 130
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results.parquet.run"]
+    resumed = deft_clean.detect(noisy_folder.root, out=out, resume=True, **options(tiny_clip))
+    np.testing.assert_array_equal(
+        resumed.frame["p_clean"].to_numpy(dtype=float), uninterrupted.frame["p_clean"].to_numpy(dtype=float)
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results.parquet"]
+
+
+def test_signal_before_any_checkpoint_says_there_is_nothing_to_resume(tiny_clip, noisy_folder, tmp_path, monkeypatch):
+    out = tmp_path / "results.parquet"
+    with monkeypatch.context() as patch:
+        interrupt_at(patch, "start_task", None, signal.SIGINT)  # the image pass; --quick trains nothing
+        with pytest.raises(Interrupted, match="nothing to resume; rerun the same command \\(without --resume\\)"):
+            deft_clean.detect(noisy_folder.root, out=out, **options(tiny_clip, quick=True))
+    assert list(tmp_path.iterdir()) == []
+    deft_clean.detect(noisy_folder.root, out=out, **options(tiny_clip, quick=True))  # a plain rerun goes on
+
+
 def test_resume_with_other_options_or_data_is_refused(tiny_clip, noisy_folder, tmp_path, monkeypatch):
     out = tmp_path / "results.parquet"
     with monkeypatch.context() as patch:
@@ -111,12 +151,15 @@ def test_resume_with_other_options_or_data_is_refused(tiny_clip, noisy_folder, t
 def test_sigint_to_cli_exits_130_with_one_line_and_no_output(tiny_clip, noisy_folder, tmp_path):
     out = tmp_path / "results.parquet"
     command = [sys.executable, "-m", "deft_clean", "detect", str(noisy_folder.root), "--out", str(out)]
-    command += tiny_clip.cli_args() + ["--epochs", "500", "--checkpoint-every", "1"]
+    # a long schedule, so that the signal most likely lands in training; a signal in any later phase (scoring,
+    # selection, the health pass) must give the same line
+    command += tiny_clip.cli_args() + ["--epochs", "500", "--no-early-stop", "--checkpoint-every", "1"]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     checkpoint = tmp_path / "results.parquet.run" / "detect_checkpoint.pt"
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 300  # a loaded machine may take long to import torch and read the images
     while not checkpoint.exists() and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.1)
+        time.sleep(0.05)
+    assert checkpoint.exists(), f"no checkpoint yet (exit {process.poll()})"
     process.send_signal(signal.SIGINT)
     stdout, stderr = process.communicate(timeout=60)
     assert process.returncode == 130, stderr
