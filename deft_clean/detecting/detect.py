@@ -348,15 +348,6 @@ class _Checkpoint:
                 self.path.parent.rmdir()  # only if empty: the user may have put other things there
 
 
-def _stop_point(stop: StopOnSignal, ranks: Any, device: Any) -> None:
-    """Raise :class:`Interrupted` when a signal reached this rank or another one (every rank calls it at the
-    same point of the run): between the phases that do not check by themselves (selection, the health pass), so
-    a signal there leaves no Parquet and keeps the checkpoint."""
-    if ranks.active and ranks.any(stop.requested, device):
-        stop.follow()
-    stop.check()
-
-
 def _detect(
     cfg: DetectConfig,
     listing: Listing,
@@ -377,7 +368,7 @@ def _detect(
     device = device_for(ranks, resolve_device(cfg.device))
     quiet = quiet or not ranks.is_main  # one progress display and one set of warnings
     loaded = load_clip(cfg.model, cfg.pretrained, device=device, quiet=quiet, announce=True, seed=cfg.seed)
-    _stop_point(stop, ranks, device)  # a large model loads for a while
+    stop.check_ranks(ranks, device)  # a large model loads for a while
     from ..inputs.device_transforms import device_transforms_wanted
     from ..models.clip import compile_module
 
@@ -416,17 +407,17 @@ def _detect(
 
         control = TrainControl(checkpoint.saver(), checkpoint.resume, every_steps=checkpoint.every)
         evidence = gather_evidence(cfg, loaded, listing, passes, control)
-    _stop_point(stop, ranks, device)
+    stop.check_ranks(ranks, device)
     with evidence.clock.timing("selection"):
         decision = select(cfg, listing, evidence, device=device)
-    _stop_point(stop, ranks, device)
+    stop.check_ranks(ranks, device)
     frame = results_frame(listing, evidence, decision)
     warnings = evidence.warnings + decision.warnings  # every warning of the run, in the order they arose
     for line in warnings:
         warn_result(line)  # at once (before the health pass), and even when quiet: they change what flags mean
     if cfg.health:
         frame = _with_health(cfg, listing, evidence, frame, warnings, device=device)
-        _stop_point(stop, ranks, device)
+        stop.check_ranks(ranks, device)
     metadata = _metadata(
         cfg, listing, loaded, evidence, decision, reading=reading, device=device, world=ranks.world, warnings=warnings
     )

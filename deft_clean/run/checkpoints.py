@@ -86,6 +86,13 @@ class StopOnSignal:
     def requested(self) -> bool:
         return self.signum is not None
 
+    def check_ranks(self, ranks: Any, device: Any) -> None:
+        """:meth:`check`, stopping when a signal reached this rank or another one (every rank calls it at the same
+        point of the run): between the steps of a run that do not check by themselves."""
+        if ranks.active and ranks.any(self.requested, device):
+            self.follow()
+        self.check()
+
     def check(self) -> None:
         if self.signum is not None:
             name = signal.Signals(self.signum).name

@@ -20,6 +20,7 @@ import json
 import math
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -250,7 +251,20 @@ def _datasets(plan: RowPlan, cfg: TrainConfig, size: int, mean: Any, std: Any, c
     return Sets(train_set, val_set, unaugmented, size, mean, std)
 
 
-def _caches(cfg: TrainConfig, plan: RowPlan, size: int, workers: int, quiet: bool, ranks: Dist) -> tuple[Any, Any]:
+def _stop_hint(checkpoint: Path) -> Callable[[], str]:
+    """What the line of a stopped train says about going on, asked when it stops."""
+
+    def hint() -> str:
+        if checkpoint.exists():
+            return f"checkpoint saved in {checkpoint}; rerun the same command with --resume to continue"
+        return "nothing to resume; rerun the same command with --overwrite to start again"
+
+    return hint
+
+
+def _caches(
+    cfg: TrainConfig, plan: RowPlan, size: int, workers: int, quiet: bool, ranks: Dist, stop: StopOnSignal
+) -> tuple[Any, Any]:
     """The decoded-image caches of the training and validation sets (None, None without ``cfg.cache``)."""
     if cfg.cache is None:
         return None, None
@@ -258,8 +272,12 @@ def _caches(cfg: TrainConfig, plan: RowPlan, size: int, workers: int, quiet: boo
     from ..run.progress import RichProgress
 
     cache = val_cache = None
-    hint = "the images cached so far are kept; rerun the same command to go on"
-    with RichProgress(quiet=quiet) as progress, StopOnSignal(hint) as stop:
+    going_on = stop.resume_hint
+
+    def hint() -> str:
+        return f"the images cached so far are kept; {going_on() if callable(going_on) else going_on}"
+
+    with RichProgress(quiet=quiet) as progress, stop.hinted(hint):
         fill = {"size": size, "num_workers": workers, "progress": progress, "stop": stop, "ranks": ranks}
         cache = prepare_cache(cfg.cache, plan.listing, **fill)
         if plan.val_listing is not None:
@@ -316,16 +334,19 @@ def _train(
     ranks.barrier()  # every rank has checked the folder before rank 0 writes its manifest there
     if ranks.is_main:
         _prepare_out(out_dir, earlier, cfg)
+    # SIGINT/SIGTERM from here until the model is exported: one line saying how to go on, exit 130/143
+    stop = held.enter_context(StopOnSignal(_stop_hint(out_dir / CHECKPOINT)))
     device = device_for(ranks, resolve_device(cfg.device))
     quiet = quiet or not ranks.is_main
     generator = seed_everything(cfg.seed)
     spec = model_spec(cfg.backbone, metadata=plan.metadata, backbone_weights=cfg.backbone_weights)
     n_classes = len(plan.listing.classes)
     model = build_classifier(spec, n_classes=n_classes, device=device, load_pretrained=True, quiet=quiet)
+    stop.check_ranks(ranks, device)  # a large backbone loads for a while
     size, mean, std = data_config(spec, model, image_size=cfg.image_size)
     spec.update({"image_size": size, "mean": list(mean), "std": list(std)})
     workers = resolve_workers(cfg.num_workers)
-    sets = _datasets(plan, cfg, size, mean, std, _caches(cfg, plan, size, workers, quiet, ranks))
+    sets = _datasets(plan, cfg, size, mean, std, _caches(cfg, plan, size, workers, quiet, ranks, stop))
     notes: list[str] = []
 
     def note(message: str) -> None:
@@ -339,7 +360,9 @@ def _train(
             note(f"{cfg.backbone}: its head is not one linear layer, so it starts from random weights (no probe)")
         else:
             rows = sets.unaugmented(plan.rows)
-            outcome.probe = _probe(model, parts, rows, n_classes, device, workers, quiet, cfg.hflip is None)
+            probe_stop = None if ranks.active else stop  # with ranks, all check together below
+            outcome.probe = _probe(model, parts, rows, n_classes, device, workers, quiet, cfg.hflip is None, probe_stop)
+            stop.check_ranks(ranks, device)
     outcome.hflip = choose_hflip(cfg.hflip, outcome.probe, note)
     _fine_tune(
         model,
@@ -355,7 +378,9 @@ def _train(
         quiet=quiet,
         ranks=ranks,
         spec=spec,
+        stop=stop,
     )
+    stop.check_ranks(ranks, device)  # a signal after the last epoch: no model files, the checkpoint kept
     for message in run_warnings(outcome.history, outcome.probe, outcome.best_epoch):
         note(message)
     result = TrainResult(
@@ -403,6 +428,7 @@ def _probe(
     workers: int,
     quiet: bool,
     mirrored: bool,
+    stop: StopOnSignal | None = None,
 ) -> dict[str, Any]:
     """Fit the head as a linear probe on the frozen features of ``rows``; its record for metrics.json."""
     from ..run.progress import RichProgress
@@ -418,6 +444,7 @@ def _probe(
             autocast=amp_for(device).autocast,
             progress=progress,
             mirrored=mirrored,
+            stop=stop,
         )
 
 
@@ -470,12 +497,12 @@ def _fit(
     workers: int,
     ranks: Dist,
     quiet: bool,
+    stop: StopOnSignal,
 ) -> None:
-    """Run fine-tuning on the engine with checkpoints in ``checkpoint_path``, stopping cleanly on signals."""
+    """Run fine-tuning on the engine with checkpoints in ``checkpoint_path``, stopping cleanly on ``stop``."""
     from ..run.progress import RichProgress
 
-    hint = f"checkpoint saved in {checkpoint_path}; rerun the same command with --resume to continue"
-    with StopOnSignal(hint) as stop, RichProgress(quiet=quiet) as progress:
+    with RichProgress(quiet=quiet) as progress:
         run = Run(
             epochs=cfg.epochs,
             batch_size=cfg.batch_size,
@@ -507,6 +534,7 @@ def _fine_tune(
     quiet: bool,
     ranks: Dist,
     spec: dict[str, Any],
+    stop: StopOnSignal,
 ) -> None:
     """Fine-tune the whole model on :mod:`deft_clean.run.engine`, validating every epoch; fills ``outcome``."""
 
@@ -582,6 +610,7 @@ def _fine_tune(
         workers=workers,
         ranks=ranks,
         quiet=quiet,
+        stop=stop,
     )
 
 

@@ -159,8 +159,11 @@ def fit_probe_head(
     autocast: Callable[[], Any],
     progress: Progressish,
     mirrored: bool,
+    stop: Any = None,
 ) -> dict[str, Any]:
     """Fit ``parts.head`` as a logistic regression on the frozen features of ``dataset`` (eval transform).
+
+    ``stop`` (a :class:`~deft_clean.run.checkpoints.StopOnSignal`) is checked after each batch.
 
     Returns the probe's record for metrics.json: ``train_accuracy``, ``n`` (rows fitted), ``seconds`` and,
     with ``mirrored``, ``mirrored_accuracy``: the probe's accuracy on the same images flipped horizontally.
@@ -174,6 +177,8 @@ def fit_probe_head(
         for batch in loader:
             yield batch
             progress.advance(len(batch[3]))
+            if stop is not None:
+                stop.check()
 
     found = extract_features(parts, counted(), device=device, autocast=autocast, mirrored=mirrored)
     features, labels = found.features, found.labels  # [N, E], [N]

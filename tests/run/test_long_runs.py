@@ -43,8 +43,9 @@ def uninterrupted(tiny_clip, noisy_folder, tmp_path_factory):
     return result
 
 
-def interrupt_at(monkeypatch, method: str, number: int | None, signum: int) -> None:
-    """Send ourselves ``signum`` when the progress display starts epoch ``number`` (or scoring)."""
+def interrupt_at(monkeypatch, method: str, number: int | str | None, signum: int) -> None:
+    """Send ourselves ``signum`` when the progress display starts epoch ``number`` (or scoring, or the task
+    named ``number``)."""
     original = getattr(RichProgress, method)
 
     def hook(self, *args, **kwargs):
@@ -186,6 +187,48 @@ def test_interrupted_train_resumes_to_identical_weights(tiny_clip, noisy_folder,
     full = load_file(str(tmp_path / "full" / "model.safetensors"))
     resumed = load_file(str(tmp_path / "cut" / "model.safetensors"))
     assert full.keys() == resumed.keys()
+    for key in full:
+        np.testing.assert_array_equal(full[key].numpy(), resumed[key].numpy(), err_msg=key)
+
+
+def test_train_stopped_outside_its_epochs_says_how_to_go_on(
+    tiny_clip, noisy_folder, uninterrupted, tmp_path, monkeypatch
+):
+    """A signal in the linear probe (before any checkpoint) or after the last epoch (before the export) stops train
+    with one line saying how to go on, and going on that way works."""
+    from safetensors.torch import load_file
+
+    from deft_clean.training import finetune
+
+    options = {"epochs": 1, "batch_size": 12, "device": "cpu", "num_workers": 0, "quiet": True}
+    train = lambda out, **extra: deft_clean.train(  # noqa: E731
+        noisy_folder.root, results=uninterrupted.path, out=tmp_path / out, **options, **extra
+    )
+    with monkeypatch.context() as patch:
+        interrupt_at(patch, "start_task", "linear probe", signal.SIGINT)
+        with pytest.raises(Interrupted, match="nothing to resume; rerun the same command with --overwrite"):
+            train("cut")
+    assert [p.name for p in (tmp_path / "cut").iterdir()] == [".deft-clean-manifest.json"]
+    train("cut", overwrite=True)
+    assert (tmp_path / "cut" / "model.safetensors").is_file()
+
+    original = finetune._fit
+
+    def then_signalled(*args, **kwargs):
+        original(*args, **kwargs)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(finetune, "_fit", then_signalled)
+        with pytest.raises(Interrupted, match="SIGTERM; checkpoint saved .*--resume") as stopped:
+            train("late")
+    assert stopped.value.exit_code == 143
+    assert "model.safetensors" not in {p.name for p in (tmp_path / "late").iterdir()}
+    train("late", resume=True)
+    full, resumed = (
+        load_file(str(tmp_path / "cut" / "model.safetensors")),
+        load_file(str(tmp_path / "late" / "model.safetensors")),
+    )
     for key in full:
         np.testing.assert_array_equal(full[key].numpy(), resumed[key].numpy(), err_msg=key)
 
