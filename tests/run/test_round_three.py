@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from typer.testing import CliRunner
 
 from deft_clean.cli.app import app
 from deft_clean.outputs.results import write_results
+from deft_clean.run.errors import DataError
 from tests.conftest import fails
 from tests.review_data import CLASSES, Review, make_review
 
@@ -549,3 +551,37 @@ def test_a_manifest_whose_records_were_stripped_removes_nothing(review, home):
         (out / MANIFEST).write_text(json.dumps({**manifest, "records": records}))
         with untouched(home.parent):
             fails(invoke("export", review.results, "--out", out, "--mode", "copy", "--overwrite"), 1, "not written")
+
+
+def test_row_checks_resolve_each_folder_once_yet_every_link_on_its_own(review, home):
+    """checked_root resolves a class folder once for all its plain files; a linked file among them is still
+    followed on its own, and a linked class folder is judged by where it leads."""
+    from deft_clean.inputs.readers.recorded import checked_root
+    from deft_clean.outputs.results import load_results
+
+    frame, metadata = load_results(review.results)
+    paths = frame["path"].astype(str).tolist()
+    assert checked_root(metadata, paths) == review.root
+    outside = home / "outside"
+    outside.mkdir()
+    last = review.root / paths[-1]  # after its folder's plain files: the folder is resolved (and cached) by then
+    shutil.copyfile(last, outside / "copy.png")
+    original = last.read_bytes()
+    last.unlink()
+    last.symlink_to(outside / "copy.png")
+    with pytest.raises(DataError, match="link outside the dataset root"):
+        checked_root(metadata, paths)
+    last.unlink()
+    last.symlink_to(review.root / paths[0])  # a link to another image inside the root is a plain image
+    assert checked_root(metadata, paths) == review.root
+    last.unlink()
+    last.mkdir()  # a folder named like an image is not a file
+    with pytest.raises(DataError, match="not listed"):
+        checked_root(metadata, paths)
+    last.rmdir()
+    last.write_bytes(original)
+    folder = last.parent
+    folder.rename(outside / folder.name)
+    folder.symlink_to(outside / folder.name, target_is_directory=True)
+    with pytest.raises(DataError, match="link outside the dataset root"):
+        checked_root(metadata, paths)
