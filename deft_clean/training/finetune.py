@@ -398,7 +398,10 @@ def _train(
     if not ranks.is_main:
         ranks.barrier()  # wait until rank 0 has written the model folder
         return result
-    refit = _export_weights(model, parts, plan, sets, outcome, out_dir, device=device, workers=workers, quiet=quiet)
+    refit_stop = None if ranks.active else stop  # the other ranks wait at the barrier below
+    refit = _export_weights(
+        model, parts, plan, sets, outcome, out_dir, device=device, workers=workers, quiet=quiet, stop=refit_stop
+    )
     _write_model_files(out_dir, spec, plan, results, _metrics(plan, cfg, outcome, refit, notes))
     ranks.barrier()
     return result
@@ -625,8 +628,10 @@ def _export_weights(
     device: torch.device,
     workers: int,
     quiet: bool,
+    stop: StopOnSignal | None = None,
 ) -> bool:
-    """Write model.safetensors (the best epoch's weights); True when the probe's head was refitted on all rows."""
+    """Write model.safetensors (the best epoch's weights); True when the probe's head was refitted on all rows.
+    ``stop`` is checked during the refit's pass (a signal there leaves no model.safetensors, the checkpoint kept)."""
     refit = outcome.best_epoch == 0 and plan.val_source == "held-out" and parts is not None
     if refit:
         # The probe won on the held-out rows; with the choice made, the exported head learns from all kept
@@ -647,6 +652,7 @@ def _export_weights(
                 autocast=amp_for(device).autocast,
                 progress=progress,
                 mirrored=False,
+                stop=stop,
             )
         save_weights(model, out_dir / WEIGHTS)
     elif outcome.best_epoch is not None and outcome.best_epoch != outcome.history[-1]["epoch"]:
