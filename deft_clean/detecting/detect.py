@@ -232,7 +232,9 @@ def detect(
         process_group(cfg.device) as ranks,
         run_lock(*(locked if ranks.is_main else ())),
         torch_threads(threads),
-        StopOnSignal(checkpoint.hint) as stop,  # from the first image read until the Parquet is written
+        # from the model's loading until the Parquet is written; rank 0's line says how to go on (another rank
+        # may look before rank 0's last save is there)
+        StopOnSignal(checkpoint.hint if ranks.is_main else "rank 0's line says how to go on") as stop,
     ):
         result = _detect(cfg, listing, checkpoint, ranks=ranks, quiet=quiet, reading=reading, stop=stop)
         if run.out is not None and ranks.is_main:
@@ -423,6 +425,7 @@ def _detect(
     )
     frame = normalize_frame(frame, metadata)
     metadata["verdict"] = verdict(metadata, frame).to_metadata()  # the one verdict every view states
+    stop.check_ranks(ranks, device)  # the last point before the Parquet: a signal after it is said, see StopOnSignal
     result = DetectResult(frame, metadata, [dataclasses.asdict(h) for h in evidence.history])
     result.features = evidence.features
     result.visual_probs = decision.visual

@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+import logging
 import signal
 import threading
 from collections.abc import Callable, Iterator
@@ -20,6 +21,8 @@ from typing import Any
 
 from .errors import DataError, UsageError
 from .files import write_atomic
+
+log = logging.getLogger(__name__)
 
 VOLATILE_OPTIONS = ("device", "num_workers", "threads", "cache", "device_transforms", "compile")  # may change on resume
 
@@ -57,10 +60,12 @@ class StopOnSignal:
                 self._previous[sig] = signal.signal(sig, self._handle)
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: object, *exc: object) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         self._previous.clear()
+        if exc_type is None and self.signum is not None:  # after the run's last check: its outputs are complete
+            log.warning("%s arrived as the outputs were written; they are complete", signal.Signals(self.signum).name)
 
     @contextlib.contextmanager
     def hinted(self, hint: str | Callable[[], str]) -> Iterator[None]:

@@ -97,7 +97,8 @@ def _lr_factor(step: int, *, warmup_steps: int, total_steps: int) -> float:
 def _signature(cfg: TrainConfig, rows: np.ndarray, labels: np.ndarray, spec: dict[str, Any]) -> dict[str, Any]:
     """What must be equal for a checkpoint to be resumed."""
     options = dataclasses.asdict(cfg)
-    for volatile in ("resume", "device", "num_workers", "quiet", "cache", "checkpoint_every"):
+    # --overwrite only says what to do with an earlier folder: a run started with it resumes without it
+    for volatile in ("resume", "overwrite", "device", "num_workers", "quiet", "cache", "checkpoint_every"):
         options.pop(volatile, None)
     digest = int(np.bitwise_xor.reduce(rows * 1_000_003 + labels)) if len(rows) else 0
     return {"options": options, "n_rows": int(len(rows)), "rows_digest": digest, "backbone": spec["backbone"]}
@@ -251,13 +252,16 @@ def _datasets(plan: RowPlan, cfg: TrainConfig, size: int, mean: Any, std: Any, c
     return Sets(train_set, val_set, unaugmented, size, mean, std)
 
 
-def _stop_hint(checkpoint: Path) -> Callable[[], str]:
-    """What the line of a stopped train says about going on, asked when it stops."""
+def _stop_hint(checkpoint: Path, ranks: Dist) -> Callable[[], str]:
+    """What the line of a stopped train says about going on, asked when it stops (rank 0's line only: another
+    rank may look before rank 0's last save is there)."""
 
     def hint() -> str:
+        if not ranks.is_main:
+            return "rank 0's line says how to go on"
         if checkpoint.exists():
             return f"checkpoint saved in {checkpoint}; rerun the same command with --resume to continue"
-        return "nothing to resume; rerun the same command with --overwrite to start again"
+        return "nothing to resume; rerun the same command with --overwrite (not --resume) to start again"
 
     return hint
 
@@ -335,7 +339,7 @@ def _train(
     if ranks.is_main:
         _prepare_out(out_dir, earlier, cfg)
     # SIGINT/SIGTERM from here until the model is exported: one line saying how to go on, exit 130/143
-    stop = held.enter_context(StopOnSignal(_stop_hint(out_dir / CHECKPOINT)))
+    stop = held.enter_context(StopOnSignal(_stop_hint(out_dir / CHECKPOINT, ranks)))
     device = device_for(ranks, resolve_device(cfg.device))
     quiet = quiet or not ranks.is_main
     generator = seed_everything(cfg.seed)

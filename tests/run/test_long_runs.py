@@ -118,6 +118,26 @@ def test_signal_after_the_prompts_trained_keeps_the_checkpoint(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["results.parquet"]
 
 
+def test_signal_while_the_outputs_are_written_is_said_and_the_run_ends(
+    tiny_clip, noisy_folder, tmp_path, monkeypatch, caplog
+):
+    """After the last check the Parquet is being written: the run finishes it, and says the signal came."""
+    from deft_clean.detecting import detect as detect_module
+
+    out = tmp_path / "results.parquet"
+    original = detect_module._Checkpoint.finish
+
+    def signalled(self):
+        os.kill(os.getpid(), signal.SIGINT)
+        return original(self)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(detect_module._Checkpoint, "finish", signalled)
+        deft_clean.detect(noisy_folder.root, out=out, **options(tiny_clip, epochs=1))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results.parquet"]
+    assert "SIGINT arrived as the outputs were written; they are complete" in caplog.text
+
+
 def test_signal_before_any_checkpoint_says_there_is_nothing_to_resume(tiny_clip, noisy_folder, tmp_path, monkeypatch):
     out = tmp_path / "results.parquet"
     with monkeypatch.context() as patch:
@@ -221,7 +241,7 @@ def test_train_stopped_outside_its_epochs_says_how_to_go_on(
     with monkeypatch.context() as patch:
         patch.setattr(finetune, "_fit", then_signalled)
         with pytest.raises(Interrupted, match="SIGTERM; checkpoint saved .*--resume") as stopped:
-            train("late")
+            train("late", overwrite=True)  # a run started with --overwrite resumes without it
     assert stopped.value.exit_code == 143
     assert "model.safetensors" not in {p.name for p in (tmp_path / "late").iterdir()}
     train("late", resume=True)

@@ -186,7 +186,7 @@ def _present(root: Path, path: str) -> bool:
 class _RealFolders:
     """Whether files' real paths lie inside ``real_root``, for many files in few folders: each folder is resolved
     once. A file that is not a link is inside exactly when its folder's real path is (``realpath(folder/name)``
-    is ``realpath(folder)/name`` then); a link is resolved on its own. 100k rows: ~0.5 s instead of ~10 s."""
+    is ``realpath(folder)/name`` then); a link is resolved on its own. 100k rows: 1.7 s instead of 4.8 s."""
 
     def __init__(self, real_root: Path) -> None:
         self.real_root = real_root
