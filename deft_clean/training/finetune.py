@@ -364,9 +364,9 @@ def _train(
             note(f"{cfg.backbone}: its head is not one linear layer, so it starts from random weights (no probe)")
         else:
             rows = sets.unaugmented(plan.rows)
-            probe_stop = None if ranks.active else stop  # with ranks, all check together below
-            outcome.probe = _probe(model, parts, rows, n_classes, device, workers, quiet, cfg.hflip is None, probe_stop)
-            stop.check_ranks(ranks, device)
+            outcome.probe = _probe(
+                model, parts, rows, n_classes, device, workers, quiet, cfg.hflip is None, stop, ranks
+            )
     outcome.hflip = choose_hflip(cfg.hflip, outcome.probe, note)
     _fine_tune(
         model,
@@ -387,7 +387,30 @@ def _train(
     stop.check_ranks(ranks, device)  # a signal after the last epoch: no model files, the checkpoint kept
     for message in run_warnings(outcome.history, outcome.probe, outcome.best_epoch):
         note(message)
-    result = TrainResult(
+    result = _result(out_dir, plan, outcome, notes)
+    if not ranks.is_main:
+        ranks.barrier()  # wait until rank 0 has written the model folder
+        return result
+    refit = _export_weights(  # under torchrun the other ranks wait at the barrier below: no stop in the refit
+        model,
+        parts,
+        plan,
+        sets,
+        outcome,
+        out_dir,
+        device=device,
+        workers=workers,
+        quiet=quiet,
+        stop=None if ranks.active else stop,
+    )
+    _write_model_files(out_dir, spec, plan, results, _metrics(plan, cfg, outcome, refit, notes))
+    ranks.barrier()
+    return result
+
+
+def _result(out_dir: Path, plan: RowPlan, outcome: Outcome, notes: list[str]) -> TrainResult:
+    """What :func:`train` returns: the model folder, the history and the rows trained on and held out."""
+    return TrainResult(
         out_dir,
         outcome.history,
         int(len(plan.rows)),
@@ -399,16 +422,6 @@ def _train(
         n_held_out=int(len(plan.held_rows)),
         warnings=notes,
     )
-    if not ranks.is_main:
-        ranks.barrier()  # wait until rank 0 has written the model folder
-        return result
-    refit_stop = None if ranks.active else stop  # the other ranks wait at the barrier below
-    refit = _export_weights(
-        model, parts, plan, sets, outcome, out_dir, device=device, workers=workers, quiet=quiet, stop=refit_stop
-    )
-    _write_model_files(out_dir, spec, plan, results, _metrics(plan, cfg, outcome, refit, notes))
-    ranks.barrier()
-    return result
 
 
 def _write_model_files(
@@ -435,13 +448,15 @@ def _probe(
     workers: int,
     quiet: bool,
     mirrored: bool,
-    stop: StopOnSignal | None = None,
+    stop: StopOnSignal,
+    ranks: Dist,
 ) -> dict[str, Any]:
-    """Fit the head as a linear probe on the frozen features of ``rows``; its record for metrics.json."""
+    """Fit the head as a linear probe on the frozen features of ``rows``; its record for metrics.json. ``stop`` is
+    checked every batch in one process, once after the probe under torchrun (every rank at the same point)."""
     from ..run.progress import RichProgress
 
     with RichProgress(quiet=quiet) as progress:
-        return fit_probe_head(
+        record = fit_probe_head(
             model,
             parts,
             rows,
@@ -451,8 +466,10 @@ def _probe(
             autocast=amp_for(device).autocast,
             progress=progress,
             mirrored=mirrored,
-            stop=stop,
+            stop=None if ranks.active else stop,
         )
+    stop.check_ranks(ranks, device)
+    return record
 
 
 def _optimizer(model: nn.Module, parts: HeadParts | None, cfg: TrainConfig, steps: int) -> tuple[Any, Any]:
