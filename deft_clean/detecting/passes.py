@@ -273,9 +273,8 @@ def eval_pass(
             stop.check()
     if ranks.active:
         _merge_ranks(arrays, failures, dataset.indices, ranks)
-        if stop is not None and ranks.any(stop.requested, device):
-            stop.follow()
-            stop.check()
+        if stop is not None:
+            stop.check_ranks(ranks, device)
     return arrays, failures
 
 

@@ -91,6 +91,15 @@ class StopOnSignal:
     def requested(self) -> bool:
         return self.signum is not None
 
+    def hint(self) -> str:
+        """The resume hint as it stands now."""
+        return _hint_text(self.resume_hint)
+
+    def prefixed(self, text: str) -> contextlib.AbstractContextManager[None]:
+        """Put ``text`` before the resume hint while the block runs (e.g. what a cache fill keeps)."""
+        outside = self.resume_hint
+        return self.hinted(lambda: f"{text}; {_hint_text(outside)}")
+
     def check_ranks(self, ranks: Any, device: Any) -> None:
         """:meth:`check`, stopping when a signal reached this rank or another one (every rank calls it at the same
         point of the run): between the steps of a run that do not check by themselves."""
@@ -101,8 +110,11 @@ class StopOnSignal:
     def check(self) -> None:
         if self.signum is not None:
             name = signal.Signals(self.signum).name
-            hint = self.resume_hint() if callable(self.resume_hint) else self.resume_hint
-            raise Interrupted(f"interrupted by {name}; {hint}", self.signum)
+            raise Interrupted(f"interrupted by {name}; {self.hint()}", self.signum)
+
+
+def _hint_text(hint: str | Callable[[], str]) -> str:
+    return hint() if callable(hint) else hint
 
 
 def listing_signature(paths: list[str], labels: list[str], classes: list[str]) -> dict[str, Any]:

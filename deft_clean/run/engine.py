@@ -386,9 +386,7 @@ class _Loop:
         phase.end_epoch(EpochTotals(epoch + 1, loss / seen, clean / seen, elapsed, self.epoch_size))
         self.save(self.snapshot(epoch + 1, 0, run.generator.get_state()))
         if run.stop is not None:
-            if run.ranks.any(run.stop.requested, run.device):
-                run.stop.follow()
-            run.stop.check()
+            run.stop.check_ranks(run.ranks, run.device)
 
 
 def fit(phase: Phase, run: Run) -> None:

@@ -276,12 +276,7 @@ def _caches(
     from ..run.progress import RichProgress
 
     cache = val_cache = None
-    going_on = stop.resume_hint
-
-    def hint() -> str:
-        return f"the images cached so far are kept; {going_on() if callable(going_on) else going_on}"
-
-    with RichProgress(quiet=quiet) as progress, stop.hinted(hint):
+    with RichProgress(quiet=quiet) as progress, stop.prefixed("the images cached so far are kept"):
         fill = {"size": size, "num_workers": workers, "progress": progress, "stop": stop, "ranks": ranks}
         cache = prepare_cache(cfg.cache, plan.listing, **fill)
         if plan.val_listing is not None:

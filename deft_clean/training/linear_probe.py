@@ -24,6 +24,7 @@ from ..inputs.dataset import ImageDataset
 from ..run.engine import usable_mask
 
 if TYPE_CHECKING:
+    from ..run.checkpoints import StopOnSignal
     from ..run.engine import Progressish
 
 HOLDOUT_CAP = 2000  # at most this many held-out rows: enough for a +-1 point estimate, no more
@@ -159,7 +160,7 @@ def fit_probe_head(
     autocast: Callable[[], Any],
     progress: Progressish,
     mirrored: bool,
-    stop: Any = None,
+    stop: StopOnSignal | None = None,
 ) -> dict[str, Any]:
     """Fit ``parts.head`` as a logistic regression on the frozen features of ``dataset`` (eval transform).
 
